@@ -1,0 +1,21 @@
+"""The demo's large model: a CIFAR-style ResNet-14 (16/32/64) on Fashion-MNIST.
+
+A from-scratch ViT is too weak and too slow on a 2-core CPU within the demo's
+budget, so the CPU demo pairs two convnets; `configs/imagenet_duo.py` holds
+the ViT-B/16 + ResNet-18 pair for accelerators.
+"""
+
+from duojax import config_lib
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, epochs=2.0)
+  config = config_lib.base_config()
+  config.dataset = "fashion_mnist"
+  config.model_name = "resnet14"
+  config.epochs = arg.epochs
+  config.batch_size = 128
+  config.lr = 2e-3
+  config.warmup_steps = 100
+  config.augment = ""
+  return config

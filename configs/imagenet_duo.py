@@ -1,0 +1,41 @@
+"""ViT-B/16 (large) or ResNet-18 (sidekick) on ImageNet-1k, for accelerators.
+
+Expects `imagenet2012` prepared by tfds in array_record format in `data_dir`.
+  python train.py --config configs/imagenet_duo.py:vit_b16 --workdir runs/vit_b16
+  python train.py --config configs/imagenet_duo.py:resnet18 --workdir runs/resnet18
+"""
+
+import ml_collections
+
+from duojax import config_lib
+
+_RECIPES = {
+    # AdamW recipe in the spirit of "How to train your ViT" (from scratch).
+    "vit": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, warmup_steps=10_000,
+                epochs=300.0, label_smoothing=0.1, grad_clip_norm=1.0),
+    # Classic SGD + momentum recipe for ResNets.
+    "resnet": dict(optimizer="sgd", lr=0.1, weight_decay=1e-4, warmup_steps=2_500,
+                   epochs=90.0, label_smoothing=0.1, grad_clip_norm=0.0),
+}
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, model="vit_b16", batch_size=1024, dtype="bfloat16")
+  config = config_lib.base_config()
+  config.dataset = "imagenet2012"
+  config.data_dir = "~/tensorflow_datasets"
+  config.val_size = 10_000
+  config.augment = "crop,flip"
+  config.crop_padding = 16
+  config.model_name = arg.model
+  config.model = ml_collections.ConfigDict({"dtype": arg.dtype})
+  if arg.model.startswith("vit"):
+    config.model.dropout = 0.0
+    config.model.drop_path = 0.1
+  config.batch_size = arg.batch_size
+  config.eval_batch_size = 1024
+  config.log_every = 100
+  config.checkpoint_every = 5_000
+  for key, value in _RECIPES["vit" if arg.model.startswith("vit") else "resnet"].items():
+    config[key] = value
+  return config

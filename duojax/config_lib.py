@@ -1,0 +1,122 @@
+"""Shared configuration pieces: defaults, `get_config(arg)` parsing, validation.
+
+Experiment configs live in `configs/*.py` (one file per experiment, big_vision
+style). They start from `base_config()` and change what differs, so every
+config has the same keys and a typo on the command line is an error.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A configuration value that cannot work; the message is one line."""
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses `configs/x.py:key=value,key2=value2` arguments (big_vision style).
+
+  Values are cast to the type of the default; a bare word (no `=`) sets the
+  first default whose value is a string, so `file.py:vit_mi4` works as a
+  shorthand when the first default is the model name.
+  """
+  parsed = ml_collections.ConfigDict(dict(defaults))
+  if not arg:
+    return parsed
+  for token in arg.split(","):
+    token = token.strip()
+    if not token:
+      continue
+    if "=" in token:
+      key, value = token.split("=", 1)
+    else:
+      key = next((k for k, v in defaults.items() if isinstance(v, str)), None)
+      value = token
+      if key is None:
+        raise ConfigError(f"config argument {token!r} needs the form key=value")
+    if key not in defaults:
+      raise ConfigError(
+          f"unknown config argument {key!r}; valid: {', '.join(sorted(defaults))}")
+    default = defaults[key]
+    try:
+      if isinstance(default, bool):
+        if value.lower() not in ("true", "false", "1", "0"):
+          raise ValueError(value)
+        parsed[key] = value.lower() in ("true", "1")
+      else:
+        parsed[key] = type(default)(value)
+    except ValueError:
+      raise ConfigError(
+          f"config argument {key}={value!r} is not a valid {type(default).__name__}"
+      ) from None
+  return parsed
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every training config."""
+  c = ml_collections.ConfigDict()
+  # Data.
+  c.dataset = "fashion_mnist"   # embedded default, or any prepared tfds name
+  c.data_dir = "data"           # tfds data_dir (relative paths: to the cwd)
+  c.val_size = 5000             # carved from train by `split_seed`
+  c.split_seed = 0
+  c.augment = "crop,flip"       # comma list from {crop, flip}; "" for none
+  c.crop_padding = 2
+  # Model: a name from duojax.models plus overrides for get_model.
+  c.model_name = "resnet14"
+  c.model = ml_collections.ConfigDict()
+  # Optimisation.
+  c.optimizer = "adamw"         # adamw | sgd
+  c.lr = 1e-3
+  c.momentum = 0.9              # sgd only
+  c.weight_decay = 5e-4         # decoupled; applied to kernels only
+  c.warmup_steps = 100
+  c.grad_clip_norm = 1.0        # <= 0 disables clipping
+  c.label_smoothing = 0.0
+  c.batch_size = 128            # global, split over the "data" mesh axis
+  c.epochs = 2.0
+  c.total_steps = -1            # > 0 overrides epochs
+  c.seed = 0
+  # Bookkeeping.
+  c.log_every = 50
+  c.checkpoint_every = 200
+  c.keep_checkpoints = 3
+  c.eval_batch_size = 500
+  c.num_devices = -1            # -1: all devices of the process
+  return c
+
+
+_OPTIMIZERS = ("adamw", "sgd")
+_AUGMENTATIONS = ("crop", "flip")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError (one line) for values that cannot work."""
+  def need(condition, message):
+    if not condition:
+      raise ConfigError(message)
+
+  need(config.optimizer in _OPTIMIZERS,
+       f"config.optimizer={config.optimizer!r}; valid: {', '.join(_OPTIMIZERS)}")
+  need(config.lr > 0, f"config.lr must be > 0, got {config.lr}")
+  need(config.batch_size > 0, f"config.batch_size must be > 0, got {config.batch_size}")
+  need(config.eval_batch_size > 0,
+       f"config.eval_batch_size must be > 0, got {config.eval_batch_size}")
+  need(config.epochs > 0 or config.total_steps > 0,
+       "config.epochs or config.total_steps must be > 0")
+  need(config.val_size > 0, f"config.val_size must be > 0, got {config.val_size}")
+  need(0.0 <= config.label_smoothing < 1.0,
+       f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
+  need(config.checkpoint_every > 0,
+       f"config.checkpoint_every must be > 0, got {config.checkpoint_every}")
+  need(config.keep_checkpoints > 0,
+       f"config.keep_checkpoints must be > 0, got {config.keep_checkpoints}")
+  need(config.log_every > 0, f"config.log_every must be > 0, got {config.log_every}")
+  for name in augmentations(config):
+    need(name in _AUGMENTATIONS,
+         f"config.augment has unknown {name!r}; valid: {', '.join(_AUGMENTATIONS)}")
+
+
+def augmentations(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  return tuple(a.strip() for a in config.augment.split(",") if a.strip())

@@ -1,0 +1,239 @@
+"""Sharded, resumable training of one classifier.
+
+The train step is one `jax.jit` function over a mesh with a "data" axis:
+parameters and optimizer state are replicated (`NamedSharding(mesh, P())`),
+the batch is split along "data", and the state is donated so XLA updates it in
+place. The same code runs on 1 device, N devices or N hosts.
+
+Models are Flax NNX modules; inside jit they are rebuilt with `nnx.merge` from
+a static graphdef and plain pytrees (pure dicts), so the train state, the
+optimizer state and the checkpoints are ordinary pytrees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from duojax import models
+
+TrainState = dict[str, Any]  # {"params", "batch_stats", "opt_state", "step", "nonfinite"}
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or inf; the message says where the last good state is."""
+
+
+def make_mesh(num_devices: int = -1) -> Mesh:
+  """A 1-D ("data",) mesh over the first `num_devices` devices (-1: all)."""
+  devices = jax.devices()
+  n = len(devices) if num_devices in (-1, None) else num_devices
+  if not 1 <= n <= len(devices):
+    raise ValueError(f"num_devices={num_devices} but {len(devices)} devices are available")
+  return jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=devices[:n])
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P("data"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+# ----------------------------------------------------------------------------
+# Model <-> pure pytrees.
+
+
+def model_overrides(overrides: dict, image_shape: tuple[int, int, int]) -> dict:
+  """`get_model` overrides: the config's, plus the input geometry of the data."""
+  height, width, channels = image_shape
+  merged = {"image_size": height if height == width else (height, width),
+            "in_channels": channels}
+  merged.update(dict(overrides))
+  return merged
+
+
+def build_model(model_name: str, overrides: dict, num_classes: int,
+                image_shape: tuple[int, int, int], seed: int) -> nnx.Module:
+  model = models.get_model(model_name, num_classes, rngs=nnx.Rngs(seed),
+                           **model_overrides(overrides, image_shape))
+  # Fail here, with the model's own one-line message, if the data's images do
+  # not fit the model (e.g. a ViT built for another size, wrong channel count).
+  nnx.eval_shape(lambda m: m(jnp.zeros((1, *image_shape), jnp.float32)), model)
+  return model
+
+
+def split_model(model: nnx.Module):
+  """(graphdef, params, batch_stats) with params/batch_stats as pure dicts."""
+  graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats)
+
+
+def make_apply(graphdef) -> Callable:
+  """apply(params, batch_stats, images, train, rngs) -> (logits, out, batch_stats)."""
+  def apply(params, batch_stats, images, train=False, rngs=None):
+    model = nnx.merge(graphdef, nnx.State(params), nnx.State(batch_stats))
+    logits, out = model(images, train=train, rngs=rngs)
+    new_batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    return logits, out, new_batch_stats
+  return apply
+
+
+def count_params(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def flops_per_image(graphdef, params, batch_stats, image_shape, batch: int = 8) -> float:
+  """Forward FLOPs per image in eval mode, as counted by XLA's cost analysis."""
+  apply = make_apply(graphdef)
+  fwd = jax.jit(lambda p, b, x: apply(p, b, x)[0])
+  x = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
+  cost = fwd.lower(params, batch_stats, x).compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax returned one dict per device
+    cost = cost[0]
+  return float(cost.get("flops", float("nan"))) / batch
+
+
+# ----------------------------------------------------------------------------
+# Optimisation.
+
+
+def total_steps(config, num_train: int) -> int:
+  if config.total_steps > 0:
+    return int(config.total_steps)
+  steps_per_epoch = num_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch_size {config.batch_size} exceeds the {num_train} training examples")
+  return max(1, math.ceil(config.epochs * steps_per_epoch))
+
+
+def make_schedule(config, num_steps: int) -> optax.Schedule:
+  warmup = min(config.warmup_steps, max(num_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.lr, warmup_steps=warmup,
+      decay_steps=num_steps, end_value=0.0)
+
+
+def make_optimizer(config, num_steps: int) -> optax.GradientTransformation:
+  schedule = make_schedule(config, num_steps)
+  # Decay kernels only: decaying biases and norm scales hurts small models.
+  decay_mask = lambda params: jax.tree.map(lambda x: x.ndim > 1, params)
+  if config.optimizer == "adamw":
+    opt = optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask)
+  elif config.optimizer == "sgd":
+    opt = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+                      optax.sgd(schedule, momentum=config.momentum, nesterov=True))
+  else:
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: adamw, sgd")
+  if config.grad_clip_norm > 0:
+    opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
+  return opt
+
+
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+  """Per-example softmax cross-entropy with optional label smoothing."""
+  num_classes = logits.shape[-1]
+  targets = jax.nn.one_hot(labels, num_classes)
+  if label_smoothing:
+    targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def init_state(params, batch_stats, optimizer) -> TrainState:
+  return {"params": params, "batch_stats": batch_stats,
+          "opt_state": optimizer.init(params),
+          "step": jnp.zeros((), jnp.int32), "nonfinite": jnp.zeros((), jnp.int32)}
+
+
+def make_train_step(graphdef, optimizer, *, mesh: Mesh, seed: int,
+                    label_smoothing: float = 0.0) -> Callable:
+  """Jitted (state, batch) -> (state, metrics) over `mesh`; state is donated."""
+  apply = make_apply(graphdef)
+  # Dropout keys are a pure function of (seed, step): resuming needs no RNG state.
+  dropout_key = jax.random.fold_in(jax.random.key(seed), 0x0D0)
+
+  def train_step(state: TrainState, batch):
+    rngs = nnx.Rngs(dropout=jax.random.fold_in(dropout_key, state["step"]))
+
+    def loss_fn(params):
+      logits, _, batch_stats = apply(params, state["batch_stats"], batch["image"],
+                                     train=True, rngs=rngs)
+      loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
+      return loss, (logits, batch_stats)
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"])
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    new_state = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state,
+                 "step": state["step"] + 1,
+                 # Counted on device so the host only looks at log/save time.
+                 "nonfinite": state["nonfinite"] + (~jnp.isfinite(loss)).astype(jnp.int32)}
+    metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
+    return new_state, metrics
+
+  rep, data = replicated(mesh), batch_sharding(mesh)
+  return jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep),
+                 donate_argnums=0)
+
+
+def make_eval_step(graphdef, *, mesh: Mesh) -> Callable:
+  """Jitted (params, batch_stats, batch) -> sums of correct, NLL and count over the mask."""
+  apply = make_apply(graphdef)
+
+  def eval_step(params, batch_stats, batch):
+    logits, _, _ = apply(params, batch_stats, batch["image"])
+    mask = batch["mask"].astype(jnp.float32)
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    nll = cross_entropy(logits, batch["label"])
+    return {"correct": jnp.sum(correct * mask), "nll": jnp.sum(nll * mask),
+            "count": jnp.sum(mask)}
+
+  rep, data = replicated(mesh), batch_sharding(mesh)
+  return jax.jit(eval_step, in_shardings=(rep, rep, data), out_shardings=rep)
+
+
+def evaluate_batches(eval_step, params, batch_stats, batches) -> dict[str, float]:
+  """Accuracy and NLL of a model over an iterable of masked batches."""
+  totals = None
+  for batch in batches:
+    sums = eval_step(params, batch_stats, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  if totals is None:
+    raise ValueError("evaluation split is empty")
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  return {"accuracy": float(totals["correct"]) / count,
+          "nll": float(totals["nll"]) / count, "count": int(count)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """What identifies a trained model, stored in checkpoint meta."""
+  model_name: str
+  model_overrides: dict
+  num_classes: int
+  image_shape: tuple[int, int, int]
+
+  def as_meta(self) -> dict:
+    return {"model_name": self.model_name, "model_overrides": dict(self.model_overrides),
+            "num_classes": self.num_classes, "image_shape": list(self.image_shape)}
+
+  @classmethod
+  def from_meta(cls, meta: dict) -> "ModelSpec":
+    return cls(meta["model_name"], dict(meta["model_overrides"]), int(meta["num_classes"]),
+               tuple(meta["image_shape"]))
+
+  def build(self, seed: int = 0) -> nnx.Module:
+    return build_model(self.model_name, self.model_overrides, self.num_classes,
+                       self.image_shape, seed)
