@@ -5,8 +5,6 @@ Expects `imagenet2012` prepared by tfds in array_record format in `data_dir`.
   python train.py --config configs/imagenet_duo.py:resnet18 --workdir runs/resnet18
 """
 
-import ml_collections
-
 from duojax import config_lib
 
 _RECIPES = {
@@ -28,9 +26,8 @@ def get_config(arg=None):
   config.augment = "crop,flip"
   config.crop_padding = 16
   config.model_name = arg.model
-  config.model = ml_collections.ConfigDict({"dtype": arg.dtype})
+  config.model.dtype = arg.dtype
   if arg.model.startswith("vit"):
-    config.model.dropout = 0.0
     config.model.drop_path = 0.1
   config.batch_size = arg.batch_size
   config.eval_batch_size = 1024

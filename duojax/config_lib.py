@@ -53,6 +53,17 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return parsed
 
 
+# Typed so that command-line overrides parse; unset ones stay None.
+MODEL_OVERRIDE_TYPES = {"dtype": str, "width": int, "stem": str, "pool": str, "dropout": float,
+                        "drop_path": float, "image_size": int, "in_channels": int,
+                        "zero_init_residual": bool}
+
+
+def model_overrides(config: ml_collections.ConfigDict) -> dict:
+  """The overrides a config sets for `get_model` (None values dropped)."""
+  return {k: v for k, v in config.model.to_dict().items() if v is not None}
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Defaults shared by every training config."""
   c = ml_collections.ConfigDict()
@@ -65,7 +76,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.crop_padding = 2
   # Model: a name from duojax.models plus overrides for get_model.
   c.model_name = "resnet14"
-  c.model = ml_collections.ConfigDict()
+  # get_model overrides; None means "the model's default" (and keeps the key
+  # declared, so `--config.model.dtype=bfloat16` works on a locked config).
+  c.model = ml_collections.ConfigDict(
+      {k: ml_collections.config_dict.placeholder(t) for k, t in MODEL_OVERRIDE_TYPES.items()})
   # Optimisation.
   c.optimizer = "adamw"         # adamw | sgd
   c.lr = 1e-3

@@ -179,7 +179,7 @@ def make_train_step(graphdef, optimizer, *, mesh: Mesh, seed: int,
                  "step": state["step"] + 1,
                  # Counted on device so the host only looks at log/save time.
                  "nonfinite": state["nonfinite"] + (~jnp.isfinite(loss)).astype(jnp.int32)}
-    metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
     return new_state, metrics
 
   rep, data = replicated(mesh), batch_sharding(mesh)

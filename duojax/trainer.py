@@ -60,7 +60,7 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
   process = jax.process_index()
   dataset = data.load_dataset(config.dataset, config.data_dir, val_size=config.val_size,
                               split_seed=config.split_seed)
-  spec = train_lib.ModelSpec(config.model_name, config.model.to_dict(), dataset.num_classes,
+  spec = train_lib.ModelSpec(config.model_name, config_lib.model_overrides(config), dataset.num_classes,
                              tuple(dataset.image_shape))
   model = spec.build(seed=config.seed)
   mesh = train_lib.make_mesh(config.num_devices)
