@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 data: $(STAMP)
-	$(PY) -m duojax.data prepare --data_dir $(DATA_DIR)
+	$(PY) -m duojax.datasets $(DATA_DIR)
 
 demo: data
 	@start=$$SECONDS; \

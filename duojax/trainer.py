@@ -145,6 +145,7 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
     if step % config.checkpoint_every == 0 or step == num_steps:
       save(step)
   bar.close()
+  batches.close()  # stops the prefetch thread before evaluation and exit
   train_seconds = time.perf_counter() - t_start
   if start_step >= num_steps:
     check_finite(num_steps)
