@@ -175,10 +175,13 @@ def make_train_step(graphdef, optimizer, *, mesh: Mesh, seed: int,
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(params))
     new_state = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state,
                  "step": state["step"] + 1,
-                 # Counted on device so the host only looks at log/save time.
-                 "nonfinite": state["nonfinite"] + (~jnp.isfinite(loss)).astype(jnp.int32)}
+                 # Counted on device so the host only looks at log/save time. The
+                 # new parameters are checked too: a finite loss can still come
+                 # with an update that overflows them.
+                 "nonfinite": state["nonfinite"] + (~finite).astype(jnp.int32)}
     metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
     return new_state, metrics
 

@@ -20,14 +20,9 @@ import tensorflow_datasets as tfds
 
 from duojax import data
 from duojax import datasets
+from fakes import write_idx
 
 N_TRAIN, N_TEST = 300, 100
-
-
-def _write_idx(path, array):
-  header = struct.pack(f">{1 + array.ndim}I", 0x0800 + array.ndim, *array.shape)
-  with gzip.open(path, "wb") as f:
-    f.write(header + array.astype(np.uint8).tobytes())
 
 
 def _fake_split(n, seed, test):
@@ -43,8 +38,8 @@ def fake_idx(tmp_path_factory):
   folder = tmp_path_factory.mktemp("idx")
   arrays = {"train": _fake_split(N_TRAIN, 0, False), "test": _fake_split(N_TEST, 1, True)}
   for split, (images_file, labels_file) in datasets.IDX_FILES.items():
-    _write_idx(folder / images_file, arrays[split][0])
-    _write_idx(folder / labels_file, arrays[split][1])
+    write_idx(folder / images_file, arrays[split][0])
+    write_idx(folder / labels_file, arrays[split][1])
   return folder, arrays
 
 
@@ -113,7 +108,7 @@ def test_read_idx_rejects_corrupt_files(tmp_path):
     f.write(struct.pack(">4I", 0x0801, 2, 28, 28))  # rank-1 magic, rank-3 header
   with pytest.raises(ValueError, match="magic"):
     datasets.read_idx(path, rank=3)
-  _write_idx(path, np.zeros((3, 4, 4)))
+  write_idx(path, np.zeros((3, 4, 4)))
   with gzip.open(path, "ab") as f:
     f.write(b"extra")
   with pytest.raises(ValueError, match="data bytes"):
