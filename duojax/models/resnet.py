@@ -8,6 +8,7 @@ follow He et al. (2016), section 4.2: three stages of widths (w, 2w, 4w) on a
 zero padding when the shape changes.
 """
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -32,8 +33,28 @@ OVERRIDES = ("width", "stem", "in_channels", "image_size", "dtype",
 
 STEMS = ("imagenet", "small")
 
-# torchvision initialises convs with kaiming_normal_(mode="fan_out", relu).
-_conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+def _normal_init(std_of_shape):
+  """Initializer N(0, std_of_shape(shape)**2) with a shared sampler program.
+
+  Eager construction compiles XLA's (slow to compile) threefry sampler once
+  per sample shape. Drawing a power-of-two number of 4096-wide rows and
+  cutting them to size lets parameters of similar size share one compiled
+  sampler, which makes building a model several times faster.
+  """
+  def init(key, shape, dtype=jnp.float32):
+    size = math.prod(shape)
+    rows = 1 << max(0, math.ceil(math.log2(size / 4096)))
+    flat = jax.random.normal(key, (rows, 4096), dtype).reshape(-1)[:size]
+    return (flat * std_of_shape(shape)).reshape(shape)
+  return init
+
+
+# torchvision: kaiming_normal_(mode="fan_out") convs, N(0, 2 / (kh*kw*out)).
+_conv_init = _normal_init(
+    lambda s: math.sqrt(2.0 / (math.prod(s[:-2]) * s[-1])))
+# LeCun normal head, N(0, 1 / in_features).
+_head_init = _normal_init(lambda s: s[0] ** -0.5)
 
 
 def _conv(in_ch, out_ch, kernel, stride, *, dtype, rngs):
@@ -158,7 +179,8 @@ class ResNet(nnx.Module):
     self.name = name
     self.dtype = dtype
     self.stem = stem
-    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    h, w = ((image_size, image_size) if isinstance(image_size, int)
+            else image_size)
     # Nominal resolution only: global pooling makes the network size-agnostic.
     self.image_size = (int(h), int(w))
     self.input_shape = (None, None, in_channels)
@@ -185,15 +207,19 @@ class ResNet(nnx.Module):
     self.num_features = in_ch
     # The head runs in float32 even under bfloat16 compute: it is tiny, and
     # calibrated probabilities are the point of this library.
-    self.head = nnx.Linear(in_ch, num_classes, dtype=jnp.float32,
-                           param_dtype=jnp.float32, rngs=rngs)
+    self.head = nnx.Linear(in_ch, num_classes, kernel_init=_head_init,
+                           dtype=jnp.float32, param_dtype=jnp.float32,
+                           rngs=rngs)
 
   def _check_input(self, x):
     c = self.input_shape[-1]
-    if x.ndim != 4 or x.shape[-1] != c:
-      raise ValueError(
-          f"{self.name} expects images of shape (H, W, {c}) batched as "
-          f"[B, H, W, C], got {tuple(x.shape)}")
+    if x.ndim != 4:
+      raise ValueError(f"{self.name} expects images of shape (H, W, {c}) "
+                       f"batched as [B, H, W, C], got an array of shape "
+                       f"{tuple(x.shape)}")
+    if x.shape[-1] != c:
+      raise ValueError(f"{self.name} expects images of shape (H, W, {c}), "
+                       f"got {tuple(x.shape[1:])}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
       raise ValueError(f"{self.name} expects float images, got {x.dtype}")
 

@@ -1,0 +1,98 @@
+"""Model zoo: build any image classifier by name.
+
+    model = get_model("resnet18", 10, rngs=nnx.Rngs(0), dtype="bfloat16")
+    logits, out = model(images, train=False, rngs=None)  # out["pre_logits"]
+
+Families: ResNets ("resnet18" ... "resnet152", CIFAR-style "resnet8" ...
+"resnet32"), Vision Transformers ("vit_{variant}{patch}", e.g. "vit_b16",
+"vit_mu4") and small plain CNNs ("cnn_s", "cnn_xs"). Every model has
+float32 parameters, returns float32 logits, and exposes `name`,
+`input_shape` ((H, W, C), None where free) and `image_size`.
+"""
+
+import jax.numpy as jnp
+from flax import nnx
+
+from duojax.models import cnn, resnet, vit
+
+# Representative ViT names; any vit_{mu,mi,ti,s,m,b,l,h}{patch} is accepted.
+_VIT_EXAMPLES = ("vit_mu4", "vit_mi4", "vit_ti16", "vit_s16", "vit_s32",
+                 "vit_m16", "vit_b16", "vit_b32", "vit_l16", "vit_h14")
+_VIT_PATTERN = ("vit_{" + ",".join(v.lower() for v in vit.VARIANTS)
+                + "}{patch}")
+
+
+def list_models() -> list[str]:
+  """Example model names (ViT patch sizes are free; see _VIT_PATTERN)."""
+  return [*resnet.CONFIGS, *_VIT_EXAMPLES, *cnn.CONFIGS]
+
+
+def _family(name: str):
+  """The module that builds `name`, or None."""
+  if name in resnet.CONFIGS:
+    return resnet
+  if name in cnn.CONFIGS:
+    return cnn
+  if vit.parse_name(name) is not None:
+    return vit
+  return None
+
+
+def _compute_dtype(value, name: str):
+  try:
+    dtype = None if value is None else jnp.dtype(value)
+  except TypeError:
+    dtype = None
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"{name}: dtype must be a float dtype such as 'float32' "
+                     f"or 'bfloat16', got {value!r}")
+  return dtype
+
+
+def _image_size(value, name: str) -> tuple[int, int]:
+  size = (value, value) if isinstance(value, int) else tuple(value)
+  if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+    raise ValueError(f"{name}: image_size must be a positive int or an "
+                     f"(H, W) pair, got {value!r}")
+  return size
+
+
+def get_model(name: str, num_classes: int = 1000, *,
+              rngs: nnx.Rngs | int | None = None, **overrides) -> nnx.Module:
+  """Builds model `name` with `num_classes` outputs.
+
+  Args:
+    name: a name from `list_models()` or any "vit_{variant}{patch}".
+    num_classes: size of the classification head.
+    rngs: parameter initialisation randomness (an nnx.Rngs or an int seed);
+      None means nnx.Rngs(0). Pass distinct seeds for ensemble members.
+    **overrides: family-specific options (e.g. width, dtype, image_size);
+      unknown keys raise ValueError listing the valid ones.
+
+  Returns:
+    An nnx.Module called as `logits, out = model(x, train=False, rngs=None)`.
+  """
+  key = name.lower() if isinstance(name, str) else None
+  family = _family(key) if key is not None else None
+  if family is None:
+    raise ValueError(f"unknown model {name!r}; known models: "
+                     f"{', '.join(list_models())} (and any {_VIT_PATTERN})")
+  for k in overrides:
+    if k not in family.OVERRIDES:
+      raise ValueError(f"unknown override {k!r} for {key}; valid: "
+                       f"{', '.join(sorted(family.OVERRIDES))}")
+  if not isinstance(num_classes, int) or num_classes < 1:
+    raise ValueError(f"{key}: num_classes must be a positive int, got "
+                     f"{num_classes!r}")
+  if "dtype" in overrides:
+    overrides["dtype"] = _compute_dtype(overrides["dtype"], key)
+  if "image_size" in overrides:
+    overrides["image_size"] = _image_size(overrides["image_size"], key)
+  if rngs is None:
+    rngs = nnx.Rngs(0)
+  elif isinstance(rngs, int):
+    rngs = nnx.Rngs(rngs)
+  return family.create(key, num_classes, rngs=rngs, **overrides)
+
+
+__all__ = ["get_model", "list_models"]
