@@ -80,6 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
   # declared, so `--config.model.dtype=bfloat16` works on a locked config).
   c.model = ml_collections.ConfigDict(
       {k: ml_collections.config_dict.placeholder(t) for k, t in MODEL_OVERRIDE_TYPES.items()})
+  # Fine-tuning: a training workdir whose latest weights (not optimizer
+  # state) start this run, e.g. soup ingredients fine-tuned from one model.
+  c.init_from = ""
   # Optimisation.
   c.optimizer = "adamw"         # adamw | sgd
   c.lr = 1e-3

@@ -76,6 +76,8 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
     raise checkpoint.CheckpointError(
         f"--resume was given but workdir {workdir!r} holds no checkpoint")
 
+  if config.init_from and existing is None:
+    model = _init_from(config.init_from, meta)
   graphdef, params, batch_stats = train_lib.split_model(model)
   optimizer = train_lib.make_optimizer(config, num_steps)
   rep = train_lib.replicated(mesh)
@@ -165,6 +167,14 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
     _atomic_json(os.path.join(workdir, SUMMARY_FILE), summary)
   manager.close()
   return summary
+
+
+def _init_from(workdir: str, meta: dict):
+  """The trained model of `workdir`, after checking it has this run's architecture."""
+  _, saved = checkpoint.read_meta(workdir)
+  checkpoint.check_compatible(saved, meta, where=workdir)
+  model, _ = checkpoint.load_model(workdir)
+  return model
 
 
 def _existing_checkpoint(workdir: str, meta: dict) -> int | None:
