@@ -21,12 +21,19 @@ install: $(STAMP)
 data: $(STAMP)
 	$(PY) -m duojax.datasets $(DATA_DIR)
 
+# The demo: a large model, a sidekick, one more large model (2-member deep
+# ensemble), two short fine-tunes (model soups), then the full evaluation.
+# Every train step resumes if its workdir already holds a finished run.
 demo: data
-	@start=$$SECONDS; \
-	$(PY) train.py --config configs/demo_large.py --workdir $(RUNS)/large && \
-	$(PY) train.py --config configs/demo_sidekick.py --workdir $(RUNS)/sidekick && \
-	$(PY) evaluate.py --workdirs $(RUNS)/large,$(RUNS)/sidekick --output $(RUNS)/accuracy.json && \
-	echo "demo finished in $$((SECONDS - start)) s (after install); checkpoints under $(RUNS)/"
+	@start=$$SECONDS; set -e; \
+	$(PY) train.py --config configs/demo_large.py --workdir $(RUNS)/large; \
+	$(PY) train.py --config configs/demo_sidekick.py --workdir $(RUNS)/sidekick; \
+	$(PY) train.py --config configs/demo_large.py:seed=1 --workdir $(RUNS)/large_seed1; \
+	$(PY) train.py --config configs/demo_soup.py:lr=5e-4,seed=1,init_from=$(RUNS)/large --workdir $(RUNS)/soup_1; \
+	$(PY) train.py --config configs/demo_soup.py:lr=1e-3,seed=2,init_from=$(RUNS)/large --workdir $(RUNS)/soup_2; \
+	$(PY) evaluate.py --config configs/demo_eval.py:runs=$(RUNS); \
+	$(PY) -m duojax.report --embed $(RUNS)/results/results.md README.md; \
+	echo "demo finished in $$((SECONDS - start)) s after install; results in $(RUNS)/results/, README.md updated"
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -1,34 +1,44 @@
-"""Evaluates trained checkpoints: `python evaluate.py --workdirs DIR[,DIR2...]`.
+"""Evaluates trained models.
 
-Reports each model's accuracy and NLL on the chosen split of the dataset it
-was trained on.
+  python evaluate.py --config configs/demo_eval.py          # the duo and every baseline
+  python evaluate.py --workdirs DIR[,DIR2...] --split test  # accuracy of single checkpoints
+
+With --config: restores the checkpoints the config names, computes logits once
+per split (val, test, MNIST as OOD, corrupted test sets), fits temperatures
+and duo weights on val only, and writes results.json, results.md and plots to
+config.output_dir.
 """
 
 import json
+import os
 
 from absl import flags
+from ml_collections import config_flags
 
-from duojax import checkpoint, cli, data, train_lib
+from duojax import checkpoint, cli, data, evaluator, report, train_lib
 
-_WORKDIRS = flags.DEFINE_list("workdirs", None, "Training workdirs to evaluate.")
-_SPLIT = flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split to evaluate on.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config (configs/*_eval.py).")
+_WORKDIRS = flags.DEFINE_list("workdirs", None, "Training workdirs: report their accuracy.")
+_SPLIT = flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split for --workdirs.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir (default: the training one).")
-_BATCH = flags.DEFINE_integer("batch_size", 500, "Global evaluation batch size.")
-_OUTPUT = flags.DEFINE_string("output", None, "Optional JSON file for the results.")
-flags.mark_flags_as_required(["workdirs"])
+_BATCH = flags.DEFINE_integer("batch_size", 500, "Global evaluation batch size (--workdirs).")
+_OUTPUT = flags.DEFINE_string("output", None, "JSON file for the --workdirs results.")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _BATCH.value <= 0:
-    raise ValueError(f"--batch_size must be > 0, got {_BATCH.value}")
+def _write_json(path, obj):
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def accuracy_of_workdirs(workdirs, split_name, data_dir, batch_size):
   mesh = train_lib.make_mesh()
   results = {}
-  for workdir in _WORKDIRS.value:
+  for workdir in workdirs:
     model, meta = checkpoint.load_model(workdir)
     config = meta["config"]
-    dataset = data.load_dataset(config["dataset"], _DATA_DIR.value or config["data_dir"],
+    dataset = data.load_dataset(config["dataset"], data_dir or config["data_dir"],
                                 val_size=config["val_size"], split_seed=config["split_seed"])
     if tuple(dataset.image_shape) != tuple(meta["image_shape"]) or \
         dataset.num_classes != meta["num_classes"]:
@@ -37,16 +47,33 @@ def main(argv):
           f"classes, the data has {list(dataset.image_shape)} and {dataset.num_classes}")
     graphdef, params, batch_stats = train_lib.split_model(model)
     eval_step = train_lib.make_eval_step(graphdef, mesh=mesh)
-    split = getattr(dataset, _SPLIT.value)
-    batches = data.eval_batches(split, global_batch_size=_BATCH.value, mean=dataset.mean,
-                                std=dataset.std, sharding=train_lib.batch_sharding(mesh))
+    batches = data.eval_batches(getattr(dataset, split_name), global_batch_size=batch_size,
+                                mean=dataset.mean, std=dataset.std,
+                                sharding=train_lib.batch_sharding(mesh))
     result = train_lib.evaluate_batches(eval_step, params, batch_stats, batches)
     results[workdir] = {"model_name": meta["model_name"], "step": meta["step"], **result}
-    print(f"{workdir}: {meta['model_name']} step {meta['step']}: {_SPLIT.value} accuracy "
+    print(f"{workdir}: {meta['model_name']} step {meta['step']}: {split_name} accuracy "
           f"{result['accuracy']:.4f}, NLL {result['nll']:.4f} ({result['count']} images)")
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if (_CONFIG.value is None) == (_WORKDIRS.value is None):
+    raise ValueError("give exactly one of --config (full evaluation) or --workdirs (accuracy)")
+  if _CONFIG.value is not None:
+    config = _CONFIG.value
+    results = evaluator.run(config)
+    paths = report.write(results, config.output_dir)
+    print(report.markdown(results))
+    print(f"results: {paths['json']}, {paths['markdown']} and plots in {config.output_dir}")
+    return
+  if _BATCH.value <= 0:
+    raise ValueError(f"--batch_size must be > 0, got {_BATCH.value}")
+  results = accuracy_of_workdirs(_WORKDIRS.value, _SPLIT.value, _DATA_DIR.value, _BATCH.value)
   if _OUTPUT.value:
-    with open(_OUTPUT.value, "w") as f:
-      json.dump(results, f, indent=2)
+    _write_json(_OUTPUT.value, results)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,15 @@ from duojax import config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, epochs=2.0)
+  arg = config_lib.parse_arg(arg, epochs=2.0, seed=0)
   config = config_lib.base_config()
   config.dataset = "fashion_mnist"
   config.model_name = "resnet14"
+  # Dropout on the pre-logit features: a regulariser here, and what the
+  # MC-dropout baseline samples at test time.
+  config.model.dropout = 0.1
   config.epochs = arg.epochs
+  config.seed = arg.seed  # ensemble members differ in init, data order and dropout
   config.batch_size = 128
   config.lr = 2e-3
   config.warmup_steps = 100

@@ -162,9 +162,12 @@ def make_train_step(graphdef, optimizer, *, mesh: Mesh, seed: int,
   dropout_key = jax.random.fold_in(jax.random.key(seed), 0x0D0)
 
   def train_step(state: TrainState, batch):
-    rngs = nnx.Rngs(dropout=jax.random.fold_in(dropout_key, state["step"]))
+    step_key = jax.random.fold_in(dropout_key, state["step"])
 
     def loss_fn(params):
+      # Built inside the differentiated function: NNX RNG streams count their
+      # draws, and may only be mutated at the trace level that created them.
+      rngs = nnx.Rngs(dropout=step_key)
       logits, _, batch_stats = apply(params, state["batch_stats"], batch["image"],
                                      train=True, rngs=rngs)
       loss = cross_entropy(logits, batch["label"], label_smoothing).mean()

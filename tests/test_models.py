@@ -424,3 +424,22 @@ def test_attention_matches_numpy_and_keeps_heads():
   out += p(attn.out.bias)
   y = attn(jnp.asarray(x, jnp.float32))
   np.testing.assert_allclose(y, out, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "cnn_xs"])
+def test_head_dropout_is_stateless_and_only_in_training(name):
+  model = models.get_model(name, 10, rngs=nnx.Rngs(0), image_size=16, in_channels=1,
+                           dropout=0.5)
+  x = jax.random.normal(jax.random.key(0), (4, 16, 16, 1))
+  first = model(x, train=True, rngs=nnx.Rngs(dropout=1))[0]
+  again = model(x, train=True, rngs=nnx.Rngs(dropout=1))[0]
+  other = model(x, train=True, rngs=nnx.Rngs(dropout=2))[0]
+  np.testing.assert_array_equal(first, again)
+  assert not np.allclose(first, other)
+  logits, out = model(x)
+  # Eval mode: no dropout, so the head sees the pre-logits unchanged.
+  np.testing.assert_allclose(logits, model.head(out["pre_logits"]), rtol=1e-6)
+  with pytest.raises(ValueError, match="needs rngs"):
+    model(x, train=True)
+  with pytest.raises(ValueError, match="dropout must be in"):
+    models.get_model(name, 10, rngs=nnx.Rngs(0), image_size=16, in_channels=1, dropout=1.0)

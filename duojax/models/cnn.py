@@ -17,7 +17,7 @@ CONFIGS = {
     "cnn_xs": ((8, 16), 32),
 }
 
-OVERRIDES = ("image_size", "in_channels", "dtype", "widths", "hidden")
+OVERRIDES = ("image_size", "in_channels", "dtype", "widths", "hidden", "dropout")
 
 
 def _normal_init(std_of_shape):
@@ -53,6 +53,7 @@ class CNN(nnx.Module):
       image_size: int | tuple[int, int] = 224,
       in_channels: int = 3,
       dtype="float32",
+      dropout: float = 0.0,
       name: str = "cnn",
       rngs: nnx.Rngs,
   ):
@@ -65,6 +66,9 @@ class CNN(nnx.Module):
     dtype = jnp.dtype(dtype)
     self.name = name
     self.dtype = dtype
+    self.dropout_rate = _check_dropout(name, dropout)
+    # Dropout on the pre-logit features only (stateless: keys come at call time).
+    self.head_dropout = nnx.Dropout(self.dropout_rate, rngs=None)
     self.image_size = (int(h), int(w))
     self.input_shape = (int(h), int(w), in_channels)
 
@@ -101,17 +105,18 @@ class CNN(nnx.Module):
   def __call__(self, x, train: bool = False, rngs=None):
     """Returns (float32 logits, {"pre_logits": [B, hidden]}).
 
-    `train` and `rngs` are accepted for a uniform interface; the model is
-    deterministic and has no batch statistics.
+    The model has no batch statistics; `train=True` applies dropout (if any)
+    to the pre-logits, with keys from `rngs`.
     """
-    del train, rngs
     self._check_input(x)
+    _check_rngs(self.name, self.dropout_rate, train, rngs)
     x = x.astype(self.dtype)
     for conv in self.convs:
       x = nnx.max_pool(jax.nn.relu(conv(x)), (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     pre_logits = jax.nn.relu(self.fc(x)).astype(jnp.float32)
-    logits = self.head(pre_logits)
+    dropped = self.head_dropout(pre_logits, deterministic=not train, rngs=rngs)
+    logits = self.head(dropped)
     return logits, {"pre_logits": pre_logits}
 
 
@@ -122,3 +127,15 @@ def create(name: str, num_classes: int = 1000, *, rngs: nnx.Rngs,
   kwargs = dict(widths=widths, hidden=hidden)
   kwargs.update(overrides)
   return CNN(num_classes, name=name, rngs=rngs, **kwargs)
+
+
+def _check_dropout(name: str, rate: float) -> float:
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"{name}: dropout must be in [0, 1), got {rate}")
+  return float(rate)
+
+
+def _check_rngs(name: str, rate: float, train: bool, rngs) -> None:
+  if train and rate > 0 and rngs is None:
+    raise ValueError(f"{name}: train=True with dropout={rate} needs rngs, e.g. "
+                     "nnx.Rngs(dropout=key); got rngs=None")

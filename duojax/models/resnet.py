@@ -28,7 +28,7 @@ CONFIGS = {
     "resnet32": ("basic", (5, 5, 5), 16, "small"),
 }
 
-OVERRIDES = ("width", "stem", "in_channels", "image_size", "dtype",
+OVERRIDES = ("width", "stem", "in_channels", "image_size", "dtype", "dropout",
              "zero_init_residual")
 
 STEMS = ("imagenet", "small")
@@ -163,6 +163,7 @@ class ResNet(nnx.Module):
       image_size: int | tuple[int, int] = 224,
       dtype="float32",
       zero_init_residual: bool = False,
+      dropout: float = 0.0,
       name: str = "resnet",
       rngs: nnx.Rngs,
   ):
@@ -178,6 +179,9 @@ class ResNet(nnx.Module):
     dtype = jnp.dtype(dtype)
     self.name = name
     self.dtype = dtype
+    self.dropout_rate = _check_dropout(name, dropout)
+    # Dropout on the pre-logit features only (stateless: keys come at call time).
+    self.head_dropout = nnx.Dropout(self.dropout_rate, rngs=None)
     self.stem = stem
     h, w = ((image_size, image_size) if isinstance(image_size, int)
             else image_size)
@@ -226,12 +230,12 @@ class ResNet(nnx.Module):
   def __call__(self, x, train: bool = False, rngs=None):
     """Returns (float32 logits [B, classes], {"pre_logits": [B, D]}).
 
-    `rngs` is accepted for a uniform model interface; ResNets have no
-    stochastic layers. `train=True` normalises with batch statistics and
-    updates the running averages in place.
+    `train=True` normalises with batch statistics, updates the running
+    averages in place, and applies dropout (if any) to the pre-logits, with
+    keys from `rngs` (an nnx.Rngs with a "dropout" stream, or a key).
     """
-    del rngs
     self._check_input(x)
+    _check_rngs(self.name, self.dropout_rate, train, rngs)
     ura = not train
     x = x.astype(self.dtype)
     x = jax.nn.relu(self.stem_bn(self.stem_conv(x), use_running_average=ura))
@@ -243,7 +247,8 @@ class ResNet(nnx.Module):
         x = block(x, train)
     # Average in float32 so bfloat16 compute does not lose the features.
     pre_logits = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    logits = self.head(pre_logits)
+    dropped = self.head_dropout(pre_logits, deterministic=not train, rngs=rngs)
+    logits = self.head(dropped)
     return logits, {"pre_logits": pre_logits}
 
 
@@ -255,3 +260,15 @@ def create(name: str, num_classes: int = 1000, *, rngs: nnx.Rngs,
   kwargs.update(overrides)
   return ResNet(stage_sizes, block, num_classes, name=name, rngs=rngs,
                 **kwargs)
+
+
+def _check_dropout(name: str, rate: float) -> float:
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"{name}: dropout must be in [0, 1), got {rate}")
+  return float(rate)
+
+
+def _check_rngs(name: str, rate: float, train: bool, rngs) -> None:
+  if train and rate > 0 and rngs is None:
+    raise ValueError(f"{name}: train=True with dropout={rate} needs rngs, e.g. "
+                     "nnx.Rngs(dropout=key); got rngs=None")

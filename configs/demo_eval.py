@@ -1,0 +1,37 @@
+"""Evaluates the demo's models: the duo against every baseline.
+
+  python evaluate.py --config configs/demo_eval.py
+  python evaluate.py --config configs/demo_eval.py:runs=runs/demo,ensemble=4
+
+`ensemble=k` uses the extra large models large_seed1 .. large_seed{k}
+(train them with `configs/demo_large.py --config.seed=i`); `soups=k` the
+fine-tunes soup_1 .. soup_k (`configs/demo_soup.py`).
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  from duojax import config_lib
+
+  arg = config_lib.parse_arg(arg, runs="runs/demo", ensemble=1, soups=2)
+  c = ml_collections.ConfigDict()
+  c.large = f"{arg.runs}/large"
+  c.sidekick = f"{arg.runs}/sidekick"
+  # Extra independently trained large models (deep ensembles m = 2..1+k).
+  c.ensemble = ",".join(f"{arg.runs}/large_seed{i}" for i in range(1, arg.ensemble + 1))
+  # Short fine-tunes of the large model (model soups).
+  c.soup_ingredients = ",".join(f"{arg.runs}/soup_{i}" for i in range(1, arg.soups + 1))
+  c.mc_dropout_samples = 8      # 0 disables MC dropout
+  c.mc_dropout_rate = 0.1       # the large model's training dropout on its pre-logits
+  c.ood = "mnist"               # "" for none
+  c.shifts = "gaussian_noise,blur,rotation,contrast"
+  c.shift_max_images = 2000     # per (corruption, severity), a seeded subset of test
+  c.data_dir = ""               # "" = the large model's training data_dir
+  c.output_dir = f"{arg.runs}/results"
+  c.batch_size = 500
+  c.solver = "jaxopt"           # or "optax"
+  c.bootstrap = 200             # paired bootstrap rounds for the Δ-vs-large+TS table
+  c.num_devices = -1
+  c.seed = 0
+  return c

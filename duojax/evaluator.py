@@ -1,0 +1,137 @@
+"""What `evaluate.py --config` runs: members -> logits bank -> methods -> report.
+
+1. restore the large model, the sidekick, extra ensemble members and soup
+   ingredients from their training workdirs (and check they agree on data,
+   classes and image shape);
+2. build the soups (uniform, greedy on val accuracy);
+3. compute every member's logits ONCE per split (val, test, MNIST as OOD,
+   corrupted test sets) with one fused jitted forward per batch, plus the
+   large model's MC-dropout average;
+4. fit every method on val only, score it everywhere, write the report.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import numpy as np
+
+from duojax import data, evaluation, methods as methods_lib, report, shifts, soups, train_lib
+
+LARGE, SIDEKICK = "large", "sidekick"
+
+
+def _list(value: str) -> list[str]:
+  return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _check_workdirs(config) -> None:
+  """Fail before any work if a workdir is missing (one line, names it)."""
+  for key in ("large", "sidekick", "ensemble", "soup_ingredients"):
+    for workdir in _list(config[key]):
+      if not os.path.isdir(os.path.expanduser(workdir)):
+        raise ValueError(f"config.{key}: workdir {workdir!r} does not exist")
+  if not config.large:
+    raise ValueError("config.large must name the large model's training workdir")
+
+
+def run(config) -> dict:
+  """Computes the full results dict of `config` (see configs/demo_eval.py)."""
+  _check_workdirs(config)
+  t_start = time.perf_counter()
+  mesh = train_lib.make_mesh(config.num_devices)
+  members = [evaluation.load_member(LARGE, config.large)]
+  if config.sidekick:
+    members.append(evaluation.load_member(SIDEKICK, config.sidekick))
+  ensemble = [LARGE]
+  for i, workdir in enumerate(_list(config.ensemble), start=2):
+    members.append(evaluation.load_member(f"large#{i}", workdir))
+    ensemble.append(f"large#{i}")
+  evaluation.check_members_agree(members)
+
+  meta = members[0].meta
+  train_config = meta["config"]
+  dataset = data.load_dataset(train_config["dataset"],
+                              os.path.expanduser(config.data_dir or train_config["data_dir"]),
+                              val_size=train_config["val_size"],
+                              split_seed=train_config["split_seed"])
+  if tuple(dataset.image_shape) != tuple(meta["image_shape"]) or \
+      dataset.num_classes != meta["num_classes"]:
+    raise ValueError(f"the large model was trained on {meta['image_shape']} images with "
+                     f"{meta['num_classes']} classes; the data has "
+                     f"{list(dataset.image_shape)} and {dataset.num_classes}")
+  splits = {"val": dataset.val, "test": dataset.test}
+  if config.ood:
+    splits["ood"] = _ood_split(config.ood, dataset)
+  kinds = _list(config.shifts)
+  if kinds:
+    unknown = set(kinds) - set(shifts.SHIFTS)
+    if unknown:
+      raise ValueError(f"config.shifts has unknown {sorted(unknown)}; valid: "
+                       f"{', '.join(shifts.SHIFTS)}")
+    splits.update(evaluation.shifted_splits(dataset.test, kinds=kinds,
+                                            max_images=config.shift_max_images,
+                                            seed=config.seed))
+
+  extra_singles = []
+  ingredients = _list(config.soup_ingredients)
+  if ingredients:
+    members += _soups(ingredients, members[0], dataset, mesh, config.batch_size)
+    extra_singles += ["soup (uniform)", "soup (greedy)"]
+
+  bank = evaluation.collect(members, dataset, splits, mesh=mesh, batch_size=config.batch_size)
+  member_flops = {m.name: m.flops for m in members}
+  if config.mc_dropout_samples > 0:
+    name = f"MC dropout K={config.mc_dropout_samples}"
+    bank.add_member(name, evaluation.mc_dropout_logits(
+        members[0], dataset, splits, rate=config.mc_dropout_rate,
+        num_samples=config.mc_dropout_samples, mesh=mesh, batch_size=config.batch_size,
+        seed=config.seed))
+    kernel = np.shape(members[0].model.head.kernel.value)
+    member_flops[name] = members[0].flops + config.mc_dropout_samples * 2 * kernel[0] * kernel[1]
+    extra_singles.append(name)
+
+  method_list = methods_lib.standard_methods(
+      large=LARGE, sidekick=SIDEKICK if config.sidekick else None, ensemble=tuple(ensemble),
+      extra_singles=tuple(extra_singles))
+  results = report.build_results(bank, method_list, member_flops, large=LARGE,
+                                 solver=config.solver, bootstrap=config.bootstrap,
+                                 seed=config.seed)
+  results["members"] = {
+      m.name: {"model_name": m.meta["model_name"], "flops": m.flops,
+               "params": train_lib.count_params(train_lib.split_model(m.model)[1]),
+               "step": m.meta.get("step")} for m in members}
+  results["splits"] = {name: int(len(bank.labels[name])) for name in bank.labels}
+  results["seconds"] = round(time.perf_counter() - t_start, 1)
+  results["devices"] = f"{jax.device_count()} × {jax.devices()[0].device_kind}"
+  return results
+
+
+def _ood_split(name: str, dataset: data.Dataset) -> data.Split:
+  if name != "mnist":
+    raise ValueError(f"config.ood={name!r}; the embedded OOD set is 'mnist' ('' for none)")
+  images, labels = data.load_mnist_ood("test")
+  if tuple(images.shape[1:]) != tuple(dataset.image_shape):
+    raise ValueError(f"OOD set {name!r} has images {images.shape[1:]}, the models take "
+                     f"{tuple(dataset.image_shape)}")
+  return evaluation.array_split(images, labels)
+
+
+def _soups(workdirs, large: evaluation.Member, dataset, mesh, batch_size):
+  """Uniform and greedy soups of fine-tunes, scored by validation accuracy."""
+  ingredients = [evaluation.load_member(f"ingredient#{i}", w) for i, w in enumerate(workdirs)]
+  evaluation.check_members_agree([large, *ingredients])
+
+  def val_accuracy(model):
+    member = evaluation.Member("candidate", model, large.meta)
+    bank = evaluation.collect([member], dataset, {"val": dataset.val}, mesh=mesh,
+                              batch_size=batch_size)
+    return float(np.mean(bank.logits["val"][0].argmax(-1) == bank.labels["val"]))
+
+  models = [m.model for m in ingredients]
+  uniform = soups.average(models)
+  greedy, _ = soups.greedy(models, val_accuracy)
+  return [evaluation.Member("soup (uniform)", uniform, large.meta, large.flops),
+          evaluation.Member("soup (greedy)", greedy, large.meta, large.flops)]

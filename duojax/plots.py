@@ -1,0 +1,334 @@
+"""The figures of a results report, as PNG files: risk–coverage, reliability
+diagrams, cost–metric Pareto plots and metrics under distribution shift.
+
+Figures use matplotlib's object API on an Agg canvas, never pyplot: no global
+figure registry to leak into, no backend to switch, no display needed. Each
+PNG is rendered to a temporary file beside its target and renamed into place,
+so a reader never sees half a file. The directory must exist (callers choose
+where reports go). A method's color is its position in the dict it comes in;
+pass `colors=method_colors(all_names)` to keep colors fixed across figures
+that show different subsets of methods.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.transforms import Bbox
+
+DPI = 120
+PALETTE = tuple(colormaps["tab10"].colors) + tuple(colormaps["Dark2"].colors)
+MAX_LINE_POINTS = 2000  # longer curves are thinned: invisible at this size, faster to draw
+RELIABILITY_COLUMNS = 4
+_GAP_COLOR = "0.15"  # dark hatching reads on every palette color
+
+
+def method_colors(names: Sequence[str]) -> dict[str, tuple]:
+  """Method -> color, by position (cycling past the palette's end)."""
+  return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+
+
+def _colors(names, given: Mapping | None) -> dict:
+  return {**method_colors(list(names)), **(given or {})}
+
+
+def _require_items(mapping, what: str) -> None:
+  if not isinstance(mapping, Mapping) or not mapping:
+    raise ValueError(f"{what}: expected a non-empty dict, got {mapping!r:.80}")
+
+
+def _check_directory(path) -> str:
+  path = os.fspath(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise ValueError(f"output directory {folder} does not exist; create it first")
+  return path
+
+
+def _save(fig: Figure, path: str) -> str:
+  """Writes `fig` to `path` atomically: a temporary file in the same directory, then a rename."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-",
+                             suffix=".png")
+  os.close(fd)
+  try:
+    # "tight" grows the canvas to anything drawn past its edge (long labels).
+    fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the report is for reading
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+  finally:
+    fig.clear()  # frees the artists now rather than at garbage collection
+  return path
+
+
+def _new_figure(width: float, height: float) -> Figure:
+  fig = Figure(figsize=(width, height), layout="constrained")
+  FigureCanvasAgg(fig)
+  return fig
+
+
+def _panels(count: int, columns: int, width: float, height: float, **kwargs):
+  """A figure with `count` panels of width × height inches in rows of `columns`."""
+  rows = math.ceil(count / columns)
+  fig = _new_figure(width * columns + 0.6, height * rows + 0.7)
+  axes = fig.subplots(rows, columns, squeeze=False, **kwargs).ravel()
+  for ax in axes[count:]:  # no empty panels in an incomplete last row
+    ax.remove()
+  return fig, axes[:count]
+
+
+def _curve(name: str, coverage, risk) -> tuple[np.ndarray, np.ndarray]:
+  coverage = np.asarray(coverage, np.float64)
+  risk = np.asarray(risk, np.float64)
+  if coverage.ndim != 1 or coverage.shape != risk.shape or coverage.size == 0:
+    raise ValueError(f"risk_coverage: {name!r} needs coverage and risk of the same non-zero "
+                     f"length, got shapes {coverage.shape} and {risk.shape}")
+  if not np.all(np.isfinite(coverage)) or coverage.min() < 0 or coverage.max() > 1:
+    raise ValueError(f"risk_coverage: {name!r} has coverage outside [0, 1]")
+  order = np.argsort(coverage, kind="stable")
+  step = max(1, math.ceil(coverage.size / MAX_LINE_POINTS))
+  keep = np.unique(np.r_[np.arange(0, coverage.size, step), coverage.size - 1])
+  return coverage[order][keep], risk[order][keep]
+
+
+def risk_coverage(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, *,
+                  title: str = "Risk–coverage", colors: Mapping | None = None) -> str:
+  """Selective risk against coverage, one line per method; returns `path`.
+
+  The y axis starts at 0 and ends just above the highest risk at coverage
+  ≥ 10 %: below that, a curve rests on a handful of images and its spikes
+  would flatten everything else.
+  """
+  _require_items(curves, "risk_coverage")
+  path = _check_directory(path)
+  colors = _colors(curves, colors)
+  data = {name: _curve(name, *pair) for name, pair in curves.items()}
+  fig = _new_figure(6.4, 4.4)
+  ax = fig.add_subplot()
+  for name, (coverage, risk) in data.items():
+    ax.plot(coverage, risk, color=colors[name], lw=1.8, label=name)
+  settled = [r[c >= 0.1] for c, r in data.values()]
+  top = max((np.nanmax(r) for r in settled if np.isfinite(r).any()), default=np.nan)
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1.08 * top if np.isfinite(top) and top > 0 else None)
+  ax.set(xlabel="Coverage (fraction of images kept, most confident first)",
+         ylabel="Selective risk (error rate on kept images)", title=title)
+  ax.grid(alpha=0.3)
+  if len(data) <= 6:  # a few entries fit inside, more go to the right
+    ax.legend(loc="best", fontsize="small", framealpha=0.9)
+  else:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
+  return _save(fig, path)
+
+
+def _diagram(name: str, diagram) -> dict[str, np.ndarray]:
+  keys = ("confidence", "accuracy", "count")
+  missing = [k for k in keys if k not in diagram] if isinstance(diagram, Mapping) else keys
+  if missing:
+    raise ValueError(f"reliability: {name!r} lacks {', '.join(missing)}")
+  out = {k: np.asarray(diagram[k], np.float64) for k in keys}
+  # Without edges, the bins are taken to be equal-width on [0, 1] (the ECE bins).
+  out["edges"] = np.asarray(diagram.get("edges", np.linspace(0, 1, out["accuracy"].size + 1)),
+                            np.float64)
+  keys += ("edges",)
+  shapes = [out[k].shape for k in keys]
+  bins = shapes[0][0] if len(shapes[0]) == 1 else 0
+  if bins == 0 or shapes != [(bins,)] * 3 + [(bins + 1,)]:
+    raise ValueError(f"reliability: {name!r} needs B confidences, accuracies and counts and "
+                     f"B + 1 edges, got shapes {shapes}")
+  return out
+
+
+def reliability(diagrams: dict[str, dict], path, *, title: str = "Reliability",
+                colors: Mapping | None = None) -> str:
+  """One reliability diagram per method, in a grid of panels; returns `path`.
+
+  Each diagram: "confidence" (mean per bin, NaN if empty), "accuracy" and
+  "count" [B]; optionally "edges" [B + 1] (default: B equal bins on [0, 1])
+  and "ece" (shown in the panel title).
+
+  Bars: accuracy in each confidence bin. Hatched: the gap to the bin's mean
+  confidence (above the bar: overconfident). Dashed: perfect calibration.
+  """
+  _require_items(diagrams, "reliability")
+  path = _check_directory(path)
+  colors = _colors(diagrams, colors)
+  data = {name: _diagram(name, d) for name, d in diagrams.items()}
+  columns = min(len(data), RELIABILITY_COLUMNS)
+  fig, axes = _panels(len(data), columns, 3.0, 3.0)
+  for ax, (name, d) in zip(axes, data.items()):
+    left, width = d["edges"][:-1], np.diff(d["edges"])
+    filled = (d["count"] > 0) & np.isfinite(d["accuracy"]) & np.isfinite(d["confidence"])
+    accuracy = np.where(filled, d["accuracy"], 0.0)
+    gap = np.where(filled, d["confidence"] - accuracy, 0.0)
+    ax.bar(left, accuracy, width=width, align="edge", color=colors[name], alpha=0.85,
+           edgecolor="white", linewidth=0.6)
+    # Hatch only, no fill: readable both above a bar and over it.
+    ax.bar(left, gap, bottom=accuracy, width=width, align="edge", facecolor="none",
+           edgecolor=_GAP_COLOR, hatch="////", linewidth=0.6)
+    ax.plot([0, 1], [0, 1], ls="--", color="0.25", lw=1.0)
+    ece = diagrams[name].get("ece")
+    heading = name if ece is None else f"{name}\nECE = {float(ece):.4f}"
+    ax.set(xlim=(0, 1), ylim=(0, 1), title=heading, aspect="equal", xlabel="Confidence")
+    ax.title.set_fontsize("medium")
+    ax.grid(alpha=0.3)
+  for ax in fig.axes[::columns]:
+    ax.set_ylabel("Accuracy")
+  fig.legend(handles=[Patch(facecolor="0.6", label="accuracy in bin"),
+                      Patch(facecolor="none", edgecolor=_GAP_COLOR, hatch="////",
+                            label="gap to mean confidence"),
+                      Line2D([], [], ls="--", color="0.25", label="perfect calibration")],
+             loc="outside lower center", ncols=3 if columns > 1 else 1, fontsize="small",
+             frameon=False)
+  fig.suptitle(title)
+  return _save(fig, path)
+
+
+def _finite_points(points) -> dict[str, tuple[float, float]]:
+  _require_items(points, "pareto")
+  out = {}
+  for name, point in points.items():
+    if np.ndim(point) != 1 or np.shape(point) != (2,):
+      raise ValueError(f"pareto: {name!r} must be a (cost, metric) pair, got {point!r:.80}")
+    cost, metric = (float(v) for v in point)
+    if math.isfinite(cost) and math.isfinite(metric):
+      out[name] = (cost, metric)
+  return out
+
+
+def pareto_front(points: dict[str, tuple[float, float]], *,
+                 lower_is_better: bool = True) -> list[str]:
+  """Methods no other method beats on both cost and metric, by increasing cost.
+
+  Lower cost is always better; the metric is better lower or higher as told.
+  Points with a non-finite coordinate are left out; identical points do not
+  dominate each other, so all of them stay on the front.
+  """
+  finite = _finite_points(points)
+  sign = 1.0 if lower_is_better else -1.0
+  scored = {name: (cost, sign * metric) for name, (cost, metric) in finite.items()}
+
+  def dominated(a):
+    return any(b[0] <= a[0] and b[1] <= a[1] and b != a for b in scored.values())
+
+  front = [name for name, score in scored.items() if not dominated(score)]
+  return sorted(front, key=lambda name: scored[name])
+
+
+def _declutter(fig: Figure, ax, labels: list, xs: np.ndarray, ys: np.ndarray) -> None:
+  """Moves point labels up, lowest first, until none covers an earlier label or a marker."""
+  fig.draw_without_rendering()  # lays the figure out, so text extents are known
+  renderer = fig.canvas.get_renderer()
+  pad = 4.0 * fig.dpi / 72  # about a marker's radius, in pixels
+  placed = [Bbox.from_extents(x - pad, y - pad, x + pad, y + pad)
+            for x, y in ax.transData.transform(np.column_stack([xs, ys]))]
+  for label in sorted(labels, key=lambda t: t.get_window_extent(renderer).y0):
+    box = label.get_window_extent(renderer)
+    for _ in range(len(placed)):  # each step clears at least one box
+      hit = next((other for other in placed if box.overlaps(other)), None)
+      if hit is None:
+        break
+      dx, dy = label.xyann
+      label.xyann = (dx, dy + (hit.y1 - box.y0 + 1) * 72 / fig.dpi)
+      box = label.get_window_extent(renderer)
+    placed.append(box)
+
+
+def pareto(points: dict[str, tuple[float, float]], path, *, y_label: str,
+           x_label: str = "GFLOPs / image", lower_is_better: bool = True,
+           title: str | None = None, colors: Mapping | None = None) -> str:
+  """Cost against a metric, one labelled point per method, front as a step line."""
+  finite = _finite_points(points)
+  path = _check_directory(path)
+  colors = _colors(points, colors)
+  front = pareto_front(points, lower_is_better=lower_is_better)
+  fig = _new_figure(6.8, 4.6)
+  ax = fig.add_subplot()
+  if finite:
+    names = list(finite)
+    xs, ys = np.array([finite[n] for n in names]).T
+    # A log axis only when costs differ by more than 10×: easier to read otherwise.
+    log_x = xs.min() > 0 and xs.max() / xs.min() > 10
+    if log_x:
+      ax.set_xscale("log")  # ticks at 1, 2, 5 × 10^k, written as plain numbers
+      ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+      ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+      ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.step([finite[n][0] for n in front], [finite[n][1] for n in front], where="post",
+            color="0.35", lw=1.3, ls="--", zorder=1, label="Pareto front")
+    on_front = set(front)
+    labels = []
+    for name, x, y in zip(names, xs, ys):
+      ax.scatter([x], [y], s=70 if name in on_front else 40, color=colors[name], zorder=3,
+                 edgecolor="black" if name in on_front else "none", linewidth=0.8)
+      labels.append(ax.annotate(name, (x, y), xytext=(6, 2), textcoords="offset points",
+                                fontsize=8, va="bottom", color="0.15"))
+    ax.margins(x=0.12, y=0.12)
+    ax.legend(handles=[*ax.get_legend_handles_labels()[0],
+                       Line2D([], [], ls="", marker="o", color="0.6", markeredgecolor="black",
+                              label="on the front")], loc="best", fontsize="small")
+  hidden = [n for n in points if n not in finite]
+  if hidden:
+    fig.text(0.01, 0.0, "not shown (non-finite value): " + ", ".join(hidden), fontsize=7,
+             color="0.4", va="bottom")
+  better = "lower" if lower_is_better else "higher"
+  ax.set(xlabel=x_label, ylabel=f"{y_label} ({better} is better)",
+         title=title or f"Cost vs {y_label}")
+  ax.grid(alpha=0.3, which="both")
+  if finite:
+    _declutter(fig, ax, labels, xs, ys)
+  return _save(fig, path)
+
+
+def _check_series(series) -> list[str]:
+  """Validates `series`; returns every method, in order of first appearance."""
+  _require_items(series, "shift_curves")
+  methods = {}
+  for kind, by_method in series.items():
+    _require_items(by_method, f"shift_curves[{kind!r}]")
+    lengths = {name: len(values) for name, values in by_method.items()}
+    if len(set(lengths.values())) != 1 or 0 in lengths.values():
+      raise ValueError(f"shift_curves: methods under {kind!r} need the same non-zero number "
+                       f"of values, got {lengths}")
+    methods.update(dict.fromkeys(by_method))
+  return list(methods)
+
+
+def shift_curves(series: dict[str, dict[str, list[float]]], path, *, metric_label: str,
+                 title: str | None = None, colors: Mapping | None = None) -> str:
+  """A metric against severity (0 = clean), one panel per shift kind; returns `path`."""
+  methods = _check_series(series)
+  path = _check_directory(path)
+  colors = _colors(methods, colors)
+  # A near-square grid (2 × 2 for the four kinds): wide rows flatten the curves.
+  columns = math.ceil(math.sqrt(len(series)))
+  fig, axes = _panels(len(series), columns, 3.4, 2.8, sharey=True)
+  fig.set_figwidth(fig.get_figwidth() + 1.6)  # room for the legend on the right
+  for ax, (kind, by_method) in zip(axes, series.items()):
+    for name, values in by_method.items():
+      values = np.asarray(values, np.float64)
+      ax.plot(np.arange(values.size), values, color=colors[name], marker="o", ms=3.5, lw=1.6,
+              label=name)
+    severities = len(next(iter(by_method.values())))
+    ax.set_xticks(range(severities), ["clean", *map(str, range(1, severities))])
+    ax.set_title(kind.replace("_", " "), fontsize="medium")
+    ax.grid(alpha=0.3)
+  # One legend entry per method, whichever panels it appears in.
+  handles = [Line2D([], [], color=colors[m], marker="o", ms=3.5, lw=1.6) for m in methods]
+  fig.legend(handles, methods, loc="outside right upper", fontsize="small", frameon=False)
+  fig.supxlabel("Severity")
+  fig.supylabel(metric_label)
+  fig.suptitle(title or f"{metric_label} under distribution shift")
+  return _save(fig, path)

@@ -1,0 +1,121 @@
+"""evaluate.py --config end to end on tiny trained members, and its bad inputs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from duojax import checkpoint, config_lib, train_lib, trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train(data_dir, workdir, model_name, *, seed=0, steps=30, init_from="", **model):
+  config = config_lib.base_config()
+  config.data_dir = str(data_dir)
+  config.val_size = 150
+  config.model_name = model_name
+  for key, value in model.items():
+    config.model[key] = value
+  config.batch_size = 32
+  config.eval_batch_size = 100
+  config.total_steps = steps
+  config.warmup_steps = 2
+  config.lr = 5e-3
+  config.augment = ""
+  config.seed = seed
+  config.init_from = init_from
+  config.log_every = 10
+  config.checkpoint_every = steps
+  trainer.train_and_evaluate(config, str(workdir))
+  return str(workdir)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, learnable_data_dir):
+  root = tmp_path_factory.mktemp("runs")
+  large = _train(learnable_data_dir, root / "large", "resnet8", width=4, dropout=0.1)
+  _train(learnable_data_dir, root / "sidekick", "cnn_xs", steps=20)
+  _train(learnable_data_dir, root / "large_seed1", "resnet8", seed=1, width=4, dropout=0.1)
+  for i in (1, 2):
+    _train(learnable_data_dir, root / f"soup_{i}", "resnet8", seed=i, steps=5,
+           init_from=large, width=4, dropout=0.1)
+  return root
+
+
+def _evaluate(runs, *extra):
+  args = [sys.executable, os.path.join(ROOT, "evaluate.py"),
+          "--config", os.path.join(ROOT, f"configs/demo_eval.py:runs={runs}"),
+          "--config.shift_max_images=60", "--config.shifts=blur,contrast",
+          "--config.bootstrap=10", "--config.batch_size=100", "--config.mc_dropout_samples=4",
+          *extra]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  return subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+
+
+def test_evaluate_config_reports_every_method(runs):
+  result = _evaluate(runs)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = runs / "results"
+  results = json.loads((out / "results.json").read_text())
+  names = set(results["methods"])
+  assert {"large", "large+TS", "sidekick+TS", "duo (weighted)", "duo (unweighted)",
+          "duo (UQ only)", "ensemble m=2", "ensemble m=2+TS", "soup (uniform)",
+          "soup (greedy)", "MC dropout K=4"} <= names
+  duo = results["methods"]["duo (weighted)"]
+  large = results["methods"]["large"]
+  assert duo["relative_flops"] == pytest.approx(1 + results["members"]["sidekick"]["flops"]
+                                                / results["members"]["large"]["flops"])
+  assert set(duo["test"]) >= {"acc", "nll", "brier", "ece", "auroc", "aurc", "eaurc",
+                              "augrc", "sac90", "sac95", "sac98", "sac99"}
+  assert set(duo["ood"]) == {"msp", "neg_entropy", "energy"}
+  assert set(duo["shifts"]) == {f"{k}/{s}" for k in ("blur", "contrast") for s in range(1, 6)}
+  assert results["splits"] == {"val": 150, "test": 200, "ood": 10000,
+                               **{f"{k}/{s}": 60 for k in ("blur", "contrast")
+                                  for s in range(1, 6)}}
+  assert large["fitted"] == {} and len(duo["fitted"]["weights"]) == 2
+  assert "paired_vs_reference" in results
+  markdown = (out / "results.md").read_text()
+  assert "| duo (weighted) |" in markdown and "Paired differences" in markdown
+  for png in ("risk_coverage", "reliability", "pareto_aurc", "pareto_sac98", "shift_acc",
+              "shift_aurc"):
+    assert (out / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert not [p for p in os.listdir(out) if p.startswith(".tmp")]
+
+
+def _assert_fails(result, pattern):
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and pattern in last, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+
+
+def test_evaluate_missing_member_workdir(runs, tmp_path):
+  out = tmp_path / "out"
+  result = _evaluate(runs, f"--config.sidekick={tmp_path / 'nope'}", f"--config.output_dir={out}")
+  _assert_fails(result, "does not exist")
+  assert not out.exists()
+
+
+def test_evaluate_sidekick_with_another_label_set(runs, tmp_path):
+  # A real checkpoint of a 5-class sidekick (as if trained on another label set).
+  config = config_lib.base_config()
+  spec = train_lib.ModelSpec("cnn_xs", {}, 5, (28, 28, 1))
+  graphdef, params, batch_stats = train_lib.split_model(spec.build())
+  state = train_lib.init_state(params, batch_stats, train_lib.make_optimizer(config, 10))
+  manager = checkpoint.make_manager(str(tmp_path / "five"))
+  checkpoint.save(manager, 0, state, {**spec.as_meta(), "dataset": "fashion_mnist",
+                                      "config": config.to_dict(), "step": 0})
+  manager.close()
+  out = tmp_path / "out"
+  result = _evaluate(runs, f"--config.sidekick={tmp_path / 'five'}", f"--config.output_dir={out}")
+  _assert_fails(result, "members disagree on num_classes")
+  assert not out.exists()
+
+
+def test_evaluate_needs_exactly_one_mode(tmp_path):
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py")],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+  _assert_fails(result, "exactly one of --config")
