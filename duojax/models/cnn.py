@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from duojax.models import common
+
 # name -> (conv widths, hidden units)
 CONFIGS = {
     "cnn_s": ((16, 32), 64),
@@ -20,25 +22,9 @@ CONFIGS = {
 OVERRIDES = ("image_size", "in_channels", "dtype", "widths", "hidden", "dropout")
 
 
-def _normal_init(std_of_shape):
-  """Initializer N(0, std_of_shape(shape)**2) with a shared sampler program.
-
-  Eager construction compiles XLA's (slow to compile) threefry sampler once
-  per sample shape. Drawing a power-of-two number of 4096-wide rows and
-  cutting them to size lets parameters of similar size share one compiled
-  sampler, which makes building a model several times faster.
-  """
-  def init(key, shape, dtype=jnp.float32):
-    size = math.prod(shape)
-    rows = 1 << max(0, math.ceil(math.log2(size / 4096)))
-    flat = jax.random.normal(key, (rows, 4096), dtype).reshape(-1)[:size]
-    return (flat * std_of_shape(shape)).reshape(shape)
-  return init
-
-
 # LeCun normal, N(0, 1 / fan_in), for convs ([kh, kw, in, out]) and dense
 # layers ([in, out]) alike.
-_kernel_init = _normal_init(lambda s: math.prod(s[:-1]) ** -0.5)
+_kernel_init = common.normal_init(lambda s: math.prod(s[:-1]) ** -0.5)
 
 
 class CNN(nnx.Module):
@@ -66,7 +52,7 @@ class CNN(nnx.Module):
     dtype = jnp.dtype(dtype)
     self.name = name
     self.dtype = dtype
-    self.dropout_rate = _check_dropout(name, dropout)
+    self.dropout_rate = common.check_dropout(name, dropout)
     # Dropout on the pre-logit features only (stateless: keys come at call time).
     self.head_dropout = nnx.Dropout(self.dropout_rate, rngs=None)
     self.image_size = (int(h), int(w))
@@ -92,15 +78,7 @@ class CNN(nnx.Module):
                            rngs=rngs)
 
   def _check_input(self, x):
-    if x.ndim != 4:
-      raise ValueError(f"{self.name} expects images of shape "
-                       f"{self.input_shape} batched as [B, H, W, C], got an "
-                       f"array of shape {tuple(x.shape)}")
-    if tuple(x.shape[1:]) != self.input_shape:
-      raise ValueError(f"{self.name} expects images of shape "
-                       f"{self.input_shape}, got {tuple(x.shape[1:])}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-      raise ValueError(f"{self.name} expects float images, got {x.dtype}")
+    common.check_fixed_input(self.name, self.input_shape, x)
 
   def __call__(self, x, train: bool = False, rngs=None):
     """Returns (float32 logits, {"pre_logits": [B, hidden]}).
@@ -109,7 +87,7 @@ class CNN(nnx.Module):
     to the pre-logits, with keys from `rngs`.
     """
     self._check_input(x)
-    _check_rngs(self.name, self.dropout_rate, train, rngs)
+    common.check_rngs(self.name, self.dropout_rate, train, rngs)
     x = x.astype(self.dtype)
     for conv in self.convs:
       x = nnx.max_pool(jax.nn.relu(conv(x)), (2, 2), strides=(2, 2))
@@ -128,14 +106,3 @@ def create(name: str, num_classes: int = 1000, *, rngs: nnx.Rngs,
   kwargs.update(overrides)
   return CNN(num_classes, name=name, rngs=rngs, **kwargs)
 
-
-def _check_dropout(name: str, rate: float) -> float:
-  if not 0.0 <= rate < 1.0:
-    raise ValueError(f"{name}: dropout must be in [0, 1), got {rate}")
-  return float(rate)
-
-
-def _check_rngs(name: str, rate: float, train: bool, rngs) -> None:
-  if train and rate > 0 and rngs is None:
-    raise ValueError(f"{name}: train=True with dropout={rate} needs rngs, e.g. "
-                     "nnx.Rngs(dropout=key); got rngs=None")

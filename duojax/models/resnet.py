@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from duojax.models import common
+
 # name -> (block kind, blocks per stage, base width, stem)
 CONFIGS = {
     "resnet18": ("basic", (2, 2, 2, 2), 64, "imagenet"),
@@ -34,27 +36,11 @@ OVERRIDES = ("width", "stem", "in_channels", "image_size", "dtype", "dropout",
 STEMS = ("imagenet", "small")
 
 
-def _normal_init(std_of_shape):
-  """Initializer N(0, std_of_shape(shape)**2) with a shared sampler program.
-
-  Eager construction compiles XLA's (slow to compile) threefry sampler once
-  per sample shape. Drawing a power-of-two number of 4096-wide rows and
-  cutting them to size lets parameters of similar size share one compiled
-  sampler, which makes building a model several times faster.
-  """
-  def init(key, shape, dtype=jnp.float32):
-    size = math.prod(shape)
-    rows = 1 << max(0, math.ceil(math.log2(size / 4096)))
-    flat = jax.random.normal(key, (rows, 4096), dtype).reshape(-1)[:size]
-    return (flat * std_of_shape(shape)).reshape(shape)
-  return init
-
-
 # torchvision: kaiming_normal_(mode="fan_out") convs, N(0, 2 / (kh*kw*out)).
-_conv_init = _normal_init(
+_conv_init = common.normal_init(
     lambda s: math.sqrt(2.0 / (math.prod(s[:-2]) * s[-1])))
 # LeCun normal head, N(0, 1 / in_features).
-_head_init = _normal_init(lambda s: s[0] ** -0.5)
+_head_init = common.normal_init(lambda s: s[0] ** -0.5)
 
 
 def _conv(in_ch, out_ch, kernel, stride, *, dtype, rngs):
@@ -179,7 +165,7 @@ class ResNet(nnx.Module):
     dtype = jnp.dtype(dtype)
     self.name = name
     self.dtype = dtype
-    self.dropout_rate = _check_dropout(name, dropout)
+    self.dropout_rate = common.check_dropout(name, dropout)
     # Dropout on the pre-logit features only (stateless: keys come at call time).
     self.head_dropout = nnx.Dropout(self.dropout_rate, rngs=None)
     self.stem = stem
@@ -235,7 +221,7 @@ class ResNet(nnx.Module):
     keys from `rngs` (an nnx.Rngs with a "dropout" stream, or a key).
     """
     self._check_input(x)
-    _check_rngs(self.name, self.dropout_rate, train, rngs)
+    common.check_rngs(self.name, self.dropout_rate, train, rngs)
     ura = not train
     x = x.astype(self.dtype)
     x = jax.nn.relu(self.stem_bn(self.stem_conv(x), use_running_average=ura))
@@ -261,14 +247,3 @@ def create(name: str, num_classes: int = 1000, *, rngs: nnx.Rngs,
   return ResNet(stage_sizes, block, num_classes, name=name, rngs=rngs,
                 **kwargs)
 
-
-def _check_dropout(name: str, rate: float) -> float:
-  if not 0.0 <= rate < 1.0:
-    raise ValueError(f"{name}: dropout must be in [0, 1), got {rate}")
-  return float(rate)
-
-
-def _check_rngs(name: str, rate: float, train: bool, rngs) -> None:
-  if train and rate > 0 and rngs is None:
-    raise ValueError(f"{name}: train=True with dropout={rate} needs rngs, e.g. "
-                     "nnx.Rngs(dropout=key); got rngs=None")

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from duojax.models import common
+
 # variant -> (width, depth, mlp_dim, num_heads)
 VARIANTS = {
     "mu": (32, 2, 64, 2),  # unit tests
@@ -39,32 +41,16 @@ OVERRIDES = ("image_size", "in_channels", "pool", "dropout", "drop_path",
 POOLS = ("tok", "gap")
 
 
-def _normal_init(std_of_shape):
-  """Initializer N(0, std_of_shape(shape)**2) with a shared sampler program.
-
-  Eager construction compiles XLA's (slow to compile) threefry sampler once
-  per sample shape. Drawing a power-of-two number of 4096-wide rows and
-  cutting them to size lets parameters of similar size share one compiled
-  sampler, which makes building a model several times faster.
-  """
-  def init(key, shape, dtype=jnp.float32):
-    size = math.prod(shape)
-    rows = 1 << max(0, math.ceil(math.log2(size / 4096)))
-    flat = jax.random.normal(key, (rows, 4096), dtype).reshape(-1)[:size]
-    return (flat * std_of_shape(shape)).reshape(shape)
-  return init
-
-
 # Glorot-variance dense kernels as in big_vision (nnx.LinearGeneral hands the
 # initializer its kernel flattened to [fan_in, fan_out]).
-_dense_init = _normal_init(lambda s: math.sqrt(2.0 / (s[0] + s[-1])))
+_dense_init = common.normal_init(lambda s: math.sqrt(2.0 / (s[0] + s[-1])))
 # LeCun normal patch embedding, N(0, 1 / (patch*patch*channels)).
-_patch_init = _normal_init(lambda s: math.prod(s[:-1]) ** -0.5)
+_patch_init = common.normal_init(lambda s: math.prod(s[:-1]) ** -0.5)
 # big_vision's learned position embedding, N(0, 1 / width).
-_posemb_init = _normal_init(lambda s: s[-1] ** -0.5)
+_posemb_init = common.normal_init(lambda s: s[-1] ** -0.5)
 # timm's head init, N(0, 0.02^2): small logits at init, but not all zero,
 # so differently seeded ensemble members disagree from the start.
-_head_init = _normal_init(lambda s: 0.02)
+_head_init = common.normal_init(lambda s: 0.02)
 
 
 def parse_name(name: str) -> tuple[str, int] | None:
@@ -222,15 +208,7 @@ class VisionTransformer(nnx.Module):
         dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
 
   def _check_input(self, x):
-    if x.ndim != 4:
-      raise ValueError(f"{self.name} expects images of shape "
-                       f"{self.input_shape} batched as [B, H, W, C], got an "
-                       f"array of shape {tuple(x.shape)}")
-    if tuple(x.shape[1:]) != self.input_shape:
-      raise ValueError(f"{self.name} expects images of shape "
-                       f"{self.input_shape}, got {tuple(x.shape[1:])}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-      raise ValueError(f"{self.name} expects float images, got {x.dtype}")
+    common.check_fixed_input(self.name, self.input_shape, x)
 
   def __call__(self, x, train: bool = False, rngs=None):
     """Returns (float32 logits [B, classes], {"pre_logits": [B, width]}).
