@@ -202,8 +202,8 @@ def test_single_sample(label):
   assert ours["acc"] == float(right) and ours["aurc"] == float(not right)
   assert ours["eaurc"] == 0.0
   assert ours["sac99"] == float(right)
-  assert_scores_close(ours, reference_evaluate(logits, np.array([label]),
-                                               np.asarray(metrics.confidence_scores(logits)["msp"])))
+  msp = np.asarray(metrics.confidence_scores(logits)["msp"])
+  assert_scores_close(ours, reference_evaluate(logits, np.array([label]), msp))
 
 
 def test_interpolation_is_the_mean_over_tie_orders():
@@ -458,8 +458,8 @@ BAD_EVALUATE_INPUTS = {
     "labels shape": (lambda l, y, c: (l, y[:-1], c), "labels shape"),
     "labels 2-D": (lambda l, y, c: (l, y[:, None], c), "labels shape"),
     "labels too big": (lambda l, y, c: (l, _with(y, [1, 2], 5), c),
-                       r"labels has 2 values outside the range \[0, 5\)"),
-    "labels negative": (lambda l, y, c: (l, _with(y, 0, -1), c), "labels has 1 values outside"),
+                       r"labels have 2 values outside \[0, 5\)"),
+    "labels negative": (lambda l, y, c: (l, _with(y, 0, -1), c), "labels have 1 values outside"),
     "float labels": (lambda l, y, c: (l, y.astype(np.float32), c), "labels must be integers"),
     "confidence shape": (lambda l, y, c: (l, y, c[:-1]), "confidence shape"),
     "confidence range": (lambda l, y, c: (l, y, _with(c, [0, 1, 2], [1.5, -0.1, np.nan])),
