@@ -26,7 +26,7 @@ def get_config(arg=None):
   c.mc_dropout_rate = 0.1       # the large model's training dropout on its pre-logits
   c.ood = "mnist"               # "" for none
   c.shifts = "gaussian_noise,blur,rotation,contrast"
-  c.shift_max_images = 2000     # per (corruption, severity), a seeded subset of test
+  c.shift_max_images = 1000     # per (corruption, severity), a seeded subset of test
   c.data_dir = ""               # "" = the large model's training data_dir
   c.output_dir = f"{arg.runs}/results"
   c.batch_size = 500

@@ -35,42 +35,32 @@ def split_members(members: Sequence[nnx.Module]):
   return tuple(graphdefs), tuple(states)
 
 
-def make_fused_forward(graphdefs, *, mesh: Mesh | None = None) -> Callable:
+def make_fused_forward(graphdefs, *, mesh: Mesh | None = None,
+                       with_features: bool = False) -> Callable:
   """Jitted `(states, images) -> logits [m, B, C]` running every member at once.
 
   All members' forward passes live in one XLA program, so the small models
   add their FLOPs and nothing else (one dispatch, one host sync, XLA free to
   overlap them). With a mesh, images are split along "data" and the member
-  states replicated, as in training.
+  states replicated, as in training. `with_features=True` also returns member
+  0's pre-logit features [B, D] (for last-layer MC dropout without a second
+  backbone pass).
   """
   def forward(states, images):
-    outputs = []
-    for graphdef, state in zip(graphdefs, states):
-      logits, _ = nnx.merge(graphdef, state)(images, train=False)
-      outputs.append(logits.astype(jnp.float32))
-    return jnp.stack(outputs)
-
-  if mesh is None:
-    return jax.jit(forward)
-  replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  return jax.jit(forward, in_shardings=(replicated, data),
-                 out_shardings=NamedSharding(mesh, P(None, "data")))
-
-
-def make_fused_features(graphdefs, *, mesh: Mesh | None = None) -> Callable:
-  """Like `make_fused_forward` but returns (logits [m,B,C], pre_logits list)."""
-  def forward(states, images):
-    logits, features = [], []
-    for graphdef, state in zip(graphdefs, states):
+    logits, features = [], None
+    for i, (graphdef, state) in enumerate(zip(graphdefs, states)):
       z, out = nnx.merge(graphdef, state)(images, train=False)
       logits.append(z.astype(jnp.float32))
-      features.append(out["pre_logits"])
-    return jnp.stack(logits), features
+      if i == 0:
+        features = out["pre_logits"]
+    return (jnp.stack(logits), features) if with_features else jnp.stack(logits)
 
   if mesh is None:
     return jax.jit(forward)
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  return jax.jit(forward, in_shardings=(replicated, data))
+  out_logits = NamedSharding(mesh, P(None, "data"))
+  return jax.jit(forward, in_shardings=(replicated, data),
+                 out_shardings=(out_logits, data) if with_features else out_logits)
 
 
 def combine(logits_stack, weights) -> jax.Array:

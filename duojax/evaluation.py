@@ -38,6 +38,8 @@ class LogitsBank:
   member_names: tuple[str, ...]
   labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   logits: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  # Member 0's pre-logit features [N, D] per split, when collected with them.
+  features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   def member(self, split: str, name: str) -> np.ndarray:
     return self.logits[split][self.member_names.index(name)]
@@ -79,18 +81,26 @@ def _to_host(x) -> np.ndarray:
 
 
 def split_logits(forward: Callable, states, batches: Iterable[dict], *, desc: str = "",
-                 total: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """Runs the fused forward over masked batches: (logits [m, N, C], labels [N])."""
-  logits, labels = [], []
+                 total: int | None = None, with_features: bool = False):
+  """Runs the fused forward over masked batches.
+
+  Returns (logits [m, N, C], labels [N]), plus member 0's features [N, D]
+  when `with_features` (the forward must have been built with them).
+  """
+  logits, labels, features = [], [], []
   for batch in tqdm.tqdm(batches, desc=desc, total=total, leave=False, mininterval=2.0,
                          disable=jax.process_index() != 0):
     out = forward(states, batch["image"])
     mask = _to_host(batch["mask"])
+    if with_features:
+      out, feats = out
+      features.append(_to_host(feats)[mask])
     logits.append(_to_host(out)[:, mask])
     labels.append(_to_host(batch["label"])[mask])
   if not logits:
     raise ValueError(f"split {desc!r} is empty")
-  return np.concatenate(logits, axis=1), np.concatenate(labels)
+  result = (np.concatenate(logits, axis=1), np.concatenate(labels))
+  return (*result, np.concatenate(features)) if with_features else result
 
 
 def array_split(images: np.ndarray, labels: np.ndarray) -> data.Split:
@@ -100,18 +110,24 @@ def array_split(images: np.ndarray, labels: np.ndarray) -> data.Split:
 
 
 def collect(members: Sequence[Member], dataset: data.Dataset, splits: dict[str, data.Split], *,
-            mesh, batch_size: int) -> LogitsBank:
-  """Logits of every member on every split (one fused forward per batch)."""
+            mesh, batch_size: int, with_features: bool = False) -> LogitsBank:
+  """Logits of every member on every split (one fused forward per batch).
+
+  `with_features` also keeps member 0's pre-logit features in `bank.features`.
+  """
   check_members_agree(members)
   graphdefs, states = duo.split_members([m.model for m in members])
-  forward = duo.make_fused_forward(graphdefs, mesh=mesh)
+  forward = duo.make_fused_forward(graphdefs, mesh=mesh, with_features=with_features)
   states = jax.device_put(states, train_lib.replicated(mesh))
   bank = LogitsBank(tuple(m.name for m in members))
   for name, split in splits.items():
     batches = data.eval_batches(split, global_batch_size=batch_size, mean=dataset.mean,
                                 std=dataset.std, sharding=train_lib.batch_sharding(mesh))
-    bank.logits[name], bank.labels[name] = split_logits(
-        forward, states, batches, desc=name, total=-(-len(split) // batch_size))
+    out = split_logits(forward, states, batches, desc=name,
+                       total=-(-len(split) // batch_size), with_features=with_features)
+    bank.logits[name], bank.labels[name] = out[0], out[1]
+    if with_features:
+      bank.features[name] = out[2]
   return bank
 
 
@@ -127,33 +143,30 @@ def shifted_splits(test: data.Split, *, kinds=shifts.SHIFTS, severities=shifts.S
           for kind in kinds for severity in severities}
 
 
-def mc_dropout_logits(member: Member, dataset: data.Dataset, splits: dict[str, data.Split], *,
-                      rate: float, num_samples: int, mesh, batch_size: int,
-                      seed: int = 0) -> dict[str, np.ndarray]:
+def mc_dropout_logits(head: nnx.Module, features: dict[str, np.ndarray], *, rate: float,
+                      num_samples: int, seed: int = 0,
+                      chunk: int = 4096) -> dict[str, np.ndarray]:
   """log of the mean softmax over `num_samples` dropout masks on the pre-logits.
 
   Dropout is applied to the features the head sees (last-layer MC dropout):
   exact for models whose only dropout sits before the head (the ResNets and
-  CNNs here), cheap (one backbone pass, K head passes), and an approximation
-  for ViTs trained with dropout inside their blocks.
+  CNNs here), cheap (the backbone's features come from the one fused pass,
+  only the head runs K times), and an approximation for ViTs trained with
+  dropout inside their blocks.
   """
   if not 0.0 < rate < 1.0:
     raise ValueError(f"MC dropout rate must be in (0, 1), got {rate}")
   if num_samples < 1:
     raise ValueError(f"MC dropout needs num_samples >= 1, got {num_samples}")
-  graphdefs, states = duo.split_members([member.model])
-  features_fn = duo.make_fused_features(graphdefs, mesh=mesh)
-  states = jax.device_put(states, train_lib.replicated(mesh))
-  head = member.model.head
   head_graphdef, head_state = nnx.split(head)
 
   @jax.jit
-  def mc_head(head_state, features, key):
+  def mc_head(head_state, rows, key):
     head = nnx.merge(head_graphdef, head_state)
 
     def one_sample(k):
-      keep = jax.random.bernoulli(k, 1.0 - rate, features.shape)
-      dropped = jnp.where(keep, features / (1.0 - rate), 0.0)
+      keep = jax.random.bernoulli(k, 1.0 - rate, rows.shape)
+      dropped = jnp.where(keep, rows / (1.0 - rate), 0.0)
       return jax.nn.log_softmax(head(dropped).astype(jnp.float32))
 
     log_probs = jax.vmap(one_sample)(jax.random.split(key, num_samples))
@@ -161,16 +174,16 @@ def mc_dropout_logits(member: Member, dataset: data.Dataset, splits: dict[str, d
 
   out = {}
   key = jax.random.key(seed)
-  for name, split in splits.items():
-    rows = []
-    batches = data.eval_batches(split, global_batch_size=batch_size, mean=dataset.mean,
-                                std=dataset.std, sharding=train_lib.batch_sharding(mesh))
-    for i, batch in enumerate(batches):
-      _, features = features_fn(states, batch["image"])
-      # Keys from (seed, split name, batch): reproducible across processes
-      # (str hash() is salted per process, crc32 is not).
-      batch_key = jax.random.fold_in(jax.random.fold_in(key, zlib.crc32(name.encode())), i)
-      log_mean = mc_head(head_state, features[0], batch_key)
-      rows.append(_to_host(log_mean)[_to_host(batch["mask"])])
-    out[name] = np.concatenate(rows)
+  for name, rows in features.items():
+    # Keys from (seed, split name, chunk): reproducible across processes
+    # (str hash() is salted per process, crc32 is not).
+    split_key = jax.random.fold_in(key, zlib.crc32(name.encode()))
+    parts = []
+    for i, start in enumerate(range(0, len(rows), chunk)):
+      block = rows[start:start + chunk]
+      padded = np.zeros((chunk, rows.shape[1]), np.float32)  # one shape: one compile
+      padded[:len(block)] = block
+      parts.append(np.asarray(mc_head(head_state, padded,
+                                      jax.random.fold_in(split_key, i)))[:len(block)])
+    out[name] = np.concatenate(parts)
   return out

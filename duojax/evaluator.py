@@ -81,14 +81,15 @@ def run(config) -> dict:
     members += _soups(ingredients, members[0], dataset, mesh, config.batch_size)
     extra_singles += ["soup (uniform)", "soup (greedy)"]
 
-  bank = evaluation.collect(members, dataset, splits, mesh=mesh, batch_size=config.batch_size)
+  mc_dropout = config.mc_dropout_samples > 0
+  bank = evaluation.collect(members, dataset, splits, mesh=mesh, batch_size=config.batch_size,
+                            with_features=mc_dropout)
   member_flops = {m.name: m.flops for m in members}
-  if config.mc_dropout_samples > 0:
+  if mc_dropout:
     name = f"MC dropout K={config.mc_dropout_samples}"
     bank.add_member(name, evaluation.mc_dropout_logits(
-        members[0], dataset, splits, rate=config.mc_dropout_rate,
-        num_samples=config.mc_dropout_samples, mesh=mesh, batch_size=config.batch_size,
-        seed=config.seed))
+        members[0].model.head, bank.features, rate=config.mc_dropout_rate,
+        num_samples=config.mc_dropout_samples, seed=config.seed))
     kernel = np.shape(members[0].model.head.kernel.value)
     member_flops[name] = members[0].flops + config.mc_dropout_samples * 2 * kernel[0] * kernel[1]
     extra_singles.append(name)

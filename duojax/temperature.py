@@ -21,18 +21,21 @@ jitted XLA program:
   * "jaxopt" (default): `jaxopt.LBFGS` with its zoom line search;
   * "optax": `optax.lbfgs` with its zoom line search, in a `lax.while_loop`.
 Both stop when the l2 norm of the gradient of the mean NLL with respect to w
-is ≤ tol, or after max_iter iterations.
+is ≤ tol, after max_iter iterations, or when a line search fails, which in
+float32 only happens once the gradient is down to its rounding floor (see
+`_keep_going`).
 
 What makes the solve cheap on large splits (50,000 × 1,000 logits per member
 is 200 MB; every evaluation of the objective has to read all of it):
   * a fused objective: value and gradient from one set of row sums of
     exp(z − z_label), with no max pass and no log_softmax materialised;
-  * L-BFGS runs in preconditioned coordinates w = w₀ + L⁻ᵀ v, where L Lᵀ is
-    the Hessian at the start estimated on a sample of rows, so its first
-    step is already a Newton step rather than a raw gradient step;
-  * on large splits, a warm start from the same fit on that row sample, so
-    the full-data solve starts within sampling error of the optimum.
-None of these change the optimum or the stopping rule, only the path there.
+  * L-BFGS runs in preconditioned coordinates w = L⁻ᵀ v, where L Lᵀ is the
+    Hessian at the start estimated on a sample of rows, so its first step is
+    already a Newton step rather than a raw gradient step;
+  * a warm start from the same fit on that row sample (on every row for small
+    splits), then a restart on all rows from there: the full-data solve
+    starts within sampling error of the optimum and needs ~3 evaluations.
+None of these change the optimum, only the path there.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from typing import Any, NamedTuple, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 SOLVERS = ("jaxopt", "optax")
 
@@ -61,9 +65,8 @@ _MAX_ROW_MASS = 1e30
 # Row sample for the curvature estimate and the warm start: about this many
 # logits per member (16 MB in float32), i.e. ~4,000 rows at C = 1,000.
 _SAMPLE_LOGITS = 1 << 22
-# Warm-start only when the sample is at most this fraction of the rows;
-# otherwise the extra solve costs about as much as it saves.
-_WARM_START_MAX_FRACTION = 0.25
+# Sample rows only when the sample is at most this fraction of them.
+_MAX_SAMPLE_FRACTION = 0.25
 
 Logits = Union[jax.Array, np.ndarray]
 LogitsList = Union[Sequence[Logits], Logits]
@@ -113,9 +116,9 @@ def fit_temperatures(logits_list: LogitsList, labels, *, solver: str = "jaxopt",
     labels: int [N], in [0, C).
     solver: "jaxopt" (jaxopt.LBFGS) or "optax" (optax.lbfgs).
     init: starting weights [m]; default 1/m each, see `default_init`.
-    max_iter: most L-BFGS iterations.
+    max_iter: most L-BFGS iterations (per run; see `_solve`).
     tol: stop once the l2 norm of the gradient of the mean NLL with respect
-      to w is ≤ tol.
+      to w is ≤ tol (or a line search fails, see the module doc).
 
   Returns:
     float32 [m]: the weights, unconstrained in sign (see the module doc).
@@ -137,11 +140,14 @@ def fit_temperatures_with_info(logits_list: LogitsList, labels, *, solver: str =
                                tol: float = 1e-6) -> tuple[jax.Array, dict[str, Any]]:
   """`fit_temperatures` plus a report of the solve (eager calls only).
 
-  The report: solver; iterations and evaluations (objective + gradient,
-  line-search trials included) of the full-data solve; warm_start_rows and
-  warm_start_evaluations of the row-sample solve before it (0 if none); nll,
-  the final mean NLL; grad_norm, its gradient's l2 norm at the returned
-  weights; converged, grad_norm ≤ tol.
+  The report holds: solver; iterations and evaluations (objective + gradient,
+  line-search trials included) of the final, all-rows L-BFGS run;
+  warm_start_rows, warm_start_iterations and warm_start_evaluations of the
+  warm-start run before it (on a row sample, or on all N rows for small
+  splits); nll, the final mean
+  NLL; grad_norm, its gradient's l2 norm at the returned weights; converged,
+  grad_norm ≤ tol (False after max_iter, or when float32 rounding kept the
+  gradient above tol, see `_keep_going`).
   """
   weights, raw = _fit(logits_list, labels, solver=solver, init=init,
                       max_iter=max_iter, tol=tol)
@@ -149,6 +155,7 @@ def fit_temperatures_with_info(logits_list: LogitsList, labels, *, solver: str =
   info = {"solver": solver, "iterations": int(raw["iterations"]),
           "evaluations": int(raw["evaluations"]),
           "warm_start_rows": int(raw["warm_start_rows"]),
+          "warm_start_iterations": int(raw["warm_start_iterations"]),
           "warm_start_evaluations": int(raw["warm_start_evaluations"]),
           "nll": float(raw["nll"]), "grad_norm": grad_norm,
           "converged": bool(grad_norm <= tol)}
@@ -171,7 +178,7 @@ def default_init(m: int) -> jax.Array:
 # Input handling and validation.
 
 
-def _fit(logits_list, labels, *, solver, init, max_iter, tol):
+def _fit(logits_list, labels, *, solver, init, max_iter, tol, sample_logits=_SAMPLE_LOGITS):
   if solver not in SOLVERS:
     raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(map(repr, SOLVERS))}")
   if int(max_iter) < 1:
@@ -184,7 +191,8 @@ def _fit(logits_list, labels, *, solver, init, max_iter, tol):
   init = default_init(len(members)) if init is None else _as_init(init, len(members))
 
   problem = _Problem(members, _label_logits(members, labels))
-  weights, info = _solve(init, problem, solver=solver, max_iter=int(max_iter), tol=float(tol))
+  weights, info = _solve(init, problem, solver=solver, max_iter=int(max_iter), tol=float(tol),
+                         sample_logits=sample_logits)
   _check_finite(members, info)
   return weights, info
 
@@ -362,19 +370,17 @@ _objective.defvjp(_objective_fwd, _objective_bwd)
 # Row sample and curvature.
 
 
-def _sample_rows(n: int, c: int) -> tuple[int, int]:
-  """(stride, rows) of an evenly strided row sample of about _SAMPLE_LOGITS.
+def _row_sample(problem: _Problem, sample_logits: int) -> _Problem:
+  """Every k-th row, about sample_logits logits per member; all rows if small.
 
   Strided rather than the first rows: validation splits are often sorted by
-  class, and the first rows would then cover only a few classes.
+  class, and the first rows would then cover only a few classes. A sample of
+  more than a quarter of the rows would cost about as much as it saves.
   """
-  stride = max(1, (n * c) // _SAMPLE_LOGITS)
-  return stride, -(-n // stride)
-
-
-def _row_sample(problem: _Problem) -> _Problem:
   n, c = problem.members[0].shape
-  stride, _ = _sample_rows(n, c)
+  stride = (n * c) // sample_logits
+  if stride < 1 / _MAX_SAMPLE_FRACTION:
+    return problem
   return _Problem(tuple(z[::stride] for z in problem.members), problem.label_logits[:, ::stride])
 
 
@@ -385,11 +391,13 @@ def _curvature(weights: jax.Array, sample: _Problem) -> jax.Array:
   accuracy in float32, plus a small ridge so that it is positive definite
   even for duplicated members (whose Hessian is singular).
   """
-  stack = jnp.stack(sample.members)                                     # [m, n, C]
-  probs = jax.nn.softmax(jnp.einsum("m,mnc->nc", weights, stack), axis=-1)
-  centred = stack - jnp.einsum("nc,mnc->mn", probs, stack)[:, :, None]
-  hessian = jnp.einsum("nc,inc,jnc->ij", probs, centred, centred) / stack.shape[1]
-  m = hessian.shape[0]
+  members = sample.members
+  n, m = members[0].shape[0], len(members)
+  probs = jax.nn.softmax(_weighted_sum(weights, members), axis=-1)
+  root_probs = jnp.sqrt(probs)
+  # √p · (z_i − E_p[z_i]) per member; H_ij is the sum of products of two.
+  scaled = [(z - (probs * z).sum(axis=-1, keepdims=True)) * root_probs for z in members]
+  hessian = jnp.stack([jnp.stack([jnp.sum(a * b) for b in scaled]) for a in scaled]) / n
   ridge = 1e-4 * jnp.trace(hessian) / m + 1e-6
   return hessian + ridge * jnp.eye(m, dtype=hessian.dtype)
 
@@ -399,30 +407,52 @@ def _curvature(weights: jax.Array, sample: _Problem) -> jax.Array:
 # and a few scalars about the solve come out, all on device.
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "max_iter", "tol"))
-def _solve(init: jax.Array, problem: _Problem, *, solver: str, max_iter: int, tol: float):
-  lbfgs = _lbfgs_jaxopt if solver == "jaxopt" else _lbfgs_optax
-  sample = _row_sample(problem)
-  n_rows, n_sample = problem.members[0].shape[0], sample.members[0].shape[0]
-  start, warm_start_evaluations = init, jnp.asarray(0, jnp.int32)
-  if n_sample <= _WARM_START_MAX_FRACTION * n_rows:
-    start, warm_info = lbfgs(init, sample, _curvature(init, sample), max_iter=max_iter, tol=tol)
-    warm_start_evaluations = warm_info["evaluations"]
-  weights, info = lbfgs(start, problem, _curvature(start, sample), max_iter=max_iter, tol=tol)
-  info["warm_start_rows"] = n_sample if n_sample <= _WARM_START_MAX_FRACTION * n_rows else 0
-  info["warm_start_evaluations"] = warm_start_evaluations
+@functools.partial(jax.jit, static_argnames=("solver", "max_iter", "tol", "sample_logits"))
+def _solve(init: jax.Array, problem: _Problem, *, solver: str, max_iter: int, tol: float,
+           sample_logits: int):
+  """Two L-BFGS runs: a warm start on a row sample, then all rows from there.
+
+  The second run restarts from the first one's result with the curvature
+  re-estimated there. That makes it cheap (it starts within sampling error of
+  the optimum, with a Newton-quality metric) and robust: a poor start, such
+  as 1/m for logits so large that the optimum is ≪ 1/m, can make the first
+  run's line search give up early, and a restart is the standard remedy.
+  On small splits the "sample" is every row; the second run then costs one
+  or two evaluations.
+  """
+  lbfgs = functools.partial(_lbfgs_jaxopt if solver == "jaxopt" else _lbfgs_optax,
+                            max_iter=max_iter, tol=tol)
+  sample = _row_sample(problem, sample_logits)
+  if sample is problem:
+    # Same shapes in both runs: one compiled L-BFGS body, run twice by scan,
+    # halves the compile time (which dominates for small splits).
+    def run(weights, _):
+      return lbfgs(weights, problem, _curvature(weights, problem))
+
+    weights, infos = jax.lax.scan(run, init, None, length=2)
+    warm_info, info = (jax.tree.map(lambda x, i=i: x[i], infos) for i in (0, 1))
+  else:
+    start, warm_info = lbfgs(init, sample, _curvature(init, sample))
+    weights, info = lbfgs(start, problem, _curvature(start, sample))
+  info["warm_start_rows"] = sample.members[0].shape[0]
+  info["warm_start_iterations"] = warm_info["iterations"]
+  info["warm_start_evaluations"] = warm_info["evaluations"]
   return weights, info
 
 
-def _preconditioned(origin: jax.Array, hessian: jax.Array):
-  """(basis, chol): w = origin + basis @ v, with basis = L⁻ᵀ and hessian = L Lᵀ.
+def _preconditioned(init: jax.Array, hessian: jax.Array):
+  """(basis, chol, v0): w = basis @ v, basis = L⁻ᵀ, hessian = L Lᵀ, v0 = Lᵀ init.
 
   In v the estimated Hessian is the identity, so L-BFGS's first step (a unit
   step along −∇_v) is a Newton step. The gradients relate by ∇_w = L ∇_v.
+  The map has no offset (not w = init + basis @ v): in float32 an offset
+  would limit the resolution of w to that of init, and when the optimum is
+  much smaller than init (large logits, w* ≪ 1/m) the gradient could then
+  not get below tol.
   """
   chol = jnp.linalg.cholesky(hessian)
-  basis = jax.scipy.linalg.solve_triangular(chol, jnp.eye(origin.shape[0]), lower=True).T
-  return basis, chol
+  basis = jax.scipy.linalg.solve_triangular(chol, jnp.eye(init.shape[0]), lower=True).T
+  return basis, chol, chol.T @ init
 
 
 def _import_jaxopt():
@@ -434,44 +464,59 @@ def _import_jaxopt():
 
 def _lbfgs_jaxopt(init, problem: _Problem, hessian, *, max_iter: int, tol: float):
   jaxopt = _import_jaxopt()
-  basis, chol = _preconditioned(init, hessian)
+  basis, chol, v0 = _preconditioned(init, hessian)
 
   def objective(v, problem):
-    return _objective(init + basis @ v, problem)
+    return _objective(basis @ v, problem)
 
-  # jaxopt stops on ‖∇_v‖ ≤ its tol; ‖∇_w‖ = ‖L ∇_v‖ ≤ ‖L‖₂ ‖∇_v‖, so this tol
-  # guarantees ‖∇_w‖ ≤ tol.
-  tol_v = tol / jnp.linalg.norm(chol, ord=2)
   # implicit_diff=False: nothing differentiates through the fit, and the
   # implicit-differentiation wrapper would want second derivatives.
   # linesearch_init="max": try the full quasi-Newton step (1.0) first, as
   # optax does; the default "increase" grows from the previous step by 1.5x
   # and wastes iterations after a short first step.
-  solver = jaxopt.LBFGS(fun=objective, maxiter=max_iter, tol=tol_v, implicit_diff=False,
+  solver = jaxopt.LBFGS(fun=objective, maxiter=max_iter, implicit_diff=False,
                         linesearch_init="max")
-  v, state = solver.run(jnp.zeros_like(init), problem)
+
+  # Our own loop rather than solver.run, which always takes a first step: a
+  # restart at a point that already meets tol should cost one evaluation,
+  # not a line search lost in float32 noise. It also stops on the gradient
+  # with respect to w, and when the line search fails (see `_keep_going`).
+  def keep_going(carry):
+    _, state = carry
+    return _keep_going(state.iter_num, chol @ state.grad, ~state.failed_linesearch,
+                       max_iter=max_iter, tol=tol)
+
+  def step(carry):
+    v, state = carry
+    return tuple(solver.update(v, state, problem))
+
+  v, state = jax.lax.while_loop(keep_going, step, (v0, solver.init_state(v0, problem)))
   # state.num_fun_eval double-counts (the line search adds one per trial on
   # top of its own count); what runs is one evaluation at the start plus one
   # per line-search trial.
-  return init + basis @ v, {"iterations": state.iter_num,
-                            "evaluations": 1 + state.num_linesearch_iter,
-                            "nll": state.value, "grad_norm": jnp.linalg.norm(chol @ state.grad)}
+  return basis @ v, {"iterations": state.iter_num,
+                     "evaluations": 1 + state.num_linesearch_iter,
+                     "nll": state.value, "grad_norm": jnp.linalg.norm(chol @ state.grad)}
 
 
 def _lbfgs_optax(init, problem: _Problem, hessian, *, max_iter: int, tol: float):
-  import optax  # pylint: disable=g-import-not-at-top
-  basis, chol = _preconditioned(init, hessian)
+  basis, chol, v0 = _preconditioned(init, hessian)
 
   def objective(v):
-    return _objective(init + basis @ v, problem)
-
-  def grad_norm_w(state):
-    return jnp.linalg.norm(chol @ optax.tree.get(state, "grad"))
+    return _objective(basis @ v, problem)
 
   optimizer = optax.lbfgs()  # zoom line search by default
   # Reuses the value and gradient the line search computed at the accepted
   # point instead of evaluating them again.
   value_and_grad = optax.value_and_grad_from_state(objective)
+
+  def keep_going(carry):
+    _, state, _ = carry
+    count, info = optax.tree.get(state, "count"), optax.tree.get(state, "info")
+    # Before the first step the line-search report holds its initial inf.
+    line_search_ok = (count == 0) | ((info.decrease_error <= 0) & (info.curvature_error <= 0))
+    return _keep_going(count, chol @ optax.tree.get(state, "grad"), line_search_ok,
+                       max_iter=max_iter, tol=tol)
 
   def step(carry):
     v, state, evaluations = carry
@@ -481,17 +526,27 @@ def _lbfgs_optax(init, problem: _Problem, hessian, *, max_iter: int, tol: float)
     trials = optax.tree.get(state, "num_linesearch_steps")
     return optax.apply_updates(v, updates), state, evaluations + trials
 
-  def keep_going(carry):
-    _, state, _ = carry
-    count = optax.tree.get(state, "count")
-    return (count == 0) | ((count < max_iter) & (grad_norm_w(state) > tol))
-
-  # One evaluation at the start (the state holds no value yet), then one per
-  # line-search trial.
-  v0 = jnp.zeros_like(init)
+  # Evaluate the start up front (as jaxopt's init_state does) so that the
+  # loop can stop before the first step; then one evaluation per line-search
+  # trial.
+  value, grad = jax.value_and_grad(objective)(v0)
+  state = optax.tree.set(optimizer.init(v0), value=value, grad=grad)
   v, state, evaluations = jax.lax.while_loop(
-      keep_going, step, (v0, optimizer.init(v0), jnp.asarray(1, jnp.int32)))
-  return init + basis @ v, {"iterations": optax.tree.get(state, "count"),
-                            "evaluations": evaluations,
-                            "nll": optax.tree.get(state, "value"),
-                            "grad_norm": grad_norm_w(state)}
+      keep_going, step, (v0, state, jnp.asarray(1, jnp.int32)))
+  return basis @ v, {"iterations": optax.tree.get(state, "count"),
+                     "evaluations": evaluations,
+                     "nll": optax.tree.get(state, "value"),
+                     "grad_norm": jnp.linalg.norm(chol @ optax.tree.get(state, "grad"))}
+
+
+def _keep_going(iteration, grad_w, line_search_ok, *, max_iter: int, tol: float):
+  """The shared stopping rule.
+
+  Stop at max_iter, once ‖∇_w NLL‖ ≤ tol, or when the last line search
+  failed. In float32 the last happens when the gradient has reached its
+  rounding floor above tol (very large logits, whose optimum w is tiny
+  relative to float32's resolution): the NLL is then at its float32 optimum
+  and more iterations only burn evaluations. The fit then reports
+  converged=False.
+  """
+  return (iteration < max_iter) & (jnp.linalg.norm(grad_w) > tol) & line_search_ok
