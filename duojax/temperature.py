@@ -543,10 +543,11 @@ def _keep_going(iteration, grad_w, line_search_ok, *, max_iter: int, tol: float)
   """The shared stopping rule.
 
   Stop at max_iter, once ‖∇_w NLL‖ ≤ tol, or when the last line search
-  failed. In float32 the last happens when the gradient has reached its
-  rounding floor above tol (very large logits, whose optimum w is tiny
-  relative to float32's resolution): the NLL is then at its float32 optimum
-  and more iterations only burn evaluations. The fit then reports
-  converged=False.
+  failed. Near the optimum the last happens when float32 cannot get the
+  gradient below tol (very large logits: one rounding step of w then moves
+  the gradient by more than tol); the NLL is then at its float32 optimum,
+  more iterations would only burn evaluations, and the fit reports
+  converged=False. A failure far from the optimum (a poor start) is what
+  the restart in `_solve` recovers from.
   """
   return (iteration < max_iter) & (jnp.linalg.norm(grad_w) > tol) & line_search_ok
