@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= data
 RUNS ?= runs/demo
 
-.PHONY: install data demo test clean-demo
+.PHONY: install data demo test bench clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ demo: data
 	$(PY) train.py --config configs/demo_large.py --workdir $(RUNS)/large; \
 	$(PY) train.py --config configs/demo_sidekick.py --workdir $(RUNS)/sidekick; \
 	$(PY) train.py --config configs/demo_large.py:seed=1 --workdir $(RUNS)/large_seed1; \
-	$(PY) train.py --config configs/demo_soup.py:lr=5e-4,seed=1,init_from=$(RUNS)/large --workdir $(RUNS)/soup_1; \
+	$(PY) train.py --config configs/demo_soup.py:lr=3e-4,seed=1,init_from=$(RUNS)/large --workdir $(RUNS)/soup_1; \
 	$(PY) train.py --config configs/demo_soup.py:lr=1e-3,seed=2,init_from=$(RUNS)/large --workdir $(RUNS)/soup_2; \
 	$(PY) evaluate.py --config configs/demo_eval.py:runs=$(RUNS); \
 	$(PY) -m duojax.report --embed $(RUNS)/results/results.md README.md; \
@@ -37,6 +37,10 @@ demo: data
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Speed benchmarks (results and commands in BENCHMARKS.md).
+bench: $(STAMP)
+	$(PY) bench/bench_temperature.py
 
 clean-demo:
 	rm -rf $(RUNS)

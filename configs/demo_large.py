@@ -9,7 +9,7 @@ from duojax import config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, epochs=2.0, seed=0)
+  arg = config_lib.parse_arg(arg, epochs=1.5, seed=0)
   config = config_lib.base_config()
   config.dataset = "fashion_mnist"
   config.model_name = "resnet14"
@@ -18,8 +18,10 @@ def get_config(arg=None):
   config.model.dropout = 0.1
   config.epochs = arg.epochs
   config.seed = arg.seed  # ensemble members differ in init, data order and dropout
-  config.batch_size = 128
-  config.lr = 2e-3
-  config.warmup_steps = 100
+  # On a 2-core CPU small batches train faster per image (the activations
+  # stay in cache: 256 img/s at 32 vs 176 at 128); on accelerators use more.
+  config.batch_size = 32
+  config.lr = 1e-3
+  config.warmup_steps = 200
   config.augment = ""
   return config

@@ -7,7 +7,7 @@ from duojax import config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, epochs=3.0)
+  arg = config_lib.parse_arg(arg, epochs=2.0)
   config = config_lib.base_config()
   config.dataset = "fashion_mnist"
   config.model_name = "cnn_s"

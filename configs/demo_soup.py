@@ -11,7 +11,7 @@ from duojax import config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, lr=5e-4, seed=1, epochs=0.25, init_from="runs/demo/large")
+  arg = config_lib.parse_arg(arg, lr=3e-4, seed=1, epochs=0.1, init_from="runs/demo/large")
   config = config_lib.base_config()
   config.dataset = "fashion_mnist"
   config.model_name = "resnet14"
@@ -21,6 +21,6 @@ def get_config(arg=None):
   config.epochs = arg.epochs
   config.lr = arg.lr
   config.warmup_steps = 10
-  config.batch_size = 128
+  config.batch_size = 32  # as the large model
   config.augment = "crop,flip"   # fine-tunes see augmented data: diversity for the soup
   return config
