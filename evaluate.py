@@ -40,11 +40,7 @@ def accuracy_of_workdirs(workdirs, split_name, data_dir, batch_size):
     config = meta["config"]
     dataset = data.load_dataset(config["dataset"], data_dir or config["data_dir"],
                                 val_size=config["val_size"], split_seed=config["split_seed"])
-    if tuple(dataset.image_shape) != tuple(meta["image_shape"]) or \
-        dataset.num_classes != meta["num_classes"]:
-      raise checkpoint.CheckpointError(
-          f"{workdir!r} was trained on {meta['image_shape']} images with {meta['num_classes']} "
-          f"classes, the data has {list(dataset.image_shape)} and {dataset.num_classes}")
+    checkpoint.check_fits_data(meta, dataset.image_shape, dataset.num_classes, where=workdir)
     graphdef, params, batch_stats = train_lib.split_model(model)
     eval_step = train_lib.make_eval_step(graphdef, mesh=mesh)
     batches = data.eval_batches(getattr(dataset, split_name), global_batch_size=batch_size,

@@ -81,6 +81,14 @@ def check_compatible(meta: dict, expected: dict, *, where: str) -> None:
           "use another workdir or the matching config")
 
 
+def check_fits_data(meta: dict, image_shape, num_classes: int, *, where: str) -> None:
+  """Raises CheckpointError when a checkpoint's model cannot take this data."""
+  if list(image_shape) != list(meta["image_shape"]) or num_classes != meta["num_classes"]:
+    raise CheckpointError(
+        f"{where!r} was trained on {meta['image_shape']} images with {meta['num_classes']} "
+        f"classes, the data has {list(image_shape)} and {num_classes}")
+
+
 def abstract_like(tree: Any) -> Any:
   """ShapeDtypeStructs (with shardings) describing `tree`, for restoring into."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

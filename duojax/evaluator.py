@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 
-from duojax import data, evaluation, methods as methods_lib, report, shifts, soups, train_lib
+from duojax import checkpoint, data, evaluation, methods as methods_lib, report, shifts, soups, train_lib
 
 LARGE, SIDEKICK = "large", "sidekick"
 
@@ -57,11 +57,8 @@ def run(config) -> dict:
                               os.path.expanduser(config.data_dir or train_config["data_dir"]),
                               val_size=train_config["val_size"],
                               split_seed=train_config["split_seed"])
-  if tuple(dataset.image_shape) != tuple(meta["image_shape"]) or \
-      dataset.num_classes != meta["num_classes"]:
-    raise ValueError(f"the large model was trained on {meta['image_shape']} images with "
-                     f"{meta['num_classes']} classes; the data has "
-                     f"{list(dataset.image_shape)} and {dataset.num_classes}")
+  checkpoint.check_fits_data(meta, dataset.image_shape, dataset.num_classes,
+                             where=config.large)
   splits = {"val": dataset.val, "test": dataset.test}
   if config.ood:
     splits["ood"] = _ood_split(config.ood, dataset)
