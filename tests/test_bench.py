@@ -1,0 +1,85 @@
+"""The benchmark scripts run end to end on tiny sizes (their speed is not tested)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench_temperature  # noqa: E402
+import harness  # noqa: E402
+
+
+def run_script(name, *args, timeout=300):
+  result = subprocess.run([sys.executable, str(ROOT / "bench" / name), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def test_write_section_replaces_only_its_own_section(tmp_path):
+  path = tmp_path / "B.md"
+  path.write_text("# Benchmarks\n\nIntro kept.\n")
+  harness.write_section("one", "One", "| a |\n|---|\n| 1 |", machine="m", path=path,
+                        command="python x.py")
+  harness.write_section("two", "Two", "second", machine="m", path=path, command="python y.py")
+  harness.write_section("one", "One", "| a |\n|---|\n| 2 |", machine="m", path=path,
+                        command="python x.py --again")
+  text = path.read_text()
+  assert text.startswith("# Benchmarks\n\nIntro kept.\n")
+  assert text.count("<!-- bench:one:start -->") == 1 and text.count("<!-- bench:two:end -->") == 1
+  assert "| 2 |" in text and "| 1 |" not in text
+  assert "`python x.py --again`" in text and "second" in text
+  assert text.index("bench:one:start") < text.index("bench:two:start")
+
+
+def test_write_section_rejects_odd_names(tmp_path):
+  with pytest.raises(ValueError, match="section name"):
+    harness.write_section("has space", "T", "b", machine="m", path=tmp_path / "B.md")
+
+
+def test_time_call_counts_repeats_and_first_call():
+  calls = []
+  timing = harness.time_call(lambda: calls.append(1), repeats=3)
+  assert len(calls) == 4 and len(timing.times_s) == 3
+  assert timing.min_s <= timing.median_s
+
+
+def test_torch_reference_recipe_reaches_the_scipy_optimum_region():
+  members, labels = bench_temperature.synthetic_duo(2000, 10, seed=3)
+  w_scipy, _, _, nll_scipy = bench_temperature.scipy_fit(members, labels)
+  w_ref, _, evaluations = bench_temperature.torch_reference_fit(members, labels)
+  assert evaluations >= 625
+  nll_ref = bench_temperature.nll64(w_ref, members, labels)
+  # The recipe optimises the same convex NLL (w = 1 / (2T)): never below the
+  # optimum, and close to it.
+  assert nll_scipy <= nll_ref + 1e-7
+  assert nll_ref - nll_scipy < 0.01
+  np.testing.assert_allclose(bench_temperature.nll64(w_scipy, members, labels), nll_scipy,
+                             rtol=1e-9)
+
+
+def test_bench_duo_quick(tmp_path):
+  out = tmp_path / "B.md"
+  run_script("bench_duo.py", "--quick", "--out", str(out))
+  text = out.read_text()
+  for marker in ("<!-- bench:duo_cost:start -->", "<!-- bench:roofline:end -->"):
+    assert marker in text
+  for row in ("| large alone |", "| duo, one jit (fused) |", "| duo, two jitted calls |",
+              "matmul, float32", "matmul, bfloat16"):
+    assert row in text
+  assert "Command: `python bench/bench_duo.py --quick" in text
+
+
+def test_bench_temperature_quick(tmp_path):
+  out = tmp_path / "B.md"
+  run_script("bench_temperature.py", "--quick", "--out", str(out))
+  text = out.read_text()
+  assert "<!-- bench:temperature:start -->" in text
+  for row in ("duojax, jaxopt", "duojax, optax", "reference recipe, PyTorch", "scipy L-BFGS-B"):
+    assert text.count(f"| {row}") == 2, row
+  assert "× the floor" in text
