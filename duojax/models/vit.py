@@ -86,11 +86,26 @@ class SelfAttention(nnx.Module):
     # keeps q in the compute dtype.
     q = self.query(x) * self.head_dim**-0.5
     k, v = self.key(x), self.value(x)  # [B, T, heads, head_dim]
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+    # Head-major [B, heads, T, head_dim] before the two batched dots: with
+    # the batch axes leading, XLA's CPU dot runs the attention core 2-4x
+    # faster than on [B, T, heads, head_dim] (bench/bench_torch.py).
+    q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k)
     # Softmax in float32: bfloat16 exp/sum loses too much over long rows.
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    y = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
-    return self.out(y)
+    y = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v)
+    return self.out(y.transpose(0, 2, 1, 3))
+
+
+def _gelu_erf(x):
+  """Exact GELU, x * Phi(x), written with erf.
+
+  jax.nn.gelu(approximate=False) goes through erfc, which XLA's CPU backend
+  evaluates several times slower than erf (it was ~8% of a ViT-S/16 forward);
+  the two agree to float32 rounding (the erf form loses only relative
+  precision where GELU is ~0 anyway).
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
 
 
 class MlpBlock(nnx.Module):
@@ -105,7 +120,7 @@ class MlpBlock(nnx.Module):
 
   def __call__(self, x, deterministic: bool, rngs):
     # Exact (erf) GELU as in timm, so that its checkpoints port unchanged.
-    x = jax.nn.gelu(self.fc1(x), approximate=False)
+    x = _gelu_erf(self.fc1(x))
     x = self.drop(x, deterministic=deterministic, rngs=rngs)
     x = self.fc2(x)
     return self.drop(x, deterministic=deterministic, rngs=rngs)
