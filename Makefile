@@ -38,9 +38,14 @@ demo: data
 test: $(STAMP)
 	$(PY) -m pytest
 
-# Speed benchmarks (results and commands in BENCHMARKS.md).
+# Speed benchmarks: each script rewrites its own sections of BENCHMARKS.md
+# (about half an hour on a 2-core CPU; run it on an otherwise idle machine).
 bench: $(STAMP)
 	$(PY) bench/bench_temperature.py
+	$(PY) bench/bench_metrics.py
+	$(PY) bench/bench_duo.py
+	$(PY) bench/bench_torch.py
+	$(PY) bench/bench_xla_cpu.py
 
 clean-demo:
 	rm -rf $(RUNS)

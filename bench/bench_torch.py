@@ -78,13 +78,6 @@ def _autocast(dtype: str):
   return torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
 
-def _one_line(text: str, limit: int = 140) -> str:
-  lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
-  line = lines[-1] if lines else "no output"
-  line = line.replace("|", "/")
-  return line if len(line) <= limit else line[:limit - 1] + "…"
-
-
 # ----------------------------------------------------------------------------
 # Eval forward.
 
@@ -150,11 +143,11 @@ def torch_eval_compiled(spec: dict, timeout_s: float) -> tuple[float | None, str
   except subprocess.TimeoutExpired:
     return None, f"failed: no result within {timeout_s:.0f} s"
   if result.returncode != 0:
-    return None, f"failed: {_one_line(result.stderr or result.stdout)}"
+    return None, f"failed: {harness.one_line(result.stderr or result.stdout)}"
   try:
     out = json.loads(result.stdout.strip().splitlines()[-1])
   except (ValueError, IndexError):
-    return None, f"failed: unreadable output: {_one_line(result.stdout)}"
+    return None, f"failed: unreadable output: {harness.one_line(result.stdout)}"
   return out["img_s"], f"{out['img_s']:,.1f} (compile {out['compile_s']:.0f} s)"
 
 

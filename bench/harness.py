@@ -115,6 +115,14 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
   return "\n".join(lines)
 
 
+def one_line(text: str, limit: int = 140) -> str:
+  """The last non-empty line of `text`, safe for a markdown table cell."""
+  lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
+  line = lines[-1] if lines else "no output"
+  line = line.replace("|", "/")
+  return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
 def _markers(name: str) -> tuple[str, str]:
   if not re.fullmatch(r"[a-z0-9_]+", name):
     raise ValueError(f"section name must be lowercase letters, digits, _: {name!r}")

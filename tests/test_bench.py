@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_temperature  # noqa: E402
+import bench_xla_cpu  # noqa: E402
 import harness  # noqa: E402
 
 
@@ -83,3 +84,18 @@ def test_bench_temperature_quick(tmp_path):
   for row in ("duojax, jaxopt", "duojax, optax", "reference recipe, PyTorch", "scipy L-BFGS-B"):
     assert text.count(f"| {row}") == 2, row
   assert "× the floor" in text
+
+
+def test_bench_xla_cpu_quick(tmp_path):
+  out = tmp_path / "B.md"
+  run_script("bench_xla_cpu.py", "--quick", "--out", str(out))
+  text = out.read_text()
+  for marker in ("<!-- bench:xla_cpu_ab:end -->", "<!-- bench:xla_cpu_options:end -->"):
+    assert marker in text
+  rows = [l for l in text.splitlines() if l.startswith("| attention block") or "GELU via" in l
+          or l.startswith("| patch embedding")]
+  assert len(rows) == 6
+  # Every variant computes the same function as the first of its group.
+  for row in rows:
+    assert float(row.rstrip(" |").rsplit("|", 1)[1]) < 1e-5, row
+  assert text.count("| resnet14 |") == len(bench_xla_cpu.OPTIONS)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 from flax import nnx
 
 from duojax import models
@@ -443,3 +444,12 @@ def test_head_dropout_is_stateless_and_only_in_training(name):
     model(x, train=True)
   with pytest.raises(ValueError, match="dropout must be in"):
     models.get_model(name, 10, rngs=nnx.Rngs(0), image_size=16, in_channels=1, dropout=1.0)
+
+
+def test_gelu_erf_matches_exact_gelu():
+  x = jnp.linspace(-12.0, 12.0, 20001, dtype=jnp.float32)
+  ours = np.asarray(vit._gelu_erf(x), np.float64)
+  xs = np.asarray(x, np.float64)
+  exact = xs * 0.5 * scipy.special.erfc(-xs / np.sqrt(2.0))
+  np.testing.assert_allclose(ours, exact, rtol=1e-6, atol=2e-6)
+  np.testing.assert_allclose(ours, np.asarray(jax.nn.gelu(x, approximate=False)), atol=2e-6)

@@ -1,0 +1,176 @@
+"""What holds duojax back on XLA's CPU backend: A/B timings of the choices made.
+
+    python bench/bench_xla_cpu.py [--quick] [--out BENCHMARKS.md]
+
+Section `xla_cpu_ab`: one ViT-S/16 encoder block's pieces at batch 32 (197
+tokens, width 384, 6 heads), each variant timed alternately in one process so
+that machine noise hits both alike:
+  * attention on token-major [B, T, heads, head_dim] (the natural output of
+    the per-head q/k/v projections) vs head-major [B, heads, T, head_dim]
+    (what `duojax.models.vit.SelfAttention` does: one explicit relayout, then
+    batched dots with the batch axes leading);
+  * the MLP with exact GELU written with erfc (`jax.nn.gelu(approximate=False)`)
+    vs with erf (`duojax.models.vit._gelu_erf`) vs without activation (floor);
+  * the patch embedding as a strided convolution (what the model runs) vs an
+    explicit patchify + matmul.
+Section `xla_cpu_options`: the whole ResNet-18 and ViT-S/16 eval forward
+(224×224, batch 32) compiled with XLA CPU compiler options that could route
+convolutions and dots to other kernels (oneDNN, YNNPACK) or relax math, each
+compiled from the same lowering and timed alternately with the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+from duojax import models  # noqa: E402
+from duojax.models import vit  # noqa: E402
+
+OPTIONS = {
+    "default": {},
+    "oneDNN off": {"xla_cpu_use_onednn": False},
+    "XNNPACK off": {"xla_cpu_use_xnnpack": False},
+    "YNNPACK convolutions": {
+        "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
+    "fast math": {"xla_cpu_enable_fast_math": True},
+    "512-bit vectors": {"xla_cpu_prefer_vector_width": 512},
+}
+
+
+def alternate(fns: dict, args: dict, repeats: int) -> dict[str, float]:
+  """Median seconds per call of each compiled fn, calls interleaved."""
+  for name, fn in fns.items():
+    jax.block_until_ready(fn(*args[name]))
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args[name]))
+      times[name].append(time.perf_counter() - start)
+  return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def _attention(token_major: bool):
+  def block(x, wq, wk, wv, wo):
+    proj = lambda w: jnp.einsum("btd,dhe->bthe", x, w)
+    q, k, v = proj(wq) * wq.shape[-1] ** -0.5, proj(wk), proj(wv)
+    if token_major:
+      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+      y = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v)
+    else:
+      q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
+      logits = jnp.einsum("bhqd,bhkd->bhqk", q, k)
+      y = jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(logits, axis=-1), v)
+      y = y.transpose(0, 2, 1, 3)
+    return jnp.einsum("bthe,hed->btd", y, wo)
+  return jax.jit(block)
+
+
+def _patchify(x, w):
+  b, h, wd, c = x.shape
+  p = w.shape[0]
+  patches = x.reshape(b, h // p, p, wd // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return patches.reshape(b, h // p, wd // p, p * p * c) @ w.reshape(p * p * c, -1)
+
+
+def kernels_section(batch: int, tokens: int, width: int, heads: int, image: int,
+                    repeats: int) -> str:
+  keys = iter(jax.random.split(jax.random.key(0), 16))
+  normal = lambda shape, s=1.0: s * jax.random.normal(next(keys), shape, jnp.float32)
+  hd, mlp = width // heads, 4 * width
+  x = normal((batch, tokens, width))
+  att = tuple(normal((width, heads, hd), 0.05) for _ in range(3)) + (normal((heads, hd, width), 0.05),)
+  w1, w2 = normal((width, mlp), 0.05), normal((mlp, width), 0.05)
+  img, wp = normal((batch, image, image, 3)), normal((16, 16, 3, width), 0.02)
+  conv = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (16, 16), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  groups = {
+      "attention block (q/k/v/out projections + core)": {
+          "token-major [B, T, heads, hd]": (_attention(True), (x,) + att),
+          "head-major [B, heads, T, hd] (duojax)": (_attention(False), (x,) + att)},
+      f"MLP {width}→{mlp}→{width}": {
+          "exact GELU via erfc (jax.nn.gelu)": (
+              jax.jit(lambda x: jax.nn.gelu(x @ w1, approximate=False) @ w2), (x,)),
+          "exact GELU via erf (duojax)": (jax.jit(lambda x: vit._gelu_erf(x @ w1) @ w2), (x,)),
+          "no activation (floor)": (jax.jit(lambda x: (x @ w1) @ w2), (x,))},
+      "patch embedding 16×16": {
+          "strided convolution (duojax)": (jax.jit(conv), (img, wp)),
+          "patchify + matmul": (jax.jit(_patchify), (img, wp))},
+  }
+  rows = []
+  for group, variants in groups.items():
+    outs = [np.asarray(fn(*a)) for fn, a in variants.values()]
+    times = alternate({k: fn for k, (fn, _) in variants.items()},
+                      {k: a for k, (_, a) in variants.items()}, repeats)
+    base = next(iter(times.values()))
+    for (name, t), out in zip(times.items(), outs):
+      # The floor computes a different function: no agreement to report.
+      diff = "n/a" if "floor" in name else f"{float(np.abs(out - outs[0]).max()):.1e}"
+      rows.append([group, name, f"{t * 1e3:.1f}", f"{base / t:.2f}×", diff])
+  table = harness.md_table(
+      ["piece", "variant", "median ms", "speed vs first", "max |Δ| vs first"], rows)
+  return (f"Batch {batch}, {tokens} tokens, width {width}, {heads} heads, float32, "
+          f"median of {repeats} interleaved runs.\n\n{table}")
+
+
+def options_section(names, image: int, batch: int, repeats: int) -> str:
+  x = jax.random.normal(jax.random.key(0), (batch, image, image, 3), jnp.float32)
+  rows = []
+  for name in names:
+    graphdef, state = nnx.split(models.get_model(name, 10, rngs=0, image_size=image))
+    lowered = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, train=False)[0]).lower(state, x)
+    compiled, failed = {}, {}
+    for label, opts in OPTIONS.items():
+      try:
+        compiled[label] = lowered.compile(compiler_options=opts)
+      except Exception as e:  # an option this jaxlib does not know
+        failed[label] = harness.one_line(str(e))
+    times = alternate(compiled, {k: (state, x) for k in compiled}, repeats)
+    base = times["default"]
+    for label in OPTIONS:
+      if label in failed:
+        rows.append([name, label, "–", "–", f"rejected: {failed[label]}"])
+      else:
+        rows.append([name, label, f"{batch / times[label]:.1f}",
+                     f"{base / times[label]:.2f}×", ""])
+  table = harness.md_table(["model", "XLA CPU options", "img/s", "vs default", "note"], rows)
+  return (f"{image}×{image}, batch {batch}, float32 eval forward, median of {repeats} "
+          f"interleaved runs.\n\n{table}")
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="tiny sizes (for the unit test)")
+  parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--models", default="resnet18,vit_s16")
+  parser.add_argument("--out", default=str(harness.BENCHMARKS_MD))
+  args = parser.parse_args(argv)
+  machine = harness.machine_line()
+  if args.quick:
+    kernels = kernels_section(2, 17, 32, 4, 32, 1)
+    options = options_section(["resnet14"], 32, 2, 1)
+  else:
+    kernels = kernels_section(32, 197, 384, 6, 224, args.repeats)
+    options = options_section([m.strip() for m in args.models.split(",")], 224, 32,
+                              max(3, args.repeats // 2))
+  for name, title, body in (
+      ("xla_cpu_ab", "XLA CPU: A/B of the ViT kernels' formulation", kernels),
+      ("xla_cpu_options", "XLA CPU: compiler options on whole models", options)):
+    harness.print_section(title, body)
+    harness.write_section(name, title, body, machine=machine, path=args.out)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
