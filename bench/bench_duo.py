@@ -138,6 +138,10 @@ def roofline_section(large_rates: dict, n: int, repeats: int) -> str:
   peaks = {}
   rows = []
   for dtype_name in ("float32", "bfloat16"):
+    if dtype_name == "bfloat16" and not harness.cpu_bf16_flags():
+      rows.append([f"{n}² matmul, bfloat16", "skipped: no AMX / AVX-512 BF16 on this CPU",
+                   "(emulated in float32 by both)"])
+      continue
     jax_peak = matmul_peak(n, getattr(jnp, dtype_name), repeats)
     torch_peak = torch_matmul_peak(n, dtype_name, repeats)
     peaks[dtype_name] = jax_peak

@@ -288,7 +288,9 @@ def main(argv=None) -> int:
   parser.add_argument("--image-size", type=int, default=224, help="eval image side")
   parser.add_argument("--batch", type=int, default=32, help="eval batch")
   parser.add_argument("--classes", type=int, default=1000, help="eval classes")
-  parser.add_argument("--dtypes", default="float32,bfloat16")
+  parser.add_argument("--dtypes", default="auto",
+                      help="comma list of float32, bfloat16; auto: bfloat16 only on CPUs with "
+                           "native bfloat16 matmuls (AMX or AVX-512 BF16)")
   parser.add_argument("--train-models", default=",".join(TRAIN), help=f"subset of {list(TRAIN)}")
   parser.add_argument("--train-batch", type=int, default=None,
                       help="one batch size for every train model (default: the table's)")
@@ -304,7 +306,15 @@ def main(argv=None) -> int:
 
   torch.set_num_threads(os.cpu_count())
   sections = _names(args.sections)
-  dtypes = _names(args.dtypes)
+  bf16_note = ""
+  if args.dtypes == "auto":
+    dtypes = ["float32"] + (["bfloat16"] if harness.cpu_bf16_flags() else [])
+    if "bfloat16" not in dtypes:
+      bf16_note = ("\n\nbfloat16 rows skipped: this CPU has no native bfloat16 matmuls (no AMX, "
+                   "no AVX-512 BF16), so both frameworks would emulate it in float32 "
+                   "(`--dtypes float32,bfloat16` forces them).")
+  else:
+    dtypes = _names(args.dtypes)
   bad = ([s for s in sections if s not in ("eval", "train")]
          + [d for d in dtypes if d not in ("float32", "bfloat16")])
   if bad:
@@ -325,7 +335,7 @@ def main(argv=None) -> int:
   if "eval" in sections:
     title = "Eval throughput: JAX vs PyTorch"
     body = eval_section(eval_models, classes, size, batch, dtypes, repeats, compile_note,
-                        args.compile_timeout)
+                        args.compile_timeout) + bf16_note
     harness.print_section(title, body)
     harness.write_section("torch_eval", title, body, machine=machine, path=args.out)
   if "train" in sections:

@@ -83,6 +83,23 @@ def cpu_name() -> str:
   return platform.processor() or platform.machine()
 
 
+def cpu_bf16_flags() -> list[str]:
+  """This CPU's native bfloat16 matmul instructions (AMX, AVX-512 BF16), if any.
+
+  Without them bfloat16 is emulated in float32 by both XLA and PyTorch: slower
+  than float32 and not what the comparison is about, so the scripts skip it.
+  """
+  try:
+    text = Path("/proc/cpuinfo").read_text()
+  except OSError:
+    return []
+  flags = set()
+  for line in text.splitlines():
+    if line.startswith("flags"):
+      flags.update(line.split(":", 1)[1].split())
+  return [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+
+
 def machine_line() -> str:
   """One line naming the machine and the library versions behind a table."""
   import jax
