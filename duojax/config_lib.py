@@ -56,7 +56,8 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 # Typed so that command-line overrides parse; unset ones stay None.
 MODEL_OVERRIDE_TYPES = {"dtype": str, "width": int, "stem": str, "pool": str, "dropout": float,
                         "drop_path": float, "image_size": int, "in_channels": int,
-                        "zero_init_residual": bool}
+                        "zero_init_residual": bool, "pre_norm": bool,
+                        "patch_bias": bool}
 
 
 def model_overrides(config: ml_collections.ConfigDict) -> dict:
@@ -83,6 +84,15 @@ def base_config() -> ml_collections.ConfigDict:
   # Fine-tuning: a training workdir whose latest weights (not optimizer
   # state) start this run, e.g. soup ingredients fine-tuned from one model.
   c.init_from = ""
+  # Or a PyTorch-layout safetensors checkpoint (timm / torchvision / Hugging
+  # Face, see duojax/convert): its layout ("auto": from the tensor names),
+  # whether the classifier head is loaded or kept fresh (another class count),
+  # and how many first steps train the head alone (linear probe) before the
+  # whole network fine-tunes.
+  c.init_weights = ""
+  c.init_layout = "auto"
+  c.init_head = "load"
+  c.linear_probe_steps = 0
   # Optimisation.
   c.optimizer = "adamw"         # adamw | sgd
   c.lr = 1e-3
@@ -106,6 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
 
 _OPTIMIZERS = ("adamw", "sgd")
 _AUGMENTATIONS = ("crop", "flip")
+# Mirrors duojax.convert (not imported here: this module stays light).
+_INIT_LAYOUTS = ("auto", "timm", "torchvision", "hf")
+_INIT_HEADS = ("load", "fresh")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -130,6 +143,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.keep_checkpoints > 0,
        f"config.keep_checkpoints must be > 0, got {config.keep_checkpoints}")
   need(config.log_every > 0, f"config.log_every must be > 0, got {config.log_every}")
+  need(not (config.init_from and config.init_weights),
+       "config.init_from and config.init_weights are exclusive: start from one of them")
+  need(config.init_layout in _INIT_LAYOUTS,
+       f"config.init_layout={config.init_layout!r}; valid: {', '.join(_INIT_LAYOUTS)}")
+  need(config.init_head in _INIT_HEADS,
+       f"config.init_head={config.init_head!r}; valid: {', '.join(_INIT_HEADS)}")
+  need(config.linear_probe_steps >= 0,
+       f"config.linear_probe_steps must be >= 0, got {config.linear_probe_steps}")
   for name in augmentations(config):
     need(name in _AUGMENTATIONS,
          f"config.augment has unknown {name!r}; valid: {', '.join(_AUGMENTATIONS)}")

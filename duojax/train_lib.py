@@ -124,6 +124,42 @@ def make_schedule(config, num_steps: int) -> optax.Schedule:
 
 
 def make_optimizer(config, num_steps: int) -> optax.GradientTransformation:
+  """The config's optimizer; with `linear_probe_steps`, a head-only phase first.
+
+  During the probe the backbone's updates are zero and its optimizer state
+  (moments, schedule position) does not move, so the full fine-tune that
+  follows starts with its own warm-up over the remaining steps.
+  """
+  probe = int(config.get("linear_probe_steps", 0) or 0)
+  if probe <= 0:
+    return _base_optimizer(config, num_steps)
+  if probe >= num_steps:
+    raise ValueError(f"config.linear_probe_steps={probe} leaves no fine-tuning steps "
+                     f"of the {num_steps} in this run")
+  labels = lambda params: {k: jax.tree.map(lambda _: "head" if k == "head" else "backbone", v)
+                           for k, v in params.items()}
+  return optax.multi_transform(
+      {"head": _base_optimizer(config, num_steps),
+       "backbone": hold_until(_base_optimizer(config, num_steps - probe), probe)}, labels)
+
+
+def hold_until(inner: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
+  """`inner`, frozen for its first `steps` updates: zero updates, state unchanged."""
+  def init(params):
+    return inner.init(params), jnp.zeros((), jnp.int32)
+
+  def update(updates, state, params=None):
+    inner_state, count = state
+    new_updates, new_state = inner.update(updates, inner_state, params)
+    active = count >= steps
+    new_updates = jax.tree.map(lambda u: jnp.where(active, u, jnp.zeros_like(u)), new_updates)
+    new_state = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_state, inner_state)
+    return new_updates, (new_state, count + 1)
+
+  return optax.GradientTransformation(init, update)
+
+
+def _base_optimizer(config, num_steps: int) -> optax.GradientTransformation:
   schedule = make_schedule(config, num_steps)
   # Decay kernels only: decaying biases and norm scales hurts small models.
   decay_mask = lambda params: jax.tree.map(lambda x: x.ndim > 1, params)
@@ -155,8 +191,12 @@ def init_state(params, batch_stats, optimizer) -> TrainState:
 
 
 def make_train_step(graphdef, optimizer, *, mesh: Mesh, seed: int,
-                    label_smoothing: float = 0.0) -> Callable:
-  """Jitted (state, batch) -> (state, metrics) over `mesh`; state is donated."""
+                    label_smoothing: float = 0.0, frozen_stats_steps: int = 0) -> Callable:
+  """Jitted (state, batch) -> (state, metrics) over `mesh`; state is donated.
+
+  For the first `frozen_stats_steps` steps (a linear probe) BatchNorm running
+  statistics keep their loaded values, as the frozen backbone's weights do.
+  """
   apply = make_apply(graphdef)
   # Dropout keys are a pure function of (seed, step): resuming needs no RNG state.
   dropout_key = jax.random.fold_in(jax.random.key(seed), 0x0D0)
@@ -177,6 +217,10 @@ def make_train_step(graphdef, optimizer, *, mesh: Mesh, seed: int,
         state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
+    if frozen_stats_steps > 0:
+      frozen = state["step"] < frozen_stats_steps
+      batch_stats = jax.tree.map(lambda new, old: jnp.where(frozen, old, new),
+                                 batch_stats, state["batch_stats"])
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(params))
     new_state = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state,

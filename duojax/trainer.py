@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import tqdm
 
-from duojax import checkpoint, config_lib, data, train_lib
+from duojax import checkpoint, config_lib, convert, data, train_lib
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -78,6 +78,11 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
 
   if config.init_from and existing is None:
     model = _init_from(config.init_from, meta)
+  if config.init_weights and existing is None:
+    info = convert.load_pretrained(model, config.init_weights, config.init_layout,
+                                   head=config.init_head)
+    if process == 0:
+      _report_init(config.init_weights, info)
   graphdef, params, batch_stats = train_lib.split_model(model)
   optimizer = train_lib.make_optimizer(config, num_steps)
   rep = train_lib.replicated(mesh)
@@ -94,7 +99,8 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
     _atomic_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   train_step = train_lib.make_train_step(graphdef, optimizer, mesh=mesh, seed=config.seed,
-                                         label_smoothing=config.label_smoothing)
+                                         label_smoothing=config.label_smoothing,
+                                         frozen_stats_steps=config.linear_probe_steps)
   eval_step = train_lib.make_eval_step(graphdef, mesh=mesh)
   shard = dict(sharding=train_lib.batch_sharding(mesh), process_index=process,
                process_count=jax.process_count())
@@ -167,6 +173,16 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
     _atomic_json(os.path.join(workdir, SUMMARY_FILE), summary)
   manager.close()
   return summary
+
+
+def _report_init(path: str, info: dict) -> None:
+  notes = [f"layout {info['layout']}", f"{info['loaded_tensors']} tensors"]
+  if info["fresh_head"]:
+    notes.append("fresh classifier head")
+  if info["resampled_posemb"]:
+    before, after = info["resampled_posemb"]
+    notes.append(f"position embeddings resampled {before[1]} -> {after[1]} tokens")
+  print(f"initialised from {path} ({', '.join(notes)})", flush=True)
 
 
 def _init_from(workdir: str, meta: dict):

@@ -204,3 +204,37 @@ def test_train_step_on_two_devices_equals_one_device():
   worst = float(result.stdout.split("MAXDIFF")[1])
   # Same math, different reduction order across the two shards: float32 rounding only.
   assert worst < 1e-5, worst
+
+
+def test_linear_probe_trains_the_head_alone_then_everything():
+  probe = 3
+  config, graphdef, params, batch_stats, optimizer = _tiny_setup(
+      steps=6, lr=1e-2, linear_probe_steps=probe)
+  start = jax.tree.map(np.array, (params, batch_stats))
+  mesh = train_lib.make_mesh()
+  state = jax.device_put(train_lib.init_state(params, batch_stats, optimizer),
+                         train_lib.replicated(mesh))
+  step = train_lib.make_train_step(graphdef, optimizer, mesh=mesh, seed=0,
+                                   frozen_stats_steps=probe)
+
+  def changed(tree, ref):
+    return [bool(np.any(np.asarray(a) != b)) for a, b in
+            zip(jax.tree.leaves(tree), jax.tree.leaves(ref))]
+
+  for batch in _batches(probe):
+    state, _ = step(state, batch)
+  head = {k: v for k, v in state["params"].items() if k == "head"}
+  backbone = {k: v for k, v in state["params"].items() if k != "head"}
+  assert all(changed(head, {"head": start[0]["head"]}))
+  assert not any(changed(backbone, {k: v for k, v in start[0].items() if k != "head"}))
+  assert not any(changed(state["batch_stats"], start[1]))
+  for batch in _batches(3, seed=1):
+    state, _ = step(state, batch)
+  assert all(changed({k: v for k, v in state["params"].items() if k != "head"},
+                     {k: v for k, v in start[0].items() if k != "head"}))
+  assert any(changed(state["batch_stats"], start[1]))
+
+
+def test_linear_probe_must_leave_fine_tuning_steps():
+  with pytest.raises(ValueError, match="linear_probe_steps=4 leaves no fine-tuning"):
+    _tiny_setup(steps=4, linear_probe_steps=4)

@@ -36,7 +36,8 @@ VARIANTS = {
 NAME_RE = re.compile(r"^vit_([a-z]+)(\d+)$")
 
 OVERRIDES = ("image_size", "in_channels", "pool", "dropout", "drop_path",
-             "dtype", "width", "depth", "mlp_dim", "num_heads")
+             "dtype", "width", "depth", "mlp_dim", "num_heads", "pre_norm",
+             "patch_bias")
 
 POOLS = ("tok", "gap")
 
@@ -167,6 +168,8 @@ class VisionTransformer(nnx.Module):
       pool: str = "tok",
       dropout: float = 0.0,
       drop_path: float = 0.0,
+      pre_norm: bool = False,
+      patch_bias: bool = True,
       dtype="float32",
       name: str = "vit",
       rngs: nnx.Rngs,
@@ -198,8 +201,8 @@ class VisionTransformer(nnx.Module):
 
     self.patch_embed = nnx.Conv(
         in_channels, width, (patch_size, patch_size), strides=patch_size,
-        padding="VALID", kernel_init=_patch_init, dtype=dtype,
-        param_dtype=jnp.float32, rngs=rngs)
+        padding="VALID", kernel_init=_patch_init, use_bias=patch_bias,
+        dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
     num_tokens = (h // patch_size) * (w // patch_size)
     if pool == "tok":
       self.cls_token = nnx.Param(jnp.zeros((1, 1, width), jnp.float32))
@@ -209,6 +212,10 @@ class VisionTransformer(nnx.Module):
     self.pos_embedding = nnx.Param(
         _posemb_init(rngs.params(), (1, num_tokens, width), jnp.float32))
     self.pos_drop = nnx.Dropout(dropout, rngs=None)
+    # CLIP-style encoders normalise the embedded tokens before the first block.
+    self.norm_pre = (nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype,
+                                   param_dtype=jnp.float32, rngs=rngs)
+                     if pre_norm else None)
     # Stochastic depth grows linearly from 0 at the first block (timm).
     rates = np.linspace(0.0, drop_path, depth)
     self.blocks = nnx.List([
@@ -250,6 +257,8 @@ class VisionTransformer(nnx.Module):
       x = jnp.concatenate([cls, x], axis=1)
     x = x + self.pos_embedding[...].astype(self.dtype)
     x = self.pos_drop(x, deterministic=deterministic, rngs=rngs)
+    if self.norm_pre is not None:
+      x = self.norm_pre(x)
     for block in self.blocks:
       x = block(x, deterministic, rngs)
     x = self.norm(x)
