@@ -113,9 +113,10 @@ def _table_rows(text, section):
 
 def test_quick_run_writes_both_sections(tmp_path):
   out = tmp_path / "B.md"
+  # bfloat16 explicitly: by default it runs only on CPUs with native bfloat16.
   result = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_torch.py"), "--quick",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                           "--dtypes", "float32,bfloat16", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   text = out.read_text()
   assert "<!-- bench:torch_eval:start -->" in text
