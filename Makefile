@@ -39,7 +39,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 # Speed benchmarks: each script rewrites its own sections of BENCHMARKS.md
-# (about half an hour on a 2-core CPU; run it on an otherwise idle machine).
+# (about 45 minutes on a 2-core CPU; run it on an otherwise idle machine).
 bench: $(STAMP)
 	$(PY) bench/bench_temperature.py
 	$(PY) bench/bench_metrics.py
