@@ -2,7 +2,9 @@
 
 Plain `torch.nn` code (no torchvision or timm) that mirrors
 `duojax/models/{resnet,vit,cnn}.py` layer for layer, so that both frameworks
-run the same arithmetic and hold the same number of parameters:
+run the same arithmetic and hold the same number of parameters. ResNets and
+ViTs use torchvision's and timm's module names, so their state dicts are the
+files those libraries write (the checkpoint-conversion tests rely on this):
 
   * ResNets: bias-free convs with symmetric padding k // 2, BatchNorm
     (eps 1e-5), basic or bottleneck (v1.5: stride on the 3x3) blocks, a
@@ -49,15 +51,11 @@ def _bn(ch: int) -> nn.BatchNorm2d:
   return nn.BatchNorm2d(ch, eps=1e-5, momentum=0.1)
 
 
-class Projection(nn.Module):
-
-  def __init__(self, in_ch: int, out_ch: int, stride: int):
-    super().__init__()
-    self.conv = _conv(in_ch, out_ch, 1, stride)
-    self.bn = _bn(out_ch)
-
-  def forward(self, x):
-    return self.bn(self.conv(x))
+def _downsample(in_ch: int, out_ch: int, stride: int):
+  """torchvision's projection shortcut: `downsample.0` conv, `downsample.1` BN."""
+  if stride == 1 and in_ch == out_ch:
+    return None
+  return nn.Sequential(_conv(in_ch, out_ch, 1, stride), _bn(out_ch))
 
 
 class BasicBlock(nn.Module):
@@ -68,13 +66,12 @@ class BasicBlock(nn.Module):
     out_ch = ch * self.expansion
     self.conv1, self.bn1 = _conv(in_ch, ch, 3, stride), _bn(ch)
     self.conv2, self.bn2 = _conv(ch, out_ch, 3, 1), _bn(out_ch)
-    self.shortcut = (Projection(in_ch, out_ch, stride)
-                     if stride != 1 or in_ch != out_ch else None)
+    self.downsample = _downsample(in_ch, out_ch, stride)
 
   def forward(self, x):
     y = F.relu(self.bn1(self.conv1(x)))
     y = self.bn2(self.conv2(y))
-    skip = x if self.shortcut is None else self.shortcut(x)
+    skip = x if self.downsample is None else self.downsample(x)
     return F.relu(y + skip)
 
 
@@ -87,14 +84,13 @@ class Bottleneck(nn.Module):
     self.conv1, self.bn1 = _conv(in_ch, ch, 1, 1), _bn(ch)
     self.conv2, self.bn2 = _conv(ch, ch, 3, stride), _bn(ch)
     self.conv3, self.bn3 = _conv(ch, out_ch, 1, 1), _bn(out_ch)
-    self.shortcut = (Projection(in_ch, out_ch, stride)
-                     if stride != 1 or in_ch != out_ch else None)
+    self.downsample = _downsample(in_ch, out_ch, stride)
 
   def forward(self, x):
     y = F.relu(self.bn1(self.conv1(x)))
     y = F.relu(self.bn2(self.conv2(y)))
     y = self.bn3(self.conv3(y))
-    skip = x if self.shortcut is None else self.shortcut(x)
+    skip = x if self.downsample is None else self.downsample(x)
     return F.relu(y + skip)
 
 
@@ -106,11 +102,10 @@ class ResNet(nn.Module):
   def __init__(self, stage_sizes, block: str, num_classes: int, *, width: int,
                stem: str, in_channels: int = 3):
     super().__init__()
-    self.stem = stem
     kernel, stride = (7, 2) if stem == "imagenet" else (3, 1)
-    self.stem_conv = _conv(in_channels, width, kernel, stride)
-    self.stem_bn = _bn(width)
-    self.pool = nn.MaxPool2d(3, 2, padding=1) if stem == "imagenet" else nn.Identity()
+    self.conv1 = _conv(in_channels, width, kernel, stride)
+    self.bn1 = _bn(width)
+    self.maxpool = nn.MaxPool2d(3, 2, padding=1) if stem == "imagenet" else nn.Identity()
     block_cls = BLOCKS[block]
     in_ch, stages = width, []
     for i, num_blocks in enumerate(stage_sizes):
@@ -120,14 +115,17 @@ class ResNet(nn.Module):
         blocks.append(block_cls(in_ch, ch, 2 if (i > 0 and j == 0) else 1))
         in_ch = ch * block_cls.expansion
       stages.append(nn.Sequential(*blocks))
-    self.stages = nn.Sequential(*stages)
-    self.head = nn.Linear(in_ch, num_classes)
+    for i, stage in enumerate(stages):  # torchvision's names: layer1, layer2, ...
+      setattr(self, f"layer{i + 1}", stage)
+    self.num_stages = len(stages)
+    self.fc = nn.Linear(in_ch, num_classes)
 
   def forward(self, x):
-    x = self.pool(F.relu(self.stem_bn(self.stem_conv(x))))
-    x = self.stages(x)
+    x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+    for i in range(self.num_stages):
+      x = getattr(self, f"layer{i + 1}")(x)
     # Pool in float32, as duojax does under bfloat16 compute.
-    return _float32_head(self.head, x.float().mean(dim=(2, 3)))
+    return _float32_head(self.fc, x.float().mean(dim=(2, 3)))
 
 
 def resnet(name: str, num_classes: int, in_channels: int = 3) -> ResNet:
@@ -146,14 +144,34 @@ class Attention(nn.Module):
     super().__init__()
     self.num_heads = num_heads
     self.qkv = nn.Linear(width, 3 * width)
-    self.out = nn.Linear(width, width)
+    self.proj = nn.Linear(width, width)
 
   def forward(self, x):
     b, t, d = x.shape
     qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [B, heads, T, head_dim]
     y = F.scaled_dot_product_attention(q, k, v)
-    return self.out(y.transpose(1, 2).reshape(b, t, d))
+    return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class Mlp(nn.Module):
+
+  def __init__(self, width: int, mlp_dim: int):
+    super().__init__()
+    self.fc1, self.fc2 = nn.Linear(width, mlp_dim), nn.Linear(mlp_dim, width)
+
+  def forward(self, x):
+    return self.fc2(F.gelu(self.fc1(x), approximate="none"))
+
+
+class PatchEmbed(nn.Module):
+
+  def __init__(self, in_channels: int, width: int, patch_size: int, bias: bool):
+    super().__init__()
+    self.proj = nn.Conv2d(in_channels, width, patch_size, stride=patch_size, bias=bias)
+
+  def forward(self, x):
+    return self.proj(x).flatten(2).transpose(1, 2)  # [B, tokens, width]
 
 
 class EncoderBlock(nn.Module):
@@ -163,39 +181,42 @@ class EncoderBlock(nn.Module):
     self.norm1 = nn.LayerNorm(width, eps=1e-6)
     self.attn = Attention(width, num_heads)
     self.norm2 = nn.LayerNorm(width, eps=1e-6)
-    self.fc1 = nn.Linear(width, mlp_dim)
-    self.fc2 = nn.Linear(mlp_dim, width)
+    self.mlp = Mlp(width, mlp_dim)
 
   def forward(self, x):
     x = x + self.attn(self.norm1(x))
-    return x + self.fc2(F.gelu(self.fc1(self.norm2(x)), approximate="none"))
+    return x + self.mlp(self.norm2(x))
 
 
 class VisionTransformer(nn.Module):
 
   def __init__(self, num_classes: int, *, patch_size: int, width: int, depth: int,
-               mlp_dim: int, num_heads: int, image_size: int, in_channels: int = 3):
+               mlp_dim: int, num_heads: int, image_size: int, in_channels: int = 3,
+               pre_norm: bool = False):
     super().__init__()
     if image_size % patch_size:
       raise ValueError(f"patch size {patch_size} does not divide image size {image_size}")
-    self.patch_embed = nn.Conv2d(in_channels, width, patch_size, stride=patch_size)
+    # CLIP-style (timm `pre_norm=True`): LayerNorm before the blocks, no patch bias.
+    self.patch_embed = PatchEmbed(in_channels, width, patch_size, bias=not pre_norm)
     num_tokens = (image_size // patch_size) ** 2 + 1
     self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
-    self.pos_embedding = nn.Parameter(torch.randn(1, num_tokens, width) * width**-0.5)
+    self.pos_embed = nn.Parameter(torch.randn(1, num_tokens, width) * width**-0.5)
+    self.norm_pre = nn.LayerNorm(width, eps=1e-6) if pre_norm else nn.Identity()
     self.blocks = nn.Sequential(*[EncoderBlock(width, mlp_dim, num_heads)
                                   for _ in range(depth)])
     self.norm = nn.LayerNorm(width, eps=1e-6)
     self.head = nn.Linear(width, num_classes)
 
   def forward(self, x):
-    x = self.patch_embed(x).flatten(2).transpose(1, 2)  # [B, tokens, width]
+    x = self.patch_embed(x)
     cls = self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype)
-    x = torch.cat([cls, x], dim=1) + self.pos_embedding.to(x.dtype)
-    x = self.norm(self.blocks(x))
+    x = torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype)
+    x = self.norm(self.blocks(self.norm_pre(x)))
     return _float32_head(self.head, x[:, 0])
 
 
-def vit(name: str, num_classes: int, image_size: int, in_channels: int = 3) -> VisionTransformer:
+def vit(name: str, num_classes: int, image_size: int, in_channels: int = 3,
+        pre_norm: bool = False) -> VisionTransformer:
   parsed = jax_vit.parse_name(name)
   if parsed is None:
     raise ValueError(f"not a ViT name: {name!r}")
@@ -203,7 +224,7 @@ def vit(name: str, num_classes: int, image_size: int, in_channels: int = 3) -> V
   width, depth, mlp_dim, num_heads = jax_vit.VARIANTS[variant]
   return VisionTransformer(num_classes, patch_size=patch, width=width, depth=depth,
                            mlp_dim=mlp_dim, num_heads=num_heads, image_size=image_size,
-                           in_channels=in_channels)
+                           in_channels=in_channels, pre_norm=pre_norm)
 
 
 # ----------------------------------------------------------------------------

@@ -7,9 +7,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from flax import nnx
 
+from duojax import convert
 from duojax.models import get_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,45 +53,35 @@ def test_torch_models_run_in_float32_and_bfloat16_autocast(name, image_size):
   assert logits.shape == (2, 7) and logits.dtype == torch.float32
 
 
-def port_weights(jax_model, torch_model):
-  """Copies a duojax model's parameters and batch statistics into its twin."""
-  flat = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(jax_model)))[0]
-  leaves = {".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(v)
-            for path, v in flat}
-  renames = {"kernel": "weight", "scale": "weight", "mean": "running_mean",
-             "var": "running_var"}
-  target = {}
-  for name, v in leaves.items():
-    prefix, leaf = name.rpartition(".")[::2]
-    if ".attn.query." in name or ".attn.key." in name or ".attn.value." in name:
-      continue  # fused below
-    if leaf == "kernel" and v.ndim == 4:
-      v = v.transpose(3, 2, 0, 1)  # [kh, kw, in, out] -> [out, in, kh, kw]
-    elif leaf == "kernel":
-      v = v.reshape(-1, v.shape[-1]).T  # [in..., out] -> [out, in]
-    name = f"{prefix}.{renames.get(leaf, leaf)}" if prefix else leaf
-    target[name.replace(".mlp.", ".")] = v
-  for name in leaves:
-    if name.endswith(".attn.query.kernel"):
-      block = name[:-len(".query.kernel")]
-      qkv = [leaves[f"{block}.{p}.kernel"] for p in ("query", "key", "value")]
-      target[f"{block}.qkv.weight"] = np.concatenate(
-          [k.reshape(k.shape[0], -1) for k in qkv], axis=1).T
-      target[f"{block}.qkv.bias"] = np.concatenate(
-          [leaves[f"{block}.{p}.bias"].reshape(-1) for p in ("query", "key", "value")])
-  state = torch_model.state_dict()
-  missing = sorted(k for k in state if k not in target and not k.endswith("num_batches_tracked"))
-  assert not missing and not set(target) - set(state), (missing, set(target) - set(state))
-  torch_model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
-                               target.items()}, strict=False)
+def port_weights(jax_model, torch_model, tmp_path):
+  """Copies a duojax model's parameters and batch statistics into its twin.
+
+  ResNet and ViT twins carry torchvision's and timm's names, so duojax's own
+  exporter writes their state dict; the small CNN (no such layout) is mapped here.
+  """
+  if isinstance(torch_model, torch_models.CNN):
+    flat = convert.flat_state(jax_model)
+    state = {}
+    for name, v in flat.items():
+      prefix, leaf = name.rpartition(".")[::2]
+      if leaf == "kernel":
+        v = v.transpose(3, 2, 0, 1) if v.ndim == 4 else v.T  # to [out, in, ...]
+      state[f"{prefix}.{'weight' if leaf == 'kernel' else leaf}"] = v
+  else:
+    layout = "torchvision" if isinstance(torch_model, torch_models.ResNet) else "timm"
+    path = str(tmp_path / "weights.safetensors")
+    convert.export_pretrained(jax_model, path, layout)
+    state = safetensors.torch.load_file(path)
+  torch_model.load_state_dict({k: torch.as_tensor(np.array(v)) for k, v in state.items()},
+                              strict=True)
 
 
 @pytest.mark.parametrize("name,image_size,in_channels", [
     ("resnet14", 28, 1), ("cnn_xs", 28, 1), ("vit_mu4", 32, 3)])
-def test_torch_models_compute_the_duojax_function(name, image_size, in_channels):
+def test_torch_models_compute_the_duojax_function(name, image_size, in_channels, tmp_path):
   jax_model = get_model(name, 10, rngs=0, image_size=image_size, in_channels=in_channels)
   torch_model = torch_models.build(name, 10, image_size, in_channels).eval()
-  port_weights(jax_model, torch_model)
+  port_weights(jax_model, torch_model, tmp_path)
   x = np.random.default_rng(0).standard_normal((3, image_size, image_size, in_channels),
                                                 np.float32)
   expected, _ = jax_model(x, train=False)

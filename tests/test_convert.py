@@ -60,7 +60,7 @@ def test_safetensors_round_trip_with_bfloat16_and_metadata(tmp_path):
 
 
 def test_reads_files_written_by_the_reference_library(tmp_path):
-  st = pytest.importorskip("safetensors.numpy")
+  import safetensors.numpy as st  # the reference library, installed with the torch extra
   path = str(tmp_path / "ref.safetensors")
   tensors = {"w": np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32),
              "i": np.arange(5, dtype=np.int32)}
@@ -296,3 +296,10 @@ def test_train_cli_fine_tunes_from_a_safetensors_file(tmp_path, learnable_data_d
   pickle_file.write_bytes(b"\x80\x02.")
   bad = train(tmp_path / "bad2", f"--config.init_weights={pickle_file}")
   assert bad.returncode == 1 and "never opens" in bad.stderr and not (tmp_path / "bad2").exists()
+
+
+def test_config_choices_match_the_converter():
+  # config_lib validates these without importing duojax.convert (it stays light).
+  from duojax import config_lib
+  assert config_lib._INIT_LAYOUTS == ("auto", *convert.LAYOUTS)
+  assert config_lib._INIT_HEADS == convert.HEAD_MODES

@@ -5,9 +5,13 @@ safetensors the way users get such files, loads it into duojax and compares
 eval-mode logits on the same random images; then exports the duojax model
 back and loads it into the PyTorch model with strict checking. Hugging Face
 models come from `transformers` itself; timm and torchvision cannot import
-beside this PyTorch build, so their layouts are checked against
-`torch_layouts.py`, which reproduces their module names and arithmetic.
+beside this PyTorch build, so their layouts are checked against the PyTorch
+twins of the benchmarks (`bench/torch_models.py`), which use their module
+names and arithmetic.
 """
+
+import sys
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,9 +21,11 @@ import torch
 import transformers
 from flax import nnx
 
-import torch_layouts
 from duojax import convert, models
 from duojax.models import resnet
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import torch_models  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -109,9 +115,9 @@ def test_hugging_face_resnet(tmp_path, layer_type, hidden_sizes, width):
 @pytest.mark.parametrize("pre_norm", [False, True])
 def test_timm_vit(tmp_path, pre_norm):
   torch.manual_seed(0)
-  reference = torch_layouts.TimmViT(img_size=16, patch_size=4, embed_dim=32, depth=2,
-                                    num_heads=2, mlp_ratio=2.0, num_classes=5, pre_norm=pre_norm)
-  with torch.no_grad():  # LayerNorms start at 1/0; make a mapping mix-up show
+  reference = torch_models.vit("vit_mu4", 5, 16, pre_norm=pre_norm)
+  with torch.no_grad():  # LayerNorms and the class token start at 1/0; make a mix-up show
+    reference.cls_token.normal_(0, 0.5)
     for m in reference.modules():
       if isinstance(m, torch.nn.LayerNorm):
         m.weight.normal_(1, 0.2)
@@ -124,8 +130,7 @@ def test_timm_vit(tmp_path, pre_norm):
 
 def test_timm_vit_with_fc_norm_is_refused(tmp_path):
   path = str(tmp_path / "m.safetensors")
-  reference = torch_layouts.TimmViT(16, 4, 32, 2, 2, 2.0, 5)
-  state = dict(reference.state_dict())
+  state = dict(torch_models.vit("vit_mu4", 5, 16).state_dict())
   state["fc_norm.weight"], state["fc_norm.bias"] = torch.ones(32), torch.zeros(32)
   safetensors.torch.save_file(state, path)
   ours = models.get_model("vit_mu4", 5, rngs=1, image_size=16, pool="gap")
@@ -133,12 +138,10 @@ def test_timm_vit_with_fc_norm_is_refused(tmp_path):
     convert.load_pretrained(ours, path)
 
 
-@pytest.mark.parametrize("name,block,layers", [
-    ("resnet18", torch_layouts.BasicBlock, [2, 2, 2, 2]),
-    ("resnet50", torch_layouts.Bottleneck, [3, 4, 6, 3])])
-def test_torchvision_resnet(tmp_path, name, block, layers):
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_torchvision_resnet(tmp_path, name):
   torch.manual_seed(0)
-  reference = randomize_torch_batch_norm(torch_layouts.TorchvisionResNet(block, layers, 5))
+  reference = randomize_torch_batch_norm(torch_models.resnet(name, 5))
   ours = models.get_model(name, 5, rngs=1, image_size=32)
   compare(reference, ours, tmp_path, layout="torchvision", image_size=32)
 
@@ -146,7 +149,7 @@ def test_torchvision_resnet(tmp_path, name, block, layers):
 def test_pretrained_file_then_fresh_head_and_other_image_size(tmp_path):
   """The fine-tuning path: a 1000-class ViT file into a 3-class model at 32 px."""
   torch.manual_seed(0)
-  reference = torch_layouts.TimmViT(16, 4, 32, 2, 2, 2.0, 1000)
+  reference = torch_models.vit("vit_mu4", 1000, 16)
   path = str(tmp_path / "m.safetensors")
   safetensors.torch.save_file(reference.state_dict(), path)
   ours = models.get_model("vit_mu4", 3, rngs=1, image_size=32)

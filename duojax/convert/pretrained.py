@@ -66,12 +66,15 @@ def _family(model: nnx.Module) -> str:
       "PyTorch-layout checkpoints")
 
 
-def entries_for(model: nnx.Module, layout: str, file_keys=()) -> list[layouts.Entry]:
-  """The layout's entries for `model`; `file_keys` picks among a layout's spellings."""
+def entries_for(model: nnx.Module, layout: str, file_keys=(), names=None) -> list[layouts.Entry]:
+  """The layout's entries for `model`; `file_keys` picks among a layout's spellings.
+
+  `names`: the model's flat state names, when the caller already has them.
+  """
   if layout not in layouts.LAYOUTS:
     raise WeightsMismatchError(
         f"unknown layout {layout!r}; valid: {', '.join(layouts.LAYOUTS)}, auto")
-  names = list(flat_state(model))
+  names = list(flat_state(model) if names is None else names)
   try:
     if _family(model) == "resnet":
       return layouts.resnet_entries(names, layout)
@@ -141,7 +144,7 @@ def load_pretrained(model: nnx.Module, path: str, layout: str = "auto", *,
   missing, misshaped, used = [], [], set()
   new_values, info = {}, {"layout": layout, "fresh_head": head == "fresh",
                           "resampled_posemb": None}
-  entries = entries_for(model, layout, list(tensors))
+  entries = entries_for(model, layout, list(tensors), names=list(current))
   for entry in entries:
     if entry.kind == "head" and head == "fresh":
       used.update(entry.file_keys)
@@ -195,7 +198,7 @@ def export_pretrained(model: nnx.Module, path: str, layout: str) -> None:
   """Writes `model` as a safetensors file in `layout` (loadable by that library)."""
   current = flat_state(model)
   tensors = {}
-  for entry in entries_for(model, layout):
+  for entry in entries_for(model, layout, names=list(current)):
     for key, value in zip(entry.file_keys, entry.to_file([current[p] for p in entry.paths])):
       tensors[key] = np.ascontiguousarray(value, dtype=np.float32)
       if key.endswith(".running_mean"):
