@@ -15,7 +15,7 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from duojax import checkpoint, cli, data, evaluator, report, train_lib
+from duojax import checkpoint, cli, data, distributed, evaluator, report, sharding, train_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config (configs/*_eval.py).")
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Training workdirs: report their accuracy.")
@@ -33,10 +33,10 @@ def _write_json(path, obj):
 
 
 def accuracy_of_workdirs(workdirs, split_name, data_dir, batch_size):
-  mesh = train_lib.make_mesh()
+  mesh = sharding.make_mesh()
   results = {}
   for workdir in workdirs:
-    model, meta = checkpoint.load_model(workdir)
+    model, meta = checkpoint.load_model(workdir, sharding=sharding.replicated(mesh))
     config = meta["config"]
     dataset = data.load_dataset(config["dataset"], data_dir or config["data_dir"],
                                 val_size=config["val_size"], split_seed=config["split_seed"])
@@ -45,11 +45,12 @@ def accuracy_of_workdirs(workdirs, split_name, data_dir, batch_size):
     eval_step = train_lib.make_eval_step(graphdef, mesh=mesh)
     batches = data.eval_batches(getattr(dataset, split_name), global_batch_size=batch_size,
                                 mean=dataset.mean, std=dataset.std,
-                                sharding=train_lib.batch_sharding(mesh))
+                                sharding=sharding.batch_sharding(mesh))
     result = train_lib.evaluate_batches(eval_step, params, batch_stats, batches)
     results[workdir] = {"model_name": meta["model_name"], "step": meta["step"], **result}
-    print(f"{workdir}: {meta['model_name']} step {meta['step']}: {split_name} accuracy "
-          f"{result['accuracy']:.4f}, NLL {result['nll']:.4f} ({result['count']} images)")
+    if distributed.is_main_process():
+      print(f"{workdir}: {meta['model_name']} step {meta['step']}: {split_name} accuracy "
+            f"{result['accuracy']:.4f}, NLL {result['nll']:.4f} ({result['count']} images)")
   return results
 
 
@@ -61,6 +62,8 @@ def main(argv):
   if _CONFIG.value is not None:
     config = _CONFIG.value
     results = evaluator.run(config)
+    if not distributed.is_main_process():  # every process computed the same results
+      return
     paths = report.write(results, config.output_dir)
     print(report.markdown(results))
     print(f"results: {paths['json']}, {paths['markdown']} and plots in {config.output_dir}")
@@ -68,7 +71,7 @@ def main(argv):
   if _BATCH.value <= 0:
     raise ValueError(f"--batch_size must be > 0, got {_BATCH.value}")
   results = accuracy_of_workdirs(_WORKDIRS.value, _SPLIT.value, _DATA_DIR.value, _BATCH.value)
-  if _OUTPUT.value:
+  if _OUTPUT.value and distributed.is_main_process():
     _write_json(_OUTPUT.value, results)
 
 

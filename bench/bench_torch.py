@@ -197,20 +197,20 @@ def jax_train(name: str, shape, batch: int, classes: int, repeats: int):
   import jax.numpy as jnp
   import numpy as np
 
-  from duojax import config_lib, train_lib
+  from duojax import config_lib, sharding, train_lib
   config = config_lib.base_config()
   optimizer = train_lib.make_optimizer(config, num_steps=10_000)
   model = train_lib.build_model(name, {}, classes, tuple(shape), seed=0)
   graphdef, params, batch_stats = train_lib.split_model(model)
-  mesh = train_lib.make_mesh(1)
+  mesh = sharding.make_mesh(1)
   state = jax.device_put(train_lib.init_state(params, batch_stats, optimizer),
-                         train_lib.replicated(mesh))
+                         sharding.replicated(mesh))
   step = train_lib.make_train_step(graphdef, optimizer, mesh=mesh, seed=0,
                                    label_smoothing=config.label_smoothing)
   rng = np.random.default_rng(0)
   data = {"image": jnp.asarray(rng.standard_normal((batch, *shape), np.float32)),
           "label": jnp.asarray(rng.integers(0, classes, batch, np.int32))}
-  data = jax.device_put(data, train_lib.batch_sharding(mesh))
+  data = jax.device_put(data, sharding.batch_sharding(mesh))
   holder = [state]
 
   def run():

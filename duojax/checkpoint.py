@@ -103,11 +103,14 @@ def _jsonish(value):
   return value
 
 
-def load_model(workdir: str, step: int | None = None):
+def load_model(workdir: str, step: int | None = None, *, sharding=None):
   """(model, meta): the NNX model of a checkpoint, with its trained weights.
 
   The abstract train state is rebuilt from the checkpoint's own config, so the
   optimizer state restores with the right structure (and is then dropped).
+  Arrays come back with `sharding` (default: this process's first device),
+  whatever mesh wrote them: a checkpoint of an FSDP run on 8 devices loads
+  on 1, and a multi-process job passes a replicated sharding of its mesh.
   """
   import ml_collections
   from flax import nnx
@@ -122,7 +125,11 @@ def load_model(workdir: str, step: int | None = None):
   # Only the optimizer state's structure matters here, not its schedule length.
   num_steps = max(int(meta["step"]), int(config.get("linear_probe_steps", 0) or 0) + 1, 1)
   optimizer = train_lib.make_optimizer(config, num_steps)
-  abstract = jax.eval_shape(lambda: train_lib.init_state(params, batch_stats, optimizer))
+  if sharding is None:
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      jax.eval_shape(lambda: train_lib.init_state(params, batch_stats, optimizer)))
   manager = make_manager(workdir, create=False)
   try:
     state, meta = restore(manager, step, abstract)

@@ -1,4 +1,4 @@
-"""What train.py and evaluate.py share: one-line errors and non-zero exits."""
+"""What train.py and evaluate.py share: one-line errors, non-zero exits, multi-process flags."""
 
 from __future__ import annotations
 
@@ -9,13 +9,27 @@ import warnings
 
 from absl import app, flags
 
-from duojax import checkpoint, config_lib, data, train_lib
+from duojax import checkpoint, config_lib, data, distributed, train_lib
 
 # Errors a user can cause with their input; anything else is a bug and keeps
 # its traceback.
 USER_ERRORS = (config_lib.ConfigError, data.DataError, checkpoint.CheckpointError,
-               train_lib.TrainingDiverged, ValueError, FileNotFoundError, PermissionError,
-               OSError)
+               train_lib.TrainingDiverged, distributed.DistributedError, ValueError,
+               FileNotFoundError, PermissionError, OSError)
+
+# Multi-process settings shared by train.py and evaluate.py (duojax.distributed).
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", list(distributed.MODES),
+    "auto: join a multi-process job when settings are given or a SLURM/Open MPI job is "
+    "detected; on: always (JAX detects TPU pods, SLURM, ...); off: single process.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "host:port of process 0 (or JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Number of processes (or JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index in [0, num_processes) (or JAX_PROCESS_ID).")
+_LOCAL_DEVICES = flags.DEFINE_list(
+    "local_device_ids", None, "Devices this process drives, e.g. one GPU each: 0 or 0,1.")
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -36,7 +50,7 @@ def quiet_libraries() -> None:
   """Keeps library chatter (orbax, absl INFO logs) out of the CLI output."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.getLogger("absl").setLevel(logging.WARNING)
-  for name in ("orbax", "orbax.checkpoint", "jax._src.xla_bridge"):
+  for name in ("orbax", "orbax.checkpoint", "jax._src.xla_bridge", "jax._src.distributed"):
     logging.getLogger(name).setLevel(logging.ERROR)
   warnings.filterwarnings("ignore", message=".*jaxopt.*", category=DeprecationWarning)
 
@@ -46,6 +60,9 @@ def run(main) -> None:
   def wrapped(argv):
     quiet_libraries()
     try:
+      distributed.initialize(distributed.settings_from(
+          _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+          _LOCAL_DEVICES.value))
       main(argv)
     except USER_ERRORS as e:
       message = " ".join(str(e).split()) or type(e).__name__

@@ -110,7 +110,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 200
   c.keep_checkpoints = 3
   c.eval_batch_size = 500
-  c.num_devices = -1            # -1: all devices of the process
+  # Scale-out (duojax.sharding): the mesh spans every device of every process.
+  c.num_devices = -1            # -1: all devices (a multi-process run needs -1)
+  c.fsdp = 1                    # > 1: split params and optimizer state over
+                                # groups of this many devices (FSDP-style)
   return c
 
 
@@ -143,6 +146,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.keep_checkpoints > 0,
        f"config.keep_checkpoints must be > 0, got {config.keep_checkpoints}")
   need(config.log_every > 0, f"config.log_every must be > 0, got {config.log_every}")
+  need(config.fsdp >= 1, f"config.fsdp must be >= 1, got {config.fsdp}")
   need(not (config.init_from and config.init_weights),
        "config.init_from and config.init_weights are exclusive: start from one of them")
   need(config.init_layout in _INIT_LAYOUTS,

@@ -277,22 +277,45 @@ def load_dataset(name: str, data_dir: str | os.PathLike, *, val_size: int = 5000
 
 # ------------------------------------------------------------- input pipeline
 def _local_rows(global_batch_size: int, process_index: int, process_count: int,
-                sharding: jax.sharding.NamedSharding | None) -> slice:
-  """This process's rows of every global batch."""
+                sharding: jax.sharding.Sharding | None) -> slice:
+  """This process's rows of every global batch.
+
+  With a sharding, the rows are the ones its devices in this process hold
+  (so any mesh layout works, on one host or many); without one, the batch
+  is cut into `process_count` equal blocks.
+  """
   if global_batch_size < 1:
     raise DataError(f"global_batch_size={global_batch_size} must be positive")
+  if sharding is not None:
+    return _rows_of_sharding(global_batch_size, sharding)
   if not 0 <= process_index < process_count:
     raise DataError(f"process_index={process_index} is not in [0, {process_count})")
   if global_batch_size % process_count:
     raise DataError(f"global_batch_size={global_batch_size} is not divisible by "
                     f"process_count={process_count}")
-  if sharding is not None:
-    data = dict(sharding.mesh.shape).get("data")
-    if data is None or global_batch_size % data:
-      raise DataError(f"global_batch_size={global_batch_size} must be divisible by the mesh's "
-                      f"'data' axis (mesh shape {dict(sharding.mesh.shape)})")
   local = global_batch_size // process_count
   return slice(process_index * local, (process_index + 1) * local)
+
+
+def _rows_of_sharding(global_batch_size: int, sharding: jax.sharding.Sharding) -> slice:
+  try:
+    sharding.shard_shape((global_batch_size,))
+  except ValueError:  # jax's IndivisibleError names the tiling, not the batch
+    ways = len(sharding.device_set)
+    if isinstance(sharding, jax.sharding.NamedSharding) and len(sharding.spec):
+      axes = sharding.spec[0]
+      axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+      ways = int(np.prod([sharding.mesh.shape[a] for a in axes], dtype=np.int64))
+    raise DataError(f"global_batch_size={global_batch_size} is not divisible by the {ways} "
+                    "devices the batch is split over") from None
+  slices = sorted({(index[0].start or 0, index[0].stop or global_batch_size)
+                   for index in sharding.addressable_devices_indices_map(
+                       (global_batch_size,)).values()})
+  start, stop = slices[0][0], slices[-1][1]
+  if sum(b - a for a, b in slices) != stop - start:
+    raise DataError("this process's devices hold non-adjacent rows of the batch; build the "
+                    "mesh with duojax.sharding.make_mesh")
+  return slice(start, stop)
 
 
 def _normalize(images: np.ndarray, mean, std) -> np.ndarray:

@@ -24,7 +24,9 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+
+from duojax import sharding
 
 MODES = ("weighted", "unweighted", "uq_only")
 
@@ -41,8 +43,8 @@ def make_fused_forward(graphdefs, *, mesh: Mesh | None = None,
 
   All members' forward passes live in one XLA program, so the small models
   add their FLOPs and nothing else (one dispatch, one host sync, XLA free to
-  overlap them). With a mesh, images are split along "data" and the member
-  states replicated, as in training. `with_features=True` also returns member
+  overlap them). With a mesh, images are split by rows over every device and
+  the member states replicated. `with_features=True` also returns member
   0's pre-logit features [B, D] (for last-layer MC dropout without a second
   backbone pass).
   """
@@ -57,10 +59,9 @@ def make_fused_forward(graphdefs, *, mesh: Mesh | None = None,
 
   if mesh is None:
     return jax.jit(forward)
-  replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  out_logits = NamedSharding(mesh, P(None, "data"))
-  return jax.jit(forward, in_shardings=(replicated, data),
-                 out_shardings=(out_logits, data) if with_features else out_logits)
+  rows, out_logits = sharding.batch_sharding(mesh), sharding.stacked_batch_sharding(mesh)
+  return jax.jit(forward, in_shardings=(sharding.replicated(mesh), rows),
+                 out_shardings=(out_logits, rows) if with_features else out_logits)
 
 
 def combine(logits_stack, weights) -> jax.Array:

@@ -20,7 +20,7 @@ import tqdm
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from duojax import checkpoint, data, duo, shifts, train_lib
+from duojax import checkpoint, data, duo, sharding, shifts, train_lib
 
 
 @dataclasses.dataclass
@@ -56,8 +56,10 @@ class LogitsBank:
       self.logits[split] = np.concatenate([self.logits[split], logits[None]], axis=0)
 
 
-def load_member(name: str, workdir: str) -> Member:
-  model, meta = checkpoint.load_model(workdir)
+def load_member(name: str, workdir: str, *, mesh=None) -> Member:
+  """A trained model, replicated over `mesh` when given (needed across hosts)."""
+  model, meta = checkpoint.load_model(
+      workdir, sharding=None if mesh is None else sharding.replicated(mesh))
   graphdef, params, batch_stats = train_lib.split_model(model)
   flops = train_lib.flops_per_image(graphdef, params, batch_stats, tuple(meta["image_shape"]))
   return Member(name, model, meta, flops)
@@ -118,11 +120,11 @@ def collect(members: Sequence[Member], dataset: data.Dataset, splits: dict[str, 
   check_members_agree(members)
   graphdefs, states = duo.split_members([m.model for m in members])
   forward = duo.make_fused_forward(graphdefs, mesh=mesh, with_features=with_features)
-  states = jax.device_put(states, train_lib.replicated(mesh))
+  states = jax.device_put(states, sharding.replicated(mesh))
   bank = LogitsBank(tuple(m.name for m in members))
   for name, split in splits.items():
     batches = data.eval_batches(split, global_batch_size=batch_size, mean=dataset.mean,
-                                std=dataset.std, sharding=train_lib.batch_sharding(mesh))
+                                std=dataset.std, sharding=sharding.batch_sharding(mesh))
     out = split_logits(forward, states, batches, desc=name,
                        total=-(-len(split) // batch_size), with_features=with_features)
     bank.logits[name], bank.labels[name] = out[0], out[1]

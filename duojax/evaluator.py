@@ -18,7 +18,8 @@ import time
 import jax
 import numpy as np
 
-from duojax import checkpoint, data, evaluation, methods as methods_lib, report, shifts, soups, train_lib
+from duojax import (checkpoint, data, evaluation, methods as methods_lib, report, sharding, shifts,
+                    soups, train_lib)
 
 LARGE, SIDEKICK = "large", "sidekick"
 
@@ -41,13 +42,13 @@ def run(config) -> dict:
   """Computes the full results dict of `config` (see configs/demo_eval.py)."""
   _check_workdirs(config)
   t_start = time.perf_counter()
-  mesh = train_lib.make_mesh(config.num_devices)
-  members = [evaluation.load_member(LARGE, config.large)]
+  mesh = sharding.make_mesh(config.num_devices)
+  members = [evaluation.load_member(LARGE, config.large, mesh=mesh)]
   if config.sidekick:
-    members.append(evaluation.load_member(SIDEKICK, config.sidekick))
+    members.append(evaluation.load_member(SIDEKICK, config.sidekick, mesh=mesh))
   ensemble = [LARGE]
   for i, workdir in enumerate(_list(config.ensemble), start=2):
-    members.append(evaluation.load_member(f"large#{i}", workdir))
+    members.append(evaluation.load_member(f"large#{i}", workdir, mesh=mesh))
     ensemble.append(f"large#{i}")
   evaluation.check_members_agree(members)
 
@@ -96,7 +97,7 @@ def run(config) -> dict:
       extra_singles=tuple(extra_singles))
   results = report.build_results(bank, method_list, member_flops, large=LARGE,
                                  solver=config.solver, bootstrap=config.bootstrap,
-                                 seed=config.seed)
+                                 seed=config.seed, mesh=mesh)
   results["members"] = {
       m.name: {"model_name": m.meta["model_name"], "flops": m.flops,
                "params": train_lib.count_params(train_lib.split_model(m.model)[1]),
@@ -119,7 +120,8 @@ def _ood_split(name: str, dataset: data.Dataset) -> data.Split:
 
 def _soups(workdirs, large: evaluation.Member, dataset, mesh, batch_size):
   """Uniform and greedy soups of fine-tunes, scored by validation accuracy."""
-  ingredients = [evaluation.load_member(f"ingredient#{i}", w) for i, w in enumerate(workdirs)]
+  ingredients = [evaluation.load_member(f"ingredient#{i}", w, mesh=mesh)
+                 for i, w in enumerate(workdirs)]
   evaluation.check_members_agree([large, *ingredients])
 
   def val_accuracy(model):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from duojax import duo, temperature
+from duojax import duo, sharding, temperature
 from duojax.evaluation import LogitsBank
 
 FIT_SPLIT = "val"
@@ -36,20 +36,30 @@ def _log_mean_softmax(logits_stack) -> jax.Array:
   return jax.nn.logsumexp(log_probs, axis=0) - jnp.log(log_probs.shape[0])
 
 
-def fit(method: Method, bank: LogitsBank, *, solver: str = "jaxopt") -> dict[str, np.ndarray]:
-  """What `method` learns from the validation split (possibly nothing)."""
+def fit(method: Method, bank: LogitsBank, *, solver: str = "jaxopt",
+        mesh=None) -> dict[str, np.ndarray]:
+  """What `method` learns from the validation split (possibly nothing).
+
+  With a mesh, the validation logits are split by rows over its devices
+  (across hosts too) and each fit's NLL is a mean over all of them.
+  """
   labels = bank.labels[FIT_SPLIT]
+
+  def fit_weights(members):
+    if mesh is None:
+      return np.asarray(temperature.fit_temperatures(list(members), labels, solver=solver))
+    rows = [sharding.shard_rows(np.asarray(z, np.float32), mesh)[0] for z in members]
+    row_labels, mask = sharding.shard_rows(labels, mesh)
+    return np.asarray(temperature.fit_temperatures(rows, row_labels, mask=mask, solver=solver))
+
   if method.kind == "ts":
-    return {"weights": np.asarray(temperature.fit_temperatures(
-        [bank.member(FIT_SPLIT, method.members[0])], labels, solver=solver))}
+    return {"weights": fit_weights([bank.member(FIT_SPLIT, method.members[0])])}
   if method.kind == "ensemble_ts":
-    pooled = _log_mean_softmax(bank.stack(FIT_SPLIT, method.members))
-    return {"weights": np.asarray(temperature.fit_temperatures([pooled], labels, solver=solver))}
+    return {"weights": fit_weights([_log_mean_softmax(bank.stack(FIT_SPLIT, method.members))])}
   if method.kind == "duo":
     stack = bank.stack(FIT_SPLIT, method.members)
-    joint = temperature.fit_temperatures(list(stack), labels, solver=solver)
-    single = [temperature.fit_temperatures([z], labels, solver=solver)[0] for z in stack]
-    return {"weights": np.asarray(joint), "single_weights": np.asarray(single)}
+    single = [fit_weights([z])[0] for z in stack]
+    return {"weights": fit_weights(stack), "single_weights": np.asarray(single)}
   if method.kind in ("single", "ensemble"):
     return {}
   raise ValueError(f"unknown method kind {method.kind!r}; valid: {', '.join(KINDS)}")

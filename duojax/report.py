@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
@@ -34,12 +35,16 @@ def _shift_splits(bank: LogitsBank) -> list[str]:
 
 def build_results(bank: LogitsBank, method_list, member_flops: dict[str, float], *,
                   large: str, solver: str = "jaxopt", bootstrap: int = 200,
-                  seed: int = 0) -> dict:
-  """Fits every method on val and scores it on test, OOD and shifted test sets."""
+                  seed: int = 0, mesh=None) -> dict:
+  """Fits every method on val and scores it on test, OOD and shifted test sets.
+
+  `mesh`: fit the temperatures on validation logits split over its devices.
+  """
   results = {"methods": {}, "reference": REFERENCE, "large_flops": member_flops[large]}
   outputs = {}
-  for method in tqdm.tqdm(method_list, desc="methods", leave=False, mininterval=2.0):
-    fitted = methods_lib.fit(method, bank, solver=solver)
+  for method in tqdm.tqdm(method_list, desc="methods", leave=False, mininterval=2.0,
+                          disable=jax.process_index() != 0):
+    fitted = methods_lib.fit(method, bank, solver=solver, mesh=mesh)
     logits, confidence = methods_lib.apply(method, fitted, bank, TEST)
     outputs[method.name] = (logits, confidence)
     flops = methods_lib.method_flops(method, member_flops)

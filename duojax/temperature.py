@@ -16,44 +16,34 @@ useless member's optimal weight is ~0 and may be slightly negative, which a
 log parameterisation cannot reach (it would push log w towards -inf and stall),
 and the problem is only convex in w itself.
 
-Two solvers sit behind `fit_temperatures`; both run the whole solve as one
-jitted XLA program:
-  * "jaxopt" (default): `jaxopt.LBFGS` with its zoom line search;
-  * "optax": `optax.lbfgs` with its zoom line search, in a `lax.while_loop`.
-Both stop when the l2 norm of the gradient of the mean NLL with respect to w
-is ≤ tol, after max_iter iterations, or when a line search fails, which in
-float32 only happens once the gradient is down to its rounding floor (see
-`_keep_going`).
+Two L-BFGS solvers sit behind `fit_temperatures`, "jaxopt" (default) and
+"optax"; see `duojax.solvers`, which runs the whole solve as one jitted XLA
+program, preconditioned by the Hessian estimated on a row sample and warm-
+started from the fit on that sample. This module supplies the problem: a
+fused objective (value and gradient from one set of row sums of
+exp(z − z_label), with no max pass and no log_softmax materialised), the
+curvature estimate and the row sample. None of these change the optimum,
+only the path there.
 
-What makes the solve cheap on large splits (50,000 × 1,000 logits per member
-is 200 MB; every evaluation of the objective has to read all of it):
-  * a fused objective: value and gradient from one set of row sums of
-    exp(z − z_label), with no max pass and no log_softmax materialised;
-  * L-BFGS runs in preconditioned coordinates w = L⁻ᵀ v, where L Lᵀ is the
-    Hessian at the start estimated on a sample of rows, so its first step is
-    already a Newton step rather than a raw gradient step;
-  * a warm start from the same fit on that row sample (on every row for small
-    splits), then a restart on all rows from there: the full-data solve
-    starts within sampling error of the optimum and needs ~3 evaluations.
-None of these change the optimum, only the path there.
+Rows may be split over devices or hosts (global jax Arrays with a
+NamedSharding over rows): XLA partitions the solve and its means become
+all-reduces, and nothing here fetches per-row values to the host. A mask
+marks padding rows (added to make the rows divide evenly); they are left out
+of every mean exactly, whatever they hold.
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
-from typing import Any, NamedTuple, Sequence, Union
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-SOLVERS = ("jaxopt", "optax")
+from duojax import solvers
 
-# jaxopt warns on import that it is unmaintained; that warning (and only it)
-# is silenced while importing.
-_JAXOPT_IMPORT_WARNING = r"JAXopt is no longer maintained"
+SOLVERS = solvers.SOLVERS
 
 # The fused objective normalises each row by its label's logit (see
 # `_row_sums`), so a row's sum of exp(z_c − z_label) is ≥ 1 and cannot
@@ -76,6 +66,10 @@ class _Problem(NamedTuple):
   """What the objective reads; float32, on device. A pytree."""
   members: tuple[jax.Array, ...]  # m arrays [N, C]
   label_logits: jax.Array         # [m, N]: z_i[n, y_n]
+  # [N]: mask / count(mask), or None when every row is valid (plain means).
+  # Rows of weight 0 are padding and may hold anything, NaN included: every
+  # per-row term is selected away with `where` before it meets a sum.
+  row_weights: Optional[jax.Array] = None
 
 
 # --------------------------------------------------------------------------
@@ -94,20 +88,34 @@ def combine(logits_list: LogitsList, weights) -> jax.Array:
   return _weighted_sum(weights, members)
 
 
-def nll(weights, logits_stack: LogitsList, labels) -> jax.Array:
+def nll(weights, logits_stack: LogitsList, labels, *, mask=None) -> jax.Array:
   """Mean NLL of softmax(Σ_i w_i z_i) at the labels: the fitting objective.
 
   float32 and numerically stable (log_softmax). This is the plain reference
   definition; the solvers minimise the same function through a fused
-  evaluation (`_objective`) that is tested against it. Jittable.
+  evaluation (`_objective`) that is tested against it. With a bool mask [N],
+  the mean is over the rows where it is True; the others are ignored, as in
+  `fit_temperatures`. Jittable.
   """
-  log_probs = jax.nn.log_softmax(combine(logits_stack, weights), axis=-1)
   labels = jnp.asarray(labels, jnp.int32)
-  return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
+  if mask is None:
+    log_probs = jax.nn.log_softmax(combine(logits_stack, weights), axis=-1)
+    return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
+  mask = _as_mask(mask, labels.shape[0])
+  # Padded logits are zeroed before the weighted sum, not after: a where on
+  # the sum would still send their NaN into the gradient in w (0 · NaN).
+  keep = lambda z: jnp.where(mask[:, None], z, 0)  # [N, C] and [m, N, C] alike
+  logits_stack = (keep(jnp.asarray(logits_stack)) if _is_array(logits_stack)
+                  else [keep(jnp.asarray(z)) for z in logits_stack])
+  log_probs = jax.nn.log_softmax(combine(logits_stack, weights), axis=-1)
+  labels = jnp.where(mask, labels, 0)  # padded labels may be out of range
+  per_row = jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+  return -jnp.sum(jnp.where(mask, per_row, 0.0)) / jnp.sum(mask)
 
 
 def fit_temperatures(logits_list: LogitsList, labels, *, solver: str = "jaxopt",
-                     init=None, max_iter: int = 100, tol: float = 1e-6) -> jax.Array:
+                     init=None, max_iter: int = 100, tol: float = 1e-6,
+                     mask=None) -> jax.Array:
   """Fit w (w_i = 1/T_i) minimising the mean NLL of softmax(Σ w_i z_i).
 
   Args:
@@ -116,41 +124,49 @@ def fit_temperatures(logits_list: LogitsList, labels, *, solver: str = "jaxopt",
     labels: int [N], in [0, C).
     solver: "jaxopt" (jaxopt.LBFGS) or "optax" (optax.lbfgs).
     init: starting weights [m]; default 1/m each, see `default_init`.
-    max_iter: most L-BFGS iterations (per run; see `_solve`).
+    max_iter: most L-BFGS iterations (per run; see `solvers.solve`).
     tol: stop once the l2 norm of the gradient of the mean NLL with respect
       to w is ≤ tol (or a line search fails, see the module doc).
+    mask: optional bool [N]; rows where it is False are padding, ignored
+      exactly whatever their logits and labels hold: the fit is the fit on
+      the True rows alone.
+
+  Logits, labels and mask may be global jax Arrays with their rows sharded
+  over devices or processes; the weights come back replicated.
 
   Returns:
     float32 [m]: the weights, unconstrained in sign (see the module doc).
 
   Raises:
     ValueError: bad inputs (non-finite logits, mismatched members, labels out
-      of range, empty split), or an unknown solver.
+      of range, empty split; all checked on unmasked rows only; a mask that
+      is not bool [N] or has no True row), or an unknown solver.
 
-  Eager calls check values (finite logits, label range). Under an outer
-  `jax.jit` only shapes are checked, and non-finite logits give NaN weights.
+  Eager calls check values (finite logits, label range, a True row in the
+  mask). Under an outer `jax.jit` only shapes are checked, and non-finite
+  logits or an all-False mask give NaN weights.
   """
   weights, _ = _fit(logits_list, labels, solver=solver, init=init,
-                    max_iter=max_iter, tol=tol)
+                    max_iter=max_iter, tol=tol, mask=mask)
   return weights
 
 
 def fit_temperatures_with_info(logits_list: LogitsList, labels, *, solver: str = "jaxopt",
-                               init=None, max_iter: int = 100,
-                               tol: float = 1e-6) -> tuple[jax.Array, dict[str, Any]]:
+                               init=None, max_iter: int = 100, tol: float = 1e-6,
+                               mask=None) -> tuple[jax.Array, dict[str, Any]]:
   """`fit_temperatures` plus a report of the solve (eager calls only).
 
   The report holds: solver; iterations and evaluations (objective + gradient,
   line-search trials included) of the final, all-rows L-BFGS run;
   warm_start_rows, warm_start_iterations and warm_start_evaluations of the
-  warm-start run before it (on a row sample, or on all N rows for small
-  splits); nll, the final mean
-  NLL; grad_norm, its gradient's l2 norm at the returned weights; converged,
-  grad_norm ≤ tol (False after max_iter, or when float32 rounding kept the
-  gradient above tol, see `_keep_going`).
+  warm-start run before it (on a row sample, or on all rows for small splits;
+  only unmasked rows count); nll, the final mean NLL; grad_norm, its
+  gradient's l2 norm at the returned weights; converged, grad_norm ≤ tol
+  (False after max_iter, or when float32 rounding kept the gradient above
+  tol, see `solvers._keep_going`).
   """
   weights, raw = _fit(logits_list, labels, solver=solver, init=init,
-                      max_iter=max_iter, tol=tol)
+                      max_iter=max_iter, tol=tol, mask=mask)
   grad_norm = float(raw["grad_norm"])
   info = {"solver": solver, "iterations": int(raw["iterations"]),
           "evaluations": int(raw["evaluations"]),
@@ -178,7 +194,8 @@ def default_init(m: int) -> jax.Array:
 # Input handling and validation.
 
 
-def _fit(logits_list, labels, *, solver, init, max_iter, tol, sample_logits=_SAMPLE_LOGITS):
+def _fit(logits_list, labels, *, solver, init, max_iter, tol, mask=None,
+         sample_logits=_SAMPLE_LOGITS):
   if solver not in SOLVERS:
     raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(map(repr, SOLVERS))}")
   if int(max_iter) < 1:
@@ -187,13 +204,23 @@ def _fit(logits_list, labels, *, solver, init, max_iter, tol, sample_logits=_SAM
     raise ValueError(f"tol must be ≥ 0, got {tol}")
   members = _as_members(logits_list)
   n, c = members[0].shape
-  labels = _as_labels(labels, n, c)
+  mask = None if mask is None else _as_mask(mask, n)
+  labels = _as_labels(labels, n, c, mask)
   init = default_init(len(members)) if init is None else _as_init(init, len(members))
 
-  problem = _Problem(members, _label_logits(members, labels))
-  weights, info = _solve(init, problem, solver=solver, max_iter=int(max_iter), tol=float(tol),
-                         sample_logits=sample_logits)
-  _check_finite(members, info)
+  if mask is None:
+    # No row weights at all, rather than all-equal ones: plain means.
+    problem = _Problem(members, _label_logits(members, labels))
+  else:
+    problem = _Problem(members, *_padded_label_logits_and_row_weights(members, labels, mask))
+  weights, info = solvers.solve(init, problem, objective=_objective, curvature=_curvature,
+                                row_sample=_row_sampler(sample_logits), solver=solver,
+                                max_iter=int(max_iter), tol=float(tol))
+  _check_finite(members, info, mask)
+  if _is_traced(mask):
+    # Unchecked under an outer jit: a fit of no rows says so with NaN rather
+    # than returning init as if it had converged.
+    weights = jnp.where(jnp.any(mask), weights, jnp.nan)
   return weights, info
 
 
@@ -234,18 +261,39 @@ def _as_members(logits_list) -> tuple[jax.Array, ...]:
   return tuple(jnp.asarray(z, jnp.float32) for z in members)
 
 
-def _as_labels(labels, n: int, c: int) -> jax.Array:
+def _as_labels(labels, n: int, c: int, mask: Optional[jax.Array]) -> jax.Array:
   shape = tuple(np.shape(labels))
   if shape != (n,):
     raise ValueError(f"labels have shape {shape}; expected ({n},) to match the logits")
   if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
     raise ValueError(f"labels must be integers, got dtype {jnp.result_type(labels)}")
-  if not isinstance(labels, jax.core.Tracer):
-    host = np.asarray(labels)
-    low, high = int(host.min()), int(host.max())
+  if isinstance(labels, np.ndarray) and labels.dtype.itemsize > 4:
+    # Saturate rather than wrap: int32 would turn 2**32 into a valid 0.
+    bounds = np.iinfo(np.int32)
+    labels = np.clip(labels, bounds.min, bounds.max)
+  labels = jnp.asarray(labels, jnp.int32)  # keeps a sharded array's sharding
+  if not _is_traced(labels, mask):
+    # On device: sharded labels cannot be fetched whole, their range can.
+    low, high = map(int, _label_range(labels, mask))
     if low < 0 or high >= c:
       raise ValueError(f"labels must lie in [0, {c}); found min {low}, max {high}")
-  return jnp.asarray(labels, jnp.int32)
+  return labels
+
+
+def _as_mask(mask, n: int) -> jax.Array:
+  if not _is_array(mask):
+    mask = np.asarray(mask)
+  if tuple(mask.shape) != (n,) or jnp.result_type(mask) != jnp.bool_:
+    raise ValueError(f"mask must be a bool array of shape ({n},) (True for rows to use), got "
+                     f"{jnp.result_type(mask)} of shape {tuple(mask.shape)}")
+  mask = jnp.asarray(mask)
+  if not _is_traced(mask) and not int(_count_true(mask)):
+    raise ValueError(f"mask has no valid rows: all {n} rows are False")
+  return mask
+
+
+def _is_traced(*arrays) -> bool:
+  return any(isinstance(x, jax.core.Tracer) for x in arrays)
 
 
 def _as_init(init, m: int) -> jax.Array:
@@ -262,21 +310,23 @@ def _check_weights_shape(weights: jax.Array, m: int) -> None:
     raise ValueError(f"weights have shape {weights.shape}; expected ({m},), one per member")
 
 
-def _check_finite(members: tuple[jax.Array, ...], info: dict) -> None:
+def _check_finite(members: tuple[jax.Array, ...], info: dict,
+                  mask: Optional[jax.Array]) -> None:
   """Raise if any logit is NaN or ±inf, using the final evaluation.
 
   A separate isfinite pass would read all logits once more. Instead: under
   IEEE arithmetic, a NaN or ±inf logit makes every evaluation's value or
   gradient non-finite at any w (NaN and inf propagate through the weighted
   sum and exp; 0·inf and inf − inf are NaN; exp(−inf) = 0 meets 0·inf in the
-  gradient). So a finite final NLL and gradient prove the logits finite.
+  gradient). So a finite final NLL and gradient prove the logits finite
+  (the unmasked ones: padded rows never reach the NLL).
   """
   if isinstance(info["nll"], jax.core.Tracer):
     return
   if bool(jnp.isfinite(info["nll"]) & jnp.isfinite(info["grad_norm"])):
     return
   # Error path only: count them (one more pass over the logits).
-  counts = [int(_count_non_finite(z)) for z in members]
+  counts = [int(_count_non_finite(z, mask)) for z in members]
   if not sum(counts):
     raise FloatingPointError(f"the fit reached a non-finite NLL ({float(info['nll'])}) "
                              "although every logit is finite; try a smaller init")
@@ -284,14 +334,43 @@ def _check_finite(members: tuple[jax.Array, ...], info: dict) -> None:
   raise ValueError(f"logits contain {sum(counts)} non-finite values (NaN or inf) ({where})")
 
 
+# Reductions to replicated scalars: their values can be fetched even when the
+# rows are sharded over processes (a non-addressable array).
+
+
 @jax.jit
-def _count_non_finite(z: jax.Array) -> jax.Array:
-  return jnp.sum(~jnp.isfinite(z))
+def _count_non_finite(z: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+  bad = ~jnp.isfinite(z)
+  return jnp.sum(bad if mask is None else bad & mask[:, None])
+
+
+@jax.jit
+def _count_true(mask: jax.Array) -> jax.Array:
+  return jnp.sum(mask)
+
+
+@jax.jit
+def _label_range(labels: jax.Array, mask: Optional[jax.Array]) -> tuple[jax.Array, jax.Array]:
+  if mask is None:
+    return jnp.min(labels), jnp.max(labels)
+  bounds = jnp.iinfo(labels.dtype)
+  return jnp.min(jnp.where(mask, labels, bounds.max)), jnp.max(jnp.where(mask, labels, bounds.min))
 
 
 @jax.jit
 def _label_logits(members: tuple[jax.Array, ...], labels: jax.Array) -> jax.Array:
   return jnp.stack([jnp.take_along_axis(z, labels[:, None], axis=-1)[:, 0] for z in members])
+
+
+@jax.jit
+def _padded_label_logits_and_row_weights(members, labels, mask):
+  """`_Problem`'s label_logits and row_weights for a masked split.
+
+  Padded labels become 0 before the gather (they may be out of range), and
+  padded label logits 0 after it, so that w @ label_logits stays finite.
+  """
+  label_logits = _label_logits(members, jnp.where(mask, labels, 0))
+  return jnp.where(mask, label_logits, 0.0), mask.astype(jnp.float32) / jnp.sum(mask)
 
 
 # --------------------------------------------------------------------------
@@ -305,6 +384,8 @@ def _label_logits(members: tuple[jax.Array, ...], labels: jax.Array) -> jax.Arra
 # s_n ≥ 1, and value and gradient are row sums of one exp(z − a) array: no
 # max pass, no log_softmax [N, C] array, and the NLL of a well-classified
 # row is log s_n directly rather than a difference of large numbers.
+#
+# With a mask the means are weighted means with row_weights (see `_Problem`).
 
 
 def _weighted_sum(weights: jax.Array, members: Sequence[jax.Array]) -> jax.Array:
@@ -330,21 +411,35 @@ def _stable_row_sums(weights, problem: _Problem, with_moments: bool):
     row_max = _weighted_sum(weights, problem.members).max(axis=-1)
     return (row_max - label_z,) + _row_sums(weights, problem.members, row_max, with_moments)
 
+  fits = mass <= _MAX_ROW_MASS
+  if problem.row_weights is not None:
+    fits |= ~(problem.row_weights > 0)  # padding, whatever its mass, is dropped anyway
   # lax.cond runs one branch: the extra max pass happens only in evaluations
   # where some class beats a label by tens of logits.
-  return jax.lax.cond(jnp.all(mass <= _MAX_ROW_MASS),
+  return jax.lax.cond(jnp.all(fits),
                       lambda _: (jnp.zeros_like(label_z), mass, moments), exact, None)
+
+
+def _row_mean(per_row: jax.Array, row_weights: Optional[jax.Array]) -> jax.Array:
+  """Mean over the last axis (rows), over the unpadded rows only if weighted.
+
+  The where, not the weight 0 alone, drops a padded row: its term may be NaN
+  or inf, and 0 · NaN is NaN.
+  """
+  if row_weights is None:
+    return jnp.mean(per_row, axis=-1)
+  return jnp.sum(jnp.where(row_weights > 0, per_row, 0.0) * row_weights, axis=-1)
 
 
 def _objective_value(weights, problem: _Problem) -> jax.Array:
   excess, mass, _ = _stable_row_sums(weights, problem, with_moments=False)
-  return jnp.mean(excess + jnp.log(mass))
+  return _row_mean(excess + jnp.log(mass), problem.row_weights)
 
 
 def _objective_value_and_grad(weights, problem: _Problem):
   excess, mass, moments = _stable_row_sums(weights, problem, with_moments=True)
-  value = jnp.mean(excess + jnp.log(mass))
-  grad = jnp.mean(moments / mass - problem.label_logits, axis=1)
+  value = _row_mean(excess + jnp.log(mass), problem.row_weights)
+  grad = _row_mean(moments / mass - problem.label_logits, problem.row_weights)
   return value, grad
 
 
@@ -370,18 +465,35 @@ _objective.defvjp(_objective_fwd, _objective_bwd)
 # Row sample and curvature.
 
 
-def _row_sample(problem: _Problem, sample_logits: int) -> _Problem:
-  """Every k-th row, about sample_logits logits per member; all rows if small.
+def _row_sample(problem: _Problem, sample_logits: int):
+  """(sample, rows): every k-th row, about sample_logits logits per member.
 
-  Strided rather than the first rows: validation splits are often sorted by
-  class, and the first rows would then cover only a few classes. A sample of
-  more than a quarter of the rows would cost about as much as it saves.
+  sample is None (use all rows) for small splits; rows counts its unpadded
+  rows. Strided rather than the first rows: validation splits are often
+  sorted by class, and the first rows would then cover only a few classes. A
+  sample of more than a quarter of the rows would cost about as much as it
+  saves. A sliced sharded array stays sharded, so the sample stays spread.
   """
   n, c = problem.members[0].shape
   stride = (n * c) // sample_logits
+  weights = problem.row_weights
   if stride < 1 / _MAX_SAMPLE_FRACTION:
-    return problem
-  return _Problem(tuple(z[::stride] for z in problem.members), problem.label_logits[:, ::stride])
+    return None, (n if weights is None else jnp.sum(weights > 0))
+  members = tuple(z[::stride] for z in problem.members)
+  label_logits = problem.label_logits[:, ::stride]
+  if weights is None:
+    return _Problem(members, label_logits), members[0].shape[0]
+  valid = weights[::stride] > 0
+  rows = jnp.sum(valid)
+  # Equal weights over the sample's unpadded rows; if it has none, the solver
+  # skips the warm start (rows = 0) and the weights here are never used.
+  return _Problem(members, label_logits, valid / jnp.maximum(rows, 1)), rows
+
+
+@functools.cache
+def _row_sampler(sample_logits: int):
+  # One function object per sample size: the solver's jit keys on it.
+  return functools.partial(_row_sample, sample_logits=sample_logits)
 
 
 def _curvature(weights: jax.Array, sample: _Problem) -> jax.Array:
@@ -389,165 +501,20 @@ def _curvature(weights: jax.Array, sample: _Problem) -> jax.Array:
 
   Computed on a row sample (it only preconditions the solve), centred for
   accuracy in float32, plus a small ridge so that it is positive definite
-  even for duplicated members (whose Hessian is singular).
+  even for duplicated members (whose Hessian is singular). Weighted by the
+  sample's row weights when it has them.
   """
   members = sample.members
   n, m = members[0].shape[0], len(members)
   probs = jax.nn.softmax(_weighted_sum(weights, members), axis=-1)
   root_probs = jnp.sqrt(probs)
-  # √p · (z_i − E_p[z_i]) per member; H_ij is the sum of products of two.
+  # √p · (z_i − E_p[z_i]) per member; H_ij is the mean over rows of the row
+  # sums of products of two.
   scaled = [(z - (probs * z).sum(axis=-1, keepdims=True)) * root_probs for z in members]
-  hessian = jnp.stack([jnp.stack([jnp.sum(a * b) for b in scaled]) for a in scaled]) / n
+  if sample.row_weights is None:
+    entry = lambda a, b: jnp.sum(a * b) / n
+  else:
+    entry = lambda a, b: _row_mean(jnp.sum(a * b, axis=-1), sample.row_weights)
+  hessian = jnp.stack([jnp.stack([entry(a, b) for b in scaled]) for a in scaled])
   ridge = 1e-4 * jnp.trace(hessian) / m + 1e-6
   return hessian + ridge * jnp.eye(m, dtype=hessian.dtype)
-
-
-# --------------------------------------------------------------------------
-# Solvers. `_solve` is one jitted program: the problem goes in, the weights
-# and a few scalars about the solve come out, all on device.
-
-
-@functools.partial(jax.jit, static_argnames=("solver", "max_iter", "tol", "sample_logits"))
-def _solve(init: jax.Array, problem: _Problem, *, solver: str, max_iter: int, tol: float,
-           sample_logits: int):
-  """Two L-BFGS runs: a warm start on a row sample, then all rows from there.
-
-  The second run restarts from the first one's result with the curvature
-  re-estimated there. That makes it cheap (it starts within sampling error of
-  the optimum, with a Newton-quality metric) and robust: a poor start, such
-  as 1/m for logits so large that the optimum is ≪ 1/m, can make the first
-  run's line search give up early, and a restart is the standard remedy.
-  On small splits the "sample" is every row; the second run then costs one
-  or two evaluations.
-  """
-  lbfgs = functools.partial(_lbfgs_jaxopt if solver == "jaxopt" else _lbfgs_optax,
-                            max_iter=max_iter, tol=tol)
-  sample = _row_sample(problem, sample_logits)
-  if sample is problem:
-    # Same shapes in both runs: one compiled L-BFGS body, run twice by scan,
-    # halves the compile time (which dominates for small splits).
-    def run(weights, _):
-      return lbfgs(weights, problem, _curvature(weights, problem))
-
-    weights, infos = jax.lax.scan(run, init, None, length=2)
-    warm_info, info = (jax.tree.map(lambda x, i=i: x[i], infos) for i in (0, 1))
-  else:
-    start, warm_info = lbfgs(init, sample, _curvature(init, sample))
-    weights, info = lbfgs(start, problem, _curvature(start, sample))
-  info["warm_start_rows"] = sample.members[0].shape[0]
-  info["warm_start_iterations"] = warm_info["iterations"]
-  info["warm_start_evaluations"] = warm_info["evaluations"]
-  return weights, info
-
-
-def _preconditioned(init: jax.Array, hessian: jax.Array):
-  """(basis, chol, v0): w = basis @ v, basis = L⁻ᵀ, hessian = L Lᵀ, v0 = Lᵀ init.
-
-  In v the estimated Hessian is the identity, so L-BFGS's first step (a unit
-  step along −∇_v) is a Newton step. The gradients relate by ∇_w = L ∇_v.
-  The map has no offset (not w = init + basis @ v): in float32 an offset
-  would limit the resolution of w to that of init, and when the optimum is
-  much smaller than init (large logits, w* ≪ 1/m) the gradient could then
-  not get below tol.
-  """
-  chol = jnp.linalg.cholesky(hessian)
-  basis = jax.scipy.linalg.solve_triangular(chol, jnp.eye(init.shape[0]), lower=True).T
-  return basis, chol, chol.T @ init
-
-
-def _import_jaxopt():
-  with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=_JAXOPT_IMPORT_WARNING, category=DeprecationWarning)
-    import jaxopt  # pylint: disable=g-import-not-at-top
-  return jaxopt
-
-
-def _lbfgs_jaxopt(init, problem: _Problem, hessian, *, max_iter: int, tol: float):
-  jaxopt = _import_jaxopt()
-  basis, chol, v0 = _preconditioned(init, hessian)
-
-  def objective(v, problem):
-    return _objective(basis @ v, problem)
-
-  # implicit_diff=False: nothing differentiates through the fit, and the
-  # implicit-differentiation wrapper would want second derivatives.
-  # linesearch_init="max": try the full quasi-Newton step (1.0) first, as
-  # optax does; the default "increase" grows from the previous step by 1.5x
-  # and wastes iterations after a short first step.
-  solver = jaxopt.LBFGS(fun=objective, maxiter=max_iter, implicit_diff=False,
-                        linesearch_init="max")
-
-  # Our own loop rather than solver.run, which always takes a first step: a
-  # restart at a point that already meets tol should cost one evaluation,
-  # not a line search lost in float32 noise. It also stops on the gradient
-  # with respect to w, and when the line search fails (see `_keep_going`).
-  def keep_going(carry):
-    _, state = carry
-    return _keep_going(state.iter_num, chol @ state.grad, ~state.failed_linesearch,
-                       max_iter=max_iter, tol=tol)
-
-  def step(carry):
-    v, state = carry
-    return tuple(solver.update(v, state, problem))
-
-  v, state = jax.lax.while_loop(keep_going, step, (v0, solver.init_state(v0, problem)))
-  # state.num_fun_eval double-counts (the line search adds one per trial on
-  # top of its own count); what runs is one evaluation at the start plus one
-  # per line-search trial.
-  return basis @ v, {"iterations": state.iter_num,
-                     "evaluations": 1 + state.num_linesearch_iter,
-                     "nll": state.value, "grad_norm": jnp.linalg.norm(chol @ state.grad)}
-
-
-def _lbfgs_optax(init, problem: _Problem, hessian, *, max_iter: int, tol: float):
-  basis, chol, v0 = _preconditioned(init, hessian)
-
-  def objective(v):
-    return _objective(basis @ v, problem)
-
-  optimizer = optax.lbfgs()  # zoom line search by default
-  # Reuses the value and gradient the line search computed at the accepted
-  # point instead of evaluating them again.
-  value_and_grad = optax.value_and_grad_from_state(objective)
-
-  def keep_going(carry):
-    _, state, _ = carry
-    count, info = optax.tree.get(state, "count"), optax.tree.get(state, "info")
-    # Before the first step the line-search report holds its initial inf.
-    line_search_ok = (count == 0) | ((info.decrease_error <= 0) & (info.curvature_error <= 0))
-    return _keep_going(count, chol @ optax.tree.get(state, "grad"), line_search_ok,
-                       max_iter=max_iter, tol=tol)
-
-  def step(carry):
-    v, state, evaluations = carry
-    value, grad = value_and_grad(v, state=state)
-    updates, state = optimizer.update(grad, state, v, value=value, grad=grad,
-                                      value_fn=objective)
-    trials = optax.tree.get(state, "num_linesearch_steps")
-    return optax.apply_updates(v, updates), state, evaluations + trials
-
-  # Evaluate the start up front (as jaxopt's init_state does) so that the
-  # loop can stop before the first step; then one evaluation per line-search
-  # trial.
-  value, grad = jax.value_and_grad(objective)(v0)
-  state = optax.tree.set(optimizer.init(v0), value=value, grad=grad)
-  v, state, evaluations = jax.lax.while_loop(
-      keep_going, step, (v0, state, jnp.asarray(1, jnp.int32)))
-  return basis @ v, {"iterations": optax.tree.get(state, "count"),
-                     "evaluations": evaluations,
-                     "nll": optax.tree.get(state, "value"),
-                     "grad_norm": jnp.linalg.norm(chol @ optax.tree.get(state, "grad"))}
-
-
-def _keep_going(iteration, grad_w, line_search_ok, *, max_iter: int, tol: float):
-  """The shared stopping rule.
-
-  Stop at max_iter, once ‖∇_w NLL‖ ≤ tol, or when the last line search
-  failed. Near the optimum the last happens when float32 cannot get the
-  gradient below tol (very large logits: one rounding step of w then moves
-  the gradient by more than tol); the NLL is then at its float32 optimum,
-  more iterations would only burn evaluations, and the fit reports
-  converged=False. A failure far from the optimum (a poor start) is what
-  the restart in `_solve` recovers from.
-  """
-  return (iteration < max_iter) & (jnp.linalg.norm(grad_w) > tol) & line_search_ok

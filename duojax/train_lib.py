@@ -1,9 +1,10 @@
 """Sharded, resumable training of one classifier.
 
-The train step is one `jax.jit` function over a mesh with a "data" axis:
-parameters and optimizer state are replicated (`NamedSharding(mesh, P())`),
-the batch is split along "data", and the state is donated so XLA updates it in
-place. The same code runs on 1 device, N devices or N hosts.
+The train step is one `jax.jit` function over a ("data", "fsdp") mesh (see
+`duojax.sharding`): the batch is split over every device, parameters and
+optimizer state are replicated or, with fsdp > 1, split over the "fsdp"
+axis, and the state is donated so XLA updates it in place. The same code runs
+on 1 device, N devices or N hosts.
 
 Models are Flax NNX modules; inside jit they are rebuilt with `nnx.merge` from
 a static graphdef and plain pytrees (pure dicts), so the train state, the
@@ -21,32 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-from duojax import models
+from duojax import models, sharding
 
 TrainState = dict[str, Any]  # {"params", "batch_stats", "opt_state", "step", "nonfinite"}
 
 
 class TrainingDiverged(RuntimeError):
   """The loss became NaN or inf; the message says where the last good state is."""
-
-
-def make_mesh(num_devices: int = -1) -> Mesh:
-  """A 1-D ("data",) mesh over the first `num_devices` devices (-1: all)."""
-  devices = jax.devices()
-  n = len(devices) if num_devices in (-1, None) else num_devices
-  if not 1 <= n <= len(devices):
-    raise ValueError(f"num_devices={num_devices} but {len(devices)} devices are available")
-  return jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=devices[:n])
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P("data"))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
 
 
 # ----------------------------------------------------------------------------
@@ -96,8 +80,12 @@ def flops_per_image(graphdef, params, batch_stats, image_shape, batch: int = 8) 
   """Forward FLOPs per image in eval mode, as counted by XLA's cost analysis."""
   apply = make_apply(graphdef)
   fwd = jax.jit(lambda p, b, x: apply(p, b, x)[0])
+  # Shapes only, without the arrays' shardings: an FSDP-split or multi-host
+  # state would otherwise compile a partitioned program and count one
+  # device's share.
+  abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
   x = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
-  cost = fwd.lower(params, batch_stats, x).compile().cost_analysis()
+  cost = fwd.lower(abstract(params), abstract(batch_stats), x).compile().cost_analysis()
   if isinstance(cost, (list, tuple)):  # older jax returned one dict per device
     cost = cost[0]
   return float(cost.get("flops", float("nan"))) / batch
@@ -191,8 +179,13 @@ def init_state(params, batch_stats, optimizer) -> TrainState:
 
 
 def make_train_step(graphdef, optimizer, *, mesh: Mesh, seed: int,
-                    label_smoothing: float = 0.0, frozen_stats_steps: int = 0) -> Callable:
+                    label_smoothing: float = 0.0, frozen_stats_steps: int = 0,
+                    state_sharding=None) -> Callable:
   """Jitted (state, batch) -> (state, metrics) over `mesh`; state is donated.
+
+  `state_sharding` (a tree of shardings like the state, from
+  `sharding.state_shardings`) keeps the state split FSDP-style across steps;
+  by default it is replicated.
 
   For the first `frozen_stats_steps` steps (a linear probe) BatchNorm running
   statistics keep their loaded values, as the frozen backbone's weights do.
@@ -232,13 +225,17 @@ def make_train_step(graphdef, optimizer, *, mesh: Mesh, seed: int,
     metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
     return new_state, metrics
 
-  rep, data = replicated(mesh), batch_sharding(mesh)
-  return jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep),
-                 donate_argnums=0)
+  rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  state_sharding = rep if state_sharding is None else state_sharding
+  return jax.jit(train_step, in_shardings=(state_sharding, data),
+                 out_shardings=(state_sharding, rep), donate_argnums=0)
 
 
-def make_eval_step(graphdef, *, mesh: Mesh) -> Callable:
-  """Jitted (params, batch_stats, batch) -> sums of correct, NLL and count over the mask."""
+def make_eval_step(graphdef, *, mesh: Mesh, state_sharding=None) -> Callable:
+  """Jitted (params, batch_stats, batch) -> sums of correct, NLL and count over the mask.
+
+  `state_sharding`: the train state's shardings (FSDP), else replicated.
+  """
   apply = make_apply(graphdef)
 
   def eval_step(params, batch_stats, batch):
@@ -249,8 +246,10 @@ def make_eval_step(graphdef, *, mesh: Mesh) -> Callable:
     return {"correct": jnp.sum(correct * mask), "nll": jnp.sum(nll * mask),
             "count": jnp.sum(mask)}
 
-  rep, data = replicated(mesh), batch_sharding(mesh)
-  return jax.jit(eval_step, in_shardings=(rep, rep, data), out_shardings=rep)
+  rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  params, stats = ((rep, rep) if state_sharding is None else
+                   (state_sharding["params"], state_sharding["batch_stats"]))
+  return jax.jit(eval_step, in_shardings=(params, stats, data), out_shardings=rep)
 
 
 def evaluate_batches(eval_step, params, batch_stats, batches) -> dict[str, float]:

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import tqdm
 
-from duojax import checkpoint, config_lib, convert, data, train_lib
+from duojax import checkpoint, config_lib, convert, data, sharding, train_lib
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -63,10 +63,12 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
   spec = train_lib.ModelSpec(config.model_name, config_lib.model_overrides(config), dataset.num_classes,
                              tuple(dataset.image_shape))
   model = spec.build(seed=config.seed)
-  mesh = train_lib.make_mesh(config.num_devices)
-  if config.batch_size % mesh.size:
-    raise config_lib.ConfigError(
-        f"config.batch_size={config.batch_size} is not divisible by the {mesh.size} devices")
+  mesh = sharding.make_mesh(config.num_devices, config.fsdp)
+  for key in ("batch_size", "eval_batch_size"):
+    if config[key] % sharding.num_batch_shards(mesh):
+      raise config_lib.ConfigError(
+          f"config.{key}={config[key]} is not divisible by the {mesh.size} devices "
+          f"(mesh {dict(mesh.shape)})")
   num_steps = train_lib.total_steps(config, len(dataset.train.indices))
   steps_per_epoch = max(1, len(dataset.train.indices) // config.batch_size)
   meta = {**spec.as_meta(), "dataset": config.dataset, "config": config.to_dict()}
@@ -77,7 +79,7 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
         f"--resume was given but workdir {workdir!r} holds no checkpoint")
 
   if config.init_from and existing is None:
-    model = _init_from(config.init_from, meta)
+    model = _init_from(config.init_from, meta, sharding.replicated(mesh))
   if config.init_weights and existing is None:
     info = convert.load_pretrained(model, config.init_weights, config.init_layout,
                                    head=config.init_head)
@@ -85,8 +87,13 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
       _report_init(config.init_weights, info)
   graphdef, params, batch_stats = train_lib.split_model(model)
   optimizer = train_lib.make_optimizer(config, num_steps)
-  rep = train_lib.replicated(mesh)
-  state = jax.device_put(train_lib.init_state(params, batch_stats, optimizer), rep)
+  init = lambda p, b: train_lib.init_state(p, b, optimizer)
+  state_sharding = sharding.state_shardings(jax.eval_shape(init, params, batch_stats), mesh)
+  # The optimizer state is created already split (under FSDP it never exists
+  # whole on one device); the parameters are split as they are placed.
+  params, batch_stats = jax.device_put(
+      (params, batch_stats), (state_sharding["params"], state_sharding["batch_stats"]))
+  state = jax.jit(init, out_shardings=state_sharding)(params, batch_stats)
 
   os.makedirs(workdir, exist_ok=True)
   manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
@@ -100,10 +107,10 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
 
   train_step = train_lib.make_train_step(graphdef, optimizer, mesh=mesh, seed=config.seed,
                                          label_smoothing=config.label_smoothing,
-                                         frozen_stats_steps=config.linear_probe_steps)
-  eval_step = train_lib.make_eval_step(graphdef, mesh=mesh)
-  shard = dict(sharding=train_lib.batch_sharding(mesh), process_index=process,
-               process_count=jax.process_count())
+                                         frozen_stats_steps=config.linear_probe_steps,
+                                         state_sharding=state_sharding)
+  eval_step = train_lib.make_eval_step(graphdef, mesh=mesh, state_sharding=state_sharding)
+  shard = dict(sharding=sharding.batch_sharding(mesh))
   norm = dict(mean=dataset.mean, std=dataset.std)
   batches = data.train_batches(
       dataset.train, global_batch_size=config.batch_size, seed=config.seed,
@@ -163,6 +170,8 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
       "model_name": config.model_name, "dataset": config.dataset, "steps": num_steps,
       "resumed_from": start_step, "train_seconds": round(train_seconds, 1),
       "params": train_lib.count_params(state["params"]),
+      # Parameters + optimizer state on the fullest device (FSDP shrinks it).
+      "state_bytes_per_device": sharding.bytes_per_device(state),
       "flops_per_image": train_lib.flops_per_image(graphdef, state["params"],
                                                    state["batch_stats"], spec.image_shape),
       "val_accuracy": val["accuracy"], "val_nll": val["nll"],
@@ -185,11 +194,11 @@ def _report_init(path: str, info: dict) -> None:
   print(f"initialised from {path} ({', '.join(notes)})", flush=True)
 
 
-def _init_from(workdir: str, meta: dict):
+def _init_from(workdir: str, meta: dict, replicated):
   """The trained model of `workdir`, after checking it has this run's architecture."""
   _, saved = checkpoint.read_meta(workdir)
   checkpoint.check_compatible(saved, meta, where=workdir)
-  model, _ = checkpoint.load_model(workdir)
+  model, _ = checkpoint.load_model(workdir, sharding=replicated)
   return model
 
 

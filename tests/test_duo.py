@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from duojax import duo, methods, models, soups, train_lib
+from duojax import duo, methods, models, sharding, soups, train_lib
 from duojax.evaluation import LogitsBank
 
 
@@ -31,11 +31,11 @@ def test_fused_forward_equals_separate_applies():
 
 def test_fused_forward_is_one_xla_program_on_a_mesh():
   large, side = _members()
-  mesh = train_lib.make_mesh()
+  mesh = sharding.make_mesh()
   graphdefs, states = duo.split_members([large, side, large])  # m = 3 members, same code
   forward = duo.make_fused_forward(graphdefs, mesh=mesh)
   images = jax.device_put(jax.random.normal(jax.random.key(1), (4, 16, 16, 1)),
-                          train_lib.batch_sharding(mesh))
+                          sharding.batch_sharding(mesh))
   out = forward(states, images)
   np.testing.assert_allclose(out[2], out[0])
   hlo = forward.lower(states, images).as_text()

@@ -254,11 +254,11 @@ def test_bad_options_raise():
 
 _IMPORT_IN_A_FRESH_PROCESS = """
 import json, sys, warnings
-from duojax import temperature
+from duojax import solvers, temperature
 assert "jaxopt" not in sys.modules
 with warnings.catch_warnings(record=True) as caught:
   warnings.simplefilter("always")
-  temperature._import_jaxopt()
+  solvers._import_jaxopt()
   warnings.warn("other warnings still show", DeprecationWarning)
 print(json.dumps([str(w.message) for w in caught]))
 """
@@ -280,3 +280,208 @@ def test_fitting_emits_no_warnings():
     temperature.fit_temperatures(members, labels, solver="jaxopt")
     temperature.fit_temperatures(members, labels, solver="optax")
   assert not [str(w.message) for w in caught]
+
+
+# Padding masks --------------------------------------------------------------
+
+PAD = 37  # padding rows added to the N = 2000 shared shape
+
+
+def _padded(members, labels, *, seed=4):
+  """The split with PAD garbage rows scattered in: (members, labels, mask).
+
+  Padding holds NaN, ±inf, huge logits and out-of-range labels, none of
+  which may reach the fit.
+  """
+  rng = np.random.default_rng(seed)
+  n = len(labels) + PAD
+  mask = np.ones(n, bool)
+  mask[rng.choice(n, PAD, replace=False)] = False
+  junk = np.array([np.nan, np.inf, -np.inf, 3e38, -3e38, 1e4], np.float32)
+  padded = []
+  for z in members:
+    full = rng.choice(junk, size=(n, z.shape[1])).astype(np.float32)
+    full[mask] = z
+    padded.append(full)
+  full_labels = rng.choice(np.array([-7, C, 2**31 - 1], np.int32), size=n)
+  full_labels[mask] = labels
+  return padded, full_labels, mask
+
+
+@pytest.mark.parametrize("solver", ["jaxopt", "optax"])
+def test_masked_fit_equals_the_fit_on_the_valid_rows(solver):
+  members, labels = _problem(2)
+  padded, padded_labels, mask = _padded(members, labels)
+  weights, info = temperature.fit_temperatures_with_info(padded, padded_labels, mask=mask,
+                                                         solver=solver)
+  reference, ref_info = temperature.fit_temperatures_with_info(members, labels, solver=solver)
+  np.testing.assert_allclose(weights, reference, atol=1e-5)
+  assert info["converged"] and info["warm_start_rows"] == N, info
+  assert abs(info["nll"] - ref_info["nll"]) <= 1e-6
+  # Stacked input and a mask given as a jax array take the same route.
+  stacked = temperature.fit_temperatures(jnp.asarray(np.stack(padded)), padded_labels,
+                                         mask=jnp.asarray(mask), solver=solver)
+  np.testing.assert_allclose(stacked, reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("solver", ["jaxopt", "optax"])
+def test_masked_fit_on_a_row_sample_and_on_a_sample_of_padding_alone(solver):
+  # sample_logits=4096 makes the fit warm-start on every 6th row. Padding on
+  # a few sampled rows must leave the sample's weights equal over the rest;
+  # padding on every sampled row leaves no warm start at all, and the fit
+  # must fall back to the full rows for its curvature.
+  members, labels = _problem(2)
+  n = N + 500
+  stride = n * C // 4096
+  for padding in (np.arange(0, n, stride)[1::3], np.arange(0, n, stride)):
+    mask = np.ones(n, bool)
+    mask[padding] = False
+    mask[np.flatnonzero(mask)[N:]] = False  # exactly N valid rows
+    padded = [np.full((n, C), np.nan, np.float32) for _ in members]
+    for full, z in zip(padded, members):
+      full[mask] = z
+    padded_labels = np.full(n, -1, np.int32)
+    padded_labels[mask] = labels
+    weights, info = temperature._fit(padded, padded_labels, solver=solver, init=None,
+                                     max_iter=100, tol=1e-6, mask=mask, sample_logits=4096)
+    expected_rows = int(mask[::stride].sum())
+    assert int(info["warm_start_rows"]) == expected_rows
+    assert (int(info["warm_start_iterations"]) == 0) == (expected_rows == 0)
+    reference = temperature.fit_temperatures(members, labels, solver=solver)
+    np.testing.assert_allclose(weights, reference, atol=1e-5)
+
+
+def test_masked_fit_under_jit_and_a_mask_of_no_rows_there():
+  # Under jit nothing can raise: a mask with no True row must give NaN
+  # weights, not init as if converged. optax because it compiles faster.
+  members, labels = _problem(2)
+  padded, padded_labels, mask = _padded(members, labels)
+  fit = jax.jit(lambda z, y, m: temperature.fit_temperatures(z, y, mask=m, solver="optax"))
+  reference = temperature.fit_temperatures(members, labels, solver="optax")
+  np.testing.assert_allclose(fit(padded, padded_labels, mask), reference, atol=1e-5)
+  assert np.all(np.isnan(fit(padded, padded_labels, np.zeros_like(mask))))
+
+
+def test_masked_nll_equals_nll_on_the_valid_rows_with_finite_gradients():
+  members, labels = _problem(2)
+  padded, padded_labels, mask = _padded(members, labels)
+  weights = jnp.asarray([0.4, 0.1], jnp.float32)
+  value_and_grad = jax.value_and_grad(temperature.nll)
+  ref_value, ref_grad = value_and_grad(weights, members, labels)
+  for logits in (padded, np.stack(padded)):
+    value, grad = value_and_grad(weights, logits, padded_labels, mask=mask)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-6)
+  jitted = jax.jit(lambda w, z, y, m: temperature.nll(w, z, y, mask=m))
+  np.testing.assert_allclose(jitted(weights, padded, padded_labels, mask), ref_value, rtol=1e-5)
+  low = [jnp.asarray(z, jnp.bfloat16) for z in padded]
+  value, grad = value_and_grad(weights, low, padded_labels, mask=mask)
+  low_value, low_grad = value_and_grad(weights, [z[mask] for z in low], labels)
+  np.testing.assert_allclose(value, low_value, rtol=1e-5)
+  np.testing.assert_allclose(grad, low_grad, rtol=1e-4, atol=1e-6)
+
+
+def _padded_case(edit):
+  members, labels = _problem(2)
+  padded, padded_labels, mask = _padded(members, labels)
+  return edit(padded, padded_labels, mask)
+
+
+def _first(mask, valid):
+  return int(np.flatnonzero(mask == valid)[0])
+
+
+def _set_label(y, row, value):
+  y = y.copy()
+  y[row] = value
+  return y
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda z, y, m: (z, _set_label(y, _first(m, True), C), m),
+     r"labels must lie in \[0, 10\); found .* max 10"),
+    (lambda z, y, m: (z, _set_label(y, _first(m, True), -1), m),
+     r"labels must lie in \[0, 10\); found min -1"),
+    # Padding holds many more non-finite values; only the valid rows' count.
+    (lambda z, y, m: (_with(_with(z, 0, _first(m, True), 3, np.nan), 1, _first(m, True), 4,
+                            -np.inf), y, m),
+     r"logits contain 2 non-finite values \(NaN or inf\) \(member 0: 1, member 1: 1\)"),
+    (lambda z, y, m: (z, y, np.zeros_like(m)), r"mask has no valid rows: all 2037 rows"),
+    (lambda z, y, m: (z, y, m[:-1]),
+     r"mask must be a bool array of shape \(2037,\) .*got bool of shape \(2036,\)"),
+    (lambda z, y, m: (z, y, m.astype(np.int32)),
+     r"mask must be a bool array of shape \(2037,\) .*got int32 of shape \(2037,\)"),
+])
+def test_masked_checks_see_valid_rows_only(make_args, message):
+  logits, labels, mask = _padded_case(make_args)
+  with pytest.raises(ValueError, match=message):
+    temperature.fit_temperatures(logits, labels, mask=mask)
+
+
+def test_nll_rejects_a_bad_mask():
+  members, labels = _problem(1)
+  weights = jnp.ones((1,), jnp.float32)
+  with pytest.raises(ValueError, match=r"mask has no valid rows"):
+    temperature.nll(weights, members, labels, mask=np.zeros(N, bool))
+  with pytest.raises(ValueError, match=r"mask must be a bool array of shape \(2000,\)"):
+    temperature.nll(weights, members, labels, mask=np.ones((N, 1), bool))
+
+
+_SHARDED_SCRIPT = """
+import jax
+jax.config.update("jax_num_cpu_devices", 2)
+import json, sys
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from duojax import temperature
+
+split = np.load(sys.argv[1])
+members, labels = [split["z0"], split["z1"]], split["labels"].astype(np.int32)
+mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+rows = NamedSharding(mesh, P("data"))
+# N is odd: one padding row (NaN logits, a label out of range) evens it out.
+pad = lambda a, value: np.concatenate([a, np.full((1,) + a.shape[1:], value, a.dtype)])
+sharded = [jax.device_put(pad(z, np.nan), rows) for z in members]
+sharded_labels = jax.device_put(pad(labels, -3), rows)
+mask = jax.device_put(pad(np.ones(len(labels), bool), False), rows)
+assert all(len(x.sharding.device_set) == 2 for x in sharded + [sharded_labels, mask])
+out = {}
+for solver in temperature.SOLVERS:
+  # The default sample size fits on all rows; 64 logits per member makes
+  # the warm start take a strided sample of the sharded rows (one solver is
+  # enough for that path, which the solvers share).
+  for sample_logits in (temperature._SAMPLE_LOGITS,) + ((64,) if solver == "optax" else ()):
+    weights, _ = temperature._fit(sharded, sharded_labels, solver=solver, init=None,
+                                  max_iter=100, tol=1e-6, mask=mask, sample_logits=sample_logits)
+    out[f"{solver}/{sample_logits}"] = {
+        "weights": np.asarray(weights).tolist(),
+        "replicated": weights.sharding.is_fully_replicated,
+        "devices": len(weights.sharding.device_set)}
+out["nll"] = float(temperature.nll(np.array([0.4, 0.1], np.float32), sharded, sharded_labels,
+                                   mask=mask))
+print("RESULT", json.dumps(out))
+"""
+
+
+def test_fit_on_rows_sharded_over_two_devices_equals_the_unpadded_fit(tmp_path):
+  members, labels = _synthetic(301, 7, seed=5, scales_and_noise=[LARGE, SMALL])
+  np.savez(tmp_path / "split.npz", z0=members[0], z1=members[1], labels=labels)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  child = subprocess.Popen([sys.executable, "-c", _SHARDED_SCRIPT, str(tmp_path / "split.npz")],
+                           cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  # The single-device references, computed here while the child compiles.
+  try:
+    references = {solver: temperature.fit_temperatures(members, labels, solver=solver)
+                  for solver in temperature.SOLVERS}
+    reference_nll = float(temperature.nll(np.array([0.4, 0.1], np.float32), members, labels))
+  finally:
+    stdout, stderr = child.communicate(timeout=300)
+  assert child.returncode == 0, stderr[-3000:]
+  out = json.loads(stdout.split("RESULT")[1])
+  assert abs(out.pop("nll") - reference_nll) <= 1e-6
+  assert sorted(out) == ["jaxopt/4194304", "optax/4194304", "optax/64"]
+  for name, fit in out.items():
+    np.testing.assert_allclose(fit["weights"], references[name.split("/")[0]], atol=1e-5,
+                               err_msg=name)
+    assert fit["replicated"] and fit["devices"] == 2, (name, fit)
