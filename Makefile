@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_DIR ?= data
 RUNS ?= runs/demo
+GATEKEEPER_ALPHAS ?= 0.1 0.3 0.5 0.7 0.9
 
 .PHONY: install data demo test bench clean-demo
 
@@ -21,17 +22,21 @@ install: $(STAMP)
 data: $(STAMP)
 	$(PY) -m duojax.datasets $(DATA_DIR)
 
-# The demo: a large model, a sidekick, one more large model (2-member deep
-# ensemble), two short fine-tunes (model soups), then the full evaluation.
+# The demo: a large model, a sidekick, Gatekeeper fine-tunes of the sidekick
+# (the alpha sweep of configs/gatekeeper.py), one more large model (2-member
+# deep ensemble), two short fine-tunes (model soups), then the full evaluation.
 # Every train step resumes if its workdir already holds a finished run.
 demo: data
 	@start=$$SECONDS; set -e; \
 	$(PY) train.py --config configs/demo_large.py --workdir $(RUNS)/large; \
 	$(PY) train.py --config configs/demo_sidekick.py --workdir $(RUNS)/sidekick; \
+	for alpha in $(GATEKEEPER_ALPHAS); do \
+	  $(PY) train.py --config configs/gatekeeper.py:alpha=$$alpha,runs=$(RUNS) --workdir $(RUNS)/gatekeeper_$$alpha; \
+	done; \
 	$(PY) train.py --config configs/demo_large.py:seed=1 --workdir $(RUNS)/large_seed1; \
 	$(PY) train.py --config configs/demo_soup.py:lr=1e-4,seed=1,init_from=$(RUNS)/large --workdir $(RUNS)/soup_1; \
 	$(PY) train.py --config configs/demo_soup.py:lr=3e-4,seed=2,init_from=$(RUNS)/large --workdir $(RUNS)/soup_2; \
-	$(PY) evaluate.py --config configs/demo_eval.py:runs=$(RUNS); \
+	$(PY) evaluate.py --config "configs/demo_eval.py:runs=$(RUNS),gatekeeper=$(GATEKEEPER_ALPHAS)"; \
 	$(PY) -m duojax.report --embed $(RUNS)/results/results.md README.md; \
 	echo "demo finished in $$((SECONDS - start)) s after install; results in $(RUNS)/results/, README.md updated"
 
@@ -46,6 +51,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_duo.py
 	$(PY) bench/bench_torch.py
 	$(PY) bench/bench_xla_cpu.py
+	$(PY) bench/bench_cascade.py
 
 clean-demo:
 	rm -rf $(RUNS)

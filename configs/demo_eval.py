@@ -5,7 +5,9 @@
 
 `ensemble=k` uses the extra large models large_seed1 .. large_seed{k}
 (train them with `configs/demo_large.py --config.seed=i`); `soups=k` the
-fine-tunes soup_1 .. soup_k (`configs/demo_soup.py`).
+fine-tunes soup_1 .. soup_k (`configs/demo_soup.py`); `gatekeeper="0.1 0.5"`
+the Gatekeeper fine-tunes gatekeeper_0.1 and gatekeeper_0.5 (`configs/gatekeeper.py`;
+"" for none).
 """
 
 import ml_collections
@@ -14,7 +16,8 @@ import ml_collections
 def get_config(arg=None):
   from duojax import config_lib
 
-  arg = config_lib.parse_arg(arg, runs="runs/demo", ensemble=1, soups=2)
+  arg = config_lib.parse_arg(arg, runs="runs/demo", ensemble=1, soups=2,
+                             gatekeeper="0.1 0.3 0.5 0.7 0.9")
   c = ml_collections.ConfigDict()
   c.large = f"{arg.runs}/large"
   c.sidekick = f"{arg.runs}/sidekick"
@@ -22,6 +25,11 @@ def get_config(arg=None):
   c.ensemble = ",".join(f"{arg.runs}/large_seed{i}" for i in range(1, arg.ensemble + 1))
   # Short fine-tunes of the large model (model soups).
   c.soup_ingredients = ",".join(f"{arg.runs}/soup_{i}" for i in range(1, arg.soups + 1))
+  # Gatekeeper-tuned sidekicks (configs/gatekeeper.py), for the cascade
+  # section: deferral quality of each, and cascades into the large model and
+  # into the duo. "" for none (and no cascade section without a sidekick).
+  c.gatekeeper = ",".join(f"{arg.runs}/gatekeeper_{a}" for a in arg.gatekeeper.split())
+  c.cascade = True              # the cascade section (needs a sidekick)
   c.mc_dropout_samples = 8      # 0 disables MC dropout
   c.mc_dropout_rate = 0.1       # the large model's training dropout on its pre-logits
   c.ood = "mnist"               # "" for none

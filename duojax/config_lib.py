@@ -101,6 +101,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_steps = 100
   c.grad_clip_norm = 1.0        # <= 0 disables clipping
   c.label_smoothing = 0.0
+  # Training loss: "ce" (cross-entropy), or "gatekeeper" to confidence-tune a
+  # trained sidekick for cascades (arXiv 2502.19335; start it with init_from):
+  # alpha weighs the cross-entropy on the rows it gets right against pushing
+  # its wrong rows towards the uniform distribution.
+  c.loss = "ce"
+  c.gatekeeper_alpha = 0.5
   c.batch_size = 128            # global, split over the "data" mesh axis
   c.epochs = 2.0
   c.total_steps = -1            # > 0 overrides epochs
@@ -118,6 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 _OPTIMIZERS = ("adamw", "sgd")
+_LOSSES = ("ce", "gatekeeper")
 _AUGMENTATIONS = ("crop", "flip")
 # Mirrors duojax.convert (not imported here: this module stays light).
 _INIT_LAYOUTS = ("auto", "timm", "torchvision", "hf")
@@ -147,6 +154,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
        f"config.keep_checkpoints must be > 0, got {config.keep_checkpoints}")
   need(config.log_every > 0, f"config.log_every must be > 0, got {config.log_every}")
   need(config.fsdp >= 1, f"config.fsdp must be >= 1, got {config.fsdp}")
+  need(config.loss in _LOSSES, f"config.loss={config.loss!r}; valid: {', '.join(_LOSSES)}")
+  need(0.0 <= config.gatekeeper_alpha <= 1.0,
+       f"config.gatekeeper_alpha must be in [0, 1], got {config.gatekeeper_alpha}")
   need(not (config.init_from and config.init_weights),
        "config.init_from and config.init_weights are exclusive: start from one of them")
   need(config.init_layout in _INIT_LAYOUTS,

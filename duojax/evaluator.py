@@ -18,8 +18,8 @@ import time
 import jax
 import numpy as np
 
-from duojax import (checkpoint, data, evaluation, methods as methods_lib, report, sharding, shifts,
-                    soups, train_lib)
+from duojax import (cascade_report, checkpoint, data, evaluation, methods as methods_lib, report,
+                    sharding, shifts, soups, train_lib)
 
 LARGE, SIDEKICK = "large", "sidekick"
 
@@ -30,12 +30,15 @@ def _list(value: str) -> list[str]:
 
 def _check_workdirs(config) -> None:
   """Fail before any work if a workdir is missing (one line, names it)."""
-  for key in ("large", "sidekick", "ensemble", "soup_ingredients"):
+  for key in ("large", "sidekick", "ensemble", "soup_ingredients", "gatekeeper"):
     for workdir in _list(config[key]):
       if not os.path.isdir(os.path.expanduser(workdir)):
         raise ValueError(f"config.{key}: workdir {workdir!r} does not exist")
   if not config.large:
     raise ValueError("config.large must name the large model's training workdir")
+  if config.get("gatekeeper") and not config.sidekick:
+    raise ValueError("config.gatekeeper: Gatekeeper sidekicks are compared with the untuned "
+                     "config.sidekick, which is empty")
 
 
 def run(config) -> dict:
@@ -50,6 +53,8 @@ def run(config) -> dict:
   for i, workdir in enumerate(_list(config.ensemble), start=2):
     members.append(evaluation.load_member(f"large#{i}", workdir, mesh=mesh))
     ensemble.append(f"large#{i}")
+  gatekeepers = _gatekeeper_members(_list(config.get("gatekeeper", "")), mesh)
+  members += gatekeepers
   evaluation.check_members_agree(members)
 
   meta = members[0].meta
@@ -98,6 +103,10 @@ def run(config) -> dict:
   results = report.build_results(bank, method_list, member_flops, large=LARGE,
                                  solver=config.solver, bootstrap=config.bootstrap,
                                  seed=config.seed, mesh=mesh)
+  if config.get("cascade", False) and config.sidekick:
+    results["cascade"] = cascade_report.build_cascade(
+        bank, large=LARGE, sidekicks=(SIDEKICK, *(m.name for m in gatekeepers)),
+        member_flops=member_flops, solver=config.solver)
   results["members"] = {
       m.name: {"model_name": m.meta["model_name"], "flops": m.flops,
                "params": train_lib.count_params(train_lib.split_model(m.model)[1]),
@@ -106,6 +115,22 @@ def run(config) -> dict:
   results["seconds"] = round(time.perf_counter() - t_start, 1)
   results["devices"] = f"{jax.device_count()} × {jax.devices()[0].device_kind}"
   return results
+
+
+def _gatekeeper_members(workdirs, mesh) -> list[evaluation.Member]:
+  """Gatekeeper-tuned sidekicks, named by their alpha ("gatekeeper α=0.3")."""
+  members = []
+  for workdir in workdirs:
+    member = evaluation.load_member("gatekeeper", workdir, mesh=mesh)
+    train_config = member.meta["config"]
+    if train_config.get("loss") != "gatekeeper":
+      raise ValueError(f"config.gatekeeper: {workdir!r} was trained with loss="
+                       f"{train_config.get('loss', 'ce')!r}, not 'gatekeeper'")
+    name = f"gatekeeper α={float(train_config['gatekeeper_alpha']):g}"
+    taken = {m.name for m in members}
+    member.name = name if name not in taken else f"{name} #{len(members) + 1}"
+    members.append(member)
+  return members
 
 
 def _ood_split(name: str, dataset: data.Dataset) -> data.Split:

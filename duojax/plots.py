@@ -332,3 +332,47 @@ def shift_curves(series: dict[str, dict[str, list[float]]], path, *, metric_labe
   fig.supylabel(metric_label)
   fig.suptitle(title or f"{metric_label} under distribution shift")
   return _save(fig, path)
+
+
+def deferral_curves(curves: dict[str, dict], path, *, title: str = "Deferral curves (test)",
+                    columns: int = 3) -> str:
+  """Cascade accuracy against deferral ratio, one panel per gate; returns `path`.
+
+  Each panel: the realized curve of the gate (`cascade.deferral_curve`), the
+  random-deferral line and the ideal gate's curve.
+  """
+  _require_items(curves, "deferral_curves")
+  path = _check_directory(path)
+  fig, axes = _panels(len(curves), min(columns, len(curves)), 3.4, 2.8, sharey=True)
+  for ax, (name, curve) in zip(axes, curves.items()):
+    ratio, accuracy = _curve(name, curve["ratio"], curve["accuracy"])
+    ax.plot(ratio, accuracy, color=PALETTE[0], lw=1.8, label="realized")
+    ax.plot(curve["ratio"], curve["random"], color="0.5", lw=1.2, ls="--", label="random")
+    ax.plot(curve["ratio"], curve["ideal"], color=PALETTE[2], lw=1.2, ls=":", label="ideal")
+    ax.set_title(name, fontsize="medium")
+    ax.set_xlim(0, 1)
+    ax.grid(alpha=0.3)
+  axes[0].legend(loc="lower right", fontsize="small", framealpha=0.9)
+  fig.supxlabel("Deferral ratio (fraction sent to the large model)")
+  fig.supylabel("Cascade accuracy")
+  fig.suptitle(title)
+  return _save(fig, path)
+
+
+def cost_curves(curves: dict[str, tuple], points: dict[str, tuple[float, float]], path, *,
+                x_label: str, y_label: str, title: str) -> str:
+  """Metric against cost: lines for swept methods, markers for fixed ones."""
+  _require_items(curves, "cost_curves")
+  path = _check_directory(path)
+  colors = _colors([*curves, *points], None)
+  fig = _new_figure(6.4, 4.4)
+  ax = fig.add_subplot()
+  for name, (xs, ys) in curves.items():
+    ax.plot(np.asarray(xs, np.float64), np.asarray(ys, np.float64), color=colors[name], lw=1.8,
+            marker="o", ms=2.5, label=name)
+  for name, (x, y) in _finite_points(points).items():
+    ax.plot([x], [y], color=colors[name], marker="*", ms=12, ls="none", label=name)
+  ax.set(xlabel=x_label, ylabel=y_label, title=title)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="best", fontsize="small", framealpha=0.9)
+  return _save(fig, path)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from duojax import metrics, methods as methods_lib, plots
+from duojax import cascade_report, metrics, methods as methods_lib, plots
 from duojax.evaluation import LogitsBank
 
 TEST, OOD = "test", "ood"
@@ -172,6 +172,8 @@ def markdown(results: dict) -> str:
   if fitted:
     name, w = next(iter(fitted.items()))
     out += ["", f"Duo weights fit on val: w_L = {w[0]:.4f}, w_S = {w[1]:.4f}."]
+  if "cascade" in results:
+    out += ["", *cascade_report.markdown(results["cascade"])]
   return "\n".join(out) + "\n"
 
 
@@ -192,6 +194,7 @@ def write(results: dict, out_dir: str) -> dict[str, str]:
   """results.json, results.md and the plots in `out_dir`; returns their paths."""
   os.makedirs(out_dir, exist_ok=True)
   curves = results.pop("_curves", {})
+  cascade_curves = results.get("cascade", {}).pop("_curves", None)
   paths = {"json": os.path.join(out_dir, "results.json"),
            "markdown": os.path.join(out_dir, "results.md")}
   _atomic_write(paths["json"], json.dumps(results, indent=2))
@@ -221,6 +224,22 @@ def write(results: dict, out_dir: str) -> dict[str, str]:
       paths[f"shift_{key}"] = plots.shift_curves(
           series, os.path.join(out_dir, f"shift_{key}.png"), metric_label=label,
           title=f"{label} under distribution shift")
+  if cascade_curves:
+    paths["deferral"] = plots.deferral_curves(cascade_curves["deferral"],
+                                              os.path.join(out_dir, "deferral_curves.png"))
+    gate = results["cascade"]["duo_cascade"]["sidekick"]
+    sweeps, cascade = cascade_curves["sweeps"][gate], results["cascade"]
+    for key, label in (("aurc", "AURC (test)"), ("acc", "accuracy (test)")):
+      paths[f"cascade_{key}"] = plots.cost_curves(
+          {"duo cascade": (sweeps["duo_cascade"]["relative_flops"], sweeps["duo_cascade"][key]),
+           "Gatekeeper cascade": (sweeps["gatekeeper_cascade"]["relative_flops"],
+                                  sweeps["gatekeeper_cascade"][key])},
+          {"large model (TS)": (1.0, cascade["large"][key]),
+           "always-on duo": (cascade["by_sidekick"][gate]["duo"]["relative_flops"],
+                             cascade["by_sidekick"][gate]["duo"][key])},
+          os.path.join(out_dir, f"cascade_{key}.png"),
+          x_label="expected FLOPs per image (× large model)", y_label=label,
+          title=f"Cascades gated by {gate}: {label} vs cost")
   return paths
 
 

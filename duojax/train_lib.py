@@ -172,6 +172,25 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0):
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+def make_loss(config) -> Callable:
+  """The config's training loss, (logits [B, C], labels [B]) -> scalar.
+
+  "ce": mean cross-entropy (with `label_smoothing`); "gatekeeper": the
+  Gatekeeper confidence-tuning loss (arXiv 2502.19335) with weight
+  `gatekeeper_alpha` on the correct rows' cross-entropy, see
+  `cascade.gatekeeper_loss`.
+  """
+  loss = config.get("loss", "ce")
+  if loss == "ce":
+    smoothing = float(config.label_smoothing)
+    return lambda logits, labels: cross_entropy(logits, labels, smoothing).mean()
+  if loss == "gatekeeper":
+    from duojax import cascade  # pylint: disable=g-import-not-at-top
+    alpha = float(config.gatekeeper_alpha)
+    return lambda logits, labels: cascade.gatekeeper_loss(logits, labels, alpha)
+  raise ValueError(f"unknown loss {loss!r}; valid: ce, gatekeeper")
+
+
 def init_state(params, batch_stats, optimizer) -> TrainState:
   return {"params": params, "batch_stats": batch_stats,
           "opt_state": optimizer.init(params),
@@ -180,8 +199,11 @@ def init_state(params, batch_stats, optimizer) -> TrainState:
 
 def make_train_step(graphdef, optimizer, *, mesh: Mesh, seed: int,
                     label_smoothing: float = 0.0, frozen_stats_steps: int = 0,
-                    state_sharding=None) -> Callable:
+                    state_sharding=None, loss_fn: Callable | None = None) -> Callable:
   """Jitted (state, batch) -> (state, metrics) over `mesh`; state is donated.
+
+  `loss_fn(logits, labels) -> scalar` (see `make_loss`) replaces the default
+  cross-entropy with `label_smoothing`.
 
   `state_sharding` (a tree of shardings like the state, from
   `sharding.state_shardings`) keeps the state split FSDP-style across steps;
@@ -197,16 +219,17 @@ def make_train_step(graphdef, optimizer, *, mesh: Mesh, seed: int,
   def train_step(state: TrainState, batch):
     step_key = jax.random.fold_in(dropout_key, state["step"])
 
-    def loss_fn(params):
+    def objective(params):
       # Built inside the differentiated function: NNX RNG streams count their
       # draws, and may only be mutated at the trace level that created them.
       rngs = nnx.Rngs(dropout=step_key)
       logits, _, batch_stats = apply(params, state["batch_stats"], batch["image"],
                                      train=True, rngs=rngs)
-      loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
+      loss = (cross_entropy(logits, batch["label"], label_smoothing).mean() if loss_fn is None
+              else loss_fn(logits, batch["label"]))
       return loss, (logits, batch_stats)
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
         state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)

@@ -106,7 +106,7 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
     _atomic_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   train_step = train_lib.make_train_step(graphdef, optimizer, mesh=mesh, seed=config.seed,
-                                         label_smoothing=config.label_smoothing,
+                                         loss_fn=train_lib.make_loss(config),
                                          frozen_stats_steps=config.linear_probe_steps,
                                          state_sharding=state_sharding)
   eval_step = train_lib.make_eval_step(graphdef, mesh=mesh, state_sharding=state_sharding)

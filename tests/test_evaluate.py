@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from duojax import checkpoint, config_lib, train_lib, trainer
@@ -12,7 +13,8 @@ from duojax import checkpoint, config_lib, train_lib, trainer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _train(data_dir, workdir, model_name, *, seed=0, steps=30, init_from="", **model):
+def _train(data_dir, workdir, model_name, *, seed=0, steps=30, init_from="", loss="ce",
+           **model):
   config = config_lib.base_config()
   config.data_dir = str(data_dir)
   config.val_size = 150
@@ -27,6 +29,8 @@ def _train(data_dir, workdir, model_name, *, seed=0, steps=30, init_from="", **m
   config.augment = ""
   config.seed = seed
   config.init_from = init_from
+  config.loss = loss
+  config.gatekeeper_alpha = 0.3
   config.log_every = 10
   config.checkpoint_every = steps
   trainer.train_and_evaluate(config, str(workdir))
@@ -37,7 +41,10 @@ def _train(data_dir, workdir, model_name, *, seed=0, steps=30, init_from="", **m
 def runs(tmp_path_factory, learnable_data_dir):
   root = tmp_path_factory.mktemp("runs")
   large = _train(learnable_data_dir, root / "large", "resnet8", width=4, dropout=0.1)
-  _train(learnable_data_dir, root / "sidekick", "cnn_xs", steps=20)
+  # A sidekick weaker than the large model, so that cascades have work to do.
+  sidekick = _train(learnable_data_dir, root / "sidekick", "cnn_xs", steps=4)
+  _train(learnable_data_dir, root / "gatekeeper_0.3", "cnn_xs", steps=10, init_from=sidekick,
+         loss="gatekeeper")
   _train(learnable_data_dir, root / "large_seed1", "resnet8", seed=1, width=4, dropout=0.1)
   for i in (1, 2):
     _train(learnable_data_dir, root / f"soup_{i}", "resnet8", seed=i, steps=5,
@@ -50,7 +57,7 @@ def _evaluate(runs, *extra):
           "--config", os.path.join(ROOT, f"configs/demo_eval.py:runs={runs}"),
           "--config.shift_max_images=60", "--config.shifts=blur,contrast",
           "--config.bootstrap=10", "--config.batch_size=100", "--config.mc_dropout_samples=4",
-          *extra]
+          f"--config.gatekeeper={runs / 'gatekeeper_0.3'}", *extra]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   return subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
 
@@ -79,8 +86,21 @@ def test_evaluate_config_reports_every_method(runs):
   assert "paired_vs_reference" in results
   markdown = (out / "results.md").read_text()
   assert "| duo (weighted) |" in markdown and "Paired differences" in markdown
+  cascade = results["cascade"]
+  assert set(cascade["deferral"]) == {"sidekick", "gatekeeper α=0.3"}
+  for name, gate in cascade["deferral"].items():
+    # s_d needs a large model better than the gate's sidekick, s_o some errors.
+    assert np.isfinite(gate["s_d"]) == (gate["acc_large"] > gate["acc_small"] > 0), gate
+    assert np.isnan(gate["s_o"]) if gate["acc_small"] == 1 else 0 <= gate["s_o"] <= 1, gate
+    assert gate["acc_large"] == pytest.approx(large["test"]["acc"])
+    # Deferring everything to the duo is the always-on duo, at its cost.
+    by = cascade["by_sidekick"][name]
+    assert 0 <= by["ratio_at_duo_aurc"] <= 1
+    assert by["relative_flops_at_duo_aurc"] <= by["duo"]["relative_flops"] + 1e-9
+  assert cascade["duo_cascade"]["sidekick"] in cascade["deferral"]
+  assert "### Cascades" in markdown and "duo (duo cascade)" in markdown
   for png in ("risk_coverage", "reliability", "pareto_aurc", "pareto_sac98", "shift_acc",
-              "shift_aurc"):
+              "shift_aurc", "deferral_curves", "cascade_aurc", "cascade_acc"):
     assert (out / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert not [p for p in os.listdir(out) if p.startswith(".tmp")]
 
@@ -112,6 +132,14 @@ def test_evaluate_sidekick_with_another_label_set(runs, tmp_path):
   out = tmp_path / "out"
   result = _evaluate(runs, f"--config.sidekick={tmp_path / 'five'}", f"--config.output_dir={out}")
   _assert_fails(result, "members disagree on num_classes")
+  assert not out.exists()
+
+
+def test_evaluate_gatekeeper_member_must_be_gatekeeper_tuned(runs, tmp_path):
+  out = tmp_path / "out"
+  result = _evaluate(runs, f"--config.gatekeeper={runs / 'sidekick'}",
+                     f"--config.output_dir={out}")
+  _assert_fails(result, "was trained with loss='ce', not 'gatekeeper'")
   assert not out.exists()
 
 

@@ -188,3 +188,24 @@ def test_linear_probe_trains_the_head_alone_then_everything():
 def test_linear_probe_must_leave_fine_tuning_steps():
   with pytest.raises(ValueError, match="linear_probe_steps=4 leaves no fine-tuning"):
     _tiny_setup(steps=4, linear_probe_steps=4)
+
+
+def test_gatekeeper_loss_trains_through_the_step():
+  """loss="gatekeeper" reaches the jitted step: its loss is the Gatekeeper loss."""
+  from duojax import cascade
+  config, graphdef, params, batch_stats, optimizer = _tiny_setup(steps=2, lr=1e-3)
+  config.loss, config.gatekeeper_alpha = "gatekeeper", 0.3
+  mesh = sharding.make_mesh()
+  state = jax.device_put(train_lib.init_state(params, batch_stats, optimizer),
+                         sharding.replicated(mesh))
+  step = train_lib.make_train_step(graphdef, optimizer, mesh=mesh, seed=0,
+                                   loss_fn=train_lib.make_loss(config))
+  batch = _batches(1)[0]
+  # resnet8 has no dropout: the train-mode forward (batch statistics) is deterministic.
+  logits, _, _ = train_lib.make_apply(graphdef)(params, batch_stats, batch["image"], train=True)
+  expected = cascade.gatekeeper_loss(logits, batch["label"], 0.3)
+  _, metrics = step(state, batch)
+  np.testing.assert_allclose(float(metrics["loss"]), float(expected), rtol=1e-5)
+  with pytest.raises(ValueError, match="unknown loss 'focal'"):
+    config.loss = "focal"
+    train_lib.make_loss(config)

@@ -151,6 +151,10 @@ def test_cli_train_then_evaluate(trained_workdir, tmp_path):
     (("--config.optimizer=adam9",), 1, "optimizer"),
     (("--config.batch_size=0",), 1, "batch_size"),
     (("--resume",), 1, "holds no checkpoint"),
+    (("--config.loss=focal",), 1, "config.loss='focal'; valid: ce, gatekeeper"),
+    (("--config.loss=gatekeeper", "--config.gatekeeper_alpha=1.5"), 1,
+     "config.gatekeeper_alpha must be in [0, 1], got 1.5"),
+    (("--config.fsdp=3",), 1, "fsdp=3 must be a positive divisor of the 1 devices"),
 ])
 def test_cli_train_bad_input_leaves_no_workdir(tmp_path, learnable_data_dir, extra, code, pattern):
   workdir = tmp_path / "run"
