@@ -198,7 +198,8 @@ def test_two_processes_train_and_evaluate_the_duo_as_one_process(tmp_path,
     _run_processes("evaluate.py", [
         "--config", os.path.join(ROOT, "configs/demo_eval.py"),
         f"--config.large={runs[1] / 'large'}", f"--config.sidekick={sidekick}",
-        "--config.ensemble=", "--config.soup_ingredients=", "--config.shifts=blur",
+        "--config.ensemble=", "--config.soup_ingredients=", "--config.gatekeeper=",
+        "--config.shifts=blur",
         "--config.shift_max_images=50", "--config.mc_dropout_samples=3",
         "--config.bootstrap=5", "--config.batch_size=50", f"--config.output_dir={out_dir}"], n)
     results[n] = json.load(open(out_dir / "results.json"))

@@ -6,6 +6,13 @@ timm's `vit_*_patch*_224` models. Attention keeps a per-head structure:
 query/key/value kernels are [D, heads, head_dim] and the output kernel is
 [heads, head_dim, D], so single heads can be sliced out or pruned.
 
+A `head_mask` [depth, heads] passed at call time scales each head's attention
+output before the output projection: 0 silences a head, and the gradient of
+the loss w.r.t. the mask at 1 is the first-order (Taylor) importance of the
+head (Michel et al., 2019) used by `duojax.hydra` to prune heads. A pruned
+model keeps the original `head_dim` with fewer heads, so `head_dim` can be set
+explicitly and then need not equal width // num_heads.
+
 Dropout and stochastic depth hold no RNG state: the caller passes `rngs` at
 call time, so the random masks are a pure function of that key.
 """
@@ -37,7 +44,7 @@ NAME_RE = re.compile(r"^vit_([a-z]+)(\d+)$")
 
 OVERRIDES = ("image_size", "in_channels", "pool", "dropout", "drop_path",
              "dtype", "width", "depth", "mlp_dim", "num_heads", "pre_norm",
-             "patch_bias")
+             "patch_bias", "head_dim")
 
 POOLS = ("tok", "gap")
 
@@ -67,8 +74,9 @@ def parse_name(name: str) -> tuple[str, int] | None:
 class SelfAttention(nnx.Module):
   """Multi-head self-attention with separate per-head q/k/v/out kernels."""
 
-  def __init__(self, width: int, num_heads: int, *, dtype, rngs):
-    head_dim = width // num_heads
+  def __init__(self, width: int, num_heads: int, *, dtype, rngs,
+               head_dim: int | None = None):
+    head_dim = width // num_heads if head_dim is None else head_dim
     self.num_heads = num_heads
     self.head_dim = head_dim
 
@@ -82,7 +90,8 @@ class SelfAttention(nnx.Module):
     self.value = proj(width, (num_heads, head_dim))
     self.out = proj((num_heads, head_dim), width, axis=(-2, -1))
 
-  def __call__(self, x):
+  def __call__(self, x, head_mask=None):
+    """`head_mask` [heads] scales each head's output (None: no multiply)."""
     # Scaling q instead of the [T, T] logits is cheaper; a Python float
     # keeps q in the compute dtype.
     q = self.query(x) * self.head_dim**-0.5
@@ -95,6 +104,8 @@ class SelfAttention(nnx.Module):
     # Softmax in float32: bfloat16 exp/sum loses too much over long rows.
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     y = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v)
+    if head_mask is not None:
+      y = y * head_mask.astype(y.dtype)[None, :, None, None]
     return self.out(y.transpose(0, 2, 1, 3))
 
 
@@ -131,11 +142,12 @@ class EncoderBlock(nnx.Module):
   """x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
 
   def __init__(self, width, mlp_dim, num_heads, dropout, drop_path, *, dtype,
-               rngs):
+               rngs, head_dim=None):
     norm = lambda: nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype,
                                  param_dtype=jnp.float32, rngs=rngs)
     self.norm1 = norm()
-    self.attn = SelfAttention(width, num_heads, dtype=dtype, rngs=rngs)
+    self.attn = SelfAttention(width, num_heads, dtype=dtype, rngs=rngs,
+                              head_dim=head_dim)
     self.attn_drop = nnx.Dropout(dropout, rngs=None)
     self.norm2 = norm()
     self.mlp = MlpBlock(width, mlp_dim, dropout, dtype=dtype, rngs=rngs)
@@ -143,9 +155,9 @@ class EncoderBlock(nnx.Module):
     # one mask value shared over the token and feature axes.
     self.drop_path = nnx.Dropout(drop_path, broadcast_dims=(1, 2), rngs=None)
 
-  def __call__(self, x, deterministic: bool, rngs):
+  def __call__(self, x, deterministic: bool, rngs, head_mask=None):
     kw = dict(deterministic=deterministic, rngs=rngs)
-    y = self.attn_drop(self.attn(self.norm1(x)), **kw)
+    y = self.attn_drop(self.attn(self.norm1(x), head_mask), **kw)
     x = x + self.drop_path(y, **kw)
     y = self.mlp(self.norm2(x), deterministic, rngs)
     return x + self.drop_path(y, **kw)
@@ -163,6 +175,7 @@ class VisionTransformer(nnx.Module):
       depth: int = 12,
       mlp_dim: int = 3072,
       num_heads: int = 12,
+      head_dim: int | None = None,
       image_size: int | tuple[int, int] = 224,
       in_channels: int = 3,
       pool: str = "tok",
@@ -182,9 +195,14 @@ class VisionTransformer(nnx.Module):
     if patch_size < 1 or h % patch_size or w % patch_size:
       raise ValueError(f"{name}: patch size {patch_size} does not divide "
                        f"image size {(h, w)}")
-    if width % num_heads:
+    if num_heads < 1:
+      raise ValueError(f"{name}: num_heads must be >= 1, got {num_heads}")
+    # An explicit head_dim (pruned models) frees width from heads * head_dim.
+    if head_dim is None and width % num_heads:
       raise ValueError(f"{name}: num_heads {num_heads} does not divide "
                        f"width {width}")
+    if head_dim is not None and head_dim < 1:
+      raise ValueError(f"{name}: head_dim must be >= 1, got {head_dim}")
     for what, rate in (("dropout", dropout), ("drop_path", drop_path)):
       if not 0.0 <= rate < 1.0:
         raise ValueError(f"{name}: {what} must be in [0, 1), got {rate}")
@@ -193,6 +211,9 @@ class VisionTransformer(nnx.Module):
     self.dtype = dtype
     self.pool = pool
     self.patch_size = patch_size
+    self.depth = depth
+    self.num_heads = num_heads
+    self.head_dim = width // num_heads if head_dim is None else head_dim
     self.dropout_rate = float(dropout)
     self.drop_path_rate = float(drop_path)
     self.image_size = (int(h), int(w))
@@ -220,7 +241,8 @@ class VisionTransformer(nnx.Module):
     rates = np.linspace(0.0, drop_path, depth)
     self.blocks = nnx.List([
         EncoderBlock(width, mlp_dim, num_heads, dropout, float(r),
-                     dtype=dtype, rngs=rngs) for r in rates])
+                     dtype=dtype, rngs=rngs, head_dim=head_dim)
+        for r in rates])
     self.norm = nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype,
                               param_dtype=jnp.float32, rngs=rngs)
     self.num_features = width
@@ -232,13 +254,21 @@ class VisionTransformer(nnx.Module):
   def _check_input(self, x):
     common.check_fixed_input(self.name, self.input_shape, x)
 
-  def __call__(self, x, train: bool = False, rngs=None):
+  def __call__(self, x, train: bool = False, rngs=None, head_mask=None):
     """Returns (float32 logits [B, classes], {"pre_logits": [B, width]}).
 
     With `train=True` and nonzero dropout/drop_path, `rngs` must be an
-    nnx.Rngs (its "dropout" stream is used) or a PRNG key.
+    nnx.Rngs (its "dropout" stream is used) or a PRNG key. `head_mask`, a
+    float array [depth, num_heads], scales each head's attention output in
+    each layer; None leaves the computation unchanged.
     """
     self._check_input(x)
+    if head_mask is not None:
+      shape = (self.depth, self.num_heads)
+      if tuple(jnp.shape(head_mask)) != shape:
+        raise ValueError(f"{self.name}: head_mask must have shape {shape} "
+                         f"(depth, num_heads), got {jnp.shape(head_mask)}")
+      head_mask = jnp.asarray(head_mask, jnp.float32)
     stochastic = train and (self.dropout_rate > 0 or self.drop_path_rate > 0)
     if stochastic and rngs is None:
       raise ValueError(
@@ -259,8 +289,9 @@ class VisionTransformer(nnx.Module):
     x = self.pos_drop(x, deterministic=deterministic, rngs=rngs)
     if self.norm_pre is not None:
       x = self.norm_pre(x)
-    for block in self.blocks:
-      x = block(x, deterministic, rngs)
+    for i, block in enumerate(self.blocks):
+      x = block(x, deterministic, rngs,
+                None if head_mask is None else head_mask[i])
     x = self.norm(x)
     if self.pool == "tok":
       pre_logits = x[:, 0].astype(jnp.float32)
