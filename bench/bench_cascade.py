@@ -57,13 +57,6 @@ WEIGHTS = (0.7, 0.3)
 DEFAULT_RESULTS = harness.ROOT / "runs" / "demo" / "results" / "results.json"
 
 
-def xla_flops(jitted, *args) -> float:
-  cost = jitted.lower(*args).compile().cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float(cost.get("flops", float("nan")))
-
-
 def ratio_at_duo_aurc(path) -> float | None:
   """results["cascade"]["duo_cascade"]["ratio_at_duo_aurc"], or None when absent."""
   try:
@@ -118,8 +111,8 @@ def measure(key: str, batch: int, buckets, repeats: int, ratios=RATIOS):
 
   def forward(graphdef):
     return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x, train=False)[0])
-  flops_l = xla_flops(forward(g_l), s_l, images)
-  flops_s = xla_flops(forward(g_s), s_s, images)
+  flops_l = harness.xla_flops(forward(g_l), s_l, images)
+  flops_s = harness.xla_flops(forward(g_s), s_s, images)
   return label, duo_t, rows, flops_l, flops_s, run.traces["large"]
 
 

@@ -49,13 +49,6 @@ PAIRS = {
 }
 
 
-def xla_flops(jitted, *args) -> float:
-  cost = jitted.lower(*args).compile().cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float(cost.get("flops", float("nan")))
-
-
 def _forward(graphdef):
   return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x, train=False)[0])
 
@@ -82,10 +75,10 @@ def measure_pair(key: str, repeats: int):
       "duo, two jitted calls": harness.time_call(separate, repeats=repeats,
                                                  sync=harness.jax_sync),
   }
-  flops_l = xla_flops(f_large, s_l, images)
-  flops_s = xla_flops(f_small, s_s, images)
+  flops_l = harness.xla_flops(f_large, s_l, images)
+  flops_s = harness.xla_flops(f_small, s_s, images)
   flops = {"large alone": flops_l, "sidekick alone": flops_s,
-           "duo, one jit (fused)": xla_flops(fused, (s_l, s_s), images),
+           "duo, one jit (fused)": harness.xla_flops(fused, (s_l, s_s), images),
            "duo, two jitted calls": flops_l + flops_s}
   return label, batch, timings, flops
 

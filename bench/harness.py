@@ -73,6 +73,14 @@ def jax_sync(result):
   return jax.block_until_ready(result)
 
 
+def xla_flops(jitted, *args) -> float:
+  """FLOPs of one call of `jitted(*args)`, from XLA's cost analysis."""
+  cost = jitted.lower(*args).compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per device
+    cost = cost[0]
+  return float(cost.get("flops", float("nan")))
+
+
 def cpu_name() -> str:
   try:
     for line in Path("/proc/cpuinfo").read_text().splitlines():

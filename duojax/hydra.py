@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from duojax import train_lib
 from duojax.models import vit
 
 MLP_MODES = ("grouped", "average")
@@ -40,22 +41,13 @@ def _check_vit(model, what="model"):
                      f"{type(model).__name__}")
 
 
-def _cross_entropy(logits, labels):
-  """Mean cross-entropy; integer labels or [B, C] (soft) label rows."""
-  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  if labels.ndim == logits.ndim:
-    return -jnp.mean(jnp.sum(labels * log_p, axis=-1))
-  picked = jnp.take_along_axis(log_p, labels[:, None].astype(jnp.int32), -1)
-  return -jnp.mean(picked)
-
-
 def _mask_grad_step(graphdef):
   """Jitted (loss, dL/dmask) of one batch; built once per call of the public
   functions, so every batch (and every member's sample) reuses one compile."""
   def batch_loss(mask, params, image, label):
     m = nnx.merge(graphdef, nnx.State(params))
     logits, _ = m(image, train=False, head_mask=mask)
-    return _cross_entropy(logits, label)
+    return train_lib.cross_entropy(logits, label).mean()
   return jax.jit(jax.value_and_grad(batch_loss))
 
 
@@ -277,16 +269,7 @@ def merge(members: Sequence[vit.VisionTransformer],
 
 def cost(model, image_shape=None, batch: int = 8) -> dict:
   """{"params": count, "flops": XLA forward FLOPs per image} in eval mode."""
-  graphdef, state = nnx.split(model)
-  params = int(sum(np.prod(v.get_value().shape) for _, v in
-                   nnx.to_flat_state(nnx.state(model, nnx.Param))))
+  graphdef, params, batch_stats = train_lib.split_model(model)
   image_shape = tuple(image_shape or model.input_shape)
-  fwd = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)[0])
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                          state)
-  x = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
-  analysis = fwd.lower(abstract, x).compile().cost_analysis()
-  if isinstance(analysis, (list, tuple)):  # older jax: one dict per device
-    analysis = analysis[0]
-  return {"params": params,
-          "flops": float(analysis.get("flops", float("nan"))) / batch}
+  return {"params": train_lib.count_params(params),
+          "flops": train_lib.flops_per_image(graphdef, params, batch_stats, image_shape, batch)}
