@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= data
 RUNS ?= runs/demo
 GATEKEEPER_ALPHAS ?= 0.1 0.3 0.5 0.7 0.9
+HYDRA_MEMBERS ?= 3
 
 .PHONY: install data demo test bench clean-demo
 
@@ -24,7 +25,9 @@ data: $(STAMP)
 
 # The demo: a large model, a sidekick, Gatekeeper fine-tunes of the sidekick
 # (the alpha sweep of configs/gatekeeper.py), one more large model (2-member
-# deep ensemble), two short fine-tunes (model soups), then the full evaluation.
+# deep ensemble), two short fine-tunes (model soups), a small ViT with the
+# Hydra members pruned from it and other seeds of it (their deep ensemble),
+# then the full evaluation (HYDRA_MEMBERS=0 skips the Hydra part).
 # Every train step resumes if its workdir already holds a finished run.
 demo: data
 	@start=$$SECONDS; set -e; \
@@ -36,7 +39,16 @@ demo: data
 	$(PY) train.py --config configs/demo_large.py:seed=1 --workdir $(RUNS)/large_seed1; \
 	$(PY) train.py --config configs/demo_soup.py:lr=1e-4,seed=1,init_from=$(RUNS)/large --workdir $(RUNS)/soup_1; \
 	$(PY) train.py --config configs/demo_soup.py:lr=3e-4,seed=2,init_from=$(RUNS)/large --workdir $(RUNS)/soup_2; \
-	$(PY) evaluate.py --config "configs/demo_eval.py:runs=$(RUNS),gatekeeper=$(GATEKEEPER_ALPHAS)"; \
+	if [ $(HYDRA_MEMBERS) -gt 0 ]; then \
+	  $(PY) train.py --config configs/demo_vit.py --workdir $(RUNS)/vit; \
+	  for j in $$(seq 0 $$(($(HYDRA_MEMBERS) - 1))); do \
+	    $(PY) train.py --config configs/hydra_member.py:member=$$j,runs=$(RUNS) --workdir $(RUNS)/hydra_$$j; \
+	  done; \
+	  for i in $$(seq 1 $$(($(HYDRA_MEMBERS) - 1))); do \
+	    $(PY) train.py --config configs/demo_vit.py:seed=$$i --workdir $(RUNS)/vit_seed$$i; \
+	  done; \
+	fi; \
+	$(PY) evaluate.py --config "configs/demo_eval.py:runs=$(RUNS),gatekeeper=$(GATEKEEPER_ALPHAS),hydra=$(HYDRA_MEMBERS)"; \
 	$(PY) -m duojax.report --embed $(RUNS)/results/results.md README.md; \
 	echo "demo finished in $$((SECONDS - start)) s after install; results in $(RUNS)/results/, README.md updated"
 

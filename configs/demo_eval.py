@@ -7,7 +7,9 @@
 (train them with `configs/demo_large.py --config.seed=i`); `soups=k` the
 fine-tunes soup_1 .. soup_k (`configs/demo_soup.py`); `gatekeeper="0.1 0.5"`
 the Gatekeeper fine-tunes gatekeeper_0.1 and gatekeeper_0.5 (`configs/gatekeeper.py`;
-"" for none).
+"" for none); `hydra=M` the Hydra members hydra_0 .. hydra_{M-1}
+(`configs/hydra_member.py`), pruned from the ViT in vit, against the deep
+ensemble of vit, vit_seed1 .. vit_seed{M-1} (`configs/demo_vit.py`; 0 for none).
 """
 
 import ml_collections
@@ -17,7 +19,7 @@ def get_config(arg=None):
   from duojax import config_lib
 
   arg = config_lib.parse_arg(arg, runs="runs/demo", ensemble=1, soups=2,
-                             gatekeeper="0.1 0.3 0.5 0.7 0.9")
+                             gatekeeper="0.1 0.3 0.5 0.7 0.9", hydra=3)
   c = ml_collections.ConfigDict()
   c.large = f"{arg.runs}/large"
   c.sidekick = f"{arg.runs}/sidekick"
@@ -30,6 +32,14 @@ def get_config(arg=None):
   # into the duo. "" for none (and no cascade section without a sidekick).
   c.gatekeeper = ",".join(f"{arg.runs}/gatekeeper_{a}" for a in arg.gatekeeper.split())
   c.cascade = True              # the cascade section (needs a sidekick)
+  # Hydra ensembles (duojax.hydra): member workdirs, merged into one model
+  # per MLP mode ("grouped": exact; "average": one shared MLP, cheaper), the
+  # ViT they were pruned from ("" = their prune_from) and extra full ViTs for
+  # the deep ensemble they are compared with. "" for no Hydra section.
+  c.hydra = ",".join(f"{arg.runs}/hydra_{j}" for j in range(arg.hydra))
+  c.hydra_vit = f"{arg.runs}/vit" if arg.hydra else ""
+  c.hydra_ensemble = ",".join(f"{arg.runs}/vit_seed{i}" for i in range(1, arg.hydra))
+  c.hydra_mlp = "grouped,average"
   c.mc_dropout_samples = 8      # 0 disables MC dropout
   c.mc_dropout_rate = 0.1       # the large model's training dropout on its pre-logits
   c.ood = "mnist"               # "" for none

@@ -107,6 +107,15 @@ def base_config() -> ml_collections.ConfigDict:
   # its wrong rows towards the uniform distribution.
   c.loss = "ce"
   c.gatekeeper_alpha = 0.5
+  # Hydra ensemble member (arXiv 2510.18358, duojax.hydra): start from the
+  # ViT trained in `prune_from`, keep the `prune_keep` fraction of attention
+  # heads per layer that matter most (Taylor importance on `prune_images`
+  # training images drawn with `prune_seed`), then fine-tune. Members differ
+  # by prune_seed; the architecture comes from prune_from's checkpoint.
+  c.prune_from = ""
+  c.prune_keep = 0.5
+  c.prune_images = 2048
+  c.prune_seed = 0
   c.batch_size = 128            # global, split over the "data" mesh axis
   c.epochs = 2.0
   c.total_steps = -1            # > 0 overrides epochs
@@ -159,6 +168,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
        f"config.gatekeeper_alpha must be in [0, 1], got {config.gatekeeper_alpha}")
   need(not (config.init_from and config.init_weights),
        "config.init_from and config.init_weights are exclusive: start from one of them")
+  need(not (config.prune_from and (config.init_from or config.init_weights)),
+       "config.prune_from starts from its own checkpoint: leave init_from and "
+       "init_weights empty")
+  need(0.0 < config.prune_keep <= 1.0,
+       f"config.prune_keep must be a fraction of heads in (0, 1], got {config.prune_keep}")
+  need(config.prune_images > 0, f"config.prune_images must be > 0, got {config.prune_images}")
   need(config.init_layout in _INIT_LAYOUTS,
        f"config.init_layout={config.init_layout!r}; valid: {', '.join(_INIT_LAYOUTS)}")
   need(config.init_head in _INIT_HEADS,

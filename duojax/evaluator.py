@@ -18,8 +18,8 @@ import time
 import jax
 import numpy as np
 
-from duojax import (cascade_report, checkpoint, data, evaluation, methods as methods_lib, report,
-                    sharding, shifts, soups, train_lib)
+from duojax import (cascade_report, checkpoint, data, evaluation, hydra_report,
+                    methods as methods_lib, report, sharding, shifts, soups, train_lib)
 
 LARGE, SIDEKICK = "large", "sidekick"
 
@@ -30,8 +30,9 @@ def _list(value: str) -> list[str]:
 
 def _check_workdirs(config) -> None:
   """Fail before any work if a workdir is missing (one line, names it)."""
-  for key in ("large", "sidekick", "ensemble", "soup_ingredients", "gatekeeper"):
-    for workdir in _list(config[key]):
+  for key in ("large", "sidekick", "ensemble", "soup_ingredients", "gatekeeper", "hydra",
+              "hydra_ensemble"):
+    for workdir in _list(config.get(key, "")):
       if not os.path.isdir(os.path.expanduser(workdir)):
         raise ValueError(f"config.{key}: workdir {workdir!r} does not exist")
   if not config.large:
@@ -55,6 +56,9 @@ def run(config) -> dict:
     ensemble.append(f"large#{i}")
   gatekeepers = _gatekeeper_members(_list(config.get("gatekeeper", "")), mesh)
   members += gatekeepers
+  hydra_loaded = hydra_report.load(config, mesh) if config.get("hydra", "") else None
+  if hydra_loaded:
+    members += [*hydra_loaded["vits"], *hydra_loaded["merged"]]
   evaluation.check_members_agree(members)
 
   meta = members[0].meta
@@ -100,6 +104,10 @@ def run(config) -> dict:
   method_list = methods_lib.standard_methods(
       large=LARGE, sidekick=SIDEKICK if config.sidekick else None, ensemble=tuple(ensemble),
       extra_singles=tuple(extra_singles))
+  hydra_methods = []
+  if hydra_loaded:
+    hydra_methods = hydra_report.methods(hydra_loaded, SIDEKICK if config.sidekick else None)
+    method_list += hydra_methods
   results = report.build_results(bank, method_list, member_flops, large=LARGE,
                                  solver=config.solver, bootstrap=config.bootstrap,
                                  seed=config.seed, mesh=mesh)
@@ -107,6 +115,10 @@ def run(config) -> dict:
     results["cascade"] = cascade_report.build_cascade(
         bank, large=LARGE, sidekicks=(SIDEKICK, *(m.name for m in gatekeepers)),
         member_flops=member_flops, solver=config.solver)
+  if hydra_loaded:
+    results["hydra"] = hydra_report.build(results, hydra_loaded, hydra_methods,
+                                          {m.name: m for m in members},
+                                          batch_size=config.batch_size, mesh=mesh)
   results["members"] = {
       m.name: {"model_name": m.meta["model_name"], "flops": m.flops,
                "params": train_lib.count_params(train_lib.split_model(m.model)[1]),

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from duojax import cascade_report, metrics, methods as methods_lib, plots
+from duojax import cascade_report, hydra_report, metrics, methods as methods_lib, plots
 from duojax.evaluation import LogitsBank
 
 TEST, OOD = "test", "ood"
@@ -174,6 +174,8 @@ def markdown(results: dict) -> str:
     out += ["", f"Duo weights fit on val: w_L = {w[0]:.4f}, w_S = {w[1]:.4f}."]
   if "cascade" in results:
     out += ["", *cascade_report.markdown(results["cascade"])]
+  if "hydra" in results:
+    out += ["", *hydra_report.markdown(results["hydra"])]
   return "\n".join(out) + "\n"
 
 

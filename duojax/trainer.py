@@ -16,10 +16,11 @@ import jax
 import numpy as np
 import tqdm
 
-from duojax import checkpoint, config_lib, convert, data, sharding, train_lib
+from duojax import checkpoint, config_lib, convert, data, hydra, sharding, train_lib
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+HYDRA_HEADS_FILE = "hydra_heads.json"  # a Hydra member's head importance and kept heads
 
 
 class MetricsLog:
@@ -62,6 +63,13 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
                               split_seed=config.split_seed)
   spec = train_lib.ModelSpec(config.model_name, config_lib.model_overrides(config), dataset.num_classes,
                              tuple(dataset.image_shape))
+  if config.prune_from:  # a Hydra member: the pruned source ViT's architecture
+    if config_lib.model_overrides(config):
+      raise config_lib.ConfigError("config.model overrides must stay unset with "
+                                   "config.prune_from: the architecture is the source's")
+    spec, source_meta = hydra.pruned_spec(config.prune_from, config.prune_keep, config.model_name)
+    checkpoint.check_fits_data(source_meta, dataset.image_shape, dataset.num_classes,
+                               where=config.prune_from)
   model = spec.build(seed=config.seed)
   mesh = sharding.make_mesh(config.num_devices, config.fsdp)
   for key in ("batch_size", "eval_batch_size"):
@@ -80,6 +88,14 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
 
   if config.init_from and existing is None:
     model = _init_from(config.init_from, meta, sharding.replicated(mesh))
+  if config.prune_from and existing is None:
+    model, heads = hydra.prune_checkpoint(
+        config.prune_from, dataset, keep=config.prune_keep, num_images=config.prune_images,
+        seed=config.prune_seed, sharding=sharding.replicated(mesh))
+    if process == 0:
+      os.makedirs(workdir, exist_ok=True)
+      _atomic_json(os.path.join(workdir, HYDRA_HEADS_FILE),
+                   {"prune_from": os.path.abspath(config.prune_from), **heads})
   if config.init_weights and existing is None:
     info = convert.load_pretrained(model, config.init_weights, config.init_layout,
                                    head=config.init_head)

@@ -196,7 +196,7 @@ def test_two_processes_train_and_evaluate_the_duo_as_one_process(tmp_path,
   for n in (1, 2):
     out_dir = tmp_path / f"eval{n}"
     _run_processes("evaluate.py", [
-        "--config", os.path.join(ROOT, "configs/demo_eval.py"),
+        "--config", os.path.join(ROOT, "configs/demo_eval.py:hydra=0"),
         f"--config.large={runs[1] / 'large'}", f"--config.sidekick={sidekick}",
         "--config.ensemble=", "--config.soup_ingredients=", "--config.gatekeeper=",
         "--config.shifts=blur",

@@ -54,7 +54,7 @@ def runs(tmp_path_factory, learnable_data_dir):
 
 def _evaluate(runs, *extra):
   args = [sys.executable, os.path.join(ROOT, "evaluate.py"),
-          "--config", os.path.join(ROOT, f"configs/demo_eval.py:runs={runs}"),
+          "--config", os.path.join(ROOT, f"configs/demo_eval.py:runs={runs},hydra=0"),
           "--config.shift_max_images=60", "--config.shifts=blur,contrast",
           "--config.bootstrap=10", "--config.batch_size=100", "--config.mc_dropout_samples=4",
           f"--config.gatekeeper={runs / 'gatekeeper_0.3'}", *extra]
