@@ -64,6 +64,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_torch.py
 	$(PY) bench/bench_xla_cpu.py
 	$(PY) bench/bench_cascade.py
+	$(PY) bench/bench_hydra.py
 
 clean-demo:
 	rm -rf $(RUNS)

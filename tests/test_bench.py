@@ -99,3 +99,19 @@ def test_bench_xla_cpu_quick(tmp_path):
   for row in rows:
     assert float(row.rstrip(" |").rsplit("|", 1)[1]) < 1e-5, row
   assert text.count("| resnet14 |") == len(bench_xla_cpu.OPTIONS)
+
+
+def test_bench_hydra_quick(tmp_path):
+  out = tmp_path / "B.md"
+  run_script("bench_hydra.py", "--quick", "--out", str(out))
+  text = out.read_text()
+  assert "<!-- bench:hydra:start -->" in text
+  rows = {l.split("|")[1].strip(): l.split("|")[2:-1] for l in text.splitlines()
+          if l.startswith("| ") and not l.startswith("| model")}
+  assert {"single ViT", "deep ensemble of 3 ViTs"} <= set(rows)
+  params = {k: int(v[0].strip().replace(",", "")) for k, v in rows.items()}
+  # Exact counts: 3 full ViTs, and the averaged MLP holds fewer weights than
+  # the grouped one with the same heads.
+  assert params["deep ensemble of 3 ViTs"] == 3 * params["single ViT"]
+  assert params["Hydra M=3, 2/4 heads, average MLP"] < params["Hydra M=3, 2/4 heads, grouped MLP"]
+  assert "Command: `python bench/bench_hydra.py --quick" in text
