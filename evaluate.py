@@ -27,9 +27,17 @@ _OUTPUT = flags.DEFINE_string("output", None, "JSON file for the --workdirs resu
 
 def _write_json(path, obj):
   tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+  except BaseException as e:
+    # A full disk (or any failure) leaves neither the file nor its half-written temp.
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    if isinstance(e, OSError) and e.errno is not None:  # say which file, not just why
+      raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from e
+    raise
 
 
 def accuracy_of_workdirs(workdirs, split_name, data_dir, batch_size):
@@ -61,6 +69,8 @@ def main(argv):
     raise ValueError("give exactly one of --config (full evaluation) or --workdirs (accuracy)")
   if _CONFIG.value is not None:
     config = _CONFIG.value
+    # Checked before the evaluation, which can take hours, rather than after it.
+    cli.check_output_dir(config.output_dir, "config.output_dir")
     results = evaluator.run(config)
     if not distributed.is_main_process():  # every process computed the same results
       return
@@ -70,6 +80,15 @@ def main(argv):
     return
   if _BATCH.value <= 0:
     raise ValueError(f"--batch_size must be > 0, got {_BATCH.value}")
+  if _OUTPUT.value:
+    # Checked before evaluating, not when the results are written.
+    output = os.path.abspath(os.path.expanduser(_OUTPUT.value))
+    if os.path.isdir(output):
+      raise ValueError(f"--output {_OUTPUT.value!r} is a directory; give a JSON file path")
+    cli.check_output_dir(os.path.dirname(output), "--output's folder")
+    if not os.path.isdir(os.path.dirname(output)):
+      raise ValueError(f"--output {_OUTPUT.value!r}: folder {os.path.dirname(output)!r} "
+                       "does not exist")
   results = accuracy_of_workdirs(_WORKDIRS.value, _SPLIT.value, _DATA_DIR.value, _BATCH.value)
   if _OUTPUT.value and distributed.is_main_process():
     _write_json(_OUTPUT.value, results)

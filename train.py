@@ -1,8 +1,15 @@
 """Trains one classifier: `python train.py --config configs/x.py:arg --workdir DIR`.
 
-Resumes automatically from the latest checkpoint in DIR. On several hosts, run
-the same command on each (see README, "Scale out"); process 0 writes the logs.
+Resumes automatically from the latest checkpoint in DIR that restores (newer
+unreadable ones are set aside with a warning). On several hosts, run the same
+command on each (see README, "Scale out"); process 0 writes the logs.
+
+On SIGTERM (or SLURM's SIGUSR1 warning) it finishes the current step, saves
+it and exits with 128 + the signal's number (143 for SIGTERM); rerunning the
+same command resumes exactly where it stopped.
 """
+
+import sys
 
 from absl import flags
 from ml_collections import config_flags
@@ -19,8 +26,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
-  summary = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                                       require_resume=_RESUME.value)
+  # Before loading data and building the model: a typo'd path fails at once.
+  cli.check_output_dir(_WORKDIR.value, "--workdir")
+  try:
+    summary = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                         require_resume=_RESUME.value)
+  except trainer.Preempted as e:
+    # Not "error:": nothing is wrong, the job just has to be run again.
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
   if not distributed.is_main_process():
     return
   print(f"{summary['model_name']}: test accuracy {summary['test_accuracy']:.4f} "

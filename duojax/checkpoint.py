@@ -8,16 +8,32 @@ A checkpoint holds two items:
     dataset) plus the data position (the pipeline is a pure function of
     (seed, step), so the step is the position).
 
-Orbax writes each step into a temporary directory and renames it when done,
-so a crash never leaves a half-written step that looks finished.
+Orbax writes each step into a temporary directory (`<step>.orbax-checkpoint-tmp-*`)
+and renames it when done, so a crash never leaves a half-written step that
+looks finished; such leftovers are never read as steps, and a training run's
+manager deletes them. What the rename cannot catch (bytes changed on disk
+afterwards, a truncated copy) is caught by `meta["checksums"]`, sums of the
+state's arrays taken when saving and checked on every restore: tensorstore
+reads flipped bytes back without complaint.
+
+`restore_newest` resumes from the newest step that restores and checks. Newer
+unreadable steps are renamed to `<step>.corrupt-<n>` (kept for inspection,
+ignored as steps) so a resumed run never writes over or beside them; they are
+moved only when an older step restores, so input that no step fits (another
+optimizer, say) moves nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
+import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 # Keys of `meta` that must agree between a checkpoint and the run resuming it.
@@ -28,14 +44,19 @@ class CheckpointError(ValueError):
   """A checkpoint that is missing or does not fit; the message is one line."""
 
 
-def make_manager(workdir: str, *, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
+def make_manager(workdir: str, *, keep: int = 3, create: bool = True,
+                 cleanup_tmp: bool = False) -> ocp.CheckpointManager:
+  """`cleanup_tmp` deletes unfinished saves; only the run writing `workdir` may
+  ask for it (a reader would delete the save a running training is writing)."""
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
+                                         cleanup_tmp_directories=cleanup_tmp)
   return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
          *, wait: bool = True) -> None:
+  meta = {**meta, "checksums": checksums(state)}
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
   if wait:
@@ -43,10 +64,157 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict]:
-  """Restores `state` with the shapes, dtypes and shardings of `abstract_state`."""
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-  return restored["state"], restored["meta"]
+  """Restores `state` with the shapes, dtypes and shardings of `abstract_state`.
+
+  Raises CheckpointError when the arrays differ from what was saved.
+  """
+  with _stray_reader_errors_dropped():
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  state, meta = restored["state"], restored["meta"]
+  if "checksums" in meta:  # checkpoints written before checksums existed have none
+    have = checksums(state)
+    bad = [k for k in meta["checksums"] if have.get(k) != meta["checksums"][k]]
+    if bad or set(have) != set(meta["checksums"]):
+      raise CheckpointError(f"checksum mismatch in {(bad or ['the list of arrays'])[0]}: "
+                            "its bytes changed after the checkpoint was written")
+  return state, meta
+
+
+@contextlib.contextmanager
+def _stray_reader_errors_dropped(grace_s: float = 0.5):
+  """Holds back what is printed to fd 2 during a restore; drops it if it fails.
+
+  When Orbax fails on a damaged step, tensorstore's reads of the other
+  arrays still complete and their callbacks into the event loop Orbax has
+  already closed print "Event loop is closed" tracebacks from native threads
+  (no Python hook sees them), burying the one-line error. A restore that
+  succeeds gets its output replayed unchanged.
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as held:
+    os.dup2(held.fileno(), 2)
+    failed = False
+    try:
+      yield
+    except BaseException:
+      failed = True
+      time.sleep(grace_s)  # the stray callbacks land within milliseconds
+      raise
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      if not failed:
+        held.seek(0)
+        sys.stderr.write(held.read().decode(errors="replace"))
+        sys.stderr.flush()
+
+
+@jax.jit
+def _leaf_sums(tree):
+  def one(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+      x = x.astype(jnp.uint8)
+    bits = {1: jnp.uint8, 2: jnp.uint16}.get(x.dtype.itemsize, jnp.uint32)
+    words = jax.lax.bitcast_convert_type(x, bits).astype(jnp.uint32).ravel()
+    # Odd weights: any single changed word changes the sum (mod 2**32), and so
+    # does swapping two different words.
+    weights = jnp.arange(words.size, dtype=jnp.uint32) * 2 + 1
+    return jnp.sum(words * weights, dtype=jnp.uint32)
+  return jax.tree.map(one, tree)
+
+
+def checksums(state: Any) -> dict[str, int]:
+  """{array path: weighted sum of its bits}, computed where the arrays live.
+
+  Computed on device, so it works on sharded (FSDP, multi-process) state
+  without gathering it; the sums are scalars, replicated on every process.
+  """
+  sums = jax.device_get(_leaf_sums(state))
+  return {jax.tree_util.keystr(path): int(value)
+          for path, value in jax.tree_util.tree_flatten_with_path(sums)[0]}
+
+
+def describe(error: BaseException, limit: int = 200) -> str:
+  """`Type: first line` of an exception, short enough for a one-line message."""
+  text = " ".join(str(error).split())
+  text = text.split(" See full TensorStore details")[0]  # the rest is a repr of a method
+  text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def newest_meta(workdir: str) -> tuple[int, dict] | None:
+  """(step, meta) of the newest step whose meta reads; None if there is no step.
+
+  Read-only. Raises CheckpointError when there are steps but no meta reads.
+  """
+  manager = make_manager(workdir, create=False)
+  try:
+    failures = []
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        return step, manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"]
+      except Exception as e:  # orbax raises many types for a broken step
+        failures.append((step, describe(e)))
+  finally:
+    manager.close()
+  if failures:
+    raise _all_unreadable(workdir, failures)
+  return None
+
+
+def restore_newest(manager: ocp.CheckpointManager, abstract_state: Any, *, where: str,
+                   expected_meta: dict | None = None):
+  """(step, state, meta, skipped): the newest step of `manager` that restores.
+
+  `skipped` lists (step, reason, set-aside path) for each newer step that did
+  not restore; those are renamed to `<step>.corrupt-<n>` (by process 0) and
+  `manager` is reloaded, so the run can save those steps again. Raises
+  CheckpointError, moving nothing, when no step restores.
+  """
+  failures = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state, meta = restore(manager, step, abstract_state)
+    except Exception as e:  # orbax raises many types for a broken step
+      failures.append((step, describe(e)))
+      continue
+    if expected_meta is not None:
+      check_compatible(meta, expected_meta, where=where)
+    skipped = [(bad, reason, _set_aside(manager.directory, bad)) for bad, reason in failures]
+    if skipped:
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("duojax.checkpoint.set_aside")
+      manager.reload()
+    return step, state, meta, skipped
+  if failures:
+    raise _all_unreadable(where, failures)
+  raise CheckpointError(f"workdir {where!r} holds no checkpoints (train into it first)")
+
+
+def _set_aside(directory, step: int) -> str:
+  """Renames `directory/<step>` to the first free `<step>.corrupt-<n>`."""
+  n = 1
+  while os.path.exists(os.path.join(directory, f"{step}.corrupt-{n}")):
+    n += 1
+  target = os.path.join(directory, f"{step}.corrupt-{n}")
+  if jax.process_index() == 0:
+    os.rename(os.path.join(directory, str(step)), target)
+  return target
+
+
+def _all_unreadable(where: str, failures) -> CheckpointError:
+  steps = "; ".join(f"step {step} ({reason})" for step, reason in failures)
+  return CheckpointError(
+      f"every checkpoint in {where!r} is unreadable: {steps}; move the checkpoints "
+      "directory away to train from scratch (or, if the config changed since, rerun "
+      "with the one that wrote them)")
 
 
 def read_meta(workdir: str, step: int | None = None) -> tuple[int, dict]:
@@ -65,7 +233,11 @@ def read_meta(workdir: str, step: int | None = None) -> tuple[int, dict]:
     elif step not in steps:
       raise CheckpointError(f"workdir {workdir!r} has no checkpoint at step {step}; "
                             f"available: {sorted(steps)}")
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    try:
+      meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # orbax raises many types; the user needs one line
+      raise CheckpointError(f"checkpoint step {step} in {workdir!r} is unreadable "
+                            f"({describe(e)})") from e
   finally:
     manager.close()
   return step, meta
@@ -134,8 +306,11 @@ def load_model(workdir: str, step: int | None = None, *, sharding=None):
   try:
     state, meta = restore(manager, step, abstract)
   except Exception as e:  # orbax raises many types; the user needs one line
-    raise CheckpointError(f"cannot restore step {step} from {workdir!r}: "
-                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    # No fallback to an older step: evaluating another model than the one
+    # asked for would be a silent wrong answer. Training falls back instead.
+    raise CheckpointError(f"checkpoint step {step} in {workdir!r} is unreadable ({describe(e)}); "
+                          "rerunning train.py with its config resumes from the newest "
+                          "readable step") from e
   finally:
     manager.close()
   model = nnx.merge(graphdef, nnx.State(state["params"]), nnx.State(state["batch_stats"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 
@@ -34,6 +35,10 @@ _LOCAL_DEVICES = flags.DEFINE_list(
 
 def fail(message: str, code: int = 1) -> None:
   print(f"error: {message}", file=sys.stderr, flush=True)
+  # The error line stays the last one: objects a failed library call left
+  # behind (e.g. Orbax's read coroutines after a damaged checkpoint) would
+  # otherwise print "Exception ignored in ..." as the interpreter exits.
+  sys.unraisablehook = lambda unraisable: None
   sys.exit(code)
 
 
@@ -42,8 +47,44 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
-    message = " ".join(str(e).split()) or type(e).__name__
-    fail(f"bad command line: {message}", code=2)
+    fail(f"bad command line: {_flag_error_message(e)}", code=2)
+
+
+def _flag_error_message(error: Exception) -> str:
+  """One line for a flag error, without the traceback config_flags embeds."""
+  if isinstance(error, AttributeError) and error.args and isinstance(error.args[0], KeyError):
+    error = error.args[0]  # ml_collections: an unknown --config.KEY, as AttributeError(KeyError)
+  if isinstance(error, KeyError) and error.args:
+    # A KeyError's str() is the repr of its message: quotes inside quotes.
+    return "unknown key " + " ".join(str(error.args[0]).split())
+  message = str(error)
+  marker = "Traceback (most recent call last):"
+  if marker in message:
+    # A config file's get_config raised: config_flags puts the whole traceback
+    # in the message; what the user needs is its last line, the error itself.
+    head = message.split(marker, 1)[0].split("Error whilst parsing config file:")[0]
+    last = message.strip().splitlines()[-1]
+    message = head.rstrip(": ") + ": " + re.sub(r"^[\w.]+(Error|Exception): ", "", last)
+  return " ".join(message.split()) or type(error).__name__
+
+
+def check_output_dir(path: str, what: str) -> None:
+  """Fails early, before any work, if `path` cannot be (or be made) a writable directory.
+
+  Nothing is created: the path is only inspected up to its nearest existing
+  ancestor, so a run that fails here leaves no trace on disk.
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"{what} {path!r} is a file, not a directory")
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ValueError(f"{what} {path!r} cannot be created: {existing!r} is a file, not a "
+                     "directory")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise PermissionError(f"{what} {path!r} cannot be written: {existing!r} is not writable")
 
 
 def quiet_libraries() -> None:

@@ -16,12 +16,14 @@ import json
 import os
 import queue
 import threading
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from google.protobuf import json_format
 
 
 class DataError(ValueError):
@@ -169,13 +171,40 @@ def _write_atomically(path: Path, write) -> None:
     tmp.unlink(missing_ok=True)
 
 
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _corrupt_cache(path: Path, error: BaseException) -> DataError:
+  return DataError(f"cache file {path} is corrupt ({_first_line(error)}): delete it and it "
+                   "is rebuilt from the prepared data")
+
+
+def _read_prepared(folder: Path, read):
+  """`read()` of a prepared tfds split, its readers' errors as one DataError line.
+
+  array_record raises RuntimeError on a damaged file, deep in its reader.
+  """
+  try:
+    return read()
+  except DataError:
+    raise
+  except (RuntimeError, OSError) as e:
+    raise DataError(f"cannot read the prepared data in {folder} ({_first_line(e)}): the "
+                    "files are damaged; delete the folder and prepare the dataset again") from None
+
+
 def _cached_stats(split: Split, folder: Path) -> tuple[np.ndarray, np.ndarray]:
   """`channel_stats` of a tfds split, cached as JSON in `folder`."""
   path = folder / f"stats_{split.image_key}_{split.image_size}.json"
   if path.is_file():
-    stats = json.loads(path.read_text())
-    return np.float32(stats["mean"]), np.float32(stats["std"])
-  mean, std = channel_stats(split)
+    try:
+      stats = json.loads(path.read_text())
+      return np.float32(stats["mean"]), np.float32(stats["std"])
+    except (ValueError, KeyError, TypeError, OSError) as e:
+      raise _corrupt_cache(path, e) from None
+  mean, std = _read_prepared(folder.parent, lambda: channel_stats(split))
   text = json.dumps({"mean": mean.tolist(), "std": std.tolist()})
   _write_atomically(path, lambda f: f.write(text.encode()))
   return mean, std
@@ -188,9 +217,12 @@ def _cached_arrays(split: Split, folder: Path, name: str) -> ArraySource:
   """
   path = folder / f"{name}_{split.image_key}_{split.label_key}_{split.image_size}.npz"
   if path.is_file():
-    with np.load(path) as arrays:
-      return ArraySource(arrays["images"], arrays["labels"])
-  source = materialize(split)
+    try:
+      with np.load(path) as arrays:
+        return ArraySource(arrays["images"], arrays["labels"])
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
+      raise _corrupt_cache(path, e) from None
+  source = _read_prepared(folder.parent, lambda: materialize(split))
   _write_atomically(path, lambda f: np.savez(f, images=source.images, labels=source.labels))
   return source
 
@@ -198,12 +230,17 @@ def _cached_arrays(split: Split, folder: Path, name: str) -> ArraySource:
 def _open_builder(name: str, data_dir: str, prepare: bool):
   """The tfds builder of `name`, prepared in array_record format in `data_dir`."""
   tfds_name = EMBEDDED_DATASETS.get(name, name)
-  if name in EMBEDDED_DATASETS and prepare:
-    prepare_fashion_mnist(data_dir)
   try:
-    builder = tfds.builder(tfds_name, data_dir=data_dir)
-  except ValueError:  # tfds's DatasetNotFoundError, or a malformed name.
-    builder = None
+    if name in EMBEDDED_DATASETS and prepare:
+      prepare_fashion_mnist(data_dir)
+    try:
+      builder = tfds.builder(tfds_name, data_dir=data_dir)
+    except ValueError:  # tfds's DatasetNotFoundError, or a malformed name.
+      builder = None
+  except json_format.ParseError as e:  # a damaged dataset_info.json, deep in tfds
+    raise DataError(f"dataset {name!r} in {data_dir} has unreadable metadata "
+                    f"({_first_line(e)}): delete {os.path.join(data_dir, tfds_name)} and "
+                    "prepare it again") from None
   if builder is not None and builder.is_prepared():
     return builder
   if name in EMBEDDED_DATASETS:

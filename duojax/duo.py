@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -64,10 +65,56 @@ def make_fused_forward(graphdefs, *, mesh: Mesh | None = None,
                  out_shardings=(out_logits, rows) if with_features else out_logits)
 
 
+def _as_stack(logits_stack) -> jax.Array:
+  """float32 [m, N, C] from a stack or a list of m [N, C] members.
+
+  Checks shapes and dtypes only, never values: free under jit, and a clear
+  error instead of numpy's "inhomogeneous shape" or an einsum subscript one.
+  """
+  if isinstance(logits_stack, (list, tuple)):
+    shapes = [tuple(np.shape(z)) for z in logits_stack]
+    if not shapes:
+      raise ValueError("no members: give at least one [N, C] logits array")
+    for i, shape in enumerate(shapes):
+      if len(shape) != 2:
+        raise ValueError(f"member {i}'s logits have shape {shape}; expected [N, C]")
+      if shape[1] != shapes[0][1]:
+        raise ValueError(f"member {i}'s logits have {shape[1]} classes but member 0's have "
+                         f"{shapes[0][1]}")
+      if shape[0] != shapes[0][0]:
+        raise ValueError(f"member {i}'s logits have {shape[0]} rows but member 0's have "
+                         f"{shapes[0][0]}")
+  dtypes = [z.dtype if hasattr(z, "dtype") else np.asarray(z).dtype for z in
+            (logits_stack if isinstance(logits_stack, (list, tuple)) else [logits_stack])]
+  for dtype in dtypes:
+    # Integer logits are accepted (cast to float32), as metrics.evaluate does.
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+      raise ValueError(f"logits must be real numbers, got dtype {dtype}")
+  logits_stack = jnp.asarray(logits_stack, jnp.float32)
+  if logits_stack.ndim != 3:
+    raise ValueError(f"logits must be stacked [m, N, C] (one [N, C] array per member), got "
+                     f"shape {tuple(logits_stack.shape)}")
+  return logits_stack
+
+
+def _as_weights(weights, m: int, what: str) -> jax.Array:
+  # Host weights (numpy, lists: what a fit hands back) are checked for NaN on
+  # the host; device or traced ones are not, so no sync is added to a jitted
+  # or benchmarked path.
+  host = None if isinstance(weights, jax.Array) else np.asarray(weights, np.float32)
+  weights = jnp.asarray(weights, jnp.float32)
+  if weights.shape != (m,):
+    raise ValueError(f"{what} have shape {tuple(weights.shape)}; expected ({m},), one per member")
+  if host is not None and not np.isfinite(host).all():
+    raise ValueError(f"{what} must be finite, got {host.tolist()} (a fit on no valid rows?)")
+  return weights
+
+
 def combine(logits_stack, weights) -> jax.Array:
   """z = Σ_i w_i z_i for logits [m, N, C] and weights [m] (one pass, float32)."""
-  logits_stack = jnp.asarray(logits_stack, jnp.float32)
-  return jnp.einsum("m,mnc->nc", jnp.asarray(weights, jnp.float32), logits_stack)
+  logits_stack = _as_stack(logits_stack)
+  weights = _as_weights(weights, logits_stack.shape[0], "weights")
+  return jnp.einsum("m,mnc->nc", weights, logits_stack)
 
 
 def msp_confidence(logits) -> jax.Array:
@@ -96,11 +143,16 @@ def combine_mode(logits_stack, mode: str, *, joint_weights=None, single_weights=
   """
   if mode not in MODES:
     raise ValueError(f"unknown duo mode {mode!r}; valid: {', '.join(MODES)}")
-  logits_stack = jnp.asarray(logits_stack, jnp.float32)
+  logits_stack = _as_stack(logits_stack)
+  m = logits_stack.shape[0]
+  if single_weights is not None:
+    single_weights = _as_weights(single_weights, m, "single_weights")
+  if joint_weights is not None:
+    joint_weights = _as_weights(joint_weights, m, "joint_weights")
   if mode == "unweighted":
     if single_weights is None:
       raise ValueError("mode 'unweighted' needs single_weights (per-member temperatures)")
-    z = combine(logits_stack, jnp.asarray(single_weights) / logits_stack.shape[0])
+    z = combine(logits_stack, single_weights / m)
     return z, msp_confidence(z)
   if joint_weights is None:
     raise ValueError(f"mode {mode!r} needs joint_weights (fit on validation data)")

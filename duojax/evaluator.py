@@ -19,7 +19,8 @@ import jax
 import numpy as np
 
 from duojax import (cascade_report, checkpoint, data, evaluation, hydra_report,
-                    methods as methods_lib, report, sharding, shifts, soups, train_lib)
+                    methods as methods_lib, report, sharding, shifts, soups, temperature,
+                    train_lib)
 
 LARGE, SIDEKICK = "large", "sidekick"
 
@@ -37,6 +38,10 @@ def _check_workdirs(config) -> None:
         raise ValueError(f"config.{key}: workdir {workdir!r} does not exist")
   if not config.large:
     raise ValueError("config.large must name the large model's training workdir")
+  if config.solver not in temperature.SOLVERS:
+    raise ValueError(f"config.solver={config.solver!r}; valid: {', '.join(temperature.SOLVERS)}")
+  if config.batch_size <= 0:
+    raise ValueError(f"config.batch_size must be > 0, got {config.batch_size}")
   if config.get("gatekeeper") and not config.sidekick:
     raise ValueError("config.gatekeeper: Gatekeeper sidekicks are compared with the untuned "
                      "config.sidekick, which is empty")

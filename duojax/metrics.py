@@ -42,7 +42,10 @@ OOD_METRIC_NAMES = ("auroc", "aupr", "fpr95")
 
 def _as_array(x, what: str):
   if not (hasattr(x, "shape") and hasattr(x, "dtype")):  # keeps jax arrays on device
-    x = np.asarray(x)
+    try:
+      x = np.asarray(x)
+    except ValueError:  # numpy's message does not say which input is ragged
+      raise ValueError(f"{what} must be a rectangular array (rows of equal length)") from None
   if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
     raise ValueError(f"{what} must be real numbers, got dtype {x.dtype}")
   return x

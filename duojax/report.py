@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 
 import jax
@@ -187,13 +188,33 @@ def _atomic_write(path: str, text: str) -> None:
     with os.fdopen(fd, "w") as f:
       f.write(text)
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     os.unlink(tmp)
+    if isinstance(e, OSError) and e.errno is not None:  # say which file, not just why
+      raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from e
     raise
 
 
 def write(results: dict, out_dir: str) -> dict[str, str]:
-  """results.json, results.md and the plots in `out_dir`; returns their paths."""
+  """results.json, results.md and the plots in `out_dir`; returns their paths.
+
+  Each file is written whole or not at all. If writing fails (a full disk)
+  and `out_dir` did not exist before, the folders made for it are removed
+  again, so a failed run leaves no partial result set behind.
+  """
+  new_top = None  # the outermost folder this call creates, if any
+  folder = os.path.abspath(out_dir)
+  while not os.path.exists(folder):
+    new_top, folder = folder, os.path.dirname(folder)
+  try:
+    return _write_files(results, out_dir)
+  except BaseException:
+    if new_top is not None:
+      shutil.rmtree(new_top, ignore_errors=True)
+    raise
+
+
+def _write_files(results: dict, out_dir: str) -> dict[str, str]:
   os.makedirs(out_dir, exist_ok=True)
   curves = results.pop("_curves", {})
   cascade_curves = results.get("cascade", {}).pop("_curves", None)

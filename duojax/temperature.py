@@ -81,10 +81,24 @@ def combine(logits_list: LogitsList, weights) -> jax.Array:
   weights = jnp.asarray(weights, jnp.float32)
   if _is_array(logits_list):
     stack = jnp.asarray(logits_list)
+    if stack.ndim != 3:
+      raise ValueError(f"a single logits array must be stacked [m, N, C], got shape "
+                       f"{tuple(stack.shape)}; pass one [N, C] member as [logits]")
     _check_weights_shape(weights, stack.shape[0])
     return jnp.einsum("m,mnc->nc", weights, stack.astype(jnp.float32))
   members = [jnp.asarray(z) for z in logits_list]
   _check_weights_shape(weights, len(members))
+  # Shapes only (static under jit): a broadcasting TypeError would not say
+  # which member is off.
+  for i, z in enumerate(members):
+    if z.ndim != 2:
+      raise ValueError(f"member {i} has shape {tuple(z.shape)}; expected [N, C]")
+    if z.shape[1] != members[0].shape[1]:
+      raise ValueError(f"member {i} has {z.shape[1]} classes but member 0 has "
+                       f"{members[0].shape[1]}")
+    if z.shape[0] != members[0].shape[0]:
+      raise ValueError(f"member {i} has {z.shape[0]} examples but member 0 has "
+                       f"{members[0].shape[0]}")
   return _weighted_sum(weights, members)
 
 
@@ -237,7 +251,9 @@ def _as_members(logits_list) -> tuple[jax.Array, ...]:
     # Split once here, not inside the solve: each evaluation then reads the
     # members in place.
     logits_list = [logits_list[i] for i in range(logits_list.shape[0])]
-  members = list(logits_list)
+  # Nested lists become arrays here; jnp.result_type cannot read their dtype,
+  # and a string array's TypeError would print the whole array.
+  members = [z if _is_array(z) else np.asarray(z) for z in logits_list]
   if not members:
     raise ValueError("no members: logits_list must hold at least one [N, C] array (m ≥ 1)")
   shapes = [tuple(np.shape(z)) for z in members]
@@ -255,18 +271,20 @@ def _as_members(logits_list) -> tuple[jax.Array, ...]:
   if c < 2:
     raise ValueError(f"need at least 2 classes, got C = {c}")
   for i, z in enumerate(members):
-    if not jnp.issubdtype(jnp.result_type(z), jnp.floating):
-      raise ValueError(f"member {i} has dtype {jnp.result_type(z)}; expected floating logits")
+    if not jnp.issubdtype(z.dtype, jnp.floating):
+      raise ValueError(f"member {i} has dtype {z.dtype}; expected floating logits")
   # The one upcast: bfloat16/float16 members become float32 here, once.
   return tuple(jnp.asarray(z, jnp.float32) for z in members)
 
 
 def _as_labels(labels, n: int, c: int, mask: Optional[jax.Array]) -> jax.Array:
-  shape = tuple(np.shape(labels))
+  if not _is_array(labels):
+    labels = np.asarray(labels)
+  shape = tuple(labels.shape)
   if shape != (n,):
     raise ValueError(f"labels have shape {shape}; expected ({n},) to match the logits")
-  if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
-    raise ValueError(f"labels must be integers, got dtype {jnp.result_type(labels)}")
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
   if isinstance(labels, np.ndarray) and labels.dtype.itemsize > 4:
     # Saturate rather than wrap: int32 would turn 2**32 into a valid 0.
     bounds = np.iinfo(np.int32)
@@ -517,4 +535,17 @@ def _curvature(weights: jax.Array, sample: _Problem) -> jax.Array:
     entry = lambda a, b: _row_mean(jnp.sum(a * b, axis=-1), sample.row_weights)
   hessian = jnp.stack([jnp.stack([entry(a, b) for b in scaled]) for a in scaled])
   ridge = 1e-4 * jnp.trace(hessian) / m + 1e-6
+  # Where the softmax is saturated (logits far too large for w) the NLL is
+  # almost piecewise linear: its curvature is ~0 and a Newton step on the
+  # ridge alone overshoots by orders of magnitude, beyond what the line
+  # search can recover. A ridge of |∇|/|w| bounds that first step to about
+  # |w|; near the optimum ∇ ≈ 0, so the final run's metric is unchanged.
+  if sample.row_weights is None:
+    mean = lambda per_row: jnp.sum(per_row) / n
+  else:
+    mean = lambda per_row: _row_mean(per_row, sample.row_weights)
+  grad = jnp.stack([mean((probs * z).sum(axis=-1) - label)
+                    for z, label in zip(members, sample.label_logits)])
+  trust = jnp.linalg.norm(grad) / jnp.maximum(jnp.linalg.norm(weights), 1e-3)
+  ridge = jnp.maximum(ridge, trust)
   return hessian + ridge * jnp.eye(m, dtype=hessian.dtype)

@@ -4,12 +4,20 @@
 can be checked before training (config values, data, model vs image shape, an
 existing checkpoint's architecture) is checked before the workdir is touched,
 so bad input never leaves a half-written workdir behind.
+
+Crashes: a run resumes from the newest checkpoint that restores (see
+`checkpoint.restore_newest`), and a SIGTERM (pre-emption) or SIGUSR1 ends the
+current step, checkpoints it and raises `Preempted` (train.py exits 128 + the
+signal's number); rerunning the same command continues bit-identically.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
+import threading
 import time
 
 import jax
@@ -36,11 +44,8 @@ class MetricsLog:
       kept = []
       if resume_step > 0 and os.path.exists(path):
         with open(path) as f:
-          kept = [line for line in f if json.loads(line)["step"] <= resume_step]
-      tmp = path + ".tmp"
-      with open(tmp, "w") as f:
-        f.writelines(kept)
-      os.replace(tmp, path)
+          kept = [line for line in f if _record_step(line) <= resume_step]
+      _atomic_write(path, lambda f: f.writelines(kept))
 
   def write(self, record: dict) -> None:
     if self.enabled:
@@ -48,11 +53,95 @@ class MetricsLog:
         f.write(json.dumps(record) + "\n")
 
 
-def _atomic_json(path: str, obj) -> None:
+# Signals that ask a run to stop and come back later: SIGTERM is what SLURM,
+# Kubernetes and pre-emptible cloud VMs send some seconds before killing a job;
+# SIGUSR1 is the early warning SLURM sends with `--signal=USR1@<seconds>`.
+# SIGINT (Ctrl-C) is left alone: a person at the terminal wants it to stop now.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1")
+                     if hasattr(signal, name))
+
+
+class Preempted(Exception):
+  """Training stopped on a stop signal after checkpointing its last step.
+
+  `exit_code` is the shell's 128 + signal number (143 for SIGTERM), so a job
+  scheduler sees a run killed by the signal, not a finished or failed one.
+  """
+
+  def __init__(self, signum: int, step: int):
+    self.signum, self.step, self.exit_code = signum, step, 128 + signum
+    super().__init__(f"pre-empted by {signal.Signals(signum).name} at step {step}; "
+                     "checkpoint saved, rerun the same command to resume")
+
+
+class _StopSignals:
+  """While active, STOP_SIGNALS only set a flag, which the training loop reads
+  after each step: it finishes the step, checkpoints it and raises Preempted,
+  so a signal never lands in the middle of a step or a save.
+
+  Installed from the main thread only (Python allows no other); a run started
+  from another thread keeps the signals' usual effect.
+  """
+
+  def __init__(self):
+    self.signum, self._previous = None, {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for signum in STOP_SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc_info):
+    for signum, handler in self._previous.items():
+      # None: a handler installed outside Python, which cannot be put back.
+      signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+    return False
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = self.signum or signum
+
+  def requested(self, at_sync_point: bool) -> int | None:
+    """The signal to stop on, if any; with several processes, only at sync points."""
+    if jax.process_count() == 1:
+      return self.signum
+    if not at_sync_point:
+      return None
+    # All processes must stop after the same step (the others would hang in
+    # the next step's collectives) and a signal reaches hosts at different
+    # times: they agree at steps every process passes, on any one's signal.
+    from jax.experimental import multihost_utils
+    signums = multihost_utils.process_allgather(np.int32(self.signum or 0))
+    return int(np.max(signums)) or None
+
+
+def _record_step(line: str) -> float:
+  """A log line's step; inf (dropped on resume) for a line torn by a kill."""
+  try:
+    return json.loads(line)["step"] if line.endswith("\n") else float("inf")
+  except (ValueError, KeyError, TypeError):
+    return float("inf")
+
+
+def _atomic_write(path: str, write) -> None:
+  """`write(file)` into a temporary file renamed over `path`: whole or absent.
+
+  A failed write (a full disk) removes the temporary file and names `path`.
+  """
   tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      write(f)
+    os.replace(tmp, path)
+  except OSError as e:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise OSError(e.errno, f"cannot write {path!r}: {e.strerror or e}") from e
+
+
+def _atomic_json(path: str, obj) -> None:
+  _atomic_write(path, lambda f: json.dump(obj, f, indent=2))
 
 
 def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) -> dict:
@@ -112,11 +201,14 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
   state = jax.jit(init, out_shardings=state_sharding)(params, batch_stats)
 
   os.makedirs(workdir, exist_ok=True)
-  manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
+  manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints, cleanup_tmp=True)
   start_step = 0
   if existing is not None:
-    state, _ = checkpoint.restore(manager, existing, checkpoint.abstract_like(state))
-    start_step = int(state["step"])
+    try:
+      state, start_step = _restore_newest(manager, state, meta, workdir, warn=process == 0)
+    except BaseException:
+      manager.close()  # its threads would otherwise print tracebacks at exit
+      raise
   log = MetricsLog(os.path.join(workdir, METRICS_FILE), start_step, enabled=process == 0)
   if process == 0:
     _atomic_json(os.path.join(workdir, "config.json"), config.to_dict())
@@ -142,6 +234,7 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
     bad = int(state["nonfinite"])
     if bad:
       last = manager.latest_step()
+      manager.close()
       raise train_lib.TrainingDiverged(
           f"loss became NaN/inf ({bad} step(s)) before step {step}; "
           f"last good checkpoint: {'none' if last is None else f'step {last}'} in {workdir!r}")
@@ -154,27 +247,36 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
   bar = tqdm.tqdm(total=num_steps, initial=start_step, disable=process != 0,
                   desc=config.model_name, mininterval=2.0, dynamic_ncols=True)
   t_start = time.perf_counter()
-  for step in range(start_step + 1, num_steps + 1):
-    state, metrics = train_step(state, next(batches))
-    pending.append(metrics)
-    bar.update(1)
-    if step % config.log_every == 0 or step == num_steps:
-      means = {k: float(np.mean(v)) for k, v in jax.device_get(
-          jax.tree.map(lambda *xs: np.stack(xs), *pending)).items()}
-      now = time.perf_counter()
-      record = {"step": step, "train_loss": means["loss"],
-                "train_accuracy": means["accuracy"], "grad_norm": means["grad_norm"],
-                "images_per_s": len(pending) * config.batch_size / (now - t_log)}
-      pending, t_log = [], now
-      check_finite(step)
-      bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record['train_accuracy']:.3f}")
-      log.write(record)
-    if step % steps_per_epoch == 0 or step == num_steps:
-      val = evaluate(dataset.val)
-      log.write({"step": step, "epoch": step / steps_per_epoch,
-                 "val_accuracy": val["accuracy"], "val_nll": val["nll"]})
-    if step % config.checkpoint_every == 0 or step == num_steps:
-      save(step)
+  with _StopSignals() as stop_signals:
+    for step in range(start_step + 1, num_steps + 1):
+      state, metrics = train_step(state, next(batches))
+      pending.append(metrics)
+      bar.update(1)
+      # Asked before logging, so a stopping run logs the steps it trained
+      # since the last record: the log then covers every step exactly once.
+      stop = stop_signals.requested(at_sync_point=step % config.log_every == 0)
+      if step % config.log_every == 0 or step == num_steps or stop:
+        means = {k: float(np.mean(v)) for k, v in jax.device_get(
+            jax.tree.map(lambda *xs: np.stack(xs), *pending)).items()}
+        now = time.perf_counter()
+        record = {"step": step, "train_loss": means["loss"],
+                  "train_accuracy": means["accuracy"], "grad_norm": means["grad_norm"],
+                  "images_per_s": len(pending) * config.batch_size / (now - t_log)}
+        pending, t_log = [], now
+        check_finite(step)
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record['train_accuracy']:.3f}")
+        log.write(record)
+      if step % steps_per_epoch == 0 or step == num_steps:
+        val = evaluate(dataset.val)
+        log.write({"step": step, "epoch": step / steps_per_epoch,
+                   "val_accuracy": val["accuracy"], "val_nll": val["nll"]})
+      if step % config.checkpoint_every == 0 or step == num_steps or stop:
+        save(step)
+      if stop:
+        bar.close()
+        batches.close()
+        manager.close()
+        raise Preempted(stop, step)
   bar.close()
   batches.close()  # stops the prefetch thread before evaluation and exit
   train_seconds = time.perf_counter() - t_start
@@ -222,9 +324,22 @@ def _existing_checkpoint(workdir: str, meta: dict) -> int | None:
   """Latest step in `workdir` if any, after checking it fits `meta` (read-only)."""
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     return None
-  try:
-    step, saved = checkpoint.read_meta(workdir)
-  except checkpoint.CheckpointError:
+  # The newest step whose meta reads; the restore later falls back past steps
+  # whose arrays do not read. All steps unreadable is an error, not a fresh start.
+  found = checkpoint.newest_meta(workdir)
+  if found is None:
     return None
+  step, saved = found
   checkpoint.check_compatible(saved, meta, where=workdir)
   return step
+
+
+def _restore_newest(manager, state, meta: dict, workdir: str, *, warn: bool):
+  """(state, step) of the newest checkpoint that restores into `state`'s layout."""
+  step, state, _, skipped = checkpoint.restore_newest(
+      manager, checkpoint.abstract_like(state), where=workdir, expected_meta=meta)
+  if warn:
+    for bad, reason, aside in skipped:
+      print(f"warning: checkpoint step {bad} in {workdir!r} is unreadable ({reason}); "
+            f"moved it to {aside!r}, resuming from step {step}", file=sys.stderr, flush=True)
+  return state, int(state["step"])
