@@ -102,7 +102,7 @@ def run(config) -> dict:
     bank.add_member(name, evaluation.mc_dropout_logits(
         members[0].model.head, bank.features, rate=config.mc_dropout_rate,
         num_samples=config.mc_dropout_samples, seed=config.seed))
-    kernel = np.shape(members[0].model.head.kernel.value)
+    kernel = np.shape(members[0].model.head.kernel[...])
     member_flops[name] = members[0].flops + config.mc_dropout_samples * 2 * kernel[0] * kernel[1]
     extra_singles.append(name)
 
