@@ -25,11 +25,7 @@ optimizer, say) moves nothing.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
-import tempfile
-import time
 from typing import Any
 
 import jax
@@ -68,9 +64,8 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> t
 
   Raises CheckpointError when the arrays differ from what was saved.
   """
-  with _stray_reader_errors_dropped():
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
   state, meta = restored["state"], restored["meta"]
   if "checksums" in meta:  # checkpoints written before checksums existed have none
     have = checksums(state)
@@ -79,37 +74,6 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> t
       raise CheckpointError(f"checksum mismatch in {(bad or ['the list of arrays'])[0]}: "
                             "its bytes changed after the checkpoint was written")
   return state, meta
-
-
-@contextlib.contextmanager
-def _stray_reader_errors_dropped(grace_s: float = 0.5):
-  """Holds back what is printed to fd 2 during a restore; drops it if it fails.
-
-  When Orbax fails on a damaged step, tensorstore's reads of the other
-  arrays still complete and their callbacks into the event loop Orbax has
-  already closed print "Event loop is closed" tracebacks from native threads
-  (no Python hook sees them), burying the one-line error. A restore that
-  succeeds gets its output replayed unchanged.
-  """
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as held:
-    os.dup2(held.fileno(), 2)
-    failed = False
-    try:
-      yield
-    except BaseException:
-      failed = True
-      time.sleep(grace_s)  # the stray callbacks land within milliseconds
-      raise
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      if not failed:
-        held.seek(0)
-        sys.stderr.write(held.read().decode(errors="replace"))
-        sys.stderr.flush()
 
 
 @jax.jit

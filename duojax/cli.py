@@ -94,6 +94,27 @@ def quiet_libraries() -> None:
   for name in ("orbax", "orbax.checkpoint", "jax._src.xla_bridge", "jax._src.distributed"):
     logging.getLogger(name).setLevel(logging.ERROR)
   warnings.filterwarnings("ignore", message=".*jaxopt.*", category=DeprecationWarning)
+  sys.unraisablehook = _without_damaged_restore_leftovers(sys.unraisablehook)
+
+
+def _without_damaged_restore_leftovers(hook):
+  """`hook`, silent for what a failed restore of a damaged checkpoint leaves.
+
+  When Orbax fails on a damaged step, tensorstore still completes the reads
+  of the other arrays; their callbacks into the event loop Orbax has closed
+  ("Event loop is closed") and the read coroutines Orbax abandoned reach
+  sys.unraisablehook from other threads, and would bury the one-line error
+  (or the resume warning) under tracebacks. The failure itself is raised and
+  reported as usual.
+  """
+  def filtered(unraisable):
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      return
+    if "Encountered error while reading array index" in str(value):
+      return
+    hook(unraisable)
+  return filtered
 
 
 def run(main) -> None:
