@@ -15,7 +15,7 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from duojax import checkpoint, cli, data, distributed, evaluator, report, sharding, train_lib
+from duojax import checkpoint, cli, data, distributed, evaluator, files, report, sharding, train_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config (configs/*_eval.py).")
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Training workdirs: report their accuracy.")
@@ -23,21 +23,6 @@ _SPLIT = flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split for
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir (default: the training one).")
 _BATCH = flags.DEFINE_integer("batch_size", 500, "Global evaluation batch size (--workdirs).")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON file for the --workdirs results.")
-
-
-def _write_json(path, obj):
-  tmp = f"{path}.tmp"
-  try:
-    with open(tmp, "w") as f:
-      json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-  except BaseException as e:
-    # A full disk (or any failure) leaves neither the file nor its half-written temp.
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    if isinstance(e, OSError) and e.errno is not None:  # say which file, not just why
-      raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from e
-    raise
 
 
 def accuracy_of_workdirs(workdirs, split_name, data_dir, batch_size):
@@ -91,7 +76,7 @@ def main(argv):
                        "does not exist")
   results = accuracy_of_workdirs(_WORKDIRS.value, _SPLIT.value, _DATA_DIR.value, _BATCH.value)
   if _OUTPUT.value and distributed.is_main_process():
-    _write_json(_OUTPUT.value, results)
+    files.write_atomically(_OUTPUT.value, json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

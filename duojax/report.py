@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from duojax import cascade_report, hydra_report, metrics, methods as methods_lib, plots
+from duojax import cascade_report, files, hydra_report, metrics, methods as methods_lib, plots
 from duojax.evaluation import LogitsBank
 
 TEST, OOD = "test", "ood"
@@ -180,21 +179,6 @@ def markdown(results: dict) -> str:
   return "\n".join(out) + "\n"
 
 
-def _atomic_write(path: str, text: str) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-  os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are for sharing
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException as e:
-    os.unlink(tmp)
-    if isinstance(e, OSError) and e.errno is not None:  # say which file, not just why
-      raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from e
-    raise
-
-
 def write(results: dict, out_dir: str) -> dict[str, str]:
   """results.json, results.md and the plots in `out_dir`; returns their paths.
 
@@ -220,8 +204,8 @@ def _write_files(results: dict, out_dir: str) -> dict[str, str]:
   cascade_curves = results.get("cascade", {}).pop("_curves", None)
   paths = {"json": os.path.join(out_dir, "results.json"),
            "markdown": os.path.join(out_dir, "results.md")}
-  _atomic_write(paths["json"], json.dumps(results, indent=2))
-  _atomic_write(paths["markdown"], markdown(results))
+  files.write_atomically(paths["json"], json.dumps(results, indent=2))
+  files.write_atomically(paths["markdown"], markdown(results))
   if curves:
     paths["risk_coverage"] = plots.risk_coverage(
         {n: (c["coverage"], c["risk"]) for n, c in curves.items()},
@@ -280,7 +264,7 @@ def embed_in_readme(results_md: str, readme: str, *, header: str = "") -> None:
     table = f.read()
   before, rest = text.split(README_START, 1)
   _, after = rest.split(README_END, 1)
-  _atomic_write(readme, f"{before}{README_START}\n{header}{table}{README_END}{after}")
+  files.write_atomically(readme, f"{before}{README_START}\n{header}{table}{README_END}{after}")
 
 
 if __name__ == "__main__":

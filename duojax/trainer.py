@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import tqdm
 
-from duojax import checkpoint, config_lib, convert, data, hydra, sharding, train_lib
+from duojax import checkpoint, config_lib, convert, data, files, hydra, sharding, train_lib
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -45,7 +45,7 @@ class MetricsLog:
       if resume_step > 0 and os.path.exists(path):
         with open(path) as f:
           kept = [line for line in f if _record_step(line) <= resume_step]
-      _atomic_write(path, lambda f: f.writelines(kept))
+      files.write_atomically(path, "".join(kept))
 
   def write(self, record: dict) -> None:
     if self.enabled:
@@ -124,24 +124,8 @@ def _record_step(line: str) -> float:
     return float("inf")
 
 
-def _atomic_write(path: str, write) -> None:
-  """`write(file)` into a temporary file renamed over `path`: whole or absent.
-
-  A failed write (a full disk) removes the temporary file and names `path`.
-  """
-  tmp = path + ".tmp"
-  try:
-    with open(tmp, "w") as f:
-      write(f)
-    os.replace(tmp, path)
-  except OSError as e:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise OSError(e.errno, f"cannot write {path!r}: {e.strerror or e}") from e
-
-
 def _atomic_json(path: str, obj) -> None:
-  _atomic_write(path, lambda f: json.dump(obj, f, indent=2))
+  files.write_atomically(path, json.dumps(obj, indent=2))
 
 
 def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) -> dict:

@@ -231,20 +231,34 @@ def test_cli_evaluate_output_file_under_a_regular_file(tmp_path, cnn_workdir):
 # Runs evaluate.py with a disk that fills up while --output is written: the
 # first bytes reach the temporary file, then the write fails with ENOSPC.
 _FULL_DISK = """
-import errno, json, runpy, sys
+import errno, os, runpy, sys
 
-real_dump = json.dump
-
-
-def full_disk(obj, fp, **kwargs):
-  if not getattr(fp, "name", "").endswith("eval.json.tmp"):
-    return real_dump(obj, fp, **kwargs)
-  fp.write('{"partial": ')
-  fp.flush()
-  raise OSError(errno.ENOSPC, "No space left on device")
+real_fdopen = os.fdopen
 
 
-json.dump = full_disk
+class FullDisk:
+  def __init__(self, f):
+    self.f = f
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.f.close()
+
+  def write(self, text):
+    self.f.write(text[:12])
+    self.f.flush()
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def full_disk(fd, *args, **kwargs):
+  f = real_fdopen(fd, *args, **kwargs)
+  # Only the output file's temporary copy (see duojax.files) hits the full disk.
+  return FullDisk(f) if os.readlink(f"/proc/self/fd/{fd}").endswith("eval.json") else f
+
+
+os.fdopen = full_disk
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
