@@ -1,6 +1,8 @@
 """Small synthetic stand-ins for the embedded data, built by the real builder."""
 
+import errno
 import gzip
+import os
 import struct
 
 import numpy as np
@@ -61,3 +63,21 @@ def prepare_five_class_blocks(data_dir, n_train=300, n_test=100):
   FiveClassBlocks(data_dir=data_dir, file_format="array_record").download_and_prepare(
       download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return data_dir
+
+
+class FullDisk:
+  """A file whose writes fail with ENOSPC after a few bytes, as on a full disk."""
+
+  def __init__(self, f):
+    self.f = f
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.f.close()
+
+  def write(self, text):
+    self.f.write(text[:8])
+    self.f.flush()
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

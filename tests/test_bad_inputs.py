@@ -231,31 +231,18 @@ def test_cli_evaluate_output_file_under_a_regular_file(tmp_path, cnn_workdir):
 # Runs evaluate.py with a disk that fills up while --output is written: the
 # first bytes reach the temporary file, then the write fails with ENOSPC.
 _FULL_DISK = """
-import errno, os, runpy, sys
+import os, runpy, sys
+
+sys.path.insert(0, {tests!r})
+from fakes import FullDisk
 
 real_fdopen = os.fdopen
-
-
-class FullDisk:
-  def __init__(self, f):
-    self.f = f
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.f.close()
-
-  def write(self, text):
-    self.f.write(text[:12])
-    self.f.flush()
-    raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def full_disk(fd, *args, **kwargs):
   f = real_fdopen(fd, *args, **kwargs)
   # Only the output file's temporary copy (see duojax.files) hits the full disk.
-  return FullDisk(f) if os.readlink(f"/proc/self/fd/{fd}").endswith("eval.json") else f
+  return FullDisk(f) if os.readlink(f"/proc/self/fd/{{fd}}").endswith("eval.json") else f
 
 
 os.fdopen = full_disk
@@ -266,7 +253,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def test_cli_evaluate_full_disk_leaves_no_partial_output(tmp_path, cnn_workdir):
   wrapper = tmp_path / "full_disk.py"
-  wrapper.write_text(_FULL_DISK)
+  wrapper.write_text(_FULL_DISK.format(tests=os.path.dirname(os.path.abspath(__file__))))
   out = tmp_path / "eval.json"
   result = _run(str(wrapper), os.path.join(ROOT, "evaluate.py"), f"--workdirs={cnn_workdir}",
                 "--split=val", f"--output={out}")
@@ -320,24 +307,6 @@ def test_corrupt_cache_file_is_named(tmp_path, learnable_data_dir, cache_file, g
   assert data.load_dataset("fashion_mnist", copy, val_size=100).num_classes == 10
 
 
-class _FullDisk:
-  """A file whose writes fail with ENOSPC after a few bytes, as on a full disk."""
-
-  def __init__(self, f):
-    self.f = f
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.f.close()
-
-  def write(self, text):
-    self.f.write(text[:8])
-    self.f.flush()
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
 _MINIMAL_RESULTS = {"methods": {}, "reference": report.REFERENCE, "large_flops": 1e6}
 
 
@@ -348,7 +317,7 @@ def test_results_on_a_full_disk_leave_no_partial_output(tmp_path, monkeypatch, f
   def fdopen(fd, mode):
     calls.append(fd)
     f = real_fdopen(fd, mode)
-    return _FullDisk(f) if len(calls) == fail_on_write else f
+    return fakes.FullDisk(f) if len(calls) == fail_on_write else f
 
   monkeypatch.setattr(report.os, "fdopen", fdopen)
   out = tmp_path / "new" / "results"
