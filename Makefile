@@ -9,7 +9,7 @@ RUNS ?= runs/demo
 GATEKEEPER_ALPHAS ?= 0.1 0.3 0.5 0.7 0.9
 HYDRA_MEMBERS ?= 3
 
-.PHONY: install data demo test bench clean-demo
+.PHONY: install data demo test test-fast bench clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 data: $(STAMP)
-	$(PY) -m duojax.datasets $(DATA_DIR)
+	$(PY) -m duojax.data $(DATA_DIR)
 
 # The demo: a large model, a sidekick, Gatekeeper fine-tunes of the sidekick
 # (the alpha sweep of configs/gatekeeper.py), one more large model (2-member
@@ -49,11 +49,15 @@ demo: data
 	  done; \
 	fi; \
 	$(PY) evaluate.py --config "configs/demo_eval.py:runs=$(RUNS),gatekeeper=$(GATEKEEPER_ALPHAS),hydra=$(HYDRA_MEMBERS)"; \
-	$(PY) -m duojax.report --embed $(RUNS)/results/results.md README.md; \
+	$(PY) -m duojax.eval.render --embed $(RUNS)/results/results.md README.md; \
 	echo "demo finished in $$((SECONDS - start)) s after install; results in $(RUNS)/results/, README.md updated"
 
+# Everything (what CI runs), and the inner-loop tier without the tests marked slow.
 test: $(STAMP)
 	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 # Speed benchmarks: each script rewrites its own sections of BENCHMARKS.md
 # (about 45 minutes on a 2-core CPU; run it on an otherwise idle machine).

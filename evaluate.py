@@ -15,7 +15,10 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from duojax import checkpoint, cli, data, distributed, evaluator, files, report, sharding, train_lib
+from duojax import cli, config_lib, files
+from duojax.eval import outputs, pipeline, render
+from duojax.eval.accuracy import accuracy_of_workdirs
+from duojax.parallel import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config (configs/*_eval.py).")
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Training workdirs: report their accuracy.")
@@ -25,42 +28,22 @@ _BATCH = flags.DEFINE_integer("batch_size", 500, "Global evaluation batch size (
 _OUTPUT = flags.DEFINE_string("output", None, "JSON file for the --workdirs results.")
 
 
-def accuracy_of_workdirs(workdirs, split_name, data_dir, batch_size):
-  mesh = sharding.make_mesh()
-  results = {}
-  for workdir in workdirs:
-    model, meta = checkpoint.load_model(workdir, sharding=sharding.replicated(mesh))
-    config = meta["config"]
-    dataset = data.load_dataset(config["dataset"], data_dir or config["data_dir"],
-                                val_size=config["val_size"], split_seed=config["split_seed"])
-    checkpoint.check_fits_data(meta, dataset.image_shape, dataset.num_classes, where=workdir)
-    graphdef, params, batch_stats = train_lib.split_model(model)
-    eval_step = train_lib.make_eval_step(graphdef, mesh=mesh)
-    batches = data.eval_batches(getattr(dataset, split_name), global_batch_size=batch_size,
-                                mean=dataset.mean, std=dataset.std,
-                                sharding=sharding.batch_sharding(mesh))
-    result = train_lib.evaluate_batches(eval_step, params, batch_stats, batches)
-    results[workdir] = {"model_name": meta["model_name"], "step": meta["step"], **result}
-    if distributed.is_main_process():
-      print(f"{workdir}: {meta['model_name']} step {meta['step']}: {split_name} accuracy "
-            f"{result['accuracy']:.4f}, NLL {result['nll']:.4f} ({result['count']} images)")
-  return results
-
-
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
   if (_CONFIG.value is None) == (_WORKDIRS.value is None):
     raise ValueError("give exactly one of --config (full evaluation) or --workdirs (accuracy)")
   if _CONFIG.value is not None:
-    config = _CONFIG.value
+    config = config_lib.complete_eval_config(_CONFIG.value)
+    config_lib.validate_eval(config)
     # Checked before the evaluation, which can take hours, rather than after it.
     cli.check_output_dir(config.output_dir, "config.output_dir")
-    results = evaluator.run(config)
+    sections = pipeline.active_sections(config)
+    results = pipeline.run(config)
     if not distributed.is_main_process():  # every process computed the same results
       return
-    paths = report.write(results, config.output_dir)
-    print(report.markdown(results))
+    paths = outputs.write(results, config.output_dir, sections)
+    print(render.markdown(results, sections))
     print(f"results: {paths['json']}, {paths['markdown']} and plots in {config.output_dir}")
     return
   if _BATCH.value <= 0:

@@ -14,7 +14,9 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from duojax import cli, distributed, trainer
+from duojax import cli
+from duojax.parallel import distributed
+from duojax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
                                           lock_config=True)
@@ -29,9 +31,9 @@ def main(argv):
   # Before loading data and building the model: a typo'd path fails at once.
   cli.check_output_dir(_WORKDIR.value, "--workdir")
   try:
-    summary = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+    summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                          require_resume=_RESUME.value)
-  except trainer.Preempted as e:
+  except loop.Preempted as e:
     # Not "error:": nothing is wrong, the job just has to be run again.
     print(e, file=sys.stderr, flush=True)
     sys.exit(e.exit_code)

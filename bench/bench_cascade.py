@@ -5,7 +5,7 @@
 Section `cascade`: for the demo pair (ResNet-14 + cnn_xs on 28×28×1 images,
 evaluate.py's batch of 500) and deferral ratios r from 0 to 1, the wall time
 per batch of
-  * the duo cascade (`duojax.cascade_forward`): the sidekick on every row, the
+  * the duo cascade (`duojax.cascade.forward`): the sidekick on every row, the
     large model only on the deferred rows, padded to a bucket size;
   * the always-on duo (`duo.make_fused_forward` + combine + confidence, one
     jitted program, as evaluate.py runs it);
@@ -38,7 +38,9 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
-from duojax import cascade_forward, duo, models  # noqa: E402
+from duojax import models  # noqa: E402
+from duojax.cascade import forward as cascade_forward  # noqa: E402
+from duojax.core import duo  # noqa: E402
 
 # (label, large (name, overrides), sidekick (name, overrides), image shape HWC, classes)
 PAIRS = {

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
-from duojax import duo, models  # noqa: E402
+from duojax import models  # noqa: E402
+from duojax.core import duo  # noqa: E402
 
 # (label, large (name, overrides), sidekick (name, overrides), image shape HWC, batch)
 PAIRS = {

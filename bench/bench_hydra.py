@@ -25,7 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
-from duojax import duo, hydra, models, train_lib  # noqa: E402
+from duojax import hydra, models  # noqa: E402
+from duojax.core import duo  # noqa: E402
+from duojax.models import functional  # noqa: E402
 
 # key -> (label, model name, overrides, image shape HWC, classes, batch)
 VITS = {
@@ -39,7 +41,7 @@ VITS = {
 
 
 def _params(model) -> int:
-  return train_lib.count_params(train_lib.split_model(model)[1])
+  return functional.count_params(functional.split_model(model)[1])
 
 
 def _time(models_, images, repeats):

@@ -51,7 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 from bench_temperature import synthetic_duo  # noqa: E402
 
-from duojax import duo, metrics, models, temperature  # noqa: E402
+from duojax import models  # noqa: E402
+from duojax.core import duo, metrics, temperature  # noqa: E402
 
 SUITE_WEIGHTS = (0.4, 0.3)  # near-calibrated for synthetic_duo
 TARGET_S, TARGET_SPEEDUP = 1.0, 10.0

@@ -32,7 +32,7 @@ from scipy import optimize
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
-from duojax import temperature  # noqa: E402
+from duojax.core import temperature  # noqa: E402
 
 
 def synthetic_duo(n: int, c: int, seed: int = 0):

@@ -10,7 +10,7 @@ bfloat16.
     bfloat16 path), as one `jax.jit` of `nnx.merge(graphdef, state)(x)`. It is
     lowered and compiled ahead of time; that wall time is "JAX compile s", and
     XLA's cost analysis of that same executable gives the FLOP count behind
-    "XLA GFLOP/s" (flop count / median time). (`train_lib.flops_per_image`
+    "XLA GFLOP/s" (flop count / median time). (`duojax.models.functional.flops_per_image`
     would compile a second, batch-8 program; the timed one is counted here.)
   * PyTorch eager: the `torch_models.py` twin (same layers, same parameter
     count) under `torch.inference_mode()` and `model.eval()`; convnets are
@@ -23,8 +23,8 @@ bfloat16.
 The ratio is JAX img/s over the best PyTorch img/s (eager or compiled).
 
 Section `torch_train`: training-step throughput in float32 with batch-norm
-batch statistics. JAX runs duojax's real step (`train_lib.make_train_step`
-on a 1-device mesh, state donated, with `train_lib.make_optimizer` of the
+batch statistics. JAX runs duojax's real step (`duojax.train.steps.make_train_step`
+on a 1-device mesh, state donated, with `duojax.train.optim.make_optimizer` of the
 default config: AdamW lr 1e-3, weight decay 5e-4 on kernels only, gradient
 clipping at global norm 1.0); PyTorch runs the eager equivalent: forward,
 cross-entropy, backward, `clip_grad_norm_`, `torch.optim.AdamW` with the same
@@ -197,16 +197,19 @@ def jax_train(name: str, shape, batch: int, classes: int, repeats: int):
   import jax.numpy as jnp
   import numpy as np
 
-  from duojax import config_lib, sharding, train_lib
+  from duojax import config_lib
+  from duojax.models import functional, spec
+  from duojax.parallel import sharding
+  from duojax.train import optim, steps
   config = config_lib.base_config()
-  optimizer = train_lib.make_optimizer(config, num_steps=10_000)
-  model = train_lib.build_model(name, {}, classes, tuple(shape), seed=0)
-  graphdef, params, batch_stats = train_lib.split_model(model)
+  optimizer = optim.make_optimizer(config, num_steps=10_000)
+  model = spec.build_model(name, {}, classes, tuple(shape), seed=0)
+  graphdef, params, batch_stats = functional.split_model(model)
   mesh = sharding.make_mesh(1)
-  state = jax.device_put(train_lib.init_state(params, batch_stats, optimizer),
+  state = jax.device_put(steps.init_state(params, batch_stats, optimizer),
                          sharding.replicated(mesh))
-  step = train_lib.make_train_step(graphdef, optimizer, mesh=mesh, seed=0,
-                                   label_smoothing=config.label_smoothing)
+  step = steps.make_train_step(graphdef, optimizer, mesh=mesh, seed=0,
+                               label_smoothing=config.label_smoothing)
   rng = np.random.default_rng(0)
   data = {"image": jnp.asarray(rng.standard_normal((batch, *shape), np.float32)),
           "label": jnp.asarray(rng.integers(0, classes, batch, np.int32))}
@@ -269,7 +272,7 @@ def train_section(configs: dict, classes: int, repeats: int, batch_override: int
                             "JAX / PyTorch", "JAX compile s"], rows)
   return (f"{table}\n\nOne optimizer step per call, float32, {classes} classes, batch-norm "
           f"batch statistics, median of {repeats} timed steps after a warm-up (JAX: compiling) "
-          "step. JAX: `train_lib.make_train_step` with the default config's AdamW and "
+          "step. JAX: `steps.make_train_step` with the default config's AdamW and "
           "gradient clipping; PyTorch: eager forward + cross-entropy + backward + "
           "`clip_grad_norm_` + `AdamW.step()`. Models without dropout on both sides.")
 
@@ -290,7 +293,7 @@ def main(argv=None) -> int:
   parser.add_argument("--classes", type=int, default=1000, help="eval classes")
   parser.add_argument("--dtypes", default="auto",
                       help="comma list of float32, bfloat16; auto: bfloat16 only on CPUs with "
-                           "native bfloat16 matmuls (AMX or AVX-512 BF16)")
+                      "native bfloat16 matmuls (AMX or AVX-512 BF16)")
   parser.add_argument("--train-models", default=",".join(TRAIN), help=f"subset of {list(TRAIN)}")
   parser.add_argument("--train-batch", type=int, default=None,
                       help="one batch size for every train model (default: the table's)")

@@ -12,15 +12,12 @@ the Gatekeeper fine-tunes gatekeeper_0.1 and gatekeeper_0.5 (`configs/gatekeeper
 ensemble of vit, vit_seed1 .. vit_seed{M-1} (`configs/demo_vit.py`; 0 for none).
 """
 
-import ml_collections
-
-
 def get_config(arg=None):
   from duojax import config_lib
 
   arg = config_lib.parse_arg(arg, runs="runs/demo", ensemble=1, soups=2,
                              gatekeeper="0.1 0.3 0.5 0.7 0.9", hydra=3)
-  c = ml_collections.ConfigDict()
+  c = config_lib.base_eval_config()
   c.large = f"{arg.runs}/large"
   c.sidekick = f"{arg.runs}/sidekick"
   # Extra independently trained large models (deep ensembles m = 2..1+k).
@@ -31,7 +28,7 @@ def get_config(arg=None):
   # section: deferral quality of each, and cascades into the large model and
   # into the duo. "" for none (and no cascade section without a sidekick).
   c.gatekeeper = ",".join(f"{arg.runs}/gatekeeper_{a}" for a in arg.gatekeeper.split())
-  c.cascade = True              # the cascade section (needs a sidekick)
+  c.cascade = True
   # Hydra ensembles (duojax.hydra): member workdirs, merged into one model
   # per MLP mode ("grouped": exact; "average": one shared MLP, cheaper), the
   # ViT they were pruned from ("" = their prune_from) and extra full ViTs for
@@ -45,11 +42,5 @@ def get_config(arg=None):
   c.ood = "mnist"               # "" for none
   c.shifts = "gaussian_noise,blur,rotation,contrast"
   c.shift_max_images = 1000     # per (corruption, severity), a seeded subset of test
-  c.data_dir = ""               # "" = the large model's training data_dir
   c.output_dir = f"{arg.runs}/results"
-  c.batch_size = 500
-  c.solver = "jaxopt"           # or "optax"
-  c.bootstrap = 200             # paired bootstrap rounds for the Δ-vs-large+TS table
-  c.num_devices = -1
-  c.seed = 0
   return c

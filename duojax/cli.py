@@ -10,13 +10,8 @@ import warnings
 
 from absl import app, flags
 
-from duojax import checkpoint, config_lib, data, distributed, train_lib
-
-# Errors a user can cause with their input; anything else is a bug and keeps
-# its traceback.
-USER_ERRORS = (config_lib.ConfigError, data.DataError, checkpoint.CheckpointError,
-               train_lib.TrainingDiverged, distributed.DistributedError, ValueError,
-               FileNotFoundError, PermissionError, OSError)
+from duojax.errors import USER_ERRORS
+from duojax.parallel import distributed
 
 # Multi-process settings shared by train.py and evaluate.py (duojax.distributed).
 _DISTRIBUTED = flags.DEFINE_enum(

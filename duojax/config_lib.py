@@ -1,17 +1,21 @@
-"""Shared configuration pieces: defaults, `get_config(arg)` parsing, validation.
+"""Config schemas: training (`base_config`) and evaluation (`base_eval_config`).
 
 Experiment configs live in `configs/*.py` (one file per experiment, big_vision
-style). They start from `base_config()` and change what differs, so every
-config has the same keys and a typo on the command line is an error.
+style). They start from a base and change what differs, so every config has
+the same keys, a typo on the command line is an error, and `validate` /
+`validate_eval` reject values that cannot work before anything runs. Also
+the `configs/x.py:key=value` argument parser the config files share.
+
+This module imports nothing of duojax but its errors (config files import it
+before anything heavy); where it checks names that live elsewhere (solvers,
+shifts, layouts, sections) it mirrors them, and a test keeps the mirrors equal.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-  """A configuration value that cannot work; the message is one line."""
+from duojax.errors import ConfigError  # noqa: F401  (raised here; re-exported)
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -187,3 +191,116 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def augmentations(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(a.strip() for a in config.augment.split(",") if a.strip())
+
+
+# ----------------------------------------------------------------------------
+# Evaluation.
+
+# Mirrors duojax.core.temperature.SOLVERS, duojax.data.shifts.SHIFTS,
+# duojax.hydra.MLP_MODES and the modules of duojax.eval.sections.
+_SOLVERS = ("jaxopt", "optax")
+_SHIFTS = ("gaussian_noise", "blur", "rotation", "contrast")
+_HYDRA_MLPS = ("grouped", "average")
+_SECTIONS = ("cascade", "hydra", "methods", "paired")
+_OOD_SETS = ("mnist",)
+
+
+def base_eval_config() -> ml_collections.ConfigDict:
+  """Every key of an evaluation config (`evaluate.py --config`), with its default."""
+  c = ml_collections.ConfigDict()
+  # Members: training workdirs. The large model and the sidekick form the duo;
+  # `ensemble` lists more independently trained large models (deep ensembles
+  # m = 2..1+k), `soup_ingredients` short fine-tunes of the large model
+  # (uniform and greedy soups). Comma-separated lists; "" for none.
+  c.large = ""
+  c.sidekick = ""
+  c.ensemble = ""
+  c.soup_ingredients = ""
+  # The report's sections, in order (duojax/eval/sections/): every method's
+  # scores, the paired bootstrap against large+TS, cascades, Hydra ensembles.
+  # A listed section runs when the keys below give it its inputs.
+  c.sections = "methods,paired,cascade,hydra"
+  # Cascades (needs a sidekick): the untuned sidekick and the Gatekeeper
+  # fine-tunes in `gatekeeper` as gates into the large model and the duo.
+  c.cascade = False
+  c.gatekeeper = ""
+  # Hydra ensembles: member workdirs (configs/hydra_member.py), the ViT they
+  # were pruned from ("" = their prune_from), extra full ViTs for the deep
+  # ensemble they are compared with, and the merge modes ("grouped": exact;
+  # "average": one shared MLP per layer, cheaper).
+  c.hydra = ""
+  c.hydra_vit = ""
+  c.hydra_ensemble = ""
+  c.hydra_mlp = "grouped"
+  # MC dropout on the large model's pre-logits: samples (0 disables) and rate.
+  c.mc_dropout_samples = 0
+  c.mc_dropout_rate = 0.1
+  # Extra splits: the OOD set ("" for none) and corruptions of the test split
+  # at severities 1-5, on a seeded subset of at most shift_max_images images.
+  c.ood = ""
+  c.shifts = ""
+  c.shift_max_images = 1000
+  c.data_dir = ""               # "" = the large model's training data_dir
+  c.output_dir = "results"
+  c.batch_size = 500            # global, split over the devices
+  c.solver = "jaxopt"           # L-BFGS for temperatures and duo weights; or "optax"
+  c.bootstrap = 200             # paired bootstrap rounds (0: no paired section)
+  c.num_devices = -1
+  c.seed = 0
+  return c
+
+
+def complete_eval_config(config) -> ml_collections.ConfigDict:
+  """`config` with every key of `base_eval_config` its file left out at its default.
+
+  Evaluation config files written before the schema existed keep working;
+  a key the schema does not know is a typo and an error.
+  """
+  base = base_eval_config()
+  unknown = sorted(set(config.keys()) - set(base.keys()))
+  if unknown:
+    raise ConfigError(f"unknown evaluation config key {unknown[0]!r}; valid: "
+                      f"{', '.join(sorted(base.keys()))}")
+  base.update(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+  return base
+
+
+def validate_eval(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError (one line) for evaluation settings that cannot work."""
+  def need(condition, message):
+    if not condition:
+      raise ConfigError(message)
+
+  def items(key):
+    return [v.strip() for v in config[key].split(",") if v.strip()]
+
+  need(config.large, "config.large must name the large model's training workdir")
+  need(config.solver in _SOLVERS,
+       f"config.solver={config.solver!r}; valid: {', '.join(_SOLVERS)}")
+  need(config.batch_size > 0, f"config.batch_size must be > 0, got {config.batch_size}")
+  need(config.bootstrap >= 0, f"config.bootstrap must be >= 0, got {config.bootstrap}")
+  need(config.shift_max_images > 0,
+       f"config.shift_max_images must be > 0, got {config.shift_max_images}")
+  need(config.mc_dropout_samples >= 0,
+       f"config.mc_dropout_samples must be >= 0, got {config.mc_dropout_samples}")
+  need(0.0 < config.mc_dropout_rate < 1.0,
+       f"config.mc_dropout_rate must be in (0, 1), got {config.mc_dropout_rate}")
+  need(config.ood in ("", *_OOD_SETS),
+       f"config.ood={config.ood!r}; the embedded OOD set is 'mnist' ('' for none)")
+  unknown = sorted(set(items("shifts")) - set(_SHIFTS))
+  need(not unknown, f"config.shifts has unknown {unknown}; valid: {', '.join(_SHIFTS)}")
+  mlps = items("hydra_mlp")
+  need(mlps and not set(mlps) - set(_HYDRA_MLPS),
+       f"config.hydra_mlp={config.hydra_mlp!r}; valid: a comma list of "
+       f"{', '.join(_HYDRA_MLPS)}")
+  sections = items("sections")
+  unknown = [s for s in sections if s not in _SECTIONS]
+  need(not unknown, f"config.sections has unknown {unknown}; valid: {', '.join(_SECTIONS)}")
+  need(len(set(sections)) == len(sections), f"config.sections lists a section twice: "
+       f"{config.sections!r}")
+  need("hydra" not in sections or ("methods" in sections and
+                                   sections.index("methods") < sections.index("hydra")),
+       "config.sections: 'hydra' reads the scores of 'methods', which must come before it")
+  need(not (items("gatekeeper") and not config.sidekick),
+       "config.gatekeeper: Gatekeeper sidekicks are compared with the untuned "
+       "config.sidekick, which is empty")

@@ -1,10 +1,10 @@
 import pytest
 
-import fakes
+import helpers
 
 
 @pytest.fixture(scope="session")
 def learnable_data_dir(tmp_path_factory):
   """A prepared 'fashion_mnist' (600 train / 200 test) that a tiny model can learn."""
-  return fakes.prepare_learnable_fashion_mnist(tmp_path_factory.mktemp("idx"),
+  return helpers.prepare_learnable_fashion_mnist(tmp_path_factory.mktemp("idx"),
                                                tmp_path_factory.mktemp("tfds"))

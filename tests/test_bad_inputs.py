@@ -12,23 +12,26 @@ import errno
 import os
 import shutil
 import stat
-import textwrap
 
 import jax
 import numpy as np
 import pytest
 
-import fakes
-from duojax import cascade, checkpoint, config_lib, data, duo, metrics, report, temperature, trainer
-from test_trainer import ROOT, _assert_one_line_error, _run, _train_args
-from test_trainer import _tiny_config as _trainer_config
+from duojax import cascade, config_lib, data
+from duojax.core import duo, metrics, temperature
+from duojax.eval import outputs
+from duojax.eval import sections as eval_sections
+from duojax.train import checkpoint, loop
+
+import helpers
+from helpers import ROOT, assert_one_line_error, cli_train_args, run_script, tiny_train_config
 
 
 def _tiny_config(data_dir, **overrides):
-  """test_trainer's tiny run as a 4-step cnn_xs without augmentation."""
-  config = _trainer_config(data_dir, **{"model_name": "cnn_xs", "total_steps": 4,
-                                        "warmup_steps": 1, "eval_batch_size": 100,
-                                        "augment": "", **overrides})
+  """The shared tiny run as a 4-step cnn_xs without augmentation."""
+  config = tiny_train_config(data_dir, **{"model_name": "cnn_xs", "total_steps": 4,
+                                          "warmup_steps": 1, "eval_batch_size": 100,
+                                          "augment": "", **overrides})
   config.model.width = None  # a resnet8 override there; cnn_xs has no width
   return config
 
@@ -37,17 +40,17 @@ def _tiny_config(data_dir, **overrides):
 def cnn_workdir(tmp_path_factory, learnable_data_dir):
   """A 10-class cnn_xs, trained for a few steps (in-process: no CLI start-up)."""
   workdir = tmp_path_factory.mktemp("bad_inputs") / "cnn"
-  trainer.train_and_evaluate(_tiny_config(learnable_data_dir), str(workdir))
+  loop.train_and_evaluate(_tiny_config(learnable_data_dir), str(workdir))
   return workdir
 
 
 @pytest.fixture(scope="module")
 def five_class_workdir(tmp_path_factory):
   """The same architecture trained on a dataset of 5 classes: another label set."""
-  data_dir = fakes.prepare_five_class_blocks(tmp_path_factory.mktemp("five_tfds"))
+  data_dir = helpers.prepare_five_class_blocks(tmp_path_factory.mktemp("five_tfds"))
   workdir = tmp_path_factory.mktemp("bad_inputs") / "five"
-  trainer.train_and_evaluate(_tiny_config(data_dir, dataset="five_class_blocks", val_size=50),
-                             str(workdir))
+  loop.train_and_evaluate(_tiny_config(data_dir, dataset="five_class_blocks", val_size=50),
+                          str(workdir))
   return workdir
 
 
@@ -90,8 +93,8 @@ def test_cli_train_damaged_array_record_shard(tmp_path, learnable_data_dir):
   [shard] = version.glob("*-train.array_record-*")
   shard.write_bytes(os.urandom(1000))
   workdir = tmp_path / "run"
-  result = _run("train.py", *_train_args(copy, workdir))
-  _assert_one_line_error(result, 1, "cannot read the prepared data in")
+  result = run_script("train.py", *cli_train_args(copy, workdir))
+  assert_one_line_error(result, 1, "cannot read the prepared data in")
   assert "delete the folder and prepare the dataset again" in result.stderr
   assert not workdir.exists()
 
@@ -101,8 +104,8 @@ def test_cli_train_damaged_dataset_metadata(tmp_path, learnable_data_dir):
   (version / "dataset_info.json").write_text("{")
   before = _snapshot(copy)
   workdir = tmp_path / "run"
-  result = _run("train.py", *_train_args(copy, workdir))
-  _assert_one_line_error(result, 1, "dataset 'fashion_mnist' in")
+  result = run_script("train.py", *cli_train_args(copy, workdir))
+  assert_one_line_error(result, 1, "dataset 'fashion_mnist' in")
   assert "has unreadable metadata" in result.stderr
   assert not workdir.exists()
   assert _snapshot(copy) == before  # nothing "repaired" behind the user's back
@@ -110,8 +113,9 @@ def test_cli_train_damaged_dataset_metadata(tmp_path, learnable_data_dir):
 
 def test_cli_train_val_split_that_leaves_no_training_data(tmp_path, learnable_data_dir):
   workdir = tmp_path / "run"
-  result = _run("train.py", *_train_args(learnable_data_dir, workdir, "--config.val_size=600"))
-  _assert_one_line_error(result, 1, "val_size=600 must be in [1, 599] for the 600 training")
+  result = run_script("train.py",
+                      *cli_train_args(learnable_data_dir, workdir, "--config.val_size=600"))
+  assert_one_line_error(result, 1, "val_size=600 must be in [1, 599] for the 600 training")
   assert not workdir.exists()
 
 
@@ -119,11 +123,11 @@ def test_cli_train_workdir_under_a_regular_file(tmp_path, learnable_data_dir):
   # Stands in for an unwritable location where tests run as root (chmod binds no root).
   blocker = tmp_path / "a_file"
   blocker.write_text("not a folder")
-  result = _run("train.py", *_train_args(learnable_data_dir, blocker / "run"))
-  _assert_one_line_error(result, 1, f"cannot be created: '{blocker}' is a file, not a directory")
+  result = run_script("train.py", *cli_train_args(learnable_data_dir, blocker / "run"))
+  assert_one_line_error(result, 1, f"cannot be created: '{blocker}' is a file, not a directory")
   assert blocker.read_text() == "not a folder"
-  result = _run("train.py", *_train_args(learnable_data_dir, blocker))
-  _assert_one_line_error(result, 1, f"--workdir '{blocker}' is a file, not a directory")
+  result = run_script("train.py", *cli_train_args(learnable_data_dir, blocker))
+  assert_one_line_error(result, 1, f"--workdir '{blocker}' is a file, not a directory")
   assert blocker.read_text() == "not a folder"
 
 
@@ -133,8 +137,8 @@ def test_cli_train_workdir_in_a_read_only_folder(tmp_path, learnable_data_dir):
   parent.mkdir()
   parent.chmod(stat.S_IRUSR | stat.S_IXUSR)  # 0o500
   try:
-    result = _run("train.py", *_train_args(learnable_data_dir, parent / "run"))
-    _assert_one_line_error(result, 1, f"'{parent}' is not writable")
+    result = run_script("train.py", *cli_train_args(learnable_data_dir, parent / "run"))
+    assert_one_line_error(result, 1, f"'{parent}' is not writable")
     assert list(parent.iterdir()) == []
   finally:
     parent.chmod(0o700)
@@ -142,16 +146,18 @@ def test_cli_train_workdir_in_a_read_only_folder(tmp_path, learnable_data_dir):
 
 def test_cli_train_config_argument_typo_is_one_line_without_traceback(tmp_path):
   workdir = tmp_path / "run"
-  result = _run("train.py", "--config", os.path.join(ROOT, "configs/fashion_mnist.py:modle=cnn_xs"),
-                f"--workdir={workdir}")
-  _assert_one_line_error(result, 2, "unknown config argument 'modle'; valid: ")
+  result = run_script("train.py", "--config",
+                      os.path.join(ROOT, "configs/fashion_mnist.py:modle=cnn_xs"),
+                      f"--workdir={workdir}")
+  assert_one_line_error(result, 2, "unknown config argument 'modle'; valid: ")
   assert not workdir.exists()
 
 
 def test_cli_train_more_devices_than_exist(tmp_path, learnable_data_dir):
   workdir = tmp_path / "run"
-  result = _run("train.py", *_train_args(learnable_data_dir, workdir, "--config.num_devices=4096"))
-  _assert_one_line_error(result, 1, "num_devices=4096 but ")
+  result = run_script("train.py",
+                      *cli_train_args(learnable_data_dir, workdir, "--config.num_devices=4096"))
+  assert_one_line_error(result, 1, "num_devices=4096 but ")
   assert not workdir.exists()
 
 
@@ -190,12 +196,12 @@ def _eval_config(tmp_path, large, sidekick, output):
 
 
 def test_cli_evaluate_duo_of_models_with_different_class_counts(tmp_path, cnn_workdir,
-                                                                  five_class_workdir):
+                                                                five_class_workdir):
   out = tmp_path / "results"
   before = _snapshot(five_class_workdir)
-  result = _run("evaluate.py", "--config", _eval_config(tmp_path, cnn_workdir,
-                                                        five_class_workdir, out))
-  _assert_one_line_error(result, 1, "members disagree on num_classes: 'large' has 10, "
+  result = run_script("evaluate.py", "--config", _eval_config(tmp_path, cnn_workdir,
+                                                              five_class_workdir, out))
+  assert_one_line_error(result, 1, "members disagree on num_classes: 'large' has 10, "
                                     "'sidekick' has 5")
   assert not out.exists()
   assert _snapshot(five_class_workdir) == before
@@ -204,18 +210,18 @@ def test_cli_evaluate_duo_of_models_with_different_class_counts(tmp_path, cnn_wo
 def test_cli_evaluate_output_dir_under_a_regular_file(tmp_path, cnn_workdir):
   blocker = tmp_path / "a_file"
   blocker.write_text("x")
-  result = _run("evaluate.py", "--config",
-                _eval_config(tmp_path, cnn_workdir, cnn_workdir, blocker / "results"))
-  _assert_one_line_error(result, 1, f"config.output_dir '{blocker / 'results'}' cannot be "
+  result = run_script("evaluate.py", "--config",
+                      _eval_config(tmp_path, cnn_workdir, cnn_workdir, blocker / "results"))
+  assert_one_line_error(result, 1, f"config.output_dir '{blocker / 'results'}' cannot be "
                                     f"created: '{blocker}' is a file, not a directory")
   assert blocker.read_text() == "x"
 
 
 def test_cli_evaluate_unknown_config_key_is_one_line(tmp_path, cnn_workdir):
-  result = _run("evaluate.py", "--config",
-                _eval_config(tmp_path, cnn_workdir, cnn_workdir, tmp_path / "results"),
-                "--config.solverr=optax")
-  _assert_one_line_error(result, 2, "unknown key 'solverr'")
+  result = run_script("evaluate.py", "--config",
+                      _eval_config(tmp_path, cnn_workdir, cnn_workdir, tmp_path / "results"),
+                      "--config.solverr=optax")
+  assert_one_line_error(result, 2, "unknown key 'solverr'")
   assert 'Did you mean "solver"' in result.stderr
   assert not (tmp_path / "results").exists()
 
@@ -223,8 +229,9 @@ def test_cli_evaluate_unknown_config_key_is_one_line(tmp_path, cnn_workdir):
 def test_cli_evaluate_output_file_under_a_regular_file(tmp_path, cnn_workdir):
   blocker = tmp_path / "a_file"
   blocker.write_text("x")
-  result = _run("evaluate.py", f"--workdirs={cnn_workdir}", f"--output={blocker / 'eval.json'}")
-  _assert_one_line_error(result, 1, f"--output's folder '{blocker}' is a file, not a directory")
+  result = run_script("evaluate.py", f"--workdirs={cnn_workdir}",
+                      f"--output={blocker / 'eval.json'}")
+  assert_one_line_error(result, 1, f"--output's folder '{blocker}' is a file, not a directory")
   assert blocker.read_text() == "x"
 
 
@@ -234,7 +241,7 @@ _FULL_DISK = """
 import os, runpy, sys
 
 sys.path.insert(0, {tests!r})
-from fakes import FullDisk
+from helpers import FullDisk
 
 real_fdopen = os.fdopen
 
@@ -255,9 +262,9 @@ def test_cli_evaluate_full_disk_leaves_no_partial_output(tmp_path, cnn_workdir):
   wrapper = tmp_path / "full_disk.py"
   wrapper.write_text(_FULL_DISK.format(tests=os.path.dirname(os.path.abspath(__file__))))
   out = tmp_path / "eval.json"
-  result = _run(str(wrapper), os.path.join(ROOT, "evaluate.py"), f"--workdirs={cnn_workdir}",
-                "--split=val", f"--output={out}")
-  _assert_one_line_error(result, 1, f"cannot write {out}: No space left on device")
+  result = run_script(str(wrapper), os.path.join(ROOT, "evaluate.py"), f"--workdirs={cnn_workdir}",
+                      "--split=val", f"--output={out}")
+  assert_one_line_error(result, 1, f"cannot write {out}: No space left on device")
   assert sorted(os.listdir(tmp_path)) == ["full_disk.py"]  # neither eval.json nor its .tmp
 
 
@@ -267,7 +274,7 @@ def test_cli_evaluate_folder_that_is_not_a_checkpoint(tmp_path):
   (junk / "checkpoints" / "7").mkdir(parents=True)
   (junk / "checkpoints" / "7" / "state").write_text("junk")
   before = _snapshot(junk)
-  result = _run("evaluate.py", f"--workdirs={junk}")
+  result = run_script("evaluate.py", f"--workdirs={junk}")
   assert result.returncode == 1, result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and str(junk) in last, result.stderr[-2000:]
@@ -284,7 +291,7 @@ def test_fine_tune_from_a_checkpoint_with_another_class_count(tmp_path, learnabl
   workdir = tmp_path / "run"
   config = _tiny_config(learnable_data_dir, init_from=str(five_class_workdir))
   with pytest.raises(checkpoint.CheckpointError) as error:
-    trainer.train_and_evaluate(config, str(workdir))
+    loop.train_and_evaluate(config, str(workdir))
   assert "has num_classes=5 but the config asks for 10" in _one_line(error)
   assert not workdir.exists()
 
@@ -307,7 +314,8 @@ def test_corrupt_cache_file_is_named(tmp_path, learnable_data_dir, cache_file, g
   assert data.load_dataset("fashion_mnist", copy, val_size=100).num_classes == 10
 
 
-_MINIMAL_RESULTS = {"methods": {}, "reference": report.REFERENCE, "large_flops": 1e6}
+_MINIMAL_RESULTS = {"methods": {}, "reference": "large+TS", "large_flops": 1e6}
+_SECTIONS = eval_sections.load(["methods", "paired"])
 
 
 @pytest.mark.parametrize("fail_on_write", [1, 2])  # results.json, results.md
@@ -317,12 +325,12 @@ def test_results_on_a_full_disk_leave_no_partial_output(tmp_path, monkeypatch, f
   def fdopen(fd, mode):
     calls.append(fd)
     f = real_fdopen(fd, mode)
-    return fakes.FullDisk(f) if len(calls) == fail_on_write else f
+    return helpers.FullDisk(f) if len(calls) == fail_on_write else f
 
-  monkeypatch.setattr(report.os, "fdopen", fdopen)
+  monkeypatch.setattr(outputs.os, "fdopen", fdopen)
   out = tmp_path / "new" / "results"
   with pytest.raises(OSError) as error:
-    report.write(dict(_MINIMAL_RESULTS), str(out))
+    outputs.write(dict(_MINIMAL_RESULTS), str(out), _SECTIONS)
   assert error.value.errno == errno.ENOSPC
   assert _one_line(error).startswith("[Errno 28] cannot write ")
   assert os.listdir(tmp_path) == []  # the folders it made are gone again
@@ -333,10 +341,10 @@ def test_results_on_a_full_disk_leave_no_partial_output(tmp_path, monkeypatch, f
   (existing / "results.json").write_text("{}")
   calls.clear()
   with pytest.raises(OSError):
-    report.write(dict(_MINIMAL_RESULTS), str(existing))
+    outputs.write(dict(_MINIMAL_RESULTS), str(existing), _SECTIONS)
   names = sorted(os.listdir(existing))
   assert not [n for n in names if n.startswith(".tmp")], names
-  assert (existing / "results.json").read_text() in ("{}", report.json.dumps(_MINIMAL_RESULTS,
+  assert (existing / "results.json").read_text() in ("{}", outputs.json.dumps(_MINIMAL_RESULTS,
                                                                               indent=2))
 
 
@@ -346,7 +354,7 @@ def test_results_on_a_full_disk_leave_no_partial_output(tmp_path, monkeypatch, f
     (lambda: config_lib.validate(_tiny_config("data", val_size=0)),
      "config.val_size must be > 0, got 0"),
     (lambda: data.eval_batches(data.Split(data.ArraySource(np.zeros((4, 2, 2, 1), np.uint8),
-                                                          np.zeros(4, np.int32)), np.arange(4)),
+                                                           np.zeros(4, np.int32)), np.arange(4)),
                                global_batch_size=-8, mean=[0.0], std=[1.0]),
      "global_batch_size=-8 must be positive"),
 ])
@@ -371,17 +379,14 @@ def _logits(n=40, c=10, seed=0):
      "member 1's logits have 5 classes but member 0's have 10"),
     (lambda a, b, y: duo.combine([a, b], [1.0, 0.5]),
      "member 1's logits have 5 classes but member 0's have 10"),
-    (lambda a, b, y: temperature.combine([a, b], [1.0, 0.5]),
-     "member 1 has 5 classes but member 0 has 10"),
     (lambda a, b, y: temperature.fit_temperatures([a, b], y),
      "member 1 has 5 classes but member 0 has 10"),
     # N mismatch, wrong rank, wrong number of weights.
     (lambda a, b, y: duo.combine_mode([a, a[:-3]], "weighted", joint_weights=[1.0, 1.0]),
      "member 1's logits have 37 rows but member 0's have 40"),
-    (lambda a, b, y: temperature.combine([a, a[:-3]], [1.0, 1.0]),
-     "member 1 has 37 examples but member 0 has 40"),
+    (lambda a, b, y: duo.combine([a, a[:-3]], [1.0, 1.0]),
+     "member 1's logits have 37 rows but member 0's have 40"),
     (lambda a, b, y: duo.combine(a, [1.0]), r"logits must be stacked [m, N, C]"),
-    (lambda a, b, y: temperature.combine(a, [1.0]), "a single logits array must be stacked"),
     (lambda a, b, y: duo.combine_mode(np.stack([a, a]), "unweighted", single_weights=[1.0] * 3),
      "single_weights have shape (3,); expected (2,), one per member"),
     (lambda a, b, y: duo.combine_mode(np.stack([a, a]), "weighted",

@@ -10,7 +10,9 @@ import pytest
 from scipy import stats
 from scipy.special import log_softmax
 
-from duojax import cascade, metrics
+from duojax import cascade
+from duojax.cascade import deferral
+from duojax.core import metrics
 
 
 def _loss_batch():
@@ -140,11 +142,11 @@ def test_random_and_ideal_lines():
 def test_kde_matches_scipy_and_chunks_do_not_change_it(monkeypatch):
   data = np.random.default_rng(4).beta(5, 2, size=700)
   points = np.linspace(0.0, 1.0, 101)
-  np.testing.assert_allclose(cascade._gaussian_kde(data, points),
+  np.testing.assert_allclose(deferral._gaussian_kde(data, points),
                              stats.gaussian_kde(data)(points), rtol=1e-6)
-  whole = cascade._gaussian_kde(data, points)
-  monkeypatch.setattr(cascade, "_KDE_CHUNK_ELEMENTS", 1000)  # 9 rows of data a chunk
-  np.testing.assert_allclose(cascade._gaussian_kde(data, points), whole, rtol=1e-12)
+  whole = deferral._gaussian_kde(data, points)
+  monkeypatch.setattr(deferral, "_KDE_CHUNK_ELEMENTS", 1000)  # 9 rows of data a chunk
+  np.testing.assert_allclose(deferral._gaussian_kde(data, points), whole, rtol=1e-12)
 
 
 def test_distributional_overlap():

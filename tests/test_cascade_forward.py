@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from duojax import cascade_forward, duo, models
+from duojax import models
+from duojax.cascade import forward as cascade_forward
+from duojax.core import duo
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 16
@@ -90,7 +92,7 @@ def test_threshold_extremes(pair, runs, weights):
   z_s, z_l = pair["apply_s"](images), pair["apply_l"](images)
   out = run(pair["s_s"], pair["s_l"], images, 0.0)
   assert out["bucket"] == 0 and not out["deferred"].any()
-  np.testing.assert_allclose(out["logits"], SCALE * z_s, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(out["logits"], SCALE * z_s, rtol=1e-5, atol=1e-5)
   out = run(pair["s_s"], pair["s_l"], images, 1.01)
   assert out["bucket"] == BATCH and out["deferred"].all()
   answer = z_l if weights is None else DUO_WEIGHTS[0] * z_l + DUO_WEIGHTS[1] * z_s
@@ -109,7 +111,7 @@ def test_padding_never_overwrites_kept_rows(pair):
   assert out["bucket"] == BATCH and kept.sum() == BATCH - 1
   np.testing.assert_allclose(np.asarray(out["logits"])[kept],
                              SCALE * np.asarray(pair["apply_s"](images))[kept],
-                             rtol=1e-6, atol=1e-6)
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_default_buckets():

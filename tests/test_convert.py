@@ -266,7 +266,7 @@ def test_train_cli_fine_tunes_from_a_safetensors_file(tmp_path, learnable_data_d
   assert run.returncode == 0, run.stderr
   assert "initialised from" in run.stdout and "fresh classifier head" in run.stdout
   # The fine-tuned model started from the file: its stem moved, but only a little.
-  from duojax import checkpoint
+  from duojax.train import checkpoint
   model, _ = checkpoint.load_model(str(tmp_path / "ok"))
   ours, theirs = convert.flat_state(model), convert.flat_state(pretrained)
   delta = np.abs(ours["stem_conv.kernel"] - theirs["stem_conv.kernel"]).max()

@@ -28,8 +28,11 @@ import jax
 import numpy as np
 import pytest
 
-from duojax import checkpoint, data, datasets, trainer
-from test_trainer import ROOT, _assert_one_line_error, _final_state
+from duojax import data
+from duojax.data import embedded
+from duojax.train import checkpoint, loop
+
+from helpers import ROOT, assert_one_line_error, final_state
 
 TOTAL_STEPS, CHECKPOINT_EVERY = 24, 8
 
@@ -87,7 +90,7 @@ class _Train:
     return self.proc.returncode
 
   def result(self):
-    """What `_assert_one_line_error` reads, as subprocess.run would return it."""
+    """What `assert_one_line_error` reads, as subprocess.run would return it."""
     return types.SimpleNamespace(returncode=self.proc.returncode, stderr=self.stderr)
 
 
@@ -127,8 +130,8 @@ def _log(workdir):
 
 
 def _assert_same_as_reference(workdir, reference):
-  step_a, state_a = _final_state(str(reference))
-  step_b, state_b = _final_state(str(workdir))
+  step_a, state_a = final_state(str(reference))
+  step_b, state_b = final_state(str(workdir))
   assert step_a == step_b == TOTAL_STEPS
   same = jax.tree.map(lambda a, b: np.array_equal(a, b), state_a, state_b)
   assert all(jax.tree.leaves(same)), "the rerun's parameters differ from the uninterrupted run"
@@ -239,7 +242,7 @@ def test_every_checkpoint_unreadable_is_a_one_line_error(reference, tmp_path,
   before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
   run = _Train(env, learnable_data_dir, workdir)
   run.finish()
-  _assert_one_line_error(run.result(), 1, "is unreadable: step 24 (CheckpointError: checksum")
+  assert_one_line_error(run.result(), 1, "is unreadable: step 24 (CheckpointError: checksum")
   last = run.stderr.strip().splitlines()[-1]
   assert "step 16 (" in last and "step 8 (" in last
   # Nothing is moved: which step to give up on is the user's decision.
@@ -295,16 +298,16 @@ def test_sigterm_saves_the_current_step_and_exits_143(reference, tmp_path,
 
 
 def test_stop_signals_only_set_a_flag_and_are_put_back():
-  before = {s: signal.getsignal(s) for s in trainer.STOP_SIGNALS}
-  with trainer._StopSignals() as stop:
+  before = {s: signal.getsignal(s) for s in loop.STOP_SIGNALS}
+  with loop._StopSignals() as stop:
     os.kill(os.getpid(), signal.SIGUSR1)
     os.kill(os.getpid(), signal.SIGTERM)
     deadline = time.monotonic() + 10
     while stop.signum is None and time.monotonic() < deadline:
       time.sleep(0.01)  # Python runs the handler in the main thread, soon
     assert stop.requested(at_sync_point=False) == signal.SIGUSR1  # the first one counts
-  assert {s: signal.getsignal(s) for s in trainer.STOP_SIGNALS} == before
-  stopped = trainer.Preempted(signal.SIGUSR1, 7)
+  assert {s: signal.getsignal(s) for s in loop.STOP_SIGNALS} == before
+  stopped = loop.Preempted(signal.SIGUSR1, 7)
   assert stopped.exit_code == 138 and str(stopped).startswith("pre-empted by SIGUSR1 at step 7;")
 
   # Outside the main thread nothing can be installed, and nothing fails.
@@ -312,25 +315,25 @@ def test_stop_signals_only_set_a_flag_and_are_put_back():
 
   def in_thread():
     try:
-      with trainer._StopSignals() as stop:
+      with loop._StopSignals() as stop:
         assert stop.requested(at_sync_point=True) is None
     except Exception as e:  # reported below, in the main thread
       errors.append(e)
   thread = threading.Thread(target=in_thread)
   thread.start()
   thread.join()
-  assert errors == [] and {s: signal.getsignal(s) for s in trainer.STOP_SIGNALS} == before
+  assert errors == [] and {s: signal.getsignal(s) for s in loop.STOP_SIGNALS} == before
 
 
 def test_metrics_log_drops_a_line_torn_by_a_kill(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"step": 1, "a": 1}\n{"step": 2, "a": 2}\n{"step": 3, "a": 3}\n{"step": 4, "a"')
-  log = trainer.MetricsLog(str(path), resume_step=2, enabled=True)
+  log = loop.MetricsLog(str(path), resume_step=2, enabled=True)
   log.write({"step": 3, "a": 4})
   assert [json.loads(l) for l in path.read_text().splitlines()] == [
       {"step": 1, "a": 1}, {"step": 2, "a": 2}, {"step": 3, "a": 4}]
   path.write_text('{"step": 1}\n{"step": 2}')  # killed before the newline
-  trainer.MetricsLog(str(path), resume_step=4, enabled=True)
+  loop.MetricsLog(str(path), resume_step=4, enabled=True)
   assert path.read_text() == '{"step": 1}\n'
 
 
@@ -446,7 +449,7 @@ def test_duojax_never_unpickles_a_file():
     with open(path) as f:
       found += _unpickling(f.read(), os.path.relpath(path, ROOT))
   # The restricted unpickler and its one use; its find_class admits numpy only.
-  allowed = [f for f in found if f.startswith("duojax/datasets.py:") and (
+  allowed = [f for f in found if f.startswith("duojax/embedded.py:") and (
       f.endswith("class NumpyUnpickler(Unpickler)"))]
   assert allowed, "the MNIST unpickler moved: update this test"
   assert [f for f in found if f not in allowed] == []
@@ -469,5 +472,5 @@ def test_restricted_unpickler_refuses_anything_but_arrays(tmp_path, make):
   marker = tmp_path / "ran"
   payload = pickle.dumps(make(marker), protocol=2)
   with pytest.raises(data.DataError, match=r"refusing to unpickle \w+\.\w+: only numpy arrays"):
-    datasets.NumpyUnpickler(io.BytesIO(payload), encoding="latin1").load()
+    embedded.NumpyUnpickler(io.BytesIO(payload), encoding="latin1").load()
   assert not marker.exists()

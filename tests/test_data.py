@@ -19,8 +19,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from duojax import data
-from duojax import datasets
-from fakes import write_idx
+from duojax.data import embedded
+
+from helpers import write_idx
 
 N_TRAIN, N_TEST = 300, 100
 
@@ -37,7 +38,7 @@ def _fake_split(n, seed, test):
 def fake_idx(tmp_path_factory):
   folder = tmp_path_factory.mktemp("idx")
   arrays = {"train": _fake_split(N_TRAIN, 0, False), "test": _fake_split(N_TEST, 1, True)}
-  for split, (images_file, labels_file) in datasets.IDX_FILES.items():
+  for split, (images_file, labels_file) in embedded.IDX_FILES.items():
     write_idx(folder / images_file, arrays[split][0])
     write_idx(folder / labels_file, arrays[split][1])
   return folder, arrays
@@ -46,7 +47,7 @@ def fake_idx(tmp_path_factory):
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory, fake_idx):
   folder = tmp_path_factory.mktemp("tfds")
-  datasets.prepare_fashion_mnist(folder, idx_dir=fake_idx[0])
+  embedded.prepare_fashion_mnist(folder, idx_dir=fake_idx[0])
   return folder
 
 
@@ -96,7 +97,7 @@ def test_prepare_is_idempotent_and_writes_array_record(data_dir, fake_idx):
   before = {p.name: p.stat().st_mtime_ns for p in version_dir.iterdir()}
   assert any(".array_record-" in name for name in before)
   start = time.perf_counter()
-  datasets.prepare_fashion_mnist(data_dir, idx_dir=fake_idx[0])
+  embedded.prepare_fashion_mnist(data_dir, idx_dir=fake_idx[0])
   assert time.perf_counter() - start < 1.0
   after = {p.name: p.stat().st_mtime_ns for p in version_dir.iterdir()}
   assert {k: after[k] for k in before} == before
@@ -107,18 +108,18 @@ def test_read_idx_rejects_corrupt_files(tmp_path):
   with gzip.open(path, "wb") as f:
     f.write(struct.pack(">4I", 0x0801, 2, 28, 28))  # rank-1 magic, rank-3 header
   with pytest.raises(ValueError, match="magic"):
-    datasets.read_idx(path, rank=3)
+    embedded.read_idx(path, rank=3)
   write_idx(path, np.zeros((3, 4, 4)))
   with gzip.open(path, "ab") as f:
     f.write(b"extra")
   with pytest.raises(ValueError, match="data bytes"):
-    datasets.read_idx(path, rank=3)
+    embedded.read_idx(path, rank=3)
 
 
 # -------------------------------------------------------------------- splits
 def test_dataset_metadata_and_stats(dataset, fake_idx):
   assert (len(dataset.train), len(dataset.val), len(dataset.test)) == (N_TRAIN - 60, 60, N_TEST)
-  assert dataset.num_classes == 10 and dataset.class_names == datasets.CLASS_NAMES
+  assert dataset.num_classes == 10 and dataset.class_names == embedded.CLASS_NAMES
   assert dataset.image_shape == (28, 28, 1)
   pixels = fake_idx[1]["train"][0] / 255.0
   np.testing.assert_allclose(dataset.mean, [pixels.mean()], rtol=1e-5)
@@ -184,7 +185,7 @@ def test_unknown_and_unprepared_datasets(tmp_path, data_dir):
 def test_fetch_without_apt_fails_cleanly(tmp_path, monkeypatch):
   real_which = shutil.which
   monkeypatch.setattr(shutil, "which", lambda name: None if name == "apt-get" else real_which(name))
-  monkeypatch.setattr(datasets, "_DEB_IDX_DIR", "nonexistent/fashion-mnist")
+  monkeypatch.setattr(embedded, "_DEB_IDX_DIR", "nonexistent/fashion-mnist")
   downloads = tmp_path / "downloads"
   downloads.mkdir()
   (downloads / "fashion_mnist").mkdir()
@@ -206,7 +207,7 @@ def test_real_fetch_verifies_hashes_and_is_idempotent(tmp_path):
     folder = data.fetch_fashion_mnist(tmp_path)
   except data.DataError as e:
     pytest.skip(f"no Debian mirror reachable: {e}")
-  assert datasets._bad_idx_files(folder) == []
+  assert embedded._bad_idx_files(folder) == []
   mtimes = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
   start = time.perf_counter()
   assert data.fetch_fashion_mnist(tmp_path) == folder
@@ -349,12 +350,12 @@ class _Exploit:
 
 def test_restricted_unpickler_refuses_code_and_admits_arrays():
   with pytest.raises(data.DataError, match="system"):
-    datasets.NumpyUnpickler(io.BytesIO(pickle.dumps(_Exploit()))).load()
+    embedded.NumpyUnpickler(io.BytesIO(pickle.dumps(_Exploit()))).load()
   with pytest.raises(data.DataError, match="builtins.eval"):
-    datasets.NumpyUnpickler(io.BytesIO(pickle.dumps(eval))).load()
+    embedded.NumpyUnpickler(io.BytesIO(pickle.dumps(eval))).load()
   arrays = (np.arange(6, dtype=np.float32).reshape(2, 3), np.int64(7), [np.zeros((2, 2), np.uint8)])
   for protocol in (2, 5):
-    loaded = datasets.NumpyUnpickler(io.BytesIO(pickle.dumps(arrays, protocol=protocol))).load()
+    loaded = embedded.NumpyUnpickler(io.BytesIO(pickle.dumps(arrays, protocol=protocol))).load()
     np.testing.assert_array_equal(loaded[0], arrays[0])
     assert loaded[1] == 7 and loaded[2][0].dtype == np.uint8
 

@@ -15,8 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-from duojax import evaluator, trainer
-from test_trainer import ROOT, _final_state, _tiny_config
+from duojax.eval import pipeline
+from duojax.train import loop
+
+from helpers import ROOT, final_state, tiny_train_config
 
 TOLERANCE = 1e-6
 # Wall-clock measurements differ between any two runs.
@@ -24,13 +26,13 @@ TIMING_FIELDS = frozenset({"images_per_s", "train_seconds", "seconds"})
 
 
 def _train(data_dir, workdir, *, seed=0, model_name="resnet8"):
-  config = _tiny_config(data_dir, model_name=model_name, seed=seed, total_steps=4,
-                        checkpoint_every=2)
+  config = tiny_train_config(data_dir, model_name=model_name, seed=seed, total_steps=4,
+                             checkpoint_every=2)
   if model_name == "resnet8":
     config.model.dropout = 0.1  # so that the per-step dropout keys matter too
   else:
     config.model.width = None  # the sidekick at its default width
-  return trainer.train_and_evaluate(config, str(workdir))
+  return loop.train_and_evaluate(config, str(workdir))
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def _assert_same_numbers(a, b, path="results"):
 
 
 def _metrics_log(workdir):
-  with open(os.path.join(workdir, trainer.METRICS_FILE)) as f:
+  with open(os.path.join(workdir, loop.METRICS_FILE)) as f:
     return [json.loads(line) for line in f]
 
 
@@ -93,8 +95,8 @@ def test_same_config_and_seed_train_identically(runs):
   assert [r["step"] for r in log_a] == [r["step"] for r in log_b]
   assert any("train_loss" in r for r in log_a) and any("val_nll" in r for r in log_a)
   _assert_same_numbers(log_a, log_b, "metrics.jsonl")
-  step_a, state_a = _final_state(str(root / "a"))
-  step_b, state_b = _final_state(str(root / "b"))
+  step_a, state_a = final_state(str(root / "a"))
+  step_b, state_b = final_state(str(root / "b"))
   assert step_a == step_b == 4
   same = jax.tree.map(np.array_equal, state_a, state_b)
   assert all(jax.tree.leaves(same)), "the twins' parameters differ"
@@ -104,8 +106,8 @@ def test_another_seed_gives_other_parameters(runs):
   """Seed 1 (same config otherwise) trains different parameters: the
   comparisons above are not vacuous."""
   root, _ = runs
-  _, state_a = _final_state(str(root / "a"))
-  _, state_seed1 = _final_state(str(root / "seed1"))
+  _, state_a = final_state(str(root / "a"))
+  _, state_seed1 = final_state(str(root / "seed1"))
   same = jax.tree.map(np.array_equal, state_a, state_seed1)
   assert not all(jax.tree.leaves(same)), "seed 1 gave the parameters of seed 0"
 
@@ -134,12 +136,12 @@ def _eval_config(root, large):
 
 
 def test_evaluation_pipeline_is_reproducible(runs):
-  """evaluator.run on twin a and then on twin b (with the same sidekick)
+  """pipeline.run on twin a and then on twin b (with the same sidekick)
   gives the same results dict: every number in it, however deeply nested,
   agrees to 1e-6 (bar the wall-clock "seconds")."""
   root, _ = runs
-  first = evaluator.run(_eval_config(root, "a"))
-  second = evaluator.run(_eval_config(root, "b"))
+  first = pipeline.run(_eval_config(root, "a"))
+  second = pipeline.run(_eval_config(root, "b"))
   assert {"large", "large+TS", "duo (weighted)"} <= set(first["methods"])
   assert len(first["methods"]["duo (weighted)"]["fitted"]["weights"]) == 2
   _assert_same_numbers(first, second)

@@ -10,7 +10,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from duojax import checkpoint, distributed, sharding
+from duojax.parallel import distributed, sharding
+from duojax.train import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -136,9 +137,9 @@ def _train_args(data_dir, workdir, model="resnet8", steps=8):
 
 
 def _params(workdir):
-  from duojax import train_lib
+  from duojax.models import functional
   model, meta = checkpoint.load_model(str(workdir))
-  return train_lib.split_model(model)[1], meta
+  return functional.split_model(model)[1], meta
 
 
 def _max_difference(a, b) -> float:
@@ -215,7 +216,10 @@ _FAKE_DEVICES_SCRIPT = textwrap.dedent("""
     import jax
     jax.config.update("jax_num_cpu_devices", 4)
     import numpy as np
-    from duojax import config_lib, data, duo, sharding, temperature, train_lib
+    from duojax import config_lib, data
+    from duojax.core import duo
+    from duojax.parallel import sharding
+    from duojax.core import temperature
 
     def max_diff(a, b):
       return max(jax.tree.leaves(jax.tree.map(
@@ -228,13 +232,13 @@ _FAKE_DEVICES_SCRIPT = textwrap.dedent("""
     # order shows as rounding (Adam's m / sqrt(v) would amplify it on
     # near-zero gradients); the momentum buffers are split like the params.
     config.optimizer, config.lr = "sgd", 0.05
-    model = train_lib.build_model("vit_mu4", {}, 10, (16, 16, 1), seed=0)
-    graphdef, params, batch_stats = train_lib.split_model(model)
-    optimizer = train_lib.make_optimizer(config, 3)
+    model = spec.build_model("vit_mu4", {}, 10, (16, 16, 1), seed=0)
+    graphdef, params, batch_stats = functional.split_model(model)
+    optimizer = optim.make_optimizer(config, 3)
     rng = np.random.default_rng(0)
     batches = [{"image": rng.normal(size=(8, 16, 16, 1)).astype(np.float32),
                 "label": rng.integers(0, 10, size=8).astype(np.int32)} for _ in range(3)]
-    initial = jax.tree.map(np.array, train_lib.init_state(params, batch_stats, optimizer))
+    initial = jax.tree.map(np.array, steps.init_state(params, batch_stats, optimizer))
     total_bytes = sum(x.nbytes for x in jax.tree.leaves(initial))
 
     finals = {}
@@ -243,7 +247,7 @@ _FAKE_DEVICES_SCRIPT = textwrap.dedent("""
       # Every parameter split, however small, so the tiny model shows the split.
       shardings = sharding.state_shardings(initial, mesh, min_elements=0)
       state = jax.device_put(initial, shardings)
-      step = train_lib.make_train_step(graphdef, optimizer, mesh=mesh, seed=0,
+      step = steps.make_train_step(graphdef, optimizer, mesh=mesh, seed=0,
                                        state_sharding=shardings)
       for batch in batches:
         state, _ = step(state, jax.device_put(batch, sharding.batch_sharding(mesh)))
@@ -263,7 +267,7 @@ _FAKE_DEVICES_SCRIPT = textwrap.dedent("""
       print("INDIVISIBLE", e)
 
     # The fused duo forward on a 4-device mesh equals one device.
-    sidekick = train_lib.build_model("cnn_xs", {}, 10, (16, 16, 1), seed=1)
+    sidekick = spec.build_model("cnn_xs", {}, 10, (16, 16, 1), seed=1)
     graphdefs, states = duo.split_members([model, sidekick])
     images = rng.normal(size=(12, 16, 16, 1)).astype(np.float32)
     mesh = sharding.make_mesh(4, 2)

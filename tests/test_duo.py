@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from duojax import duo, methods, models, sharding, soups, train_lib
-from duojax.evaluation import LogitsBank
+from duojax import models
+from duojax.core import duo, soups
+from duojax.eval import methods
+from duojax.eval.bank import LogitsBank
+from duojax.parallel import sharding
 
 
 def _members():
@@ -117,18 +120,18 @@ def test_methods_fit_on_val_and_apply_everywhere():
 
 
 def test_mc_dropout_logits_are_log_mean_probabilities():
-  from duojax import evaluation
+  from duojax.eval.mc_dropout import mc_dropout_logits
   head = nnx.Linear(6, 4, rngs=nnx.Rngs(0))
   features = {"val": np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)}
-  out = evaluation.mc_dropout_logits(head, features, rate=0.3, num_samples=5, seed=0, chunk=32)
-  again = evaluation.mc_dropout_logits(head, features, rate=0.3, num_samples=5, seed=0, chunk=32)
-  other = evaluation.mc_dropout_logits(head, features, rate=0.3, num_samples=5, seed=1, chunk=32)
+  out = mc_dropout_logits(head, features, rate=0.3, num_samples=5, seed=0, chunk=32)
+  again = mc_dropout_logits(head, features, rate=0.3, num_samples=5, seed=0, chunk=32)
+  other = mc_dropout_logits(head, features, rate=0.3, num_samples=5, seed=1, chunk=32)
   assert out["val"].shape == (50, 4)
   np.testing.assert_allclose(jax.nn.logsumexp(out["val"], -1), 0.0, atol=1e-5)
   np.testing.assert_array_equal(out["val"], again["val"])
   assert not np.allclose(out["val"], other["val"])
   # A vanishing rate keeps every feature: the plain head's log-probabilities.
-  tiny = evaluation.mc_dropout_logits(head, features, rate=1e-7, num_samples=3, chunk=32)
+  tiny = mc_dropout_logits(head, features, rate=1e-7, num_samples=3, chunk=32)
   np.testing.assert_allclose(tiny["val"], jax.nn.log_softmax(head(features["val"])), atol=1e-5)
   with pytest.raises(ValueError, match="rate"):
-    evaluation.mc_dropout_logits(head, features, rate=1.0, num_samples=3)
+    mc_dropout_logits(head, features, rate=1.0, num_samples=3)

@@ -8,7 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from duojax import checkpoint, config_lib, train_lib, trainer
+from duojax import config_lib
+from duojax.models import functional, spec
+from duojax.train import checkpoint, loop, optim, steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +35,7 @@ def _train(data_dir, workdir, model_name, *, seed=0, steps=30, init_from="", los
   config.gatekeeper_alpha = 0.3
   config.log_every = 10
   config.checkpoint_every = steps
-  trainer.train_and_evaluate(config, str(workdir))
+  loop.train_and_evaluate(config, str(workdir))
   return str(workdir)
 
 
@@ -122,11 +124,11 @@ def test_evaluate_missing_member_workdir(runs, tmp_path):
 def test_evaluate_sidekick_with_another_label_set(runs, tmp_path):
   # A real checkpoint of a 5-class sidekick (as if trained on another label set).
   config = config_lib.base_config()
-  spec = train_lib.ModelSpec("cnn_xs", {}, 5, (28, 28, 1))
-  graphdef, params, batch_stats = train_lib.split_model(spec.build())
-  state = train_lib.init_state(params, batch_stats, train_lib.make_optimizer(config, 10))
+  model_spec = spec.ModelSpec("cnn_xs", {}, 5, (28, 28, 1))
+  graphdef, params, batch_stats = functional.split_model(model_spec.build())
+  state = steps.init_state(params, batch_stats, optim.make_optimizer(config, 10))
   manager = checkpoint.make_manager(str(tmp_path / "five"))
-  checkpoint.save(manager, 0, state, {**spec.as_meta(), "dataset": "fashion_mnist",
+  checkpoint.save(manager, 0, state, {**model_spec.as_meta(), "dataset": "fashion_mnist",
                                       "config": config.to_dict(), "step": 0})
   manager.close()
   out = tmp_path / "out"

@@ -136,8 +136,10 @@ def test_merged_members_match_members_alone(vit4):
   alone = np.stack([np.asarray(m(x)[0]) for m in members])
   ens = hydra.merge(members)
   log_mean, out = jax.jit(lambda e, x: e(x))(ens, x)
+  # Batched and single matmuls sum in different orders: float32 rounding of
+  # logits of magnitude ~10 reaches ~1e-5 near zero, so the bound is scaled.
   np.testing.assert_allclose(np.asarray(out["member_logits"]), alone,
-                             atol=1e-5, rtol=1e-5)
+                             atol=1e-5 * np.abs(alone).max(), rtol=1e-5)
   probs = jax.nn.softmax(alone, axis=-1).mean(0)
   np.testing.assert_allclose(np.asarray(log_mean), np.log(probs),
                              atol=1e-5, rtol=1e-5)

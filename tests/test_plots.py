@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from duojax import plots
+from duojax.eval import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -191,3 +191,149 @@ def test_missing_directory_is_not_created(tmp_path):
   with pytest.raises(ValueError, match=re.escape(f"{missing} does not exist")):
     plots.risk_coverage(_curves(), missing / "plot.png")
   assert not (tmp_path / "no").exists()
+
+
+# ----------------------------------------------------------------------------
+# Readability: what a person needs to tell the methods apart.
+
+FAMILIES = ("large", "sidekick", "duo (weighted)", "duo (unweighted)", "duo (UQ only)",
+            "ensemble m=2", "soup (uniform)", "soup (greedy)", "MC dropout K=8", "ViT",
+            "Hydra M=3")
+
+
+def _crowded_points():
+  """23 methods as in the report: each "X" beside an almost identical "X+TS",
+  most costing about the same, so that names next to points would pile up."""
+  rng = np.random.default_rng(0)
+  points = {}
+  for i, name in enumerate(FAMILIES):
+    gflops = 0.0006 if name == "sidekick" else 0.037 + 0.0002 * i
+    aurc = 0.0145 + 0.0003 * i if i < 8 else rng.uniform(0.014, 0.026)
+    points[name] = (gflops, aurc)
+    points[name + "+TS"] = (gflops, aurc * 1.0004)
+  points["ViT duo (weighted)"] = (0.0195, 0.0173)
+  assert len(points) == 23
+  return points
+
+
+def _figure(monkeypatch, draw, tmp_path):
+  """The figure `draw` renders, laid out and kept from being cleared (nothing is written)."""
+  figures = []
+  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+  draw(str(tmp_path / "plot.png"))
+  (fig,) = figures
+  fig.draw_without_rendering()
+  return fig
+
+
+def _marker_key(handle):
+  """What tells a legend entry apart at a glance: marker, color, hollow or not, line style."""
+  face = handle.get_markerfacecolor()
+  hollow = isinstance(face, str) and face == "none"
+  color = handle.get_markeredgecolor() if hollow else face
+  return handle.get_marker(), matplotlib.colors.to_rgba(color), hollow, handle.get_linestyle()
+
+
+def _no_overlaps(boxes):
+  for i, a in enumerate(boxes):
+    for b in boxes[i + 1:]:
+      assert not a.overlaps(b), (a, b)
+
+
+def test_pareto_names_each_method_once_and_no_text_overlaps(tmp_path, monkeypatch):
+  points = _crowded_points()
+  fig = _figure(monkeypatch, lambda p: plots.pareto(points, p, y_label="AURC"), tmp_path)
+  ax, (legend,) = fig.axes[0], fig.legends
+  renderer = fig.canvas.get_renderer()
+  texts = [*ax.texts, *legend.get_texts()]
+  _no_overlaps([t.get_window_extent(renderer) for t in texts])
+  # The legend sits beside the axes: it hides no point.
+  assert not legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+  labels = [t.get_text() for t in legend.get_texts()]
+  assert labels[:2] == ["Pareto front", "on the front (bold)"]
+  assert labels[2:] == list(points)  # every method exactly once
+  keys = [_marker_key(h) for h in legend.legend_handles[2:]]
+  assert len(set(keys)) == len(points)
+  # Each method's point is drawn where it belongs, in its legend entry's style.
+  drawn = {line.get_label(): line for line in ax.lines}
+  for (name, (cost, metric)), handle in zip(points.items(), legend.legend_handles[2:]):
+    assert list(drawn[name].get_xdata()) == [cost] and list(drawn[name].get_ydata()) == [metric]
+    assert _marker_key(drawn[name])[:3] == _marker_key(handle)[:3]
+  # The front stays visible: a step line through the front's points, bold in the legend.
+  front = plots.pareto_front(points)
+  assert list(drawn["Pareto front"].get_xdata()) == [points[n][0] for n in front]
+  bold = [t.get_text() for t in legend.get_texts()[2:] if t.get_fontweight() == "bold"]
+  assert bold == [n for n in points if n in front]
+  assert ax.get_xscale() == "log" and ax.get_xlabel() == "GFLOPs / image"
+
+
+def test_method_styles_pair_twins_and_stay_distinct():
+  names = [f"method {i}" + ("+TS" if i % 3 == 0 else "") for i in range(80)]
+  styles = plots.method_styles(["large", "large+TS", *names])
+  base, twin = styles["large"], styles["large+TS"]
+  assert (base.color, base.marker, base.twin) == (twin.color, twin.marker, False) and twin.twin
+  assert len({s.key for s in styles.values()}) == len(styles)
+  # Given colors win, and the markers move on to keep keys apart.
+  same = plots.method_styles(names[:7], {n: "black" for n in names})
+  assert {s.color for s in same.values()} == {"black"}
+  assert len({s.key for s in same.values()}) == 7
+  assert plots.method_styles(["x+TS"], {"x": "red"})["x+TS"].color == "red"
+
+
+def _close_curves():
+  """13 curves on one coverage grid whose risks differ by under 10 %, with a spike
+  where few images are kept."""
+  coverage = np.arange(1, 2001) / 2000  # short enough to be drawn unthinned
+  names = ["large+TS", "sidekick+TS", "duo (unweighted)", "duo (weighted)", "duo (UQ only)",
+           "ensemble m=2", "ensemble m=2+TS", "soup (uniform)", "soup (uniform)+TS",
+           "soup (greedy)", "soup (greedy)+TS", "MC dropout K=8", "MC dropout K=8+TS"]
+  curves = {}
+  for i, name in enumerate(names):
+    risk = (0.02 + 0.1 * coverage ** 4) * (0.95 + 0.008 * i)
+    risk[:40] = 0.4
+    curves[name] = (coverage, risk)
+  return curves
+
+
+def test_risk_coverage_zooms_and_subtracts_the_reference(tmp_path, monkeypatch):
+  curves = _close_curves()
+  fig = _figure(monkeypatch, lambda p: plots.risk_coverage(curves, p, reference="large+TS"),
+                tmp_path)
+  full, zoom, difference = fig.axes
+  assert full.get_xlim() == (0, 1) and full.get_ylim()[1] < 0.4 / 2  # spike cut off
+  assert zoom.get_xlim() == difference.get_xlim() == (plots.ZOOM_COVERAGE, 1)
+  # The zoomed risk axis is fitted to the risks there, not to the full scale.
+  high = np.concatenate([r[c >= plots.ZOOM_COVERAGE] for c, r in curves.values()])
+  low_limit, high_limit = zoom.get_ylim()
+  assert low_limit <= high.min() and high.max() <= high_limit
+  assert high_limit - low_limit <= 1.15 * (high.max() - high.min())
+  lines = {line.get_label(): line for line in difference.lines if line.get_label() in curves}
+  assert list(lines) == list(curves)
+  assert np.all(lines["large+TS"].get_ydata() == 0)
+  reference = curves["large+TS"][1]
+  for name, (coverage, risk) in curves.items():
+    np.testing.assert_allclose(lines[name].get_ydata(), risk - reference, atol=1e-15)
+  # One legend: every method once, no two drawn alike.
+  (legend,) = fig.legends
+  assert [t.get_text() for t in legend.get_texts()] == list(curves)
+  assert len({_marker_key(h) for h in legend.legend_handles}) == len(curves)
+  assert [ax.get_legend() for ax in fig.axes] == [None] * 3
+
+
+def test_risk_coverage_reference_on_other_coverages(tmp_path, monkeypatch):
+  curves = {"a": (np.linspace(0.01, 1, 300), np.linspace(0, 0.2, 300)),
+            "b": (np.linspace(0.02, 1, 77), np.linspace(0, 0.1, 77))}
+  fig = _figure(monkeypatch, lambda p: plots.risk_coverage(curves, p, reference="b"), tmp_path)
+  lines = {line.get_label(): line for line in fig.axes[2].lines}
+  assert np.all(lines["b"].get_ydata() == 0)
+  coverage = curves["a"][0]
+  np.testing.assert_allclose(lines["a"].get_ydata(), curves["a"][1] - np.interp(
+      coverage, *curves["b"]), atol=1e-12)
+  fig = _figure(monkeypatch, lambda p: plots.risk_coverage(curves, p), tmp_path)
+  assert len(fig.axes) == 2  # no reference, no difference panel
+
+
+def test_risk_coverage_unknown_reference(tmp_path):
+  with pytest.raises(ValueError, match="reference 'zz' is not among the curves"):
+    plots.risk_coverage(_curves(), tmp_path / "plot.png", reference="zz")
+  assert os.listdir(tmp_path) == []

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from duojax import shifts
-
+from duojax.data import shifts
 
 # Most tests share these two shapes, so each kind compiles only a few times.
 GREY = dict(count=8, size=16, channels=1)

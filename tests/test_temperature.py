@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import optimize, special
 
-from duojax import temperature
+from duojax.core import duo, temperature
 
 N, C = 2000, 10  # most tests share this shape so each solver compiles once per m
 
@@ -193,7 +193,7 @@ def test_bfloat16_inputs_eager_and_under_jit():
   np.testing.assert_allclose(jitted, eager, atol=1e-5)
   value = jax.jit(temperature.nll)(eager, jnp.stack(low), labels)
   assert value.dtype == jnp.float32 and np.isfinite(value)
-  combined = jax.jit(temperature.combine)(low, eager)
+  combined = jax.jit(duo.combine)(low, eager)
   assert combined.dtype == jnp.float32 and combined.shape == (N, C)
 
 
@@ -204,9 +204,13 @@ def test_stacked_input_equals_list_and_combine_is_the_weighted_sum():
   np.testing.assert_allclose(from_list, from_stack, rtol=1e-6)
   weights = np.array([0.7, -0.2], np.float32)
   expected = 0.7 * members[0] - 0.2 * members[1]
-  np.testing.assert_allclose(temperature.combine(members, weights), expected, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(temperature.combine(np.stack(members), weights), expected,
+  np.testing.assert_allclose(duo.combine(members, weights), expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(duo.combine(np.stack(members), weights), expected,
                              rtol=1e-5, atol=1e-5)
+  # The old name still works, says where the function lives now, and agrees.
+  with pytest.warns(DeprecationWarning, match="duojax.duo.combine"):
+    old = temperature.combine(members, weights)
+  np.testing.assert_array_equal(old, duo.combine(members, weights))
 
 
 def _with(members, index, row, col, value):
@@ -247,14 +251,15 @@ def test_bad_options_raise():
   with pytest.raises(ValueError, match=r"init has shape \(3,\); expected \(2,\)"):
     temperature.fit_temperatures(members, labels, init=[1.0, 1.0, 1.0])
   with pytest.raises(ValueError, match=r"weights have shape \(3,\); expected \(2,\)"):
-    temperature.combine(members, [1.0, 1.0, 1.0])
+    duo.combine(members, [1.0, 1.0, 1.0])
 
 
 # Warnings -------------------------------------------------------------------
 
 _IMPORT_IN_A_FRESH_PROCESS = """
 import json, sys, warnings
-from duojax import solvers, temperature
+from duojax.core import solvers
+from duojax.core import temperature
 assert "jaxopt" not in sys.modules
 with warnings.catch_warnings(record=True) as caught:
   warnings.simplefilter("always")
@@ -433,7 +438,7 @@ jax.config.update("jax_num_cpu_devices", 2)
 import json, sys
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-from duojax import temperature
+from duojax.core import temperature
 
 split = np.load(sys.argv[1])
 members, labels = [split["z0"], split["z1"]], split["labels"].astype(np.int32)

@@ -5,7 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from duojax import checkpoint, config_lib, sharding, train_lib
+from duojax import config_lib
+from duojax.core.losses import cross_entropy
+from duojax.models import functional, spec
+from duojax.parallel import sharding
+from duojax.train import checkpoint, optim, steps
 
 
 def _tiny_setup(model_name="resnet8", overrides=None, steps=4, **config_overrides):
@@ -15,9 +19,9 @@ def _tiny_setup(model_name="resnet8", overrides=None, steps=4, **config_override
   config.warmup_steps = 1
   for key, value in config_overrides.items():
     config[key] = value
-  model = train_lib.build_model(model_name, overrides or {"width": 4}, 10, (12, 12, 1), seed=0)
-  graphdef, params, batch_stats = train_lib.split_model(model)
-  optimizer = train_lib.make_optimizer(config, steps)
+  model = spec.build_model(model_name, overrides or {"width": 4}, 10, (12, 12, 1), seed=0)
+  graphdef, params, batch_stats = functional.split_model(model)
+  optimizer = optim.make_optimizer(config, steps)
   return config, graphdef, params, batch_stats, optimizer
 
 
@@ -31,9 +35,9 @@ def test_train_step_decreases_loss_and_updates_batch_stats():
   config, graphdef, params, batch_stats, optimizer = _tiny_setup(steps=30, lr=1e-2)
   initial_stats = jax.tree.map(np.array, batch_stats)  # the state is donated
   mesh = sharding.make_mesh()
-  state = jax.device_put(train_lib.init_state(params, batch_stats, optimizer),
+  state = jax.device_put(steps.init_state(params, batch_stats, optimizer),
                          sharding.replicated(mesh))
-  step = train_lib.make_train_step(graphdef, optimizer, mesh=mesh, seed=0)
+  step = steps.make_train_step(graphdef, optimizer, mesh=mesh, seed=0)
   batch = _batches(1)[0]
   losses = []
   for _ in range(30):
@@ -48,9 +52,9 @@ def test_train_step_decreases_loss_and_updates_batch_stats():
 def test_nonfinite_loss_is_counted():
   config, graphdef, params, batch_stats, optimizer = _tiny_setup()
   mesh = sharding.make_mesh()
-  state = jax.device_put(train_lib.init_state(params, batch_stats, optimizer),
+  state = jax.device_put(steps.init_state(params, batch_stats, optimizer),
                          sharding.replicated(mesh))
-  step = train_lib.make_train_step(graphdef, optimizer, mesh=mesh, seed=0)
+  step = steps.make_train_step(graphdef, optimizer, mesh=mesh, seed=0)
   batch = _batches(1)[0]
   batch["image"][0, 0, 0, 0] = np.nan
   state, _ = step(state, batch)
@@ -60,12 +64,12 @@ def test_nonfinite_loss_is_counted():
 def test_eval_step_respects_mask():
   _, graphdef, params, batch_stats, _ = _tiny_setup()
   mesh = sharding.make_mesh()
-  eval_step = train_lib.make_eval_step(graphdef, mesh=mesh)
+  eval_step = steps.make_eval_step(graphdef, mesh=mesh)
   batch = _batches(1)[0]
   full = jax.device_get(eval_step(params, batch_stats, {**batch, "mask": np.ones(8, bool)}))
   mask = np.array([1, 1, 1, 0, 0, 0, 0, 0], bool)
   part = jax.device_get(eval_step(params, batch_stats, {**batch, "mask": mask}))
-  apply = train_lib.make_apply(graphdef)
+  apply = functional.make_apply(graphdef)
   logits = np.asarray(apply(params, batch_stats, batch["image"])[0])
   expected_correct = np.sum((logits.argmax(-1) == batch["label"])[:3])
   assert part["count"] == 3 and full["count"] == 8
@@ -82,13 +86,13 @@ def test_cross_entropy_label_smoothing_matches_reference():
   logp = jax.nn.log_softmax(logits)
   targets = np.full((2, 3), eps / 3) + (1 - eps) * np.eye(3)[np.asarray(labels)]
   expected = -(targets * np.asarray(logp)).sum(-1)
-  np.testing.assert_allclose(train_lib.cross_entropy(logits, labels, eps), expected, rtol=1e-6)
+  np.testing.assert_allclose(cross_entropy(logits, labels, eps), expected, rtol=1e-6)
 
 
 def test_schedule_warmup_then_cosine_to_zero():
   config = config_lib.base_config()
   config.lr, config.warmup_steps = 0.1, 10
-  schedule = train_lib.make_schedule(config, 100)
+  schedule = optim.make_schedule(config, 100)
   assert float(schedule(0)) == 0.0
   assert float(schedule(10)) == pytest.approx(0.1)
   assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
@@ -100,7 +104,7 @@ def test_weight_decay_only_on_kernels(optimizer):
   config = config_lib.base_config()
   config.optimizer, config.weight_decay, config.grad_clip_norm = optimizer, 0.5, 0.0
   config.warmup_steps = 0
-  opt = train_lib.make_optimizer(config, 10)
+  opt = optim.make_optimizer(config, 10)
   params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = opt.update(zeros, opt.init(params), params)
@@ -110,9 +114,9 @@ def test_weight_decay_only_on_kernels(optimizer):
 
 def test_checkpoint_round_trip_and_compatibility(tmp_path):
   config, graphdef, params, batch_stats, optimizer = _tiny_setup()
-  state = jax.tree.map(np.array, train_lib.init_state(params, batch_stats, optimizer))
-  spec = train_lib.ModelSpec("resnet8", {"width": 4}, 10, (12, 12, 1))
-  meta = {**spec.as_meta(), "config": config.to_dict(), "step": 0, "data_step": 0,
+  state = jax.tree.map(np.array, steps.init_state(params, batch_stats, optimizer))
+  model_spec = spec.ModelSpec("resnet8", {"width": 4}, 10, (12, 12, 1))
+  meta = {**model_spec.as_meta(), "config": config.to_dict(), "step": 0, "data_step": 0,
           "dataset": "x"}
   manager = checkpoint.make_manager(str(tmp_path), keep=2)
   checkpoint.save(manager, 0, state, meta)
@@ -120,11 +124,11 @@ def test_checkpoint_round_trip_and_compatibility(tmp_path):
   manager.close()
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), restored, state))
   checkpoint.check_compatible(restored_meta, meta, where="w")  # JSON round trip still fits
-  other = train_lib.ModelSpec("resnet8", {"width": 4}, 5, (12, 12, 1)).as_meta()
+  other = spec.ModelSpec("resnet8", {"width": 4}, 5, (12, 12, 1)).as_meta()
   with pytest.raises(checkpoint.CheckpointError, match="num_classes=10"):
     checkpoint.check_compatible(restored_meta, other, where="w")
   model, _ = checkpoint.load_model(str(tmp_path))
-  _, params2, _ = train_lib.split_model(model)
+  _, params2, _ = functional.split_model(model)
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params2, params))
 
 
@@ -162,10 +166,10 @@ def test_linear_probe_trains_the_head_alone_then_everything():
       steps=6, lr=1e-2, linear_probe_steps=probe)
   start = jax.tree.map(np.array, (params, batch_stats))
   mesh = sharding.make_mesh()
-  state = jax.device_put(train_lib.init_state(params, batch_stats, optimizer),
+  state = jax.device_put(steps.init_state(params, batch_stats, optimizer),
                          sharding.replicated(mesh))
-  step = train_lib.make_train_step(graphdef, optimizer, mesh=mesh, seed=0,
-                                   frozen_stats_steps=probe)
+  step = steps.make_train_step(graphdef, optimizer, mesh=mesh, seed=0,
+                               frozen_stats_steps=probe)
 
   def changed(tree, ref):
     return [bool(np.any(np.asarray(a) != b)) for a, b in
@@ -196,16 +200,16 @@ def test_gatekeeper_loss_trains_through_the_step():
   config, graphdef, params, batch_stats, optimizer = _tiny_setup(steps=2, lr=1e-3)
   config.loss, config.gatekeeper_alpha = "gatekeeper", 0.3
   mesh = sharding.make_mesh()
-  state = jax.device_put(train_lib.init_state(params, batch_stats, optimizer),
+  state = jax.device_put(steps.init_state(params, batch_stats, optimizer),
                          sharding.replicated(mesh))
-  step = train_lib.make_train_step(graphdef, optimizer, mesh=mesh, seed=0,
-                                   loss_fn=train_lib.make_loss(config))
+  step = steps.make_train_step(graphdef, optimizer, mesh=mesh, seed=0,
+                               loss_fn=steps.make_loss(config))
   batch = _batches(1)[0]
   # resnet8 has no dropout: the train-mode forward (batch statistics) is deterministic.
-  logits, _, _ = train_lib.make_apply(graphdef)(params, batch_stats, batch["image"], train=True)
+  logits, _, _ = functional.make_apply(graphdef)(params, batch_stats, batch["image"], train=True)
   expected = cascade.gatekeeper_loss(logits, batch["label"], 0.3)
   _, metrics = step(state, batch)
   np.testing.assert_allclose(float(metrics["loss"]), float(expected), rtol=1e-5)
   with pytest.raises(ValueError, match="unknown loss 'focal'"):
     config.loss = "focal"
-    train_lib.make_loss(config)
+    steps.make_loss(config)

@@ -3,47 +3,29 @@
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
 
-from duojax import checkpoint, config_lib, train_lib, trainer
+from duojax import errors
+from duojax.models import functional
+from duojax.train import checkpoint, loop
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _tiny_config(data_dir, **overrides):
-  config = config_lib.base_config()
-  config.data_dir = str(data_dir)
-  config.val_size = 100
-  config.model_name = "resnet8"
-  config.model.width = 4
-  config.batch_size = 32
-  config.eval_batch_size = 64
-  config.total_steps = 12
-  config.warmup_steps = 2
-  config.log_every = 2
-  config.checkpoint_every = 4
-  config.keep_checkpoints = 10
-  config.augment = "crop,flip"  # so the resumed data position and augmentation matter
-  for key, value in overrides.items():
-    config[key] = value
-  return config
-
-
-def _final_state(workdir):
-  step, meta = checkpoint.read_meta(workdir)
-  model, _ = checkpoint.load_model(workdir)
-  return step, jax.device_get(train_lib.split_model(model)[1:])
+from helpers import (
+  assert_one_line_error,
+  cli_train_args,
+  final_state,
+  run_script,
+  tiny_train_config,
+)
 
 
 def test_resumed_run_is_bit_identical_to_uninterrupted(tmp_path, learnable_data_dir):
-  config = _tiny_config(learnable_data_dir)
+  config = tiny_train_config(learnable_data_dir)
   full = tmp_path / "full"
-  trainer.train_and_evaluate(config, str(full))
+  loop.train_and_evaluate(config, str(full))
 
   # An interrupted run: its last checkpoint is step 4, and its log already holds
   # lines for steps after 4 (written before the crash). Resume it.
@@ -51,43 +33,43 @@ def test_resumed_run_is_bit_identical_to_uninterrupted(tmp_path, learnable_data_
   shutil.copytree(full, interrupted)
   for step in (8, 12):
     shutil.rmtree(interrupted / "checkpoints" / str(step))
-  os.remove(interrupted / trainer.SUMMARY_FILE)
-  summary = trainer.train_and_evaluate(config, str(interrupted))
+  os.remove(interrupted / loop.SUMMARY_FILE)
+  summary = loop.train_and_evaluate(config, str(interrupted))
   assert summary["resumed_from"] == 4
 
-  step_a, state_a = _final_state(str(full))
-  step_b, state_b = _final_state(str(interrupted))
+  step_a, state_a = final_state(str(full))
+  step_b, state_b = final_state(str(interrupted))
   assert step_a == step_b == 12
   same = jax.tree.map(lambda a, b: np.array_equal(a, b), state_a, state_b)
   assert all(jax.tree.leaves(same)), "resumed parameters differ from the uninterrupted run"
 
-  with open(interrupted / trainer.METRICS_FILE) as f:
+  with open(interrupted / loop.METRICS_FILE) as f:
     records = [json.loads(line) for line in f]
   train_steps = [r["step"] for r in records if "train_loss" in r]
   assert train_steps == list(range(2, 13, 2))  # none duplicated, none missing
-  with open(full / trainer.METRICS_FILE) as f:
+  with open(full / loop.METRICS_FILE) as f:
     assert [json.loads(line) for line in f if "train_loss" in line][-1]["train_loss"] == \
         [r for r in records if "train_loss" in r][-1]["train_loss"]
 
 
 def test_training_learns_and_nan_loss_stops_with_last_good_checkpoint(tmp_path,
-                                                                        learnable_data_dir):
-  config = _tiny_config(learnable_data_dir, total_steps=40, lr=1e-2, augment="",
-                        checkpoint_every=20)
-  summary = trainer.train_and_evaluate(config, str(tmp_path / "ok"))
+                                                                      learnable_data_dir):
+  config = tiny_train_config(learnable_data_dir, total_steps=40, lr=1e-2, augment="",
+                             checkpoint_every=20)
+  summary = loop.train_and_evaluate(config, str(tmp_path / "ok"))
   assert summary["test_accuracy"] > 0.5  # chance is 0.1
   assert summary["params"] > 0 and summary["flops_per_image"] > 0
 
   # Warmup to an absurd learning rate: finite for a step or two, then overflow.
-  diverging = _tiny_config(learnable_data_dir, total_steps=8, lr=1e30, warmup_steps=4,
-                           augment="", checkpoint_every=1, log_every=1, grad_clip_norm=0.0,
-                           optimizer="sgd")
-  with pytest.raises(train_lib.TrainingDiverged, match="last good checkpoint: step"):
-    trainer.train_and_evaluate(diverging, str(tmp_path / "nan"))
+  diverging = tiny_train_config(learnable_data_dir, total_steps=8, lr=1e30, warmup_steps=4,
+                                augment="", checkpoint_every=1, log_every=1, grad_clip_norm=0.0,
+                                optimizer="sgd")
+  with pytest.raises(errors.TrainingDiverged, match="last good checkpoint: step"):
+    loop.train_and_evaluate(diverging, str(tmp_path / "nan"))
   manager = checkpoint.make_manager(str(tmp_path / "nan"), create=False)
   assert manager.all_steps() and max(manager.all_steps()) < 8
   for step in manager.all_steps():
-    _, params, _ = jax.device_get(train_lib.split_model(
+    _, params, _ = jax.device_get(functional.split_model(
         checkpoint.load_model(str(tmp_path / "nan"), step)[0]))
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
   manager.close()
@@ -97,33 +79,10 @@ def test_training_learns_and_nan_loss_stops_with_last_good_checkpoint(tmp_path,
 # The CLIs, as a user runs them.
 
 
-def _run(script, *args, path=None):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  if path is not None:
-    env["PATH"] = path
-  return subprocess.run([sys.executable, os.path.join(ROOT, script), *args],
-                        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
-
-
-def _train_args(data_dir, workdir, *extra):
-  return ("--config", os.path.join(ROOT, "configs/fashion_mnist.py:model=cnn_xs"),
-          f"--workdir={workdir}", f"--config.data_dir={data_dir}", "--config.val_size=100",
-          "--config.batch_size=32", "--config.total_steps=6", "--config.log_every=3",
-          "--config.eval_batch_size=64", *extra)
-
-
-def _assert_one_line_error(result, code, pattern):
-  assert result.returncode == code, (result.returncode, result.stderr[-2000:])
-  lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
-  assert lines and lines[-1].startswith("error: "), result.stderr[-2000:]
-  assert "Traceback" not in result.stderr, result.stderr[-2000:]
-  assert pattern in lines[-1], lines[-1]
-
-
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory, learnable_data_dir):
   workdir = tmp_path_factory.mktemp("cli") / "cnn"
-  result = _run("train.py", *_train_args(learnable_data_dir, workdir))
+  result = run_script("train.py", *cli_train_args(learnable_data_dir, workdir))
   assert result.returncode == 0, result.stderr[-3000:]
   assert "test accuracy" in result.stdout
   return workdir
@@ -133,8 +92,8 @@ def test_cli_train_then_evaluate(trained_workdir, tmp_path):
   assert (trained_workdir / "summary.json").exists()
   assert (trained_workdir / "checkpoints" / "6").is_dir()
   out = tmp_path / "eval.json"
-  result = _run("evaluate.py", f"--workdirs={trained_workdir}", "--split=val",
-                f"--output={out}")
+  result = run_script("evaluate.py", f"--workdirs={trained_workdir}", "--split=val",
+                      f"--output={out}")
   assert result.returncode == 0, result.stderr[-3000:]
   results = json.loads(out.read_text())[str(trained_workdir)]
   summary = json.loads((trained_workdir / "summary.json").read_text())
@@ -158,25 +117,25 @@ def test_cli_train_then_evaluate(trained_workdir, tmp_path):
 ])
 def test_cli_train_bad_input_leaves_no_workdir(tmp_path, learnable_data_dir, extra, code, pattern):
   workdir = tmp_path / "run"
-  result = _run("train.py", *_train_args(learnable_data_dir, workdir, *extra))
-  _assert_one_line_error(result, code, pattern)
+  result = run_script("train.py", *cli_train_args(learnable_data_dir, workdir, *extra))
+  assert_one_line_error(result, code, pattern)
   assert not workdir.exists()
 
 
 def test_cli_checkpoint_of_another_architecture_is_refused(trained_workdir, learnable_data_dir):
   before = sorted(p.name for p in trained_workdir.rglob("*"))
-  result = _run("train.py", *_train_args(learnable_data_dir, trained_workdir,
+  result = run_script("train.py", *cli_train_args(learnable_data_dir, trained_workdir,
                                          "--config.model_name=cnn_s"))
-  _assert_one_line_error(result, 1, "model_name='cnn_xs'")
+  assert_one_line_error(result, 1, "model_name='cnn_xs'")
   assert sorted(p.name for p in trained_workdir.rglob("*")) == before
 
 
 def test_cli_missing_data_files(tmp_path):
   # No apt-get on PATH and no files: the fetch must fail with how to get them.
   workdir = tmp_path / "run"
-  result = _run("train.py", *_train_args(tmp_path / "empty", workdir),
-                path=os.path.dirname(sys.executable))
-  _assert_one_line_error(result, 1, "dataset-fashion-mnist")
+  result = run_script("train.py", *cli_train_args(tmp_path / "empty", workdir),
+                      path=os.path.dirname(sys.executable))
+  assert_one_line_error(result, 1, "dataset-fashion-mnist")
   assert not workdir.exists()
   leftovers = [p for p in (tmp_path / "empty").rglob("*") if p.is_file()]
   assert leftovers == []
@@ -190,6 +149,6 @@ def test_cli_missing_data_files(tmp_path):
 def test_cli_evaluate_bad_input(tmp_path, args, pattern):
   empty = tmp_path / "empty_run"
   empty.mkdir()
-  result = _run("evaluate.py", *(a.format(empty=empty) for a in args))
-  _assert_one_line_error(result, 1, pattern)
+  result = run_script("evaluate.py", *(a.format(empty=empty) for a in args))
+  assert_one_line_error(result, 1, pattern)
   assert list(empty.iterdir()) == []

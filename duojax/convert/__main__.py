@@ -11,7 +11,8 @@ import os
 
 from absl import flags
 
-from duojax import checkpoint, cli, convert
+from duojax import cli, convert
+from duojax.train import checkpoint
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoint.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")

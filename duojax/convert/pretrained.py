@@ -22,13 +22,12 @@ import numpy as np
 from flax import nnx
 
 from duojax.convert import layouts, safetensors_io
+from duojax.errors import WeightsMismatchError
 from duojax.models import resnet, vit
 
 HEAD_MODES = ("load", "fresh")
 
 
-class WeightsMismatchError(ValueError):
-  """A checkpoint that does not fit the model; the message is one line."""
 
 
 def _key_name(key) -> str:

@@ -20,6 +20,8 @@ import tempfile
 import ml_dtypes
 import numpy as np
 
+from duojax.errors import WeightsFileError
+
 _DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
     "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype("<i8"), "I32": np.dtype("<i4"),
@@ -35,8 +37,6 @@ _CONVERT_HINT = ("convert it once, in PyTorch, with: import torch, safetensors.t
                  "torch.load(PATH, map_location='cpu', weights_only=True).items()}, 'model.safetensors')")
 
 
-class WeightsFileError(ValueError):
-  """A weights file that cannot be read safely; the message is one line."""
 
 
 def _looks_like_pickle(path: str, head: bytes) -> bool:

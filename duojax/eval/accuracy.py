@@ -1,0 +1,34 @@
+"""Accuracy and NLL of single training checkpoints (`evaluate.py --workdirs`)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from duojax import data
+from duojax.models import functional
+from duojax.parallel import distributed, sharding
+from duojax.train import checkpoint, steps
+
+
+def accuracy_of_workdirs(workdirs: Sequence[str], split_name: str, data_dir: str | None,
+                         batch_size: int) -> dict[str, dict]:
+  """{workdir: model name, step, accuracy, NLL, count} on `split_name` of its own data."""
+  mesh = sharding.make_mesh()
+  results = {}
+  for workdir in workdirs:
+    model, meta = checkpoint.load_model(workdir, sharding=sharding.replicated(mesh))
+    config = meta["config"]
+    dataset = data.load_dataset(config["dataset"], data_dir or config["data_dir"],
+                                val_size=config["val_size"], split_seed=config["split_seed"])
+    checkpoint.check_fits_data(meta, dataset.image_shape, dataset.num_classes, where=workdir)
+    graphdef, params, batch_stats = functional.split_model(model)
+    eval_step = steps.make_eval_step(graphdef, mesh=mesh)
+    batches = data.eval_batches(getattr(dataset, split_name), global_batch_size=batch_size,
+                                mean=dataset.mean, std=dataset.std,
+                                sharding=sharding.batch_sharding(mesh))
+    result = steps.evaluate_batches(eval_step, params, batch_stats, batches)
+    results[workdir] = {"model_name": meta["model_name"], "step": meta["step"], **result}
+    if distributed.is_main_process():
+      print(f"{workdir}: {meta['model_name']} step {meta['step']}: {split_name} accuracy "
+            f"{result['accuracy']:.4f}, NLL {result['nll']:.4f} ({result['count']} images)")
+  return results

@@ -1,0 +1,100 @@
+"""Logits of trained members on every evaluation split, computed once.
+
+All members (large model, sidekicks, ensemble members, soups) go through one
+fused jitted forward per batch (`duo.make_fused_forward`), so each split is
+read once and every member's logits come out of the same XLA program. The
+result is a `LogitsBank`: split name -> labels and [m, N, C] logits, the only
+input the post-hoc methods (temperatures, duos, ensembles) need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterable, Sequence
+
+import jax
+import numpy as np
+import tqdm
+from jax.experimental import multihost_utils
+
+from duojax import data
+from duojax.core import duo
+from duojax.eval.members import Member, check_members_agree
+from duojax.parallel import sharding
+
+
+@dataclasses.dataclass
+class LogitsBank:
+  """Per split: labels [N] and logits [m, N, C] in `member_names` order."""
+  member_names: tuple[str, ...]
+  labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  logits: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  # Member 0's pre-logit features [N, D] per split, when collected with them.
+  features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+  def member(self, split: str, name: str) -> np.ndarray:
+    return self.logits[split][self.member_names.index(name)]
+
+  def stack(self, split: str, names: Sequence[str]) -> np.ndarray:
+    return self.logits[split][[self.member_names.index(n) for n in names]]
+
+  def add_member(self, name: str, logits_by_split: dict[str, np.ndarray]) -> None:
+    """Appends a derived member (e.g. MC-dropout averages) to every split."""
+    if set(logits_by_split) != set(self.logits):
+      raise ValueError(f"member {name!r} needs logits for splits {sorted(self.logits)}")
+    self.member_names = (*self.member_names, name)
+    for split, logits in logits_by_split.items():
+      self.logits[split] = np.concatenate([self.logits[split], logits[None]], axis=0)
+
+
+def _to_host(x) -> np.ndarray:
+  if jax.process_count() > 1:  # global arrays span hosts: gather the rows
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def split_logits(forward: Callable, states, batches: Iterable[dict], *, desc: str = "",
+                 total: int | None = None, with_features: bool = False):
+  """Runs the fused forward over masked batches.
+
+  Returns (logits [m, N, C], labels [N]), plus member 0's features [N, D]
+  when `with_features` (the forward must have been built with them).
+  """
+  logits, labels, features = [], [], []
+  for batch in tqdm.tqdm(batches, desc=desc, total=total, leave=False, mininterval=2.0,
+                         disable=jax.process_index() != 0):
+    out = forward(states, batch["image"])
+    mask = _to_host(batch["mask"])
+    if with_features:
+      out, feats = out
+      features.append(_to_host(feats)[mask])
+    logits.append(_to_host(out)[:, mask])
+    labels.append(_to_host(batch["label"])[mask])
+  if not logits:
+    raise ValueError(f"split {desc!r} is empty")
+  result = (np.concatenate(logits, axis=1), np.concatenate(labels))
+  return (*result, np.concatenate(features)) if with_features else result
+
+
+def collect(members: Sequence[Member], dataset: data.Dataset, splits: dict[str, data.Split], *,
+            mesh, batch_size: int, with_features: bool = False) -> LogitsBank:
+  """Logits of every member on every split (one fused forward per batch).
+
+  `with_features` also keeps member 0's pre-logit features in `bank.features`.
+  """
+  check_members_agree(members)
+  graphdefs, states = duo.split_members([m.model for m in members])
+  forward = duo.make_fused_forward(graphdefs, mesh=mesh, with_features=with_features)
+  states = jax.device_put(states, sharding.replicated(mesh))
+  bank = LogitsBank(tuple(m.name for m in members))
+  for name, split in splits.items():
+    batches = data.eval_batches(split, global_batch_size=batch_size, mean=dataset.mean,
+                                std=dataset.std, sharding=sharding.batch_sharding(mesh))
+    out = split_logits(forward, states, batches, desc=name,
+                       total=-(-len(split) // batch_size), with_features=with_features)
+    bank.logits[name], bank.labels[name] = out[0], out[1]
+    if with_features:
+      bank.features[name] = out[2]
+  return bank
+
+

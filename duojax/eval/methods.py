@@ -1,0 +1,131 @@
+"""The duo and its baselines as post-hoc methods on a `LogitsBank`.
+
+A method names the bank members it uses and how it turns their logits into
+one prediction (logits [N, C], argmax = prediction) and one confidence [N]
+(1 − confidence = uncertainty). Whatever it fits (temperatures, duo weights)
+is fit on the "val" split only, then applied unchanged to every other split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from duojax.core import duo, temperature
+from duojax.eval.bank import LogitsBank
+from duojax.parallel import sharding
+
+FIT_SPLIT = "val"
+KINDS = ("single", "ts", "duo", "ensemble", "ensemble_ts")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A post-hoc method, described by data: what it runs and how it combines.
+
+  Its cost is the sum of its members' FLOPs (`method_flops`); `headline`
+  methods are the ones compared with the reference (large+TS) by paired
+  bootstrap intervals and drawn in the curve plots.
+  """
+  name: str
+  kind: str                    # one of KINDS
+  members: tuple[str, ...]     # bank member names; for duos, the large model first
+  mode: str = ""               # duo mode (duo.MODES) for kind "duo"
+  label: str = ""              # longer description for tables
+  headline: bool = False
+
+
+def log_mean_softmax(logits_stack) -> jax.Array:
+  """log of the members' mean probability: an ensemble's logits."""
+  log_probs = jax.nn.log_softmax(jnp.asarray(logits_stack, jnp.float32), axis=-1)
+  return jax.nn.logsumexp(log_probs, axis=0) - jnp.log(log_probs.shape[0])
+
+
+def fit(method: Method, bank: LogitsBank, *, solver: str = "jaxopt",
+        mesh=None) -> dict[str, np.ndarray]:
+  """What `method` learns from the validation split (possibly nothing).
+
+  With a mesh, the validation logits are split by rows over its devices
+  (across hosts too) and each fit's NLL is a mean over all of them.
+  """
+  labels = bank.labels[FIT_SPLIT]
+
+  def fit_weights(members):
+    if mesh is None:
+      return np.asarray(temperature.fit_temperatures(list(members), labels, solver=solver))
+    rows = [sharding.shard_rows(np.asarray(z, np.float32), mesh)[0] for z in members]
+    row_labels, mask = sharding.shard_rows(labels, mesh)
+    return np.asarray(temperature.fit_temperatures(rows, row_labels, mask=mask, solver=solver))
+
+  if method.kind == "ts":
+    return {"weights": fit_weights([bank.member(FIT_SPLIT, method.members[0])])}
+  if method.kind == "ensemble_ts":
+    return {"weights": fit_weights([log_mean_softmax(bank.stack(FIT_SPLIT, method.members))])}
+  if method.kind == "duo":
+    stack = bank.stack(FIT_SPLIT, method.members)
+    single = [fit_weights([z])[0] for z in stack]
+    return {"weights": fit_weights(stack), "single_weights": np.asarray(single)}
+  if method.kind in ("single", "ensemble"):
+    return {}
+  raise ValueError(f"unknown method kind {method.kind!r}; valid: {', '.join(KINDS)}")
+
+
+def apply(method: Method, fitted: dict, bank: LogitsBank, split: str):
+  """(logits [N, C], confidence [N]) of `method` on `split`."""
+  if method.kind in ("single", "ts"):
+    logits = jnp.asarray(bank.member(split, method.members[0]), jnp.float32)
+    if method.kind == "ts":
+      logits = logits * fitted["weights"][0]
+    return logits, duo.msp_confidence(logits)
+  if method.kind in ("ensemble", "ensemble_ts"):
+    logits = log_mean_softmax(bank.stack(split, method.members))
+    if method.kind == "ensemble_ts":
+      logits = logits * fitted["weights"][0]
+    return logits, duo.msp_confidence(logits)
+  if method.kind == "duo":
+    return duo.combine_mode(bank.stack(split, method.members), method.mode,
+                            joint_weights=fitted["weights"],
+                            single_weights=fitted["single_weights"])
+  raise ValueError(f"unknown method kind {method.kind!r}; valid: {', '.join(KINDS)}")
+
+
+def standard_methods(*, large: str, sidekick: str | None, ensemble: tuple[str, ...] = (),
+                     extra_singles: tuple[str, ...] = ()) -> list[Method]:
+  """The duo and every baseline the members in the bank allow.
+
+  `ensemble` lists the independently trained large models (the first being
+  `large` itself); deep ensembles of m = 2..len(ensemble) use the first m.
+  `extra_singles` are further bank members shown as single models with and
+  without temperature scaling (soups, MC dropout averages). Headline
+  methods: the sidekick, the duos, the 2-member ensembles and the extras.
+  """
+  methods = [Method("large", "single", (large,), label="large model alone"),
+             Method("large+TS", "ts", (large,), label="large model, temperature-scaled")]
+  if sidekick is not None:
+    methods += [
+        Method("sidekick+TS", "ts", (sidekick,), label="sidekick, temperature-scaled",
+               headline=True),
+        Method("duo (unweighted)", "duo", (large, sidekick), "unweighted",
+               label="each member TS'd alone, logits averaged", headline=True),
+        Method("duo (weighted)", "duo", (large, sidekick), "weighted",
+               label="weights fit jointly on val (the method)", headline=True),
+        Method("duo (UQ only)", "duo", (large, sidekick), "uq_only",
+               label="large model's prediction, duo's confidence in it", headline=True),
+    ]
+  for m in range(2, len(ensemble) + 1):
+    methods += [Method(f"ensemble m={m}", "ensemble", tuple(ensemble[:m]),
+                       label=f"deep ensemble of {m} large models", headline=m == 2),
+                Method(f"ensemble m={m}+TS", "ensemble_ts", tuple(ensemble[:m]),
+                       label=f"deep ensemble of {m}, temperature-scaled", headline=m == 2)]
+  for name in extra_singles:
+    methods += [Method(name, "single", (name,), headline=True),
+                Method(f"{name}+TS", "ts", (name,), headline=True)]
+  return methods
+
+
+def method_flops(method: Method, member_flops: dict[str, float]) -> float:
+  """Forward FLOPs per image: the sum over the members the method runs."""
+  return float(sum(member_flops[m] for m in method.members))

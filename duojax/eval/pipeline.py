@@ -1,0 +1,134 @@
+"""What `evaluate.py --config` runs: members -> logits bank -> sections.
+
+1. restore the large model, the sidekick and the extra ensemble members from
+   their training workdirs, plus the members each listed section adds
+   (Gatekeeper sidekicks, Hydra models), and check they agree on data,
+   classes and image shape;
+2. build the soups (uniform, greedy on val accuracy);
+3. compute every member's logits ONCE per split (val, test, the OOD set,
+   corrupted test sets) with one fused jitted forward per batch, plus the
+   large model's MC-dropout average;
+4. run the sections the config lists (`duojax.eval.sections`), each fitting
+   on val only through the shared `EvalInputs`, and gather their results.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import numpy as np
+
+from duojax import config_lib, data
+from duojax.eval import bank as bank_lib
+from duojax.eval import members as members_lib
+from duojax.eval import methods as methods_lib
+from duojax.eval import sections as sections_lib
+from duojax.eval import splits as splits_lib
+from duojax.eval.inputs import LARGE, SIDEKICK, EvalInputs
+from duojax.eval.mc_dropout import mc_dropout_logits
+from duojax.eval.render import split_list
+from duojax.models import functional
+from duojax.parallel import sharding
+from duojax.train import checkpoint
+
+# Config keys that name training workdirs, checked before any work.
+_WORKDIR_KEYS = ("large", "sidekick", "ensemble", "soup_ingredients", "gatekeeper", "hydra",
+                 "hydra_ensemble")
+
+
+def active_sections(config) -> list:
+  """The section modules `config.sections` lists whose inputs the config gives."""
+  return [s for s in sections_lib.load(split_list(config.sections)) if s.enabled(config)]
+
+
+def _check_workdirs(config) -> None:
+  """Fail before any work if a workdir is missing (one line, names it)."""
+  for key in _WORKDIR_KEYS:
+    for workdir in split_list(config[key]):
+      if not os.path.isdir(os.path.expanduser(workdir)):
+        raise ValueError(f"config.{key}: workdir {workdir!r} does not exist")
+
+
+def run(config) -> dict:
+  """The full results dict of evaluation `config` (see `config_lib.base_eval_config`)."""
+  config = config_lib.complete_eval_config(config)
+  config_lib.validate_eval(config)
+  sections = active_sections(config)
+  _check_workdirs(config)
+  t_start = time.perf_counter()
+  mesh = sharding.make_mesh(config.num_devices)
+  members = [members_lib.load_member(LARGE, config.large, mesh=mesh)]
+  if config.sidekick:
+    members.append(members_lib.load_member(SIDEKICK, config.sidekick, mesh=mesh))
+  ensemble = [LARGE]
+  for i, workdir in enumerate(split_list(config.ensemble), start=2):
+    members.append(members_lib.load_member(f"large#{i}", workdir, mesh=mesh))
+    ensemble.append(f"large#{i}")
+  added = {}
+  for section in sections:
+    extra = section.members(config, mesh)
+    added[sections_lib.name(section)] = [m.name for m in extra]
+    members += extra
+  members_lib.check_members_agree(members)
+
+  meta = members[0].meta
+  train_config = meta["config"]
+  dataset = data.load_dataset(train_config["dataset"],
+                              os.path.expanduser(config.data_dir or train_config["data_dir"]),
+                              val_size=train_config["val_size"],
+                              split_seed=train_config["split_seed"])
+  checkpoint.check_fits_data(meta, dataset.image_shape, dataset.num_classes,
+                             where=config.large)
+  splits = {"val": dataset.val, "test": dataset.test}
+  if config.ood:
+    splits["ood"] = splits_lib.ood_split(config.ood, dataset)
+  kinds = split_list(config.shifts)
+  if kinds:
+    splits.update(splits_lib.shifted_splits(dataset.test, kinds=kinds,
+                                            max_images=config.shift_max_images,
+                                            seed=config.seed))
+
+  extra_singles = []
+  ingredients = split_list(config.soup_ingredients)
+  if ingredients:
+    def val_accuracy(member):
+      val = bank_lib.collect([member], dataset, {"val": dataset.val}, mesh=mesh,
+                             batch_size=config.batch_size)
+      return float(np.mean(val.logits["val"][0].argmax(-1) == val.labels["val"]))
+
+    members += members_lib.soup_members(ingredients, members[0], val_accuracy, mesh=mesh)
+    extra_singles += ["soup (uniform)", "soup (greedy)"]
+
+  mc_dropout = config.mc_dropout_samples > 0
+  bank = bank_lib.collect(members, dataset, splits, mesh=mesh, batch_size=config.batch_size,
+                          with_features=mc_dropout)
+  member_flops = {m.name: m.flops for m in members}
+  if mc_dropout:
+    name = f"MC dropout K={config.mc_dropout_samples}"
+    bank.add_member(name, mc_dropout_logits(
+        members[0].model.head, bank.features, rate=config.mc_dropout_rate,
+        num_samples=config.mc_dropout_samples, seed=config.seed))
+    kernel = np.shape(members[0].model.head.kernel[...])
+    member_flops[name] = members[0].flops + config.mc_dropout_samples * 2 * kernel[0] * kernel[1]
+    extra_singles.append(name)
+
+  method_list = methods_lib.standard_methods(
+      large=LARGE, sidekick=SIDEKICK if config.sidekick else None, ensemble=tuple(ensemble),
+      extra_singles=tuple(extra_singles))
+  for section in sections:
+    method_list += section.methods(config, added[sections_lib.name(section)])
+  inputs = EvalInputs(config=config, bank=bank, members={m.name: m for m in members},
+                      member_flops=member_flops, methods=method_list, added=added, mesh=mesh)
+  results = {}
+  for section in sections:
+    results.update(section.build(inputs, results))
+  results["members"] = {
+      m.name: {"model_name": m.meta["model_name"], "flops": m.flops,
+               "params": functional.count_params(functional.split_model(m.model)[1]),
+               "step": m.meta.get("step")} for m in members}
+  results["splits"] = {name: int(len(bank.labels[name])) for name in bank.labels}
+  results["seconds"] = round(time.perf_counter() - t_start, 1)
+  results["devices"] = f"{jax.device_count()} × {jax.devices()[0].device_kind}"
+  return results

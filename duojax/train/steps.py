@@ -1,0 +1,146 @@
+"""The jitted train and eval steps of one classifier, and its training loss.
+
+The train step is one `jax.jit` function over a ("data", "fsdp") mesh (see
+`duojax.parallel.sharding`): the batch is split over every device, parameters and
+optimizer state are replicated or, with fsdp > 1, split over the "fsdp"
+axis, and the state is donated so XLA updates it in place. The same code runs
+on 1 device, N devices or N hosts.
+
+Models are Flax NNX modules; inside jit they are rebuilt with `nnx.merge` from
+a static graphdef and plain pytrees (`duojax.models.functional`), so the
+train state, the optimizer state and the checkpoints are ordinary pytrees.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from duojax.core.losses import cross_entropy, gatekeeper_loss
+from duojax.models.functional import make_apply
+from duojax.parallel import sharding
+
+TrainState = dict[str, Any]  # {"params", "batch_stats", "opt_state", "step", "nonfinite"}
+
+
+def make_loss(config) -> Callable:
+  """The config's training loss, (logits [B, C], labels [B]) -> scalar.
+
+  "ce": mean cross-entropy (with `label_smoothing`); "gatekeeper": the
+  Gatekeeper confidence-tuning loss (arXiv 2502.19335) with weight
+  `gatekeeper_alpha` on the correct rows' cross-entropy, see
+  `duojax.core.losses.gatekeeper_loss`.
+  """
+  loss = config.get("loss", "ce")
+  if loss == "ce":
+    smoothing = float(config.label_smoothing)
+    return lambda logits, labels: cross_entropy(logits, labels, smoothing).mean()
+  if loss == "gatekeeper":
+    alpha = float(config.gatekeeper_alpha)
+    return lambda logits, labels: gatekeeper_loss(logits, labels, alpha)
+  raise ValueError(f"unknown loss {loss!r}; valid: ce, gatekeeper")
+
+
+def init_state(params, batch_stats, optimizer) -> TrainState:
+  return {"params": params, "batch_stats": batch_stats,
+          "opt_state": optimizer.init(params),
+          "step": jnp.zeros((), jnp.int32), "nonfinite": jnp.zeros((), jnp.int32)}
+
+
+def make_train_step(graphdef, optimizer, *, mesh: Mesh, seed: int,
+                    label_smoothing: float = 0.0, frozen_stats_steps: int = 0,
+                    state_sharding=None, loss_fn: Callable | None = None) -> Callable:
+  """Jitted (state, batch) -> (state, metrics) over `mesh`; state is donated.
+
+  `loss_fn(logits, labels) -> scalar` (see `make_loss`) replaces the default
+  cross-entropy with `label_smoothing`.
+
+  `state_sharding` (a tree of shardings like the state, from
+  `sharding.state_shardings`) keeps the state split FSDP-style across steps;
+  by default it is replicated.
+
+  For the first `frozen_stats_steps` steps (a linear probe) BatchNorm running
+  statistics keep their loaded values, as the frozen backbone's weights do.
+  """
+  apply = make_apply(graphdef)
+  # Dropout keys are a pure function of (seed, step): resuming needs no RNG state.
+  dropout_key = jax.random.fold_in(jax.random.key(seed), 0x0D0)
+
+  def train_step(state: TrainState, batch):
+    step_key = jax.random.fold_in(dropout_key, state["step"])
+
+    def objective(params):
+      # Built inside the differentiated function: NNX RNG streams count their
+      # draws, and may only be mutated at the trace level that created them.
+      rngs = nnx.Rngs(dropout=step_key)
+      logits, _, batch_stats = apply(params, state["batch_stats"], batch["image"],
+                                     train=True, rngs=rngs)
+      loss = (cross_entropy(logits, batch["label"], label_smoothing).mean() if loss_fn is None
+              else loss_fn(logits, batch["label"]))
+      return loss, (logits, batch_stats)
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
+        state["params"])
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    if frozen_stats_steps > 0:
+      frozen = state["step"] < frozen_stats_steps
+      batch_stats = jax.tree.map(lambda new, old: jnp.where(frozen, old, new),
+                                 batch_stats, state["batch_stats"])
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(params))
+    new_state = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state,
+                 "step": state["step"] + 1,
+                 # Counted on device so the host only looks at log/save time. The
+                 # new parameters are checked too: a finite loss can still come
+                 # with an update that overflows them.
+                 "nonfinite": state["nonfinite"] + (~finite).astype(jnp.int32)}
+    metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
+    return new_state, metrics
+
+  rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  state_sharding = rep if state_sharding is None else state_sharding
+  return jax.jit(train_step, in_shardings=(state_sharding, data),
+                 out_shardings=(state_sharding, rep), donate_argnums=0)
+
+
+def make_eval_step(graphdef, *, mesh: Mesh, state_sharding=None) -> Callable:
+  """Jitted (params, batch_stats, batch) -> sums of correct, NLL and count over the mask.
+
+  `state_sharding`: the train state's shardings (FSDP), else replicated.
+  """
+  apply = make_apply(graphdef)
+
+  def eval_step(params, batch_stats, batch):
+    logits, _, _ = apply(params, batch_stats, batch["image"])
+    mask = batch["mask"].astype(jnp.float32)
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    nll = cross_entropy(logits, batch["label"])
+    return {"correct": jnp.sum(correct * mask), "nll": jnp.sum(nll * mask),
+            "count": jnp.sum(mask)}
+
+  rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  params, stats = ((rep, rep) if state_sharding is None else
+                   (state_sharding["params"], state_sharding["batch_stats"]))
+  return jax.jit(eval_step, in_shardings=(params, stats, data), out_shardings=rep)
+
+
+def evaluate_batches(eval_step, params, batch_stats, batches) -> dict[str, float]:
+  """Accuracy and NLL of a model over an iterable of masked batches."""
+  totals = None
+  for batch in batches:
+    sums = eval_step(params, batch_stats, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  if totals is None:
+    raise ValueError("evaluation split is empty")
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  return {"accuracy": float(totals["correct"]) / count,
+          "nll": float(totals["nll"]) / count, "count": int(count)}
+
+

@@ -1,0 +1,150 @@
+"""What the tests share: small synthetic data sets (built by the real builder),
+tiny training configs, CLI runners and checks, and a full-disk stand-in.
+
+Test modules import this one module, never each other.
+"""
+
+import errno
+import gzip
+import os
+import struct
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from duojax import config_lib
+from duojax.data import embedded
+from duojax.models import functional
+from duojax.train import checkpoint
+
+
+def write_idx(path, array):
+  header = struct.pack(f">{1 + array.ndim}I", 0x0800 + array.ndim, *array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def learnable_split(n, seed):
+  """28x28 images whose class k lights a 6x6 block at a class-specific place, plus noise."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 10, n).astype(np.uint8)
+  images = rng.integers(0, 96, (n, 28, 28)).astype(np.uint8)
+  for i, k in enumerate(labels):
+    row, col = divmod(int(k), 5)
+    images[i, 2 + 12 * row: 8 + 12 * row, 1 + 5 * col: 6 + 5 * col] = 255
+  return images, labels
+
+
+def prepare_learnable_fashion_mnist(idx_dir, data_dir, n_train=600, n_test=200):
+  """Writes idx files of `learnable_split` and builds them as 'fashion_mnist' in data_dir."""
+  arrays = {"train": learnable_split(n_train, 0), "test": learnable_split(n_test, 1)}
+  for split, (images_file, labels_file) in embedded.IDX_FILES.items():
+    write_idx(idx_dir / images_file, arrays[split][0])
+    write_idx(idx_dir / labels_file, arrays[split][1])
+  embedded.prepare_fashion_mnist(data_dir, idx_dir=idx_dir)
+  return data_dir
+
+
+def prepare_five_class_blocks(data_dir, n_train=300, n_test=100):
+  """A prepared tfds dataset 'five_class_blocks': `learnable_split` images with labels
+  mod 5, so a model trained on it has 5 classes where Fashion-MNIST's have 10."""
+  import tensorflow_datasets as tfds
+
+  class FiveClassBlocks(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          # Raw bytes, as the embedded builder stores them: no TensorFlow to encode.
+          "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8, encoding="bytes"),
+          "label": tfds.features.ClassLabel(num_classes=5)}), disable_shuffling=True)
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(n_train, 0),
+              "test": self._generate_examples(n_test, 1)}
+
+    def _generate_examples(self, n, seed):
+      images, labels = learnable_split(n, seed)
+      for i, (image, label) in enumerate(zip(images, labels)):
+        yield i, {"image": image[..., None], "label": int(label) % 5}
+
+  FiveClassBlocks(data_dir=data_dir, file_format="array_record").download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return data_dir
+
+
+class FullDisk:
+  """A file whose writes fail with ENOSPC after a few bytes, as on a full disk."""
+
+  def __init__(self, f):
+    self.f = f
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.f.close()
+
+  def write(self, text):
+    self.f.write(text[:8])
+    self.f.flush()
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+# ---------------------------------------------------------------- training and the CLIs
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_train_config(data_dir, **overrides):
+  """A training config of a tiny ResNet that trains in seconds on `data_dir`."""
+  config = config_lib.base_config()
+  config.data_dir = str(data_dir)
+  config.val_size = 100
+  config.model_name = "resnet8"
+  config.model.width = 4
+  config.batch_size = 32
+  config.eval_batch_size = 64
+  config.total_steps = 12
+  config.warmup_steps = 2
+  config.log_every = 2
+  config.checkpoint_every = 4
+  config.keep_checkpoints = 10
+  config.augment = "crop,flip"  # so the resumed data position and augmentation matter
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def final_state(workdir):
+  """(step, (params, batch_stats)) of the newest checkpoint in `workdir`, on the host."""
+  step, meta = checkpoint.read_meta(workdir)
+  model, _ = checkpoint.load_model(workdir)
+  return step, jax.device_get(functional.split_model(model)[1:])
+
+
+def run_script(script, *args, path=None):
+  """Runs `python ROOT/script args` on the CPU; returns the CompletedProcess."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  if path is not None:
+    env["PATH"] = path
+  return subprocess.run([sys.executable, os.path.join(ROOT, script), *args],
+                        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+
+
+def cli_train_args(data_dir, workdir, *extra):
+  """train.py arguments for a 6-step cnn_xs run on `data_dir`."""
+  return ("--config", os.path.join(ROOT, "configs/fashion_mnist.py:model=cnn_xs"),
+          f"--workdir={workdir}", f"--config.data_dir={data_dir}", "--config.val_size=100",
+          "--config.batch_size=32", "--config.total_steps=6", "--config.log_every=3",
+          "--config.eval_batch_size=64", *extra)
+
+
+def assert_one_line_error(result, code, pattern):
+  """The CLI failed with `code` and one `error:` line containing `pattern`, no traceback."""
+  assert result.returncode == code, (result.returncode, result.stderr[-2000:])
+  lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
+  assert lines and lines[-1].startswith("error: "), result.stderr[-2000:]
+  assert "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert pattern in lines[-1], lines[-1]
