@@ -129,7 +129,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 200
   c.keep_checkpoints = 3
   c.eval_batch_size = 500
-  # Scale-out (duojax.sharding): the mesh spans every device of every process.
+  # Scale-out (duojax.parallel.sharding): the mesh spans every device of every process.
   c.num_devices = -1            # -1: all devices (a multi-process run needs -1)
   c.fsdp = 1                    # > 1: split params and optimizer state over
                                 # groups of this many devices (FSDP-style)

@@ -62,7 +62,7 @@ def _rows_of_sharding(global_batch_size: int, sharding: jax.sharding.Sharding) -
   start, stop = slices[0][0], slices[-1][1]
   if sum(b - a for a, b in slices) != stop - start:
     raise DataError("this process's devices hold non-adjacent rows of the batch; build the "
-                    "mesh with duojax.sharding.make_mesh")
+                    "mesh with duojax.parallel.sharding.make_mesh")
   return slice(start, stop)
 
 
