@@ -189,6 +189,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"config.augment has unknown {name!r}; valid: {', '.join(_AUGMENTATIONS)}")
 
 
+def complete_config(saved: dict) -> ml_collections.ConfigDict:
+  """A training config read back from a checkpoint, complete.
+
+  Keys added to the schema after the checkpoint was written take their
+  defaults (which reproduce the behaviour of the code that wrote it: no
+  linear probe, cross-entropy, no pruning), so readers never need
+  `config.get(key, default)`; keys the schema has since dropped are kept.
+  """
+  config = base_config()
+  config.update(saved)
+  return config
+
+
 def augmentations(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(a.strip() for a in config.augment.split(",") if a.strip())
 

@@ -87,6 +87,7 @@ def _damaged_copy(learnable_data_dir, tmp_path):
 # train.py: damaged data, empty splits, unwritable workdirs, config and mesh typos.
 
 
+@pytest.mark.slow
 def test_cli_train_damaged_array_record_shard(tmp_path, learnable_data_dir):
   copy, version = _damaged_copy(learnable_data_dir, tmp_path)
   shutil.rmtree(version / "duojax_cache", ignore_errors=True)  # so the shard must be read
@@ -99,6 +100,7 @@ def test_cli_train_damaged_array_record_shard(tmp_path, learnable_data_dir):
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_cli_train_damaged_dataset_metadata(tmp_path, learnable_data_dir):
   copy, version = _damaged_copy(learnable_data_dir, tmp_path)
   (version / "dataset_info.json").write_text("{")
@@ -111,6 +113,7 @@ def test_cli_train_damaged_dataset_metadata(tmp_path, learnable_data_dir):
   assert _snapshot(copy) == before  # nothing "repaired" behind the user's back
 
 
+@pytest.mark.slow
 def test_cli_train_val_split_that_leaves_no_training_data(tmp_path, learnable_data_dir):
   workdir = tmp_path / "run"
   result = run_script("train.py",
@@ -119,6 +122,7 @@ def test_cli_train_val_split_that_leaves_no_training_data(tmp_path, learnable_da
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_cli_train_workdir_under_a_regular_file(tmp_path, learnable_data_dir):
   # Stands in for an unwritable location where tests run as root (chmod binds no root).
   blocker = tmp_path / "a_file"
@@ -131,6 +135,7 @@ def test_cli_train_workdir_under_a_regular_file(tmp_path, learnable_data_dir):
   assert blocker.read_text() == "not a folder"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through any permission bits")
 def test_cli_train_workdir_in_a_read_only_folder(tmp_path, learnable_data_dir):
   parent = tmp_path / "read_only"
@@ -144,6 +149,7 @@ def test_cli_train_workdir_in_a_read_only_folder(tmp_path, learnable_data_dir):
     parent.chmod(0o700)
 
 
+@pytest.mark.slow
 def test_cli_train_config_argument_typo_is_one_line_without_traceback(tmp_path):
   workdir = tmp_path / "run"
   result = run_script("train.py", "--config",
@@ -153,6 +159,7 @@ def test_cli_train_config_argument_typo_is_one_line_without_traceback(tmp_path):
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_cli_train_more_devices_than_exist(tmp_path, learnable_data_dir):
   workdir = tmp_path / "run"
   result = run_script("train.py",
@@ -195,6 +202,7 @@ def _eval_config(tmp_path, large, sidekick, output):
   return str(path)
 
 
+@pytest.mark.slow
 def test_cli_evaluate_duo_of_models_with_different_class_counts(tmp_path, cnn_workdir,
                                                                 five_class_workdir):
   out = tmp_path / "results"
@@ -207,6 +215,7 @@ def test_cli_evaluate_duo_of_models_with_different_class_counts(tmp_path, cnn_wo
   assert _snapshot(five_class_workdir) == before
 
 
+@pytest.mark.slow
 def test_cli_evaluate_output_dir_under_a_regular_file(tmp_path, cnn_workdir):
   blocker = tmp_path / "a_file"
   blocker.write_text("x")
@@ -217,6 +226,7 @@ def test_cli_evaluate_output_dir_under_a_regular_file(tmp_path, cnn_workdir):
   assert blocker.read_text() == "x"
 
 
+@pytest.mark.slow
 def test_cli_evaluate_unknown_config_key_is_one_line(tmp_path, cnn_workdir):
   result = run_script("evaluate.py", "--config",
                       _eval_config(tmp_path, cnn_workdir, cnn_workdir, tmp_path / "results"),
@@ -226,6 +236,7 @@ def test_cli_evaluate_unknown_config_key_is_one_line(tmp_path, cnn_workdir):
   assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 def test_cli_evaluate_output_file_under_a_regular_file(tmp_path, cnn_workdir):
   blocker = tmp_path / "a_file"
   blocker.write_text("x")
@@ -258,6 +269,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_cli_evaluate_full_disk_leaves_no_partial_output(tmp_path, cnn_workdir):
   wrapper = tmp_path / "full_disk.py"
   wrapper.write_text(_FULL_DISK.format(tests=os.path.dirname(os.path.abspath(__file__))))
@@ -268,6 +280,7 @@ def test_cli_evaluate_full_disk_leaves_no_partial_output(tmp_path, cnn_workdir):
   assert sorted(os.listdir(tmp_path)) == ["full_disk.py"]  # neither eval.json nor its .tmp
 
 
+@pytest.mark.slow
 def test_cli_evaluate_folder_that_is_not_a_checkpoint(tmp_path):
   # A "checkpoints" folder with a step that orbax never wrote.
   junk = tmp_path / "not_a_run"
@@ -286,6 +299,7 @@ def test_cli_evaluate_folder_that_is_not_a_checkpoint(tmp_path):
 # Python API: checkpoints, data caches, writers.
 
 
+@pytest.mark.slow
 def test_fine_tune_from_a_checkpoint_with_another_class_count(tmp_path, learnable_data_dir,
                                                               five_class_workdir):
   workdir = tmp_path / "run"

@@ -15,6 +15,7 @@ import bench_xla_cpu  # noqa: E402
 import harness  # noqa: E402
 
 
+
 def run_script(name, *args, timeout=300):
   result = subprocess.run([sys.executable, str(ROOT / "bench" / name), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
@@ -64,6 +65,7 @@ def test_torch_reference_recipe_reaches_the_scipy_optimum_region():
                              rtol=1e-9)
 
 
+@pytest.mark.slow  # the script's quick run, as a subprocess
 def test_bench_duo_quick(tmp_path):
   out = tmp_path / "B.md"
   run_script("bench_duo.py", "--quick", "--out", str(out))
@@ -76,6 +78,7 @@ def test_bench_duo_quick(tmp_path):
   assert "Command: `python bench/bench_duo.py --quick" in text
 
 
+@pytest.mark.slow  # the script's quick run, as a subprocess
 def test_bench_temperature_quick(tmp_path):
   out = tmp_path / "B.md"
   run_script("bench_temperature.py", "--quick", "--out", str(out))
@@ -86,6 +89,7 @@ def test_bench_temperature_quick(tmp_path):
   assert "× the floor" in text
 
 
+@pytest.mark.slow  # the script's quick run, as a subprocess
 def test_bench_xla_cpu_quick(tmp_path):
   out = tmp_path / "B.md"
   run_script("bench_xla_cpu.py", "--quick", "--out", str(out))
@@ -101,6 +105,7 @@ def test_bench_xla_cpu_quick(tmp_path):
   assert text.count("| resnet14 |") == len(bench_xla_cpu.OPTIONS)
 
 
+@pytest.mark.slow  # the script's quick run, as a subprocess
 def test_bench_hydra_quick(tmp_path):
   out = tmp_path / "B.md"
   run_script("bench_hydra.py", "--quick", "--out", str(out))

@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import bench_metrics  # noqa: E402
 
 
+
 @pytest.mark.parametrize("n,c,scale", [(500, 7, 2.0), (300, 2, 4.0)])
 def test_reference_matches_evaluate(n, c, scale):
   rng = np.random.default_rng(n + c)
@@ -26,6 +27,7 @@ def test_reference_matches_evaluate(n, c, scale):
     assert abs(ours[name] - reference[name]) <= 1e-5, (name, ours[name], reference[name])
 
 
+@pytest.mark.slow  # the script's quick run, as a subprocess
 def test_quick_run_writes_both_sections(tmp_path):
   out = tmp_path / "B.md"
   result = subprocess.run([sys.executable, "bench/bench_metrics.py", "--quick", "--out", str(out)],

@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import torch_models  # noqa: E402
 
 
+
 def duojax_param_count(name, num_classes, **overrides):
   model = nnx.eval_shape(lambda: get_model(name, num_classes, rngs=0, **overrides))
   return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -103,6 +104,7 @@ def _table_rows(text, section):
           if l.startswith("| ") and not l.startswith("| model")]
 
 
+@pytest.mark.slow  # the script's quick run, as a subprocess
 def test_quick_run_writes_both_sections(tmp_path):
   out = tmp_path / "B.md"
   # bfloat16 explicitly: by default it runs only on CPUs with native bfloat16.

@@ -160,6 +160,7 @@ def test_bad_inputs_raise_one_line_errors(pair, runs):
 # bench/bench_cascade.py, end to end on tiny sizes (its speed is not tested).
 
 
+@pytest.mark.slow
 def test_bench_cascade_quick(tmp_path):
   out = tmp_path / "B.md"
   out.write_text("# Benchmarks\n\nIntro kept.\n")

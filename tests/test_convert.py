@@ -242,6 +242,7 @@ def test_wrong_architecture_and_bad_arguments(tmp_path):
     convert.load_pretrained(tiny_resnet(), unknown)
 
 
+@pytest.mark.slow
 def test_train_cli_fine_tunes_from_a_safetensors_file(tmp_path, learnable_data_dir):
   """train.py starts from an exported file, probes the head, then fine-tunes; bad files fail cleanly."""
   import subprocess

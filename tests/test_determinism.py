@@ -20,6 +20,10 @@ from duojax.train import loop
 
 from helpers import ROOT, final_state, tiny_train_config
 
+# Slow as a whole (whole training runs and evaluations, twice):
+# `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 TOLERANCE = 1e-6
 # Wall-clock measurements differ between any two runs.
 TIMING_FIELDS = frozenset({"images_per_s", "train_seconds", "seconds"})

@@ -13,6 +13,10 @@ import pytest
 from duojax.parallel import distributed, sharding
 from duojax.train import checkpoint
 
+# Slow as a whole (several processes and fake devices):
+# `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
@@ -217,9 +221,10 @@ _FAKE_DEVICES_SCRIPT = textwrap.dedent("""
     jax.config.update("jax_num_cpu_devices", 4)
     import numpy as np
     from duojax import config_lib, data
-    from duojax.core import duo
+    from duojax.core import duo, temperature
+    from duojax.models import functional, spec
     from duojax.parallel import sharding
-    from duojax.core import temperature
+    from duojax.train import optim, steps
 
     def max_diff(a, b):
       return max(jax.tree.leaves(jax.tree.map(

@@ -12,6 +12,10 @@ from duojax import config_lib
 from duojax.models import functional, spec
 from duojax.train import checkpoint, loop, optim, steps
 
+# Slow as a whole (evaluate.py end to end on trained members):
+# `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

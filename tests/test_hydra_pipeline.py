@@ -17,6 +17,10 @@ from duojax.eval.methods import log_mean_softmax
 from duojax.parallel import sharding
 from duojax.train import checkpoint, hydra_member, loop
 
+# Slow as a whole (a ViT, its Hydra members and evaluate.py, end to end):
+# `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -269,6 +269,7 @@ print(json.dumps([str(w.message) for w in caught]))
 """
 
 
+@pytest.mark.slow
 def test_jaxopt_import_warning_is_silenced_and_nothing_else():
   # A fresh process, since this one may have imported jaxopt already.
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -468,6 +469,7 @@ print("RESULT", json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_fit_on_rows_sharded_over_two_devices_equals_the_unpadded_fit(tmp_path):
   members, labels = _synthetic(301, 7, seed=5, scales_and_noise=[LARGE, SMALL])
   np.savez(tmp_path / "split.npz", z0=members[0], z1=members[1], labels=labels)

@@ -132,6 +132,31 @@ def test_checkpoint_round_trip_and_compatibility(tmp_path):
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params2, params))
 
 
+def test_checkpoint_of_an_older_config_loads_with_defaults(tmp_path):
+  """A checkpoint written before keys such as `loss` or `linear_probe_steps`
+  existed loads, and its config reads back complete, with their defaults."""
+  config, graphdef, params, batch_stats, optimizer = _tiny_setup()
+  state = jax.tree.map(np.array, steps.init_state(params, batch_stats, optimizer))
+  old = config.to_dict()
+  for key in ("loss", "gatekeeper_alpha", "linear_probe_steps", "init_weights", "prune_from",
+              "prune_keep"):
+    del old[key]
+  model_spec = spec.ModelSpec("resnet8", {"width": 4}, 10, (12, 12, 1))
+  manager = checkpoint.make_manager(str(tmp_path))
+  checkpoint.save(manager, 0, state, {**model_spec.as_meta(), "config": old, "step": 0,
+                                      "data_step": 0, "dataset": "x"})
+  manager.close()
+  model, meta = checkpoint.load_model(str(tmp_path))
+  defaults = config_lib.base_config()
+  for key in ("loss", "gatekeeper_alpha", "linear_probe_steps", "init_weights", "prune_from",
+              "prune_keep"):
+    assert meta["config"][key] == defaults[key]
+  assert meta["config"]["total_steps"] == config.total_steps  # saved values are kept
+  _, params2, _ = functional.split_model(model)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params2, params))
+  assert steps.make_loss(config_lib.complete_config(old))(jnp.zeros((2, 3)), jnp.array([0, 1]))
+
+
 def test_read_meta_errors(tmp_path):
   with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
     checkpoint.read_meta(str(tmp_path / "missing"))

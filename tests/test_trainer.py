@@ -22,6 +22,7 @@ from helpers import (
 )
 
 
+@pytest.mark.slow
 def test_resumed_run_is_bit_identical_to_uninterrupted(tmp_path, learnable_data_dir):
   config = tiny_train_config(learnable_data_dir)
   full = tmp_path / "full"
@@ -52,6 +53,7 @@ def test_resumed_run_is_bit_identical_to_uninterrupted(tmp_path, learnable_data_
         [r for r in records if "train_loss" in r][-1]["train_loss"]
 
 
+@pytest.mark.slow
 def test_training_learns_and_nan_loss_stops_with_last_good_checkpoint(tmp_path,
                                                                       learnable_data_dir):
   config = tiny_train_config(learnable_data_dir, total_steps=40, lr=1e-2, augment="",
@@ -88,6 +90,7 @@ def trained_workdir(tmp_path_factory, learnable_data_dir):
   return workdir
 
 
+@pytest.mark.slow
 def test_cli_train_then_evaluate(trained_workdir, tmp_path):
   assert (trained_workdir / "summary.json").exists()
   assert (trained_workdir / "checkpoints" / "6").is_dir()
@@ -101,6 +104,7 @@ def test_cli_train_then_evaluate(trained_workdir, tmp_path):
   assert results["accuracy"] == pytest.approx(summary["val_accuracy"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra, code, pattern", [
     (("--config.model_name=resnet999",), 1, "unknown model 'resnet999'"),
     (("--config.dataset=cifar10",), 1, "cifar10"),
@@ -122,6 +126,7 @@ def test_cli_train_bad_input_leaves_no_workdir(tmp_path, learnable_data_dir, ext
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_cli_checkpoint_of_another_architecture_is_refused(trained_workdir, learnable_data_dir):
   before = sorted(p.name for p in trained_workdir.rglob("*"))
   result = run_script("train.py", *cli_train_args(learnable_data_dir, trained_workdir,
@@ -130,6 +135,7 @@ def test_cli_checkpoint_of_another_architecture_is_refused(trained_workdir, lear
   assert sorted(p.name for p in trained_workdir.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_cli_missing_data_files(tmp_path):
   # No apt-get on PATH and no files: the fetch must fail with how to get them.
   workdir = tmp_path / "run"
@@ -141,6 +147,7 @@ def test_cli_missing_data_files(tmp_path):
   assert leftovers == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, pattern", [
     (("--workdirs=/nonexistent/run",), "does not exist"),
     (("--workdirs={empty}",), "no checkpoints"),

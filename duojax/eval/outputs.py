@@ -15,7 +15,7 @@ import shutil
 from typing import Sequence
 
 from duojax import files
-from duojax.eval import render
+from duojax.eval import render, sections as sections_lib
 
 
 def json_part(results: dict) -> dict:
@@ -49,5 +49,5 @@ def _write_files(results: dict, out_dir: str, sections: Sequence) -> dict[str, s
   files.write_atomically(paths["json"], json.dumps(json_part(results), indent=2))
   files.write_atomically(paths["markdown"], render.markdown(results, sections))
   for section in sections:
-    paths.update(section.write_plots(results, out_dir))
+    paths.update(sections_lib.section_plots(section, results, out_dir))
   return paths

@@ -40,7 +40,8 @@ _WORKDIR_KEYS = ("large", "sidekick", "ensemble", "soup_ingredients", "gatekeepe
 
 def active_sections(config) -> list:
   """The section modules `config.sections` lists whose inputs the config gives."""
-  return [s for s in sections_lib.load(split_list(config.sections)) if s.enabled(config)]
+  return [s for s in sections_lib.load(split_list(config.sections))
+          if sections_lib.is_enabled(s, config)]
 
 
 def _check_workdirs(config) -> None:
@@ -68,7 +69,7 @@ def run(config) -> dict:
     ensemble.append(f"large#{i}")
   added = {}
   for section in sections:
-    extra = section.members(config, mesh)
+    extra = sections_lib.added_members(section, config, mesh)
     added[sections_lib.name(section)] = [m.name for m in extra]
     members += extra
   members_lib.check_members_agree(members)
@@ -118,7 +119,7 @@ def run(config) -> dict:
       large=LARGE, sidekick=SIDEKICK if config.sidekick else None, ensemble=tuple(ensemble),
       extra_singles=tuple(extra_singles))
   for section in sections:
-    method_list += section.methods(config, added[sections_lib.name(section)])
+    method_list += sections_lib.added_methods(section, config, added[sections_lib.name(section)])
   inputs = EvalInputs(config=config, bank=bank, members={m.name: m for m in members},
                       member_flops=member_flops, methods=method_list, added=added, mesh=mesh)
   results = {}

@@ -30,10 +30,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from duojax import config_lib
 from duojax.errors import CheckpointError
 from duojax.models import functional
 from duojax.models.spec import ModelSpec
@@ -254,11 +254,11 @@ def load_model(workdir: str, step: int | None = None, *, sharding=None):
   """
   step, meta = read_meta(workdir, step)
   spec = ModelSpec.from_meta(meta)
-  config = ml_collections.ConfigDict(meta["config"])
+  config = config_lib.complete_config(meta["config"])
   model = spec.build(seed=0)
   graphdef, params, batch_stats = functional.split_model(model)
   # Only the optimizer state's structure matters here, not its schedule length.
-  num_steps = max(int(meta["step"]), int(config.get("linear_probe_steps", 0) or 0) + 1, 1)
+  num_steps = max(int(meta["step"]), config.linear_probe_steps + 1, 1)
   optimizer = optim.make_optimizer(config, num_steps)
   if sharding is None:
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -277,4 +277,4 @@ def load_model(workdir: str, step: int | None = None, *, sharding=None):
   finally:
     manager.close()
   model = nnx.merge(graphdef, nnx.State(state["params"]), nnx.State(state["batch_stats"]))
-  return model, meta
+  return model, {**meta, "config": config.to_dict()}

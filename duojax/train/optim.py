@@ -35,7 +35,7 @@ def make_optimizer(config, num_steps: int) -> optax.GradientTransformation:
   (moments, schedule position) does not move, so the full fine-tune that
   follows starts with its own warm-up over the remaining steps.
   """
-  probe = int(config.get("linear_probe_steps", 0) or 0)
+  probe = config.linear_probe_steps
   if probe <= 0:
     return _base_optimizer(config, num_steps)
   if probe >= num_steps:

@@ -36,7 +36,7 @@ def make_loss(config) -> Callable:
   `gatekeeper_alpha` on the correct rows' cross-entropy, see
   `duojax.core.losses.gatekeeper_loss`.
   """
-  loss = config.get("loss", "ce")
+  loss = config.loss
   if loss == "ce":
     smoothing = float(config.label_smoothing)
     return lambda logits, labels: cross_entropy(logits, labels, smoothing).mean()

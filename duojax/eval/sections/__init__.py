@@ -1,14 +1,19 @@
 """Sections of an evaluation report, picked by name from `config.sections`.
 
-Each module here is one section and defines the same six functions:
+Each module here is one section. It defines
+
+  build(inputs, results) -> dict         its results (top-level keys of
+                                         results.json; "_" keys stay in memory)
+  markdown(results) -> [str]             its tables ([] when its keys are absent)
+
+and, where it needs them, the hooks below (`is_enabled`, `added_members`,
+`added_methods` and `section_plots` here call them, or stand in for the ones
+a section leaves out):
 
   enabled(config) -> bool                whether the config gives its inputs
   members(config, mesh) -> [Member]      models it adds to the logits bank
   methods(config, added) -> [Method]     methods it adds to the methods table
                                          (`added`: the names of its members)
-  build(inputs, results) -> dict         its results (top-level keys of
-                                         results.json; "_" keys stay in memory)
-  markdown(results) -> [str]             its tables
   write_plots(results, out_dir) -> dict  its plots, name -> path
 
 A new section is one new module here plus its name in the config.
@@ -41,3 +46,23 @@ def load(names: Sequence[str]) -> list[ModuleType]:
   if unknown:
     raise ConfigError(f"config.sections has unknown {unknown}; valid: {', '.join(known)}")
   return [importlib.import_module(f"{__name__}.{name}") for name in names]
+
+
+def is_enabled(section: ModuleType, config) -> bool:
+  hook = getattr(section, "enabled", None)
+  return True if hook is None else hook(config)
+
+
+def added_members(section: ModuleType, config, mesh) -> list:
+  hook = getattr(section, "members", None)
+  return [] if hook is None else hook(config, mesh)
+
+
+def added_methods(section: ModuleType, config, added: list[str]) -> list:
+  hook = getattr(section, "methods", None)
+  return [] if hook is None else hook(config, added)
+
+
+def section_plots(section: ModuleType, results: dict, out_dir: str) -> dict[str, str]:
+  hook = getattr(section, "write_plots", None)
+  return {} if hook is None else hook(results, out_dir)

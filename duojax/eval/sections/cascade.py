@@ -40,7 +40,6 @@ SWEEP_RATIOS = tuple(np.round(np.linspace(0.0, 1.0, 51), 4))
 SCORES = ("acc", "nll", "auroc", "aurc", "sac98")
 
 
-
 def enabled(config) -> bool:
   return bool(config.cascade and config.sidekick)
 
@@ -49,25 +48,20 @@ def members(config, mesh) -> list[Member]:
   return gatekeeper_members(split_list(config.gatekeeper), mesh)
 
 
-def methods(config, added: list[str]) -> list:
-  del config, added
-  return []
-
-
 def gatekeeper_members(workdirs, mesh) -> list[Member]:
   """Gatekeeper-tuned sidekicks, named by their alpha ("gatekeeper α=0.3")."""
-  members = []
+  loaded = []
   for workdir in workdirs:
     member = load_member("gatekeeper", workdir, mesh=mesh)
     train_config = member.meta["config"]
-    if train_config.get("loss") != "gatekeeper":
-      raise ValueError(f"config.gatekeeper: {workdir!r} was trained with loss="
-                       f"{train_config.get('loss', 'ce')!r}, not 'gatekeeper'")
+    if train_config["loss"] != "gatekeeper":
+      raise ValueError(f"config.gatekeeper: {workdir!r} was trained with "
+                       f"loss={train_config['loss']!r}, not 'gatekeeper'")
     name = f"gatekeeper α={float(train_config['gatekeeper_alpha']):g}"
-    taken = {m.name for m in members}
-    member.name = name if name not in taken else f"{name} #{len(members) + 1}"
-    members.append(member)
-  return members
+    taken = {m.name for m in loaded}
+    member.name = name if name not in taken else f"{name} #{len(loaded) + 1}"
+    loaded.append(member)
+  return loaded
 
 
 def build(inputs: EvalInputs, results: dict) -> dict:

@@ -59,7 +59,7 @@ def members(config, mesh) -> list[Member]:
   workdirs = split_list(config.hydra)
   parts = [load_member(f"Hydra member {j}", w, mesh=mesh) for j, w in enumerate(workdirs)]
   for workdir, part in zip(workdirs, parts):
-    if not part.meta["config"].get("prune_from"):
+    if not part.meta["config"]["prune_from"]:
       raise ValueError(f"config.hydra: {workdir!r} is not a pruned Hydra member (train it "
                        "with configs/hydra_member.py)")
   sources = {os.path.abspath(p.meta["config"]["prune_from"]) for p in parts}
@@ -177,7 +177,3 @@ def markdown(results: dict) -> list[str]:
             f"MFLOPs/image, {vit['seconds_per_batch'] * 1e3:.1f} ms per batch."]
   return lines
 
-
-def write_plots(results: dict, out_dir: str) -> dict[str, str]:
-  del results, out_dir
-  return {}

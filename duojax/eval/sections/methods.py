@@ -28,21 +28,6 @@ REFERENCE = "large+TS"
 SHIFT_METRICS = ("acc", "auroc", "aurc")
 
 
-def enabled(config) -> bool:
-  del config
-  return True
-
-
-def members(config, mesh) -> list:
-  del config, mesh
-  return []
-
-
-def methods(config, added: list[str]) -> list:
-  del config, added
-  return []
-
-
 def _floats(d: dict) -> dict:
   return {k: float(v) for k, v in d.items()}
 

@@ -27,16 +27,6 @@ def enabled(config) -> bool:
   return config.bootstrap > 0
 
 
-def members(config, mesh) -> list:
-  del config, mesh
-  return []
-
-
-def methods(config, added: list[str]) -> list:
-  del config, added
-  return []
-
-
 def build(inputs: EvalInputs, results: dict) -> dict:
   del results
   names = [m.name for m in inputs.methods]
@@ -90,7 +80,3 @@ def markdown(results: dict) -> list[str]:
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return lines
 
-
-def write_plots(results: dict, out_dir: str) -> dict[str, str]:
-  del results, out_dir
-  return {}

@@ -1,0 +1,90 @@
+"""The config schemas: evaluation keys, defaults, validation, and the mirrored names."""
+
+import ml_collections
+import pytest
+
+from duojax import config_lib, errors, hydra
+from duojax.core import temperature
+from duojax.data import shifts
+from duojax.eval import pipeline
+from duojax.eval import sections as eval_sections
+
+
+def _eval_config(**overrides):
+  config = config_lib.base_eval_config()
+  config.large = "runs/large"
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def test_mirrored_names_match_their_homes():
+  """config_lib stays import-light by mirroring names; the mirrors must not drift."""
+  assert config_lib._SOLVERS == tuple(temperature.SOLVERS)
+  assert config_lib._SHIFTS == tuple(shifts.SHIFTS)
+  assert config_lib._HYDRA_MLPS == tuple(hydra.MLP_MODES)
+  assert sorted(config_lib._SECTIONS) == eval_sections.available()
+
+
+def test_an_old_eval_config_file_gets_every_missing_key_at_its_default():
+  old = ml_collections.ConfigDict({"large": "a", "sidekick": "b", "solver": "optax"})
+  config = config_lib.complete_eval_config(old)
+  base = config_lib.base_eval_config()
+  assert set(config.keys()) == set(base.keys())
+  assert (config.large, config.sidekick, config.solver) == ("a", "b", "optax")
+  for key in set(base.keys()) - {"large", "sidekick", "solver"}:
+    assert config[key] == base[key], key
+  config_lib.validate_eval(config)
+
+
+def test_an_unknown_eval_key_is_a_one_line_error():
+  with pytest.raises(errors.ConfigError, match="unknown evaluation config key 'bootstrapp'"):
+    config_lib.complete_eval_config(ml_collections.ConfigDict({"large": "a", "bootstrapp": 3}))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"large": ""}, "config.large must name the large model's training workdir"),
+    ({"solver": "bfgs"}, "config.solver='bfgs'; valid: jaxopt, optax"),
+    ({"batch_size": 0}, "config.batch_size must be > 0, got 0"),
+    ({"bootstrap": -1}, "config.bootstrap must be >= 0, got -1"),
+    ({"mc_dropout_rate": 1.0}, "config.mc_dropout_rate must be in (0, 1), got 1.0"),
+    ({"ood": "cifar"}, "config.ood='cifar'; the embedded OOD set is 'mnist'"),
+    ({"shifts": "blur,snow"}, "config.shifts has unknown ['snow']"),
+    ({"hydra_mlp": ""}, "config.hydra_mlp=''; valid: a comma list of grouped, average"),
+    ({"sections": "methods,tables"}, "config.sections has unknown ['tables']"),
+    ({"sections": "methods,paired,methods"}, "config.sections lists a section twice"),
+    ({"sections": "hydra,methods"}, "'hydra' reads the scores of 'methods'"),
+    ({"gatekeeper": "runs/gk"}, "config.gatekeeper: Gatekeeper sidekicks are compared"),
+])
+def test_eval_validation_names_the_problem(overrides, message):
+  with pytest.raises(errors.ConfigError) as error:
+    config_lib.validate_eval(_eval_config(**overrides))
+  assert message in str(error.value)
+  assert "\n" not in str(error.value)
+
+
+def test_sections_run_only_when_the_config_gives_their_inputs():
+  names = lambda config: [eval_sections.name(s) for s in pipeline.active_sections(config)]
+  assert names(_eval_config()) == ["methods", "paired"]
+  assert names(_eval_config(bootstrap=0)) == ["methods"]
+  assert names(_eval_config(sidekick="s", cascade=True)) == ["methods", "paired", "cascade"]
+  assert names(_eval_config(sidekick="s", hydra="h0,h1")) == ["methods", "paired", "hydra"]
+  assert names(_eval_config(sidekick="s", cascade=True, hydra="h", sections="methods,hydra")) \
+      == ["methods", "hydra"]
+
+
+def test_every_section_renders_nothing_without_its_results():
+  """A section left out (or skipped) adds no tables to a report."""
+  results = {"methods": {}, "reference": "large+TS", "large_flops": 1.0}
+  for section in eval_sections.load(eval_sections.available()):
+    lines = section.markdown(results)
+    assert (eval_sections.name(section) == "methods") == bool(lines)
+
+
+def test_complete_training_config_fills_keys_a_checkpoint_predates():
+  saved = config_lib.base_config().to_dict()
+  del saved["loss"], saved["linear_probe_steps"]
+  saved["lr"] = 0.5
+  config = config_lib.complete_config(saved)
+  assert config.loss == "ce" and config.linear_probe_steps == 0 and config.lr == 0.5
+  config_lib.validate(config)
