@@ -52,12 +52,14 @@ demo: data
 	$(PY) -m duojax.eval.render --embed $(RUNS)/results/results.md README.md; \
 	echo "demo finished in $$((SECONDS - start)) s after install; results in $(RUNS)/results/, README.md updated"
 
-# Everything (what CI runs), and the inner-loop tier without the tests marked slow.
+# Everything, one test at a time (what CI runs: the kill, signal and multi-process
+# tests keep their timing), and the inner-loop tier: the tests not marked slow, on two
+# pytest-xdist workers. Both keep XLA's compiled programs in .pytest_cache/jax.
 test: $(STAMP)
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n 2
 
 # Speed benchmarks: each script rewrites its own sections of BENCHMARKS.md
 # (about 45 minutes on a 2-core CPU; run it on an otherwise idle machine).

@@ -1,10 +1,23 @@
-import pytest
+import os
+import pathlib
 
-import helpers
+# Most of the suite's time is XLA compiling small programs. JAX's persistent
+# compilation cache keeps them between runs (and for the CLI subprocesses the
+# tests start, which inherit the environment), so a rerun in the inner loop
+# compiles only what changed. Set before jax is imported; a cache the caller
+# chose wins, and JAX_COMPILATION_CACHE_DIR= (empty) turns it off.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import pytest  # noqa: E402
+
+import helpers  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def learnable_data_dir(tmp_path_factory):
   """A prepared 'fashion_mnist' (600 train / 200 test) that a tiny model can learn."""
   return helpers.prepare_learnable_fashion_mnist(tmp_path_factory.mktemp("idx"),
-                                               tmp_path_factory.mktemp("tfds"))
+                                                 tmp_path_factory.mktemp("tfds"))
