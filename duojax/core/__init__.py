@@ -7,8 +7,10 @@ the same code.
 
   duo          z = Σ w_i z_i, the duo's modes and confidences, the fused forward
   temperature  temperatures and duo weights fit jointly on validation NLL
+               (its inputs checked in temperature_inputs)
   solvers      L-BFGS on device (jaxopt, or optax as the tested alternative)
   metrics      accuracy, NLL, ECE, AUROC, AURC, SAC, OOD scores, ...
+  ranking      ranks with ties: AUROC and errors at coverage in one sort
   losses       cross-entropy and the Gatekeeper loss
   soups        uniform and greedy weight averages of fine-tunes
 """

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from duojax.core import ranking
+
 ECE_BINS = 15
 SAC_TARGETS = (90, 95, 98, 99)  # accuracy (%) the selective classifier must reach
 METRIC_NAMES = ("acc", "nll", "brier", "ece", "auroc", "aurc", "eaurc", "augrc",
@@ -163,60 +165,6 @@ def _checked_per_sample(logits, labels, confidence, valid: np.ndarray | None):
   return per_sample, per_sample.msp if confidence is None else confidence
 
 
-# --- Ranking with ties.
-
-
-class _Ranking(NamedTuple):
-  """Samples sorted by score, highest first, with their tie groups.
-
-  cum[k] counts the flagged samples among the first k (cum[0] = 0). The sample
-  at sorted position i is in the tie group spanning the counts (start[i],
-  end[i]], i.e. positions start[i]..end[i]−1; last[i] says if i ends its group.
-  """
-  flags: jax.Array
-  cum: jax.Array
-  start: jax.Array
-  end: jax.Array
-  last: jax.Array
-
-
-def _rank(scores, flags) -> _Ranking:
-  num = scores.shape[0]
-  neg_sorted, flags_sorted = jax.lax.sort((-scores, flags.astype(jnp.int32)), num_keys=1)
-  boundary = neg_sorted[1:] != neg_sorted[:-1]  # != also merges −0.0 with +0.0
-  first = jnp.concatenate([jnp.ones(1, bool), boundary])
-  last = jnp.concatenate([boundary, jnp.ones(1, bool)])
-  position = jnp.arange(num)
-  start = jax.lax.cummax(jnp.where(first, position, 0))
-  end = jax.lax.cummin(jnp.where(last, position + 1, num), reverse=True)
-  cum = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(flags_sorted)])
-  return _Ranking(flags_sorted.astype(bool), cum, start, end, last)
-
-
-def _auroc(ranking: _Ranking, flags_are_positive: bool):
-  """Mann–Whitney AUC, ties half: each positive beats the negatives below it
-  and half of those tied with it, n_neg − (neg_cum[start] + neg_cum[end])/2.
-  Integer counts and one normalised mean: no rank sums of size N²."""
-  num = ranking.flags.shape[0]
-  neg_cum = jnp.arange(num + 1) - ranking.cum if flags_are_positive else ranking.cum
-  is_positive = ranking.flags if flags_are_positive else ~ranking.flags
-  num_neg = neg_cum[-1]
-  num_pos = num - num_neg
-  wins = num_neg - 0.5 * (neg_cum[ranking.start] + neg_cum[ranking.end])
-  share = jnp.where(is_positive, wins / jnp.maximum(num_neg, 1), 0.0)
-  auc = jnp.sum(share) / jnp.maximum(num_pos, 1)
-  return jnp.where((num_pos > 0) & (num_neg > 0), auc, jnp.nan)
-
-
-def _interpolated_errors(errors: _Ranking):
-  """Errors among the k most confident, k = 1..N, linear inside tie groups."""
-  k = jnp.arange(1, errors.flags.shape[0] + 1)
-  at_start = errors.cum[errors.start].astype(jnp.float32)
-  at_end = errors.cum[errors.end].astype(jnp.float32)
-  fraction = ((k - errors.start) / (errors.end - errors.start)).astype(jnp.float32)
-  return at_start + fraction * (at_end - at_start)
-
-
 # --- Summaries.
 
 
@@ -237,8 +185,8 @@ def _summary(confidence, correct, nll, brier) -> dict[str, jax.Array]:
   _, conf_sums, correct_sums = _bin_sums(confidence, correct, ECE_BINS)
   # Σ_b (n_b/N)·|acc_b − conf_b| = Σ_b |Σ_{i∈b} (correct_i − conf_i)| / N.
   ece = jnp.sum(jnp.abs(correct_sums - conf_sums)) / num
-  errors = _rank(confidence, ~correct)
-  errors_at_k = _interpolated_errors(errors)
+  errors = ranking.rank(confidence, ~correct)
+  errors_at_k = ranking.interpolated_errors(errors)
   aurc = jnp.mean(errors_at_k / k)
   ideal_errors_at_k = jnp.maximum(k - (num - errors.cum[-1]), 0)
   # risk ≤ 1 − t/100 ⇔ 100·errors ≤ (100 − t)·k: exact in int32 up to N ≈ 2·10⁷,
@@ -248,7 +196,7 @@ def _summary(confidence, correct, nll, brier) -> dict[str, jax.Array]:
   sac = jnp.max(jnp.where(reaches, k, 0), axis=-1) / num
   return {"acc": jnp.mean(correct.astype(jnp.float32)), "nll": jnp.mean(nll),
           "brier": jnp.mean(brier), "ece": ece,
-          "auroc": _auroc(errors, flags_are_positive=False), "aurc": aurc,
+          "auroc": ranking.auroc(errors, flags_are_positive=False), "aurc": aurc,
           "eaurc": aurc - jnp.mean(ideal_errors_at_k / k), "augrc": jnp.mean(errors_at_k) / num,
           **{f"sac{t}": sac[i] for i, t in enumerate(SAC_TARGETS)}}
 
@@ -292,7 +240,7 @@ def evaluate(logits, labels, confidence=None) -> dict[str, float]:
 def _ood(conf_in, conf_out) -> dict[str, jax.Array]:
   num_in, num_out = conf_in.shape[0], conf_out.shape[0]
   is_in = jnp.concatenate([jnp.ones(num_in, bool), jnp.zeros(num_out, bool)])
-  inside = _rank(jnp.concatenate([conf_in, conf_out]), is_in)
+  inside = ranking.rank(jnp.concatenate([conf_in, conf_out]), is_in)
   k = jnp.arange(1, num_in + num_out + 1)
   true_pos = inside.cum[1:]
   # Average precision: Σ over distinct thresholds of Δrecall · precision.
@@ -301,7 +249,7 @@ def _ood(conf_in, conf_out) -> dict[str, jax.Array]:
   # The first ROC point (highest threshold) with TPR ≥ 0.95, exactly in integers.
   first = jnp.argmax(inside.last & (20 * true_pos >= 19 * num_in))
   fpr95 = (k[first] - true_pos[first]) / num_out
-  return {"auroc": _auroc(inside, flags_are_positive=True), "aupr": aupr, "fpr95": fpr95}
+  return {"auroc": ranking.auroc(inside, flags_are_positive=True), "aupr": aupr, "fpr95": fpr95}
 
 
 def ood(conf_in, conf_out) -> dict[str, float]:
@@ -346,7 +294,7 @@ def confidence_scores(logits) -> dict[str, jax.Array]:
 @jax.jit
 def _risk_coverage(correct, confidence):
   k = jnp.arange(1, correct.shape[0] + 1)
-  return k / correct.shape[0], _interpolated_errors(_rank(confidence, ~correct)) / k
+  return k / correct.shape[0], ranking.interpolated_errors(ranking.rank(confidence, ~correct)) / k
 
 
 def _check_correct(correct) -> jax.Array:
