@@ -202,8 +202,13 @@ def complete_config(saved: dict) -> ml_collections.ConfigDict:
   return config
 
 
+def split_list(value: str) -> list[str]:
+  """The non-empty items of a comma-separated config string."""
+  return [v.strip() for v in value.split(",") if v.strip()]
+
+
 def augmentations(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  return tuple(a.strip() for a in config.augment.split(",") if a.strip())
+  return tuple(split_list(config.augment))
 
 
 # ----------------------------------------------------------------------------
@@ -285,7 +290,7 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(message)
 
   def items(key):
-    return [v.strip() for v in config[key].split(",") if v.strip()]
+    return split_list(config[key])
 
   need(config.large, "config.large must name the large model's training workdir")
   need(config.solver in _SOLVERS,

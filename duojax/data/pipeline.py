@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 
+from duojax.config_lib import split_list
 from duojax.data.sources import Split, read_examples
 from duojax.errors import DataError
 
@@ -165,7 +166,7 @@ def train_batches(split: Split, *, global_batch_size: int, seed: int, start_step
   a background thread prepares up to `prefetch` batches ahead.
   """
   if isinstance(augment, str):
-    augment = tuple(a.strip() for a in augment.split(",") if a.strip())
+    augment = tuple(split_list(augment))
   if set(augment) - {"crop", "flip"}:
     raise DataError(f"unknown augmentation in {augment}: use 'crop' and/or 'flip'")
   if seed < 0 or start_step < 0:

@@ -15,7 +15,8 @@ import shutil
 from typing import Sequence
 
 from duojax import files
-from duojax.eval import render, sections as sections_lib
+from duojax.eval import render
+from duojax.eval import sections as sections_lib
 
 
 def json_part(results: dict) -> dict:

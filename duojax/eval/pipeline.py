@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from duojax import config_lib, data
+from duojax.config_lib import split_list
 from duojax.eval import bank as bank_lib
 from duojax.eval import members as members_lib
 from duojax.eval import methods as methods_lib
@@ -28,7 +29,6 @@ from duojax.eval import sections as sections_lib
 from duojax.eval import splits as splits_lib
 from duojax.eval.inputs import LARGE, SIDEKICK, EvalInputs
 from duojax.eval.mc_dropout import mc_dropout_logits
-from duojax.eval.render import split_list
 from duojax.models import functional
 from duojax.parallel import sharding
 from duojax.train import checkpoint

@@ -23,11 +23,6 @@ def fmt(x, scale: float = 1.0, digits: int = 4) -> str:
   return "–" if x is None or not math.isfinite(x) else f"{x * scale:.{digits}f}"
 
 
-def split_list(value: str) -> list[str]:
-  """The non-empty items of a comma-separated config string."""
-  return [v.strip() for v in value.split(",") if v.strip()]
-
-
 def markdown(results: dict, sections: Sequence) -> str:
   """The report: each section's tables in order, separated by blank lines."""
   parts = [lines for lines in (section.markdown(results) for section in sections) if lines]

@@ -27,13 +27,14 @@ import os
 import numpy as np
 
 from duojax import cascade
+from duojax.config_lib import split_list
 from duojax.core import duo, metrics, temperature
 from duojax.eval import plots
 from duojax.eval.bank import LogitsBank
 from duojax.eval.inputs import FIT as FIT_SPLIT
 from duojax.eval.inputs import TEST, EvalInputs
 from duojax.eval.members import Member, load_member
-from duojax.eval.render import fmt, split_list
+from duojax.eval.render import fmt
 
 TABLE_RATIOS = (0.1, 0.2, 0.3, 0.5)
 SWEEP_RATIOS = tuple(np.round(np.linspace(0.0, 1.0, 51), 4))

@@ -25,11 +25,12 @@ import jax
 import numpy as np
 
 from duojax import hydra
+from duojax.config_lib import split_list
 from duojax.core import duo
 from duojax.eval.inputs import SIDEKICK, EvalInputs
 from duojax.eval.members import Member, check_members_agree, load_member
 from duojax.eval.methods import Method
-from duojax.eval.render import fmt, split_list
+from duojax.eval.render import fmt
 from duojax.models import functional
 from duojax.parallel import sharding
 
