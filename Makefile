@@ -34,34 +34,18 @@ install-dev: $(DEV_STAMP)
 data: $(CORE_STAMP)
 	$(PY) -m duojax.data $(DATA_DIR)
 
-# The demo: a large model, a sidekick, Gatekeeper fine-tunes of the sidekick
-# (the alpha sweep of configs/gatekeeper.py), one more large model (2-member
-# deep ensemble), two short fine-tunes (model soups), a small ViT with the
-# Hydra members pruned from it and other seeds of it (their deep ensemble),
-# then the full evaluation (HYDRA_MEMBERS=0 skips the Hydra part).
-# Every train step resumes if its workdir already holds a finished run.
-demo: data
-	@start=$$SECONDS; set -e; \
-	$(PY) train.py --config configs/demo_large.py --workdir $(RUNS)/large; \
-	$(PY) train.py --config configs/demo_sidekick.py --workdir $(RUNS)/sidekick; \
-	for alpha in $(GATEKEEPER_ALPHAS); do \
-	  $(PY) train.py --config configs/gatekeeper.py:alpha=$$alpha,runs=$(RUNS) --workdir $(RUNS)/gatekeeper_$$alpha; \
-	done; \
-	$(PY) train.py --config configs/demo_large.py:seed=1 --workdir $(RUNS)/large_seed1; \
-	$(PY) train.py --config configs/demo_soup.py:lr=1e-4,seed=1,init_from=$(RUNS)/large --workdir $(RUNS)/soup_1; \
-	$(PY) train.py --config configs/demo_soup.py:lr=3e-4,seed=2,init_from=$(RUNS)/large --workdir $(RUNS)/soup_2; \
-	if [ $(HYDRA_MEMBERS) -gt 0 ]; then \
-	  $(PY) train.py --config configs/demo_vit.py --workdir $(RUNS)/vit; \
-	  for j in $$(seq 0 $$(($(HYDRA_MEMBERS) - 1))); do \
-	    $(PY) train.py --config configs/hydra_member.py:member=$$j,runs=$(RUNS) --workdir $(RUNS)/hydra_$$j; \
-	  done; \
-	  for i in $$(seq 1 $$(($(HYDRA_MEMBERS) - 1))); do \
-	    $(PY) train.py --config configs/demo_vit.py:seed=$$i --workdir $(RUNS)/vit_seed$$i; \
-	  done; \
-	fi; \
-	$(PY) evaluate.py --config "configs/demo_eval.py:runs=$(RUNS),gatekeeper=$(GATEKEEPER_ALPHAS),hydra=$(HYDRA_MEMBERS)"; \
-	$(PY) -m duojax.eval.render --embed $(RUNS)/results/results.md README.md; \
-	echo "demo finished in $$((SECONDS - start)) s after install; results in $(RUNS)/results/, README.md updated"
+# The demo (duojax/demo): a large model, a sidekick, Gatekeeper fine-tunes of the
+# sidekick (the alpha sweep of configs/gatekeeper.py), one more large model (2-member
+# deep ensemble), two short fine-tunes (model soups), a small ViT with the Hydra
+# members pruned from it and other seeds of it (their deep ensemble), then the full
+# evaluation (HYDRA_MEMBERS=0 skips the Hydra part). Trainings run side by side on
+# one core each (DEMO_JOBS=1: one after another, with the same results); every run
+# resumes if its workdir already holds one, so a rerun continues where it stopped.
+DEMO_JOBS ?=
+demo: $(CORE_STAMP)
+	$(PY) -m duojax.demo --runs $(RUNS) --data_dir $(DATA_DIR) $(if $(DEMO_JOBS),--jobs $(DEMO_JOBS)) \
+	  --gatekeeper_alphas "$(shell echo $(GATEKEEPER_ALPHAS) | tr ' ' ',')" \
+	  --hydra_members $(HYDRA_MEMBERS)
 
 # Everything, one test at a time (what CI runs: the kill, signal and multi-process
 # tests keep their timing), and the inner-loop tier: the tests not marked slow, on two
@@ -72,7 +56,8 @@ test: $(DEV_STAMP)
 test-fast: $(DEV_STAMP)
 	$(PY) -m pytest -m "not slow" -n 2
 
-# Speed benchmarks: each script rewrites its own sections of BENCHMARKS.md
+# Speed benchmarks: each script rewrites its own sections of BENCHMARKS.md (the demo's
+# profile reads a finished `make demo`, which it runs first if there is none)
 # (about 45 minutes on a 2-core CPU; run it on an otherwise idle machine).
 bench: $(DEV_STAMP)
 	$(PY) bench/bench_temperature.py
@@ -82,6 +67,8 @@ bench: $(DEV_STAMP)
 	$(PY) bench/bench_xla_cpu.py
 	$(PY) bench/bench_cascade.py
 	$(PY) bench/bench_hydra.py
+	test -f $(RUNS)/results/timings.json || $(MAKE) demo
+	$(PY) bench/bench_demo.py --runs $(RUNS)
 
 clean-demo:
 	rm -rf $(RUNS)

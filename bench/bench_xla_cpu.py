@@ -13,6 +13,10 @@ that machine noise hits both alike:
     vs with erf (`duojax.models.vit._gelu_erf`) vs without activation (floor);
   * the patch embedding as a strided convolution (what the model runs) vs an
     explicit patchify + matmul.
+Section `xla_cpu_train_step`: the demo's train steps (ResNet-14 at batch 32
+and 128, the cnn_xs sidekick, the ViT-mi/7) with the library convolutions,
+with every convolution as im2col + one matmul (`matmul_conv`), and compiled
+with YNNPACK convolutions, interleaved, against PyTorch's eager train step.
 Section `xla_cpu_options`: the whole ResNet-18 and ViT-S/16 eval forward
 (224×224, batch 32) compiled with XLA CPU compiler options that could route
 convolutions and dots to other kernels (oneDNN, YNNPACK) or relax math, each
@@ -59,6 +63,56 @@ def alternate(fns: dict, args: dict, repeats: int) -> dict[str, float]:
       jax.block_until_ready(fn(*args[name]))
       times[name].append(time.perf_counter() - start)
   return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+  """`lax.conv_general_dilated` as one matmul over shifted slices (im2col).
+
+  A drop-in for an `nnx.Conv`'s `conv_general_dilated` attribute. For a k×k
+  kernel with stride s, the k² strided slices of the padded input, concatenated
+  on the channel axis, make patches [B, H', W', k²·C] whose product with the kernel
+  reshaped to [k²·C, O] is the convolution. Its gradients are a matmul each
+  (patchesᵀ·dy for the kernel, dy·kernelᵀ for the patches) plus pads and adds
+  that put the patches' gradient back in place. The question it answers: do
+  XLA's CPU convolutions (and their kernel gradients, a convolution over the
+  batch) lose to the CPU's matmul on the demo's small channel counts? The sums
+  come in another order, so results agree with the library convolution to
+  float32 rounding, not bit for bit. Grouped or dilated convolutions go to
+  `lax.conv_general_dilated` unchanged.
+  """
+  def library():
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count, precision=precision, **kwargs)
+
+  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+  if (lhs.ndim != 4 or feature_group_count != 1
+      or (lhs_dilation is not None and tuple(lhs_dilation) != (1, 1))
+      or (rhs_dilation is not None and tuple(rhs_dilation) != (1, 1))
+      or (dimension_numbers is not None and jax.lax.conv_dimension_numbers(
+          lhs.shape, rhs.shape, dimension_numbers) != nhwc)
+      or kwargs.get("out_sharding") is not None):
+    return library()
+  kh, kw, channels, out = rhs.shape
+  batch, height, width, _ = lhs.shape
+  sh, sw = window_strides
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads((height, width), (kh, kw), window_strides, padding)
+  (top, bottom), (left, right) = padding
+  out_h = (height + top + bottom - kh) // sh + 1
+  out_w = (width + left + right - kw) // sw + 1
+  x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  slices = [jax.lax.slice(x, (0, i, j, 0),
+                          (batch, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, channels),
+                          (1, sh, sw, 1))
+            for i in range(kh) for j in range(kw)]
+  patches = slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)
+  dtype = kwargs.get("preferred_element_type")
+  return jax.lax.dot_general(patches, rhs.reshape(kh * kw * channels, out),
+                             (((3,), (0,)), ((), ())), precision=precision,
+                             preferred_element_type=dtype)
 
 
 def _attention(token_major: bool):
@@ -149,6 +203,74 @@ def options_section(names, image: int, batch: int, repeats: int) -> str:
           f"interleaved runs.\n\n{table}")
 
 
+def _train_step(name: str, batch: int, conv=None):
+  """(jitted step, state, batch) of duojax's train step for the demo's `name`,
+  with every convolution's `conv_general_dilated` swapped for `conv` if given."""
+  from duojax import config_lib
+  from duojax.models import functional, spec
+  from duojax.parallel import sharding
+  from duojax.train import optim, steps
+
+  config = config_lib.base_config()
+  optimizer = optim.make_optimizer(config, num_steps=10_000)
+  model = spec.build_model(name, {}, 10, (28, 28, 1), seed=0)
+  if conv is not None:
+    for _, module in model.iter_modules():
+      if isinstance(module, nnx.Conv):
+        module.conv_general_dilated = conv
+  graphdef, params, batch_stats = functional.split_model(model)
+  mesh = sharding.make_mesh(1)
+  state = steps.init_state(params, batch_stats, optimizer)
+  step = steps.make_train_step(graphdef, optimizer, mesh=mesh, seed=0)
+  rng = np.random.default_rng(0)
+  data = {"image": jnp.asarray(rng.standard_normal((batch, 28, 28, 1), np.float32)),
+          "label": jnp.asarray(rng.integers(0, 10, batch, np.int32))}
+  return step, state, data
+
+
+def train_step_section(cases, repeats: int, steps_per_call: int, torch_rates: bool) -> str:
+  """The demo's train steps: convolution formulations and compiler options, A/B in
+  one process, against PyTorch's eager step on the same CPU."""
+  rows = []
+  for name, batch in cases:
+    variants = {"library convolutions (duojax)": (None, {}),
+                "im2col + one matmul per convolution": (matmul_conv, {}),
+                "YNNPACK convolutions": (None, OPTIONS["YNNPACK convolutions"])}
+    if name.startswith("vit"):  # one convolution (the patch embedding): formulations only
+      del variants["YNNPACK convolutions"]
+    runs, first_loss = {}, {}
+    for label, (conv, options) in variants.items():
+      step, state, data = _train_step(name, batch, conv)
+      compiled = step.lower(state, data).compile(compiler_options=options) if options else step
+      state, metrics = compiled(state, data)
+      first_loss[label] = float(metrics["loss"])
+      runs[label] = [compiled, state, data]
+    times = {label: [] for label in runs}
+    for _ in range(repeats):
+      for label, run in runs.items():
+        start = time.perf_counter()
+        for _ in range(steps_per_call):
+          run[1], _ = run[0](run[1], run[2])  # the state is donated
+        jax.block_until_ready(run[1])
+        times[label].append((time.perf_counter() - start) / steps_per_call)
+    torch_rate = None
+    if torch_rates:
+      import bench_torch
+      torch_rate = max(bench_torch.torch_train(name, (28, 28, 1), batch, 10, repeats).values())
+    base = float(np.median(times["library convolutions (duojax)"]))
+    for label, t in times.items():
+      rate = batch / float(np.median(t))
+      vs_torch = "–" if torch_rate is None else f"{rate / torch_rate:.2f}"
+      rows.append([name, batch, label, f"{rate:,.0f}", f"{base / float(np.median(t)):.2f}×",
+                   vs_torch, f"{abs(first_loss[label] - first_loss['library convolutions (duojax)']):.1e}"])
+  table = harness.md_table(["model", "batch", "variant", "img/s", "vs duojax", "vs PyTorch",
+                            "|Δ first loss|"], rows)
+  return (f"28×28×1 Fashion-MNIST-sized batches, 10 classes, duojax's jitted train step "
+          f"(AdamW, clipping, batch-norm statistics), float32; median of {repeats} interleaved "
+          f"calls of {steps_per_call} steps each, all cores. PyTorch: its best layout's eager "
+          f"step (`bench_torch.torch_train`).\n\n{table}")
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="tiny sizes (for the unit test)")
@@ -160,13 +282,17 @@ def main(argv=None) -> int:
   if args.quick:
     kernels = kernels_section(2, 17, 32, 4, 32, 1)
     options = options_section(["resnet14"], 32, 2, 1)
+    train = train_step_section([("resnet8", 4)], 1, 1, torch_rates=False)
   else:
     kernels = kernels_section(32, 197, 384, 6, 224, args.repeats)
     options = options_section([m.strip() for m in args.models.split(",")], 224, 32,
                               max(3, args.repeats // 2))
+    train = train_step_section([("resnet14", 32), ("resnet14", 128), ("cnn_xs", 128),
+                                ("vit_mi7", 128)], args.repeats, 10, torch_rates=True)
   for name, title, body in (
       ("xla_cpu_ab", "XLA CPU: A/B of the ViT kernels' formulation", kernels),
-      ("xla_cpu_options", "XLA CPU: compiler options on whole models", options)):
+      ("xla_cpu_options", "XLA CPU: compiler options on whole models", options),
+      ("xla_cpu_train_step", "XLA CPU: the demo's train steps, formulations A/B", train)):
     harness.print_section(title, body)
     harness.write_section(name, title, body, machine=machine, path=args.out)
   return 0

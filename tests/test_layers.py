@@ -29,7 +29,7 @@ LAYERS = {
     "convert": 3, "cascade": 3, "hydra": 3,
     "train": 4,
     "eval": 5,
-    "cli": 6,
+    "cli": 6, "demo": 6,
 }
 ENTRY_POINT_LAYER = 7
 

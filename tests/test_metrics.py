@@ -515,3 +515,37 @@ def test_other_functions_reject_bad_inputs():
     metrics.risk_coverage_curve(np.array([]), np.array([]))
   with pytest.raises(ValueError, match="confidence has 1 values outside"):
     metrics.reliability_diagram(np.array([0.5, 2.0]), np.array([True, False]))
+
+
+# ----------------------------------------------------------------------------
+# evaluate_resamples: evaluate() on each resample, vectorised.
+
+
+@pytest.mark.parametrize("decimals", [None, 1])
+def test_evaluate_resamples_equals_evaluate_on_each_resample(decimals):
+  rng = np.random.default_rng(3)
+  logits, labels, confidence = make_problem(rng, 120, 5, decimals)
+  rows = rng.integers(0, 120, (7, 90))  # resamples may be smaller than the split
+  resampled = metrics.evaluate_resamples(logits, labels, confidence, rows=rows)
+  assert list(resampled) == list(metrics.METRIC_NAMES)
+  for r, idx in enumerate(rows):
+    one = metrics.evaluate(logits[idx], labels[idx], confidence[idx])
+    assert_scores_close({k: v[r] for k, v in resampled.items()}, one)
+    assert_scores_close({k: v[r] for k, v in resampled.items()},
+                        reference_evaluate(logits[idx], labels[idx], confidence[idx]))
+
+
+def test_evaluate_resamples_chunks_and_names(monkeypatch):
+  rng = np.random.default_rng(4)
+  logits, labels, _ = make_problem(rng, 64, 2)
+  rows = rng.integers(0, 64, (9, 64))
+  whole = metrics.evaluate_resamples(logits, labels, rows=rows, names=("nll", "aurc"))
+  assert list(whole) == ["nll", "aurc"] and whole["nll"].shape == (9,)
+  monkeypatch.setattr(metrics, "RESAMPLE_CHUNK_SAMPLES", 4 * 64)  # chunks of 4, 4 and 1
+  chunked = metrics.evaluate_resamples(logits, labels, rows=rows, names=("nll", "aurc"))
+  for name in whole:
+    np.testing.assert_allclose(chunked[name], whole[name], rtol=1e-6)
+  with pytest.raises(ValueError, match="rows must index the 64 samples"):
+    metrics.evaluate_resamples(logits, labels, rows=rows + 1)
+  with pytest.raises(ValueError, match="rows must be a non-empty 2-D integer array"):
+    metrics.evaluate_resamples(logits, labels, rows=rows[0])

@@ -37,6 +37,9 @@ SAC_TARGETS = (90, 95, 98, 99)  # accuracy (%) the selective classifier must rea
 METRIC_NAMES = ("acc", "nll", "brier", "ece", "auroc", "aurc", "eaurc", "augrc",
                 *(f"sac{t}" for t in SAC_TARGETS))
 OOD_METRIC_NAMES = ("auroc", "aupr", "fpr95")
+# evaluate_resamples gathers at most this many samples at once (a few [R, N]
+# float32 and int32 arrays, tens of MB).
+RESAMPLE_CHUNK_SAMPLES = 2 ** 22
 
 
 # --- Input checks (host side, before the jitted math).
@@ -234,6 +237,35 @@ def evaluate(logits, labels, confidence=None) -> dict[str, float]:
   per_sample, confidence = _checked_per_sample(logits, labels, confidence, valid=None)
   return _to_floats(_summary(confidence, per_sample.correct, per_sample.nll, per_sample.brier),
                     METRIC_NAMES)
+
+
+@functools.partial(jax.jit, static_argnames="names")
+def _resampled_summaries(rows, confidence, correct, nll, brier, names):
+  summary = lambda r: _summary(confidence[r], correct[r], nll[r], brier[r])
+  return {name: value for name, value in jax.vmap(summary)(rows).items() if name in names}
+
+
+def evaluate_resamples(logits, labels, confidence=None, *, rows,
+                       names: tuple[str, ...] = METRIC_NAMES) -> dict[str, np.ndarray]:
+  """`evaluate` on many resamples of the rows at once: {name: [R]} for rows [R, N'].
+
+  Row r of `rows` lists the sample indices of resample r (a bootstrap draws
+  them with replacement). The per-sample quantities are computed once; each
+  resample only gathers them and summarises (sorts) them, vmapped over
+  resamples in chunks of RESAMPLE_CHUNK_SAMPLES gathered samples.
+  """
+  per_sample, confidence = _checked_per_sample(logits, labels, confidence, valid=None)
+  rows = np.asarray(rows)
+  if rows.ndim != 2 or rows.shape[1] == 0 or not np.issubdtype(rows.dtype, np.integer):
+    raise ValueError(f"rows must be a non-empty 2-D integer array [R, N], got shape "
+                     f"{rows.shape} and dtype {rows.dtype}")
+  if rows.size and (rows.min() < 0 or rows.max() >= confidence.shape[0]):
+    raise ValueError(f"rows must index the {confidence.shape[0]} samples")
+  chunk = max(1, RESAMPLE_CHUNK_SAMPLES // rows.shape[1])
+  parts = [jax.device_get(_resampled_summaries(
+      jnp.asarray(rows[i:i + chunk]), confidence, per_sample.correct, per_sample.nll,
+      per_sample.brier, names=tuple(names))) for i in range(0, len(rows), chunk)]
+  return {name: np.concatenate([p[name] for p in parts]).astype(np.float64) for name in names}
 
 
 @jax.jit

@@ -77,14 +77,25 @@ def split_logits(forward: Callable, states, batches: Iterable[dict], *, desc: st
 
 
 def collect(members: Sequence[Member], dataset: data.Dataset, splits: dict[str, data.Split], *,
-            mesh, batch_size: int, with_features: bool = False) -> LogitsBank:
+            mesh, batch_size: int, with_features: bool = False, forward=None) -> LogitsBank:
   """Logits of every member on every split (one fused forward per batch).
 
   `with_features` also keeps member 0's pre-logit features in `bank.features`.
+  `forward`: a `duo.make_fused_forward` of these members' graphdefs, for a
+  caller that scores many models of one architecture (the greedy soup's
+  candidates) and would otherwise compile the same program for each.
   """
   check_members_agree(members)
-  graphdefs, states = duo.split_members([m.model for m in members])
-  forward = duo.make_fused_forward(graphdefs, mesh=mesh, with_features=with_features)
+  # Members that are one model object (a greedy soup that kept every ingredient
+  # is the uniform soup) run once; their rows of the bank are copies.
+  slot = {}
+  for member in members:
+    slot.setdefault(id(member.model), len(slot))
+  rows = [slot[id(m.model)] for m in members]
+  unique = list({id(m.model): m.model for m in members}.values())
+  graphdefs, states = duo.split_members(unique)
+  if forward is None:
+    forward = duo.make_fused_forward(graphdefs, mesh=mesh, with_features=with_features)
   states = jax.device_put(states, sharding.replicated(mesh))
   bank = LogitsBank(tuple(m.name for m in members))
   for name, split in splits.items():
@@ -92,7 +103,8 @@ def collect(members: Sequence[Member], dataset: data.Dataset, splits: dict[str, 
                                 std=dataset.std, sharding=sharding.batch_sharding(mesh))
     out = split_logits(forward, states, batches, desc=name,
                        total=-(-len(split) // batch_size), with_features=with_features)
-    bank.logits[name], bank.labels[name] = out[0], out[1]
+    logits = out[0] if len(unique) == len(members) else out[0][rows]
+    bank.logits[name], bank.labels[name] = logits, out[1]
     if with_features:
       bank.features[name] = out[2]
   return bank

@@ -60,6 +60,8 @@ def soup_members(workdirs: Sequence[str], large: Member, val_accuracy: Callable[
   models = [m.model for m in ingredients]
   uniform = soups.average(models)
   score = lambda model: val_accuracy(Member("candidate", model, large.meta))
-  greedy, _ = soups.greedy(models, score)
+  greedy, kept = soups.greedy(models, score)
+  if kept == list(range(len(models))):
+    greedy = uniform  # the same average: one model, so its logits are computed once
   return [Member("soup (uniform)", uniform, large.meta, large.flops),
           Member("soup (greedy)", greedy, large.meta, large.flops)]

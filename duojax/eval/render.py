@@ -30,20 +30,19 @@ def markdown(results: dict, sections: Sequence) -> str:
                    for line in ([""] if i else []) + lines) + "\n"
 
 
-def embed_in_readme(results_md: str, readme: str, *, header: str = "") -> None:
-  """Replaces the README's text between the results markers with `results_md`."""
+def embed_in_readme(block: str, readme: str) -> None:
+  """Replaces the README's text between the results markers with `block` (Markdown)."""
   with open(readme) as f:
     text = f.read()
   if README_START not in text or README_END not in text:
     raise ValueError(f"{readme} has no results markers ({README_START!r} ... {README_END!r})")
-  with open(results_md) as f:
-    table = f.read()
   before, rest = text.split(README_START, 1)
   _, after = rest.split(README_END, 1)
-  files.write_atomically(readme, f"{before}{README_START}\n{header}{table}{README_END}{after}")
+  files.write_atomically(readme, f"{before}{README_START}\n{block}{README_END}{after}")
 
 
 if __name__ == "__main__":
   if len(sys.argv) != 4 or sys.argv[1] != "--embed":
     sys.exit("usage: python -m duojax.eval.render --embed RESULTS_MD README_MD")
-  embed_in_readme(sys.argv[2], sys.argv[3])
+  with open(sys.argv[2]) as f:
+    embed_in_readme(f.read(), sys.argv[3])

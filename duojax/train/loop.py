@@ -133,8 +133,34 @@ def _atomic_json(path: str, obj) -> None:
   files.write_atomically(path, json.dumps(obj, indent=2))
 
 
+class _PhaseClock:
+  """Wall seconds per phase of a run, for the summary's `seconds` profile.
+
+  Steps are dispatched asynchronously, so a phase ends only when the device is
+  done with it (`end(..., wait=x)` blocks on x); otherwise the validation that
+  follows would be charged with the steps still queued before it.
+  """
+
+  def __init__(self):
+    self.seconds, self._t = {}, time.perf_counter()
+
+  def end(self, phase: str, wait=None) -> None:
+    if wait is not None:
+      jax.block_until_ready(wait)
+    now = time.perf_counter()
+    self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._t
+    self._t = now
+
+
 def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) -> dict:
-  """Trains (or resumes) the model of `config` into `workdir`; returns the summary."""
+  """Trains (or resumes) the model of `config` into `workdir`; returns the summary.
+
+  The summary's `seconds` splits the run's wall time (from this call on) into
+  setup (data, model, restore), first_step (its compilation included), steps
+  (the rest of training, the host pipeline included), validation (per epoch),
+  checkpoint (saves) and final_eval (val and test at the end).
+  """
+  clock = _PhaseClock()
   config_lib.validate(config)
   process = jax.process_index()
   dataset = data.load_dataset(config.dataset, config.data_dir, val_size=config.val_size,
@@ -232,13 +258,16 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
     check_finite(step)
     checkpoint.save(manager, step, state, {**meta, "step": step, "data_step": step})
 
-  pending, t_log = [], time.perf_counter()
+  pending, t_log, final_val = [], time.perf_counter(), None
   bar = tqdm.tqdm(total=num_steps, initial=start_step, disable=process != 0,
                   desc=config.model_name, mininterval=2.0, dynamic_ncols=True)
   t_start = time.perf_counter()
+  clock.end("setup", wait=state)
   with _StopSignals() as stop_signals:
     for step in range(start_step + 1, num_steps + 1):
       state, metrics = train_step(state, next(batches))
+      if step == start_step + 1:
+        clock.end("first_step", wait=state)
       pending.append(metrics)
       bar.update(1)
       # Asked before logging, so a stopping run logs the steps it trained
@@ -256,11 +285,16 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record['train_accuracy']:.3f}")
         log.write(record)
       if step % steps_per_epoch == 0 or step == num_steps:
+        clock.end("steps", wait=state)
         val = evaluate(dataset.val)
         log.write({"step": step, "epoch": step / steps_per_epoch,
                    "val_accuracy": val["accuracy"], "val_nll": val["nll"]})
+        final_val = val if step == num_steps else None
+        clock.end("validation")
       if step % config.checkpoint_every == 0 or step == num_steps or stop:
+        clock.end("steps", wait=state)
         save(step)
+        clock.end("checkpoint")
       if stop:
         bar.close()
         batches.close()
@@ -271,8 +305,10 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
   train_seconds = time.perf_counter() - t_start
   if start_step >= num_steps:
     check_finite(num_steps)
+  clock.end("steps", wait=state)
 
-  val, test = evaluate(dataset.val), evaluate(dataset.test)
+  # The last step's validation already scored the final weights on val.
+  val, test = final_val or evaluate(dataset.val), evaluate(dataset.test)
   summary = {
       "model_name": config.model_name, "dataset": config.dataset, "steps": num_steps,
       "resumed_from": start_step, "train_seconds": round(train_seconds, 1),
@@ -285,6 +321,8 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
       "test_accuracy": test["accuracy"], "test_nll": test["nll"],
       "checkpoint": os.path.join(os.path.abspath(workdir), "checkpoints", str(num_steps)),
   }
+  clock.end("final_eval")
+  summary["seconds"] = {k: round(v, 2) for k, v in clock.seconds.items()}
   if process == 0:
     _atomic_json(os.path.join(workdir, SUMMARY_FILE), summary)
   manager.close()

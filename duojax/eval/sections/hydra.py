@@ -18,6 +18,7 @@ first in `config.sections`. Results key: "hydra".
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -33,6 +34,7 @@ from duojax.eval.methods import Method
 from duojax.eval.render import fmt
 from duojax.models import functional
 from duojax.parallel import sharding
+from duojax.train.loop import HYDRA_HEADS_FILE
 
 VIT = "ViT"
 
@@ -63,8 +65,8 @@ def members(config, mesh) -> list[Member]:
     if not part.meta["config"]["prune_from"]:
       raise ValueError(f"config.hydra: {workdir!r} is not a pruned Hydra member (train it "
                        "with configs/hydra_member.py)")
-  sources = {os.path.abspath(p.meta["config"]["prune_from"]) for p in parts}
-  source = _source(config, parts[0].meta)
+  sources = {_pruned_from(w, p.meta) for w, p in zip(workdirs, parts)}
+  source = config.hydra_vit or _pruned_from(workdirs[0], parts[0].meta)
   if not os.path.isdir(source):
     raise ValueError(f"config.hydra_vit: workdir {source!r} does not exist")
   if len(sources) > 1 or os.path.abspath(source) not in sources:
@@ -83,9 +85,17 @@ def members(config, mesh) -> list[Member]:
   return [*vits, *merged]
 
 
-def _source(config, member_meta: dict) -> str:
-  """The ViT the members were pruned from, as the config or the members name it."""
-  return config.hydra_vit or member_meta["config"]["prune_from"]
+def _pruned_from(workdir: str, meta: dict) -> str:
+  """The absolute path of the ViT a member was pruned from.
+
+  Its training recorded it, absolute, in its heads file; the config's
+  `prune_from` may be relative to wherever training ran, not to this process.
+  """
+  try:
+    with open(os.path.join(workdir, HYDRA_HEADS_FILE)) as f:
+      return json.load(f)["prune_from"]
+  except (OSError, ValueError, KeyError):
+    return os.path.abspath(meta["config"]["prune_from"])
 
 
 def methods(config, added: list[str]) -> list[Method]:
@@ -149,7 +159,9 @@ def build(inputs: EvalInputs, results: dict, repeats: int = 5) -> dict:
                          "ood": entry.get("ood", {}).get("msp", {})}
   return {"hydra": {"rows": rows, "members": len(split_list(config.hydra)),
                     "keep": merged.meta["config"]["prune_keep"],
-                    "source": _source(config, merged.meta), "batch_size": config.batch_size}}
+                    "source": config.hydra_vit or _pruned_from(split_list(config.hydra)[0],
+                                                               merged.meta),
+                    "batch_size": config.batch_size}}
 
 
 def markdown(results: dict) -> list[str]:

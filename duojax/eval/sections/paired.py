@@ -13,7 +13,6 @@ the methods or `config.bootstrap` is 0).
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 
 from duojax.core import metrics
@@ -32,34 +31,38 @@ def build(inputs: EvalInputs, results: dict) -> dict:
   names = [m.name for m in inputs.methods]
   if REFERENCE not in names:
     return {}
-  reference = inputs.outputs(inputs.method(REFERENCE), TEST)
   labels = inputs.bank.labels[TEST]
+  rows = resample_rows(len(labels), inputs.config.bootstrap, inputs.config.seed)
+  reference = _scores(inputs.outputs(inputs.method(REFERENCE), TEST), labels, rows)
   return {"paired_vs_reference": {
-      method.name: paired_bootstrap(inputs.outputs(method, TEST), reference, labels,
-                                    inputs.config.bootstrap, inputs.config.seed)
+      method.name: paired_differences(_scores(inputs.outputs(method, TEST), labels, rows),
+                                      reference)
       for method in inputs.methods if method.headline and method.name != REFERENCE}}
 
 
-def paired_bootstrap(output, reference, labels, rounds: int, seed: int) -> dict:
-  """Method − reference on the same resamples of the test set: mean and 95% interval.
-
-  `output` and `reference` are (logits [N, C], confidence [N]) pairs.
-  """
+def resample_rows(num: int, rounds: int, seed: int) -> np.ndarray:
+  """[rounds, num] row indices, drawn with replacement, one round after another."""
   rng = np.random.default_rng(seed)
-  n = len(labels)
-  labels = jnp.asarray(labels)
-  diffs = {k: [] for k in PAIRED_METRICS}
-  for _ in range(rounds):
-    idx = jnp.asarray(rng.integers(0, n, n))
-    ours = metrics.evaluate(output[0][idx], labels[idx], output[1][idx])
-    theirs = metrics.evaluate(reference[0][idx], labels[idx], reference[1][idx])
-    for k in PAIRED_METRICS:
-      diffs[k].append(float(ours[k]) - float(theirs[k]))
-  full_ours = metrics.evaluate(output[0], labels, output[1])
-  full_theirs = metrics.evaluate(reference[0], labels, reference[1])
-  return {k: {"diff": float(full_ours[k]) - float(full_theirs[k]),
-              "ci95": [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))]}
-          for k, v in diffs.items()}
+  return np.stack([rng.integers(0, num, num) for _ in range(rounds)])
+
+
+def _scores(output, labels, rows) -> tuple[dict, dict]:
+  """(metrics on the full split, {metric: [rounds]} on the resamples) of an output,
+  a (logits [N, C], confidence [N]) pair."""
+  logits, confidence = output
+  full = metrics.evaluate(logits, labels, confidence)
+  resampled = metrics.evaluate_resamples(logits, labels, confidence, rows=rows,
+                                         names=PAIRED_METRICS)
+  return full, resampled
+
+
+def paired_differences(ours: tuple[dict, dict], theirs: tuple[dict, dict]) -> dict:
+  """Method − reference, both scored by `_scores` on the same resamples: the
+  difference on the full split and the 95% percentile interval of the resampled
+  differences (NaN rounds, e.g. an AUROC with no errors, left out)."""
+  return {k: {"diff": ours[0][k] - theirs[0][k],
+              "ci95": [float(np.nanpercentile(ours[1][k] - theirs[1][k], q)) for q in (2.5, 97.5)]}
+          for k in PAIRED_METRICS}
 
 
 def markdown(results: dict) -> list[str]:
