@@ -61,6 +61,14 @@ def test_demo_runs_every_stage_side_by_side_and_reports_its_time(tmp_path, learn
   # The runs shared one compilation cache.
   assert any((tmp_path / "cache").iterdir())
 
+  # The profile benchmark reads the finished demo.
+  bench = subprocess.run([sys.executable, "bench/bench_demo.py", "--quick", "--runs", str(runs),
+                          "--data_dir", str(learnable_data_dir), "--val_size", "100"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert bench.returncode == 0, bench.stderr[-3000:]
+  assert "| hydra_1 |" in bench.stdout and "| section paired |" in bench.stdout
+  assert "| resnet14 | 32 |" in bench.stdout and "| cnn_xs | 128 |" in bench.stdout
+
   # A second demo resumes every run (nothing left to train) and evaluates again.
   again = _demo(tmp_path, learnable_data_dir, readme, "--jobs", "1")
   assert again.returncode == 0, again.stderr[-3000:]

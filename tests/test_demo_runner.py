@@ -2,12 +2,14 @@
 
 import json
 import os
+import subprocess
 import sys
 
 import pytest
 
 from duojax.demo import plan as plan_lib
 from duojax.demo import runner, timings
+from helpers import ROOT
 
 
 def _writer(name, after=(), seconds=0.0, code=0, all_cores=False):
@@ -101,3 +103,18 @@ def test_timing_report_and_markdown(tmp_path):
   text = "\n".join(timings.markdown(report))
   assert "**2 min 40 s**" in text and "250 GFLOP/s" in text
   assert "| large | 100 | 0 | 0.9000 |" in text and "| sidekick | 20 | 0 | – |" in text
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--jobs", "999"], "error: --jobs/--cores_per_run: 999 job"),
+    (["--cores_per_run", "0"], "error: --jobs/--cores_per_run: jobs="),
+    (["--train_override", "lr"], "error: override 'lr' is not KEY=VALUE"),
+    (["--readme", "no/such/README.md"], "error: --readme 'no/such/README.md' does not exist"),
+])
+def test_demo_bad_command_lines_fail_at_once_with_one_line(tmp_path, args, message):
+  runs = tmp_path / "runs"
+  result = subprocess.run([sys.executable, "-m", "duojax.demo", "--runs", str(runs), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
+  assert not runs.exists()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -58,36 +59,44 @@ def _child_env(cache_dir: str) -> dict[str, str]:
   return env
 
 
+def _child_output(args: list[str]) -> str:
+  """stdout of `python ARGS`; its last stderr line as a one-line error if it fails."""
+  done = subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  if done.returncode:
+    lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+    sys.exit(lines[-1] if lines[-1].startswith("error:") else f"error: {lines[-1]}")
+  return done.stdout
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
   runs = _RUNS.value
   per_run = _CORES_PER_RUN.value
-  jobs = _JOBS.value or max(1, len(runner.usable_cores()) // per_run)
+  jobs = _JOBS.value or max(1, len(runner.usable_cores()) // max(1, per_run))
   try:
     runner.core_slots(jobs, per_run)
   except ValueError as e:
     sys.exit(f"error: --jobs/--cores_per_run: {e}")
   if _README.value and not os.path.isfile(_README.value):
     sys.exit(f"error: --readme {_README.value!r} does not exist")
-  cache = os.path.join(runs, ".jax_cache") if _CACHE.value is None else _CACHE.value
-  t0 = time.perf_counter()
-  peak = timings.matmul_peak_gflops()
-  print(f"{timings.machine_line(peak)}; {jobs} training(s) side by side on {per_run} "
-        f"core(s) each", flush=True)
-
-  from duojax.data import embedded  # after the peak: its imports are not timed there
-  from duojax.errors import DataError
-  t_data = time.perf_counter()
-  try:
-    embedded.prepare_fashion_mnist(_DATA_DIR.value)
-  except DataError as e:
-    sys.exit(f"error: {e}")
-  data_seconds = time.perf_counter() - t_data
-
   for kv in _TRAIN_OVERRIDES.value + _EVAL_OVERRIDES.value:
     if "=" not in kv:
       sys.exit(f"error: override {kv!r} is not KEY=VALUE")
+  cache = os.path.join(runs, ".jax_cache") if _CACHE.value is None else _CACHE.value
+  t0 = time.perf_counter()
+  # JAX runs in child processes only: this one starts the trainings with a
+  # CPU affinity set between fork and exec, which is safe only in a process
+  # without threads (importing JAX starts its thread pools).
+  peak = float(_child_output(["-c", "from duojax.demo import timings; "
+                              "print(timings.matmul_peak_gflops())"]).split()[-1])
+  print(f"{timings.machine_line(peak)}; trainings side by side: {jobs}, on {per_run} "
+        f"core{'s' if per_run > 1 else ''} each", flush=True)
+  t_data = time.perf_counter()
+  print(_child_output(["-m", "duojax.data", _DATA_DIR.value]).strip(), flush=True)
+  data_seconds = time.perf_counter() - t_data
+
   plan = demo_runs(runs, _ALPHAS.value, _HYDRA.value, train_overrides=_TRAIN_OVERRIDES.value,
                    eval_overrides=_EVAL_OVERRIDES.value)
   try:
@@ -99,8 +108,8 @@ def main(argv: list[str]) -> None:
     sys.exit("interrupted: rerun the same command to resume")
 
   report = timings.report(plan, ran, runs=runs, jobs=jobs, cores_per_run=per_run,
-                          peak_gflops=peak,
-                          data_seconds=data_seconds, total_seconds=time.perf_counter() - t0)
+                          peak_gflops=peak, data_seconds=data_seconds,
+                          total_seconds=time.perf_counter() - t0)
   results_dir = os.path.join(runs, "results")
   files.write_atomically(os.path.join(results_dir, "timings.json"), json.dumps(report, indent=2))
   results_json = os.path.join(results_dir, "results.json")
