@@ -23,7 +23,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "duojax"
 # own package and from lower layers; packages that share a layer are
 # independent of each other. `python -m` entry points (`__main__`) sit on top.
 LAYERS = {
-    "errors": 0, "files": 0,
+    "errors": 0, "files": 0, "timing": 0,
     "config_lib": 1, "parallel": 1,
     "core": 2, "models": 2, "data": 2,
     "convert": 3, "cascade": 3, "hydra": 3,

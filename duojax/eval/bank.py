@@ -88,11 +88,9 @@ def collect(members: Sequence[Member], dataset: data.Dataset, splits: dict[str, 
   check_members_agree(members)
   # Members that are one model object (a greedy soup that kept every ingredient
   # is the uniform soup) run once; their rows of the bank are copies.
-  slot = {}
-  for member in members:
-    slot.setdefault(id(member.model), len(slot))
-  rows = [slot[id(m.model)] for m in members]
-  unique = list({id(m.model): m.model for m in members}.values())
+  models = {}  # id -> (row among the unique models, model)
+  rows = [models.setdefault(id(m.model), (len(models), m.model))[0] for m in members]
+  unique = [model for _, model in models.values()]
   graphdefs, states = duo.split_members(unique)
   if forward is None:
     forward = duo.make_fused_forward(graphdefs, mesh=mesh, with_features=with_features)

@@ -32,6 +32,7 @@ from duojax.eval.inputs import LARGE, SIDEKICK, EvalInputs
 from duojax.eval.mc_dropout import mc_dropout_logits
 from duojax.models import functional
 from duojax.parallel import sharding
+from duojax.timing import PhaseClock
 from duojax.train import checkpoint
 
 # Config keys that name training workdirs, checked before any work.
@@ -59,15 +60,7 @@ def run(config) -> dict:
   config_lib.validate_eval(config)
   sections = active_sections(config)
   _check_workdirs(config)
-  seconds, t_phase = {}, time.perf_counter()
-  t_start = t_phase
-
-  def phase_done(name: str) -> None:
-    nonlocal t_phase
-    now = time.perf_counter()
-    seconds[name] = round(seconds.get(name, 0.0) + now - t_phase, 2)
-    t_phase = now
-
+  t_start, clock = time.perf_counter(), PhaseClock()
   mesh = sharding.make_mesh(config.num_devices)
   members = [members_lib.load_member(LARGE, config.large, mesh=mesh)]
   if config.sidekick:
@@ -100,7 +93,7 @@ def run(config) -> dict:
                                             max_images=config.shift_max_images,
                                             seed=config.seed))
 
-  phase_done("members_and_data")
+  clock.end("members_and_data")
   extra_singles = []
   ingredients = split_list(config.soup_ingredients)
   if ingredients:
@@ -115,7 +108,7 @@ def run(config) -> dict:
     members += members_lib.soup_members(ingredients, members[0], val_accuracy, mesh=mesh)
     extra_singles += ["soup (uniform)", "soup (greedy)"]
 
-  phase_done("soups")
+  clock.end("soups")
   mc_dropout = config.mc_dropout_samples > 0
   bank = bank_lib.collect(members, dataset, splits, mesh=mesh, batch_size=config.batch_size,
                           with_features=mc_dropout)
@@ -129,7 +122,7 @@ def run(config) -> dict:
     member_flops[name] = members[0].flops + config.mc_dropout_samples * 2 * kernel[0] * kernel[1]
     extra_singles.append(name)
 
-  phase_done("logits")
+  clock.end("logits")
   method_list = methods_lib.standard_methods(
       large=LARGE, sidekick=SIDEKICK if config.sidekick else None, ensemble=tuple(ensemble),
       extra_singles=tuple(extra_singles))
@@ -140,7 +133,7 @@ def run(config) -> dict:
   results = {}
   for section in sections:
     results.update(section.build(inputs, results))
-    phase_done(f"section {sections_lib.name(section)}")
+    clock.end(f"section {sections_lib.name(section)}")
   results["members"] = {
       m.name: {"model_name": m.meta["model_name"], "flops": m.flops,
                "params": functional.count_params(functional.split_model(m.model)[1]),
@@ -148,6 +141,6 @@ def run(config) -> dict:
   results["splits"] = {name: int(len(bank.labels[name])) for name in bank.labels}
   # Wall seconds in all and per phase; the sections' include the temperature
   # fits and method outputs they are the first to ask for (cached after).
-  results["seconds"] = {"total": round(time.perf_counter() - t_start, 1), **seconds}
+  results["seconds"] = {"total": round(time.perf_counter() - t_start, 1), **clock.rounded()}
   results["devices"] = f"{jax.device_count()} × {jax.devices()[0].device_kind}"
   return results

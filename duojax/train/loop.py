@@ -25,6 +25,7 @@ import numpy as np
 import tqdm
 
 from duojax import config_lib, convert, data, files
+from duojax.timing import PhaseClock
 from duojax.errors import CheckpointError, ConfigError, TrainingDiverged
 from duojax.models import functional
 from duojax.models.spec import ModelSpec
@@ -133,25 +134,6 @@ def _atomic_json(path: str, obj) -> None:
   files.write_atomically(path, json.dumps(obj, indent=2))
 
 
-class _PhaseClock:
-  """Wall seconds per phase of a run, for the summary's `seconds` profile.
-
-  Steps are dispatched asynchronously, so a phase ends only when the device is
-  done with it (`end(..., wait=x)` blocks on x); otherwise the validation that
-  follows would be charged with the steps still queued before it.
-  """
-
-  def __init__(self):
-    self.seconds, self._t = {}, time.perf_counter()
-
-  def end(self, phase: str, wait=None) -> None:
-    if wait is not None:
-      jax.block_until_ready(wait)
-    now = time.perf_counter()
-    self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._t
-    self._t = now
-
-
 def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) -> dict:
   """Trains (or resumes) the model of `config` into `workdir`; returns the summary.
 
@@ -160,7 +142,7 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
   (the rest of training, the host pipeline included), validation (per epoch),
   checkpoint (saves) and final_eval (val and test at the end).
   """
-  clock = _PhaseClock()
+  clock = PhaseClock()
   config_lib.validate(config)
   process = jax.process_index()
   dataset = data.load_dataset(config.dataset, config.data_dir, val_size=config.val_size,
@@ -322,7 +304,7 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
       "checkpoint": os.path.join(os.path.abspath(workdir), "checkpoints", str(num_steps)),
   }
   clock.end("final_eval")
-  summary["seconds"] = {k: round(v, 2) for k, v in clock.seconds.items()}
+  summary["seconds"] = clock.rounded()
   if process == 0:
     _atomic_json(os.path.join(workdir, SUMMARY_FILE), summary)
   manager.close()
