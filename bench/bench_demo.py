@@ -84,8 +84,7 @@ def pipeline_vs_step(config_file: str, model_name: str, batch_size: int, num_ste
   config = _load_config(config_file)
   config.data_dir = data_dir or config.data_dir
   config.val_size = config.val_size if val_size is None else val_size
-  dataset = data.load_dataset(config.dataset, config.data_dir, val_size=config.val_size,
-                              split_seed=config.split_seed)
+  dataset = data.load_dataset_of(config)
   mesh = sharding.make_mesh(1)
   batches = data.train_batches(dataset.train, global_batch_size=batch_size, seed=0,
                                augment=config_lib.augmentations(config), mean=dataset.mean,

@@ -75,10 +75,29 @@ def base_config() -> ml_collections.ConfigDict:
   # Data.
   c.dataset = "fashion_mnist"   # embedded default, or any prepared tfds name
   c.data_dir = "data"           # tfds data_dir (relative paths: to the cwd)
-  c.val_size = 5000             # carved from train by `split_seed`
+  c.train_split = "train"       # tfds split names
+  c.val_split = ""              # "": carve val_size rows from train_split by split_seed
+  c.test_split = "test"         # e.g. "validation" for imagenet2012
+  c.val_size = 5000
   c.split_seed = 0
-  c.augment = "crop,flip"       # comma list from {crop, flip}; "" for none
+  c.image_key = "image"         # tfds feature keys
+  c.label_key = "label"
+  # The images' side comes from config.model.image_size (model and pipeline
+  # alike; needed for data sets of varying image size).
+  # Training augmentation, a comma list: "crop" (pad by crop_padding and crop
+  # back, for small fixed-size images), "rrc" (Inception-style random-resized
+  # crop: area fraction in rrc_scale, aspect ratio in rrc_ratio), "flip"
+  # (horizontal); "" for none. Evaluation takes the centre square of
+  # crop_fraction of the shorter side, resized.
+  c.augment = "crop,flip"
   c.crop_padding = 2
+  c.rrc_scale = (0.08, 1.0)
+  c.rrc_ratio = (3 / 4, 4 / 3)
+  c.crop_fraction = 0.875
+  # Host processes that decode and augment images (grain workers); -1: none
+  # for data held in memory, else the host's cores divided among the
+  # processes that share it.
+  c.data_workers = -1
   # Model: a name from duojax.models plus overrides for get_model.
   c.model_name = "resnet14"
   # get_model overrides; None means "the model's default" (and keeps the key
@@ -138,7 +157,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 _OPTIMIZERS = ("adamw", "sgd")
 _LOSSES = ("ce", "gatekeeper")
-_AUGMENTATIONS = ("crop", "flip")
+_AUGMENTATIONS = ("crop", "rrc", "flip")
 # Mirrors duojax.convert (not imported here: this module stays light).
 _INIT_LAYOUTS = ("auto", "timm", "torchvision", "hf")
 _INIT_HEADS = ("load", "fresh")
@@ -159,6 +178,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.epochs > 0 or config.total_steps > 0,
        "config.epochs or config.total_steps must be > 0")
   need(config.val_size > 0, f"config.val_size must be > 0, got {config.val_size}")
+  for key in ("train_split", "test_split", "image_key", "label_key"):
+    need(bool(config[key]), f"config.{key} must name a tfds split or feature, got ''")
+  need(config.val_split not in (config.train_split, config.test_split),
+       f"config.val_split={config.val_split!r} must differ from train_split and test_split "
+       "(\"\" carves val from train)")
+  need(config.data_workers >= -1,
+       f"config.data_workers must be -1 (automatic), 0 (in this process) or more, "
+       f"got {config.data_workers}")
+  for key in ("rrc_scale", "rrc_ratio"):
+    value = tuple(config[key])
+    need(len(value) == 2 and 0 < value[0] <= value[1],
+         f"config.{key} must be (low, high) with 0 < low <= high, got {value}")
+  need(tuple(config.rrc_scale)[1] <= 1.0,
+       f"config.rrc_scale's high end must be <= 1 (a fraction of the area), "
+       f"got {tuple(config.rrc_scale)}")
+  need(0.0 < config.crop_fraction <= 1.0,
+       f"config.crop_fraction must be in (0, 1], got {config.crop_fraction}")
   need(0.0 <= config.label_smoothing < 1.0,
        f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
   need(config.checkpoint_every > 0,
@@ -187,6 +223,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name in augmentations(config):
     need(name in _AUGMENTATIONS,
          f"config.augment has unknown {name!r}; valid: {', '.join(_AUGMENTATIONS)}")
+  need(not {"crop", "rrc"} <= set(augmentations(config)),
+       "config.augment: 'crop' and 'rrc' are two ways of cropping, choose one")
 
 
 def complete_config(saved: dict) -> ml_collections.ConfigDict:

@@ -1,29 +1,39 @@
-"""The host input pipeline: sharded, prefetched, resumable batches of a `Split`.
+"""The host input pipeline on grain: sharded, prefetched, resumable batches of a `Split`.
 
-`train_batches` / `eval_batches` yield normalised numpy batches, or global jax
-Arrays when given a sharding; each process reads only the rows its devices
-hold. Everything random is a pure function of (seed, epoch) or (seed, step),
-so a run resumes at any step bit-exactly.
+`train_batches` / `eval_batches` map a batch maker (`duojax.data.batches`)
+over batch indices with grain: `MapDataset.range(...).map(...)`, read ahead by
+threads, and by worker processes (`mp_prefetch`) where images are decoded and
+cut. Batches hold uint8 images, 4x fewer bytes to move to the device than
+float32; the model's step normalises them there (`normalize_on_device`).
+Global jax Arrays come out when a sharding is given, each process reading
+only the rows its devices hold, one batch placed on the device ahead of use.
+Everything random is a pure function of (seed, epoch) or (seed, step), so a
+run resumes at any step bit-exactly, with any number of workers.
 """
 
 from __future__ import annotations
 
-import itertools
-import queue
+import collections
+import os
 import threading
 from typing import Any, Iterator
 
+import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from duojax.config_lib import split_list
-from duojax.data.sources import Split, read_examples
+from duojax.data import images as images_lib
+from duojax.data.batches import AUGMENTATIONS, EvalBatch, TrainBatch, Transform
+from duojax.data.sources import ArraySource, Split
 from duojax.errors import DataError
 
-# The last word of a seed [seed, counter, stream] keeps shuffling and
-# augmentation draws apart from each other and from the statistics sample of
-# `sources` (stream 2); numpy ignores trailing zero words: [s, e] = [s, e, 0].
-_SHUFFLE_STREAM, _AUGMENT_STREAM = 0, 1
+# Batch indices run to here: "endless" for any training run.
+_ENDLESS = 1 << 40
+# Launchers' names for the number of processes on this host.
+_LOCAL_PROCESS_COUNT_VARS = ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE",
+                             "OMPI_COMM_WORLD_LOCAL_SIZE")
 
 def _local_rows(global_batch_size: int, process_index: int, process_count: int,
                 sharding: jax.sharding.Sharding | None) -> slice:
@@ -67,28 +77,34 @@ def _rows_of_sharding(global_batch_size: int, sharding: jax.sharding.Sharding) -
   return slice(start, stop)
 
 
-def _normalize(images: np.ndarray, mean, std) -> np.ndarray:
+def _affine(mean, std) -> tuple[np.ndarray, np.ndarray]:
+  """float32 (255·mean, 1 / (255·std)): (x − 255·mean) / (255·std) = (x/255 − mean) / std."""
   mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-  return (images.astype(np.float32) * np.float32(1 / 255) - mean) / std
+  return np.float32(255) * mean, np.float32(1) / (np.float32(255) * std)
 
 
-def _augment(images: np.ndarray, seed: int, step: int, global_batch_size: int,
-             rows: slice, augment: tuple[str, ...], crop_padding: int) -> np.ndarray:
-  """Random crop of the zero-padded image and horizontal flip, on the host.
+def normalize(images: np.ndarray, mean, std) -> np.ndarray:
+  """float32 (x/255 − mean) / std on the host, to the bit as `normalize_on_device`.
 
-  Draws are made for the whole global batch and then sliced, so every process
-  applies to a row exactly what a single process would.
+  Computed as (x − 255·mean) · 1/(255·std): one subtraction of whole-number
+  pixels, then one product. Neither form XLA rewrites (a division by a
+  broadcast becomes a product; a·b − c may fuse into one FMA) is present, so
+  the host and the device round identically (a test checks every pixel value).
   """
-  rng = np.random.default_rng([seed, step, _AUGMENT_STREAM])
-  offsets = rng.integers(0, 2 * crop_padding + 1, size=(global_batch_size, 2))[rows]
-  flips = (rng.random(global_batch_size) < 0.5)[rows]
-  if "crop" in augment and crop_padding > 0:
-    p, (h, w) = crop_padding, images.shape[1:3]
-    padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
-    images = np.stack([padded[i, y:y + h, x:x + w] for i, (y, x) in enumerate(offsets)])
-  if "flip" in augment:
-    images = np.where(flips[:, None, None, None], images[:, :, ::-1], images)
-  return images
+  shift, scale = _affine(mean, std)
+  return (images.astype(np.float32) - shift) * scale
+
+
+def normalize_on_device(images: jax.Array, mean, std) -> jax.Array:
+  """`normalize` inside a jitted step, for uint8 batches (other dtypes pass through)."""
+  if images.dtype != jnp.uint8:
+    return images
+  if isinstance(mean, jax.core.Tracer) or isinstance(std, jax.core.Tracer):
+    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+    shift, scale = 255 * mean, 1 / (255 * std)
+  else:  # constants of the step, computed as the host computes them
+    shift, scale = _affine(mean, std)
+  return (images.astype(jnp.float32) - shift) * scale
 
 
 def _output(batch: dict[str, np.ndarray], sharding, global_batch_size: int) -> dict[str, Any]:
@@ -98,47 +114,107 @@ def _output(batch: dict[str, np.ndarray], sharding, global_batch_size: int) -> d
           for k, v in batch.items()}
 
 
-def _prefetch(iterator: Iterator, size: int) -> Iterator:
-  """Runs `iterator` in a background thread, at most `size` items ahead.
+def _on_device_ahead(batches: Iterator[dict], sharding, global_batch_size: int,
+                     size: int = 2) -> Iterator[dict]:
+  """Places each batch `size` − 1 batches before it is used.
 
-  One producer fills a FIFO queue, so the order (hence determinism) is kept.
+  Device transfers are asynchronous, so the next batch's copy overlaps the
+  current step; placement stays on the caller's thread (JAX calls from other
+  threads can crash at exit).
   """
-  if size <= 0:
-    yield from iterator
-    return
-  items, stop = queue.Queue(maxsize=size), threading.Event()
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(_output(batch, sharding, global_batch_size))
+    if len(queue) >= size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
 
-  def put(item) -> bool:
-    while not stop.is_set():
-      try:
-        items.put(item, timeout=0.1)
-        return True
-      except queue.Full:
-        pass
-    return False
 
-  def produce():
-    try:
-      for item in iterator:
-        if not put((True, item)):
-          return
-      put((False, StopIteration))
-    except BaseException as e:  # Re-raised in the consumer.
-      put((False, e))
-
-  producer = threading.Thread(target=produce, daemon=True)
-  producer.start()
+def usable_cores() -> int:
   try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def local_process_count() -> int:
+  """How many processes of this job share the host, from the launcher's environment."""
+  for name in _LOCAL_PROCESS_COUNT_VARS:
+    value = os.environ.get(name, "").split("(")[0]  # SLURM writes e.g. "4(x2)"
+    if value.isdigit() and int(value) > 0:
+      return int(value)
+  return 1
+
+
+def worker_count(requested: int, split: Split) -> int:
+  """`requested` worker processes, or for -1: none for data held in memory
+  (a numpy gather needs no help), else the host's cores divided among the
+  processes that share it."""
+  if requested >= 0:
+    return requested
+  if isinstance(split.source, ArraySource):
+    return 0
+  return max(1, usable_cores() // local_process_count())
+
+
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+  """Runs in each grain worker: exit as soon as the parent process is gone.
+
+  A parent killed with SIGKILL cannot stop its workers; without this they
+  would live on, orphaned, holding cores and shared memory.
+  """
+  del worker_index, worker_count
+  parent = os.getppid()
+
+  def watch():
     while True:
-      ok, item = items.get()
-      if not ok:
-        if item is StopIteration:
-          return
-        raise item
-      yield item
+      if os.getppid() != parent:
+        os._exit(0)
+      threading.Event().wait(0.5)
+
+  threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def _grain_batches(make_batch, start: int, stop: int, workers: int, threads: int,
+                   prefetch: int):
+  """A grain iterator over make_batch(start), ..., make_batch(stop − 1), in order."""
+  dataset = grain.MapDataset.range(start, stop).map(make_batch)
+  if workers == 0:
+    return iter(dataset.to_iter_dataset(
+        grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)))
+  # grain reads some of its settings from absl flags; a library caller (a
+  # notebook, a test) may not have parsed any.
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  # In a worker one thread builds one batch at a time: the workers are the parallelism.
+  per_worker = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
+  return iter(per_worker.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch),
+      worker_init_fn=_exit_with_parent))
+
+
+def _batches(iterator, mean, std, sharding, global_batch_size: int) -> Iterator[dict]:
+  """`iterator`'s batches (normalised if `mean` is given) placed on the devices.
+
+  Closing this generator stops grain's threads and worker processes.
+  """
+  def host():
+    for batch in iterator:
+      # Out of grain's shared memory at once: a device array on the CPU may
+      # alias its host buffer, which grain unmaps when the batch is dropped.
+      batch = {k: np.array(v) for k, v in batch.items()}
+      if mean is not None:
+        batch["image"] = normalize(batch["image"], mean, std)
+      yield batch
+
+  try:
+    yield from _on_device_ahead(host(), sharding, global_batch_size)
   finally:
-    stop.set()
-    producer.join(timeout=10)
+    close = getattr(iterator, "close", None)
+    if close is not None:
+      close()
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
@@ -152,72 +228,56 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
 
 def train_batches(split: Split, *, global_batch_size: int, seed: int, start_step: int = 0,
                   augment: tuple[str, ...] | str = ("crop", "flip"), crop_padding: int = 2,
-                  mean, std, sharding: jax.sharding.NamedSharding | None = None,
-                  process_index: int = 0, process_count: int = 1,
+                  rrc_scale: tuple[float, float] | None = None,
+                  rrc_ratio: tuple[float, float] | None = None,
+                  mean=None, std=None, sharding: jax.sharding.NamedSharding | None = None,
+                  process_index: int = 0, process_count: int = 1, workers: int = -1,
                   prefetch: int = 2) -> Iterator[dict[str, Any]]:
-  """Infinite training batches {"image": float32 [B,H,W,C], "label": int32 [B]}.
+  """Endless training batches {"image": uint8 [B,H,W,C], "label": int32 [B]}.
 
   Step s holds positions [s*B, (s+1)*B) of the epochs' permutations laid end
   to end, epoch e being `default_rng([seed, e, 0]).permutation(len(split))`
-  (the same as `default_rng([seed, e])`) less its last len % B positions.
-  Augmentation draws come from `default_rng([seed, s, 1])`. `start_step=k`
-  yields steps k, k+1, ... exactly as a fresh iterator would. Each process
-  gets its rows of the global batch (global jax Arrays if `sharding` is given);
-  a background thread prepares up to `prefetch` batches ahead.
+  less its last len % B positions (`duojax.data.batches`, which also gives
+  the augmentation draws). `start_step=k` yields steps k, k+1, ... exactly
+  as a fresh iterator would. Each process gets its rows of the global batch
+  (global jax Arrays if `sharding` is given). `workers` processes decode and
+  augment (-1: see `worker_count`), `prefetch` batches ahead each. With
+  `mean` and `std` the images come normalised to float32 instead.
   """
   if isinstance(augment, str):
     augment = tuple(split_list(augment))
-  if set(augment) - {"crop", "flip"}:
-    raise DataError(f"unknown augmentation in {augment}: use 'crop' and/or 'flip'")
+  if set(augment) - set(AUGMENTATIONS):
+    raise DataError(f"unknown augmentation in {augment}: use {', '.join(AUGMENTATIONS)}")
   if seed < 0 or start_step < 0:
     raise DataError(f"seed={seed} and start_step={start_step} must be non-negative")
   rows = _local_rows(global_batch_size, process_index, process_count, sharding)
-  per_epoch = steps_per_epoch(len(split), global_batch_size)
-  if per_epoch == 0:
+  if steps_per_epoch(len(split), global_batch_size) == 0:
     raise DataError(f"global_batch_size={global_batch_size} exceeds the {len(split)} "
                     "examples of the split")
-
-  def host_batches():
-    epoch, order = -1, None
-    for step in itertools.count(start_step):
-      if step // per_epoch != epoch:
-        epoch = step // per_epoch
-        order = np.random.default_rng([seed, epoch, _SHUFFLE_STREAM]).permutation(len(split))
-      start = (step % per_epoch) * global_batch_size
-      images, labels = read_examples(split, order[start:start + global_batch_size][rows])
-      images = _augment(images, seed, step, global_batch_size, rows, augment, crop_padding)
-      yield {"image": _normalize(images, mean, std), "label": labels}
-
-  # Only host work runs in the prefetch thread; device placement stays on the
-  # caller's thread (JAX calls from a daemon thread can crash at exit).
-  def device_batches():
-    for batch in _prefetch(host_batches(), prefetch):
-      yield _output(batch, sharding, global_batch_size)
-
-  return device_batches()
+  transform = Transform(tuple(augment), crop_padding,
+                        tuple(rrc_scale or images_lib.RRC_SCALE),
+                        tuple(rrc_ratio or images_lib.RRC_RATIO))
+  make_batch = TrainBatch(split, global_batch_size=global_batch_size, seed=seed, rows=rows,
+                          transform=transform)
+  threads = 1 if isinstance(split.source, ArraySource) else usable_cores()
+  iterator = _grain_batches(make_batch, start_step, start_step + _ENDLESS,
+                            worker_count(workers, split), threads, prefetch)
+  return _batches(iterator, mean, std, sharding, global_batch_size)
 
 
-def eval_batches(split: Split, *, global_batch_size: int, mean, std,
+def eval_batches(split: Split, *, global_batch_size: int, mean=None, std=None,
                  sharding: jax.sharding.NamedSharding | None = None,
-                 process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, Any]]:
-  """One pass over `split` in order, as batches of one shape.
+                 process_index: int = 0, process_count: int = 1, workers: int = -1,
+                 prefetch: int = 2) -> Iterator[dict[str, Any]]:
+  """One pass over `split` in order, as batches of one shape (uint8 images,
+  or normalised float32 with `mean` and `std`).
 
   The last batch is padded with zero images; `mask` (bool [B]) is False there.
   """
   rows = _local_rows(global_batch_size, process_index, process_count, sharding)
-
-  def host_batches():
-    for start in range(0, len(split), global_batch_size):
-      positions = np.arange(start, start + global_batch_size)[rows]
-      mask = positions < len(split)
-      images, labels = read_examples(split, positions[mask])
-      pad = len(mask) - len(labels)
-      if pad:  # Valid rows come first: positions are ascending.
-        # A process whose rows are all padding reads one image for its shape.
-        shape = (images if len(labels) else read_examples(split, np.arange(1))[0]).shape[1:]
-        images = np.concatenate([images.reshape(-1, *shape), np.zeros((pad, *shape), np.uint8)])
-        labels = np.concatenate([labels, np.zeros(pad, np.int32)])
-      batch = {"image": _normalize(images, mean, std), "label": labels, "mask": mask}
-      yield _output(batch, sharding, global_batch_size)
-
-  return host_batches()
+  num_batches = -(-len(split) // global_batch_size)
+  workers = min(worker_count(workers, split), num_batches)
+  threads = 1 if isinstance(split.source, ArraySource) else usable_cores()
+  iterator = _grain_batches(EvalBatch(split, global_batch_size, rows), 0, num_batches,
+                            workers, threads, prefetch)
+  return _batches(iterator, mean, std, sharding, global_batch_size)

@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 from google.protobuf import json_format
+from PIL import Image
 
 from duojax.data import embedded
+from duojax.data import images as images_lib
 from duojax.errors import DataError
 
 # User-facing name -> tfds builder name, for data sets duojax prepares itself.
@@ -47,14 +49,21 @@ class Split:
   """Rows `indices` (int64, ascending) of a random-access `source`.
 
   `source` is an `ArraySource` or a tfds data source, whose examples are dicts
-  with the image under `image_key` and the label under `label_key`. Variable
-  size images are resized and centre-cropped to `image_size`.
+  with the image under `image_key` and the label under `label_key`. `encoded`
+  images are JPEG/PNG bytes (a tfds `Image` feature read undecoded), decoded
+  here with PIL into `channels` channels. `image_size` is the side every image
+  is brought to (None: the stored size, which must then be fixed): as it is
+  read for evaluation, the centre square of `crop_fraction` of its shorter
+  side, resized (`duojax.data.images.center_crop_box`).
   """
   source: Any
   indices: np.ndarray
   image_key: str = "image"
   label_key: str = "label"
   image_size: int | None = None
+  encoded: bool = False
+  channels: int = 3
+  crop_fraction: float = images_lib.CROP_FRACTION
 
   def __len__(self) -> int:
     return len(self.indices)
@@ -74,32 +83,64 @@ class Dataset:
   std: np.ndarray  # float32 [C]
 
 
-def _fit_image(image: np.ndarray, size: int | None) -> np.ndarray:
-  """Resizes the short side to `size` and centre-crops a square (if needed)."""
-  if size is None or image.shape[:2] == (size, size):
-    return image
-  from PIL import Image
-  h, w, c = image.shape
-  scale = size / min(h, w)
-  new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-  resized = Image.fromarray(image[..., 0] if c == 1 else image).resize(
-      (new_w, new_h), Image.BILINEAR)
-  top, left = (new_h - size) // 2, (new_w - size) // 2
-  return np.asarray(resized).reshape(new_h, new_w, c)[top:top + size, left:left + size]
+def fixed_size(split: Split) -> bool:
+  """Whether `split`'s images are stored at the size the pipeline delivers.
+
+  Such images are gathered, cropped and flipped a whole batch at a time in
+  numpy; the others go through PIL one image at a time.
+  """
+  return not split.encoded and split.image_size is None
+
+
+def read_record(split: Split, example: dict, key: int):
+  """(PIL image, label) of one tfds example: decoded lazily if encoded."""
+  image = example[split.image_key]
+  try:
+    if split.encoded:
+      return images_lib.open_encoded(image), example[split.label_key]
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+      image = image[..., 0]
+    return Image.fromarray(image), example[split.label_key]
+  except images_lib.DECODE_ERRORS as e:
+    raise DataError(f"record {key} of the data set cannot be decoded ({_first_line(e)}): "
+                    "prepare it again, or import its folder with duojax.import_folder, "
+                    "which leaves such files out") from None
+
+
+def read_raw(split: Split, rows: np.ndarray) -> list[dict]:
+  """The tfds examples (or in-memory rows) of source rows `rows`, in order."""
+  keys = [int(r) for r in rows]
+  if isinstance(split.source, ArraySource):
+    return [{split.image_key: split.source.images[k], split.label_key: split.source.labels[k]}
+            for k in keys]
+  # tfds sources read a batch of records in one call; plain sequences do not.
+  get_many = getattr(split.source, "__getitems__", None)
+  return get_many(keys) if get_many else [split.source[k] for k in keys]
 
 
 def read_examples(split: Split, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Images uint8 [n,H,W,C] and labels int32 [n] of `split.indices[positions]`."""
+  """Images uint8 [n,H,W,C] and labels int32 [n] of `split.indices[positions]`.
+
+  Images of another size than `split.image_size` are centre-cropped and
+  resized to it, as for evaluation.
+  """
   rows = split.indices[positions]
   if isinstance(split.source, ArraySource):
     return split.source.images[rows], split.source.labels[rows]
-  keys = [int(r) for r in rows]
-  # tfds sources read a batch of records in one call; plain sequences do not.
-  get_many = getattr(split.source, "__getitems__", None)
-  examples = get_many(keys) if get_many else [split.source[k] for k in keys]
-  images = [_fit_image(np.asarray(ex[split.image_key]), split.image_size) for ex in examples]
-  labels = np.asarray([ex[split.label_key] for ex in examples], dtype=np.int32)
-  return np.stack(images) if images else np.zeros((0, 0, 0, 0), np.uint8), labels
+  examples = read_raw(split, rows)
+  if fixed_size(split):
+    images = [np.asarray(ex[split.image_key]) for ex in examples]
+    labels = np.asarray([ex[split.label_key] for ex in examples], dtype=np.int32)
+  else:
+    images, labels = [], np.zeros(len(examples), np.int32)
+    for i, (ex, row) in enumerate(zip(examples, rows)):
+      image, labels[i] = read_record(split, ex, int(row))
+      box = images_lib.center_crop_box(image.width, image.height, split.crop_fraction)
+      images.append(images_lib.crop_resize(image, box, split.image_size, split.channels))
+  if not images:
+    return np.zeros((0, 0, 0, 0), np.uint8), labels
+  return np.stack(images), labels
 
 
 def materialize(split: Split, chunk: int = 4096) -> ArraySource:
@@ -167,9 +208,12 @@ def _read_prepared(folder: Path, read):
                     "files are damaged; delete the folder and prepare the dataset again") from None
 
 
-def _cached_stats(split: Split, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+def _cached_stats(split: Split, folder: Path, split_name: str) -> tuple[np.ndarray, np.ndarray]:
   """`channel_stats` of a tfds split, cached as JSON in `folder`."""
-  path = folder / f"stats_{split.image_key}_{split.image_size}.json"
+  tag = "" if split_name == "train" else f"_{split_name}"
+  if split.image_size:  # the crop changes which pixels are counted
+    tag += f"_{split.crop_fraction}"
+  path = folder / f"stats_{split.image_key}_{split.image_size}{tag}.json"
   if path.is_file():
     try:
       stats = json.loads(path.read_text())
@@ -224,16 +268,35 @@ def _open_builder(name: str, data_dir: str, prepare: bool):
                   f"`tfds build {name} --data_dir={data_dir} --file_format=array_record`")
 
 
+def _check_random_access(builder, name: str, data_dir: str) -> None:
+  """A one-line error for a data set prepared in a format tfds reads only with TensorFlow."""
+  file_format = getattr(builder.info.file_format, "value", builder.info.file_format)
+  if file_format and file_format != "array_record":
+    raise DataError(
+        f"{name} in {data_dir} is prepared as {file_format}, which only TensorFlow reads: "
+        f"convert it where TensorFlow is installed with `tfds convert_format "
+        f"--dataset_version_dir={builder.data_dir} --out_file_format=array_record`, or "
+        f"rebuild it with `tfds build {name} --data_dir={data_dir} --file_format=array_record`")
+
+
 def load_dataset(name: str, data_dir: str | os.PathLike, *, val_size: int = 5000,
-                 split_seed: int = 0, prepare: bool = True, val_split: str | None = None,
+                 split_seed: int = 0, prepare: bool = True, train_split: str = "train",
+                 test_split: str = "test", val_split: str | None = None,
                  image_key: str = "image", label_key: str = "label",
-                 image_size: int | None = None, cache: bool | None = None) -> Dataset:
+                 image_size: int | None = None, crop_fraction: float = images_lib.CROP_FRACTION,
+                 cache: bool | None = None) -> Dataset:
   """Train/val/test splits of a tfds array_record dataset.
 
-  val is the first `val_size` rows of the tfds train split under the
+  val is the first `val_size` rows of the tfds split `train_split` under the
   permutation `default_rng(split_seed)`, train the remaining rows (sorted),
-  unless `val_split` names a tfds split to use as is. test is the tfds test
-  split. `cache=None` holds the data in memory when it is under 2 GiB.
+  unless `val_split` names a tfds split to use as is. test is the tfds split
+  `test_split` (ImageNet's labelled held-out split is "validation").
+
+  Images of a tfds `Image` feature are read as their encoded bytes and decoded
+  by the pipeline; `image_size` (required when images vary in size) is the
+  side it delivers. `cache=None` holds decoded fixed-size data in memory when
+  it is under 2 GiB; encoded images are never cached decoded, since training
+  crops them at random from the full image.
   """
   data_dir = os.fspath(Path(data_dir).expanduser())
   builder = _open_builder(name, data_dir, prepare)
@@ -241,46 +304,75 @@ def load_dataset(name: str, data_dir: str | os.PathLike, *, val_size: int = 5000
   for key in (image_key, label_key):
     if key not in features:
       raise DataError(f"{name} has no feature {key!r} (it has {', '.join(features)}): "
-                      "pass image_key=/label_key=")
+                      "set config.image_key / config.label_key")
   label = features[label_key]
   if not isinstance(label, tfds.features.ClassLabel):
-    raise DataError(f"{name}'s feature {label_key!r} is not a ClassLabel: pass label_key=")
-  needed = ["train", "test"] + ([val_split] if val_split else [])
+    raise DataError(f"{name}'s feature {label_key!r} is not a ClassLabel: set config.label_key")
+  needed = list(dict.fromkeys([train_split, test_split] + ([val_split] if val_split else [])))
   missing = [s for s in needed if s not in builder.info.splits]
   if missing:
     raise DataError(f"{name} in {data_dir} has no split {missing[0]!r} "
-                    f"(it has {', '.join(builder.info.splits)})")
-  shape = tuple(features[image_key].shape)
-  if None in shape[:2] and image_size is None:
-    raise DataError(f"{name} has images of varying size {shape}: pass image_size=")
-  image_shape = (image_size, image_size, shape[2]) if image_size else shape
+                    f"(it has {', '.join(builder.info.splits)}): set config.train_split, "
+                    "config.val_split and config.test_split")
+  _check_random_access(builder, name, data_dir)
+  image_feature = features[image_key]
+  encoded = isinstance(image_feature, tfds.features.Image)
+  shape = tuple(image_feature.shape)
+  if len(shape) != 3:
+    raise DataError(f"{name}'s feature {image_key!r} has shape {shape}, not (height, width, "
+                    "channels): set config.image_key")
+  channels = 3 if encoded else int(shape[2])
+  if image_size is None and (encoded or None in shape[:2]):
+    if None in shape[:2]:
+      raise DataError(f"{name} has images of varying size {shape}: set config.model.image_size")
+    image_size = int(shape[0])
+  if image_size is not None and not encoded and tuple(shape[:2]) == (image_size, image_size):
+    image_size = None  # stored at the size asked for: read as they are
+  image_shape = ((image_size, image_size, channels) if image_size else (*shape[:2], channels))
+  decoders = {image_key: tfds.decode.SkipDecoding()} if encoded else None
   try:
-    sources = builder.as_data_source(split=needed)
+    sources = builder.as_data_source(split=needed, decoders=decoders)
   except NotImplementedError:  # Prepared, but not in a random-access format.
     raise DataError(f"{name} in {data_dir} is not in array_record format: rebuild it with `tfds "
                     f"build {name} --data_dir={data_dir} --file_format=array_record`") from None
-  whole = {s: Split(src, np.arange(len(src), dtype=np.int64), image_key, label_key, image_size)
+  whole = {s: Split(src, np.arange(len(src), dtype=np.int64), image_key, label_key, image_size,
+                    encoded, channels, crop_fraction)
            for s, src in zip(needed, sources)}
   # Inside the prepared version folder: tfds never changes it, only deletes
   # it to rebuild, so the caches cannot outlive the data they were made from.
   cache_dir = Path(builder.data_dir) / "duojax_cache"
-  n = len(whole["train"])
+  n = len(whole[train_split])
   if not val_split and not 0 < val_size < n:
     raise DataError(f"val_size={val_size} must be in [1, {n - 1}] for the {n} training "
                     f"examples of {name}")
   if cache is None:
-    cache = sum(len(s) for s in whole.values()) * int(np.prod(image_shape)) < CACHE_LIMIT_BYTES
+    # Only images stored at the delivered size: a cached resize would fix the
+    # crop that training draws at random from the whole image.
+    cache = fixed_size(whole[train_split]) and (
+        sum(len(s) for s in whole.values()) * int(np.prod(image_shape)) < CACHE_LIMIT_BYTES)
   if cache:
     whole = {s: dataclasses.replace(split, source=_cached_arrays(split, cache_dir, s))
              for s, split in whole.items()}
-  mean, std = _cached_stats(whole["train"], cache_dir)
+  mean, std = _cached_stats(whole[train_split], cache_dir, train_split)
   if val_split:
-    train, val = whole["train"], whole[val_split]
+    train, val = whole[train_split], whole[val_split]
   else:
     perm = np.random.default_rng(split_seed).permutation(n)
-    train = dataclasses.replace(whole["train"], indices=np.sort(perm[val_size:]).astype(np.int64))
-    val = dataclasses.replace(whole["train"], indices=np.sort(perm[:val_size]).astype(np.int64))
-  return Dataset(name, train, val, whole["test"], int(label.num_classes), tuple(label.names),
-                 image_shape, mean, std)
+    train = dataclasses.replace(whole[train_split],
+                                indices=np.sort(perm[val_size:]).astype(np.int64))
+    val = dataclasses.replace(whole[train_split], indices=np.sort(perm[:val_size]).astype(np.int64))
+  return Dataset(name, train, val, whole[test_split], int(label.num_classes),
+                 tuple(label.names), image_shape, mean, std)
 
 
+def load_dataset_of(config, data_dir: str | os.PathLike | None = None) -> Dataset:
+  """The data set a complete training config names (`config_lib.base_config`'s
+  data keys, and `config.model.image_size` for the images' side); `data_dir`
+  overrides the config's (a checkpoint read on another machine)."""
+  return load_dataset(
+      config.dataset, os.path.expanduser(data_dir or config.data_dir),
+      val_size=config.val_size, split_seed=config.split_seed,
+      train_split=config.train_split, test_split=config.test_split,
+      val_split=config.val_split or None, image_key=config.image_key,
+      label_key=config.label_key, image_size=config.model.image_size,
+      crop_fraction=config.crop_fraction)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from duojax import data
+from duojax import config_lib, data
 from duojax.models import functional
 from duojax.parallel import distributed, sharding
 from duojax.train import checkpoint, steps
@@ -17,9 +17,7 @@ def accuracy_of_workdirs(workdirs: Sequence[str], split_name: str, data_dir: str
   results = {}
   for workdir in workdirs:
     model, meta = checkpoint.load_model(workdir, sharding=sharding.replicated(mesh))
-    config = meta["config"]
-    dataset = data.load_dataset(config["dataset"], data_dir or config["data_dir"],
-                                val_size=config["val_size"], split_seed=config["split_seed"])
+    dataset = data.load_dataset_of(config_lib.complete_config(meta["config"]), data_dir)
     checkpoint.check_fits_data(meta, dataset.image_shape, dataset.num_classes, where=workdir)
     graphdef, params, batch_stats = functional.split_model(model)
     eval_step = steps.make_eval_step(graphdef, mesh=mesh)

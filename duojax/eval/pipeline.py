@@ -77,11 +77,7 @@ def run(config) -> dict:
   members_lib.check_members_agree(members)
 
   meta = members[0].meta
-  train_config = meta["config"]
-  dataset = data.load_dataset(train_config["dataset"],
-                              os.path.expanduser(config.data_dir or train_config["data_dir"]),
-                              val_size=train_config["val_size"],
-                              split_seed=train_config["split_seed"])
+  dataset = data.load_dataset_of(config_lib.complete_config(meta["config"]), config.data_dir)
   checkpoint.check_fits_data(meta, dataset.image_shape, dataset.num_classes,
                              where=config.large)
   splits = {"val": dataset.val, "test": dataset.test}

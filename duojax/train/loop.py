@@ -145,8 +145,7 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
   clock = PhaseClock()
   config_lib.validate(config)
   process = jax.process_index()
-  dataset = data.load_dataset(config.dataset, config.data_dir, val_size=config.val_size,
-                              split_seed=config.split_seed)
+  dataset = data.load_dataset_of(config)
   spec = ModelSpec(config.model_name, config_lib.model_overrides(config), dataset.num_classes,
                              tuple(dataset.image_shape))
   if config.prune_from:  # a Hydra member: the pruned source ViT's architecture
@@ -210,22 +209,25 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
   if process == 0:
     _atomic_json(os.path.join(workdir, "config.json"), config.to_dict())
 
+  image_stats = (dataset.mean, dataset.std)
   train_step = steps.make_train_step(graphdef, optimizer, mesh=mesh, seed=config.seed,
                                      loss_fn=steps.make_loss(config),
                                      frozen_stats_steps=config.linear_probe_steps,
-                                     state_sharding=state_sharding)
-  eval_step = steps.make_eval_step(graphdef, mesh=mesh, state_sharding=state_sharding)
-  shard = dict(sharding=sharding.batch_sharding(mesh))
-  norm = dict(mean=dataset.mean, std=dataset.std)
+                                     state_sharding=state_sharding, image_stats=image_stats)
+  eval_step = steps.make_eval_step(graphdef, mesh=mesh, state_sharding=state_sharding,
+                                   image_stats=image_stats)
+  # uint8 batches; the steps normalise them on the device.
+  pipeline = dict(sharding=sharding.batch_sharding(mesh), workers=config.data_workers)
   batches = data.train_batches(
       dataset.train, global_batch_size=config.batch_size, seed=config.seed,
       start_step=start_step, augment=config_lib.augmentations(config),
-      crop_padding=config.crop_padding, **norm, **shard)
+      crop_padding=config.crop_padding, rrc_scale=tuple(config.rrc_scale),
+      rrc_ratio=tuple(config.rrc_ratio), **pipeline)
 
   def evaluate(split):
     return steps.evaluate_batches(eval_step, state["params"], state["batch_stats"],
                                   data.eval_batches(split, global_batch_size=config.eval_batch_size,
-                                                    **norm, **shard))
+                                                    **pipeline))
 
   def check_finite(step):
     bad = int(state["nonfinite"])

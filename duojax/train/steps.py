@@ -22,6 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from duojax.core.losses import cross_entropy, gatekeeper_loss
+from duojax.data.pipeline import normalize_on_device
 from duojax.models.functional import make_apply
 from duojax.parallel import sharding
 
@@ -54,8 +55,12 @@ def init_state(params, batch_stats, optimizer) -> TrainState:
 
 def make_train_step(graphdef, optimizer, *, mesh: Mesh, seed: int,
                     label_smoothing: float = 0.0, frozen_stats_steps: int = 0,
-                    state_sharding=None, loss_fn: Callable | None = None) -> Callable:
+                    state_sharding=None, loss_fn: Callable | None = None,
+                    image_stats=None) -> Callable:
   """Jitted (state, batch) -> (state, metrics) over `mesh`; state is donated.
+
+  `image_stats=(mean, std)`: uint8 batch images are normalised on the device
+  (`duojax.data.normalize_on_device`); float images are used as they come.
 
   `loss_fn(logits, labels) -> scalar` (see `make_loss`) replaces the default
   cross-entropy with `label_smoothing`.
@@ -78,7 +83,7 @@ def make_train_step(graphdef, optimizer, *, mesh: Mesh, seed: int,
       # Built inside the differentiated function: NNX RNG streams count their
       # draws, and may only be mutated at the trace level that created them.
       rngs = nnx.Rngs(dropout=step_key)
-      logits, _, batch_stats = apply(params, state["batch_stats"], batch["image"],
+      logits, _, batch_stats = apply(params, state["batch_stats"], _images(batch, image_stats),
                                      train=True, rngs=rngs)
       loss = (cross_entropy(logits, batch["label"], label_smoothing).mean() if loss_fn is None
               else loss_fn(logits, batch["label"]))
@@ -109,15 +114,21 @@ def make_train_step(graphdef, optimizer, *, mesh: Mesh, seed: int,
                  out_shardings=(state_sharding, rep), donate_argnums=0)
 
 
-def make_eval_step(graphdef, *, mesh: Mesh, state_sharding=None) -> Callable:
+def _images(batch, image_stats):
+  return (batch["image"] if image_stats is None
+          else normalize_on_device(batch["image"], *image_stats))
+
+
+def make_eval_step(graphdef, *, mesh: Mesh, state_sharding=None, image_stats=None) -> Callable:
   """Jitted (params, batch_stats, batch) -> sums of correct, NLL and count over the mask.
 
   `state_sharding`: the train state's shardings (FSDP), else replicated.
+  `image_stats=(mean, std)` normalises uint8 images on the device.
   """
   apply = make_apply(graphdef)
 
   def eval_step(params, batch_stats, batch):
-    logits, _, _ = apply(params, batch_stats, batch["image"])
+    logits, _, _ = apply(params, batch_stats, _images(batch, image_stats))
     mask = batch["mask"].astype(jnp.float32)
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
     nll = cross_entropy(logits, batch["label"])
