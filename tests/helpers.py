@@ -6,13 +6,16 @@ Test modules import this one module, never each other.
 
 import errno
 import gzip
+import io
 import os
+import pathlib
 import struct
 import subprocess
 import sys
 
 import jax
 import numpy as np
+from PIL import Image
 
 from duojax import config_lib
 from duojax.data import embedded
@@ -124,9 +127,10 @@ def final_state(workdir):
   return step, jax.device_get(functional.split_model(model)[1:])
 
 
-def run_script(script, *args, path=None):
-  """Runs `python ROOT/script args` on the CPU; returns the CompletedProcess."""
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+def run_script(script, *args, path=None, env=None):
+  """Runs `python ROOT/script args` on the CPU (in `env`, by default this
+  process's); returns the CompletedProcess."""
+  env = {**(os.environ if env is None else env), "JAX_PLATFORMS": "cpu"}
   if path is not None:
     env["PATH"] = path
   return subprocess.run([sys.executable, os.path.join(ROOT, script), *args],
@@ -148,3 +152,61 @@ def assert_one_line_error(result, code, pattern):
   assert lines and lines[-1].startswith("error: "), result.stderr[-2000:]
   assert "Traceback" not in result.stderr, result.stderr[-2000:]
   assert pattern in lines[-1], lines[-1]
+
+
+# ---------------------------------------------------------------- image folders
+def make_image_folder(root, classes=("cat", "dog", "fish"), per_class=10, seed=0, bad=True):
+  """Writes a small ImageNet-like folder `root/<class>/<files>`; returns what tests check.
+
+  Each class gets `per_class` images that decode, of random sizes (60 to 500
+  pixels a side; smooth content, so ~30 images take about 0.2 s), alternately
+  JPEG (quality 90) and PNG, every third one grayscale. Three stand for the
+  odd files a real folder holds (with per_class >= 3): a CMYK JPEG (in the
+  first class), an RGBA PNG and a palette PNG (the next classes, round the
+  list). With `bad`, two files that do not decode are added: a truncated JPEG
+  `bad.jpg` in the first class and a zero-byte `empty.png` in the last.
+
+  Returns {"root": Path, "classes": sorted class names, "good": {class: sorted
+  paths}, "bad": [paths], "special": {"cmyk"|"rgba"|"palette": path}}. Labels
+  follow the sorted class names, as `python -m duojax.import_folder` gives them.
+  """
+  root = pathlib.Path(root)
+  rng = np.random.default_rng(seed)
+  classes = sorted(classes)
+  odd = {(0, 0): "cmyk", (1 % len(classes), 1): "rgba", (2 % len(classes), 2): "palette"}
+  good, special = {}, {}
+  fast_png = {"compress_level": 1}  # 4x faster than the default, and as valid a PNG
+  for c, name in enumerate(classes):
+    (root / name).mkdir(parents=True, exist_ok=True)
+    good[name] = []
+    for i in range(per_class):
+      width, height = (int(v) for v in rng.integers(60, 501, size=2))
+      # A coarse random grid upsampled: gradients, which encode fast.
+      grid = rng.integers(0, 256, (4, 4, 4), dtype=np.uint8)
+      image = Image.fromarray(grid, "RGBA").resize((width, height), Image.BILINEAR)
+      kind = odd.get((c, i))
+      if kind == "cmyk":
+        path, image, options = f"{i:03d}.jpg", image.convert("CMYK"), {"quality": 90}
+      elif kind == "rgba":
+        path, options = f"{i:03d}.png", fast_png
+      elif kind == "palette":
+        path, options = f"{i:03d}.png", fast_png
+        image = image.convert("RGB").quantize(32, method=Image.Quantize.FASTOCTREE)
+      else:
+        image = image.convert("L" if i % 3 == 2 else "RGB")
+        path, options = ((f"{i:03d}.jpg", {"quality": 90}) if i % 2 == 0
+                         else (f"{i:03d}.png", fast_png))
+      path = root / name / f"{name}_{path}"
+      image.save(path, **options)
+      good[name].append(path)
+      if kind:
+        special[kind] = path
+  bad_files = []
+  if bad:
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    truncated, empty = root / classes[0] / "bad.jpg", root / classes[-1] / "empty.png"
+    truncated.write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 3])
+    empty.write_bytes(b"")
+    bad_files = [truncated, empty]
+  return {"root": root, "classes": classes, "good": good, "bad": bad_files, "special": special}

@@ -30,6 +30,7 @@ LAYERS = {
     "train": 4,
     "eval": 5,
     "cli": 6, "demo": 6,
+    "import_folder": 7,  # a `python -m` entry point on top of cli, as the __main__ modules
 }
 ENTRY_POINT_LAYER = 7
 
