@@ -1,6 +1,9 @@
 """ViT-B/16 (large) or ResNet-18 (sidekick) on ImageNet-1k, for accelerators.
 
-Expects `imagenet2012` prepared by tfds in array_record format in `data_dir`.
+Expects `imagenet2012` prepared by tfds in array_record format in `data_dir`
+(or an ImageNet-style folder imported with `python -m duojax.import_folder`:
+set `dataset=` to its name and `test_split=test`). tfds's labelled held-out
+split is "validation": it is the test split here, and val is carved from train.
   python train.py --config configs/imagenet_duo.py:vit_b16 --workdir runs/vit_b16
   python train.py --config configs/imagenet_duo.py:resnet18 --workdir runs/resnet18
 """
@@ -22,11 +25,16 @@ def get_config(arg=None):
   config = config_lib.base_config()
   config.dataset = "imagenet2012"
   config.data_dir = "~/tensorflow_datasets"
+  config.train_split = "train"
+  config.test_split = "validation"
   config.val_size = 10_000
-  config.augment = "crop,flip"
-  config.crop_padding = 16
+  # Variable-size JPEGs: Inception-style crops at 224 for training, the
+  # centre 87.5% of the shorter side for evaluation.
+  config.augment = "rrc,flip"
+  config.crop_fraction = 0.875
   config.model_name = arg.model
   config.model.dtype = arg.dtype
+  config.model.image_size = 224
   if arg.model.startswith("vit"):
     config.model.drop_path = 0.1
   config.batch_size = arg.batch_size

@@ -5,7 +5,7 @@ import pytest
 
 from duojax import config_lib, errors, hydra
 from duojax.core import temperature
-from duojax.data import shifts
+from duojax.data import batches, shifts
 from duojax.eval import pipeline
 from duojax.eval import sections as eval_sections
 
@@ -23,6 +23,7 @@ def test_mirrored_names_match_their_homes():
   assert config_lib._SOLVERS == tuple(temperature.SOLVERS)
   assert config_lib._SHIFTS == tuple(shifts.SHIFTS)
   assert config_lib._HYDRA_MLPS == tuple(hydra.MLP_MODES)
+  assert config_lib._AUGMENTATIONS == batches.AUGMENTATIONS
   assert sorted(config_lib._SECTIONS) == eval_sections.available()
 
 
@@ -88,3 +89,32 @@ def test_complete_training_config_fills_keys_a_checkpoint_predates():
   config = config_lib.complete_config(saved)
   assert config.loss == "ce" and config.linear_probe_steps == 0 and config.lr == 0.5
   config_lib.validate(config)
+
+
+def test_imagenet_recipe_names_the_labelled_held_out_split_and_a_crop_size():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("imagenet_duo", "configs/imagenet_duo.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for arg in ("vit_b16", "resnet18"):
+    config = module.get_config(arg)
+    config_lib.validate(config)
+    assert config.test_split == "validation" and config.val_split == ""
+    assert config.model.image_size == 224 and config.augment == "rrc,flip"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"augment": "rrc,crop"}, "two ways of cropping"),
+    ({"augment": "rrc,zoom"}, "unknown 'zoom'"),
+    ({"rrc_scale": (0.5, 0.2)}, "rrc_scale must be (low, high)"),
+    ({"rrc_scale": (0.5, 1.5)}, "high end must be <= 1"),
+    ({"crop_fraction": 0.0}, "crop_fraction must be in (0, 1]"),
+    ({"data_workers": -2}, "data_workers must be -1"),
+    ({"val_split": "test"}, "must differ from train_split and test_split"),
+    ({"test_split": ""}, "config.test_split must name"),
+])
+def test_data_keys_are_validated(overrides, message):
+  config = config_lib.base_config()
+  config.update(overrides)
+  with pytest.raises(errors.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    config_lib.validate(config)
