@@ -67,6 +67,8 @@ bench: $(DEV_STAMP)
 	$(PY) bench/bench_xla_cpu.py
 	$(PY) bench/bench_cascade.py
 	$(PY) bench/bench_hydra.py
+	$(PY) bench/bench_input.py
+	$(PY) bench/bench_accelerator.py
 	test -f $(RUNS)/results/timings.json || $(MAKE) demo
 	$(PY) bench/bench_demo.py --runs $(RUNS)
 

@@ -116,6 +116,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_layout = "auto"
   c.init_head = "load"
   c.linear_probe_steps = 0
+  # The model's input normalisation, per channel of x/255 (stored in its
+  # checkpoints, so evaluation feeds it the same). Empty: the pretrained
+  # file's (timm/HF ViTs 0.5/0.5, ResNets ImageNet's, a Hugging Face
+  # preprocessor_config.json beside the file), the init_from / prune_from
+  # model's, else the data set's statistics.
+  c.input_mean = ()
+  c.input_std = ()
   # Optimisation.
   c.optimizer = "adamw"         # adamw | sgd
   c.lr = 1e-3
@@ -193,6 +200,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(tuple(config.rrc_scale)[1] <= 1.0,
        f"config.rrc_scale's high end must be <= 1 (a fraction of the area), "
        f"got {tuple(config.rrc_scale)}")
+  need(len(tuple(config.input_mean)) == len(tuple(config.input_std)),
+       f"config.input_mean {tuple(config.input_mean)} and config.input_std "
+       f"{tuple(config.input_std)} must be given together, one value per channel")
+  need(all(v > 0 for v in tuple(config.input_std)),
+       f"config.input_std must be positive, got {tuple(config.input_std)}")
   need(0.0 < config.crop_fraction <= 1.0,
        f"config.crop_fraction must be in (0, 1], got {config.crop_fraction}")
   need(0.0 <= config.label_smoothing < 1.0,
@@ -291,8 +303,10 @@ def base_eval_config() -> ml_collections.ConfigDict:
   # MC dropout on the large model's pre-logits: samples (0 disables) and rate.
   c.mc_dropout_samples = 0
   c.mc_dropout_rate = 0.1
-  # Extra splits: the OOD set ("" for none) and corruptions of the test split
-  # at severities 1-5, on a seeded subset of at most shift_max_images images.
+  # Extra splits: the OOD set ("" for none; "mnist", the embedded one;
+  # "tfds:NAME[:SPLIT]", a tfds set prepared in data_dir as array_record;
+  # "folder:PATH", every image file below PATH) and corruptions of the test
+  # split at severities 1-5, on a seeded subset of at most shift_max_images.
   c.ood = ""
   c.shifts = ""
   c.shift_max_images = 1000
@@ -341,8 +355,10 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
        f"config.mc_dropout_samples must be >= 0, got {config.mc_dropout_samples}")
   need(0.0 < config.mc_dropout_rate < 1.0,
        f"config.mc_dropout_rate must be in (0, 1), got {config.mc_dropout_rate}")
-  need(config.ood in ("", *_OOD_SETS),
-       f"config.ood={config.ood!r}; the embedded OOD set is 'mnist' ('' for none)")
+  kind, _, rest = config.ood.partition(":")
+  need(config.ood in ("", *_OOD_SETS) or (kind in ("tfds", "folder") and rest),
+       f"config.ood={config.ood!r}; valid: 'mnist' (embedded), 'tfds:NAME[:SPLIT]', "
+       "'folder:PATH' ('' for none)")
   unknown = sorted(set(items("shifts")) - set(_SHIFTS))
   need(not unknown, f"config.shifts has unknown {unknown}; valid: {', '.join(_SHIFTS)}")
   mlps = items("hydra_mlp")

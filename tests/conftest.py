@@ -21,3 +21,13 @@ def learnable_data_dir(tmp_path_factory):
   """A prepared 'fashion_mnist' (600 train / 200 test) that a tiny model can learn."""
   return helpers.prepare_learnable_fashion_mnist(tmp_path_factory.mktemp("idx"),
                                                  tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  """The environment of a module's train.py children: CPU, and one compilation
+  cache they share, so only the first run of a module compiles."""
+  cache = tmp_path_factory.mktemp("jax_cache")
+  return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}

@@ -49,7 +49,7 @@ def test_an_unknown_eval_key_is_a_one_line_error():
     ({"batch_size": 0}, "config.batch_size must be > 0, got 0"),
     ({"bootstrap": -1}, "config.bootstrap must be >= 0, got -1"),
     ({"mc_dropout_rate": 1.0}, "config.mc_dropout_rate must be in (0, 1), got 1.0"),
-    ({"ood": "cifar"}, "config.ood='cifar'; the embedded OOD set is 'mnist'"),
+    ({"ood": "cifar"}, "config.ood='cifar'; valid: 'mnist' (embedded), 'tfds:NAME[:SPLIT]'"),
     ({"shifts": "blur,snow"}, "config.shifts has unknown ['snow']"),
     ({"hydra_mlp": ""}, "config.hydra_mlp=''; valid: a comma list of grouped, average"),
     ({"sections": "methods,tables"}, "config.sections has unknown ['tables']"),
@@ -96,11 +96,15 @@ def test_imagenet_recipe_names_the_labelled_held_out_split_and_a_crop_size():
   spec = importlib.util.spec_from_file_location("imagenet_duo", "configs/imagenet_duo.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  for arg in ("vit_b16", "resnet18"):
+  for arg in ("vit_b16", "resnet18", "model=vit_b16,weights=w.safetensors,probe=100",
+              "model=resnet18,weights=w.safetensors,dataset=my_set,test_split=test"):
     config = module.get_config(arg)
     config_lib.validate(config)
-    assert config.test_split == "validation" and config.val_split == ""
+    assert config.test_split in ("validation", "test") and config.val_split == ""
     assert config.model.image_size == 224 and config.augment == "rrc,flip"
+    if "weights" in arg:  # the transfer recipe: SGD, no decay, a fresh head
+      assert config.init_weights == "w.safetensors" and config.init_head == "fresh"
+      assert config.optimizer == "sgd" and config.weight_decay == 0 and config.total_steps > 0
 
 
 @pytest.mark.parametrize("overrides, message", [

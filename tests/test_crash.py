@@ -51,14 +51,6 @@ def _train_command(data_dir, workdir):
           "--config.keep_checkpoints=10", "--config.augment=crop,flip"]
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  cache = tmp_path_factory.mktemp("jax_cache")
-  return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-
-
 class _Train:
   """train.py (or a script wrapping it) as a child process, output in files.
 

@@ -123,14 +123,6 @@ def _train_args(data_dir, workdir, *extra):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  cache = tmp_path_factory.mktemp("jax_cache")
-  return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-
-
-@pytest.fixture(scope="module")
 def reference(tmp_path_factory, image_data_dir, env):
   workdir = tmp_path_factory.mktemp("reference") / "run"
   result = run_script("train.py", *_train_args(image_data_dir, workdir), env=env)
@@ -220,3 +212,29 @@ def test_killed_with_workers_resumes_bit_identical_and_leaves_no_worker(
   assert step_a == step_b == TOTAL_STEPS
   same = jax.tree.map(lambda a, b: np.array_equal(a, b), state_a, state_b)
   assert all(jax.tree.leaves(same)), "the resumed run's parameters differ"
+
+
+# ------------------------------------------------------------------ OOD sets
+@pytest.mark.parametrize("kind", ["tfds", "folder", "mnist"])
+def test_ood_sets_from_tfds_a_folder_or_mnist_come_at_the_models_shape(
+    image_data_dir, tmp_path, kind):
+  from duojax.eval import splits
+  ds = _dataset(image_data_dir)
+  if kind == "folder":
+    make_image_folder(tmp_path / "ood", classes=("x",), per_class=5, seed=4, bad=False)
+    name, count = f"folder:{tmp_path / 'ood'}", 5
+  elif kind == "tfds":
+    name, count = "tfds:tiny_folder:test", 12
+  else:
+    name, count = "mnist", 10_000
+  split = splits.ood_split(name, ds, str(image_data_dir))
+  assert len(split) == count
+  images, _ = data.read_examples(split, np.arange(3))
+  assert images.shape == (3, SIZE, SIZE, 3) and images.dtype == np.uint8
+
+
+def test_an_ood_folder_with_a_bad_file_is_a_one_line_error(image_data_dir, tmp_path):
+  from duojax.eval import splits
+  make_image_folder(tmp_path / "ood", classes=("x",), per_class=3, seed=5, bad=True)
+  with pytest.raises(data.DataError, match=r"2 files in .* cannot be decoded: x/bad.jpg"):
+    splits.ood_split(f"folder:{tmp_path / 'ood'}", _dataset(image_data_dir), "")

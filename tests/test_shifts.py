@@ -171,3 +171,18 @@ def test_one_compilation_per_kind_for_all_severities_and_seeds():
     for severity in shifts.SEVERITIES:
       shifts.corrupt(images, kind, severity, seed=severity)
   assert shifts._corrupt_chunk._cache_size() - before == 3
+
+
+def test_blur_scales_with_the_image_side():
+  """Severity 3 blurs a 2x upsampled image as much, relative to its size, as the original."""
+  y, x = np.mgrid[0:28, 0:28]
+  small = ((x // 4 + y // 4) % 2 * 200 + 20).astype(np.uint8)[None, :, :, None]
+  large = small.repeat(2, axis=1).repeat(2, axis=2)
+  blurred_small = shifts.corrupt(small, "blur", 3).astype(float)
+  blurred_large = shifts.corrupt(large, "blur", 3).astype(float)
+  pooled = blurred_large.reshape(1, 28, 2, 28, 2, 1).mean(axis=(2, 4))
+  unscaled = shifts.corrupt(large, "blur", 1).astype(float).reshape(1, 28, 2, 28, 2, 1).mean(
+      axis=(2, 4))
+  assert np.abs(pooled - blurred_small).mean() < 4
+  # Without the scaling, the large image would come out much sharper.
+  assert np.abs(pooled - blurred_small).mean() < 0.5 * np.abs(unscaled - blurred_small).mean()

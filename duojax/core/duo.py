@@ -38,8 +38,8 @@ def split_members(members: Sequence[nnx.Module]):
   return tuple(graphdefs), tuple(states)
 
 
-def make_fused_forward(graphdefs, *, mesh: Mesh | None = None,
-                       with_features: bool = False) -> Callable:
+def make_fused_forward(graphdefs, *, mesh: Mesh | None = None, with_features: bool = False,
+                       preprocess: Sequence[Callable] | None = None) -> Callable:
   """Jitted `(states, images) -> logits [m, B, C]` running every member at once.
 
   All members' forward passes live in one XLA program, so the small models
@@ -47,12 +47,18 @@ def make_fused_forward(graphdefs, *, mesh: Mesh | None = None,
   overlap them). With a mesh, images are split by rows over every device and
   the member states replicated. `with_features=True` also returns member
   0's pre-logit features [B, D] (for last-layer MC dropout without a second
-  backbone pass).
+  backbone pass). `preprocess[i]` turns the batch into member i's input
+  inside the program (e.g. a uint8 batch resized and normalised its own way,
+  `duojax.data.prepare`); members that share one callable share its output.
   """
   def forward(states, images):
-    logits, features = [], None
+    logits, features, prepared = [], None, {}
     for i, (graphdef, state) in enumerate(zip(graphdefs, states)):
-      z, out = nnx.merge(graphdef, state)(images, train=False)
+      fn = None if preprocess is None else preprocess[i]
+      if fn is not None and id(fn) not in prepared:
+        prepared[id(fn)] = fn(images)
+      x = images if fn is None else prepared[id(fn)]
+      z, out = nnx.merge(graphdef, state)(x, train=False)
       logits.append(z.astype(jnp.float32))
       if i == 0:
         features = out["pre_logits"]

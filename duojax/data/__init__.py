@@ -9,24 +9,31 @@
 image), `batches` (one batch from its index), `pipeline` (grain: batches in
 order, in worker processes, onto the devices), `folder` (an image folder
 imported as a data set), `embedded` (Fashion-MNIST and MNIST, prepared
-without TensorFlow), `shifts` (image corruptions). This package imports nothing of training or evaluation.
+without TensorFlow), `shifts` (image corruptions), `preprocess` (a model's input
+size and statistics, and the device-side resize and normalisation). This
+package imports nothing of training or evaluation.
 """
 
 from duojax.data.embedded import fetch_fashion_mnist, load_mnist_ood, prepare_fashion_mnist
-from duojax.data.pipeline import (eval_batches, normalize, normalize_on_device, steps_per_epoch,
-                                  train_batches)
+from duojax.data.pipeline import eval_batches, steps_per_epoch, train_batches
+from duojax.data.preprocess import (InputSpec, normalize, normalize_on_device, prepare,
+                                    pretrained_stats)
 from duojax.data.sources import (
                                  ArraySource,
                                  Dataset,
                                  Split,
                                  channel_stats,
                                  load_dataset,
+                                 folder_split,
                                  load_dataset_of,
+                                 load_split,
                                  materialize,
                                  read_examples,
 )
 from duojax.errors import DataError
 
-__all__ = ["ArraySource", "DataError", "Dataset", "Split", "channel_stats", "eval_batches",
-           "fetch_fashion_mnist", "load_dataset", "load_dataset_of", "load_mnist_ood", "materialize", "normalize", "normalize_on_device",
+__all__ = ["ArraySource", "DataError", "Dataset", "InputSpec", "Split", "channel_stats",
+           "eval_batches", "fetch_fashion_mnist", "folder_split", "load_dataset", "load_dataset_of",
+           "load_split",
+           "load_mnist_ood", "materialize", "normalize", "normalize_on_device", "prepare", "pretrained_stats",
            "prepare_fashion_mnist", "read_examples", "steps_per_epoch", "train_batches"]

@@ -60,18 +60,22 @@ def flip(images: np.ndarray, flips: np.ndarray) -> np.ndarray:
   return np.where(flips[:, None, None, None], images[:, :, ::-1], images)
 
 
-def cut_images(split: Split, rows: np.ndarray, boxes) -> tuple[np.ndarray, np.ndarray]:
+def cut_images(split: Split, rows: np.ndarray, boxes, flips: np.ndarray | None = None, *,
+               draft: bool = True) -> tuple[np.ndarray, np.ndarray]:
   """Images uint8 [n, S, S, C] and labels of source `rows`, one PIL crop each.
 
-  `boxes(i, width, height)` gives row i's box in its image's pixels.
+  `boxes(i, width, height)` gives row i's box in its image's pixels; rows
+  where `flips` is True are mirrored (a view's reversed copy into the batch,
+  cheaper than a second pass over the whole batch).
   """
   size = split.image_size
   out = np.zeros((len(rows), size, size, split.channels), np.uint8)
   labels = np.zeros(len(rows), np.int32)
   for i, (example, row) in enumerate(zip(read_raw(split, rows), rows)):
     image, labels[i] = read_record(split, example, int(row))
-    out[i] = images_lib.crop_resize(image, boxes(i, image.width, image.height), size,
-                                    split.channels)
+    crop = images_lib.crop_resize(image, boxes(i, image.width, image.height), size,
+                                  split.channels, draft=draft)
+    out[i] = crop[:, ::-1] if flips is not None and flips[i] else crop
   return out, labels
 
 
@@ -121,7 +125,12 @@ class TrainBatch:
                                                     scale=t.rrc_scale, ratio=t.rrc_ratio)
         return images_lib.center_crop_box(width, height, self.split.crop_fraction)
 
-      images, labels = cut_images(self.split, self.split.indices[positions], box)
+      # Flipped as they are cut, unless a pad-and-crop comes between.
+      flip_now = flips if "flip" in t.augment and "crop" not in t.augment else None
+      images, labels = cut_images(self.split, self.split.indices[positions], box, flip_now,
+                                  draft=t.draft)
+      if flip_now is not None:
+        return {"image": images, "label": labels}
     if "crop" in t.augment:
       images = pad_crop(images, offsets, t.crop_padding)
     if "flip" in t.augment:

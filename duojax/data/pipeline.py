@@ -4,7 +4,8 @@
 over batch indices with grain: `MapDataset.range(...).map(...)`, read ahead by
 threads, and by worker processes (`mp_prefetch`) where images are decoded and
 cut. Batches hold uint8 images, 4x fewer bytes to move to the device than
-float32; the model's step normalises them there (`normalize_on_device`).
+float32; the model's step normalises them there
+(`duojax.data.preprocess.normalize_on_device`).
 Global jax Arrays come out when a sharding is given, each process reading
 only the rows its devices hold, one batch placed on the device ahead of use.
 Everything random is a pure function of (seed, epoch) or (seed, step), so a
@@ -25,6 +26,7 @@ import numpy as np
 
 from duojax.config_lib import split_list
 from duojax.data import images as images_lib
+from duojax.data.preprocess import normalize
 from duojax.data.batches import AUGMENTATIONS, EvalBatch, TrainBatch, Transform
 from duojax.data.sources import ArraySource, Split
 from duojax.errors import DataError
@@ -75,36 +77,6 @@ def _rows_of_sharding(global_batch_size: int, sharding: jax.sharding.Sharding) -
     raise DataError("this process's devices hold non-adjacent rows of the batch; build the "
                     "mesh with duojax.parallel.sharding.make_mesh")
   return slice(start, stop)
-
-
-def _affine(mean, std) -> tuple[np.ndarray, np.ndarray]:
-  """float32 (255·mean, 1 / (255·std)): (x − 255·mean) / (255·std) = (x/255 − mean) / std."""
-  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-  return np.float32(255) * mean, np.float32(1) / (np.float32(255) * std)
-
-
-def normalize(images: np.ndarray, mean, std) -> np.ndarray:
-  """float32 (x/255 − mean) / std on the host, to the bit as `normalize_on_device`.
-
-  Computed as (x − 255·mean) · 1/(255·std): one subtraction of whole-number
-  pixels, then one product. Neither form XLA rewrites (a division by a
-  broadcast becomes a product; a·b − c may fuse into one FMA) is present, so
-  the host and the device round identically (a test checks every pixel value).
-  """
-  shift, scale = _affine(mean, std)
-  return (images.astype(np.float32) - shift) * scale
-
-
-def normalize_on_device(images: jax.Array, mean, std) -> jax.Array:
-  """`normalize` inside a jitted step, for uint8 batches (other dtypes pass through)."""
-  if images.dtype != jnp.uint8:
-    return images
-  if isinstance(mean, jax.core.Tracer) or isinstance(std, jax.core.Tracer):
-    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
-    shift, scale = 255 * mean, 1 / (255 * std)
-  else:  # constants of the step, computed as the host computes them
-    shift, scale = _affine(mean, std)
-  return (images.astype(jnp.float32) - shift) * scale
 
 
 def _output(batch: dict[str, np.ndarray], sharding, global_batch_size: int) -> dict[str, Any]:

@@ -1,9 +1,12 @@
 """Generated distribution shifts of a test set: 4 corruptions × 5 severities.
 
-In the spirit of ImageNet-C (Hendrycks & Dietterich, 2019), but sized for
-small images such as Fashion-MNIST's 28×28: ImageNet-C's spatial parameters
-(blur radii of 3 to 10 pixels, for instance) assume 224-pixel images and
-would leave little of a 28-pixel one.
+In the spirit of ImageNet-C (Hendrycks & Dietterich, 2019), with spatial
+parameters defined at Fashion-MNIST's 28×28 and scaled with the image: a
+blur's σ is given in pixels of a 28-pixel side and multiplied by side / 28
+for larger images,
+so severity 3 blurs a 224-pixel image as much, relative to its size, as a
+28-pixel one (ImageNet-C's own radii of 3 to 10 pixels assume 224 and would
+leave little of a 28-pixel image).
 
     corrupt(images, "blur", 3, seed=0)   # uint8 [N, H, W, C] -> same shape
 
@@ -34,9 +37,9 @@ SEVERITIES = (1, 2, 3, 4, 5)
 
 # The parameter of each corruption at severities 1..5 (pixels in [0, 1]):
 #   gaussian_noise  σ of the additive N(0, σ²) noise, per pixel and channel;
-#   blur            σ (pixels) of a Gaussian blur: separable kernel of
-#                   radius ceil(3σ), reflect padding (scipy's "reflect",
-#                   i.e. d c b a | a b c d);
+#   blur            σ (pixels up to a 28-pixel side; × side / 28 above) of a
+#                   Gaussian blur: separable kernel of radius ceil(3σ),
+#                   reflect padding (scipy's "reflect", i.e. d c b a | a b c d);
 #   rotation        angle (degrees) about the image centre, bilinear, zero
 #                   fill; the direction (clockwise or counter-clockwise) is
 #                   drawn per image from the seed, so the shifted set has no
@@ -49,7 +52,9 @@ SEVERITY_TABLE = {
     "contrast": (0.7, 0.5, 0.4, 0.3, 0.2),
 }
 
-CHUNK = 4096  # most images per jitted call: bounds the memory of one call
+CHUNK = 4096  # most images per jitted call
+CHUNK_VALUES = CHUNK * 28 * 28  # and most pixel values: bounds the memory of one call
+REFERENCE_SIDE = 28  # the side the spatial parameters are given for
 BLUR_TRUNCATE = 3.0  # kernel radius = ceil(BLUR_TRUNCATE · σ)
 # Every blur kernel has this many taps each side; taps beyond ceil(3σ) get weight
 # 0, so one compiled program serves all severities.
@@ -124,7 +129,11 @@ def blur_matrix(weights, size: int):
 
 def _blur(x, sigma, seed, indices):
   del seed, indices  # deterministic
-  weights = blur_kernel(sigma)
+  # Up to 28 pixels σ is used as it is (to the bit); larger images scale it.
+  scale = max(1.0, min(x.shape[1], x.shape[2]) / REFERENCE_SIDE)
+  if scale != 1:
+    sigma = sigma * jnp.float32(scale)
+  weights = blur_kernel(sigma, math.ceil(_MAX_BLUR_RADIUS * scale))
   rows = blur_matrix(weights, x.shape[1])
   cols = blur_matrix(weights, x.shape[2])
   precision = jax.lax.Precision.HIGHEST  # full float32 on accelerators too
@@ -220,7 +229,8 @@ def corrupt(images, kind: str, severity: int, *, seed: int = 0) -> np.ndarray:
   seed = jnp.uint32(int(seed) % 2**32)
   # Equal chunks of at most CHUNK images, the last one padded to the same
   # size: one shape to compile per set size, and at most a few padded images.
-  num_chunks = -(-count // CHUNK)
+  per_chunk = min(CHUNK, max(1, CHUNK_VALUES // int(np.prod(images.shape[1:]))))
+  num_chunks = -(-count // per_chunk)
   chunk = -(-count // num_chunks)
   padded = np.concatenate([images, np.zeros((num_chunks * chunk - count, *images.shape[1:]),
                                             np.uint8)])

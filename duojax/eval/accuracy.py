@@ -20,9 +20,11 @@ def accuracy_of_workdirs(workdirs: Sequence[str], split_name: str, data_dir: str
     dataset = data.load_dataset_of(config_lib.complete_config(meta["config"]), data_dir)
     checkpoint.check_fits_data(meta, dataset.image_shape, dataset.num_classes, where=workdir)
     graphdef, params, batch_stats = functional.split_model(model)
-    eval_step = steps.make_eval_step(graphdef, mesh=mesh)
+    # The model's own normalisation (older checkpoints: the data set's).
+    inputs = meta.get("input", {"mean": dataset.mean, "std": dataset.std})
+    eval_step = steps.make_eval_step(graphdef, mesh=mesh,
+                                     image_stats=(inputs["mean"], inputs["std"]))
     batches = data.eval_batches(getattr(dataset, split_name), global_batch_size=batch_size,
-                                mean=dataset.mean, std=dataset.std,
                                 sharding=sharding.batch_sharding(mesh))
     result = steps.evaluate_batches(eval_step, params, batch_stats, batches)
     results[workdir] = {"model_name": meta["model_name"], "step": meta["step"], **result}

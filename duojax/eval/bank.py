@@ -10,6 +10,7 @@ input the post-hoc methods (temperatures, duos, ensembles) need.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Iterable, Sequence
 
 import jax
@@ -19,7 +20,7 @@ from jax.experimental import multihost_utils
 
 from duojax import data
 from duojax.core import duo
-from duojax.eval.members import Member, check_members_agree
+from duojax.eval.members import Member, check_members_agree, with_inputs
 from duojax.parallel import sharding
 
 
@@ -76,29 +77,47 @@ def split_logits(forward: Callable, states, batches: Iterable[dict], *, desc: st
   return (*result, np.concatenate(features)) if with_features else result
 
 
+def preprocessing(members: Sequence[Member]) -> tuple[Callable, ...]:
+  """Each member's device-side input preparation (`data.prepare` with its
+  `InputSpec`); members with one spec share one callable, so the fused
+  forward prepares their input once."""
+  by_spec = {}
+  return tuple(by_spec.setdefault(m.inputs, functools.partial(data.prepare, spec=m.inputs))
+               for m in members)
+
+
 def collect(members: Sequence[Member], dataset: data.Dataset, splits: dict[str, data.Split], *,
             mesh, batch_size: int, with_features: bool = False, forward=None) -> LogitsBank:
   """Logits of every member on every split (one fused forward per batch).
 
-  `with_features` also keeps member 0's pre-logit features in `bank.features`.
-  `forward`: a `duo.make_fused_forward` of these members' graphdefs, for a
-  caller that scores many models of one architecture (the greedy soup's
+  Batches are uint8 at the splits' size; each member's resize and
+  normalisation run inside the fused forward. `with_features` also keeps
+  member 0's pre-logit features in `bank.features`. `forward`: a
+  `duo.make_fused_forward` of these members' graphdefs and preprocessing, for
+  a caller that scores many models of one architecture (the greedy soup's
   candidates) and would otherwise compile the same program for each.
+  Members whose checkpoints predate per-model inputs take `dataset`'s statistics.
   """
   check_members_agree(members)
+  with_inputs(members, dataset)
   # Members that are one model object (a greedy soup that kept every ingredient
   # is the uniform soup) run once; their rows of the bank are copies.
   models = {}  # id -> (row among the unique models, model)
   rows = [models.setdefault(id(m.model), (len(models), m.model))[0] for m in members]
   unique = [model for _, model in models.values()]
+  first_member = {}
+  for member, row in zip(members, rows):
+    first_member.setdefault(row, member)
   graphdefs, states = duo.split_members(unique)
   if forward is None:
-    forward = duo.make_fused_forward(graphdefs, mesh=mesh, with_features=with_features)
+    forward = duo.make_fused_forward(
+        graphdefs, mesh=mesh, with_features=with_features,
+        preprocess=preprocessing([first_member[row] for row in range(len(unique))]))
   states = jax.device_put(states, sharding.replicated(mesh))
   bank = LogitsBank(tuple(m.name for m in members))
   for name, split in splits.items():
-    batches = data.eval_batches(split, global_batch_size=batch_size, mean=dataset.mean,
-                                std=dataset.std, sharding=sharding.batch_sharding(mesh))
+    batches = data.eval_batches(split, global_batch_size=batch_size,
+                                sharding=sharding.batch_sharding(mesh))
     out = split_logits(forward, states, batches, desc=name,
                        total=-(-len(split) // batch_size), with_features=with_features)
     logits = out[0] if len(unique) == len(members) else out[0][rows]

@@ -77,12 +77,18 @@ def run(config) -> dict:
   members_lib.check_members_agree(members)
 
   meta = members[0].meta
-  dataset = data.load_dataset_of(config_lib.complete_config(meta["config"]), config.data_dir)
+  train_config = config_lib.complete_config(meta["config"])
+  # One batch at the largest member's size; each member resizes it to its own.
+  train_config.model.image_size = max(members_lib.input_size(m) for m in members)
+  dataset = data.load_dataset_of(train_config, config.data_dir)
   checkpoint.check_fits_data(meta, dataset.image_shape, dataset.num_classes,
-                             where=config.large)
+                             where=config.large, same_size=False)
+  members_lib.with_inputs(members, dataset)
   splits = {"val": dataset.val, "test": dataset.test}
   if config.ood:
-    splits["ood"] = splits_lib.ood_split(config.ood, dataset)
+    splits["ood"] = splits_lib.ood_split(config.ood, dataset,
+                                         os.path.expanduser(config.data_dir or
+                                                            train_config.data_dir))
   kinds = split_list(config.shifts)
   if kinds:
     splits.update(splits_lib.shifted_splits(dataset.test, kinds=kinds,
@@ -94,7 +100,8 @@ def run(config) -> dict:
   ingredients = split_list(config.soup_ingredients)
   if ingredients:
     # One program for every candidate soup: they share the large model's graphdef.
-    soup_forward = duo.make_fused_forward(duo.split_members([members[0].model])[0], mesh=mesh)
+    soup_forward = duo.make_fused_forward(duo.split_members([members[0].model])[0], mesh=mesh,
+                                          preprocess=bank_lib.preprocessing(members[:1]))
 
     def val_accuracy(member):
       val = bank_lib.collect([member], dataset, {"val": dataset.val}, mesh=mesh,
@@ -135,6 +142,7 @@ def run(config) -> dict:
                "params": functional.count_params(functional.split_model(m.model)[1]),
                "step": m.meta.get("step")} for m in members}
   results["splits"] = {name: int(len(bank.labels[name])) for name in bank.labels}
+  results["ood_set"] = splits_lib.ood_caption(config.ood) if config.ood else None
   # Wall seconds in all and per phase; the sections' include the temperature
   # fits and method outputs they are the first to ask for (cached after).
   results["seconds"] = {"total": round(time.perf_counter() - t_start, 1), **clock.rounded()}

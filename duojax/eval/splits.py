@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from duojax import data
@@ -26,12 +28,44 @@ def shifted_splits(test: data.Split, *, kinds=shifts.SHIFTS, severities=shifts.S
           for kind in kinds for severity in severities}
 
 
-def ood_split(name: str, dataset: data.Dataset) -> data.Split:
-  """The out-of-distribution set `name` ("mnist", the embedded one) at the models' shape."""
+def ood_caption(name: str) -> str:
+  """How the report names the OOD set `name` (a config.ood value)."""
+  kind, _, rest = name.partition(":")
+  if kind == "tfds":
+    tfds_name, _, split = rest.partition(":")
+    return f"{tfds_name} ({split or 'test'})"
+  if kind == "folder":
+    return f"the images in {rest}"
+  return "MNIST test" if name == "mnist" else name
+
+
+def ood_split(name: str, dataset: data.Dataset, data_dir: str) -> data.Split:
+  """The out-of-distribution set `name`, read at the models' image size.
+
+  "mnist": the embedded MNIST test set (grayscale 28×28; resized and repeated
+  over 3 channels for RGB models); "tfds:NAME" or "tfds:NAME:SPLIT" (default
+  split "test"): a tfds data set prepared in `data_dir` in array_record format;
+  "folder:PATH": every image file below PATH. Images of another size are read
+  as evaluation reads them: the centre crop, resized.
+  """
+  height, width, channels = dataset.image_shape
+  crop = dataset.test.crop_fraction
+  kind, _, rest = name.partition(":")
+  if kind == "tfds" and rest:
+    tfds_name, _, split = rest.partition(":")
+    return data.load_split(tfds_name, data_dir, split or "test", image_size=height,
+                           channels=channels, crop_fraction=crop)
+  if kind == "folder" and rest:
+    return data.folder_split(rest, image_size=height, channels=channels, crop_fraction=crop)
   if name != "mnist":
-    raise ValueError(f"config.ood={name!r}; the embedded OOD set is 'mnist' ('' for none)")
+    raise ValueError(f"config.ood={name!r}; valid: 'mnist', 'tfds:NAME[:SPLIT]', "
+                     "'folder:PATH' ('' for none)")
   images, labels = data.load_mnist_ood("test")
-  if tuple(images.shape[1:]) != tuple(dataset.image_shape):
-    raise ValueError(f"OOD set {name!r} has images {images.shape[1:]}, the models take "
-                     f"{tuple(dataset.image_shape)}")
-  return array_split(images, labels)
+  if tuple(images.shape[1:]) == tuple(dataset.image_shape):
+    return array_split(images, labels)
+  # Grayscale digits as the models' images: resized (the centre crop of
+  # evaluation, as any other OOD set) and repeated over the channels.
+  split = array_split(images, labels)
+  split = dataclasses.replace(split, image_size=height, crop_fraction=crop,
+                              channels=channels)
+  return split

@@ -221,9 +221,16 @@ def check_compatible(meta: dict, expected: dict, *, where: str) -> None:
           "use another workdir or the matching config")
 
 
-def check_fits_data(meta: dict, image_shape, num_classes: int, *, where: str) -> None:
-  """Raises CheckpointError when a checkpoint's model cannot take this data."""
-  if list(image_shape) != list(meta["image_shape"]) or num_classes != meta["num_classes"]:
+def check_fits_data(meta: dict, image_shape, num_classes: int, *, where: str,
+                    same_size: bool = True) -> None:
+  """Raises CheckpointError when a checkpoint's model cannot take this data.
+
+  `same_size=False`: only the channels must match (evaluation resizes each
+  model's images to its own size on the device).
+  """
+  shapes_fit = (list(image_shape) == list(meta["image_shape"]) if same_size
+                else image_shape[2] == meta["image_shape"][2])
+  if not shapes_fit or num_classes != meta["num_classes"]:
     raise CheckpointError(
         f"{where!r} was trained on {meta['image_shape']} images with {meta['num_classes']} "
         f"classes, the data has {list(image_shape)} and {num_classes}")

@@ -46,12 +46,14 @@ def pruned_spec(source_workdir: str, keep: float, model_name: str):
 
 
 def importance_sample(dataset: data.Dataset, *, num_images: int, seed: int,
-                      batch_size: int = 256) -> Iterator[dict]:
-  """Host batches of `num_images` training images drawn without replacement.
+                      batch_size: int = 256, stats=None) -> Iterator[dict]:
+  """Host batches of `num_images` training images drawn without replacement,
+  normalised with `stats=(mean, std)` (default: the data set's).
 
   The draw depends on `seed` only, so each member scores its own sample and
   a resumed or multi-process run scores the same one.
   """
+  mean, std = stats or (dataset.mean, dataset.std)
   train = dataset.train
   n = min(num_images, len(train))
   if n < 1:
@@ -59,7 +61,7 @@ def importance_sample(dataset: data.Dataset, *, num_images: int, seed: int,
   rows = np.sort(np.random.default_rng(seed).choice(len(train), n, replace=False))
   sample = dataclasses.replace(train, indices=train.indices[rows])
   for batch in data.eval_batches(sample, global_batch_size=min(batch_size, n),
-                                 mean=dataset.mean, std=dataset.std):
+                                 mean=mean, std=std):
     valid = batch["mask"]
     yield {"image": batch["image"][valid], "label": batch["label"][valid]}
 
@@ -70,9 +72,12 @@ def prune_checkpoint(source_workdir: str, dataset: data.Dataset, *, keep: float,
 
   info holds the importance [depth, heads] and the kept-heads mask as lists.
   """
-  model, _ = checkpoint.load_model(source_workdir, sharding=sharding)
-  importance = heads.head_importance(model, importance_sample(dataset, num_images=num_images,
-                                                        seed=seed))
+  model, meta = checkpoint.load_model(source_workdir, sharding=sharding)
+  # The source's own normalisation (older checkpoints: the data set's).
+  inputs = meta.get("input")
+  stats = None if inputs is None else (inputs["mean"], inputs["std"])
+  importance = heads.head_importance(model, importance_sample(
+      dataset, num_images=num_images, seed=seed, stats=stats))
   keep_mask = heads.select_heads(importance, keep)
   return heads.prune(model, keep_mask), {"importance": importance.round(8).tolist(),
                                    "kept_heads": keep_mask.astype(int).tolist()}

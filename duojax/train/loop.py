@@ -13,6 +13,7 @@ signal's number); rerunning the same command continues bit-identically.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -166,7 +167,7 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
   steps_per_epoch = max(1, data.steps_per_epoch(len(dataset.train), config.batch_size))
   meta = {**spec.as_meta(), "dataset": config.dataset, "config": config.to_dict()}
 
-  existing = _existing_checkpoint(workdir, meta)
+  existing, saved_meta = _existing_checkpoint(workdir, meta)
   if require_resume and existing is None:
     raise CheckpointError(
         f"--resume was given but workdir {workdir!r} holds no checkpoint")
@@ -181,11 +182,14 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
       os.makedirs(workdir, exist_ok=True)
       _atomic_json(os.path.join(workdir, HYDRA_HEADS_FILE),
                    {"prune_from": os.path.abspath(config.prune_from), **heads})
+  info = None
   if config.init_weights and existing is None:
     info = convert.load_pretrained(model, config.init_weights, config.init_layout,
                                    head=config.init_head)
     if process == 0:
       _report_init(config.init_weights, info)
+  inputs = _input_spec(config, dataset, saved_meta, info)
+  meta["input"] = inputs.as_meta()
   graphdef, params, batch_stats = functional.split_model(model)
   optimizer = optim.make_optimizer(config, num_steps)
   init = lambda p, b: steps.init_state(p, b, optimizer)
@@ -209,7 +213,7 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
   if process == 0:
     _atomic_json(os.path.join(workdir, "config.json"), config.to_dict())
 
-  image_stats = (dataset.mean, dataset.std)
+  image_stats = (inputs.mean, inputs.std)
   train_step = steps.make_train_step(graphdef, optimizer, mesh=mesh, seed=config.seed,
                                      loss_fn=steps.make_loss(config),
                                      frozen_stats_steps=config.linear_probe_steps,
@@ -331,18 +335,48 @@ def _init_from(workdir: str, meta: dict, replicated):
   return model
 
 
-def _existing_checkpoint(workdir: str, meta: dict) -> int | None:
-  """Latest step in `workdir` if any, after checking it fits `meta` (read-only)."""
+def _existing_checkpoint(workdir: str, meta: dict) -> tuple[int | None, dict | None]:
+  """(latest step, its meta) in `workdir` if any, after checking it fits `meta` (read-only)."""
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    return None
+    return None, None
   # The newest step whose meta reads; the restore later falls back past steps
   # whose arrays do not read. All steps unreadable is an error, not a fresh start.
   found = checkpoint.newest_meta(workdir)
   if found is None:
-    return None
+    return None, None
   step, saved = found
   checkpoint.check_compatible(saved, meta, where=workdir)
-  return step
+  return step, saved
+
+
+def _input_spec(config, dataset, saved_meta: dict | None, pretrained: dict | None):
+  """The model's input size and normalisation (see config.input_mean).
+
+  A resumed run keeps the one it started with; a fine-tune of a duojax
+  checkpoint (init_from, prune_from) inherits its source's.
+  """
+  size = int(dataset.image_shape[0])
+  if saved_meta is not None and "input" in saved_meta:
+    return data.InputSpec.from_meta(saved_meta["input"])
+  if tuple(config.input_mean):
+    spec = data.InputSpec(size, tuple(config.input_mean), tuple(config.input_std), "config")
+  elif pretrained is not None:
+    family = "vit" if config.model_name.startswith("vit") else "resnet"
+    mean, std, source = data.pretrained_stats(pretrained["layout"], family, config.init_weights)
+    spec = data.InputSpec(size, mean, std, source)
+  else:
+    source_dir = config.init_from or config.prune_from
+    source = checkpoint.read_meta(source_dir)[1].get("input") if source_dir else None
+    if source is not None:
+      spec = dataclasses.replace(data.InputSpec.from_meta(source), image_size=size)
+    else:
+      spec = data.InputSpec(size, tuple(float(v) for v in dataset.mean),
+                            tuple(float(v) for v in dataset.std), "data set")
+  try:
+    spec.check(int(dataset.image_shape[2]))
+  except ValueError as e:
+    raise ConfigError(f"{e}: set config.input_mean and config.input_std") from None
+  return spec
 
 
 def _restore_newest(manager, state, meta: dict, workdir: str, *, warn: bool):

@@ -22,7 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from duojax.core.losses import cross_entropy, gatekeeper_loss
-from duojax.data.pipeline import normalize_on_device
+from duojax.data.preprocess import normalize_on_device
 from duojax.models.functional import make_apply
 from duojax.parallel import sharding
 

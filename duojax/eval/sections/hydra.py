@@ -174,7 +174,9 @@ def markdown(results: dict) -> list[str]:
            f"{section['keep']:.0%} of the heads each)", "",
            "Cost relative to the single ViT: parameters, XLA forward FLOPs per image, and the "
            f"median wall time of one jitted forward on a batch of {section['batch_size']}. "
-           "AURC in thousandths; OOD = MNIST, by MSP.", "",
+           "AURC in thousandths; "
+           + (f"OOD = {results['ood_set']}, by MSP." if results.get("ood_set") else "no OOD set.")
+           + "", "",
            "| method | params ×ViT | FLOPs ×ViT | time ×ViT | acc | NLL | ECE | AUROC | "
            "AURC‰ | SAC@98 | OOD AUROC | OOD FPR95 |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]

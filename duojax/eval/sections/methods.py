@@ -86,9 +86,11 @@ def _curves(logits, confidence, labels) -> dict:
 def markdown(results: dict) -> list[str]:
   """The clean test table, the duo's fitted weights and the shifted-test table."""
   rows = results["methods"]
+  ood = results.get("ood_set")
   lines = ["### Test split (clean)", "",
            f"Large model: {results['large_flops'] / 1e6:.1f} MFLOPs/image (XLA cost analysis). "
-           "AURC, E-AURC, AUGRC in thousandths; OOD = MNIST test vs the test split, by MSP.",
+           "AURC, E-AURC, AUGRC in thousandths; "
+           + (f"OOD = {ood} vs the test split, by MSP." if ood else "no OOD set."),
            "",
            "| method | FLOPs ×large | acc | NLL | Brier | ECE | AUROC | AURC‰ | E-AURC‰ | "
            "AUGRC‰ | SAC@95 | SAC@98 | OOD AUROC | OOD FPR95 |",
