@@ -351,6 +351,7 @@ def measure(folder: Path, data_dir: Path, args) -> str:
   from duojax.data import sources
   batch_images = make(0)["image"]
   flips = np.random.default_rng(SEED).random(len(batch_images)) < 0.5
+  crops = [Image.fromarray(image) for image in batch_images]
   per_core_loops = {
       "floor": lambda: full_decode(blobs),
       "draft floor": lambda: draft_decode(blobs, boxes),
@@ -360,11 +361,11 @@ def measure(folder: Path, data_dir: Path, args) -> str:
       "transform, no draft": lambda: _without_draft(make, steps),
       # The transform's parts beyond the PIL work, timed alone to say where its
       # time goes: the record reads (array_record through tfds) and the flips
-      # (`batches.cut_images` copies a flipped crop into the batch reversed).
+      # (`images.crop_resize` mirrors a crop in PIL as it is cut).
       "reads": lambda: [sources.read_raw(split, split.indices[make.positions(s)])
                         for s in range(steps)],
-      "flip": lambda: [[image[:, ::-1].copy() if f else image for image, f in
-                        zip(batch_images, flips)] for _ in range(steps)],
+      "flip": lambda: [[image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if f else image
+                        for image, f in zip(crops, flips)] for _ in range(steps)],
   }
   per_core_loops["floor"]()  # untimed: PIL loads its plug-ins, the allocator its pages
   rates = per_core_rates(per_core_loops, {name: len(blobs) for name in per_core_loops},

@@ -65,17 +65,17 @@ def cut_images(split: Split, rows: np.ndarray, boxes, flips: np.ndarray | None =
   """Images uint8 [n, S, S, C] and labels of source `rows`, one PIL crop each.
 
   `boxes(i, width, height)` gives row i's box in its image's pixels; rows
-  where `flips` is True are mirrored (a view's reversed copy into the batch,
-  cheaper than a second pass over the whole batch).
+  where `flips` is True are mirrored as they are cut (cheaper than a second
+  pass over the whole batch).
   """
   size = split.image_size
   out = np.zeros((len(rows), size, size, split.channels), np.uint8)
   labels = np.zeros(len(rows), np.int32)
   for i, (example, row) in enumerate(zip(read_raw(split, rows), rows)):
     image, labels[i] = read_record(split, example, int(row))
-    crop = images_lib.crop_resize(image, boxes(i, image.width, image.height), size,
-                                  split.channels, draft=draft)
-    out[i] = crop[:, ::-1] if flips is not None and flips[i] else crop
+    out[i] = images_lib.crop_resize(image, boxes(i, image.width, image.height), size,
+                                    split.channels, draft=draft,
+                                    flip=flips is not None and bool(flips[i]))
   return out, labels
 
 

@@ -138,17 +138,20 @@ def _draft(image: Image.Image, box: Box, size: int) -> tuple[Image.Image, Box]:
 
 
 def crop_resize(image: Image.Image, box: Box, size: int, channels: int = 3, *,
-                draft: bool = True) -> np.ndarray:
+                draft: bool = True, flip: bool = False) -> np.ndarray:
   """uint8 [size, size, channels]: `box` of `image` resized to size×size.
 
   `image` is a PIL image not yet decoded (`open_encoded`) or a decoded one
-  (`Image.fromarray`); `draft=False` always decodes at full scale.
+  (`Image.fromarray`); `draft=False` always decodes at full scale; `flip`
+  mirrors the result left to right (in PIL, cheaper than a numpy copy).
   """
   if draft:
     image, box = _draft(image, box, size)
   image = _to_8bit(image)
   left, top, w, h = box
   out = image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+  if flip:
+    out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
   return to_channels(out, channels)
 
 
