@@ -13,7 +13,7 @@ subset), "folder:PATH" (every image file below PATH), "mnist" or "" (none).
 The shifts are the demo's four corruptions at five severities, scaled to the
 images' resolution, on a seeded subset of `shift_images` test images. The
 sections are the demo's: every method, the paired bootstrap against the
-temperature-scaled large model, and the cascades.
+temperature-scaled large model, the cascades and the choice of sidekick.
 """
 
 
@@ -26,7 +26,7 @@ def get_config(arg=None):
   c.large = arg.large
   c.sidekick = arg.sidekick
   c.ensemble = arg.ensemble.replace(" ", ",")
-  c.sections = "methods,paired,cascade"
+  c.sections = "methods,paired,cascade,sidekicks"
   c.cascade = bool(arg.sidekick)
   c.mc_dropout_samples = arg.mc_dropout
   c.ood = arg.ood

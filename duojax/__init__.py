@@ -12,6 +12,10 @@ The package is layered; each layer imports only from the ones below it
   eval                        logits bank, methods, report sections, outputs
   cli, __main__ modules       what train.py, evaluate.py and `python -m` run
 
+The Python API for a duo of models you already have (`duojax.api`):
+`fit_duo`, `load_duo`, `Duo`, `score`, `fused_forward`, resolved on first use
+so that `import duojax` stays light.
+
 `from duojax import duo, temperature, metrics` keeps working: those modules
 moved into `duojax.core` and are resolved here on first use.
 """
@@ -28,7 +32,12 @@ _MOVED = {"duo": "duojax.core.duo", "temperature": "duojax.core.temperature",
           "checkpoint": "duojax.train.checkpoint"}
 
 
+_API = ("Duo", "fit_duo", "load_duo", "score", "fused_forward")
+
+
 def __getattr__(name):
+  if name in _API:
+    return getattr(importlib.import_module("duojax.api"), name)
   if name in _MOVED:
     return importlib.import_module(_MOVED[name])
   raise AttributeError(f"module 'duojax' has no attribute {name!r}")

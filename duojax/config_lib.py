@@ -269,7 +269,7 @@ def augmentations(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 _SOLVERS = ("jaxopt", "optax")
 _SHIFTS = ("gaussian_noise", "blur", "rotation", "contrast")
 _HYDRA_MLPS = ("grouped", "average")
-_SECTIONS = ("cascade", "hydra", "methods", "paired")
+_SECTIONS = ("cascade", "hydra", "methods", "paired", "sidekicks")
 _OOD_SETS = ("mnist",)
 
 
@@ -284,10 +284,19 @@ def base_eval_config() -> ml_collections.ConfigDict:
   c.sidekick = ""
   c.ensemble = ""
   c.soup_ingredients = ""
+  # More sidekicks: `sidekicks` (a comma list of workdirs) joins `sidekick` in
+  # one weighted duo of the large model and k sidekicks; the sidekicks section
+  # ranks every candidate (the sidekick, the Gatekeeper fine-tunes, the Hydra
+  # ViT, the workdirs of `sidekick_pool`) by its duo's validation NLL and
+  # picks the best within `sidekick_budget` (FLOPs as a fraction of the large
+  # model's; 0: no limit).
+  c.sidekicks = ""
+  c.sidekick_pool = ""
+  c.sidekick_budget = 0.0
   # The report's sections, in order (duojax/eval/sections/): every method's
-  # scores, the paired bootstrap against large+TS, cascades, Hydra ensembles.
-  # A listed section runs when the keys below give it its inputs.
-  c.sections = "methods,paired,cascade,hydra"
+  # scores, the paired bootstrap against large+TS, cascades, Hydra ensembles,
+  # the choice of sidekick. A listed section runs when the keys give it its inputs.
+  c.sections = "methods,paired,cascade,hydra,sidekicks"
   # Cascades (needs a sidekick): the untuned sidekick and the Gatekeeper
   # fine-tunes in `gatekeeper` as gates into the large model and the duo.
   c.cascade = False
@@ -373,6 +382,10 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
   need("hydra" not in sections or ("methods" in sections and
                                    sections.index("methods") < sections.index("hydra")),
        "config.sections: 'hydra' reads the scores of 'methods', which must come before it")
+  need(config.sidekick_budget >= 0,
+       f"config.sidekick_budget must be >= 0 (0: no limit), got {config.sidekick_budget}")
+  need(not ((items("sidekicks") or items("sidekick_pool")) and not config.sidekick),
+       "config.sidekicks / config.sidekick_pool need config.sidekick, which is empty")
   need(not (items("gatekeeper") and not config.sidekick),
        "config.gatekeeper: Gatekeeper sidekicks are compared with the untuned "
        "config.sidekick, which is empty")

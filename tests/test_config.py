@@ -68,8 +68,10 @@ def test_sections_run_only_when_the_config_gives_their_inputs():
   names = lambda config: [eval_sections.name(s) for s in pipeline.active_sections(config)]
   assert names(_eval_config()) == ["methods", "paired"]
   assert names(_eval_config(bootstrap=0)) == ["methods"]
-  assert names(_eval_config(sidekick="s", cascade=True)) == ["methods", "paired", "cascade"]
-  assert names(_eval_config(sidekick="s", hydra="h0,h1")) == ["methods", "paired", "hydra"]
+  assert names(_eval_config(sidekick="s", cascade=True)) == ["methods", "paired", "cascade",
+                                                             "sidekicks"]
+  assert names(_eval_config(sidekick="s", hydra="h0,h1")) == ["methods", "paired", "hydra",
+                                                              "sidekicks"]
   assert names(_eval_config(sidekick="s", cascade=True, hydra="h", sections="methods,hydra")) \
       == ["methods", "hydra"]
 

@@ -26,7 +26,7 @@ LAYERS = {
     "errors": 0, "files": 0, "timing": 0,
     "config_lib": 1, "parallel": 1,
     "core": 2, "models": 2, "data": 2,
-    "convert": 3, "cascade": 3, "hydra": 3,
+    "convert": 3, "cascade": 3, "hydra": 3, "api": 3,
     "train": 4,
     "eval": 5,
     "cli": 6, "demo": 6,

@@ -103,6 +103,11 @@ def _as_stack(logits_stack) -> jax.Array:
   return logits_stack
 
 
+def as_stack(logits_stack) -> jax.Array:
+  """float32 [m, N, C] from a stack or a list of m [N, C] members, shapes checked."""
+  return _as_stack(logits_stack)
+
+
 def _as_weights(weights, m: int, what: str) -> jax.Array:
   # Host weights (numpy, lists: what a fit hands back) are checked for NaN on
   # the host; device or traced ones are not, so no sync is added to a jitted

@@ -36,8 +36,8 @@ from duojax.timing import PhaseClock
 from duojax.train import checkpoint
 
 # Config keys that name training workdirs, checked before any work.
-_WORKDIR_KEYS = ("large", "sidekick", "ensemble", "soup_ingredients", "gatekeeper", "hydra",
-                 "hydra_ensemble")
+_WORKDIR_KEYS = ("large", "sidekick", "sidekicks", "sidekick_pool", "ensemble",
+                 "soup_ingredients", "gatekeeper", "hydra", "hydra_ensemble")
 
 
 def active_sections(config) -> list:

@@ -1,0 +1,161 @@
+"""The Python API for the common job: a duo of models you already have.
+
+    duo = duojax.fit_duo([val_logits_large, val_logits_sidekick], val_labels)
+    duo.weights                                  # [m] float: w_i = 1 / T_i
+    duo.probabilities([test_large, test_sidekick])
+    duo.uncertainty([test_large, test_sidekick])  # 1 − max softmax(Σ w_i z_i)
+    duo.save("duo.json"); duo = duojax.load_duo("duo.json")
+    duojax.score(duo.logits(test), test_labels, ood_logits=duo.logits(ood))
+
+A thin layer over `duojax.core` (`temperature.fit_temperatures` for the joint
+fit, `duo` for the combination, `metrics` for the scores): every function
+takes and returns plain arrays, logits one [N, C] array per member, member 0
+the large model. The fit is the Asymmetric Duo's (arXiv 2505.18636): weights
+w minimising the mean validation NLL of softmax(Σ_i w_i z_i), found by L-BFGS;
+m = 1 is temperature scaling, m > 2 a large model with several sidekicks.
+For models rather than logits, `fused_forward` runs every member in one
+jitted program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from duojax import files
+from duojax.core import duo as duo_lib
+from duojax.core import metrics, temperature
+
+FORMAT = "duojax.duo"
+VERSION = 1
+SCORES = ("max_prob", "large_prediction")
+
+
+@dataclasses.dataclass(frozen=True)
+class Duo:
+  """Fitted member weights; methods take the members' logits, m arrays [N, C]."""
+  weights: np.ndarray  # float32 [m]
+  names: tuple[str, ...] = ()
+
+  def logits(self, member_logits) -> np.ndarray:
+    """The duo's logits Σ_i w_i z_i, float32 [N, C]."""
+    stack = _stack(member_logits, len(self.weights))
+    return np.asarray(duo_lib.combine(stack, self.weights))
+
+  def probabilities(self, member_logits) -> np.ndarray:
+    """softmax of the duo's logits, float32 [N, C]."""
+    return np.asarray(jax.nn.softmax(self.logits(member_logits), axis=-1))
+
+  def predict(self, member_logits) -> np.ndarray:
+    """The duo's predicted class, int [N]."""
+    return self.logits(member_logits).argmax(-1)
+
+  def confidence(self, member_logits, score: str = "max_prob") -> np.ndarray:
+    """Confidence in [0, 1], float32 [N].
+
+    "max_prob": the duo's max softmax probability (the paper's score, its
+    uncertainty 1 − max softmax(z)); "large_prediction": the duo's probability
+    of the large model's (member 0's) prediction, the reference code's variant.
+    """
+    if score not in SCORES:
+      raise ValueError(f"score={score!r}; valid: {', '.join(SCORES)}")
+    stack = _stack(member_logits, len(self.weights))
+    combined = duo_lib.combine(stack, self.weights)
+    if score == "max_prob":
+      return np.asarray(duo_lib.msp_confidence(combined))
+    return np.asarray(duo_lib.confidence_on(combined, jnp.argmax(stack[0], -1)))
+
+  def uncertainty(self, member_logits, score: str = "max_prob") -> np.ndarray:
+    """1 − `confidence`: higher means less certain, float32 [N]."""
+    return 1.0 - self.confidence(member_logits, score)
+
+  def save(self, path: str | os.PathLike) -> None:
+    """Writes the duo as JSON, whole or not at all."""
+    record = {"format": FORMAT, "version": VERSION,
+              "weights": [float(w) for w in self.weights], "names": list(self.names)}
+    files.write_atomically(os.fspath(path), json.dumps(record, indent=2))
+
+
+def _stack(member_logits, m: int) -> jax.Array:
+  stack = duo_lib.as_stack(member_logits)  # shape and dtype checks, one-line errors
+  if stack.shape[0] != m:
+    raise ValueError(f"the duo has {m} members but {stack.shape[0]} logits arrays were given")
+  return stack
+
+
+def fit_duo(member_logits: Sequence, labels, *, names: Sequence[str] = (),
+            solver: str = "jaxopt") -> Duo:
+  """Fits the members' weights jointly on validation logits and labels.
+
+  Args:
+    member_logits: m arrays [N, C] (or one [m, N, C] stack), the large model first.
+    labels: int [N] in [0, C).
+    names: optional member names, kept with the weights.
+    solver: "jaxopt" (jaxopt.LBFGS) or "optax" (optax.lbfgs).
+  """
+  stack = duo_lib.as_stack(member_logits)
+  if names and len(names) != stack.shape[0]:
+    raise ValueError(f"{len(names)} names for {stack.shape[0]} members")
+  weights = temperature.fit_temperatures(stack, np.asarray(labels), solver=solver)
+  return Duo(np.asarray(weights, np.float32), tuple(names))
+
+
+def load_duo(path: str | os.PathLike) -> Duo:
+  """A duo written by `Duo.save`; a damaged or foreign file is a one-line ValueError."""
+  path = os.fspath(path)
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"cannot read duo file {path!r}: {str(e).splitlines()[0]}") from None
+  if not isinstance(record, dict) or record.get("format") != FORMAT:
+    raise ValueError(f"{path!r} is not a duo file (no \"format\": \"{FORMAT}\")")
+  if record.get("version") != VERSION:
+    raise ValueError(f"{path!r} is duo file version {record.get('version')!r}; this duojax "
+                     f"reads version {VERSION}")
+  weights, names = record.get("weights"), record.get("names", [])
+  if (not isinstance(weights, list) or not weights
+      or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
+      or not np.all(np.isfinite(weights))):
+    raise ValueError(f"{path!r}: \"weights\" must be a non-empty list of finite numbers")
+  if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or (
+      names and len(names) != len(weights)):
+    raise ValueError(f"{path!r}: \"names\" must be one string per weight")
+  return Duo(np.asarray(weights, np.float32), tuple(names))
+
+
+def score(logits, labels, *, confidence=None, ood_logits=None, ood_confidence=None) -> dict:
+  """Every metric of the report for one method's logits [N, C] and labels [N].
+
+  `confidence` defaults to the max softmax probability. With `ood_logits`
+  (logits of out-of-distribution inputs) or `ood_confidence`, the OOD metrics
+  (AUROC, AUPR, FPR at 95% TPR) of telling the test rows from the OOD rows by
+  that confidence come under "ood". Returns plain floats.
+  """
+  logits = np.asarray(logits)
+  if confidence is None:
+    confidence = np.asarray(duo_lib.msp_confidence(jnp.asarray(logits, jnp.float32)))
+  result = dict(metrics.evaluate(logits, labels, confidence))
+  if ood_logits is not None and ood_confidence is None:
+    ood_confidence = np.asarray(duo_lib.msp_confidence(jnp.asarray(ood_logits, jnp.float32)))
+  if ood_confidence is not None:
+    result["ood"] = dict(metrics.ood(confidence, ood_confidence))
+  return result
+
+
+def fused_forward(models: Sequence, *, preprocess: Sequence[Callable] | None = None,
+                  mesh=None) -> tuple[Callable, tuple]:
+  """(jitted forward, states) running NNX `models` in one program.
+
+  `forward(states, images)` returns the members' logits [m, B, C];
+  `preprocess[i]` (e.g. `functools.partial(duojax.data.prepare, spec=...)`)
+  turns the batch into model i's input inside the same program.
+  """
+  graphdefs, states = duo_lib.split_members(list(models))
+  return duo_lib.make_fused_forward(graphdefs, mesh=mesh, preprocess=preprocess), states
