@@ -269,7 +269,8 @@ def augmentations(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 _SOLVERS = ("jaxopt", "optax")
 _SHIFTS = ("gaussian_noise", "blur", "rotation", "contrast")
 _HYDRA_MLPS = ("grouped", "average")
-_SECTIONS = ("cascade", "hydra", "methods", "paired", "sidekicks")
+_SECTIONS = ("cascade", "conformal", "hydra", "methods", "paired", "sidekicks")
+_CONFORMAL_METHODS = ("lac", "aps", "raps")
 _OOD_SETS = ("mnist",)
 
 
@@ -293,10 +294,15 @@ def base_eval_config() -> ml_collections.ConfigDict:
   c.sidekicks = ""
   c.sidekick_pool = ""
   c.sidekick_budget = 0.0
+  # Conformal prediction sets: target miscoverages α (comma list; "" for none)
+  # and the scores (lac, aps, raps), calibrated on half of val.
+  c.conformal_alphas = "0.1,0.05,0.01"
+  c.conformal_methods = "lac,raps"
   # The report's sections, in order (duojax/eval/sections/): every method's
   # scores, the paired bootstrap against large+TS, cascades, Hydra ensembles,
-  # the choice of sidekick. A listed section runs when the keys give it its inputs.
-  c.sections = "methods,paired,cascade,hydra,sidekicks"
+  # the choice of sidekick, conformal sets. A listed section runs when the
+  # keys give it its inputs.
+  c.sections = "methods,paired,cascade,hydra,sidekicks,conformal"
   # Cascades (needs a sidekick): the untuned sidekick and the Gatekeeper
   # fine-tunes in `gatekeeper` as gates into the large model and the duo.
   c.cascade = False
@@ -382,6 +388,16 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
   need("hydra" not in sections or ("methods" in sections and
                                    sections.index("methods") < sections.index("hydra")),
        "config.sections: 'hydra' reads the scores of 'methods', which must come before it")
+  try:
+    alphas = [float(a) for a in items("conformal_alphas")]
+  except ValueError:
+    alphas = [-1.0]
+  need(all(0 < a < 1 for a in alphas),
+       f"config.conformal_alphas must be numbers in (0, 1), got {config.conformal_alphas!r}")
+  unknown = sorted(set(items("conformal_methods")) - set(_CONFORMAL_METHODS))
+  need(not unknown and (items("conformal_methods") or not alphas),
+       f"config.conformal_methods={config.conformal_methods!r}; valid: a comma list of "
+       f"{', '.join(_CONFORMAL_METHODS)}")
   need(config.sidekick_budget >= 0,
        f"config.sidekick_budget must be >= 0 (0: no limit), got {config.sidekick_budget}")
   need(not ((items("sidekicks") or items("sidekick_pool")) and not config.sidekick),

@@ -4,7 +4,7 @@ import ml_collections
 import pytest
 
 from duojax import config_lib, errors, hydra
-from duojax.core import temperature
+from duojax.core import conformal, temperature
 from duojax.data import batches, shifts
 from duojax.eval import pipeline
 from duojax.eval import sections as eval_sections
@@ -24,6 +24,7 @@ def test_mirrored_names_match_their_homes():
   assert config_lib._SHIFTS == tuple(shifts.SHIFTS)
   assert config_lib._HYDRA_MLPS == tuple(hydra.MLP_MODES)
   assert config_lib._AUGMENTATIONS == batches.AUGMENTATIONS
+  assert config_lib._CONFORMAL_METHODS == conformal.METHODS
   assert sorted(config_lib._SECTIONS) == eval_sections.available()
 
 
@@ -56,6 +57,11 @@ def test_an_unknown_eval_key_is_a_one_line_error():
     ({"sections": "methods,paired,methods"}, "config.sections lists a section twice"),
     ({"sections": "hydra,methods"}, "'hydra' reads the scores of 'methods'"),
     ({"gatekeeper": "runs/gk"}, "config.gatekeeper: Gatekeeper sidekicks are compared"),
+    ({"conformal_alphas": "0.1,1.5"}, "config.conformal_alphas must be numbers in (0, 1)"),
+    ({"conformal_alphas": "x"}, "config.conformal_alphas must be numbers in (0, 1)"),
+    ({"conformal_methods": "lac,cqr"}, "config.conformal_methods='lac,cqr'; valid"),
+    ({"sidekick_budget": -1.0}, "config.sidekick_budget must be >= 0"),
+    ({"sidekicks": "runs/s2"}, "config.sidekicks / config.sidekick_pool need config.sidekick"),
 ])
 def test_eval_validation_names_the_problem(overrides, message):
   with pytest.raises(errors.ConfigError) as error:
@@ -66,12 +72,12 @@ def test_eval_validation_names_the_problem(overrides, message):
 
 def test_sections_run_only_when_the_config_gives_their_inputs():
   names = lambda config: [eval_sections.name(s) for s in pipeline.active_sections(config)]
-  assert names(_eval_config()) == ["methods", "paired"]
-  assert names(_eval_config(bootstrap=0)) == ["methods"]
+  assert names(_eval_config()) == ["methods", "paired", "conformal"]
+  assert names(_eval_config(bootstrap=0, conformal_alphas="")) == ["methods"]
   assert names(_eval_config(sidekick="s", cascade=True)) == ["methods", "paired", "cascade",
-                                                             "sidekicks"]
+                                                             "sidekicks", "conformal"]
   assert names(_eval_config(sidekick="s", hydra="h0,h1")) == ["methods", "paired", "hydra",
-                                                              "sidekicks"]
+                                                              "sidekicks", "conformal"]
   assert names(_eval_config(sidekick="s", cascade=True, hydra="h", sections="methods,hydra")) \
       == ["methods", "hydra"]
 

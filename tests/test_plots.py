@@ -219,7 +219,7 @@ def _crowded_points():
 def _figure(monkeypatch, draw, tmp_path):
   """The figure `draw` renders, laid out and kept from being cleared (nothing is written)."""
   figures = []
-  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+  monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or path)
   draw(str(tmp_path / "plot.png"))
   (fig,) = figures
   fig.draw_without_rendering()

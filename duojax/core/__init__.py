@@ -1,4 +1,4 @@
-"""Pure maths on arrays: the duo, temperatures, solvers, metrics, losses, soups.
+"""Pure maths on arrays: the duo, temperatures, solvers, metrics, losses, soups, conformal sets.
 
 Nothing here reads files or knows about training runs: every function takes
 logits, labels, weights or parameter trees and returns arrays, so the layers
@@ -13,4 +13,5 @@ the same code.
   ranking      ranks with ties: AUROC and errors at coverage in one sort
   losses       cross-entropy and the Gatekeeper loss
   soups        uniform and greedy weight averages of fine-tunes
+  conformal    split conformal prediction sets (LAC, APS, RAPS) from probabilities
 """

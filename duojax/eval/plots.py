@@ -52,7 +52,7 @@ def _check_directory(path) -> str:
   return path
 
 
-def _save(fig: Figure, path: str) -> str:
+def save_figure(fig: Figure, path: str) -> str:
   """Writes `fig` to `path` atomically: a temporary file in the same directory, then a rename."""
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-",
                              suffix=".png")
@@ -70,7 +70,7 @@ def _save(fig: Figure, path: str) -> str:
   return path
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
   fig = Figure(figsize=(width, height), layout="constrained")
   FigureCanvasAgg(fig)
   return fig
@@ -79,7 +79,7 @@ def _new_figure(width: float, height: float) -> Figure:
 def _panels(count: int, columns: int, width: float, height: float, **kwargs):
   """A figure with `count` panels of width × height inches in rows of `columns`."""
   rows = math.ceil(count / columns)
-  fig = _new_figure(width * columns + 0.6, height * rows + 0.7)
+  fig = new_figure(width * columns + 0.6, height * rows + 0.7)
   axes = fig.subplots(rows, columns, squeeze=False, **kwargs).ravel()
   for ax in axes[count:]:  # no empty panels in an incomplete last row
     ax.remove()
@@ -167,7 +167,7 @@ def risk_coverage(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, *,
              loc="outside right upper", fontsize="small", frameon=False, handlelength=4)
   fig.supxlabel("Coverage (fraction of images kept, most confident first)")
   fig.suptitle(title)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def _diagram(name: str, diagram) -> dict[str, np.ndarray]:
@@ -230,7 +230,7 @@ def reliability(diagrams: dict[str, dict], path, *, title: str = "Reliability",
              loc="outside lower center", ncols=3 if columns > 1 else 1, fontsize="small",
              frameon=False)
   fig.suptitle(title)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def _finite_points(points) -> dict[str, tuple[float, float]]:
@@ -278,7 +278,7 @@ def pareto(points: dict[str, tuple[float, float]], path, *, y_label: str,
   styles = method_styles(list(points), colors)
   front = pareto_front(points, lower_is_better=lower_is_better)
   # Tall enough for a one-column legend of every method.
-  fig = _new_figure(8.4, max(4.6, 0.19 * (len(finite) + 2) + 0.9))
+  fig = new_figure(8.4, max(4.6, 0.19 * (len(finite) + 2) + 0.9))
   ax = fig.add_subplot()
   if finite:
     xs, ys = np.array(list(finite.values())).T
@@ -309,7 +309,7 @@ def pareto(points: dict[str, tuple[float, float]], path, *, y_label: str,
   ax.set(xlabel=x_label, ylabel=f"{y_label} ({better} is better)",
          title=title or f"Cost vs {y_label}")
   ax.grid(alpha=0.3, which="both")
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def _check_series(series) -> list[str]:
@@ -351,7 +351,7 @@ def shift_curves(series: dict[str, dict[str, list[float]]], path, *, metric_labe
   fig.supxlabel("Severity")
   fig.supylabel(metric_label)
   fig.suptitle(title or f"{metric_label} under distribution shift")
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def deferral_curves(curves: dict[str, dict], path, *, title: str = "Deferral curves (test)",
@@ -376,7 +376,7 @@ def deferral_curves(curves: dict[str, dict], path, *, title: str = "Deferral cur
   fig.supxlabel("Deferral ratio (fraction sent to the large model)")
   fig.supylabel("Cascade accuracy")
   fig.suptitle(title)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def cost_curves(curves: dict[str, tuple], points: dict[str, tuple[float, float]], path, *,
@@ -385,7 +385,7 @@ def cost_curves(curves: dict[str, tuple], points: dict[str, tuple[float, float]]
   _require_items(curves, "cost_curves")
   path = _check_directory(path)
   colors = _colors([*curves, *points], None)
-  fig = _new_figure(6.4, 4.4)
+  fig = new_figure(6.4, 4.4)
   ax = fig.add_subplot()
   for name, (xs, ys) in curves.items():
     ax.plot(np.asarray(xs, np.float64), np.asarray(ys, np.float64), color=colors[name], lw=1.8,
@@ -395,4 +395,4 @@ def cost_curves(curves: dict[str, tuple], points: dict[str, tuple[float, float]]
   ax.set(xlabel=x_label, ylabel=y_label, title=title)
   ax.grid(alpha=0.3)
   ax.legend(loc="best", fontsize="small", framealpha=0.9)
-  return _save(fig, path)
+  return save_figure(fig, path)
