@@ -127,3 +127,31 @@ def collect(members: Sequence[Member], dataset: data.Dataset, splits: dict[str, 
   return bank
 
 
+
+
+def with_files(bank: LogitsBank, files: dict, splits: Iterable[str]) -> LogitsBank:
+  """`bank` (possibly of no members) with the logits-file members appended.
+
+  `files`: member name -> `logits_files.LogitsFile`, already checked to hold
+  the same rows as the bank's members. Splits are `splits`' names; labels
+  come from the bank, else from the first file (OOD rows get label 0).
+  """
+  if not files:
+    return bank
+  out = LogitsBank((*bank.member_names, *files))
+  first = next(iter(files.values()))
+  for split in splits:
+    stack = [f.logits[split] for f in files.values()]
+    if split in bank.logits:
+      if any(z.shape != bank.logits[split].shape[1:] for z in stack):
+        raise ValueError(f"the logits files' {split} logits are {[z.shape for z in stack]}, "
+                         f"the models' {bank.logits[split].shape[1:]}: not the same rows and "
+                         "classes")
+      out.labels[split] = bank.labels[split]
+      out.logits[split] = np.concatenate([bank.logits[split], np.stack(stack)])
+    else:
+      out.labels[split] = (first.labels[split] if split in first.labels
+                           else np.zeros(len(stack[0]), np.int32))
+      out.logits[split] = np.stack(stack)
+  out.features = bank.features
+  return out

@@ -27,6 +27,7 @@ from duojax.eval import bank as bank_lib
 from duojax.eval import members as members_lib
 from duojax.eval import methods as methods_lib
 from duojax.eval import sections as sections_lib
+from duojax.eval import logits_files
 from duojax.eval import splits as splits_lib
 from duojax.eval.inputs import LARGE, SIDEKICK, EvalInputs
 from duojax.eval.mc_dropout import mc_dropout_logits
@@ -35,6 +36,8 @@ from duojax.parallel import sharding
 from duojax.timing import PhaseClock
 from duojax.train import checkpoint
 
+# Config keys whose members may be logits files ("logits:PATH") instead of workdirs.
+_LOGITS_KEYS = ("large", "sidekick", "ensemble")
 # Config keys that name training workdirs, checked before any work.
 _WORKDIR_KEYS = ("large", "sidekick", "sidekicks", "sidekick_pool", "ensemble",
                  "soup_ingredients", "gatekeeper", "hydra", "hydra_ensemble")
@@ -50,7 +53,14 @@ def _check_workdirs(config) -> None:
   """Fail before any work if a workdir is missing (one line, names it)."""
   for key in _WORKDIR_KEYS:
     for workdir in split_list(config[key]):
-      if not os.path.isdir(os.path.expanduser(workdir)):
+      if logits_files.is_logits(workdir):
+        if key not in _LOGITS_KEYS:
+          raise ValueError(f"config.{key}: {workdir!r}: only {', '.join(_LOGITS_KEYS)} may be "
+                           "logits files")
+        if not os.path.isfile(logits_files.path_of(workdir)):
+          raise ValueError(f"config.{key}: logits file {logits_files.path_of(workdir)!r} "
+                           "does not exist")
+      elif not os.path.isdir(os.path.expanduser(workdir)):
         raise ValueError(f"config.{key}: workdir {workdir!r} does not exist")
 
 
@@ -62,43 +72,40 @@ def run(config) -> dict:
   _check_workdirs(config)
   t_start, clock = time.perf_counter(), PhaseClock()
   mesh = sharding.make_mesh(config.num_devices)
-  members = [members_lib.load_member(LARGE, config.large, mesh=mesh)]
-  if config.sidekick:
-    members.append(members_lib.load_member(SIDEKICK, config.sidekick, mesh=mesh))
-  ensemble = [LARGE]
-  for i, workdir in enumerate(split_list(config.ensemble), start=2):
-    members.append(members_lib.load_member(f"large#{i}", workdir, mesh=mesh))
-    ensemble.append(f"large#{i}")
+  specs = [(LARGE, config.large)] + ([(SIDEKICK, config.sidekick)] if config.sidekick else [])
+  ensemble = [LARGE] + [f"large#{i}" for i in range(2, len(split_list(config.ensemble)) + 2)]
+  specs += list(zip(ensemble[1:], split_list(config.ensemble)))
+  files = {name: logits_files.load(spec) for name, spec in specs if logits_files.is_logits(spec)}
+  members = [members_lib.load_member(name, spec, mesh=mesh) for name, spec in specs
+             if not logits_files.is_logits(spec)]
   added = {}
   for section in sections:
     extra = sections_lib.added_members(section, config, mesh)
     added[sections_lib.name(section)] = [m.name for m in extra]
     members += extra
-  members_lib.check_members_agree(members)
-
-  meta = members[0].meta
-  train_config = config_lib.complete_config(meta["config"])
-  # One batch at the largest member's size; each member resizes it to its own.
-  train_config.model.image_size = max(members_lib.input_size(m) for m in members)
-  dataset = data.load_dataset_of(train_config, config.data_dir)
-  checkpoint.check_fits_data(meta, dataset.image_shape, dataset.num_classes,
-                             where=config.large, same_size=False)
-  members_lib.with_inputs(members, dataset)
-  splits = {"val": dataset.val, "test": dataset.test}
-  if config.ood:
-    splits["ood"] = splits_lib.ood_split(config.ood, dataset,
-                                         os.path.expanduser(config.data_dir or
-                                                            train_config.data_dir))
-  kinds = split_list(config.shifts)
-  if kinds:
-    splits.update(splits_lib.shifted_splits(dataset.test, kinds=kinds,
-                                            max_images=config.shift_max_images,
-                                            seed=config.seed))
-
+  skipped = {}  # what could not run, and why (members given as logits files)
+  dataset, splits = None, {}
+  if members:
+    members_lib.check_members_agree(members)
+    dataset, splits = _data_and_splits(config, members, skipped, with_files=bool(files))
+  if files and dataset is not None:
+    wrong = {n: f.num_classes for n, f in files.items() if f.num_classes != dataset.num_classes}
+    if wrong:
+      raise ValueError(f"logits files with other class counts than the data set's "
+                       f"{dataset.num_classes}: {wrong}")
+  if files:
+    logits_files.check_rows_agree(
+        files, labels=None if dataset is None else {
+            name: data.read_examples(split, np.arange(len(split)))[1]
+            for name, split in (("val", dataset.val), ("test", dataset.test))})
+    splits = _splits_with_files(config, files, splits, skipped)
   clock.end("members_and_data")
   extra_singles = []
   ingredients = split_list(config.soup_ingredients)
-  if ingredients:
+  large_model = LARGE not in files
+  if ingredients and not large_model:
+    skipped["soups"] = "the large model is a logits file: no weights to average"
+  if ingredients and large_model:
     # One program for every candidate soup: they share the large model's graphdef.
     soup_forward = duo.make_fused_forward(duo.split_members([members[0].model])[0], mesh=mesh,
                                           preprocess=bank_lib.preprocessing(members[:1]))
@@ -112,10 +119,16 @@ def run(config) -> dict:
     extra_singles += ["soup (uniform)", "soup (greedy)"]
 
   clock.end("soups")
-  mc_dropout = config.mc_dropout_samples > 0
-  bank = bank_lib.collect(members, dataset, splits, mesh=mesh, batch_size=config.batch_size,
-                          with_features=mc_dropout)
-  member_flops = {m.name: m.flops for m in members}
+  mc_dropout = config.mc_dropout_samples > 0 and large_model
+  if config.mc_dropout_samples > 0 and not large_model:
+    skipped["MC dropout"] = "the large model is a logits file: no features to drop out"
+  bank = bank_lib.LogitsBank(())
+  if members:
+    bank = bank_lib.collect(members, dataset, {k: v for k, v in splits.items() if v is not None},
+                            mesh=mesh, batch_size=config.batch_size, with_features=mc_dropout)
+  bank = bank_lib.with_files(bank, files, splits)
+  member_flops = {**{m.name: m.flops for m in members},
+                  **{name: f.flops for name, f in files.items()}}
   if mc_dropout:
     name = f"MC dropout K={config.mc_dropout_samples}"
     bank.add_member(name, mc_dropout_logits(
@@ -138,13 +151,57 @@ def run(config) -> dict:
     results.update(section.build(inputs, results))
     clock.end(f"section {sections_lib.name(section)}")
   results["members"] = {
-      m.name: {"model_name": m.meta["model_name"], "flops": m.flops,
-               "params": functional.count_params(functional.split_model(m.model)[1]),
-               "step": m.meta.get("step")} for m in members}
+      **{m.name: {"model_name": m.meta["model_name"], "flops": m.flops,
+                  "params": functional.count_params(functional.split_model(m.model)[1]),
+                  "step": m.meta.get("step")} for m in members},
+      **{name: {"logits_file": f.path, "flops": f.flops} for name, f in files.items()}}
+  results["skipped"] = skipped
   results["splits"] = {name: int(len(bank.labels[name])) for name in bank.labels}
-  results["ood_set"] = splits_lib.ood_caption(config.ood) if config.ood else None
+  results["ood_set"] = (None if "ood" not in bank.labels else
+                        splits_lib.ood_caption(config.ood) if config.ood else
+                        "the logits files' ood_logits")
   # Wall seconds in all and per phase; the sections' include the temperature
   # fits and method outputs they are the first to ask for (cached after).
   results["seconds"] = {"total": round(time.perf_counter() - t_start, 1), **clock.rounded()}
   results["devices"] = f"{jax.device_count()} × {jax.devices()[0].device_kind}"
   return results
+
+
+def _data_and_splits(config, members, skipped: dict, *, with_files: bool):
+  """The model members' data set (at the largest member's size) and its splits."""
+  large = members[0]
+  train_config = config_lib.complete_config(large.meta["config"])
+  # One batch at the largest member's size; each member resizes it to its own.
+  train_config.model.image_size = max(members_lib.input_size(m) for m in members)
+  dataset = data.load_dataset_of(train_config, config.data_dir)
+  checkpoint.check_fits_data(large.meta, dataset.image_shape, dataset.num_classes,
+                             where=large.name, same_size=False)
+  members_lib.with_inputs(members, dataset)
+  splits = {"val": dataset.val, "test": dataset.test}
+  if config.ood:
+    splits["ood"] = splits_lib.ood_split(config.ood, dataset,
+                                         os.path.expanduser(config.data_dir or
+                                                            train_config.data_dir))
+  kinds = split_list(config.shifts)
+  if kinds and with_files:
+    skipped["shifts"] = "a member is a logits file: no images to corrupt"
+  elif kinds:
+    splits.update(splits_lib.shifted_splits(dataset.test, kinds=kinds,
+                                            max_images=config.shift_max_images,
+                                            seed=config.seed))
+  return dataset, splits
+
+
+def _splits_with_files(config, files, splits: dict, skipped: dict) -> dict:
+  """The splits every member can give: val, test, and OOD where each file has it."""
+  names = {"val": None, "test": None, **{k: v for k, v in splits.items()}}
+  without_ood = [n for n, f in files.items() if "ood" not in f.logits]
+  if without_ood and (config.ood or len(without_ood) < len(files)):
+    skipped["OOD"] = f"logits file of {without_ood[0]!r} has no ood_logits"
+    names.pop("ood", None)
+  elif not without_ood and "ood" not in names:
+    if splits:  # model members read images, the files' OOD rows are not theirs
+      skipped["OOD"] = "the logits files' ood_logits need config.ood for the model members"
+    else:
+      names["ood"] = None
+  return names

@@ -360,7 +360,7 @@ def _input_spec(config, dataset, saved_meta: dict | None, pretrained: dict | Non
     return data.InputSpec.from_meta(saved_meta["input"])
   if tuple(config.input_mean):
     spec = data.InputSpec(size, tuple(config.input_mean), tuple(config.input_std), "config")
-  elif pretrained is not None:
+  elif pretrained is not None and int(dataset.image_shape[2]) == 3:
     family = "vit" if config.model_name.startswith("vit") else "resnet"
     mean, std, source = data.pretrained_stats(pretrained["layout"], family, config.init_weights)
     spec = data.InputSpec(size, mean, std, source)
@@ -369,7 +369,7 @@ def _input_spec(config, dataset, saved_meta: dict | None, pretrained: dict | Non
     source = checkpoint.read_meta(source_dir)[1].get("input") if source_dir else None
     if source is not None:
       spec = dataclasses.replace(data.InputSpec.from_meta(source), image_size=size)
-    else:
+    else:  # (also a pretrained RGB file fine-tuned on images of other channels)
       spec = data.InputSpec(size, tuple(float(v) for v in dataset.mean),
                             tuple(float(v) for v in dataset.std), "data set")
   try:

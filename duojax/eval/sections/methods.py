@@ -12,6 +12,8 @@ Results keys: "methods", "reference", "large_flops".
 
 from __future__ import annotations
 
+import math
+
 import os
 
 import jax
@@ -87,9 +89,11 @@ def markdown(results: dict) -> list[str]:
   """The clean test table, the duo's fitted weights and the shifted-test table."""
   rows = results["methods"]
   ood = results.get("ood_set")
+  cost = (f"Large model: {results['large_flops'] / 1e6:.1f} MFLOPs/image (XLA cost analysis). "
+          if math.isfinite(results["large_flops"]) else
+          "Large model: FLOPs unknown (a logits file without flops_per_image). ")
   lines = ["### Test split (clean)", "",
-           f"Large model: {results['large_flops'] / 1e6:.1f} MFLOPs/image (XLA cost analysis). "
-           "AURC, E-AURC, AUGRC in thousandths; "
+           cost + "AURC, E-AURC, AUGRC in thousandths; "
            + (f"OOD = {ood} vs the test split, by MSP." if ood else "no OOD set."),
            "",
            "| method | FLOPs ×large | acc | NLL | Brier | ECE | AUROC | AURC‰ | E-AURC‰ | "
@@ -98,7 +102,7 @@ def markdown(results: dict) -> list[str]:
   for name, r in rows.items():
     t, o = r["test"], r.get("ood", {}).get("msp", {})
     lines.append(
-        f"| {name} | {r['relative_flops']:.3f} | {fmt(t['acc'])} | {fmt(t['nll'])} | "
+        f"| {name} | {fmt(r['relative_flops'], digits=3)} | {fmt(t['acc'])} | {fmt(t['nll'])} | "
         f"{fmt(t['brier'])} | {fmt(t['ece'])} | {fmt(t['auroc'])} | "
         f"{fmt(t['aurc'], 1e3, 2)} | {fmt(t['eaurc'], 1e3, 2)} | {fmt(t['augrc'], 1e3, 2)} | "
         f"{fmt(t['sac95'])} | {fmt(t['sac98'])} | {fmt(o.get('auroc'))} | "
