@@ -5,7 +5,7 @@
 
 Each file is an .npz with val_logits, val_labels, test_logits, test_labels and
 optionally ood_logits, flops_per_image and val_ids / test_ids (README, "Members
-from anywhere"; examples/write_logits.py writes one from a PyTorch model).
+from anywhere: logits files", with a PyTorch function that writes one).
 Members may mix with training workdirs. Sections that need images or models
 (shifts, MC dropout, soups, Hydra) are left out, and the report says so; the
 OOD metrics use the files' ood_logits when every member has them.

@@ -2,7 +2,7 @@
 
 import json
 import os
-import runpy
+import re
 import sys
 
 import numpy as np
@@ -132,9 +132,16 @@ def test_a_logits_sidekick_beside_a_trained_large_model(tmp_path, learnable_data
   assert abs(results["methods"]["duo (weighted)"]["fitted"]["weights"][1]) < 0.2  # noise
 
 
-def test_the_pytorch_example_writes_a_file_duojax_reads(tmp_path, monkeypatch):
-  pytest.importorskip("torch")
-  monkeypatch.chdir(tmp_path)
-  runpy.run_path(os.path.join(ROOT, "examples", "write_logits.py"), run_name="__main__")
-  member = logits_files.load(f"logits:{tmp_path / 'toy_logits.npz'}")
-  assert member.logits["val"].shape == (64, 5) and member.flops == 2 * 3 * 8 * 8 * 5
+def test_the_readmes_pytorch_writer_makes_a_file_duojax_reads(tmp_path):
+  torch = pytest.importorskip("torch")
+  text = open(os.path.join(ROOT, "README.md")).read()
+  section = text[text.index("**Members from anywhere: logits files.**"):]
+  code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+  namespace = {}
+  exec(compile(code, "README", "exec"), namespace)
+  data_set = torch.utils.data.TensorDataset(torch.randn(64, 3, 8, 8), torch.randint(0, 5, (64,)))
+  loader = torch.utils.data.DataLoader(data_set, batch_size=16)
+  model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+  namespace["write_logits"](tmp_path / "toy.npz", model, loader, loader, flops_per_image=1920)
+  member = logits_files.load(f"logits:{tmp_path / 'toy.npz'}")
+  assert member.logits["val"].shape == (64, 5) and member.flops == 1920
