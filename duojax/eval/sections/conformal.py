@@ -97,7 +97,7 @@ def markdown(results: dict) -> list[str]:
       cells = [entry[f"{kind}@{level}"] for level in levels]
       lines.append(f"| {name} | {kind.upper()} | " + " | ".join(
           f"{c['coverage']:.4f} / {c['mean_size']:.2f}" for c in cells) + " |")
-  return lines + [""]
+  return lines
 
 
 def write_plots(results: dict, out_dir: str) -> dict[str, str]:

@@ -138,4 +138,4 @@ def markdown(results: dict) -> list[str]:
     lines.append(f"| {rank} | {name} | {flops} | {r['w_large']:.3f} | {r['w_sidekick']:.3f} | "
                  f"{fmt(r['val_nll'])} | {fmt(r['test_nll'])} | {1000 * r['test_aurc']:.2f} | "
                  f"{gain} |")
-  return lines + [""]
+  return lines
