@@ -83,7 +83,7 @@ def test_evaluate_config_reports_every_method(runs):
                                                 / results["members"]["large"]["flops"])
   assert set(duo["test"]) >= {"acc", "nll", "brier", "ece", "auroc", "aurc", "eaurc",
                               "augrc", "sac90", "sac95", "sac98", "sac99"}
-  assert set(duo["ood"]) == {"msp", "neg_entropy", "energy"}
+  assert set(duo["ood"]) == {"msp", "neg_entropy", "energy", "max_logit"}
   assert set(duo["shifts"]) == {f"{k}/{s}" for k in ("blur", "contrast") for s in range(1, 6)}
   assert results["splits"] == {"val": 150, "test": 200, "ood": 10000,
                                **{f"{k}/{s}": 60 for k in ("blur", "contrast")

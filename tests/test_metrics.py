@@ -277,6 +277,7 @@ def test_confidence_scores():
   np.testing.assert_allclose(scores["neg_entropy"], np.sum(probs * np.log(probs), -1), atol=1e-5)
   np.testing.assert_allclose(scores["energy"], logsumexp(logits.astype(np.float64), -1),
                              rtol=1e-6)
+  np.testing.assert_array_equal(scores["max_logit"], logits.astype(np.float32).max(-1))
 
 
 # ----------------------------------------------------------------------------

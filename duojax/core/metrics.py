@@ -306,7 +306,8 @@ def _confidence_scores(logits):
   probs = jnp.exp(log_probs)
   scores = {"msp": jnp.max(probs, axis=-1),
             "neg_entropy": jnp.sum(probs * log_probs, axis=-1),
-            "energy": jax.nn.logsumexp(logits, axis=-1)}
+            "energy": jax.nn.logsumexp(logits, axis=-1),
+            "max_logit": jnp.max(logits, axis=-1)}
   return scores, jnp.sum(~jnp.isfinite(logits))
 
 
@@ -316,6 +317,9 @@ def confidence_scores(logits) -> dict[str, jax.Array]:
     msp          max_c p_c with p = softmax(logits).
     neg_entropy  −H(p) = Σ_c p_c log p_c.
     energy       logsumexp(logits), the negative free energy at temperature 1.
+    max_logit    max_c logits_c (Hendrycks et al. 2022): unlike msp it keeps the
+                 logits' scale, which separates OOD inputs better when many
+                 classes share the probability mass.
   """
   scores, nonfinite = _confidence_scores(_check_logits(logits))
   if bad := int(nonfinite):

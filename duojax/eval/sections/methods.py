@@ -69,10 +69,10 @@ def build(inputs: EvalInputs, results: dict) -> dict:
 
 
 def _ood_scores(logits, confidence, ood_logits, ood_confidence) -> dict:
-  """OOD detection (in-distribution positive) by the method's MSP, −entropy, energy."""
+  """OOD detection (in-distribution positive) by the method's MSP, −entropy, energy, max logit."""
   scores = {"msp": _floats(metrics.ood(confidence, ood_confidence))}
   inside, outside = metrics.confidence_scores(logits), metrics.confidence_scores(ood_logits)
-  for name in ("neg_entropy", "energy"):
+  for name in ("neg_entropy", "energy", "max_logit"):
     scores[name] = _floats(metrics.ood(inside[name], outside[name]))
   return scores
 
