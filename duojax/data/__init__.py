@@ -9,12 +9,14 @@
 image), `batches` (one batch from its index), `pipeline` (grain: batches in
 order, in worker processes, onto the devices), `folder` (an image folder
 imported as a data set), `embedded` (Fashion-MNIST and MNIST, prepared
-without TensorFlow), `shifts` (image corruptions), `preprocess` (a model's input
+without TensorFlow), `ood_sources` (OOD sets from other tfds sets and image
+folders), `shifts` (image corruptions), `preprocess` (a model's input
 size and statistics, and the device-side resize and normalisation). This
 package imports nothing of training or evaluation.
 """
 
 from duojax.data.embedded import fetch_fashion_mnist, load_mnist_ood, prepare_fashion_mnist
+from duojax.data.ood_sources import folder_split, load_split
 from duojax.data.pipeline import eval_batches, steps_per_epoch, train_batches
 from duojax.data.preprocess import (InputSpec, normalize, normalize_on_device, prepare,
                                     pretrained_stats)
@@ -24,9 +26,7 @@ from duojax.data.sources import (
                                  Split,
                                  channel_stats,
                                  load_dataset,
-                                 folder_split,
                                  load_dataset_of,
-                                 load_split,
                                  materialize,
                                  read_examples,
 )

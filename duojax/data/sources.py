@@ -243,7 +243,7 @@ def _cached_arrays(split: Split, folder: Path, name: str) -> ArraySource:
   return source
 
 
-def _open_builder(name: str, data_dir: str, prepare: bool):
+def open_builder(name: str, data_dir: str, prepare: bool):
   """The tfds builder of `name`, prepared in array_record format in `data_dir`."""
   tfds_name = EMBEDDED_DATASETS.get(name, name)
   try:
@@ -268,7 +268,7 @@ def _open_builder(name: str, data_dir: str, prepare: bool):
                   f"`tfds build {name} --data_dir={data_dir} --file_format=array_record`")
 
 
-def _check_random_access(builder, name: str, data_dir: str) -> None:
+def check_random_access(builder, name: str, data_dir: str) -> None:
   """A one-line error for a data set prepared in a format tfds reads only with TensorFlow."""
   file_format = getattr(builder.info.file_format, "value", builder.info.file_format)
   if file_format and file_format != "array_record":
@@ -299,7 +299,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike, *, val_size: int = 5000
   crops them at random from the full image.
   """
   data_dir = os.fspath(Path(data_dir).expanduser())
-  builder = _open_builder(name, data_dir, prepare)
+  builder = open_builder(name, data_dir, prepare)
   features = builder.info.features
   for key in (image_key, label_key):
     if key not in features:
@@ -314,7 +314,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike, *, val_size: int = 5000
     raise DataError(f"{name} in {data_dir} has no split {missing[0]!r} "
                     f"(it has {', '.join(builder.info.splits)}): set config.train_split, "
                     "config.val_split and config.test_split")
-  _check_random_access(builder, name, data_dir)
+  check_random_access(builder, name, data_dir)
   image_feature = features[image_key]
   encoded = isinstance(image_feature, tfds.features.Image)
   shape = tuple(image_feature.shape)
@@ -379,72 +379,3 @@ def load_dataset_of(config, data_dir: str | os.PathLike | None = None) -> Datase
       label_key=config.label_key, image_size=config.model.image_size,
       crop_fraction=config.crop_fraction)
 
-
-def load_split(name: str, data_dir: str | os.PathLike, split: str, *, image_size: int,
-               channels: int, image_key: str = "image",
-               crop_fraction: float = images_lib.CROP_FRACTION) -> Split:
-  """One split of any prepared tfds data set, read at `image_size` (an OOD set).
-
-  Labels are not needed: rows get label 0 when the data set has no "label".
-  """
-  data_dir = os.fspath(Path(data_dir).expanduser())
-  builder = _open_builder(name, data_dir, prepare=False)
-  features = builder.info.features
-  if image_key not in features:
-    raise DataError(f"{name} has no feature {image_key!r} (it has {', '.join(features)})")
-  if split not in builder.info.splits:
-    raise DataError(f"{name} in {data_dir} has no split {split!r} "
-                    f"(it has {', '.join(builder.info.splits)})")
-  _check_random_access(builder, name, data_dir)
-  encoded = isinstance(features[image_key], tfds.features.Image)
-  source = builder.as_data_source(
-      split=split, decoders={image_key: tfds.decode.SkipDecoding()} if encoded else None)
-  if "label" not in features:
-    source = _Unlabelled(source)
-  stored = int(features[image_key].shape[2] or 3)
-  if not encoded and stored != channels:
-    raise DataError(f"{name} has {stored}-channel images, the models take {channels}")
-  return Split(source, np.arange(len(source), dtype=np.int64), image_key, "label",
-               image_size, encoded, channels, crop_fraction)
-
-
-class _Unlabelled:
-  """A random-access source whose examples get label 0 (OOD sets need none)."""
-
-  def __init__(self, source):
-    self.source = source
-
-  def __len__(self) -> int:
-    return len(self.source)
-
-  def __getitem__(self, key):
-    return {**self.source[key], "label": 0}
-
-
-def folder_split(folder: str | os.PathLike, *, image_size: int, channels: int,
-                 crop_fraction: float = images_lib.CROP_FRACTION) -> Split:
-  """Every image file below `folder` (sorted paths, label 0), read at `image_size`.
-
-  For OOD sets, which need no import: the files are read once into memory
-  as encoded bytes; files that do not decode are an error naming them.
-  """
-  root = Path(folder).expanduser()
-  if not root.is_dir():
-    raise DataError(f"image folder {str(root)!r} does not exist")
-  paths = sorted(p for p in root.rglob("*") if p.is_file()
-                 and not any(part.startswith(".") for part in p.relative_to(root).parts))
-  examples, bad = [], []
-  for path in paths:
-    encoded = path.read_bytes()
-    reason = images_lib.check_decodes(encoded)
-    if reason is None:
-      examples.append({"image": encoded, "label": 0})
-    else:
-      bad.append(f"{path.relative_to(root)} ({reason})")
-  if bad:
-    raise DataError(f"{len(bad)} files in {str(root)!r} cannot be decoded: "
-                    f"{', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}")
-  if not examples:
-    raise DataError(f"image folder {str(root)!r} holds no images")
-  return Split(examples, np.arange(len(examples), dtype=np.int64), "image", "label",
-               image_size, True, channels, crop_fraction)
