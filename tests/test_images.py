@@ -90,13 +90,14 @@ def test_every_mode_decodes_to_rgb_uint8(mode, fmt):
     np.testing.assert_array_equal(rgb[..., 0], array[..., 0])
 
 
-@pytest.mark.parametrize("data,reason", [(b"", "empty file"), (b"not an image", "cannot"),
-                                         (None, "")])
+@pytest.mark.parametrize("data,reason", [(b"", "empty file"),
+                                         (b"not an image", "UnidentifiedImageError"),
+                                         (None, "OSError")])
 def test_check_decodes_names_what_is_wrong(data, reason):
   if data is None:  # a truncated JPEG
     data = _encode(_smooth(200, 200), "JPEG")[:500]
   found = images.check_decodes(data)
-  assert found is not None and reason.lower() in found.lower() + "cannot"
+  assert found is not None and reason in found, found
 
 
 def test_check_decodes_accepts_whole_images():
@@ -145,7 +146,6 @@ def test_host_and_device_normalisation_agree_to_the_bit_on_every_pixel_value():
 
 def test_device_normalisation_leaves_float_images_alone():
   x = np.ones((1, 2, 2, 1), np.float32) * 0.3
-  assert np.asarray(data.normalize_on_device(x, [0.5], [0.2])) is not None
   np.testing.assert_array_equal(data.normalize_on_device(x, [0.5], [0.2]), x)
 
 

@@ -45,6 +45,7 @@ import tqdm
 from PIL import Image
 
 from duojax.data import images
+from duojax.data.pipeline import usable_cores
 from duojax.errors import DataError
 
 VERSION = "1.0.0"  # of the stored layout: the folder name under NAME
@@ -95,13 +96,6 @@ class ImportReport:
     note = f"; {left_out} left out, see {SKIPPED_FILE}" if left_out else ""
     return (f"imported {self.name}: {counts} images of {len(self.class_names)} classes into "
             f"{self.path} in {self.seconds:.1f} s{note}")
-
-
-def usable_cores() -> int:
-  """Cores this process may run on (its affinity mask, e.g. a SLURM allocation)."""
-  if hasattr(os, "sched_getaffinity"):
-    return len(os.sched_getaffinity(0))
-  return os.cpu_count() or 1
 
 
 def check_dataset_name(name: str) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -138,7 +137,3 @@ def prepare(images: jax.Array, spec: InputSpec) -> jax.Array:
   shift, scale = _affine(spec.mean, spec.std)
   return (pixels - shift) * scale
 
-
-def largest(specs: Sequence[InputSpec]) -> int:
-  """The side a batch must have for every member: the largest one's."""
-  return max(spec.image_size for spec in specs)
