@@ -12,7 +12,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.t
 DATA_DIR ?= data
 RUNS ?= runs/demo
 GATEKEEPER_ALPHAS ?= 0.1 0.3 0.5 0.7 0.9
-HYDRA_MEMBERS ?= 3
+HYDRA_MEMBERS ?= 2
 
 .PHONY: install install-dev data demo test test-fast bench clean-demo
 

@@ -15,7 +15,7 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from duojax import cli, config_lib, files
+from duojax import cli, eval_config_lib, files
 from duojax.eval import outputs, pipeline, render
 from duojax.eval.accuracy import accuracy_of_workdirs
 from duojax.parallel import distributed
@@ -34,8 +34,8 @@ def main(argv):
   if (_CONFIG.value is None) == (_WORKDIRS.value is None):
     raise ValueError("give exactly one of --config (full evaluation) or --workdirs (accuracy)")
   if _CONFIG.value is not None:
-    config = config_lib.complete_eval_config(_CONFIG.value)
-    config_lib.validate_eval(config)
+    config = eval_config_lib.complete_eval_config(_CONFIG.value)
+    eval_config_lib.validate_eval(config)
     # Checked before the evaluation, which can take hours, rather than after it.
     cli.check_output_dir(config.output_dir, "config.output_dir")
     sections = pipeline.active_sections(config)

@@ -13,11 +13,11 @@ ensemble of vit, vit_seed1 .. vit_seed{M-1} (`configs/demo_vit.py`; 0 for none).
 """
 
 def get_config(arg=None):
-  from duojax import config_lib
+  from duojax import config_lib, eval_config_lib
 
   arg = config_lib.parse_arg(arg, runs="runs/demo", ensemble=1, soups=2,
-                             gatekeeper="0.1 0.3 0.5 0.7 0.9", hydra=3)
-  c = config_lib.base_eval_config()
+                             gatekeeper="0.1 0.3 0.5 0.7 0.9", hydra=2)
+  c = eval_config_lib.base_eval_config()
   c.large = f"{arg.runs}/large"
   c.sidekick = f"{arg.runs}/sidekick"
   # Extra independently trained large models (deep ensembles m = 2..1+k).
@@ -39,8 +39,9 @@ def get_config(arg=None):
   c.hydra_mlp = "grouped,average"
   c.mc_dropout_samples = 8      # 0 disables MC dropout
   c.mc_dropout_rate = 0.1       # the large model's training dropout on its pre-logits
+  c.mahalanobis_train_rows = 10000  # training rows for the Mahalanobis OOD score; 0 disables
   c.ood = "mnist"               # "" for none
   c.shifts = "gaussian_noise,blur,rotation,contrast"
-  c.shift_max_images = 1000     # per (corruption, severity), a seeded subset of test
+  c.shift_max_images = 500      # per (corruption, severity), a seeded subset of test
   c.output_dir = f"{arg.runs}/results"
   return c

@@ -18,11 +18,11 @@ temperature-scaled large model, the cascades and the choice of sidekick.
 
 
 def get_config(arg=None):
-  from duojax import config_lib
+  from duojax import config_lib, eval_config_lib
   arg = config_lib.parse_arg(arg, large="", sidekick="", ensemble="", ood="",
                              shifts="gaussian_noise,blur,rotation,contrast", shift_images=1000,
                              mc_dropout=8, data_dir="", output="", batch_size=256)
-  c = config_lib.base_eval_config()
+  c = eval_config_lib.base_eval_config()
   c.large = arg.large
   c.sidekick = arg.sidekick
   c.ensemble = arg.ensemble.replace(" ", ",")

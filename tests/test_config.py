@@ -3,7 +3,7 @@
 import ml_collections
 import pytest
 
-from duojax import config_lib, errors, hydra
+from duojax import config_lib, errors, eval_config_lib, hydra
 from duojax.core import conformal, temperature
 from duojax.data import batches, shifts
 from duojax.eval import pipeline
@@ -11,7 +11,7 @@ from duojax.eval import sections as eval_sections
 
 
 def _eval_config(**overrides):
-  config = config_lib.base_eval_config()
+  config = eval_config_lib.base_eval_config()
   config.large = "runs/large"
   for key, value in overrides.items():
     config[key] = value
@@ -20,28 +20,28 @@ def _eval_config(**overrides):
 
 def test_mirrored_names_match_their_homes():
   """config_lib stays import-light by mirroring names; the mirrors must not drift."""
-  assert config_lib._SOLVERS == tuple(temperature.SOLVERS)
-  assert config_lib._SHIFTS == tuple(shifts.SHIFTS)
-  assert config_lib._HYDRA_MLPS == tuple(hydra.MLP_MODES)
+  assert eval_config_lib._SOLVERS == tuple(temperature.SOLVERS)
+  assert eval_config_lib._SHIFTS == tuple(shifts.SHIFTS)
+  assert eval_config_lib._HYDRA_MLPS == tuple(hydra.MLP_MODES)
   assert config_lib._AUGMENTATIONS == batches.AUGMENTATIONS
-  assert config_lib._CONFORMAL_METHODS == conformal.METHODS
-  assert sorted(config_lib._SECTIONS) == eval_sections.available()
+  assert eval_config_lib._CONFORMAL_METHODS == conformal.METHODS
+  assert sorted(eval_config_lib._SECTIONS) == eval_sections.available()
 
 
 def test_an_old_eval_config_file_gets_every_missing_key_at_its_default():
   old = ml_collections.ConfigDict({"large": "a", "sidekick": "b", "solver": "optax"})
-  config = config_lib.complete_eval_config(old)
-  base = config_lib.base_eval_config()
+  config = eval_config_lib.complete_eval_config(old)
+  base = eval_config_lib.base_eval_config()
   assert set(config.keys()) == set(base.keys())
   assert (config.large, config.sidekick, config.solver) == ("a", "b", "optax")
   for key in set(base.keys()) - {"large", "sidekick", "solver"}:
     assert config[key] == base[key], key
-  config_lib.validate_eval(config)
+  eval_config_lib.validate_eval(config)
 
 
 def test_an_unknown_eval_key_is_a_one_line_error():
   with pytest.raises(errors.ConfigError, match="unknown evaluation config key 'bootstrapp'"):
-    config_lib.complete_eval_config(ml_collections.ConfigDict({"large": "a", "bootstrapp": 3}))
+    eval_config_lib.complete_eval_config(ml_collections.ConfigDict({"large": "a", "bootstrapp": 3}))
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -50,6 +50,8 @@ def test_an_unknown_eval_key_is_a_one_line_error():
     ({"batch_size": 0}, "config.batch_size must be > 0, got 0"),
     ({"bootstrap": -1}, "config.bootstrap must be >= 0, got -1"),
     ({"mc_dropout_rate": 1.0}, "config.mc_dropout_rate must be in (0, 1), got 1.0"),
+    ({"mahalanobis_train_rows": -2},
+     "config.mahalanobis_train_rows must be a number of rows, -1 (all) or 0 (off), got -2"),
     ({"ood": "cifar"}, "config.ood='cifar'; valid: 'mnist' (embedded), 'tfds:NAME[:SPLIT]'"),
     ({"shifts": "blur,snow"}, "config.shifts has unknown ['snow']"),
     ({"hydra_mlp": ""}, "config.hydra_mlp=''; valid: a comma list of grouped, average"),
@@ -65,7 +67,7 @@ def test_an_unknown_eval_key_is_a_one_line_error():
 ])
 def test_eval_validation_names_the_problem(overrides, message):
   with pytest.raises(errors.ConfigError) as error:
-    config_lib.validate_eval(_eval_config(**overrides))
+    eval_config_lib.validate_eval(_eval_config(**overrides))
   assert message in str(error.value)
   assert "\n" not in str(error.value)
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from duojax import config_lib
+from duojax import eval_config_lib
 from duojax.eval.bank import LogitsBank
 from duojax.eval.inputs import EvalInputs
 from duojax.eval.methods import standard_methods
@@ -19,7 +19,7 @@ def _inputs(n=2000, seed=0):
                                    1.5 * signal + rng.normal(size=(n, 8)),
                                    2.5 * signal + 1.2 * rng.normal(size=(n, 8))]).astype(np.float32)
     bank.labels[split] = labels
-  config = config_lib.base_eval_config()
+  config = eval_config_lib.base_eval_config()
   config.conformal_alphas, config.conformal_methods = "0.1,0.05", "lac,aps,raps"
   methods = standard_methods(large="large", sidekick="sidekick", ensemble=("large", "large#2"))
   return EvalInputs(config=config, bank=bank, members={}, member_flops={}, methods=methods,

@@ -7,10 +7,15 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from duojax import config_lib
+from duojax import config_lib, data, eval_config_lib
+from duojax.core import metrics
+from duojax.eval import pipeline
 from duojax.models import functional, spec
 from duojax.train import checkpoint, loop, optim, steps
+
+import helpers
 
 # Slow as a whole (evaluate.py end to end on trained members):
 # `make test-fast` leaves it out.
@@ -105,10 +110,68 @@ def test_evaluate_config_reports_every_method(runs):
     assert by["relative_flops_at_duo_aurc"] <= by["duo"]["relative_flops"] + 1e-9
   assert cascade["duo_cascade"]["sidekick"] in cascade["deferral"]
   assert "### Cascades" in markdown and "duo (duo cascade)" in markdown
+  assert "### OOD detection by the large model's scores" in markdown
+  assert "| Mahalanobis (pre-logit features) |" in markdown and "mahalanobis" in results["seconds"]
+  assert results["feature_ood"]["mahalanobis"]["train_rows"] == 450  # all: fewer than 10,000
   for png in ("risk_coverage", "reliability", "pareto_aurc", "pareto_sac98", "shift_acc",
               "shift_aurc", "deferral_curves", "cascade_aurc", "cascade_acc"):
     assert (out / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert not [p for p in os.listdir(out) if p.startswith(".tmp")]
+
+
+def _pre_logits(model, spec, images, batch=500):
+  """The model's pre-logit features [N, D] of uint8 images, by its own forward."""
+  return np.concatenate([np.asarray(model(data.prepare(images[i:i + batch], spec),
+                                          train=False)[1]["pre_logits"], np.float64)
+                         for i in range(0, len(images), batch)])
+
+
+def test_the_mahalanobis_score_is_the_reference_on_the_large_models_features(runs, tmp_path):
+  """pipeline.run's score against its definition in float64, on the model's own features.
+
+  The OOD images are of the training data's kind, half of them with their class block
+  dimmed, so the AUROC lies well inside (0.5, 1) and checks the scores, not only their
+  gross order. They are stored at 32×32 so that evaluation's centre crop (0.875) gives
+  back the 28×28 image unchanged.
+  """
+  rows = 300  # of the 450 training rows: a seeded subset
+  near, _ = helpers.learnable_split(150, 7)
+  near[:75] = np.where(near[:75] == 255, 200, near[:75])
+  (tmp_path / "ood").mkdir()
+  for i, image in enumerate(np.pad(near, ((0, 0), (2, 2), (2, 2)))):
+    Image.fromarray(image).save(tmp_path / "ood" / f"{i:03d}.png")
+  config = eval_config_lib.base_eval_config()
+  config.update(large=str(runs / "large"), sections="methods", ood=f"folder:{tmp_path / 'ood'}",
+                shifts="", bootstrap=0, conformal_alphas="", batch_size=100,
+                mahalanobis_train_rows=rows)
+  reported = pipeline.run(config)["feature_ood"]["mahalanobis"]
+
+  model, meta = checkpoint.load_model(str(runs / "large"))
+  dataset = data.load_dataset_of(config_lib.complete_config(meta["config"]))
+  spec = data.InputSpec.from_meta(meta["input"])
+  # The documented draw: default_rng(config.seed) over the training rows, kept in order.
+  positions = np.sort(np.random.default_rng(0).permutation(len(dataset.train))[:rows])
+  train_images, labels = data.read_examples(dataset.train, positions)
+  train = _pre_logits(model, spec, train_images)
+  means = np.stack([train[labels == c].mean(0) for c in range(dataset.num_classes)])
+  centred = train - means[labels]
+  # Units that never vary on the training rows (ReLU units that never fire) have no
+  # spread to measure by: the pseudo-inverse leaves them out, as the score does.
+  precision = np.linalg.pinv(centred.T @ centred / rows, rcond=1e-6, hermitian=True)
+
+  def score(split):
+    x = _pre_logits(model, spec, data.read_examples(split, np.arange(len(split)))[0])
+    return -np.min([np.einsum("nd,de,ne->n", x - m, precision, x - m) for m in means], axis=0)
+
+  ood = data.folder_split(tmp_path / "ood", image_size=dataset.image_shape[0], channels=1,
+                          crop_fraction=dataset.test.crop_fraction)
+  expected = metrics.ood(score(dataset.test).astype(np.float32),
+                         score(ood).astype(np.float32))
+  assert 0.55 < expected["auroc"] < 0.99, expected
+  assert reported["member"] == "large" and reported["train_rows"] == rows
+  assert reported["dim"] == train.shape[1] and 1 <= reported["rank"] <= reported["dim"]
+  for key in ("auroc", "aupr", "fpr95"):
+    assert reported[key] == pytest.approx(expected[key], abs=1e-3), key
 
 
 def _assert_fails(result, pattern):

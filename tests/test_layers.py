@@ -25,7 +25,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "duojax"
 LAYERS = {
     "errors": 0, "files": 0, "timing": 0,
     "config_lib": 1, "parallel": 1,
-    "core": 2, "models": 2, "data": 2,
+    "core": 2, "models": 2, "data": 2, "eval_config_lib": 2,
     "convert": 3, "cascade": 3, "hydra": 3, "api": 3,
     "train": 4,
     "eval": 5,

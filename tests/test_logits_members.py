@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from duojax import config_lib, data
+from duojax import config_lib, data, eval_config_lib
 from duojax.eval import logits_files, pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ def _labels(seed=0):
 
 
 def _config(tmp_path, large, sidekick, **overrides):
-  config = config_lib.base_eval_config()
+  config = eval_config_lib.base_eval_config()
   config.update({"large": large, "sidekick": sidekick, "sections": "methods,paired,sidekicks",
                  "shifts": "", "ood": "", "bootstrap": 20, "conformal_alphas": "0.1",
                  "output_dir": str(tmp_path / "out"), **overrides})
@@ -52,7 +52,12 @@ def test_a_duo_of_two_logits_files_needs_no_workdir_and_no_images(tmp_path):
   assert results["members"]["sidekick"]["logits_file"].endswith("sidekick.npz")
   assert np.isnan(results["methods"]["duo (weighted)"]["relative_flops"])  # sidekick unknown
   assert results["sidekicks"]["rows"]["sidekick"]["relative_flops"] is None
-  assert "conformal" in results and results["skipped"] == {}
+  assert "conformal" in results and "feature_ood" not in results
+  # The one thing left out: a logits file holds no features for the Mahalanobis score.
+  assert results["skipped"] == {"Mahalanobis": "the large model is a logits file: no features "
+                                               "to fit"}
+  assert set(pipeline.run(_config(tmp_path, large, sidekick, sections="methods",
+                                  mahalanobis_train_rows=0))["skipped"]) == set()
 
 
 def test_what_logits_cannot_give_is_skipped_and_said(tmp_path):

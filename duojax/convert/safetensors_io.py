@@ -286,6 +286,18 @@ def _check_layout(path: str, spans: list[tuple[int, int, str]], data_size: int) 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   """(tensors by name, the header's string metadata) of a safetensors file."""
+  return _read(path, _read_tensors)
+
+
+def read_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+  """Each tensor's shape by name, checked as `read` checks the file but from its
+  header alone: what a file holds, without reading gigabytes of weights."""
+  return _read(path, lambda path, f, header, start, size:
+               {n: e[1] for n, e in _checked_entries(path, header, size - start)[1].items()})
+
+
+def _read(path, then):
+  """`then(path, f, header, data_start, size)` on the open file, its errors one line."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     if os.path.exists(path):
@@ -305,7 +317,7 @@ def read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]
         if _looks_like_pickle(path, head):
           raise _pickle_error(path) from None
         raise
-      return _read_tensors(path, f, header, 8 + header_len, size)
+      return then(path, f, header, 8 + header_len, size)
   except OSError as e:
     raise WeightsFileError(f"weights file {path!r} cannot be read: {e.strerror or e}") from None
 
@@ -330,12 +342,17 @@ def _read_header(path: str, f, size: int, head: bytes) -> tuple[dict, int]:
   return _header(path, raw), header_len
 
 
-def _read_tensors(path: str, f, header: dict, data_start: int,
-                  size: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def _checked_entries(path: str, header: dict, data_size: int) -> tuple[dict, dict]:
+  """(metadata, name -> (dtype, shape, begin, end)), every entry and the byte layout checked."""
   metadata = _metadata(path, header.pop("__metadata__", None))
   entries = {name: _entry(path, name, info) for name, info in header.items()}
-  _check_layout(path, [(b, e, name) for name, (_, _, b, e) in entries.items()],
-                size - data_start)
+  _check_layout(path, [(b, e, name) for name, (_, _, b, e) in entries.items()], data_size)
+  return metadata, entries
+
+
+def _read_tensors(path: str, f, header: dict, data_start: int,
+                  size: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  metadata, entries = _checked_entries(path, header, size - data_start)
   # Every size is now checked against the file, so what is allocated below is at
   # most the file's own size. Read in file order; the result keeps the header's.
   data = {}

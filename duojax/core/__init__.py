@@ -14,4 +14,5 @@ the same code.
   losses       cross-entropy and the Gatekeeper loss
   soups        uniform and greedy weight averages of fine-tunes
   conformal    split conformal prediction sets (LAC, APS, RAPS) from probabilities
+  mahalanobis  the Mahalanobis OOD score of features: class means, one tied covariance
 """

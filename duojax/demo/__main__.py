@@ -33,7 +33,7 @@ _RUNS = flags.DEFINE_string("runs", "runs/demo", "Folder for the workdirs and re
 _DATA_DIR = flags.DEFINE_string("data_dir", "data", "Where the embedded data are prepared.")
 _ALPHAS = flags.DEFINE_list("gatekeeper_alphas", ["0.1", "0.3", "0.5", "0.7", "0.9"],
                             "Gatekeeper α of the sidekick's fine-tunes.")
-_HYDRA = flags.DEFINE_integer("hydra_members", 3, "Hydra members and ViT seeds (0: no ViTs).")
+_HYDRA = flags.DEFINE_integer("hydra_members", 2, "Hydra members and ViT seeds (0: no ViTs).")
 _JOBS = flags.DEFINE_integer("jobs", None, "Trainings run side by side (default: as many "
                              "as the cores allow).")
 _CORES_PER_RUN = flags.DEFINE_integer(

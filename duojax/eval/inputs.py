@@ -36,6 +36,8 @@ class EvalInputs:
     methods: every method the methods section scores, sections' own included.
     added: the bank members each section contributed, by section name.
     mesh: the device mesh the forwards and fits run on.
+    feature_scores: OOD scores of the large model's pre-logit features by
+      name (`duojax.eval.feature_ood`): {"scores": {split: [N]}, "fit": {...}}.
   """
   config: ml_collections.ConfigDict
   bank: LogitsBank
@@ -44,6 +46,7 @@ class EvalInputs:
   methods: list[Method]
   added: dict[str, list[str]]
   mesh: Any
+  feature_scores: dict = dataclasses.field(default_factory=dict)
   _fits: dict = dataclasses.field(default_factory=dict, repr=False)
   _outputs: dict = dataclasses.field(default_factory=dict, repr=False)
 

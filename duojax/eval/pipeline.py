@@ -1,13 +1,15 @@
 """What `evaluate.py --config` runs: members -> logits bank -> sections.
 
 1. restore the large model, the sidekick and the extra ensemble members from
-   their training workdirs, plus the members each listed section adds
+   their training workdirs or pretrained files (logits files join the bank
+   as they are; `member_specs`), plus the members each listed section adds
    (Gatekeeper sidekicks, Hydra models), and check they agree on data,
    classes and image shape;
 2. build the soups (uniform, greedy on val accuracy);
 3. compute every member's logits ONCE per split (val, test, the OOD set,
    corrupted test sets) with one fused jitted forward per batch, plus the
-   large model's MC-dropout average;
+   large model's MC-dropout average and its Mahalanobis OOD score (class
+   means and covariance of its features on training rows: `feature_ood`);
 4. run the sections the config lists (`duojax.eval.sections`), each fitting
    on val only through the shared `EvalInputs`, and gather their results.
 """
@@ -20,27 +22,20 @@ import time
 import jax
 import numpy as np
 
-from duojax import config_lib, data
+from duojax import data, eval_config_lib
 from duojax.config_lib import split_list
 from duojax.core import duo
 from duojax.eval import bank as bank_lib
+from duojax.eval import feature_ood
 from duojax.eval import members as members_lib
 from duojax.eval import methods as methods_lib
 from duojax.eval import sections as sections_lib
-from duojax.eval import logits_files
+from duojax.eval import logits_files, member_specs, pretrained_members
 from duojax.eval import splits as splits_lib
 from duojax.eval.inputs import LARGE, SIDEKICK, EvalInputs
 from duojax.eval.mc_dropout import mc_dropout_logits
-from duojax.models import functional
 from duojax.parallel import sharding
 from duojax.timing import PhaseClock
-from duojax.train import checkpoint
-
-# Config keys whose members may be logits files ("logits:PATH") instead of workdirs.
-_LOGITS_KEYS = ("large", "sidekick", "ensemble")
-# Config keys that name training workdirs, checked before any work.
-_WORKDIR_KEYS = ("large", "sidekick", "sidekicks", "sidekick_pool", "ensemble",
-                 "soup_ingredients", "gatekeeper", "hydra", "hydra_ensemble")
 
 
 def active_sections(config) -> list:
@@ -49,45 +44,33 @@ def active_sections(config) -> list:
           if sections_lib.is_enabled(s, config)]
 
 
-def _check_workdirs(config) -> None:
-  """Fail before any work if a workdir is missing (one line, names it)."""
-  for key in _WORKDIR_KEYS:
-    for workdir in split_list(config[key]):
-      if logits_files.is_logits(workdir):
-        if key not in _LOGITS_KEYS:
-          raise ValueError(f"config.{key}: {workdir!r}: only {', '.join(_LOGITS_KEYS)} may be "
-                           "logits files")
-        if not os.path.isfile(logits_files.path_of(workdir)):
-          raise ValueError(f"config.{key}: logits file {logits_files.path_of(workdir)!r} "
-                           "does not exist")
-      elif not os.path.isdir(os.path.expanduser(workdir)):
-        raise ValueError(f"config.{key}: workdir {workdir!r} does not exist")
-
-
 def run(config) -> dict:
-  """The full results dict of evaluation `config` (see `config_lib.base_eval_config`)."""
-  config = config_lib.complete_eval_config(config)
-  config_lib.validate_eval(config)
+  """The full results dict of evaluation `config` (see `eval_config_lib.base_eval_config`)."""
+  config = eval_config_lib.complete_eval_config(config)
+  eval_config_lib.validate_eval(config)
   sections = active_sections(config)
-  _check_workdirs(config)
+  member_specs.check(config)  # every member loads: fail now, not after an hour
   t_start, clock = time.perf_counter(), PhaseClock()
   mesh = sharding.make_mesh(config.num_devices)
   specs = [(LARGE, config.large)] + ([(SIDEKICK, config.sidekick)] if config.sidekick else [])
   ensemble = [LARGE] + [f"large#{i}" for i in range(2, len(split_list(config.ensemble)) + 2)]
   specs += list(zip(ensemble[1:], split_list(config.ensemble)))
   files = {name: logits_files.load(spec) for name, spec in specs if logits_files.is_logits(spec)}
-  members = [members_lib.load_member(name, spec, mesh=mesh) for name, spec in specs
+  members = [member_specs.load(name, spec, mesh=mesh) for name, spec in specs
              if not logits_files.is_logits(spec)]
   added = {}
   for section in sections:
     extra = sections_lib.added_members(section, config, mesh)
     added[sections_lib.name(section)] = [m.name for m in extra]
     members += extra
-  skipped = {}  # what could not run, and why (members given as logits files)
+  skipped = {}  # what could not run, and why (members given as files)
   dataset, splits = None, {}
   if members:
+    data_config, source = member_specs.data_source(config, members)
+    member_specs.adopt_dataset(members, data_config.dataset)
     members_lib.check_members_agree(members)
-    dataset, splits = _data_and_splits(config, members, skipped, with_files=bool(files))
+    dataset, splits = _data_and_splits(config, members, data_config, source, skipped,
+                                       with_files=bool(files))
   if files and dataset is not None:
     wrong = {n: f.num_classes for n, f in files.items() if f.num_classes != dataset.num_classes}
     if wrong:
@@ -103,9 +86,12 @@ def run(config) -> dict:
   extra_singles = []
   ingredients = split_list(config.soup_ingredients)
   large_model = LARGE not in files
-  if ingredients and not large_model:
-    skipped["soups"] = "the large model is a logits file: no weights to average"
-  if ingredients and large_model:
+  trained_large = large_model and not pretrained_members.is_pretrained_member(members[0])
+  if ingredients and not trained_large:
+    skipped["soups"] = ("the large model is a logits file: no weights to average" if not
+                        large_model else "the large model is a pretrained file: soups average "
+                        "fine-tunes of a large model trained here")
+  if ingredients and trained_large:
     # One program for every candidate soup: they share the large model's graphdef.
     soup_forward = duo.make_fused_forward(duo.split_members([members[0].model])[0], mesh=mesh,
                                           preprocess=bank_lib.preprocessing(members[:1]))
@@ -122,10 +108,16 @@ def run(config) -> dict:
   mc_dropout = config.mc_dropout_samples > 0 and large_model
   if config.mc_dropout_samples > 0 and not large_model:
     skipped["MC dropout"] = "the large model is a logits file: no features to drop out"
+  # The Mahalanobis OOD score reads the large model's features: test and OOD from this pass.
+  mahalanobis = config.mahalanobis_train_rows != 0 and "ood" in splits
+  if mahalanobis and not large_model:
+    skipped["Mahalanobis"] = "the large model is a logits file: no features to fit"
+  mahalanobis = mahalanobis and large_model
   bank = bank_lib.LogitsBank(())
   if members:
     bank = bank_lib.collect(members, dataset, {k: v for k, v in splits.items() if v is not None},
-                            mesh=mesh, batch_size=config.batch_size, with_features=mc_dropout)
+                            mesh=mesh, batch_size=config.batch_size,
+                            with_features=mc_dropout or mahalanobis)
   bank = bank_lib.with_files(bank, files, splits)
   member_flops = {**{m.name: m.flops for m in members},
                   **{name: f.flops for name, f in files.items()}}
@@ -139,21 +131,26 @@ def run(config) -> dict:
     extra_singles.append(name)
 
   clock.end("logits")
+  feature_scores = {}
+  if mahalanobis:  # one more forward, of the large model alone, over the training rows
+    feature_scores = feature_ood.mahalanobis_scores(
+        members[0], dataset, bank.features, max_rows=config.mahalanobis_train_rows,
+        seed=config.seed, mesh=mesh, batch_size=config.batch_size, skipped=skipped)
+    clock.end("mahalanobis")
   method_list = methods_lib.standard_methods(
       large=LARGE, sidekick=SIDEKICK if config.sidekick else None, ensemble=tuple(ensemble),
       extra_singles=tuple(extra_singles))
   for section in sections:
     method_list += sections_lib.added_methods(section, config, added[sections_lib.name(section)])
   inputs = EvalInputs(config=config, bank=bank, members={m.name: m for m in members},
-                      member_flops=member_flops, methods=method_list, added=added, mesh=mesh)
+                      member_flops=member_flops, methods=method_list, added=added, mesh=mesh,
+                      feature_scores=feature_scores)
   results = {}
   for section in sections:
     results.update(section.build(inputs, results))
     clock.end(f"section {sections_lib.name(section)}")
   results["members"] = {
-      **{m.name: {"model_name": m.meta["model_name"], "flops": m.flops,
-                  "params": functional.count_params(functional.split_model(m.model)[1]),
-                  "step": m.meta.get("step")} for m in members},
+      **{m.name: member_specs.summary(m) for m in members},
       **{name: {"logits_file": f.path, "flops": f.flops} for name, f in files.items()}}
   results["skipped"] = skipped
   results["splits"] = {name: int(len(bank.labels[name])) for name in bank.labels}
@@ -167,15 +164,16 @@ def run(config) -> dict:
   return results
 
 
-def _data_and_splits(config, members, skipped: dict, *, with_files: bool):
-  """The model members' data set (at the largest member's size) and its splits."""
-  large = members[0]
-  train_config = config_lib.complete_config(large.meta["config"])
+def _data_and_splits(config, members, train_config, source, skipped: dict, *, with_files: bool):
+  """The model members' data set (at the largest member's size) and its splits.
+
+  `train_config` names it, the data keys of workdir member `source` or of the
+  evaluation config (`member_specs.data_source`).
+  """
   # One batch at the largest member's size; each member resizes it to its own.
   train_config.model.image_size = max(members_lib.input_size(m) for m in members)
   dataset = data.load_dataset_of(train_config, config.data_dir)
-  checkpoint.check_fits_data(large.meta, dataset.image_shape, dataset.num_classes,
-                             where=large.name, same_size=False)
+  member_specs.check_fits_data(members, source, dataset)
   members_lib.with_inputs(members, dataset)
   splits = {"val": dataset.val, "test": dataset.test}
   if config.ood:

@@ -2,12 +2,15 @@
 
 For each method (fitted on val by `EvalInputs.fitted`): the metrics suite on
 the clean test split, OOD detection against the OOD split by the method's
-own confidence, −entropy and energy, and accuracy/AUROC/AURC on every
-corrupted copy of the test split with their mean. Headline methods and the
-reference (large+TS) also get their risk–coverage and reliability curves
-(kept in memory for the plots, never in results.json).
+own confidence, −entropy, energy and max logit, and accuracy/AUROC/AURC on
+every corrupted copy of the test split with their mean. Headline methods and
+the reference (large+TS) also get their risk–coverage and reliability curves
+(kept in memory for the plots, never in results.json). OOD scores of the
+large model's features (Mahalanobis: `duojax.eval.feature_ood`) depend on no
+method's logits: they are scored once, beside the large model's own scores.
 
-Results keys: "methods", "reference", "large_flops".
+Results keys: "methods", "reference", "large_flops", and with an OOD set and
+feature scores "feature_ood".
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from duojax.eval.inputs import OOD, TEST, EvalInputs
 from duojax.eval.render import fmt
 
 REFERENCE = "large+TS"
+SINGLE = "large"  # the large model alone, whose OOD scores the feature scores join
+# How the OOD table names the scores of `_ood_scores` and of `feature_ood`.
+OOD_SCORE_NAMES = {"msp": "max softmax", "neg_entropy": "−entropy", "energy": "energy",
+                   "max_logit": "max logit", "mahalanobis": "Mahalanobis (pre-logit features)"}
 SHIFT_METRICS = ("acc", "auroc", "aurc")
 
 
@@ -64,8 +71,14 @@ def build(inputs: EvalInputs, results: dict) -> dict:
     rows[method.name] = entry
     if method.headline or method.name == REFERENCE:
       curves[method.name] = _curves(logits, confidence, labels)
-  return {"methods": rows, "reference": REFERENCE,
-          "large_flops": inputs.member_flops[large], "_curves": curves}
+  out = {"methods": rows, "reference": REFERENCE,
+         "large_flops": inputs.member_flops[large], "_curves": curves}
+  if OOD in bank.logits and inputs.feature_scores:
+    out["feature_ood"] = {
+        name: {"member": large, **feature["fit"],
+               **_floats(metrics.ood(feature["scores"][TEST], feature["scores"][OOD]))}
+        for name, feature in inputs.feature_scores.items()}
+  return out
 
 
 def _ood_scores(logits, confidence, ood_logits, ood_confidence) -> dict:
@@ -112,6 +125,8 @@ def markdown(results: dict) -> list[str]:
   if duo_weights:
     w = duo_weights[0]
     lines += ["", f"Duo weights fit on val: w_L = {w[0]:.4f}, w_S = {w[1]:.4f}."]
+  if results.get("feature_ood"):
+    lines += [""] + _ood_table(results)
   if any("shift_mean" in r for r in rows.values()):
     kinds = {s.split("/")[0] for r in rows.values() for s in r.get("shifts", {})}
     severities = {s.split("/")[1] for r in rows.values() for s in r.get("shifts", {})}
@@ -123,6 +138,24 @@ def markdown(results: dict) -> list[str]:
       if s:
         lines.append(f"| {name} | {fmt(s['acc'])} | {fmt(s['auroc'])} | "
                      f"{fmt(s['aurc'], 1e3, 2)} |")
+  return lines
+
+
+def _ood_table(results: dict) -> list[str]:
+  """The large model's OOD scores by its logits and by its features, one row each."""
+  own = results["methods"].get(SINGLE, {}).get("ood", {})
+  features = results["feature_ood"]
+  fits = " ".join(
+      f"{OOD_SCORE_NAMES.get(name, name)}: class means and shared covariance (rank "
+      f"{f['rank']} of {f['dim']}) of its features on {f['train_rows']} training rows."
+      for name, f in features.items())
+  lines = ["### OOD detection by the large model's scores", "",
+           f"OOD = {results.get('ood_set')} vs the test split; the large model alone. {fits} "
+           "Feature scores read no logits: they are large+TS's too.", "",
+           "| score | AUROC | AUPR | FPR95 |", "|---|---|---|---|"]
+  for name, r in {**own, **features}.items():
+    lines.append(f"| {OOD_SCORE_NAMES.get(name, name)} | {fmt(r['auroc'])} | {fmt(r['aupr'])} | "
+                 f"{fmt(r['fpr95'])} |")
   return lines
 
 

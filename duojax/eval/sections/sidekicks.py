@@ -28,10 +28,11 @@ import numpy as np
 
 from duojax.config_lib import split_list
 from duojax.core import duo, metrics, temperature
+from duojax.eval import member_specs
 from duojax.eval.bank import LogitsBank
 from duojax.eval.inputs import FIT as FIT_SPLIT
 from duojax.eval.inputs import SIDEKICK, TEST, EvalInputs
-from duojax.eval.members import Member, load_member
+from duojax.eval.members import Member
 from duojax.eval.methods import Method
 from duojax.eval.render import fmt
 
@@ -52,13 +53,14 @@ def _pool_names(config) -> list[str]:
 
 
 def members(config, mesh) -> list[Member]:
-  """The extra sidekicks (sidekick#2, ...) and the pool's candidates."""
+  """The extra sidekicks (sidekick#2, ...) and the pool's candidates: workdirs or
+  pretrained files."""
   names = _extra_names(config) + _pool_names(config)
   workdirs = split_list(config.sidekicks) + split_list(config.sidekick_pool)
   if len(set(names)) != len(names):
     raise ValueError("config.sidekick_pool: two candidates share a folder name: "
                      f"{sorted(n for n in names if names.count(n) > 1)[0]!r}")
-  return [load_member(name, w, mesh=mesh) for name, w in zip(names, workdirs)]
+  return [member_specs.load(name, w, mesh=mesh) for name, w in zip(names, workdirs)]
 
 
 def methods(config, added: list[str]) -> list[Method]:
