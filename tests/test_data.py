@@ -412,3 +412,19 @@ def test_any_prepared_tfds_dataset_by_name(tmp_path, cache):
   assert batch["image"].shape == (8, 4, 4, 3)
   np.testing.assert_allclose(batch["image"][:5, 0, 0, 0], [0, 10, 20, 30, 40], atol=1e-3)
   np.testing.assert_array_equal(batch["label"][:5], [0, 1, 2, 0, 1])
+
+
+@pytest.mark.parametrize("max_rows", [None, -1, 0, 3, 9, 10, 50])
+def test_a_split_sample_is_a_seeded_ordered_subset_of_its_rows(max_rows):
+  split = data.Split(data.ArraySource(np.zeros((10, 2, 2, 1), np.uint8), np.arange(10)),
+                     np.arange(100, 120, 2, dtype=np.int64))
+  sample = split.sample(max_rows, seed=3)
+  expected = 10 if max_rows is None or max_rows < 0 else min(max_rows, 10)
+  assert len(sample) == expected
+  assert set(sample.indices) <= set(split.indices)
+  assert np.all(np.diff(sample.indices) > 0)
+  np.testing.assert_array_equal(sample.indices, split.sample(max_rows, seed=3).indices)
+  np.testing.assert_array_equal(sample.indices, split.indices[split.sample_positions(max_rows, 3)])
+  if 0 < expected < 10:  # another seed draws other rows (C(10, k) ≥ 10 subsets)
+    assert any(not np.array_equal(sample.indices, split.sample(max_rows, seed=s).indices)
+               for s in range(4, 10))

@@ -69,14 +69,17 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 class MahalanobisModel(NamedTuple):
   """What `fit` learns (a pytree: passes through jit).
 
-  means [C, D] class means; precision [D, D] Σ⁺ = S⁻¹ R⁺ S⁻¹ (Σ⁻¹ for a
-  full-rank shared covariance); whitener [D, D] W with Σ⁺ = W Wᵀ (the scores
+  means [C, D] class means; whitener [D, D] W with Σ⁺ = W Wᵀ (the scores
   use it); rank: the number of directions Σ⁺ keeps (≤ D).
   """
   means: jax.Array
-  precision: jax.Array
   whitener: jax.Array
   rank: jax.Array
+
+  @property
+  def precision(self) -> jax.Array:
+    """Σ⁺ = S⁻¹ R⁺ S⁻¹ [D, D] (Σ⁻¹ for a full-rank shared covariance)."""
+    return jnp.dot(self.whitener, self.whitener.T, precision=_HIGHEST)
 
 
 def _check_features(features, what: str, dim: int | None = None):
@@ -143,8 +146,7 @@ def _fit(features, labels, num_classes: int):
   keep = eigenvalues > RCOND * jnp.max(eigenvalues)
   scale = jnp.where(keep, jax.lax.rsqrt(jnp.where(keep, eigenvalues, 1.0)), 0.0)
   whitener = inv_std[:, None] * vectors * scale[None, :]
-  precision = jnp.dot(whitener, whitener.T, precision=_HIGHEST)
-  model = MahalanobisModel(means, precision, whitener, jnp.sum(keep).astype(jnp.int32))
+  model = MahalanobisModel(means, whitener, jnp.sum(keep).astype(jnp.int32))
   return model, counts, jnp.sum(~jnp.isfinite(x))
 
 

@@ -68,6 +68,18 @@ class Split:
   def __len__(self) -> int:
     return len(self.indices)
 
+  def sample_positions(self, max_rows: int | None, seed: int) -> np.ndarray:
+    """Positions of at most `max_rows` rows (None or < 0: all), drawn as the first
+    `max_rows` of `default_rng(seed)`'s permutation and kept in order."""
+    n = len(self)
+    if max_rows is None or max_rows < 0 or max_rows >= n:
+      return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:max_rows])
+
+  def sample(self, max_rows: int | None, seed: int) -> "Split":
+    """This split reduced to the rows `sample_positions` draws."""
+    return dataclasses.replace(self, indices=self.indices[self.sample_positions(max_rows, seed)])
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:

@@ -13,7 +13,6 @@ without temperature.
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 
@@ -27,14 +26,6 @@ NAME = "mahalanobis"
 SPLIT = "train"
 
 
-def train_rows(train: data.Split, max_rows: int, seed: int) -> data.Split:
-  """At most `max_rows` rows of `train` (-1: all), drawn by `default_rng(seed)`, in order."""
-  if max_rows < 0 or max_rows >= len(train):
-    return train
-  positions = np.sort(np.random.default_rng(seed).permutation(len(train))[:max_rows])
-  return dataclasses.replace(train, indices=train.indices[positions])
-
-
 def mahalanobis_scores(large: Member, dataset: data.Dataset, features: dict[str, np.ndarray], *,
                        max_rows: int, seed: int, mesh, batch_size: int, skipped: dict) -> dict:
   """{NAME: {"scores": {test, ood: [N]}, "fit": what the report says of it}}, or {}.
@@ -43,7 +34,7 @@ def mahalanobis_scores(large: Member, dataset: data.Dataset, features: dict[str,
   bank's). {} when the drawn training rows miss a class, said in `skipped`
   (a class without rows has no mean; more rows, or all, give it one).
   """
-  train = train_rows(dataset.train, max_rows, seed)
+  train = dataset.train.sample(max_rows, seed)  # -1: all rows
   fit_bank = bank_lib.collect([large], dataset, {SPLIT: train}, mesh=mesh,
                               batch_size=batch_size, with_features=True)
   rows, labels = fit_bank.features[SPLIT], fit_bank.labels[SPLIT]

@@ -19,10 +19,7 @@ def array_split(images: np.ndarray, labels: np.ndarray) -> data.Split:
 def shifted_splits(test: data.Split, *, kinds=shifts.SHIFTS, severities=shifts.SEVERITIES,
                    max_images: int | None = None, seed: int = 0) -> dict[str, data.Split]:
   """Corrupted copies of (a seeded subset of) the test split, named 'kind/severity'."""
-  positions = np.arange(len(test))
-  if max_images is not None and max_images < len(test):
-    positions = np.sort(np.random.default_rng(seed).permutation(len(test))[:max_images])
-  images, labels = data.read_examples(test, positions)
+  images, labels = data.read_examples(test, test.sample_positions(max_images, seed))
   return {f"{kind}/{severity}": array_split(shifts.corrupt(images, kind, severity, seed=seed),
                                             labels)
           for kind in kinds for severity in severities}
