@@ -39,8 +39,10 @@ def main(argv):
     sys.exit(e.exit_code)
   if not distributed.is_main_process():
     return
-  print(f"{summary['model_name']}: test accuracy {summary['test_accuracy']:.4f} "
-        f"(val {summary['val_accuracy']:.4f}), {summary['params']:,} params, "
+  scores = f"val accuracy {summary['val_accuracy']:.4f}"
+  if summary["test_accuracy"] is not None:
+    scores = f"test accuracy {summary['test_accuracy']:.4f} ({scores})"
+  print(f"{summary['model_name']}: {scores}, {summary['params']:,} params, "
         f"{summary['flops_per_image'] / 1e6:.1f} MFLOPs/image, "
         f"trained {summary['train_seconds']:.0f} s; checkpoint: {summary['checkpoint']}")
 

@@ -155,6 +155,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 200
   c.keep_checkpoints = 3
   c.eval_batch_size = 500
+  # Score the final weights on test_split too (the summary's test_accuracy and
+  # test_nll); False leaves the test split to evaluate.py, which scores every
+  # member on it anyway (the demo does, saving a test pass per run).
+  c.final_test = True
   # Scale-out (duojax.parallel.sharding): the mesh spans every device of every process.
   c.num_devices = -1            # -1: all devices (a multi-process run needs -1)
   c.fsdp = 1                    # > 1: split params and optimizer state over

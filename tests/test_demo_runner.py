@@ -35,7 +35,12 @@ def test_demo_plan_is_ordered_and_complete():
   assert {"large", "sidekick", "vit", "hydra_0", "hydra_1", "vit_seed1", "large_seed1",
           "soup_1", "soup_2", "gatekeeper_0.1", "gatekeeper_0.5"} == set(names[:-1])
   for run in plan[:-1]:
-    assert run.argv[0] == "train.py" and run.argv[-1] == os.path.join("r", run.name)
+    assert run.argv[0] == "train.py"
+    assert run.argv[run.argv.index("--workdir") + 1] == os.path.join("r", run.name)
+    assert "--config.final_test=false" in run.argv
+  # A test's overrides come after the demo's own settings, so they win.
+  shrunk = plan_lib.demo_runs("r", ["0.1"], hydra_members=0, train_overrides=["eval_batch_size=50"])
+  assert shrunk[0].argv[-1] == "--config.eval_batch_size=50"
   assert "hydra=2" in plan[-1].argv[-1] and "gatekeeper=0.1 0.5" in plan[-1].argv[-1]
   no_vit = [r.name for r in plan_lib.demo_runs("r", ["0.1"], hydra_members=0)]
   assert not any(n.startswith(("vit", "hydra")) for n in no_vit)
@@ -91,15 +96,15 @@ def test_timing_report_and_markdown(tmp_path):
   plan = [plan_lib.Run("large", ()), plan_lib.Run("sidekick", ()),
           plan_lib.Run("evaluate", (), ("large", "sidekick"))]
   (tmp_path / "large").mkdir()
-  (tmp_path / "large" / "summary.json").write_text(json.dumps({"test_accuracy": 0.9}))
+  (tmp_path / "large" / "summary.json").write_text(json.dumps({"val_accuracy": 0.9}))
   ran = [runner.Timing("sidekick", 20.0, 0.0, [1]), runner.Timing("large", 100.0, 0.0, [0]),
          runner.Timing("evaluate", 50.0, 100.5, [0, 1])]
   report = timings.report(plan, ran, runs=str(tmp_path), jobs=2, cores_per_run=1,
                           peak_gflops=250.0, data_seconds=2.0, total_seconds=160.0)
   assert report["training"] == 100.0 and report["training_sum_of_runs"] == 120.0
   assert report["evaluation"] == 50.0 and list(report["runs"]) == ["large", "sidekick", "evaluate"]
-  assert report["runs"]["large"]["test_accuracy"] == 0.9
-  assert report["runs"]["sidekick"]["test_accuracy"] is None
+  assert report["runs"]["large"]["val_accuracy"] == 0.9
+  assert report["runs"]["sidekick"]["val_accuracy"] is None
   text = "\n".join(timings.markdown(report))
   assert "**2 min 40 s**" in text and "250 GFLOP/s" in text
   assert "| large | 100 | 0 | 0.9000 |" in text and "| sidekick | 20 | 0 | – |" in text

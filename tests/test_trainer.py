@@ -61,6 +61,12 @@ def test_training_learns_and_nan_loss_stops_with_last_good_checkpoint(tmp_path,
   summary = loop.train_and_evaluate(config, str(tmp_path / "ok"))
   assert summary["test_accuracy"] > 0.5  # chance is 0.1
   assert summary["params"] > 0 and summary["flops_per_image"] > 0
+  # Without the final test pass (the demo leaves the test split to evaluate.py)
+  # the summary keeps val and says there is no test score.
+  config.final_test = False
+  again = loop.train_and_evaluate(config, str(tmp_path / "ok"))
+  assert again["test_accuracy"] is None and again["test_nll"] is None
+  assert again["val_accuracy"] == summary["val_accuracy"] and again["resumed_from"] == 40
 
   # Warmup to an absurd learning rate: finite for a step or two, then overflow.
   diverging = tiny_train_config(learnable_data_dir, total_steps=8, lr=1e30, warmup_steps=4,

@@ -39,10 +39,10 @@ def machine_line(peak_gflops: float) -> str:
   return f"{cores} CPU cores, XLA float32 matmul peak {peak_gflops:.0f} GFLOP/s"
 
 
-def _test_accuracy(workdir: str) -> float | None:
+def _val_accuracy(workdir: str) -> float | None:
   try:
     with open(os.path.join(workdir, "summary.json")) as f:
-      return json.load(f)["test_accuracy"]
+      return json.load(f)["val_accuracy"]
   except (OSError, ValueError, KeyError):
     return None
 
@@ -64,7 +64,7 @@ def report(plan: Sequence[Run], ran: Sequence[Timing], *, runs: str, jobs: int,
       "training_sum_of_runs": round(sum(t.seconds for t in trainings), 1),
       "evaluation": evaluation.seconds,
       "runs": {t.name: {"seconds": t.seconds, "start": t.start, "cores": t.cores,
-                        "test_accuracy": _test_accuracy(os.path.join(runs, t.name))}
+                        "val_accuracy": _val_accuracy(os.path.join(runs, t.name))}
                for t in (by_name[r.name] for r in plan)},
   }
 
@@ -79,8 +79,8 @@ def markdown(report: dict) -> list[str]:
            f"training {minutes(report['training'])} for {minutes(report['training_sum_of_runs'])}"
            f" of runs, evaluation {report['evaluation']:.0f} s). Each run's wall time "
            "includes its process start, compilation, validation and checkpoints.", "",
-           "| run | seconds | started at s | test acc |", "|---|---|---|---|"]
+           "| run | seconds | started at s | val acc |", "|---|---|---|---|"]
   for name, run in report["runs"].items():
-    acc = "–" if run["test_accuracy"] is None else f"{run['test_accuracy']:.4f}"
+    acc = "–" if run["val_accuracy"] is None else f"{run['val_accuracy']:.4f}"
     lines.append(f"| {name} | {run['seconds']:.0f} | {run['start']:.0f} | {acc} |")
   return lines

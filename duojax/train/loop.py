@@ -141,7 +141,8 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
   The summary's `seconds` splits the run's wall time (from this call on) into
   setup (data, model, restore), first_step (its compilation included), steps
   (the rest of training, the host pipeline included), validation (per epoch),
-  checkpoint (saves) and final_eval (val and test at the end).
+  checkpoint (saves) and final_eval (val and, with `config.final_test`, test at
+  the end; without it the summary's test entries are None).
   """
   clock = PhaseClock()
   config_lib.validate(config)
@@ -296,7 +297,8 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
   clock.end("steps", wait=state)
 
   # The last step's validation already scored the final weights on val.
-  val, test = final_val or evaluate(dataset.val), evaluate(dataset.test)
+  val = final_val or evaluate(dataset.val)
+  test = evaluate(dataset.test) if config.final_test else {"accuracy": None, "nll": None}
   summary = {
       "model_name": config.model_name, "dataset": config.dataset, "steps": num_steps,
       "resumed_from": start_step, "train_seconds": round(train_seconds, 1),
