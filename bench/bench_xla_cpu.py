@@ -15,8 +15,11 @@ that machine noise hits both alike:
     explicit patchify + matmul.
 Section `xla_cpu_train_step`: the demo's train steps (ResNet-14 at batch 32
 and 128, the cnn_xs sidekick, the ViT-mi/7) with the library convolutions,
-with every convolution as im2col + one matmul (`matmul_conv`), and compiled
-with YNNPACK convolutions, interleaved, against PyTorch's eager train step.
+with every convolution as im2col + one matmul (`matmul_conv`), with only the
+kernel gradients as that matmul (`matmul_kernel_grad_conv`), with the
+convolutions asked for in NCHW (`nchw_conv`), with batch norm's backward
+written out (`closed_form_batch_norm`), and compiled with YNNPACK
+convolutions, interleaved, against PyTorch's eager train step.
 Section `xla_cpu_options`: the whole ResNet-18 and ViT-S/16 eval forward
 (224×224, batch 32) compiled with XLA CPU compiler options that could route
 convolutions and dots to other kernels (oneDNN, YNNPACK) or relax math, each
@@ -26,6 +29,7 @@ compiled from the same lowering and timed alternately with the default.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -37,6 +41,12 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
+from formulations import (  # noqa: E402
+    closed_form_batch_norm,
+    matmul_conv,
+    matmul_kernel_grad_conv,
+    nchw_conv,
+)
 
 from duojax import models  # noqa: E402
 from duojax.models import vit  # noqa: E402
@@ -63,56 +73,6 @@ def alternate(fns: dict, args: dict, repeats: int) -> dict[str, float]:
       jax.block_until_ready(fn(*args[name]))
       times[name].append(time.perf_counter() - start)
   return {name: float(np.median(t)) for name, t in times.items()}
-
-
-def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-  """`lax.conv_general_dilated` as one matmul over shifted slices (im2col).
-
-  A drop-in for an `nnx.Conv`'s `conv_general_dilated` attribute. For a k×k
-  kernel with stride s, the k² strided slices of the padded input, concatenated
-  on the channel axis, make patches [B, H', W', k²·C] whose product with the kernel
-  reshaped to [k²·C, O] is the convolution. Its gradients are a matmul each
-  (patchesᵀ·dy for the kernel, dy·kernelᵀ for the patches) plus pads and adds
-  that put the patches' gradient back in place. The question it answers: do
-  XLA's CPU convolutions (and their kernel gradients, a convolution over the
-  batch) lose to the CPU's matmul on the demo's small channel counts? The sums
-  come in another order, so results agree with the library convolution to
-  float32 rounding, not bit for bit. Grouped or dilated convolutions go to
-  `lax.conv_general_dilated` unchanged.
-  """
-  def library():
-    return jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count, precision=precision, **kwargs)
-
-  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-  if (lhs.ndim != 4 or feature_group_count != 1
-      or (lhs_dilation is not None and tuple(lhs_dilation) != (1, 1))
-      or (rhs_dilation is not None and tuple(rhs_dilation) != (1, 1))
-      or (dimension_numbers is not None and jax.lax.conv_dimension_numbers(
-          lhs.shape, rhs.shape, dimension_numbers) != nhwc)
-      or kwargs.get("out_sharding") is not None):
-    return library()
-  kh, kw, channels, out = rhs.shape
-  batch, height, width, _ = lhs.shape
-  sh, sw = window_strides
-  if isinstance(padding, str):
-    padding = jax.lax.padtype_to_pads((height, width), (kh, kw), window_strides, padding)
-  (top, bottom), (left, right) = padding
-  out_h = (height + top + bottom - kh) // sh + 1
-  out_w = (width + left + right - kw) // sw + 1
-  x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
-  slices = [jax.lax.slice(x, (0, i, j, 0),
-                          (batch, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, channels),
-                          (1, sh, sw, 1))
-            for i in range(kh) for j in range(kw)]
-  patches = slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)
-  dtype = kwargs.get("preferred_element_type")
-  return jax.lax.dot_general(patches, rhs.reshape(kh * kw * channels, out),
-                             (((3,), (0,)), ((), ())), precision=precision,
-                             preferred_element_type=dtype)
 
 
 def _attention(token_major: bool):
@@ -233,16 +193,24 @@ def train_step_section(cases, repeats: int, steps_per_call: int, torch_rates: bo
   """The demo's train steps: convolution formulations and compiler options, A/B in
   one process, against PyTorch's eager step on the same CPU."""
   rows = []
+  base_label = "library convolutions (duojax)"
   for name, batch in cases:
-    variants = {"library convolutions (duojax)": (None, {}),
-                "im2col + one matmul per convolution": (matmul_conv, {}),
-                "YNNPACK convolutions": (None, OPTIONS["YNNPACK convolutions"])}
-    if name.startswith("vit"):  # one convolution (the patch embedding): formulations only
-      del variants["YNNPACK convolutions"]
+    # label -> (convolution, compiler options, batch norm written out)
+    variants = {base_label: (None, {}, False),
+                "im2col + one matmul per convolution": (matmul_conv, {}, False),
+                "kernel gradients as one matmul (custom VJP)": (matmul_kernel_grad_conv, {}, False),
+                "convolutions asked for in NCHW": (nchw_conv, {}, False),
+                "batch norm with a closed-form backward": (None, {}, True),
+                "YNNPACK convolutions": (None, OPTIONS["YNNPACK convolutions"], False)}
+    if name.startswith("vit"):  # one convolution (the patch embedding), no batch norm
+      variants = {k: v for k, v in variants.items()
+                  if k in (base_label, "im2col + one matmul per convolution")}
     runs, first_loss = {}, {}
-    for label, (conv, options) in variants.items():
-      step, state, data = _train_step(name, batch, conv)
-      compiled = step.lower(state, data).compile(compiler_options=options) if options else step
+    for label, (conv, options, closed_form) in variants.items():
+      with closed_form_batch_norm() if closed_form else contextlib.nullcontext():
+        step, state, data = _train_step(name, batch, conv)
+        lowered = step.lower(state, data)
+        compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
       state, metrics = compiled(state, data)
       first_loss[label] = float(metrics["loss"])
       state, _ = compiled(state, data)  # a second call: the timed ones find it compiled
@@ -259,12 +227,12 @@ def train_step_section(cases, repeats: int, steps_per_call: int, torch_rates: bo
     if torch_rates:
       import bench_torch
       torch_rate = max(bench_torch.torch_train(name, (28, 28, 1), batch, 10, repeats).values())
-    base = float(np.median(times["library convolutions (duojax)"]))
+    base = float(np.median(times[base_label]))
     for label, t in times.items():
       rate = batch / float(np.median(t))
       vs_torch = "–" if torch_rate is None else f"{rate / torch_rate:.2f}"
       rows.append([name, batch, label, f"{rate:,.0f}", f"{base / float(np.median(t)):.2f}×",
-                   vs_torch, f"{abs(first_loss[label] - first_loss['library convolutions (duojax)']):.1e}"])
+                   vs_torch, f"{abs(first_loss[label] - first_loss[base_label]):.1e}"])
   table = harness.md_table(["model", "batch", "variant", "img/s", "vs duojax", "vs PyTorch",
                             "|Δ first loss|"], rows)
   return (f"28×28×1 Fashion-MNIST-sized batches, 10 classes, duojax's jitted train step "

@@ -13,7 +13,8 @@ The package is layered; each layer imports only from the ones below it
   cli, __main__ modules       what train.py, evaluate.py and `python -m` run
 
 The Python API for a duo of models you already have (`duojax.api`):
-`fit_duo`, `load_duo`, `Duo`, `score`, `fused_forward`, resolved on first use
+`fit_duo`, `load_duo`, `Duo`, `score`, `score_ood`, `fused_forward`,
+`fit_mahalanobis`, `mahalanobis_score`, resolved on first use
 so that `import duojax` stays light.
 
 `from duojax import duo, temperature, metrics` keeps working: those modules
@@ -32,7 +33,8 @@ _MOVED = {"duo": "duojax.core.duo", "temperature": "duojax.core.temperature",
           "checkpoint": "duojax.train.checkpoint"}
 
 
-_API = ("Duo", "fit_duo", "load_duo", "score", "fused_forward")
+_API = ("Duo", "fit_duo", "load_duo", "score", "score_ood", "fused_forward",
+        "fit_mahalanobis", "mahalanobis_score")
 
 
 def __getattr__(name):

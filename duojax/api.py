@@ -6,6 +6,9 @@
     duo.uncertainty([test_large, test_sidekick])  # 1 − max softmax(Σ w_i z_i)
     duo.save("duo.json"); duo = duojax.load_duo("duo.json")
     duojax.score(duo.logits(test), test_labels, ood_logits=duo.logits(ood))
+    detector = duojax.fit_mahalanobis(train_features, train_labels)
+    duojax.score_ood(duojax.mahalanobis_score(detector, test_features),
+                     duojax.mahalanobis_score(detector, ood_features))
 
 A thin layer over `duojax.core` (`temperature.fit_temperatures` for the joint
 fit, `duo` for the combination, `metrics` for the scores): every function
@@ -14,7 +17,8 @@ the large model. The fit is the Asymmetric Duo's (arXiv 2505.18636): weights
 w minimising the mean validation NLL of softmax(Σ_i w_i z_i), found by L-BFGS;
 m = 1 is temperature scaling, m > 2 a large model with several sidekicks.
 For models rather than logits, `fused_forward` runs every member in one
-jitted program.
+jitted program (and hands back the large model's pre-logit features, for the
+Mahalanobis OOD score of `fit_mahalanobis` / `mahalanobis_score`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import numpy as np
 
 from duojax import files
 from duojax.core import duo as duo_lib
-from duojax.core import metrics, temperature
+from duojax.core import mahalanobis, metrics, temperature
 
 FORMAT = "duojax.duo"
 VERSION = 1
@@ -150,12 +154,45 @@ def score(logits, labels, *, confidence=None, ood_logits=None, ood_confidence=No
 
 
 def fused_forward(models: Sequence, *, preprocess: Sequence[Callable] | None = None,
-                  mesh=None) -> tuple[Callable, tuple]:
+                  mesh=None, with_features: bool = False) -> tuple[Callable, tuple]:
   """(jitted forward, states) running NNX `models` in one program.
 
-  `forward(states, images)` returns the members' logits [m, B, C];
+  `forward(states, images)` returns the members' logits [m, B, C], and with
+  `with_features=True` the pair (logits, features [B, D]): model 0's pre-logit
+  features, which `fit_mahalanobis` and `mahalanobis_score` take.
   `preprocess[i]` (e.g. `functools.partial(duojax.data.prepare, spec=...)`)
   turns the batch into model i's input inside the same program.
   """
   graphdefs, states = duo_lib.split_members(list(models))
-  return duo_lib.make_fused_forward(graphdefs, mesh=mesh, preprocess=preprocess), states
+  forward = duo_lib.make_fused_forward(graphdefs, mesh=mesh, preprocess=preprocess,
+                                       with_features=with_features)
+  return forward, states
+
+
+def score_ood(in_scores, out_scores) -> dict:
+  """AUROC, AUPR and FPR at 95% TPR of telling in-distribution rows from OOD rows
+  by any score where higher means in-distribution (max softmax, −entropy, energy,
+  max logit, `mahalanobis_score`): `in_scores` [N], `out_scores` [M], finite reals.
+  """
+  return dict(metrics.ood(in_scores, out_scores))
+
+
+def fit_mahalanobis(features, labels, num_classes: int | None = None):
+  """The Mahalanobis OOD detector (Lee et al. 2018) of training features [N, D].
+
+  Class means μ_c and the shared covariance Σ of the class-centred features
+  (its pseudo-inverse Σ⁺ where rows or spread run short; see
+  `duojax.core.mahalanobis`). `num_classes` defaults to max(labels) + 1; every
+  class needs rows. Returns the fitted model (a pytree) for `mahalanobis_score`.
+  """
+  if num_classes is None:
+    labels = np.asarray(labels)
+    num_classes = int(labels.max()) + 1 if labels.size else 0
+  return mahalanobis.fit(features, labels, num_classes)
+
+
+def mahalanobis_score(detector, features) -> np.ndarray:
+  """−min_c (x − μ_c)ᵀ Σ⁺ (x − μ_c) per row of `features` [N, D]: higher means
+  closer to the training data; `score_ood(test_scores, ood_scores)` turns two
+  sets of them into AUROC, AUPR and FPR95."""
+  return np.asarray(mahalanobis.score(detector, features))

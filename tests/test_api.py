@@ -11,7 +11,7 @@ from flax import nnx
 
 import duojax
 from duojax import models
-from duojax.core import temperature
+from duojax.core import mahalanobis, temperature
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -26,10 +26,13 @@ def _members(n=600, seed=0):
 
 def test_the_readme_example_runs(tmp_path, monkeypatch):
   text = README.read_text()
-  section = text[text.index("## Use it from Python"):]
-  code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+  start = text.index("## Use it from Python")
+  section = text[start:text.index("\n## ", start + 1)]
+  blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+  assert len(blocks) == 2  # the duo, and the Mahalanobis score
   monkeypatch.chdir(tmp_path)
-  exec(compile(code.replace("/tmp/duo.json", str(tmp_path / "duo.json")), "README", "exec"), {})
+  for code in blocks:
+    exec(compile(code.replace("/tmp/duo.json", str(tmp_path / "duo.json")), "README", "exec"), {})
 
 
 def test_fit_duo_is_the_joint_temperature_fit():
@@ -93,3 +96,34 @@ def test_fused_forward_runs_models_in_one_program():
   out = np.asarray(forward(states, x))
   assert out.shape == (2, 3, 4)
   np.testing.assert_allclose(out[1], np.asarray(members[1](x, train=False)[0]), atol=1e-5)
+
+
+def test_fused_forward_hands_back_the_large_models_features():
+  members = [models.get_model("cnn_xs", 4, rngs=nnx.Rngs(i), image_size=12, in_channels=1)
+             for i in range(2)]
+  forward, states = duojax.fused_forward(members, with_features=True)
+  x = np.random.default_rng(1).normal(size=(3, 12, 12, 1)).astype(np.float32)
+  logits, features = forward(states, x)
+  alone, out = members[0](x, train=False)
+  assert np.asarray(logits).shape == (2, 3, 4)
+  np.testing.assert_allclose(logits[0], alone, atol=1e-5)
+  np.testing.assert_allclose(features, out["pre_logits"], atol=1e-5)
+
+
+def test_mahalanobis_through_the_api_is_the_core_detector():
+  rng = np.random.default_rng(3)
+  labels = rng.integers(0, 3, 300)
+  means = np.array([[0.0, 0.0, 0.0, 0.0], [4.0, 0.0, 0.0, 0.0], [0.0, 4.0, 0.0, 0.0]])
+  train = means[labels] + rng.normal(size=(300, 4))
+  detector = duojax.fit_mahalanobis(train, labels)  # num_classes from the labels
+  assert detector.means.shape == (3, 4)
+  near, far = means[[0, 1, 2]] + 0.1, means[[0, 1, 2]] + np.array([0.0, 0.0, 9.0, 9.0])
+  near_scores = duojax.mahalanobis_score(detector, near)
+  np.testing.assert_allclose(near_scores, mahalanobis.score(
+      mahalanobis.fit(train, labels, 3), near), rtol=1e-6)
+  assert isinstance(near_scores, np.ndarray) and np.all(near_scores > duojax.mahalanobis_score(
+      detector, far))
+  ood = duojax.score_ood(near_scores, duojax.mahalanobis_score(detector, far))
+  assert ood == {"auroc": 1.0, "aupr": 1.0, "fpr95": 0.0}
+  with pytest.raises(ValueError, match="classes have no training rows"):
+    duojax.fit_mahalanobis(train, labels, num_classes=4)

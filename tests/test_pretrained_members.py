@@ -206,3 +206,12 @@ def test_a_pretrained_sidekick_beside_a_trained_large_model(setup, tmp_path):
   with pytest.raises(ValueError, match="leave the data keys unset") as error:
     pipeline.run(_config(setup, large, sidekick))
   assert "\n" not in str(error.value)
+  # A file that does not fit the workdir's data set is named, with both numbers.
+  for spec, message in ((f"pretrained:vit_mu4:{setup}/vit5.safetensors",
+                         "has a 5-class head, the data set tiny_folder has 3 classes"),
+                        (f"pretrained:resnet8:{setup}/gray.safetensors",
+                         "takes 1-channel images, the data set tiny_folder has 3-channel ones")):
+    with pytest.raises(ValueError, match=message) as error:
+      pipeline.run(_config(setup, large, spec, dataset="", test_split="test", val_size=5000,
+                           data_dir=""))
+    assert f"member 'sidekick': '{setup}/" in str(error.value) and "\n" not in str(error.value)

@@ -130,6 +130,32 @@ def adopt_dataset(members: Sequence[Member], name: str) -> None:
       member.meta = {**member.meta, "dataset": name}
 
 
+def _check_file_fits(member: Member, dataset_name: str, num_classes: int, channels: int):
+  """A pretrained file's head and stem against the data set's classes and channels."""
+  path = member.meta["pretrained"]["path"]
+  if member.meta["num_classes"] != num_classes:
+    raise ValueError(f"member {member.name!r}: {path!r} has a {member.meta['num_classes']}-"
+                     f"class head, the data set {dataset_name} has {num_classes} classes")
+  if member.meta["image_shape"][2] != channels:
+    raise ValueError(f"member {member.name!r}: {path!r} takes "
+                     f"{member.meta['image_shape'][2]}-channel images, the data set "
+                     f"{dataset_name} has {channels}-channel ones")
+
+
+def check_files_fit_source(members: Sequence[Member], source: Member | None) -> None:
+  """Pretrained files beside a workdir `source` fit its data set's classes and channels.
+
+  Checked before the members are compared with each other, so a mismatch
+  names the file and the data set rather than two members' numbers.
+  """
+  if source is None:
+    return
+  for member in members:
+    if pretrained.is_pretrained_member(member):
+      _check_file_fits(member, source.meta.get("dataset"), source.meta["num_classes"],
+                       source.meta["image_shape"][2])
+
+
 def check_fits_data(members: Sequence[Member], source: Member | None,
                     dataset: data.Dataset) -> None:
   """Every model member predicts the data set's classes from images of its channels.
@@ -141,14 +167,5 @@ def check_fits_data(members: Sequence[Member], source: Member | None,
     checkpoint.check_fits_data(source.meta, dataset.image_shape, dataset.num_classes,
                                where=source.name, same_size=False)
   for member in members:
-    if not pretrained.is_pretrained_member(member):
-      continue
-    path = member.meta["pretrained"]["path"]
-    if member.meta["num_classes"] != dataset.num_classes:
-      raise ValueError(f"member {member.name!r}: {path!r} has a {member.meta['num_classes']}-"
-                       f"class head, the data set {dataset.name} has {dataset.num_classes} "
-                       "classes")
-    if member.meta["image_shape"][2] != dataset.image_shape[2]:
-      raise ValueError(f"member {member.name!r}: {path!r} takes "
-                       f"{member.meta['image_shape'][2]}-channel images, the data set "
-                       f"{dataset.name} has {dataset.image_shape[2]}-channel ones")
+    if pretrained.is_pretrained_member(member):
+      _check_file_fits(member, dataset.name, dataset.num_classes, dataset.image_shape[2])

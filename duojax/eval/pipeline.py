@@ -68,6 +68,7 @@ def run(config) -> dict:
   if members:
     data_config, source = member_specs.data_source(config, members)
     member_specs.adopt_dataset(members, data_config.dataset)
+    member_specs.check_files_fit_source(members, source)
     members_lib.check_members_agree(members)
     dataset, splits = _data_and_splits(config, members, data_config, source, skipped,
                                        with_files=bool(files))
