@@ -43,9 +43,9 @@ def get_config(arg=None):
   c.ood = "mnist"               # "" for none
   c.shifts = "gaussian_noise,blur,rotation,contrast"
   c.shift_max_images = 500      # per (corruption, severity), a seeded subset of test
-  # A batch of 128: on a CPU the ViTs' activations then stay in cache (1.4x a
-  # ViT's throughput at 500), and the Hydra section times one batch per row,
-  # a serving-size one here. Accelerators take the default (500) or more.
+  # A batch of 128: the Hydra section times one batch per row, a serving-size
+  # one here (the fused forward is FLOP-bound on a CPU, about as fast at 128 as
+  # at 500: BENCHMARKS.md). Accelerators take the default (500) or more.
   c.batch_size = 128
   c.output_dir = f"{arg.runs}/results"
   return c

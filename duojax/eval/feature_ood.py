@@ -13,7 +13,6 @@ without temperature.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from duojax import data
