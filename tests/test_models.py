@@ -453,3 +453,33 @@ def test_gelu_erf_matches_exact_gelu():
   exact = xs * 0.5 * scipy.special.erfc(-xs / np.sqrt(2.0))
   np.testing.assert_allclose(ours, exact, rtol=1e-6, atol=2e-6)
   np.testing.assert_allclose(ours, np.asarray(jax.nn.gelu(x, approximate=False)), atol=2e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (3, 7, 5, 4), (1, 2, 2, 1)])
+def test_max_pool_2x2_matches_the_windowed_pool(shape):
+  """Same values as nnx.max_pool for even and odd sizes (floor), and the same
+  gradient where no window has a tie: all of it on each window's maximum."""
+  from duojax.models.common import max_pool_2x2
+
+  x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
+  windowed = lambda x: nnx.max_pool(x, (2, 2), strides=(2, 2))
+  np.testing.assert_array_equal(max_pool_2x2(x), windowed(x))
+  cot = jnp.asarray(np.random.default_rng(1).standard_normal(windowed(x).shape), jnp.float32)
+  grad = lambda f: jax.vjp(f, x)[1](cot)[0]
+  np.testing.assert_array_equal(grad(max_pool_2x2), grad(windowed))
+  # numpy reference: the cotangent lands on each window's argmax, zeros elsewhere.
+  ref = np.zeros(shape, np.float32)
+  xs = np.asarray(x)
+  for b, i, j, c in np.ndindex(cot.shape):
+    window = xs[b, 2 * i:2 * i + 2, 2 * j:2 * j + 2, c]
+    di, dj = np.unravel_index(np.argmax(window), (2, 2))
+    ref[b, 2 * i + di, 2 * j + dj, c] = cot[b, i, j, c]
+  np.testing.assert_array_equal(grad(max_pool_2x2), ref)
+
+
+def test_max_pool_2x2_shares_the_gradient_of_ties():
+  from duojax.models.common import max_pool_2x2
+
+  x = jnp.ones((1, 2, 2, 1), jnp.float32)
+  grad = jax.grad(lambda x: max_pool_2x2(x).sum())(x)
+  np.testing.assert_array_equal(grad, np.full((1, 2, 2, 1), 0.25, np.float32))

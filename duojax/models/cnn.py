@@ -90,7 +90,7 @@ class CNN(nnx.Module):
     common.check_rngs(self.name, self.dropout_rate, train, rngs)
     x = x.astype(self.dtype)
     for conv in self.convs:
-      x = nnx.max_pool(jax.nn.relu(conv(x)), (2, 2), strides=(2, 2))
+      x = common.max_pool_2x2(jax.nn.relu(conv(x)))
     x = x.reshape(x.shape[0], -1)
     pre_logits = jax.nn.relu(self.fc(x)).astype(jnp.float32)
     dropped = self.head_dropout(pre_logits, deterministic=not train, rngs=rngs)

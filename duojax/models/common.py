@@ -1,4 +1,4 @@
-"""Pieces shared by the model families: initialisation and dropout checks."""
+"""Pieces shared by the model families: initialisation, dropout checks, pooling."""
 
 import math
 
@@ -45,3 +45,20 @@ def check_fixed_input(name: str, input_shape: tuple, x) -> None:
                      f"got {tuple(x.shape[1:])}")
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise ValueError(f"{name} expects float images, got {x.dtype}")
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2×2 max pool with stride 2, 'VALID' (odd rows and columns dropped), NHWC.
+
+  The same values as `nnx.max_pool(x, (2, 2), strides=(2, 2))`, written as a
+  max over a reshape: XLA's CPU backend turns the windowed pool's gradient
+  (select-and-scatter) into a reduce-window that carries four index arrays,
+  which cost the demo's CNN sidekick more than its convolutions did. The
+  reshape's gradient is an elementwise mask instead. It goes to the window's
+  maximum as select-and-scatter's does; where several entries tie for the
+  maximum it is shared among them rather than given to the first (after a
+  ReLU, all-zero windows pass no gradient either way).
+  """
+  b, h, w, c = x.shape
+  x = x[:, :h - h % 2, :w - w % 2]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
