@@ -17,6 +17,7 @@ from flax import nnx
 
 from duojax import models
 from duojax.models import resnet, vit
+from duojax.models.common import max_pool_2x2
 
 
 def num_params(model) -> int:
