@@ -460,8 +460,6 @@ def test_gelu_erf_matches_exact_gelu():
 def test_max_pool_2x2_matches_the_windowed_pool(shape):
   """Same values as nnx.max_pool for even and odd sizes (floor), and the same
   gradient where no window has a tie: all of it on each window's maximum."""
-  from duojax.models.common import max_pool_2x2
-
   x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
   windowed = lambda x: nnx.max_pool(x, (2, 2), strides=(2, 2))
   np.testing.assert_array_equal(max_pool_2x2(x), windowed(x))
@@ -479,8 +477,6 @@ def test_max_pool_2x2_matches_the_windowed_pool(shape):
 
 
 def test_max_pool_2x2_shares_the_gradient_of_ties():
-  from duojax.models.common import max_pool_2x2
-
   x = jnp.ones((1, 2, 2, 1), jnp.float32)
   grad = jax.grad(lambda x: max_pool_2x2(x).sum())(x)
   np.testing.assert_array_equal(grad, np.full((1, 2, 2, 1), 0.25, np.float32))
