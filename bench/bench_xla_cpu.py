@@ -18,8 +18,9 @@ and 128, the cnn_xs sidekick, the ViT-mi/7) with the library convolutions,
 with every convolution as im2col + one matmul (`matmul_conv`), with only the
 kernel gradients as that matmul (`matmul_kernel_grad_conv`), with the
 convolutions asked for in NCHW (`nchw_conv`), with batch norm's backward
-written out (`closed_form_batch_norm`), and compiled with YNNPACK
-convolutions, interleaved, against PyTorch's eager train step.
+written out (`closed_form_batch_norm`), compiled with YNNPACK convolutions,
+and for the CNN with flax's windowed max pool (`windowed_max_pool`, what the
+reshape pool replaced), interleaved, against PyTorch's eager train step.
 Section `xla_cpu_options`: the whole ResNet-18 and ViT-S/16 eval forward
 (224×224, batch 32) compiled with XLA CPU compiler options that could route
 convolutions and dots to other kernels (oneDNN, YNNPACK) or relax math, each
@@ -46,6 +47,7 @@ from formulations import (  # noqa: E402
     matmul_conv,
     matmul_kernel_grad_conv,
     nchw_conv,
+    windowed_max_pool,
 )
 
 from duojax import models  # noqa: E402
@@ -195,19 +197,21 @@ def train_step_section(cases, repeats: int, steps_per_call: int, torch_rates: bo
   rows = []
   base_label = "library convolutions (duojax)"
   for name, batch in cases:
-    # label -> (convolution, compiler options, batch norm written out)
-    variants = {base_label: (None, {}, False),
-                "im2col + one matmul per convolution": (matmul_conv, {}, False),
-                "kernel gradients as one matmul (custom VJP)": (matmul_kernel_grad_conv, {}, False),
-                "convolutions asked for in NCHW": (nchw_conv, {}, False),
-                "batch norm with a closed-form backward": (None, {}, True),
-                "YNNPACK convolutions": (None, OPTIONS["YNNPACK convolutions"], False)}
+    # label -> (convolution, compiler options, context the step is traced in)
+    variants = {base_label: (None, {}, None),
+                "im2col + one matmul per convolution": (matmul_conv, {}, None),
+                "kernel gradients as one matmul (custom VJP)": (matmul_kernel_grad_conv, {}, None),
+                "convolutions asked for in NCHW": (nchw_conv, {}, None),
+                "batch norm with a closed-form backward": (None, {}, closed_form_batch_norm),
+                "YNNPACK convolutions": (None, OPTIONS["YNNPACK convolutions"], None)}
     if name.startswith("vit"):  # one convolution (the patch embedding), no batch norm
       variants = {k: v for k, v in variants.items()
                   if k in (base_label, "im2col + one matmul per convolution")}
+    if name.startswith("cnn"):  # the only models with the 2×2 pool
+      variants["windowed max pool (nnx.max_pool)"] = (None, {}, windowed_max_pool)
     runs, first_loss = {}, {}
-    for label, (conv, options, closed_form) in variants.items():
-      with closed_form_batch_norm() if closed_form else contextlib.nullcontext():
+    for label, (conv, options, context) in variants.items():
+      with context() if context else contextlib.nullcontext():
         step, state, data = _train_step(name, batch, conv)
         lowered = step.lower(state, data)
         compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
@@ -257,7 +261,7 @@ def main(argv=None) -> int:
   if args.quick:
     sections = {"ab": lambda: kernels_section(2, 17, 32, 4, 32, 1),
                 "options": lambda: options_section(["resnet14"], 32, 2, 1),
-                "train_step": lambda: train_step_section([("resnet8", 4)], 1, 1,
+                "train_step": lambda: train_step_section([("resnet8", 4), ("cnn_xs", 4)], 1, 1,
                                                          torch_rates=False)}
   else:
     sections = {

@@ -1,7 +1,8 @@
-"""Other ways to write the demo's convolutions and batch norm, for the train-step A/B
-of `bench_xla_cpu.py`: each is a drop-in (an `nnx.Conv`'s `conv_general_dilated`,
-or a context in which `nnx.BatchNorm` traces differently) whose results agree with
-the library's to float32 rounding (tests/test_bench.py checks values and gradients).
+"""Other ways to write the demo's convolutions, batch norm and pooling, for the
+train-step A/B of `bench_xla_cpu.py`: each is a drop-in (an `nnx.Conv`'s
+`conv_general_dilated`, or a context in which `nnx.BatchNorm` or the CNN's pool
+traces differently) whose results agree with the library's to float32 rounding
+(tests/test_bench_formulations.py checks values and gradients).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import contextlib
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from duojax.models import common
 
 
 def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -163,3 +166,16 @@ def closed_form_batch_norm():
     yield
   finally:
     nnx.BatchNorm.__call__ = original
+
+
+@contextlib.contextmanager
+def windowed_max_pool():
+  """The CNN's 2×2 pool traced as flax's windowed `nnx.max_pool` (what
+  `common.max_pool_2x2` replaced): XLA lowers its gradient to select-and-scatter.
+  The CNN looks the pool up on `common` at trace time, so the swap reaches it."""
+  original = common.max_pool_2x2
+  common.max_pool_2x2 = lambda x: nnx.max_pool(x, (2, 2), strides=(2, 2))
+  try:
+    yield
+  finally:
+    common.max_pool_2x2 = original

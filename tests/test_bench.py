@@ -105,11 +105,14 @@ def test_bench_xla_cpu_quick(tmp_path):
   for row in rows:
     assert float(row.rstrip(" |").rsplit("|", 1)[1]) < 1e-5, row
   assert text.count("| resnet14 |") == len(bench_xla_cpu.OPTIONS)
-  # The train-step A/B: six formulations, the same first loss within float32 rounding.
-  steps = [l for l in text.splitlines() if l.startswith("| resnet8 | 4 |")]
-  assert len(steps) == 6
-  for row in steps:
-    assert float(row.rstrip(" |").rsplit("|", 1)[1]) < 1e-4, row
+  # The train-step A/B: six formulations (seven for the CNN, with the windowed pool),
+  # the same first loss within float32 rounding.
+  for prefix, count in (("| resnet8 | 4 |", 6), ("| cnn_xs | 4 |", 7)):
+    steps = [l for l in text.splitlines() if l.startswith(prefix)]
+    assert len(steps) == count, prefix
+    for row in steps:
+      assert float(row.rstrip(" |").rsplit("|", 1)[1]) < 1e-4, row
+  assert "windowed max pool" in text
 
 
 @pytest.mark.slow  # the script's quick run, as a subprocess

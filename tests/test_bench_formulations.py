@@ -1,5 +1,5 @@
 """The train-step A/B's other formulations (bench/formulations.py) compute what the
-library's convolution and batch norm compute: values and gradients, on tiny shapes."""
+library's convolution, batch norm and pool compute: values and gradients, on tiny shapes."""
 
 import sys
 from pathlib import Path
@@ -93,3 +93,23 @@ def test_closed_form_batch_norm_context_keeps_flax_outputs_and_running_statistic
   np.testing.assert_allclose(patched.var[...], library.var[...], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(frozen, library(x, use_running_average=True), rtol=1e-6)
   assert nnx.BatchNorm.__call__.__name__ == "__call__"  # the patch is undone
+
+
+def test_windowed_max_pool_context_reaches_the_cnn_and_keeps_its_outputs():
+  from duojax.models import common, spec
+  model = spec.build_model("cnn_xs", {}, 10, (28, 28, 1), seed=0)
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 28, 28, 1)), jnp.float32)
+
+  def grad_jaxpr():
+    loss = lambda x: jnp.sum(jnp.sin(model(x)[0]))
+    return str(jax.make_jaxpr(jax.grad(loss))(x)), model(x)[0]
+
+  reshaped, expected = grad_jaxpr()
+  with formulations.windowed_max_pool():
+    windowed, got = grad_jaxpr()
+  # Traced inside the context, the gradient goes through the windowed pool's
+  # select-and-scatter; outside it, through the reshape's elementwise mask.
+  assert "select_and_scatter_add" in windowed
+  assert "select_and_scatter_add" not in reshaped
+  np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+  assert common.max_pool_2x2.__name__ == "max_pool_2x2"  # the swap is undone
