@@ -14,6 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import formulations  # noqa: E402
 
+from duojax.models import common, spec  # noqa: E402
+
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -96,7 +98,6 @@ def test_closed_form_batch_norm_context_keeps_flax_outputs_and_running_statistic
 
 
 def test_windowed_max_pool_context_reaches_the_cnn_and_keeps_its_outputs():
-  from duojax.models import common, spec
   model = spec.build_model("cnn_xs", {}, 10, (28, 28, 1), seed=0)
   x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 28, 28, 1)), jnp.float32)
 
