@@ -14,7 +14,7 @@ RUNS ?= runs/demo
 GATEKEEPER_ALPHAS ?= 0.1 0.3 0.5 0.7 0.9
 HYDRA_MEMBERS ?= 2
 
-.PHONY: install install-dev data demo test test-fast bench clean-demo
+.PHONY: install install-dev data demo lint format test test-fast bench clean-demo
 
 $(CORE_STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,12 +49,23 @@ demo: $(CORE_STAMP)
 
 # Everything, one test at a time (what CI runs: the kill, signal and multi-process
 # tests keep their timing), and the inner-loop tier: the tests not marked slow, on two
-# pytest-xdist workers. Both keep XLA's compiled programs in .pytest_cache/jax.
-test: $(DEV_STAMP)
+# pytest-xdist workers; both after `make lint`. Both keep XLA's compiled programs in
+# .pytest_cache/jax.
+test: lint
 	$(PY) -m pytest
 
-test-fast: $(DEV_STAMP)
+test-fast: lint
 	$(PY) -m pytest -m "not slow" -n 2
+
+# The formatter and linter (pyproject.toml, [tool.ruff]): `make lint` checks, as both
+# test targets do first; `make format` rewrites the tree in the project's style.
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff format --check --quiet . || { echo "make format rewrites these files"; exit 1; }
+	$(VENV)/bin/ruff check --quiet .
+
+format: $(DEV_STAMP)
+	$(VENV)/bin/ruff format --quiet .
+	$(VENV)/bin/ruff check --quiet --fix .
 
 # Speed benchmarks: each script rewrites its own sections of BENCHMARKS.md (the demo's
 # profile reads a finished `make demo`, which it runs first if there is none)

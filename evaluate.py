@@ -55,8 +55,9 @@ def main(argv):
       raise ValueError(f"--output {_OUTPUT.value!r} is a directory; give a JSON file path")
     cli.check_output_dir(os.path.dirname(output), "--output's folder")
     if not os.path.isdir(os.path.dirname(output)):
-      raise ValueError(f"--output {_OUTPUT.value!r}: folder {os.path.dirname(output)!r} "
-                       "does not exist")
+      raise ValueError(
+        f"--output {_OUTPUT.value!r}: folder {os.path.dirname(output)!r} does not exist"
+      )
   results = accuracy_of_workdirs(_WORKDIRS.value, _SPLIT.value, _DATA_DIR.value, _BATCH.value)
   if _OUTPUT.value and distributed.is_main_process():
     files.write_atomically(_OUTPUT.value, json.dumps(results, indent=2))

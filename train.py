@@ -18,8 +18,9 @@ from duojax import cli
 from duojax.parallel import distributed
 from duojax.train import loop
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Training config file (configs/*.py).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
 _RESUME = flags.DEFINE_bool("resume", False, "Fail unless WORKDIR holds a checkpoint to resume.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -31,8 +32,7 @@ def main(argv):
   # Before loading data and building the model: a typo'd path fails at once.
   cli.check_output_dir(_WORKDIR.value, "--workdir")
   try:
-    summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                                         require_resume=_RESUME.value)
+    summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, require_resume=_RESUME.value)
   except loop.Preempted as e:
     # Not "error:": nothing is wrong, the job just has to be run again.
     print(e, file=sys.stderr, flush=True)
@@ -42,9 +42,11 @@ def main(argv):
   scores = f"val accuracy {summary['val_accuracy']:.4f}"
   if summary["test_accuracy"] is not None:
     scores = f"test accuracy {summary['test_accuracy']:.4f} ({scores})"
-  print(f"{summary['model_name']}: {scores}, {summary['params']:,} params, "
-        f"{summary['flops_per_image'] / 1e6:.1f} MFLOPs/image, "
-        f"trained {summary['train_seconds']:.0f} s; checkpoint: {summary['checkpoint']}")
+  print(
+    f"{summary['model_name']}: {scores}, {summary['params']:,} params, "
+    f"{summary['flops_per_image'] / 1e6:.1f} MFLOPs/image, "
+    f"trained {summary['train_seconds']:.0f} s; checkpoint: {summary['checkpoint']}"
+  )
 
 
 if __name__ == "__main__":

@@ -88,49 +88,93 @@ VIT_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 # specific names come first. TPU v2 and v3 expose each of a chip's two cores
 # as a device: their figures are half a chip's.
 PEAK_BF16_TFLOPS = (
-    ("gh200", 989.0), ("h200", 989.0), ("h100 pcie", 756.0), ("h100 nvl", 835.0),
-    ("h100", 989.0), ("h800", 989.0), ("b200", 2250.0), ("a100", 312.0), ("a800", 312.0),
-    ("a30", 165.0), ("l40s", 362.0), ("l40", 181.0), ("l4", 121.0),
-    ("tpu v6 lite", 918.0), ("tpu v6e", 918.0), ("tpu v5 lite", 197.0), ("tpu v5e", 197.0),
-    ("tpu v5p", 459.0), ("tpu v5", 459.0), ("tpu v4 lite", None), ("tpu v4", 275.0),
-    ("tpu v3", 61.5), ("tpu v2", 22.5),
+  ("gh200", 989.0),
+  ("h200", 989.0),
+  ("h100 pcie", 756.0),
+  ("h100 nvl", 835.0),
+  ("h100", 989.0),
+  ("h800", 989.0),
+  ("b200", 2250.0),
+  ("a100", 312.0),
+  ("a800", 312.0),
+  ("a30", 165.0),
+  ("l40s", 362.0),
+  ("l40", 181.0),
+  ("l4", 121.0),
+  ("tpu v6 lite", 918.0),
+  ("tpu v6e", 918.0),
+  ("tpu v5 lite", 197.0),
+  ("tpu v5e", 197.0),
+  ("tpu v5p", 459.0),
+  ("tpu v5", 459.0),
+  ("tpu v4 lite", None),
+  ("tpu v4", 275.0),
+  ("tpu v3", 61.5),
+  ("tpu v2", 22.5),
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """The sizes of one run: the full benchmark or the quick one."""
-  size: int                      # image side (pixels) of every model and of the loader
+
+  size: int  # image side (pixels) of every model and of the loader
   classes: int
-  large: tuple[str, dict]        # (model name, overrides) of the large model
-  small: tuple[str, dict]        # ... and of the sidekick
+  large: tuple[str, dict]  # (model name, overrides) of the large model
+  small: tuple[str, dict]  # ... and of the sidekick
   eval_batch: int
   train_batches: tuple[int, int]  # (large, sidekick)
   hydra_vit: tuple[str, dict]
   hydra_batches: tuple[int, ...]
   members: int
-  matmul: int                    # side of the square matmul that measures the peak
-  images: int                    # JPEGs generated for the loader
+  matmul: int  # side of the square matmul that measures the peak
+  images: int  # JPEGs generated for the loader
   loader_batch: int
-  loader_timed: int              # timed loader batches (and four per worker at least)
+  loader_timed: int  # timed loader batches (and four per worker at least)
 
 
-FULL = Plan(size=224, classes=1000, large=("vit_b16", {}), small=("resnet18", {}),
-            eval_batch=256, train_batches=(128, 256), hydra_vit=("vit_b16", {}),
-            hydra_batches=(1, 64), members=3, matmul=8192, images=512, loader_batch=64,
-            loader_timed=20)
-QUICK = Plan(size=32, classes=10, large=("vit_mu4", {}), small=("resnet8", {"width": 4}),
-             eval_batch=16, train_batches=(8, 8), hydra_vit=("vit_mu4", {"num_heads": 4}),
-             hydra_batches=(1,), members=3, matmul=256, images=32, loader_batch=8,
-             loader_timed=2)
+FULL = Plan(
+  size=224,
+  classes=1000,
+  large=("vit_b16", {}),
+  small=("resnet18", {}),
+  eval_batch=256,
+  train_batches=(128, 256),
+  hydra_vit=("vit_b16", {}),
+  hydra_batches=(1, 64),
+  members=3,
+  matmul=8192,
+  images=512,
+  loader_batch=64,
+  loader_timed=20,
+)
+QUICK = Plan(
+  size=32,
+  classes=10,
+  large=("vit_mu4", {}),
+  small=("resnet8", {"width": 4}),
+  eval_batch=16,
+  train_batches=(8, 8),
+  hydra_vit=("vit_mu4", {"num_heads": 4}),
+  hydra_batches=(1,),
+  members=3,
+  matmul=256,
+  images=32,
+  loader_batch=8,
+  loader_timed=2,
+)
 
 
 # ------------------------------------------------------------------ helpers
 def device_info() -> dict:
   device = jax.devices()[0]
   kind = getattr(device, "device_kind", None) or device.platform
-  return {"kind": kind, "count": jax.device_count(), "backend": jax.default_backend(),
-          "peak": vendor_peak(kind)}
+  return {
+    "kind": kind,
+    "count": jax.device_count(),
+    "backend": jax.default_backend(),
+    "peak": vendor_peak(kind),
+  }
 
 
 def vendor_peak(kind: str) -> float | None:
@@ -144,13 +188,15 @@ def vendor_peak(kind: str) -> float | None:
 
 def build(spec: tuple[str, dict], plan: Plan, seed: int):
   name, overrides = spec
-  return models.get_model(name, plan.classes, rngs=seed, dtype="bfloat16",
-                          image_size=plan.size, **overrides)
+  return models.get_model(
+    name, plan.classes, rngs=seed, dtype="bfloat16", image_size=plan.size, **overrides
+  )
 
 
 def input_spec(name: str, size: int) -> preprocess.InputSpec:
-  mean, std = (VIT_STATS if name.startswith("vit")
-               else (preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD))
+  mean, std = (
+    VIT_STATS if name.startswith("vit") else (preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD)
+  )
   return preprocess.InputSpec(size, tuple(mean), tuple(std))
 
 
@@ -199,7 +245,8 @@ def _forward_flops(model, size: int) -> float:
   except Exception:  # noqa: BLE001 - a JAX started with the CPU platform disabled
     return float("nan")
   on_cpu = lambda tree: jax.tree.map(  # noqa: E731
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu), tree)
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu), tree
+  )
   apply = functional.make_apply(graphdef)
   forward = jax.jit(lambda p, b, x: apply(p, b, x)[0])
   x = jax.ShapeDtypeStruct((8, size, size, 3), jnp.float32, sharding=cpu)
@@ -214,8 +261,9 @@ def compile_timed(jitted, *args):
 
 
 def time_program(compiled, args, repeats: int, min_total_s: float) -> harness.Timing:
-  return harness.time_call(lambda: compiled(*args), repeats=repeats, sync=harness.jax_sync,
-                           min_total_s=min_total_s)
+  return harness.time_call(
+    lambda: compiled(*args), repeats=repeats, sync=harness.jax_sync, min_total_s=min_total_s
+  )
 
 
 def fmt_rate(value: float) -> str:
@@ -229,15 +277,17 @@ def fmt_share(value: float | None) -> str:
 # ------------------------------------------------------------------ 1. fused duo
 def duo_part(plan: Plan, args, results: dict) -> str:
   large, small = build(plan.large, plan, 0), build(plan.small, plan, 1)
-  prep = {name: functools.partial(preprocess.prepare, spec=input_spec(name, plan.size))
-          for name in (plan.large[0], plan.small[0])}
+  prep = {
+    name: functools.partial(preprocess.prepare, spec=input_spec(name, plan.size))
+    for name in (plan.large[0], plan.small[0])
+  }
   cache = results.setdefault("flops", {})
   flops_l, flops_s = forward_flops(large, plan.size, cache), forward_flops(small, plan.size, cache)
   images = jnp.asarray(uint8_images(plan.eval_batch, plan.size, seed=0))
   programs = {
-      f"{plan.large[0]} alone": ((large,), (prep[plan.large[0]],)),
-      f"{plan.small[0]} alone": ((small,), (prep[plan.small[0]],)),
-      "duo, one fused program": ((large, small), (prep[plan.large[0]], prep[plan.small[0]])),
+    f"{plan.large[0]} alone": ((large,), (prep[plan.large[0]],)),
+    f"{plan.small[0]} alone": ((small,), (prep[plan.small[0]],)),
+    "duo, one fused program": ((large, small), (prep[plan.large[0]], prep[plan.small[0]])),
   }
   timings, counts, compiles = {}, {}, {}
   for label, (members, prepare) in programs.items():
@@ -248,27 +298,53 @@ def duo_part(plan: Plan, args, results: dict) -> str:
     timings[label] = time_program(compiled, (states, images), args.repeats, args.min_time)
     print(f"  {label}: {timings[label].median_s * 1e3:.2f} ms / batch", flush=True)
   base = timings[f"{plan.large[0]} alone"].median_s
-  rows = [[label, f"{t.median_s * 1e3:.2f}", f"{plan.eval_batch / t.median_s:,.0f}",
-           f"{t.median_s / base:.3f}", f"{counts[label] / 1e9:.3g}", f"{compiles[label]:.1f}"]
-          for label, t in timings.items()]
+  rows = [
+    [
+      label,
+      f"{t.median_s * 1e3:.2f}",
+      f"{plan.eval_batch / t.median_s:,.0f}",
+      f"{t.median_s / base:.3f}",
+      f"{counts[label] / 1e9:.3g}",
+      f"{compiles[label]:.1f}",
+    ]
+    for label, t in timings.items()
+  ]
   share = flops_s / flops_l
   fused = timings["duo, one fused program"].median_s / base
   alone = timings[f"{plan.small[0]} alone"].median_s / base
   target = 1 + share + 0.02
-  table = harness.md_table(["program", "ms / batch", "images/s", "time × large",
-                            "GFLOPs / image (XLA, program)", "compile s"], rows)
-  return "\n".join([
+  table = harness.md_table(
+    [
+      "program",
+      "ms / batch",
+      "images/s",
+      "time × large",
+      "GFLOPs / image (XLA, program)",
+      "compile s",
+    ],
+    rows,
+  )
+  return "\n".join(
+    [
       f"{plan.large[0]} + {plan.small[0]}, {plan.size}×{plan.size}, batch {plan.eval_batch}, "
       f"bfloat16; a uint8 batch in, each member's `prepare` (its own normalisation) inside the "
-      f"program; median of {args.repeats} calls.", "", table, "",
+      f"program; median of {args.repeats} calls.",
+      "",
+      table,
+      "",
       f"- Model forward FLOPs per image: {plan.large[0]} {flops_l / 1e9:.3g} G, "
       f"{plan.small[0]} {flops_s / 1e9:.3g} G: the sidekick's share is {share:.1%}.",
       f"- Fused duo / large alone = {fused:.3f}: the sidekick adds {fused - 1:.1%} "
       f"(target ≤ 1 + FLOP share + 0.02 = {target:.3f}: "
       f"{'met' if fused <= target else '**missed**'}).",
       f"- The sidekick alone takes {alone:.1%} of the large model's time: fused, it costs "
-      + ("no more than running it alone (within 2 points)." if fused - 1 <= alone + 0.02 else
-         f"{fused - 1 - alone:.1%} of the large model's time more than running it alone.")])
+      + (
+        "no more than running it alone (within 2 points)."
+        if fused - 1 <= alone + 0.02
+        else f"{fused - 1 - alone:.1%} of the large model's time more than running it alone."
+      ),
+    ]
+  )
 
 
 # ------------------------------------------------------------------ 2. train step, MFU
@@ -289,15 +365,21 @@ def train_step(model, name: str, batch: int, plan: Plan, seed: int):
   optimizer = optim.make_optimizer(config_lib.base_config(), num_steps=10_000)
   graphdef, params, batch_stats = functional.split_model(model)
   mesh = sharding.make_mesh(1)
-  state = jax.device_put(steps.init_state(params, batch_stats, optimizer),
-                         sharding.replicated(mesh))
+  state = jax.device_put(
+    steps.init_state(params, batch_stats, optimizer), sharding.replicated(mesh)
+  )
   spec = input_spec(name, plan.size)
-  step = steps.make_train_step(graphdef, optimizer, mesh=mesh, seed=seed,
-                               image_stats=(spec.mean, spec.std))
+  step = steps.make_train_step(
+    graphdef, optimizer, mesh=mesh, seed=seed, image_stats=(spec.mean, spec.std)
+  )
   rng = np.random.default_rng(seed)
-  data = jax.device_put({"image": uint8_images(batch, plan.size, seed),
-                         "label": rng.integers(0, plan.classes, batch).astype(np.int32)},
-                        sharding.batch_sharding(mesh))
+  data = jax.device_put(
+    {
+      "image": uint8_images(batch, plan.size, seed),
+      "label": rng.integers(0, plan.classes, batch).astype(np.int32),
+    },
+    sharding.batch_sharding(mesh),
+  )
   return step, state, data
 
 
@@ -337,32 +419,59 @@ def train_part(plan: Plan, args, results: dict, info: dict) -> str:
       raise RuntimeError(f"{spec[0]}: the first train step's loss is {loss}")
     achieved = 3 * flops * batch / seconds
     results.setdefault("train_rate", {})[spec[0]] = batch / seconds
-    rows.append([spec[0], batch, f"{seconds * 1e3:.2f}", f"{batch / seconds:,.0f}",
-                 f"{3 * flops / 1e9:.3g}", f"{achieved / 1e12:.3g}",
-                 fmt_share(None if peak is None else achieved / peak),
-                 fmt_share(achieved / measured), f"{counted / (3 * flops * batch):.2f}",
-                 f"{compile_s:.1f}"])
+    rows.append(
+      [
+        spec[0],
+        batch,
+        f"{seconds * 1e3:.2f}",
+        f"{batch / seconds:,.0f}",
+        f"{3 * flops / 1e9:.3g}",
+        f"{achieved / 1e12:.3g}",
+        fmt_share(None if peak is None else achieved / peak),
+        fmt_share(achieved / measured),
+        f"{counted / (3 * flops * batch):.2f}",
+        f"{compile_s:.1f}",
+      ]
+    )
     print(f"  {spec[0]} train step: {batch / seconds:,.0f} images/s", flush=True)
     del state, data, compiled, step
   table = harness.md_table(
-      ["model", "batch", "ms / step", "images/s", "model GFLOPs / image (3 × fwd)",
-       "achieved TFLOP/s", "MFU (vendor peak)", "MFU (measured matmul)",
-       "XLA step FLOPs / model FLOPs", "compile s"], rows)
-  vendor = (f"{peak / 1e12:,.0f} TFLOP/s (data sheet, dense bfloat16)" if peak is not None
-            else f"unknown for `{info['kind']}` (add it to `PEAK_BF16_TFLOPS`)")
+    [
+      "model",
+      "batch",
+      "ms / step",
+      "images/s",
+      "model GFLOPs / image (3 × fwd)",
+      "achieved TFLOP/s",
+      "MFU (vendor peak)",
+      "MFU (measured matmul)",
+      "XLA step FLOPs / model FLOPs",
+      "compile s",
+    ],
+    rows,
+  )
+  vendor = (
+    f"{peak / 1e12:,.0f} TFLOP/s (data sheet, dense bfloat16)"
+    if peak is not None
+    else f"unknown for `{info['kind']}` (add it to `PEAK_BF16_TFLOPS`)"
+  )
   lines = [
-      f"duojax's train step ({plan.size}×{plan.size}, bfloat16 compute, float32 parameters, "
-      f"AdamW with clipping, uint8 images normalised on the device) on one device; "
-      f"{args.steps} timed steps in groups of {args.group}, median per step, after two "
-      "untimed ones. Model FLOPs of a step = 3 × the forward's (XLA's count of the eval "
-      "forward) × batch.", "",
-      f"Peak of this device ({info['kind']}): {vendor}; measured {plan.matmul}×{plan.matmul} "
-      f"bfloat16 matmul: {measured / 1e12:,.4g} TFLOP/s"
-      + (f" ({measured / peak:.0%} of the data sheet)." if peak is not None else "."), "",
-      table, "",
-      "The last but one column is XLA's FLOP count of the whole compiled step over the "
-      "3 × forward estimate (the optimizer, the loss and the normalisation add to it; a "
-      "backend whose cost analysis leaves library kernels out shows less than 1)."]
+    f"duojax's train step ({plan.size}×{plan.size}, bfloat16 compute, float32 parameters, "
+    f"AdamW with clipping, uint8 images normalised on the device) on one device; "
+    f"{args.steps} timed steps in groups of {args.group}, median per step, after two "
+    "untimed ones. Model FLOPs of a step = 3 × the forward's (XLA's count of the eval "
+    "forward) × batch.",
+    "",
+    f"Peak of this device ({info['kind']}): {vendor}; measured {plan.matmul}×{plan.matmul} "
+    f"bfloat16 matmul: {measured / 1e12:,.4g} TFLOP/s"
+    + (f" ({measured / peak:.0%} of the data sheet)." if peak is not None else "."),
+    "",
+    table,
+    "",
+    "The last but one column is XLA's FLOP count of the whole compiled step over the "
+    "3 × forward estimate (the optimizer, the loss and the normalisation add to it; a "
+    "backend whose cost analysis leaves library kernels out shows less than 1).",
+  ]
   return "\n".join(lines)
 
 
@@ -384,11 +493,14 @@ def loader_part(plan: Plan, args, results: dict, info: dict) -> str:
     bench_input.make_jpegs(jpegs, plan.images)
     if not (data_dir / DATASET).exists():
       folder_lib.import_folder(jpegs, dataset=DATASET, data_dir=data_dir)
-    print(f"  {plan.images} JPEGs generated and imported ({time.perf_counter() - start:.1f} s)",
-          flush=True)
+    print(
+      f"  {plan.images} JPEGs generated and imported ({time.perf_counter() - start:.1f} s)",
+      flush=True,
+    )
     # Every image of the import is a training image: val and test are the split itself.
-    split = data.load_dataset(DATASET, data_dir, val_split="train", test_split="train",
-                              image_size=plan.size).train
+    split = data.load_dataset(
+      DATASET, data_dir, val_split="train", test_split="train", image_size=plan.size
+    ).train
     workers = pipeline.worker_count(-1, split)
     cores = pipeline.usable_cores()
     # Each worker holds up to prefetch (2) + 1 batches ahead and the parent two
@@ -400,31 +512,42 @@ def loader_part(plan: Plan, args, results: dict, info: dict) -> str:
   per_core = rate / cores
   train = results.get("train_rate", {}).get(plan.large[0])
   print(f"  loader: {rate:,.0f} images/s on {cores} cores", flush=True)
-  rows = [["`train_batches`, workers=-1", f"{workers} processes on {cores} cores",
-           f"{rate:,.0f}", f"{per_core:,.0f}", f"{startup:.1f}"]]
-  table = harness.md_table(["loader", "runs on", "images/s", "images/s per core",
-                            "start-up s"], rows)
+  rows = [
+    [
+      "`train_batches`, workers=-1",
+      f"{workers} processes on {cores} cores",
+      f"{rate:,.0f}",
+      f"{per_core:,.0f}",
+      f"{startup:.1f}",
+    ]
+  ]
+  table = harness.md_table(
+    ["loader", "runs on", "images/s", "images/s per core", "start-up s"], rows
+  )
   lines = [
-      f"{plan.images} generated ImageNet-like JPEGs (`bench_input.make_jpegs`), random-resized "
-      f"crop and flip to uint8 {plan.size}×{plan.size}, batch {plan.loader_batch}; rate over "
-      f"{timed} batches after {1 + warmup} untimed ones (more than the workers hold ahead).",
-      "", table, ""]
+    f"{plan.images} generated ImageNet-like JPEGs (`bench_input.make_jpegs`), random-resized "
+    f"crop and flip to uint8 {plan.size}×{plan.size}, batch {plan.loader_batch}; rate over "
+    f"{timed} batches after {1 + warmup} untimed ones (more than the workers hold ahead).",
+    "",
+    table,
+    "",
+  ]
   if train is None:
-    lines.append(f"- No {plan.large[0]} train rate to compare with (part 2 was not run or "
-                 "failed).")
+    lines.append(f"- No {plan.large[0]} train rate to compare with (part 2 was not run or failed).")
   else:
     host = train * info["count"]
     need = host / per_core
     verdict = "keeps up" if rate >= host else "**does not keep up**"
     lines += [
-        f"- {plan.large[0]} trains at {train:,.0f} images/s per device (part 2); "
-        f"{info['count']} device(s) on this host want {host:,.0f} images/s: the loader "
-        f"({rate:,.0f} images/s on all {cores} cores) {verdict}"
-        f" ({rate / host:.2f}× the demand).",
-        f"- At {per_core:,.0f} images/s per core that demand needs ≈{math.ceil(need)} "
-        f"cores ({train / per_core:.1f} per device), plus headroom for the process that "
-        "runs the steps. Host cores per accelerator: "
-        f"{cores / info['count']:.0f} here, {train / per_core:.1f} needed."]
+      f"- {plan.large[0]} trains at {train:,.0f} images/s per device (part 2); "
+      f"{info['count']} device(s) on this host want {host:,.0f} images/s: the loader "
+      f"({rate:,.0f} images/s on all {cores} cores) {verdict}"
+      f" ({rate / host:.2f}× the demand).",
+      f"- At {per_core:,.0f} images/s per core that demand needs ≈{math.ceil(need)} "
+      f"cores ({train / per_core:.1f} per device), plus headroom for the process that "
+      "runs the steps. Host cores per accelerator: "
+      f"{cores / info['count']:.0f} here, {train / per_core:.1f} needed.",
+    ]
   return "\n".join(lines)
 
 
@@ -436,13 +559,15 @@ def hydra_part(plan: Plan, args) -> str:
   rng = np.random.default_rng(0)
   # Latency depends on shapes only: random head choices stand in for the
   # Taylor-importance ones, and the members share the source's weights.
-  pruned = [hydra.prune(vit, hydra.select_heads(rng.random((vit.depth, heads)), keep))
-            for _ in range(plan.members)]
+  pruned = [
+    hydra.prune(vit, hydra.select_heads(rng.random((vit.depth, heads)), keep))
+    for _ in range(plan.members)
+  ]
   candidates = [(f"{name}", vit)] + [
-      (f"Hydra M={plan.members}, {keep}/{heads} heads, {mlp} MLP", hydra.merge(pruned, mlp=mlp))
-      for mlp in hydra.MLP_MODES]
-  params = {label: functional.count_params(functional.split_model(m)[1])
-            for label, m in candidates}
+    (f"Hydra M={plan.members}, {keep}/{heads} heads, {mlp} MLP", hydra.merge(pruned, mlp=mlp))
+    for mlp in hydra.MLP_MODES
+  ]
+  params = {label: functional.count_params(functional.split_model(m)[1]) for label, m in candidates}
   rows = []
   for batch in plan.hydra_batches:
     images = float_images(batch, plan.size, seed=batch)
@@ -453,38 +578,63 @@ def hydra_part(plan: Plan, args) -> str:
       flops = program_flops(compiled) / batch
       seconds = time_program(compiled, (states, images), args.repeats, args.min_time).median_s
       base, base_flops = base or seconds, base_flops or flops
-      rows.append([label, batch, f"{seconds * 1e3:.2f}", f"{seconds / base:.2f}",
-                   f"{flops / base_flops:.2f}", f"{params[label] / params[name]:.2f}"])
+      rows.append(
+        [
+          label,
+          batch,
+          f"{seconds * 1e3:.2f}",
+          f"{seconds / base:.2f}",
+          f"{flops / base_flops:.2f}",
+          f"{params[label] / params[name]:.2f}",
+        ]
+      )
       print(f"  {label}, batch {batch}: {seconds * 1e3:.2f} ms", flush=True)
-  table = harness.md_table(["model", "batch", "latency ms", "time × ViT", "FLOPs × ViT (XLA)",
-                            "params × ViT"], rows)
-  return "\n".join([
+  table = harness.md_table(
+    ["model", "batch", "latency ms", "time × ViT", "FLOPs × ViT (XLA)", "params × ViT"], rows
+  )
+  return "\n".join(
+    [
       f"{plan.members} members of {name} ({plan.size}×{plan.size}, bfloat16), each pruned to "
       f"{keep} of the {heads} heads of every layer and merged (`hydra.merge`), against the "
       f"ViT alone; one jitted forward, float32 images in, median of {args.repeats} calls"
       + (f" (at least {args.min_time:g} s of calls)" if args.min_time > 0 else "")
       + ". The Hydra paper reports its merged model at about "
-      "1.07× one ViT-B/16's latency on a GPU.", "", table])
+      "1.07× one ViT-B/16's latency on a GPU.",
+      "",
+      table,
+    ]
+  )
 
 
 # ------------------------------------------------------------------ main
-PARTS = (("duo", "1. Fused duo eval throughput"),
-         ("train", "2. Train step and model FLOP utilisation"),
-         ("loader", "3. Input pipeline against the train step"),
-         ("hydra", "4. Hydra merged model latency"))
+PARTS = (
+  ("duo", "1. Fused duo eval throughput"),
+  ("train", "2. Train step and model FLOP utilisation"),
+  ("loader", "3. Input pipeline against the train step"),
+  ("hydra", "4. Hydra merged model latency"),
+)
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="tiny models at 32×32, few repeats, any backend (for the unit test)")
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="tiny models at 32×32, few repeats, any backend (for the unit test)",
+  )
   parser.add_argument("--repeats", type=int, help="timed calls per program (default 20; quick 2)")
   parser.add_argument("--steps", type=int, help="timed train steps (default 20; quick 2)")
   parser.add_argument("--group", type=int, help="train steps between syncs (default 5; quick 1)")
-  parser.add_argument("--min_time", type=float,
-                      help="seconds of timed calls per program at least (default 0.2; quick 0)")
-  parser.add_argument("--parts", default=",".join(key for key, _ in PARTS),
-                      help="comma list of " + ", ".join(key for key, _ in PARTS))
+  parser.add_argument(
+    "--min_time",
+    type=float,
+    help="seconds of timed calls per program at least (default 0.2; quick 0)",
+  )
+  parser.add_argument(
+    "--parts",
+    default=",".join(key for key, _ in PARTS),
+    help="comma list of " + ", ".join(key for key, _ in PARTS),
+  )
   parser.add_argument("--cache_dir", help="keep the generated JPEGs and their import here")
   parser.add_argument("--out", help="the file to write (default BENCHMARKS.md; quick: none)")
   args = parser.parse_args(argv)
@@ -500,19 +650,23 @@ def main(argv=None) -> int:
 
   info = device_info()
   if info["backend"] == "cpu" and not quick:
-    print("no accelerator: skipped (JAX's default backend is the CPU; run with --quick for "
-          "the tiny sizes)", flush=True)
+    print(
+      "no accelerator: skipped (JAX's default backend is the CPU; run with --quick for "
+      "the tiny sizes)",
+      flush=True,
+    )
     return 0
   plan = QUICK if quick else FULL
   machine = f"{harness.machine_line()}; {info['count']} × {info['kind']}"
-  print(f"{info['count']} × {info['kind']} ({info['backend']}), JAX {jax.__version__}",
-        flush=True)
+  print(f"{info['count']} × {info['kind']} ({info['backend']}), JAX {jax.__version__}", flush=True)
 
   results, bodies, failed = {}, [], []
-  runners = {"duo": lambda: duo_part(plan, args, results),
-             "train": lambda: train_part(plan, args, results, info),
-             "loader": lambda: loader_part(plan, args, results, info),
-             "hydra": lambda: hydra_part(plan, args)}
+  runners = {
+    "duo": lambda: duo_part(plan, args, results),
+    "train": lambda: train_part(plan, args, results, info),
+    "loader": lambda: loader_part(plan, args, results, info),
+    "hydra": lambda: hydra_part(plan, args),
+  }
   for key, heading in PARTS:
     if key not in wanted:
       continue

@@ -44,14 +44,22 @@ from duojax.core import duo  # noqa: E402
 
 # (label, large (name, overrides), sidekick (name, overrides), image shape HWC, classes)
 PAIRS = {
-    # configs/demo_large.py and configs/demo_sidekick.py, on Fashion-MNIST's geometry.
-    "demo": ("demo pair: ResNet-14 + cnn_xs, 28×28×1",
-             ("resnet14", {"in_channels": 1, "image_size": 28, "dropout": 0.1}),
-             ("cnn_xs", {"in_channels": 1, "image_size": 28}), (28, 28, 1), 10),
-    # --quick: a tiny stand-in so that the unit test runs in seconds.
-    "tiny": ("tiny pair: ResNet-8 (width 4) + cnn_xs, 28×28×1",
-             ("resnet8", {"in_channels": 1, "image_size": 28, "width": 4}),
-             ("cnn_xs", {"in_channels": 1, "image_size": 28}), (28, 28, 1), 10),
+  # configs/demo_large.py and configs/demo_sidekick.py, on Fashion-MNIST's geometry.
+  "demo": (
+    "demo pair: ResNet-14 + cnn_xs, 28×28×1",
+    ("resnet14", {"in_channels": 1, "image_size": 28, "dropout": 0.1}),
+    ("cnn_xs", {"in_channels": 1, "image_size": 28}),
+    (28, 28, 1),
+    10,
+  ),
+  # --quick: a tiny stand-in so that the unit test runs in seconds.
+  "tiny": (
+    "tiny pair: ResNet-8 (width 4) + cnn_xs, 28×28×1",
+    ("resnet8", {"in_channels": 1, "image_size": 28, "width": 4}),
+    ("cnn_xs", {"in_channels": 1, "image_size": 28}),
+    (28, 28, 1),
+    10,
+  ),
 }
 RATIOS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 # Any duo weights do: they change the values, not the work.
@@ -93,8 +101,9 @@ def measure(key: str, batch: int, buckets, repeats: int, ratios=RATIOS):
     z = duo.combine(fused(states, x), WEIGHTS)
     return z, duo.msp_confidence(z)
 
-  duo_t = harness.time_call(lambda: always_on((s_l, s_s), images), repeats=repeats,
-                            sync=harness.jax_sync)
+  duo_t = harness.time_call(
+    lambda: always_on((s_l, s_s), images), repeats=repeats, sync=harness.jax_sync
+  )
   run = cascade_forward.make_cascade_forward(g_s, g_l, weights=WEIGHTS, buckets=buckets)
   # With threshold 0 nothing is deferred: the output confidence is the sidekick's.
   confidence = run(s_s, s_l, images, 0.0)["confidence"]
@@ -102,17 +111,20 @@ def measure(key: str, batch: int, buckets, repeats: int, ratios=RATIOS):
   for r in ratios:
     threshold = threshold_for(confidence, round(r * batch))
     out = run(s_s, s_l, images, threshold)
-    t = harness.time_call(lambda: run(s_s, s_l, images, threshold), repeats=repeats,
-                          sync=harness.jax_sync)
+    t = harness.time_call(
+      lambda: run(s_s, s_l, images, threshold), repeats=repeats, sync=harness.jax_sync
+    )
     rows.append(dict(r=r, k=out["num_deferred"], bucket=out["bucket"], t=t))
     # The reference is timed between the rows too, so that a slow spell of
     # this shared machine does not land on one side of every comparison.
-    duo_times += harness.time_call(lambda: always_on((s_l, s_s), images), repeats=repeats,
-                                   sync=harness.jax_sync).times_s
+    duo_times += harness.time_call(
+      lambda: always_on((s_l, s_s), images), repeats=repeats, sync=harness.jax_sync
+    ).times_s
   duo_t = harness.Timing(duo_t.first_s, tuple(duo_times))
 
   def forward(graphdef):
     return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x, train=False)[0])
+
   flops_l = harness.xla_flops(forward(g_l), s_l, images)
   flops_s = harness.xla_flops(forward(g_s), s_s, images)
   return label, duo_t, rows, flops_l, flops_s, run.traces["large"]
@@ -129,47 +141,78 @@ def cascade_section(key: str, batch: int, buckets, repeats: int, results_path) -
   table = []
   for row in rows:
     t = row["t"].median_s
-    table.append([f"{row['r']:.2f}", f"{row['k']}/{batch}", str(row["bucket"]),
-                  f"{t * 1e3:.1f}", f"{t_duo * 1e3:.1f}", f"{t_duo / t:.2f}×",
-                  f"{1 - t / t_duo:.0%}", f"{t / t_duo:.3f}",
-                  f"{(flops_s + row['r'] * flops_l) / total:.3f}",
-                  f"{(flops_s + row['bucket'] / batch * flops_l) / total:.3f}"])
-  body = (f"**{label}**, batch {batch}, buckets {', '.join(map(str, buckets))}\n\n"
-          + harness.md_table(
-              ["r", "deferred", "bucket", "cascade ms", "always-on duo ms", "speed-up",
-               "time saved", "time ratio", "FLOPs ratio (F_S + r·F_L)/(F_S + F_L)",
-               "FLOPs ratio, bucket padding"], table)
-          + f"\n\nXLA FLOPs per image: large {flops_l / batch / 1e6:,.1f} M, sidekick "
-            f"{flops_s / batch / 1e6:,.2f} M (F_S / F_L = {flops_s / flops_l:.3f}). "
-            f"The always-on duo compiles in {duo_t.compile_s:.2f} s; the cascade's "
-            f"large-model stage compiled {compiles} times (≤ {len(buckets)} buckets).")
+    table.append(
+      [
+        f"{row['r']:.2f}",
+        f"{row['k']}/{batch}",
+        str(row["bucket"]),
+        f"{t * 1e3:.1f}",
+        f"{t_duo * 1e3:.1f}",
+        f"{t_duo / t:.2f}×",
+        f"{1 - t / t_duo:.0%}",
+        f"{t / t_duo:.3f}",
+        f"{(flops_s + row['r'] * flops_l) / total:.3f}",
+        f"{(flops_s + row['bucket'] / batch * flops_l) / total:.3f}",
+      ]
+    )
+  body = (
+    f"**{label}**, batch {batch}, buckets {', '.join(map(str, buckets))}\n\n"
+    + harness.md_table(
+      [
+        "r",
+        "deferred",
+        "bucket",
+        "cascade ms",
+        "always-on duo ms",
+        "speed-up",
+        "time saved",
+        "time ratio",
+        "FLOPs ratio (F_S + r·F_L)/(F_S + F_L)",
+        "FLOPs ratio, bucket padding",
+      ],
+      table,
+    )
+    + f"\n\nXLA FLOPs per image: large {flops_l / batch / 1e6:,.1f} M, sidekick "
+    f"{flops_s / batch / 1e6:,.2f} M (F_S / F_L = {flops_s / flops_l:.3f}). "
+    f"The always-on duo compiles in {duo_t.compile_s:.2f} s; the cascade's "
+    f"large-model stage compiled {compiles} times (≤ {len(buckets)} buckets)."
+  )
   try:
     where = Path(results_path).resolve().relative_to(harness.ROOT)
   except ValueError:
     where = results_path
   if ratio is None:
-    body += (f"\n\nNo duo-cascade ratio matching the always-on duo's AURC in `{where}` "
-             "(run the demo's evaluation to get one).")
+    body += (
+      f"\n\nNo duo-cascade ratio matching the always-on duo's AURC in `{where}` "
+      "(run the demo's evaluation to get one)."
+    )
   else:
     t_at = next(row["t"].median_s for row in rows if row["r"] == round(ratio, 4))
-    body += (f"\n\nAt r = {ratio:.2f}, the deferral ratio at which the duo cascade matches "
-             f"the always-on duo's AURC (`{where}`, on the test split), the cascade takes "
-             f"{t_at * 1e3:.1f} ms per batch against {t_duo * 1e3:.1f} ms: "
-             f"**{1 - t_at / t_duo:.0%} time saved** (FLOPs: "
-             f"{1 - (flops_s + ratio * flops_l) / total:.0%} saved).")
+    body += (
+      f"\n\nAt r = {ratio:.2f}, the deferral ratio at which the duo cascade matches "
+      f"the always-on duo's AURC (`{where}`, on the test split), the cascade takes "
+      f"{t_at * 1e3:.1f} ms per batch against {t_duo * 1e3:.1f} ms: "
+      f"**{1 - t_at / t_duo:.0%} time saved** (FLOPs: "
+      f"{1 - (flops_s + ratio * flops_l) / total:.0%} saved)."
+    )
   return body
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="tiny pair, batch 64, 2 repeats (for the unit test)")
+  parser.add_argument(
+    "--quick", action="store_true", help="tiny pair, batch 64, 2 repeats (for the unit test)"
+  )
   parser.add_argument("--batch", type=int, default=500, help="rows per batch (evaluate.py's)")
-  parser.add_argument("--buckets", default="",
-                      help="comma list of sub-batch sizes; default B/8, B/4, B/2, B")
+  parser.add_argument(
+    "--buckets", default="", help="comma list of sub-batch sizes; default B/8, B/4, B/2, B"
+  )
   parser.add_argument("--repeats", type=int, default=7)
-  parser.add_argument("--results", default=str(DEFAULT_RESULTS),
-                      help="results.json holding the duo cascade's AURC-matching ratio")
+  parser.add_argument(
+    "--results",
+    default=str(DEFAULT_RESULTS),
+    help="results.json holding the duo cascade's AURC-matching ratio",
+  )
   parser.add_argument("--out", default=str(harness.BENCHMARKS_MD))
   args = parser.parse_args(argv)
   key = "tiny" if args.quick else "demo"
@@ -178,8 +221,11 @@ def main(argv=None) -> int:
   if batch < 1 or repeats < 1:
     parser.error("--batch and --repeats must be positive")
   try:
-    buckets = (cascade_forward.default_buckets(batch) if not args.buckets.strip() else
-               tuple(sorted({int(s) for s in args.buckets.split(",") if s.strip()})))
+    buckets = (
+      cascade_forward.default_buckets(batch)
+      if not args.buckets.strip()
+      else tuple(sorted({int(s) for s in args.buckets.split(",") if s.strip()}))
+    )
   except ValueError as e:
     parser.error(f"--buckets: {e}")
   if not buckets or buckets[0] < 1 or buckets[-1] < batch:

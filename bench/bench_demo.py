@@ -63,32 +63,57 @@ def run_phases(runs: Path) -> str:
       continue
     phases = json.loads(summary_path.read_text()).get("seconds", {})
     startup = run["seconds"] - sum(phases.values())
-    rows.append([name, f"{run['seconds']:.0f}", f"{startup:.1f}",
-                 *(f"{phases.get(p, 0.0):.1f}" for p in PHASES)])
+    rows.append(
+      [
+        name,
+        f"{run['seconds']:.0f}",
+        f"{startup:.1f}",
+        *(f"{phases.get(p, 0.0):.1f}" for p in PHASES),
+      ]
+    )
   evaluation = json.loads((runs / "results" / "results.json").read_text())["seconds"]
   eval_rows = [[phase, f"{seconds:.1f}"] for phase, seconds in evaluation.items()]
   eval_rows.insert(0, ["process (wall)", f"{timing['runs']['evaluate']['seconds']:.1f}"])
-  return "\n".join([
+  return "\n".join(
+    [
       f"The demo of `{runs}` on {timing['machine']}, {timing['jobs']} runs side by side: "
       f"{timing['total']:.0f} s in all (training {timing['training']:.0f} s for "
       f"{timing['training_sum_of_runs']:.0f} s of runs, evaluation {timing['evaluation']:.0f} s).",
-      "", "Each training run's wall seconds by phase (start-up: process start and imports "
-      "until the config is read; first step: its compilation included):", "",
-      harness.md_table(["run", "wall", "start-up", *PHASES], rows), "",
-      "The evaluation's phases (sections include the fits and outputs they first ask for):", "",
-      harness.md_table(["phase", "seconds"], eval_rows)])
+      "",
+      "Each training run's wall seconds by phase (start-up: process start and imports "
+      "until the config is read; first step: its compilation included):",
+      "",
+      harness.md_table(["run", "wall", "start-up", *PHASES], rows),
+      "",
+      "The evaluation's phases (sections include the fits and outputs they first ask for):",
+      "",
+      harness.md_table(["phase", "seconds"], eval_rows),
+    ]
+  )
 
 
-def pipeline_vs_step(config_file: str, model_name: str, batch_size: int, num_steps: int,
-                     data_dir: str | None = None, val_size: int | None = None) -> list:
+def pipeline_vs_step(
+  config_file: str,
+  model_name: str,
+  batch_size: int,
+  num_steps: int,
+  data_dir: str | None = None,
+  val_size: int | None = None,
+) -> list:
   config = _load_config(config_file)
   config.data_dir = data_dir or config.data_dir
   config.val_size = config.val_size if val_size is None else val_size
   dataset = data.load_dataset_of(config)
   mesh = sharding.make_mesh(1)
-  batches = data.train_batches(dataset.train, global_batch_size=batch_size, seed=0,
-                               augment=config_lib.augmentations(config), mean=dataset.mean,
-                               std=dataset.std, sharding=sharding.batch_sharding(mesh))
+  batches = data.train_batches(
+    dataset.train,
+    global_batch_size=batch_size,
+    seed=0,
+    augment=config_lib.augmentations(config),
+    mean=dataset.mean,
+    std=dataset.std,
+    sharding=sharding.batch_sharding(mesh),
+  )
   next(batches)
   start = time.perf_counter()
   for _ in range(num_steps):
@@ -97,13 +122,15 @@ def pipeline_vs_step(config_file: str, model_name: str, batch_size: int, num_ste
   batch = next(batches)
   batches.close()
 
-  spec = ModelSpec(model_name, config_lib.model_overrides(config), dataset.num_classes,
-                   tuple(dataset.image_shape))
+  spec = ModelSpec(
+    model_name, config_lib.model_overrides(config), dataset.num_classes, tuple(dataset.image_shape)
+  )
   graphdef, params, batch_stats = functional.split_model(spec.build(seed=0))
   optimizer = optim.make_optimizer(config, 10 * num_steps)
   state = steps.init_state(params, batch_stats, optimizer)
-  train_step = steps.make_train_step(graphdef, optimizer, mesh=mesh, seed=0,
-                                     loss_fn=steps.make_loss(config))
+  train_step = steps.make_train_step(
+    graphdef, optimizer, mesh=mesh, seed=0, loss_fn=steps.make_loss(config)
+  )
   for _ in range(2):  # compiles for the host state, then for the state it returns
     state, _ = train_step(state, batch)
   jax.block_until_ready(state)
@@ -112,14 +139,20 @@ def pipeline_vs_step(config_file: str, model_name: str, batch_size: int, num_ste
     state, _ = train_step(state, batch)
   jax.block_until_ready(state)
   device = num_steps * batch_size / (time.perf_counter() - start)
-  return [model_name, batch_size, f"{host:,.0f}", f"{device:,.0f}",
-          "device step" if device < host else "host pipeline"]
+  return [
+    model_name,
+    batch_size,
+    f"{host:,.0f}",
+    f"{device:,.0f}",
+    "device step" if device < host else "host pipeline",
+  ]
 
 
 def step_rate(model_name: str, batch_size: int, seconds: float) -> float:
   """img/s of the demo's train step for `model_name` on one device batch, for
   `seconds` after compiling (in whatever cores this process may use)."""
   from duojax.models import spec as spec_lib
+
   config = config_lib.base_config()
   model = spec_lib.build_model(model_name, {}, 10, (28, 28, 1), seed=0)
   graphdef, params, batch_stats = functional.split_model(model)
@@ -127,8 +160,12 @@ def step_rate(model_name: str, batch_size: int, seconds: float) -> float:
   state = steps.init_state(params, batch_stats, optimizer)
   train_step = steps.make_train_step(graphdef, optimizer, mesh=sharding.make_mesh(1), seed=0)
   rng = np.random.default_rng(0)
-  batch = jax.device_put({"image": rng.standard_normal((batch_size, 28, 28, 1), np.float32),
-                          "label": rng.integers(0, 10, batch_size).astype(np.int32)})
+  batch = jax.device_put(
+    {
+      "image": rng.standard_normal((batch_size, 28, 28, 1), np.float32),
+      "label": rng.integers(0, 10, batch_size).astype(np.int32),
+    }
+  )
   # Two calls before timing: the first compiles for the initial (host) state,
   # the second for the state as the step returns it, placed on the device.
   for _ in range(2):
@@ -150,9 +187,19 @@ def side_by_side(model_name: str, batch_size: int, seconds: float, rounds: int =
   def launch(core):
     # The child pins itself before JAX starts its thread pools (this process
     # has them already, and forking it with a pre-exec hook is unsafe).
-    return subprocess.Popen([sys.executable, __file__, "--step_rate", model_name,
-                             str(batch_size), str(seconds), str(-1 if core is None else core)],
-                            stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+      [
+        sys.executable,
+        __file__,
+        "--step_rate",
+        model_name,
+        str(batch_size),
+        str(seconds),
+        str(-1 if core is None else core),
+      ],
+      stdout=subprocess.PIPE,
+      text=True,
+    )
 
   def rate(procs):
     return sum(float(p.communicate()[0].split()[-1]) for p in procs)
@@ -168,13 +215,19 @@ def side_by_side(model_name: str, batch_size: int, seconds: float, rounds: int =
     together = max(together, rate([launch(c) for c in cores]))
   if len(cores) < 2:
     return [model_name, batch_size, f"{alone:,.0f}", "–", "–"]
-  return [model_name, batch_size, f"{alone:,.0f}", f"{one_core:,.0f}",
-          f"{together:,.0f} ({together / alone:.2f}×)"]
+  return [
+    model_name,
+    batch_size,
+    f"{alone:,.0f}",
+    f"{one_core:,.0f}",
+    f"{together:,.0f} ({together / alone:.2f}×)",
+  ]
 
 
 def _load_config(path: str):
   """`get_config()` of a config file, as train.py would read it without arguments."""
   import importlib.util
+
   spec = importlib.util.spec_from_file_location("demo_config", harness.ROOT / path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -199,27 +252,45 @@ def main() -> None:
     sys.exit(f"error: {runs}/results/timings.json does not exist: run `make demo` first")
   machine = harness.machine_line()
   os.chdir(harness.ROOT)  # the demo configs name data/ relative to the repository
-  rates = [pipeline_vs_step(*m, num_steps=20 if args.quick else 200, data_dir=args.data_dir,
-                           val_size=args.val_size) for m in MODELS]
-  cases = (("cnn_xs", 128),) if args.quick else (("resnet14", 32), ("vit_mi7", 128),
-                                                  ("cnn_xs", 128))
-  slots = [side_by_side(name, batch, 1.0 if args.quick else 10.0, 1 if args.quick else 2)
-           for name, batch in cases]
-  body = "\n".join([
-      run_phases(runs.resolve() if runs.is_absolute() else harness.ROOT / runs), "",
+  rates = [
+    pipeline_vs_step(
+      *m, num_steps=20 if args.quick else 200, data_dir=args.data_dir, val_size=args.val_size
+    )
+    for m in MODELS
+  ]
+  cases = (
+    (("cnn_xs", 128),) if args.quick else (("resnet14", 32), ("vit_mi7", 128), ("cnn_xs", 128))
+  )
+  slots = [
+    side_by_side(name, batch, 1.0 if args.quick else 10.0, 1 if args.quick else 2)
+    for name, batch in cases
+  ]
+  body = "\n".join(
+    [
+      run_phases(runs.resolve() if runs.is_absolute() else harness.ROOT / runs),
+      "",
       "Training-batch pipeline alone against the train step alone (images/s, one process "
-      "with all cores; the loop overlaps them):", "",
-      harness.md_table(["model", "batch", "host pipeline img/s", "train step img/s",
-                        "bound by"], rates), "",
+      "with all cores; the loop overlaps them):",
+      "",
+      harness.md_table(
+        ["model", "batch", "host pipeline img/s", "train step img/s", "bound by"], rates
+      ),
+      "",
       f"One training on all {os.cpu_count()} cores against one per core side by side (the "
       "demo's runner), train step img/s: the second column is the machine's total when the "
-      "cores each run their own training.", "",
-      harness.md_table(["model", "batch", "one run, all cores", "one run, one core",
-                        "one run per core, summed"], slots)])
+      "cores each run their own training.",
+      "",
+      harness.md_table(
+        ["model", "batch", "one run, all cores", "one run, one core", "one run per core, summed"],
+        slots,
+      ),
+    ]
+  )
   harness.print_section("Where make demo's time goes", body)
   if not args.quick:
-    harness.write_section("demo_profile", "Where make demo's time goes", body, machine=machine,
-                          path=args.out)
+    harness.write_section(
+      "demo_profile", "Where make demo's time goes", body, machine=machine, path=args.out
+    )
 
 
 if __name__ == "__main__":

@@ -38,14 +38,31 @@ from duojax.core import duo  # noqa: E402
 
 # (label, large (name, overrides), sidekick (name, overrides), image shape HWC, batch)
 PAIRS = {
-    "demo": ("demo pair: ResNet-14 + cnn_xs, 28×28×1",
-             ("resnet14", {"in_channels": 1, "image_size": 28}),
-             ("cnn_xs", {"in_channels": 1, "image_size": 28}), (28, 28, 1), 512, 10),
-    "vitb_r18": ("ViT-B/16 + ResNet-18, 224×224×3",
-                 ("vit_b16", {}), ("resnet18", {}), (224, 224, 3), 64, 1000),
-    # --quick: tiny stand-ins so that the unit test runs in seconds.
-    "tiny": ("tiny pair: vit_mu4 + cnn_xs, 32×32×3",
-             ("vit_mu4", {"image_size": 32}), ("cnn_xs", {"image_size": 32}), (32, 32, 3), 8, 10),
+  "demo": (
+    "demo pair: ResNet-14 + cnn_xs, 28×28×1",
+    ("resnet14", {"in_channels": 1, "image_size": 28}),
+    ("cnn_xs", {"in_channels": 1, "image_size": 28}),
+    (28, 28, 1),
+    512,
+    10,
+  ),
+  "vitb_r18": (
+    "ViT-B/16 + ResNet-18, 224×224×3",
+    ("vit_b16", {}),
+    ("resnet18", {}),
+    (224, 224, 3),
+    64,
+    1000,
+  ),
+  # --quick: tiny stand-ins so that the unit test runs in seconds.
+  "tiny": (
+    "tiny pair: vit_mu4 + cnn_xs, 32×32×3",
+    ("vit_mu4", {"image_size": 32}),
+    ("cnn_xs", {"image_size": 32}),
+    (32, 32, 3),
+    8,
+    10,
+  ),
 }
 
 
@@ -66,20 +83,25 @@ def measure_pair(key: str, repeats: int):
     return f_large(s_l, images), f_small(s_s, images)
 
   timings = {
-      "large alone": harness.time_call(lambda: f_large(s_l, images), repeats=repeats,
-                                       sync=harness.jax_sync),
-      "sidekick alone": harness.time_call(lambda: f_small(s_s, images), repeats=repeats,
-                                          sync=harness.jax_sync),
-      "duo, one jit (fused)": harness.time_call(lambda: fused((s_l, s_s), images),
-                                                repeats=repeats, sync=harness.jax_sync),
-      "duo, two jitted calls": harness.time_call(separate, repeats=repeats,
-                                                 sync=harness.jax_sync),
+    "large alone": harness.time_call(
+      lambda: f_large(s_l, images), repeats=repeats, sync=harness.jax_sync
+    ),
+    "sidekick alone": harness.time_call(
+      lambda: f_small(s_s, images), repeats=repeats, sync=harness.jax_sync
+    ),
+    "duo, one jit (fused)": harness.time_call(
+      lambda: fused((s_l, s_s), images), repeats=repeats, sync=harness.jax_sync
+    ),
+    "duo, two jitted calls": harness.time_call(separate, repeats=repeats, sync=harness.jax_sync),
   }
   flops_l = harness.xla_flops(f_large, s_l, images)
   flops_s = harness.xla_flops(f_small, s_s, images)
-  flops = {"large alone": flops_l, "sidekick alone": flops_s,
-           "duo, one jit (fused)": harness.xla_flops(fused, (s_l, s_s), images),
-           "duo, two jitted calls": flops_l + flops_s}
+  flops = {
+    "large alone": flops_l,
+    "sidekick alone": flops_s,
+    "duo, one jit (fused)": harness.xla_flops(fused, (s_l, s_s), images),
+    "duo, two jitted calls": flops_l + flops_s,
+  }
   return label, batch, timings, flops
 
 
@@ -91,19 +113,44 @@ def duo_section(keys, repeats: int) -> tuple[str, dict]:
     flops_l = flops["large alone"]
     rows = []
     for name, t in timings.items():
-      rows.append([name, f"{t.median_s * 1e3:.1f}", f"{t.min_s * 1e3:.1f}", f"{t.compile_s:.2f}",
-                   f"{flops[name] / batch / 1e6:,.1f}", f"{flops[name] / flops_l:.3f}",
-                   f"{t.median_s / base:.3f}", f"{batch / t.median_s:,.0f}"])
+      rows.append(
+        [
+          name,
+          f"{t.median_s * 1e3:.1f}",
+          f"{t.min_s * 1e3:.1f}",
+          f"{t.compile_s:.2f}",
+          f"{flops[name] / batch / 1e6:,.1f}",
+          f"{flops[name] / flops_l:.3f}",
+          f"{t.median_s / base:.3f}",
+          f"{batch / t.median_s:,.0f}",
+        ]
+      )
     fused = timings["duo, one jit (fused)"].median_s / base
     target = 1 + flops["sidekick alone"] / flops_l + 0.02
     verdict = "met" if fused <= target else "missed"
-    parts.append(f"**{label}**, batch {batch}\n\n" + harness.md_table(
-        ["program", "median ms", "min ms", "compile s", "MFLOPs/img (XLA)", "FLOPs ×large",
-         "time ×large", "img/s"], rows)
-        + f"\n\nFused duo / large = {fused:.3f}; target 1 + FLOPs_S/FLOPs_L + 0.02 = "
-          f"{target:.3f}: **{verdict}**.")
+    parts.append(
+      f"**{label}**, batch {batch}\n\n"
+      + harness.md_table(
+        [
+          "program",
+          "median ms",
+          "min ms",
+          "compile s",
+          "MFLOPs/img (XLA)",
+          "FLOPs ×large",
+          "time ×large",
+          "img/s",
+        ],
+        rows,
+      )
+      + f"\n\nFused duo / large = {fused:.3f}; target 1 + FLOPs_S/FLOPs_L + 0.02 = "
+      f"{target:.3f}: **{verdict}**."
+    )
     large_rates[label.split(":")[0] if ":" in label else label] = (
-        PAIRS[key][1][0], flops_l / base, batch)
+      PAIRS[key][1][0],
+      flops_l / base,
+      batch,
+    )
   return "\n\n".join(parts), large_rates
 
 
@@ -132,24 +179,42 @@ def roofline_section(large_rates: dict, n: int, repeats: int) -> str:
   rows = []
   for dtype_name in ("float32", "bfloat16"):
     if dtype_name == "bfloat16" and not harness.cpu_bf16_flags():
-      rows.append([f"{n}² matmul, bfloat16", "skipped: no AMX / AVX-512 BF16 on this CPU",
-                   "(emulated in float32 by both)"])
+      rows.append(
+        [
+          f"{n}² matmul, bfloat16",
+          "skipped: no AMX / AVX-512 BF16 on this CPU",
+          "(emulated in float32 by both)",
+        ]
+      )
       continue
     jax_peak = matmul_peak(n, getattr(jnp, dtype_name), repeats)
     torch_peak = torch_matmul_peak(n, dtype_name, repeats)
     peaks[dtype_name] = jax_peak
-    rows.append([f"{n}² matmul, {dtype_name}", f"{jax_peak / 1e9:,.0f}",
-                 "–" if torch_peak is None else f"{torch_peak / 1e9:,.0f}"])
+    rows.append(
+      [
+        f"{n}² matmul, {dtype_name}",
+        f"{jax_peak / 1e9:,.0f}",
+        "–" if torch_peak is None else f"{torch_peak / 1e9:,.0f}",
+      ]
+    )
   table = harness.md_table(["kernel", "JAX (XLA) GFLOP/s", "PyTorch GFLOP/s"], rows)
   model_rows = []
   for label, (name, rate, batch) in large_rates.items():
-    model_rows.append([f"{name} eval forward ({label}), batch {batch}, float32",
-                       f"{rate / 1e9:,.1f}", f"{rate / peaks['float32']:.0%}"])
+    model_rows.append(
+      [
+        f"{name} eval forward ({label}), batch {batch}, float32",
+        f"{rate / 1e9:,.1f}",
+        f"{rate / peaks['float32']:.0%}",
+      ]
+    )
   model_table = harness.md_table(
-      ["large model", "achieved GFLOP/s (XLA flops / median time)", "of float32 matmul peak"],
-      model_rows)
-  return (f"{table}\n\n{model_table}\n\nTarget: ≥ 40% of the float32 matmul peak for the large "
-          "model's eval forward.")
+    ["large model", "achieved GFLOP/s (XLA flops / median time)", "of float32 matmul peak"],
+    model_rows,
+  )
+  return (
+    f"{table}\n\n{model_table}\n\nTarget: ≥ 40% of the float32 matmul peak for the large "
+    "model's eval forward."
+  )
 
 
 def main(argv=None) -> int:
@@ -173,8 +238,13 @@ def main(argv=None) -> int:
   harness.write_section("duo_cost", "Fused duo cost", body, machine=machine, path=args.out)
   body = roofline_section(large_rates, n, repeats)
   harness.print_section("Roofline", body)
-  harness.write_section("roofline", "Roofline: achieved FLOP/s against the matmul peak", body,
-                        machine=machine, path=args.out)
+  harness.write_section(
+    "roofline",
+    "Roofline: achieved FLOP/s against the matmul peak",
+    body,
+    machine=machine,
+    path=args.out,
+  )
   return 0
 
 

@@ -31,12 +31,24 @@ from duojax.models import functional  # noqa: E402
 
 # key -> (label, model name, overrides, image shape HWC, classes, batch)
 VITS = {
-    "demo": ("demo ViT-mi/7 (configs/demo_vit.py), 28×28×1", "vit_mi7",
-             {"image_size": 28, "in_channels": 1}, (28, 28, 1), 10, 500),
-    "s16": ("ViT-S/16, 224×224×3", "vit_s16", {}, (224, 224, 3), 1000, 8),
-    # --quick: a tiny stand-in so that the unit test runs in seconds.
-    "tiny": ("tiny ViT-mu/4 with 4 heads, 16×16×1", "vit_mu4",
-             {"image_size": 16, "in_channels": 1, "num_heads": 4}, (16, 16, 1), 10, 16),
+  "demo": (
+    "demo ViT-mi/7 (configs/demo_vit.py), 28×28×1",
+    "vit_mi7",
+    {"image_size": 28, "in_channels": 1},
+    (28, 28, 1),
+    10,
+    500,
+  ),
+  "s16": ("ViT-S/16, 224×224×3", "vit_s16", {}, (224, 224, 3), 1000, 8),
+  # --quick: a tiny stand-in so that the unit test runs in seconds.
+  "tiny": (
+    "tiny ViT-mu/4 with 4 heads, 16×16×1",
+    "vit_mu4",
+    {"image_size": 16, "in_channels": 1, "num_heads": 4},
+    (16, 16, 1),
+    10,
+    16,
+  ),
 }
 
 
@@ -47,8 +59,7 @@ def _params(model) -> int:
 def _time(models_, images, repeats):
   graphdefs, states = duo.split_members(models_)
   forward = duo.make_fused_forward(graphdefs)
-  return harness.time_call(lambda: forward(states, images), repeats=repeats,
-                           sync=harness.jax_sync)
+  return harness.time_call(lambda: forward(states, images), repeats=repeats, sync=harness.jax_sync)
 
 
 def _flops(models_, images) -> float:
@@ -64,20 +75,31 @@ def measure(key: str, members: int, repeats: int) -> list[list]:
   rng = np.random.default_rng(0)
   candidates = [("single ViT", vits[:1]), (f"deep ensemble of {members} ViTs", vits)]
   for keep in sorted({max(1, heads // 2), max(1, heads // members)}, reverse=True):
-    pruned = [hydra.prune(vits[0], hydra.select_heads(rng.random((vits[0].depth, heads)), keep))
-              for _ in range(members)]
+    pruned = [
+      hydra.prune(vits[0], hydra.select_heads(rng.random((vits[0].depth, heads)), keep))
+      for _ in range(members)
+    ]
     for mlp in hydra.MLP_MODES:
-      candidates.append((f"Hydra M={members}, {keep}/{heads} heads, {mlp} MLP",
-                         [hydra.merge(pruned, mlp=mlp)]))
+      candidates.append(
+        (f"Hydra M={members}, {keep}/{heads} heads, {mlp} MLP", [hydra.merge(pruned, mlp=mlp)])
+      )
   rows, base = [], None
   for row_label, group in candidates:
     t = _time(group, images, repeats)
     flops = _flops(group, images)
     params = sum(_params(m) for m in group)
     base = base or (params, flops, t.median_s)
-    rows.append([row_label, f"{params:,}", f"{params / base[0]:.2f}", f"{flops / 1e6:,.1f}",
-                 f"{flops / base[1]:.2f}", f"{t.median_s * 1e3:.1f}",
-                 f"{t.median_s / base[2]:.2f}"])
+    rows.append(
+      [
+        row_label,
+        f"{params:,}",
+        f"{params / base[0]:.2f}",
+        f"{flops / 1e6:,.1f}",
+        f"{flops / base[1]:.2f}",
+        f"{t.median_s * 1e3:.1f}",
+        f"{t.median_s / base[2]:.2f}",
+      ]
+    )
   return label, batch, rows
 
 
@@ -96,14 +118,19 @@ def main(argv=None) -> int:
   parts = []
   for key in keys:
     label, batch, rows = measure(key, args.members, repeats)
-    parts.append(f"**{label}**, batch {batch}\n\n" + harness.md_table(
-        ["model", "params", "params ×ViT", "MFLOPs/img", "FLOPs ×ViT", "ms / batch",
-         "time ×ViT"], rows))
+    parts.append(
+      f"**{label}**, batch {batch}\n\n"
+      + harness.md_table(
+        ["model", "params", "params ×ViT", "MFLOPs/img", "FLOPs ×ViT", "ms / batch", "time ×ViT"],
+        rows,
+      )
+    )
   body = "\n\n".join(parts) + (
-      "\n\nThe grouped merge holds every member's weights and runs every member's tokens, "
-      "so with 1/M of the heads its attention costs about one ViT's, while its MLPs (one "
-      "per member) cost M ViTs'. Averaging the MLPs shares their weights, not their work: "
-      "each member's residual stream still passes through the shared MLP.")
+    "\n\nThe grouped merge holds every member's weights and runs every member's tokens, "
+    "so with 1/M of the heads its attention costs about one ViT's, while its MLPs (one "
+    "per member) cost M ViTs'. Averaging the MLPs shares their weights, not their work: "
+    "each member's residual stream still passes through the shared MLP."
+  )
   title = "Hydra ensembles: cost against the single ViT and a deep ensemble"
   harness.print_section(title, body)
   harness.write_section("hydra", title, body, machine=machine, path=args.out)

@@ -86,10 +86,15 @@ def photo_like(rng: np.random.Generator) -> Image.Image:
     width, height = height, width
   pixels = np.zeros((height, width, 3), np.float32)
   for cells, weight in ((3, 0.35), (12, 0.2), (40, 0.15), (120, 0.15), (250, 0.15)):
-    grid = rng.integers(0, 256, (max(2, round(cells * height / 500)),
-                                 max(2, round(cells * width / 500)), 3), dtype=np.uint8)
-    pixels += weight * np.asarray(Image.fromarray(grid).resize((width, height), Image.BICUBIC),
-                                  np.float32)
+    grid = rng.integers(
+      0,
+      256,
+      (max(2, round(cells * height / 500)), max(2, round(cells * width / 500)), 3),
+      dtype=np.uint8,
+    )
+    pixels += weight * np.asarray(
+      Image.fromarray(grid).resize((width, height), Image.BICUBIC), np.float32
+    )
   pixels += rng.normal(0, 12, pixels.shape).astype(np.float32)
   return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
@@ -110,25 +115,29 @@ def make_jpegs(folder: Path, count: int) -> None:
 def jpeg_files(folder: Path) -> list[tuple[Path, int]]:
   """(path, label) of the files in class order, as the import stores them."""
   classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-  return [(path, label) for label, name in enumerate(classes)
-          for path in sorted((folder / name).glob("*.jpg"))]
+  return [
+    (path, label)
+    for label, name in enumerate(classes)
+    for path in sorted((folder / name).glob("*.jpg"))
+  ]
 
 
 def load_split(folder: Path, data_dir: Path, count: int):
   """The imported images as one training split of all `count` files."""
   from duojax import data
   from duojax.data import folder as folder_lib
+
   target = data_dir / DATASET
   if target.exists() and int((data_dir / ".count").read_text()) != count:
-    raise SystemExit(f"error: {target} holds another import: delete it or use another "
-                     "--cache_dir")
+    raise SystemExit(f"error: {target} holds another import: delete it or use another --cache_dir")
   if not target.exists():
     report = folder_lib.import_folder(folder, dataset=DATASET, data_dir=data_dir, workers=1)
     (data_dir / ".count").write_text(str(count))
     print(report.summary(), flush=True)
   # val and test are the train split itself: every image is a training image.
-  dataset = data.load_dataset(DATASET, data_dir, val_split="train", test_split="train",
-                              image_size=SIZE)
+  dataset = data.load_dataset(
+    DATASET, data_dir, val_split="train", test_split="train", image_size=SIZE
+  )
   return dataset.train
 
 
@@ -142,8 +151,14 @@ def epoch_plan(split, batch: int) -> tuple[list, list[int], list]:
   from duojax.data import batches as batches_lib
   from duojax.data import images as images_lib
   from duojax.data import sources
-  make = batches_lib.TrainBatch(split, global_batch_size=batch, seed=SEED, rows=slice(0, batch),
-                                transform=batches_lib.Transform(("rrc", "flip")))
+
+  make = batches_lib.TrainBatch(
+    split,
+    global_batch_size=batch,
+    seed=SEED,
+    rows=slice(0, batch),
+    transform=batches_lib.Transform(("rrc", "flip")),
+  )
   rows, boxes = [], []
   for step in range(make.steps_per_epoch):
     step_rows = split.indices[make.positions(step)]
@@ -163,6 +178,7 @@ def full_decode(blobs: list[bytes]) -> None:
 
 def draft_decode(blobs: list[bytes], boxes: list) -> None:
   from duojax.data import images as images_lib
+
   for blob, box in zip(blobs, boxes):
     with images_lib.open_encoded(blob) as image:
       # The library's own choice of DCT scale for this box and output size.
@@ -179,12 +195,13 @@ def old_path(blobs: list[bytes]) -> None:
       width, height = max(SIZE, round(image.width * scale)), max(SIZE, round(image.height * scale))
       image = image.resize((width, height), Image.BILINEAR)
       left, top = (width - SIZE) // 2, (height - SIZE) // 2
-      np.asarray(image)[top:top + SIZE, left:left + SIZE]
+      np.asarray(image)[top : top + SIZE, left : left + SIZE]
 
 
 def library_crops(blobs: list[bytes], boxes: list) -> None:
   """`images.crop_resize` of each image's train box: the transform's PIL work alone."""
   from duojax.data import images as images_lib
+
   for blob, box in zip(blobs, boxes):
     images_lib.crop_resize(images_lib.open_encoded(blob), box, SIZE)
 
@@ -198,6 +215,7 @@ def train_transform(make, steps: int) -> None:
 def full_scale_crops():
   """Every crop of `duojax.data.batches` decoded at full scale (no DCT scaling)."""
   from duojax.data import images as images_lib
+
   original = images_lib.crop_resize
   images_lib.crop_resize = functools.partial(original, draft=False)
   try:
@@ -212,6 +230,7 @@ def draft_flag_reaches_crops(make) -> bool:
 
   from duojax.data import batches as batches_lib
   from duojax.data import images as images_lib
+
   seen = []
   original = images_lib.crop_resize
 
@@ -220,8 +239,12 @@ def draft_flag_reaches_crops(make) -> bool:
     return original(*args, **kwargs)
 
   no_draft = batches_lib.TrainBatch(
-      make.split, global_batch_size=make.global_batch_size, seed=SEED, rows=make.rows,
-      transform=dataclasses.replace(make.transform, draft=False))
+    make.split,
+    global_batch_size=make.global_batch_size,
+    seed=SEED,
+    rows=make.rows,
+    transform=dataclasses.replace(make.transform, draft=False),
+  )
   images_lib.crop_resize = spy
   try:
     no_draft(0)
@@ -257,9 +280,11 @@ def time_iterator(start: float, batches, batch: int, warmup: int, timed: int):
 def duojax_loader(split, workers: int, batch: int, warmup: int, timed: int) -> tuple[float, float]:
   """(start-up s, steady images/s) of a fresh `train_batches` iterator."""
   from duojax import data
+
   start = time.perf_counter()
-  batches = data.train_batches(split, global_batch_size=batch, seed=SEED, augment="rrc,flip",
-                               workers=workers)
+  batches = data.train_batches(
+    split, global_batch_size=batch, seed=SEED, augment="rrc,flip", workers=workers
+  )
   try:
     return time_iterator(start, batches, batch, warmup, timed)
   finally:
@@ -298,6 +323,7 @@ class TorchRRCImages:
 
   def __getitem__(self, index: int):
     import torch  # already loaded: only the PyTorch child process builds this class
+
     image = Image.open(io.BytesIO(self.blobs[index])).convert("RGB")
     left, top, w, h = self.box(torch, image.width, image.height)
     image = image.resize((SIZE, SIZE), Image.BILINEAR, box=(left, top, left + w, top + h))
@@ -310,14 +336,17 @@ def torch_loader(folder: Path, workers: int, batch: int, warmup: int, timed: int
   """(In the child process) start-up s and steady images/s of a DataLoader."""
   import torch
   from torch.utils.data import DataLoader, RandomSampler
+
   files = jpeg_files(folder)
   dataset = TorchRRCImages([p.read_bytes() for p, _ in files], [label for _, label in files])
   # One pass of a sampler as long as the run: no epoch boundary (and no
   # worker restart) inside the timed batches, as duojax's endless iterator.
-  sampler = RandomSampler(dataset, num_samples=(1 + warmup + timed) * batch,
-                          generator=torch.Generator().manual_seed(SEED))
-  loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
-                      drop_last=True)
+  sampler = RandomSampler(
+    dataset, num_samples=(1 + warmup + timed) * batch, generator=torch.Generator().manual_seed(SEED)
+  )
+  loader = DataLoader(
+    dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True
+  )
   start = time.perf_counter()
   batches = iter(loader)
   startup, rate = time_iterator(start, batches, batch, warmup, timed)
@@ -325,11 +354,24 @@ def torch_loader(folder: Path, workers: int, batch: int, warmup: int, timed: int
   return {"startup": startup, "rate": rate}
 
 
-def torch_loader_in_child(folder: Path, workers: int, batch: int, warmup: int,
-                          timed: int) -> tuple[float, float]:
-  out = subprocess.run([sys.executable, __file__, "--torch_loader", str(folder), str(workers),
-                        str(batch), str(warmup), str(timed)], capture_output=True, text=True,
-                       check=False)
+def torch_loader_in_child(
+  folder: Path, workers: int, batch: int, warmup: int, timed: int
+) -> tuple[float, float]:
+  out = subprocess.run(
+    [
+      sys.executable,
+      __file__,
+      "--torch_loader",
+      str(folder),
+      str(workers),
+      str(batch),
+      str(warmup),
+      str(timed),
+    ],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   if out.returncode:
     raise RuntimeError(f"the PyTorch loader failed:\n{out.stderr[-3000:]}")
   result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -347,32 +389,42 @@ def measure(folder: Path, data_dir: Path, args) -> str:
   mean_kb = np.mean([len(b) for b in blobs]) / 1024
   sizes = [Image.open(io.BytesIO(b)).size for b in blobs]
 
-  from duojax.data import batches as batches_lib
   from duojax.data import sources
+
   batch_images = make(0)["image"]
   flips = np.random.default_rng(SEED).random(len(batch_images)) < 0.5
   crops = [Image.fromarray(image) for image in batch_images]
   per_core_loops = {
-      "floor": lambda: full_decode(blobs),
-      "draft floor": lambda: draft_decode(blobs, boxes),
-      "old": lambda: old_path(blobs),
-      "crops": lambda: library_crops(blobs, boxes),
-      "transform": lambda: train_transform(make, steps),
-      "transform, no draft": lambda: _without_draft(make, steps),
-      # The transform's parts beyond the PIL work, timed alone to say where its
-      # time goes: the record reads (array_record through tfds) and the flips
-      # (`images.crop_resize` mirrors a crop in PIL as it is cut).
-      "reads": lambda: [sources.read_raw(split, split.indices[make.positions(s)])
-                        for s in range(steps)],
-      "flip": lambda: [[image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if f else image
-                        for image, f in zip(crops, flips)] for _ in range(steps)],
+    "floor": lambda: full_decode(blobs),
+    "draft floor": lambda: draft_decode(blobs, boxes),
+    "old": lambda: old_path(blobs),
+    "crops": lambda: library_crops(blobs, boxes),
+    "transform": lambda: train_transform(make, steps),
+    "transform, no draft": lambda: _without_draft(make, steps),
+    # The transform's parts beyond the PIL work, timed alone to say where its
+    # time goes: the record reads (array_record through tfds) and the flips
+    # (`images.crop_resize` mirrors a crop in PIL as it is cut).
+    "reads": lambda: [
+      sources.read_raw(split, split.indices[make.positions(s)]) for s in range(steps)
+    ],
+    "flip": lambda: [
+      [
+        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if f else image
+        for image, f in zip(crops, flips)
+      ]
+      for _ in range(steps)
+    ],
   }
   per_core_loops["floor"]()  # untimed: PIL loads its plug-ins, the allocator its pages
-  rates = per_core_rates(per_core_loops, {name: len(blobs) for name in per_core_loops},
-                         args.rounds)
+  rates = per_core_rates(per_core_loops, {name: len(blobs) for name in per_core_loops}, args.rounds)
 
-  loaders = {("duojax", 0): [], ("duojax", 1): [], ("duojax", 2): [], ("PyTorch", 1): [],
-             ("PyTorch", 2): []}
+  loaders = {
+    ("duojax", 0): [],
+    ("duojax", 1): [],
+    ("duojax", 2): [],
+    ("PyTorch", 1): [],
+    ("PyTorch", 2): [],
+  }
   for _ in range(args.rounds):
     for (kind, workers), runs in loaders.items():
       if kind == "duojax":
@@ -386,29 +438,63 @@ def measure(folder: Path, data_dir: Path, args) -> str:
   threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
   def row(name, where, rate, startup=None):
-    return [name, where, f"{rate:,.0f}", f"{rate / floor:.2f}",
-            "–" if startup is None else f"{startup:.1f}"]
+    return [
+      name,
+      where,
+      f"{rate:,.0f}",
+      f"{rate / floor:.2f}",
+      "–" if startup is None else f"{startup:.1f}",
+    ]
 
-  table = harness.md_table(["path", "runs on", "images/s", "× floor", "start-up s"], [
+  table = harness.md_table(
+    ["path", "runs on", "images/s", "× floor", "start-up s"],
+    [
       row("PIL full decode (**floor**)", "1 thread", floor),
-      row("PIL decode at the DCT scale of each train crop (draft floor)", "1 thread",
-          rates["draft floor"]),
+      row(
+        "PIL decode at the DCT scale of each train crop (draft floor)",
+        "1 thread",
+        rates["draft floor"],
+      ),
       row("old path: full decode, shorter side to 224, centre crop", "1 thread", rates["old"]),
-      row("duojax `images.crop_resize` of each train box (no reads, no batch)", "1 thread",
-          rates["crops"]),
+      row(
+        "duojax `images.crop_resize` of each train box (no reads, no batch)",
+        "1 thread",
+        rates["crops"],
+      ),
       row("duojax train transform (`TrainBatch`), draft on", "1 thread", rates["transform"]),
       row("duojax train transform, draft off", "1 thread", rates["transform, no draft"]),
-      row("duojax `train_batches`, workers=0", f"{threads} read threads",
-          loader_rates["duojax", 0], startups["duojax", 0]),
-      row("duojax `train_batches`, workers=1", "1 process", loader_rates["duojax", 1],
-          startups["duojax", 1]),
-      row("duojax `train_batches`, workers=2", "2 processes", loader_rates["duojax", 2],
-          startups["duojax", 2]),
-      row("PyTorch `DataLoader`, num_workers=1", "1 process", loader_rates["PyTorch", 1],
-          startups["PyTorch", 1]),
-      row("PyTorch `DataLoader`, num_workers=2", "2 processes", loader_rates["PyTorch", 2],
-          startups["PyTorch", 2]),
-  ])
+      row(
+        "duojax `train_batches`, workers=0",
+        f"{threads} read threads",
+        loader_rates["duojax", 0],
+        startups["duojax", 0],
+      ),
+      row(
+        "duojax `train_batches`, workers=1",
+        "1 process",
+        loader_rates["duojax", 1],
+        startups["duojax", 1],
+      ),
+      row(
+        "duojax `train_batches`, workers=2",
+        "2 processes",
+        loader_rates["duojax", 2],
+        startups["duojax", 2],
+      ),
+      row(
+        "PyTorch `DataLoader`, num_workers=1",
+        "1 process",
+        loader_rates["PyTorch", 1],
+        startups["PyTorch", 1],
+      ),
+      row(
+        "PyTorch `DataLoader`, num_workers=2",
+        "2 processes",
+        loader_rates["PyTorch", 2],
+        startups["PyTorch", 2],
+      ),
+    ],
+  )
 
   per_core = rates["transform"]
   share = per_core / floor
@@ -420,53 +506,65 @@ def measure(folder: Path, data_dir: Path, args) -> str:
   portrait = sum(h > w for w, h in sizes)
   ms = {name: 1000 / rates[name] for name in ("transform", "crops", "reads", "flip")}
   lines = [
-      f"{len(blobs)} JPEGs (the first epoch's {steps} batches of {args.batch} from {count} "
-      f"generated files, {len(CLASSES)} classes), {longs[0]}-{longs[-1]} × "
-      f"{shorts[0]}-{shorts[-1]} pixels ({portrait} portrait), quality 90, "
-      f"{mean_kb:.0f} KB on average; output uint8 {SIZE}×{SIZE}×3. Per-core rows: best of "
-      f"{args.rounds} interleaved rounds over those images in this one thread. Loaders: a "
-      f"fresh iterator per round, best of {args.rounds} (start-up: median); images/s over "
-      f"{args.timed} batches after {1 + args.warmup} untimed ones, start-up = the call to "
-      "the first batch. duojax reads the records from the imported array_record files (the "
-      f"reads alone run at {rates['reads']:,.0f} images/s, one thread); the floors, the old "
-      "path and PyTorch start from the bytes in memory.",
-      "", table, "",
-      f"- Train transform per core: {per_core:,.0f} images/s, {share:.0%} of the full-decode "
-      f"floor (target ≥ 80%: {met(share >= 0.8)}). Per image it takes {ms['transform']:.2f} "
-      f"ms: decode {1000 / floor:.2f}, decode and crop resize (`crop_resize`) "
-      f"{ms['crops']:.2f}, record read {ms['reads']:.2f}, the flips "
-      f"{ms['flip']:.2f}, the rest (copies into the batch, Python) "
-      f"{ms['transform'] - ms['crops'] - ms['reads'] - ms['flip']:.2f}.",
-      f"- duojax against the PyTorch loader: {versus_torch[1]:.2f}× with 1 worker, "
-      f"{versus_torch[2]:.2f}× with 2 "
-      f"(target ≥ 1.0×: {met(min(versus_torch.values()) >= 1.0)})."
-      + (f" Each worker does the same PIL work; duojax's adds "
-         f"{ms['transform'] - ms['crops']:.2f} ms per image beyond `crop_resize` (the record "
-         "read, the flips, copies into the batch)." if versus_torch[1] < 1 else ""),
-      f"- 1 → 2 workers, as measured on this {os.cpu_count()}-core machine (the parent "
-      f"process, which copies each batch out of shared memory, shares the cores with the "
-      f"workers): duojax {scaling['duojax']:.2f}×, PyTorch {scaling['PyTorch']:.2f}×.",
-      f"- Draft decoding applied to {drafted} of the {len(boxes)} crops: the decoder scales "
-      f"by 1/2, 1/4 or 1/8 only, so a crop needs both sides ≥ {2 * SIZE} pixels before "
-      "anything is saved."
-      + (" At ImageNet's resolution and a 224 output that almost never happens, and the "
-         "draft on/off rows differ by noise only; it pays on larger photos."
-         if drafted <= 0.05 * len(boxes) else ""),
+    f"{len(blobs)} JPEGs (the first epoch's {steps} batches of {args.batch} from {count} "
+    f"generated files, {len(CLASSES)} classes), {longs[0]}-{longs[-1]} × "
+    f"{shorts[0]}-{shorts[-1]} pixels ({portrait} portrait), quality 90, "
+    f"{mean_kb:.0f} KB on average; output uint8 {SIZE}×{SIZE}×3. Per-core rows: best of "
+    f"{args.rounds} interleaved rounds over those images in this one thread. Loaders: a "
+    f"fresh iterator per round, best of {args.rounds} (start-up: median); images/s over "
+    f"{args.timed} batches after {1 + args.warmup} untimed ones, start-up = the call to "
+    "the first batch. duojax reads the records from the imported array_record files (the "
+    f"reads alone run at {rates['reads']:,.0f} images/s, one thread); the floors, the old "
+    "path and PyTorch start from the bytes in memory.",
+    "",
+    table,
+    "",
+    f"- Train transform per core: {per_core:,.0f} images/s, {share:.0%} of the full-decode "
+    f"floor (target ≥ 80%: {met(share >= 0.8)}). Per image it takes {ms['transform']:.2f} "
+    f"ms: decode {1000 / floor:.2f}, decode and crop resize (`crop_resize`) "
+    f"{ms['crops']:.2f}, record read {ms['reads']:.2f}, the flips "
+    f"{ms['flip']:.2f}, the rest (copies into the batch, Python) "
+    f"{ms['transform'] - ms['crops'] - ms['reads'] - ms['flip']:.2f}.",
+    f"- duojax against the PyTorch loader: {versus_torch[1]:.2f}× with 1 worker, "
+    f"{versus_torch[2]:.2f}× with 2 "
+    f"(target ≥ 1.0×: {met(min(versus_torch.values()) >= 1.0)})."
+    + (
+      f" Each worker does the same PIL work; duojax's adds "
+      f"{ms['transform'] - ms['crops']:.2f} ms per image beyond `crop_resize` (the record "
+      "read, the flips, copies into the batch)."
+      if versus_torch[1] < 1
+      else ""
+    ),
+    f"- 1 → 2 workers, as measured on this {os.cpu_count()}-core machine (the parent "
+    f"process, which copies each batch out of shared memory, shares the cores with the "
+    f"workers): duojax {scaling['duojax']:.2f}×, PyTorch {scaling['PyTorch']:.2f}×.",
+    f"- Draft decoding applied to {drafted} of the {len(boxes)} crops: the decoder scales "
+    f"by 1/2, 1/4 or 1/8 only, so a crop needs both sides ≥ {2 * SIZE} pixels before "
+    "anything is saved."
+    + (
+      " At ImageNet's resolution and a 224 output that almost never happens, and the "
+      "draft on/off rows differ by noise only; it pays on larger photos."
+      if drafted <= 0.05 * len(boxes)
+      else ""
+    ),
   ]
   if not draft_flag_reaches_crops(make):
-    lines.append("- `Transform(draft=False)` does not reach `images.crop_resize` (`TrainBatch` "
-                 "crops with the default, draft on); the draft-off row wraps `crop_resize` "
-                 "to force full-scale decoding.")
+    lines.append(
+      "- `Transform(draft=False)` does not reach `images.crop_resize` (`TrainBatch` "
+      "crops with the default, draft on); the draft-off row wraps `crop_resize` "
+      "to force full-scale decoding."
+    )
   lines += [
-      "",
-      f"Host cores per accelerator: a bfloat16 ViT-B/16 fine-tune at 224 trains at the order "
-      f"of {ACCELERATOR_IMAGES_PER_S:,} images/s on one modern GPU (an assumption, not "
-      f"measured here). At {per_core:,.0f} images/s per core, feeding it takes "
-      f"{cores:.1f} cores of train transform per accelerator (≈{math.ceil(cores)} worker "
-      f"processes), plus headroom for the parent process, for how workers scale on a larger "
-      f"host (measured here: {scaling['duojax']:.2f}× from 1 to 2) and for a busier host; "
-      f"eight accelerators on one host would want ≈{8 * math.ceil(cores)} cores for input "
-      "alone."]
+    "",
+    f"Host cores per accelerator: a bfloat16 ViT-B/16 fine-tune at 224 trains at the order "
+    f"of {ACCELERATOR_IMAGES_PER_S:,} images/s on one modern GPU (an assumption, not "
+    f"measured here). At {per_core:,.0f} images/s per core, feeding it takes "
+    f"{cores:.1f} cores of train transform per accelerator (≈{math.ceil(cores)} worker "
+    f"processes), plus headroom for the parent process, for how workers scale on a larger "
+    f"host (measured here: {scaling['duojax']:.2f}× from 1 to 2) and for a busier host; "
+    f"eight accelerators on one host would want ≈{8 * math.ceil(cores)} cores for input "
+    "alone.",
+  ]
   return "\n".join(lines)
 
 
@@ -477,8 +575,9 @@ def _without_draft(make, steps: int) -> None:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="60 images, a few batches, one round (for the unit test)")
+  parser.add_argument(
+    "--quick", action="store_true", help="60 images, a few batches, one round (for the unit test)"
+  )
   parser.add_argument("--images", type=int, help="JPEGs to generate (default 600; quick 60)")
   parser.add_argument("--batch", type=int, help="batch size (default 64; quick 16)")
   parser.add_argument("--rounds", type=int, help="rounds per figure (default 3; quick 1)")

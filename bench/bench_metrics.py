@@ -66,9 +66,11 @@ def reference_metrics(logits, labels, num_bins: int = 15) -> dict[str, float]:
   probs = softmax(logits.astype(np.float64), axis=1)
   confidence = probs.max(axis=1)
   correct = probs.argmax(axis=1) == labels
-  out = {"acc": correct.mean(),
-         "nll": log_loss(labels, probs, labels=np.arange(c)),
-         "brier": np.mean(np.sum((probs - np.eye(c)[labels]) ** 2, axis=1))}
+  out = {
+    "acc": correct.mean(),
+    "nll": log_loss(labels, probs, labels=np.arange(c)),
+    "brier": np.mean(np.sum((probs - np.eye(c)[labels]) ** 2, axis=1)),
+  }
   edges = np.linspace(0.0, 1.0, num_bins + 1)
   ece = 0.0
   for lo, hi in zip(edges[:-1], edges[1:]):
@@ -103,12 +105,15 @@ def suite_section(n: int, c: int, repeats: int, ref_repeats: int) -> str:
   host_logits, host_labels = np.asarray(logits), np.asarray(labels)
 
   timings = {
-      "duojax `evaluate`, device arrays": harness.time_call(
-          lambda: metrics.evaluate(logits, labels), repeats=repeats),
-      "duojax `evaluate`, numpy arrays": harness.time_call(
-          lambda: metrics.evaluate(host_logits, host_labels), repeats=repeats),
-      "reference (numpy + scipy + sklearn, float64)": harness.time_call(
-          lambda: reference_metrics(host_logits, host_labels), repeats=ref_repeats),
+    "duojax `evaluate`, device arrays": harness.time_call(
+      lambda: metrics.evaluate(logits, labels), repeats=repeats
+    ),
+    "duojax `evaluate`, numpy arrays": harness.time_call(
+      lambda: metrics.evaluate(host_logits, host_labels), repeats=repeats
+    ),
+    "reference (numpy + scipy + sklearn, float64)": harness.time_call(
+      lambda: reference_metrics(host_logits, host_labels), repeats=ref_repeats
+    ),
   }
   ours, reference = metrics.evaluate(logits, labels), reference_metrics(host_logits, host_labels)
   diffs = differences(ours, reference)
@@ -121,23 +126,36 @@ def suite_section(n: int, c: int, repeats: int, ref_repeats: int) -> str:
   rows = []
   for name, t in timings.items():
     agree = "–" if name.startswith("reference") else f"{diffs[worst]:.2g} ({worst})"
-    rows.append([name, size, f"{t.first_s:.3f}", f"{t.median_s:.3f}",
-                 f"{base / t.median_s:.1f}×", agree])
-  table = harness.md_table(["implementation", "N×C", "first call s (compile)", "median s",
-                            "speed-up", r"\|duojax − reference\|"], rows)
-  metric_rows = [[name, f"{ours[name]:.6g}", f"{reference[name]:.6g}", f"{diffs[name]:.2g}"]
-                 for name in metrics.METRIC_NAMES]
-  metric_table = harness.md_table(["metric", "duojax", "reference", r"\|difference\|"],
-                                  metric_rows)
+    rows.append(
+      [name, size, f"{t.first_s:.3f}", f"{t.median_s:.3f}", f"{base / t.median_s:.1f}×", agree]
+    )
+  table = harness.md_table(
+    [
+      "implementation",
+      "N×C",
+      "first call s (compile)",
+      "median s",
+      "speed-up",
+      r"\|duojax − reference\|",
+    ],
+    rows,
+  )
+  metric_rows = [
+    [name, f"{ours[name]:.6g}", f"{reference[name]:.6g}", f"{diffs[name]:.2g}"]
+    for name in metrics.METRIC_NAMES
+  ]
+  metric_table = harness.md_table(["metric", "duojax", "reference", r"\|difference\|"], metric_rows)
   best = timings["duojax `evaluate`, device arrays"].median_s
   met = best <= TARGET_S and base / best >= TARGET_SPEEDUP
-  return (f"Synthetic duo logits combined at w = {SUITE_WEIGHTS}; median of {repeats} timed "
-          f"runs (duojax) and {ref_repeats} (reference) after a first call.\n\n{table}\n\n"
-          f"Target: ≤ {TARGET_S:g} s and ≥ {TARGET_SPEEDUP:g}× faster than the reference on "
-          f"{size} (device arrays): {best:.3f} s, {base / best:.1f}×: "
-          f"**{'met' if met else 'missed'}**.\n\nAgreement per metric (largest "
-          f"{diffs[worst]:.2g}, on {worst}; tolerance {AGREEMENT_TOL:g}: "
-          f"**{'agree' if diffs[worst] <= AGREEMENT_TOL else 'DISAGREE'}**):\n\n{metric_table}")
+  return (
+    f"Synthetic duo logits combined at w = {SUITE_WEIGHTS}; median of {repeats} timed "
+    f"runs (duojax) and {ref_repeats} (reference) after a first call.\n\n{table}\n\n"
+    f"Target: ≤ {TARGET_S:g} s and ≥ {TARGET_SPEEDUP:g}× faster than the reference on "
+    f"{size} (device arrays): {best:.3f} s, {base / best:.1f}×: "
+    f"**{'met' if met else 'missed'}**.\n\nAgreement per metric (largest "
+    f"{diffs[worst]:.2g}, on {worst}; tolerance {AGREEMENT_TOL:g}: "
+    f"**{'agree' if diffs[worst] <= AGREEMENT_TOL else 'DISAGREE'}**):\n\n{metric_table}"
+  )
 
 
 def demo_forward(batch: int):
@@ -147,8 +165,9 @@ def demo_forward(batch: int):
   graphdefs, states = duo.split_members((large, small))
   fused = duo.make_fused_forward(graphdefs)
   pool = [jax.random.normal(jax.random.key(i), (batch, 28, 28, 1)) for i in range(2)]
-  compile_timing = harness.time_call(lambda: fused(states, pool[0]), repeats=1,
-                                     sync=harness.jax_sync)
+  compile_timing = harness.time_call(
+    lambda: fused(states, pool[0]), repeats=1, sync=harness.jax_sync
+  )
 
   def forward(n: int):
     outs = [fused(states, pool[i % len(pool)]) for i in range(-(-n // batch))]
@@ -159,11 +178,13 @@ def demo_forward(batch: int):
 
 def time_stages(stack, labels, repeats: int):
   """Timings of the temperature fit and of combine + evaluate on [m, N, C] logits."""
-  fit = harness.time_call(lambda: temperature.fit_temperatures(stack, labels),
-                          repeats=repeats, sync=harness.jax_sync)
+  fit = harness.time_call(
+    lambda: temperature.fit_temperatures(stack, labels), repeats=repeats, sync=harness.jax_sync
+  )
   weights = temperature.fit_temperatures(stack, labels)
-  score = harness.time_call(lambda: metrics.evaluate(duo.combine(stack, weights), labels),
-                            repeats=repeats)
+  score = harness.time_call(
+    lambda: metrics.evaluate(duo.combine(stack, weights), labels), repeats=repeats
+  )
   return fit, score
 
 
@@ -179,14 +200,18 @@ def scaling_section(sizes, synthetic_sizes, batch: int, repeats: int) -> str:
       forward_s = time.perf_counter() - start
       fit, score = time_stages(stack, labels, repeats)
       results.append((n, "demo duo forward", forward_s, fit, score))
-      print(f"  N = {n:,}: forward {forward_s:.2f} s, fit {fit.median_s:.3f} s, "
-            f"metrics {score.median_s:.3f} s", flush=True)
+      print(
+        f"  N = {n:,}: forward {forward_s:.2f} s, fit {fit.median_s:.3f} s, "
+        f"metrics {score.median_s:.3f} s",
+        flush=True,
+      )
   for n in synthetic_sizes:
     members, labels = synthetic_duo(n, 10)
     fit, score = time_stages(jnp.stack(members), labels, repeats)
     results.append((n, "synthetic (no forward)", None, fit, score))
-    print(f"  N = {n:,} synthetic: fit {fit.median_s:.3f} s, metrics {score.median_s:.3f} s",
-          flush=True)
+    print(
+      f"  N = {n:,} synthetic: fit {fit.median_s:.3f} s, metrics {score.median_s:.3f} s", flush=True
+    )
 
   first_n = results[0][0]
   first_tail = results[0][3].median_s + results[0][4].median_s
@@ -197,23 +222,49 @@ def scaling_section(sizes, synthetic_sizes, batch: int, repeats: int) -> str:
     compile_s = fit.compile_s + score.compile_s
     per_sample = (tail / n) / (first_tail / first_n)
     per_n_log_n = (tail / (n * math.log(n))) / (first_tail / (first_n * math.log(first_n)))
-    rows.append([f"{n:,}", source, "–" if forward_s is None else f"{forward_s:.2f}",
-                 f"{fit.median_s:.3f}", f"{score.median_s:.3f}", f"{total:.2f}",
-                 f"{compile_s:.1f}", f"{total / n * 1e6:,.1f}", f"{per_sample:.3f}",
-                 f"{per_n_log_n:.3f}"])
+    rows.append(
+      [
+        f"{n:,}",
+        source,
+        "–" if forward_s is None else f"{forward_s:.2f}",
+        f"{fit.median_s:.3f}",
+        f"{score.median_s:.3f}",
+        f"{total:.2f}",
+        f"{compile_s:.1f}",
+        f"{total / n * 1e6:,.1f}",
+        f"{per_sample:.3f}",
+        f"{per_n_log_n:.3f}",
+      ]
+    )
   table = harness.md_table(
-      ["N", "logits", "forward s", "temperature fit s", "metrics s", "total s",
-       "fit + metrics compile s", "µs / sample (total)", "fit + metrics per sample, × smallest N",
-       "fit + metrics / (N log N), × smallest N"], rows)
-  forward_note = ("" if forward_compile is None else
-                  f" (compiled once first: {forward_compile:.1f} s, not in the table)")
-  return (f"Forward: fused duo (ResNet-14 + cnn_xs, 28×28×1, 10 classes), batches of "
-          f"{batch}, timed once{forward_note}. Fit and metrics (combine + evaluate): "
-          f"median of {repeats} after a first, compiling run (its overhead is the compile "
-          f"column). Total = forward + fit + metrics.\n\n{table}\n\n"
-          f"Fit + metrics at N = {results[-1][0]:,} cost {per_n_log_n:.3f}× the N log N "
-          f"extrapolation from N = {first_n:,}: "
-          f"**{'N log N or better' if per_n_log_n <= 1.0 else 'worse than N log N'}**.")
+    [
+      "N",
+      "logits",
+      "forward s",
+      "temperature fit s",
+      "metrics s",
+      "total s",
+      "fit + metrics compile s",
+      "µs / sample (total)",
+      "fit + metrics per sample, × smallest N",
+      "fit + metrics / (N log N), × smallest N",
+    ],
+    rows,
+  )
+  forward_note = (
+    ""
+    if forward_compile is None
+    else f" (compiled once first: {forward_compile:.1f} s, not in the table)"
+  )
+  return (
+    f"Forward: fused duo (ResNet-14 + cnn_xs, 28×28×1, 10 classes), batches of "
+    f"{batch}, timed once{forward_note}. Fit and metrics (combine + evaluate): "
+    f"median of {repeats} after a first, compiling run (its overhead is the compile "
+    f"column). Total = forward + fit + metrics.\n\n{table}\n\n"
+    f"Fit + metrics at N = {results[-1][0]:,} cost {per_n_log_n:.3f}× the N log N "
+    f"extrapolation from N = {first_n:,}: "
+    f"**{'N log N or better' if per_n_log_n <= 1.0 else 'worse than N log N'}**."
+  )
 
 
 def _sizes(text: str) -> list[int]:
@@ -234,8 +285,9 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default=str(harness.BENCHMARKS_MD))
   args = parser.parse_args(argv)
   n, c = (2_000, 50) if args.quick else (args.n, args.c)
-  sizes, synthetic_sizes = (([512, 2048], [8192]) if args.quick else
-                            (_sizes(args.scaling_n), _sizes(args.synthetic_n)))
+  sizes, synthetic_sizes = (
+    ([512, 2048], [8192]) if args.quick else (_sizes(args.scaling_n), _sizes(args.synthetic_n))
+  )
   if not sizes and not synthetic_sizes:
     parser.error("no N to run for the scaling section")
   batch = 256 if args.quick else args.batch

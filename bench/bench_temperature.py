@@ -17,6 +17,7 @@ objective + gradient evaluation has to read the m·N·C float32 logits at least
 twice (value, then gradient); the floor is those bytes times the evaluations
 the solve made, over the read bandwidth measured in the same run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,14 +70,19 @@ def scipy_fit(members, labels):
     z -= row_max[:, None]
     np.exp(z, out=z)
     mass = z.sum(axis=1)
-    z /= mass[:, None]                                   # in place: z is now p
+    z /= mass[:, None]  # in place: z is now p
     value = float(np.mean(row_max + np.log(mass) - w @ label_logits))
     grad = np.array([np.vdot(z, z_i) for z_i in stack]) / len(labels) - label_logits.mean(axis=1)
     return value, grad
 
   m = len(stack)
-  result = optimize.minimize(nll_and_grad, np.full(m, 1.0 / m), jac=True, method="L-BFGS-B",
-                             options={"ftol": 1e-15, "gtol": 1e-6, "maxiter": 100})
+  result = optimize.minimize(
+    nll_and_grad,
+    np.full(m, 1.0 / m),
+    jac=True,
+    method="L-BFGS-B",
+    options={"ftol": 1e-15, "gtol": 1e-6, "maxiter": 100},
+  )
   return result.x, result.nit, result.nfev, float(result.fun)
 
 
@@ -109,8 +115,10 @@ def torch_reference_fit(members, labels, grid: int = 25, t_range=(0.05, 5.0)):
 
   values = np.linspace(*t_range, grid)
   with torch.inference_mode():
-    best = min(((float(loss((t_l, t_s))), (t_l, t_s)) for t_l in values for t_s in values),
-               key=lambda pair: pair[0])[1]
+    best = min(
+      ((float(loss((t_l, t_s))), (t_l, t_s)) for t_l in values for t_s in values),
+      key=lambda pair: pair[0],
+    )[1]
   temps = torch.tensor(best, dtype=torch.float32, requires_grad=True)
   optimizer = torch.optim.LBFGS([temps], lr=0.01, max_iter=50)
 
@@ -157,15 +165,24 @@ def fit_rows(n: int, c: int, repeats: int, with_torch: bool):
   rows, floor = [], None
   for solver in temperature.SOLVERS:
     fit = lambda solver=solver: temperature.fit_temperatures_with_info(
-        members, labels, solver=solver)
+      members, labels, solver=solver
+    )
     timing = harness.time_call(fit, repeats=repeats, sync=harness.jax_sync)
     weights, info = fit()
     # Warm-start run (on the rows shown) + final run on all rows.
-    rows.append([f"duojax, {solver} L-BFGS (float32)", size, f"{timing.compile_s:.2f}",
-                 f"{timing.median_s:.3f}", f"{timing.min_s:.3f}",
-                 f"{info['warm_start_iterations']} + {info['iterations']}",
-                 f"{info['warm_start_evaluations']} on {info['warm_start_rows']:,} rows"
-                 f" + {info['evaluations']}", f"{nll64(weights, members, labels):.8f}"])
+    rows.append(
+      [
+        f"duojax, {solver} L-BFGS (float32)",
+        size,
+        f"{timing.compile_s:.2f}",
+        f"{timing.median_s:.3f}",
+        f"{timing.min_s:.3f}",
+        f"{info['warm_start_iterations']} + {info['iterations']}",
+        f"{info['warm_start_evaluations']} on {info['warm_start_rows']:,} rows"
+        f" + {info['evaluations']}",
+        f"{nll64(weights, members, labels):.8f}",
+      ]
+    )
     if solver == "jaxopt":
       floor = (size, members, info, timing.median_s)
     print(f"  {solver} {size}: w = {np.asarray(weights)}", flush=True)
@@ -175,13 +192,32 @@ def fit_rows(n: int, c: int, repeats: int, with_torch: bool):
   slow_repeats = repeats if n * c <= 10**6 else 1
   if with_torch:
     (w, nit, nfev), timing = timed(lambda: torch_reference_fit(members, labels), slow_repeats)
-    rows.append(["reference recipe, PyTorch (25² grid + LBFGS)", size, "–",
-                 f"{timing.median_s:.3f}", f"{timing.min_s:.3f}", f"{nit}", f"{nfev}",
-                 f"{nll64(w, members, labels):.8f}"])
+    rows.append(
+      [
+        "reference recipe, PyTorch (25² grid + LBFGS)",
+        size,
+        "–",
+        f"{timing.median_s:.3f}",
+        f"{timing.min_s:.3f}",
+        f"{nit}",
+        f"{nfev}",
+        f"{nll64(w, members, labels):.8f}",
+      ]
+    )
     print(f"  torch reference {size}: w = {w}", flush=True)
   (w, nit, nfev, _), timing = timed(lambda: scipy_fit(members, labels), slow_repeats)
-  rows.append(["scipy L-BFGS-B (float64)", size, "–", f"{timing.median_s:.3f}",
-               f"{timing.min_s:.3f}", f"{nit}", f"{nfev}", f"{nll64(w, members, labels):.8f}"])
+  rows.append(
+    [
+      "scipy L-BFGS-B (float64)",
+      size,
+      "–",
+      f"{timing.median_s:.3f}",
+      f"{timing.min_s:.3f}",
+      f"{nit}",
+      f"{nfev}",
+      f"{nll64(w, members, labels):.8f}",
+    ]
+  )
   return rows, floor
 
 
@@ -196,10 +232,12 @@ def floor_note(floor, bandwidth_gbs: float) -> str:
   floor_s = 2 * logits_bytes * evaluations / (bandwidth_gbs * 1e9)
   measured = read_bandwidth_gbs(members)
   floor_now = floor_s * bandwidth_gbs / measured
-  return (f"- {size}: {logits_bytes / 1e6:,.0f} MB of logits, {evaluations:.1f} full-data "
-          f"evaluation equivalents → floor {floor_s * 1e3:.0f} ms at {bandwidth_gbs:g} GB/s; "
-          f"XLA read bandwidth measured now {measured:.1f} GB/s → floor {floor_now * 1e3:.0f} ms; "
-          f"measured fit {median * 1e3:.0f} ms = **{median / floor_now:.1f}× the floor**.")
+  return (
+    f"- {size}: {logits_bytes / 1e6:,.0f} MB of logits, {evaluations:.1f} full-data "
+    f"evaluation equivalents → floor {floor_s * 1e3:.0f} ms at {bandwidth_gbs:g} GB/s; "
+    f"XLA read bandwidth measured now {measured:.1f} GB/s → floor {floor_now * 1e3:.0f} ms; "
+    f"measured fit {median * 1e3:.0f} ms = **{median / floor_now:.1f}× the floor**."
+  )
 
 
 def main(argv=None) -> int:
@@ -209,8 +247,12 @@ def main(argv=None) -> int:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--quick", action="store_true", help="tiny sizes (for the unit test)")
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference recipe")
-  parser.add_argument("--bandwidth-gbs", type=float, default=27.0,
-                      help="read bandwidth for the floor (this CPU's XLA measured 27 GB/s)")
+  parser.add_argument(
+    "--bandwidth-gbs",
+    type=float,
+    default=27.0,
+    help="read bandwidth for the floor (this CPU's XLA measured 27 GB/s)",
+  )
   parser.add_argument("--out", default=str(harness.BENCHMARKS_MD))
   args = parser.parse_args(argv)
   sizes = [(500, 10), (2_000, 50)] if args.quick else [(10_000, 10), (args.n, args.c)]
@@ -223,21 +265,33 @@ def main(argv=None) -> int:
     rows += size_rows
     floors.append(floor)
   table = harness.md_table(
-      ["method", "N×C", "compile s", "median s", "min s", "iterations", "evaluations",
-       "final NLL (float64 at the fitted w)"], rows)
+    [
+      "method",
+      "N×C",
+      "compile s",
+      "median s",
+      "min s",
+      "iterations",
+      "evaluations",
+      "final NLL (float64 at the fitted w)",
+    ],
+    rows,
+  )
   notes = "\n".join(floor_note(f, args.bandwidth_gbs) for f in floors)
   body = (
-      "Synthetic logits: a large model (overconfident) and a sidekick (underconfident, "
-      "noisier). Median of the repeats after one compiling run; the final NLL is recomputed "
-      "in float64 at each method's weights (the reference recipe's temperatures as "
-      "w = 1 / (2T)). Iterations/evaluations of duojax are \"warm-start run on a row sample + "
-      "final run on all rows\"; the reference recipe's evaluations include its 625 grid "
-      f"points.\n\n{table}\n\nTarget: ≤ 0.5 s for the duo on 50k×1000 after compilation, and "
-      "a final NLL at least as low as every other method's.\n\nMemory-bandwidth floor of the "
-      f"jaxopt fit:\n\n{notes}")
+    "Synthetic logits: a large model (overconfident) and a sidekick (underconfident, "
+    "noisier). Median of the repeats after one compiling run; the final NLL is recomputed "
+    "in float64 at each method's weights (the reference recipe's temperatures as "
+    'w = 1 / (2T)). Iterations/evaluations of duojax are "warm-start run on a row sample + '
+    "final run on all rows\"; the reference recipe's evaluations include its 625 grid "
+    f"points.\n\n{table}\n\nTarget: ≤ 0.5 s for the duo on 50k×1000 after compilation, and "
+    "a final NLL at least as low as every other method's.\n\nMemory-bandwidth floor of the "
+    f"jaxopt fit:\n\n{notes}"
+  )
   harness.print_section("Temperature fit", body)
-  harness.write_section("temperature", "Temperature fit (duo, m = 2)", body, machine=machine,
-                        path=args.out)
+  harness.write_section(
+    "temperature", "Temperature fit (duo, m = 2)", body, machine=machine, path=args.out
+  )
   return 0
 
 

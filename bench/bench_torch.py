@@ -60,10 +60,10 @@ import torch_models  # noqa: E402
 EVAL_MODELS = "resnet18,resnet50,vit_s16,vit_b16"
 # name -> (image shape HWC, batches)
 TRAIN = {
-    "resnet14": ((28, 28, 1), (32,)),
-    "cnn_xs": ((28, 28, 1), (32,)),
-    "resnet18": ((32, 32, 3), (32, 64)),
-    "vit_s4": ((32, 32, 3), (32, 64)),
+  "resnet14": ((28, 28, 1), (32,)),
+  "cnn_xs": ((28, 28, 1), (32,)),
+  "resnet18": ((32, 32, 3), (32, 64)),
+  "vit_s4": ((32, 32, 3), (32, 64)),
 }
 QUICK_EVAL = ("resnet14", "vit_mu4")
 QUICK_TRAIN = {"resnet14": ((28, 28, 1), (4,)), "cnn_xs": ((28, 28, 1), (4,))}
@@ -89,6 +89,7 @@ def jax_eval(name: str, classes: int, size: int, batch: int, dtype: str, repeats
   from flax import nnx
 
   from duojax import models
+
   model = models.get_model(name, classes, rngs=0, dtype=dtype, image_size=size)
   graphdef, state = nnx.split(model)
   fwd = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, train=False)[0])
@@ -104,8 +105,9 @@ def jax_eval(name: str, classes: int, size: int, batch: int, dtype: str, repeats
   return batch / timing.median_s, compile_s, flops / timing.median_s
 
 
-def torch_eval_eager(name: str, classes: int, size: int, batch: int, dtype: str,
-                     repeats: int) -> dict[str, float]:
+def torch_eval_eager(
+  name: str, classes: int, size: int, batch: int, dtype: str, repeats: int
+) -> dict[str, float]:
   """img/s of the eager PyTorch forward for each layout tried."""
   torch.manual_seed(0)
   model = torch_models.build(name, classes, size).eval()
@@ -151,8 +153,16 @@ def torch_eval_compiled(spec: dict, timeout_s: float) -> tuple[float | None, str
   return out["img_s"], f"{out['img_s']:,.1f} (compile {out['compile_s']:.0f} s)"
 
 
-def eval_section(names, classes: int, size: int, batch: int, dtypes, repeats: int,
-                 compile_note: str | None, compile_timeout: float) -> str:
+def eval_section(
+  names,
+  classes: int,
+  size: int,
+  batch: int,
+  dtypes,
+  repeats: int,
+  compile_note: str | None,
+  compile_timeout: float,
+) -> str:
   rows = []
   for name in names:
     for dtype in dtypes:
@@ -167,24 +177,55 @@ def eval_section(names, classes: int, size: int, batch: int, dtypes, repeats: in
       if compile_note is not None:
         compiled_cell = compile_note
       else:
-        spec = dict(name=name, classes=classes, size=size, batch=batch, dtype=dtype,
-                    layout=layout, repeats=repeats)
+        spec = dict(
+          name=name,
+          classes=classes,
+          size=size,
+          batch=batch,
+          dtype=dtype,
+          layout=layout,
+          repeats=repeats,
+        )
         rate, compiled_cell = torch_eval_compiled(spec, compile_timeout)
         if rate is not None:
           best = max(best, rate)
-      rows.append([name, dtype, batch, f"{jax_rate:,.1f}", eager_cell, compiled_cell,
-                   f"{jax_rate / best:.2f}", f"{compile_s:.1f}", f"{flop_rate / 1e9:,.1f}"])
+      rows.append(
+        [
+          name,
+          dtype,
+          batch,
+          f"{jax_rate:,.1f}",
+          eager_cell,
+          compiled_cell,
+          f"{jax_rate / best:.2f}",
+          f"{compile_s:.1f}",
+          f"{flop_rate / 1e9:,.1f}",
+        ]
+      )
       print(" ", rows[-1], flush=True)
   table = harness.md_table(
-      ["model", "dtype", "batch", "JAX img/s", "PyTorch eager img/s (layout)",
-       "torch.compile img/s", "JAX / PyTorch-best", "JAX compile s", "XLA GFLOP/s"], rows)
-  return (f"{table}\n\n{size}×{size}×3 inputs, {classes} classes, eval mode, median of "
-          f"{repeats} timed calls after a warm-up. bfloat16: duojax `dtype=bfloat16` (float32 "
-          "parameters, bfloat16 compute) against `torch.autocast(\"cpu\", torch.bfloat16)`. "
-          "XLA GFLOP/s = XLA's flop count for the compiled forward / median time. "
-          "The ratio divides JAX img/s by the better of PyTorch eager and torch.compile. "
-          "torch.compile's compile time is its first call, with whatever inductor found in "
-          "its on-disk cache from earlier runs.")
+    [
+      "model",
+      "dtype",
+      "batch",
+      "JAX img/s",
+      "PyTorch eager img/s (layout)",
+      "torch.compile img/s",
+      "JAX / PyTorch-best",
+      "JAX compile s",
+      "XLA GFLOP/s",
+    ],
+    rows,
+  )
+  return (
+    f"{table}\n\n{size}×{size}×3 inputs, {classes} classes, eval mode, median of "
+    f"{repeats} timed calls after a warm-up. bfloat16: duojax `dtype=bfloat16` (float32 "
+    'parameters, bfloat16 compute) against `torch.autocast("cpu", torch.bfloat16)`. '
+    "XLA GFLOP/s = XLA's flop count for the compiled forward / median time. "
+    "The ratio divides JAX img/s by the better of PyTorch eager and torch.compile. "
+    "torch.compile's compile time is its first call, with whatever inductor found in "
+    "its on-disk cache from earlier runs."
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -201,18 +242,23 @@ def jax_train(name: str, shape, batch: int, classes: int, repeats: int):
   from duojax.models import functional, spec
   from duojax.parallel import sharding
   from duojax.train import optim, steps
+
   config = config_lib.base_config()
   optimizer = optim.make_optimizer(config, num_steps=10_000)
   model = spec.build_model(name, {}, classes, tuple(shape), seed=0)
   graphdef, params, batch_stats = functional.split_model(model)
   mesh = sharding.make_mesh(1)
-  state = jax.device_put(steps.init_state(params, batch_stats, optimizer),
-                         sharding.replicated(mesh))
-  step = steps.make_train_step(graphdef, optimizer, mesh=mesh, seed=0,
-                               label_smoothing=config.label_smoothing)
+  state = jax.device_put(
+    steps.init_state(params, batch_stats, optimizer), sharding.replicated(mesh)
+  )
+  step = steps.make_train_step(
+    graphdef, optimizer, mesh=mesh, seed=0, label_smoothing=config.label_smoothing
+  )
   rng = np.random.default_rng(0)
-  data = {"image": jnp.asarray(rng.standard_normal((batch, *shape), np.float32)),
-          "label": jnp.asarray(rng.integers(0, classes, batch, np.int32))}
+  data = {
+    "image": jnp.asarray(rng.standard_normal((batch, *shape), np.float32)),
+    "label": jnp.asarray(rng.integers(0, classes, batch, np.int32)),
+  }
   data = jax.device_put(data, sharding.batch_sharding(mesh))
   holder = [state]
 
@@ -227,6 +273,7 @@ def jax_train(name: str, shape, batch: int, classes: int, repeats: int):
 def torch_train(name: str, shape, batch: int, classes: int, repeats: int) -> dict[str, float]:
   """img/s of the eager PyTorch train step for each layout tried."""
   from duojax import config_lib
+
   config = config_lib.base_config()
   h, w, c = shape
   rates = {}
@@ -235,8 +282,10 @@ def torch_train(name: str, shape, batch: int, classes: int, repeats: int) -> dic
     fmt = LAYOUTS[layout]
     model = torch_models.build(name, classes, h, c).train().to(memory_format=fmt)
     params = list(model.parameters())
-    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
-              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    groups = [
+      {"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
+      {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
     opt = torch.optim.AdamW(groups, lr=config.lr)
     x = torch.randn(batch, c, h, w).contiguous(memory_format=fmt)
     y = torch.randint(0, classes, (batch,))
@@ -257,7 +306,7 @@ def torch_train(name: str, shape, batch: int, classes: int, repeats: int) -> dic
 def train_section(configs: dict, classes: int, repeats: int, batch_override: int | None) -> str:
   rows = []
   for name, (shape, batches) in configs.items():
-    for batch in ((batch_override,) if batch_override else batches):
+    for batch in (batch_override,) if batch_override else batches:
       jax_rate, compile_s = jax_train(name, shape, batch, classes, repeats)
       rates = torch_train(name, shape, batch, classes, repeats)
       layout = max(rates, key=rates.get)
@@ -265,16 +314,37 @@ def train_section(configs: dict, classes: int, repeats: int, batch_override: int
       if len(rates) > 1:
         other = min(rates, key=rates.get)
         cell += f"; {other} {rates[other]:,.1f}"
-      rows.append([name, "×".join(map(str, shape)), batch, f"{jax_rate:,.1f}", cell,
-                   f"{jax_rate / rates[layout]:.2f}", f"{compile_s:.1f}"])
+      rows.append(
+        [
+          name,
+          "×".join(map(str, shape)),
+          batch,
+          f"{jax_rate:,.1f}",
+          cell,
+          f"{jax_rate / rates[layout]:.2f}",
+          f"{compile_s:.1f}",
+        ]
+      )
       print(" ", rows[-1], flush=True)
-  table = harness.md_table(["model", "input", "batch", "JAX img/s", "PyTorch img/s (layout)",
-                            "JAX / PyTorch", "JAX compile s"], rows)
-  return (f"{table}\n\nOne optimizer step per call, float32, {classes} classes, batch-norm "
-          f"batch statistics, median of {repeats} timed steps after a warm-up (JAX: compiling) "
-          "step. JAX: `steps.make_train_step` with the default config's AdamW and "
-          "gradient clipping; PyTorch: eager forward + cross-entropy + backward + "
-          "`clip_grad_norm_` + `AdamW.step()`. Models without dropout on both sides.")
+  table = harness.md_table(
+    [
+      "model",
+      "input",
+      "batch",
+      "JAX img/s",
+      "PyTorch img/s (layout)",
+      "JAX / PyTorch",
+      "JAX compile s",
+    ],
+    rows,
+  )
+  return (
+    f"{table}\n\nOne optimizer step per call, float32, {classes} classes, batch-norm "
+    f"batch statistics, median of {repeats} timed steps after a warm-up (JAX: compiling) "
+    "step. JAX: `steps.make_train_step` with the default config's AdamW and "
+    "gradient clipping; PyTorch: eager forward + cross-entropy + backward + "
+    "`clip_grad_norm_` + `AdamW.step()`. Models without dropout on both sides."
+  )
 
 
 def _names(text: str) -> list[str]:
@@ -283,24 +353,38 @@ def _names(text: str) -> list[str]:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="tiny models and sizes, 1 repeat, no torch.compile (unit test)")
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="tiny models and sizes, 1 repeat, no torch.compile (unit test)",
+  )
   parser.add_argument("--out", default=str(harness.BENCHMARKS_MD))
   parser.add_argument("--sections", default="eval,train", help="comma list of eval, train")
   parser.add_argument("--models", default=EVAL_MODELS, help="eval models (duojax names)")
   parser.add_argument("--image-size", type=int, default=224, help="eval image side")
   parser.add_argument("--batch", type=int, default=32, help="eval batch")
   parser.add_argument("--classes", type=int, default=1000, help="eval classes")
-  parser.add_argument("--dtypes", default="auto",
-                      help="comma list of float32, bfloat16; auto: bfloat16 only on CPUs with "
-                      "native bfloat16 matmuls (AMX or AVX-512 BF16)")
+  parser.add_argument(
+    "--dtypes",
+    default="auto",
+    help="comma list of float32, bfloat16; auto: bfloat16 only on CPUs with "
+    "native bfloat16 matmuls (AMX or AVX-512 BF16)",
+  )
   parser.add_argument("--train-models", default=",".join(TRAIN), help=f"subset of {list(TRAIN)}")
-  parser.add_argument("--train-batch", type=int, default=None,
-                      help="one batch size for every train model (default: the table's)")
+  parser.add_argument(
+    "--train-batch",
+    type=int,
+    default=None,
+    help="one batch size for every train model (default: the table's)",
+  )
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-  parser.add_argument("--compile-timeout", type=float, default=300.0,
-                      help="seconds allowed per torch.compile measurement")
+  parser.add_argument(
+    "--compile-timeout",
+    type=float,
+    default=300.0,
+    help="seconds allowed per torch.compile measurement",
+  )
   parser.add_argument("--compile-worker", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.compile_worker is not None:
@@ -313,13 +397,16 @@ def main(argv=None) -> int:
   if args.dtypes == "auto":
     dtypes = ["float32"] + (["bfloat16"] if harness.cpu_bf16_flags() else [])
     if "bfloat16" not in dtypes:
-      bf16_note = ("\n\nbfloat16 rows skipped: this CPU has no native bfloat16 matmuls (no AMX, "
-                   "no AVX-512 BF16), so both frameworks would emulate it in float32 "
-                   "(`--dtypes float32,bfloat16` forces them).")
+      bf16_note = (
+        "\n\nbfloat16 rows skipped: this CPU has no native bfloat16 matmuls (no AMX, "
+        "no AVX-512 BF16), so both frameworks would emulate it in float32 "
+        "(`--dtypes float32,bfloat16` forces them)."
+      )
   else:
     dtypes = _names(args.dtypes)
-  bad = ([s for s in sections if s not in ("eval", "train")]
-         + [d for d in dtypes if d not in ("float32", "bfloat16")])
+  bad = [s for s in sections if s not in ("eval", "train")] + [
+    d for d in dtypes if d not in ("float32", "bfloat16")
+  ]
   if bad:
     parser.error(f"unknown section(s) or dtype(s): {bad}")
   if args.quick:
@@ -337,8 +424,12 @@ def main(argv=None) -> int:
 
   if "eval" in sections:
     title = "Eval throughput: JAX vs PyTorch"
-    body = eval_section(eval_models, classes, size, batch, dtypes, repeats, compile_note,
-                        args.compile_timeout) + bf16_note
+    body = (
+      eval_section(
+        eval_models, classes, size, batch, dtypes, repeats, compile_note, args.compile_timeout
+      )
+      + bf16_note
+    )
     harness.print_section(title, body)
     harness.write_section("torch_eval", title, body, machine=machine, path=args.out)
   if "train" in sections:

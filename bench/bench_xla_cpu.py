@@ -43,24 +43,25 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 from formulations import (  # noqa: E402
-    closed_form_batch_norm,
-    matmul_conv,
-    matmul_kernel_grad_conv,
-    nchw_conv,
-    windowed_max_pool,
+  closed_form_batch_norm,
+  matmul_conv,
+  matmul_kernel_grad_conv,
+  nchw_conv,
+  windowed_max_pool,
 )
 
 from duojax import models  # noqa: E402
 from duojax.models import vit  # noqa: E402
 
 OPTIONS = {
-    "default": {},
-    "oneDNN off": {"xla_cpu_use_onednn": False},
-    "XNNPACK off": {"xla_cpu_use_xnnpack": False},
-    "YNNPACK convolutions": {
-        "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
-    "fast math": {"xla_cpu_enable_fast_math": True},
-    "512-bit vectors": {"xla_cpu_prefer_vector_width": 512},
+  "default": {},
+  "oneDNN off": {"xla_cpu_use_onednn": False},
+  "XNNPACK off": {"xla_cpu_use_xnnpack": False},
+  "YNNPACK convolutions": {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
+  },
+  "fast math": {"xla_cpu_enable_fast_math": True},
+  "512-bit vectors": {"xla_cpu_prefer_vector_width": 512},
 }
 
 
@@ -90,6 +91,7 @@ def _attention(token_major: bool):
       y = jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(logits, axis=-1), v)
       y = y.transpose(0, 2, 1, 3)
     return jnp.einsum("bthe,hed->btd", y, wo)
+
   return jax.jit(block)
 
 
@@ -100,44 +102,57 @@ def _patchify(x, w):
   return patches.reshape(b, h // p, wd // p, p * p * c) @ w.reshape(p * p * c, -1)
 
 
-def kernels_section(batch: int, tokens: int, width: int, heads: int, image: int,
-                    repeats: int) -> str:
+def kernels_section(
+  batch: int, tokens: int, width: int, heads: int, image: int, repeats: int
+) -> str:
   keys = iter(jax.random.split(jax.random.key(0), 16))
   normal = lambda shape, s=1.0: s * jax.random.normal(next(keys), shape, jnp.float32)
   hd, mlp = width // heads, 4 * width
   x = normal((batch, tokens, width))
-  att = tuple(normal((width, heads, hd), 0.05) for _ in range(3)) + (normal((heads, hd, width), 0.05),)
+  att = tuple(normal((width, heads, hd), 0.05) for _ in range(3)) + (
+    normal((heads, hd, width), 0.05),
+  )
   w1, w2 = normal((width, mlp), 0.05), normal((mlp, width), 0.05)
   img, wp = normal((batch, image, image, 3)), normal((16, 16, 3, width), 0.02)
   conv = lambda x, w: jax.lax.conv_general_dilated(
-      x, w, (16, 16), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x, w, (16, 16), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
   groups = {
-      "attention block (q/k/v/out projections + core)": {
-          "token-major [B, T, heads, hd]": (_attention(True), (x,) + att),
-          "head-major [B, heads, T, hd] (duojax)": (_attention(False), (x,) + att)},
-      f"MLP {width}→{mlp}→{width}": {
-          "exact GELU via erfc (jax.nn.gelu)": (
-              jax.jit(lambda x: jax.nn.gelu(x @ w1, approximate=False) @ w2), (x,)),
-          "exact GELU via erf (duojax)": (jax.jit(lambda x: vit._gelu_erf(x @ w1) @ w2), (x,)),
-          "no activation (floor)": (jax.jit(lambda x: (x @ w1) @ w2), (x,))},
-      "patch embedding 16×16": {
-          "strided convolution (duojax)": (jax.jit(conv), (img, wp)),
-          "patchify + matmul": (jax.jit(_patchify), (img, wp))},
+    "attention block (q/k/v/out projections + core)": {
+      "token-major [B, T, heads, hd]": (_attention(True), (x,) + att),
+      "head-major [B, heads, T, hd] (duojax)": (_attention(False), (x,) + att),
+    },
+    f"MLP {width}→{mlp}→{width}": {
+      "exact GELU via erfc (jax.nn.gelu)": (
+        jax.jit(lambda x: jax.nn.gelu(x @ w1, approximate=False) @ w2),
+        (x,),
+      ),
+      "exact GELU via erf (duojax)": (jax.jit(lambda x: vit._gelu_erf(x @ w1) @ w2), (x,)),
+      "no activation (floor)": (jax.jit(lambda x: (x @ w1) @ w2), (x,)),
+    },
+    "patch embedding 16×16": {
+      "strided convolution (duojax)": (jax.jit(conv), (img, wp)),
+      "patchify + matmul": (jax.jit(_patchify), (img, wp)),
+    },
   }
   rows = []
   for group, variants in groups.items():
     outs = [np.asarray(fn(*a)) for fn, a in variants.values()]
-    times = alternate({k: fn for k, (fn, _) in variants.items()},
-                      {k: a for k, (_, a) in variants.items()}, repeats)
+    times = alternate(
+      {k: fn for k, (fn, _) in variants.items()}, {k: a for k, (_, a) in variants.items()}, repeats
+    )
     base = next(iter(times.values()))
     for (name, t), out in zip(times.items(), outs):
       # The floor computes a different function: no agreement to report.
       diff = "n/a" if "floor" in name else f"{float(np.abs(out - outs[0]).max()):.1e}"
       rows.append([group, name, f"{t * 1e3:.1f}", f"{base / t:.2f}×", diff])
   table = harness.md_table(
-      ["piece", "variant", "median ms", "speed vs first", "max |Δ| vs first"], rows)
-  return (f"Batch {batch}, {tokens} tokens, width {width}, {heads} heads, float32, "
-          f"median of {repeats} interleaved runs.\n\n{table}")
+    ["piece", "variant", "median ms", "speed vs first", "max |Δ| vs first"], rows
+  )
+  return (
+    f"Batch {batch}, {tokens} tokens, width {width}, {heads} heads, float32, "
+    f"median of {repeats} interleaved runs.\n\n{table}"
+  )
 
 
 def options_section(names, image: int, batch: int, repeats: int) -> str:
@@ -158,11 +173,12 @@ def options_section(names, image: int, batch: int, repeats: int) -> str:
       if label in failed:
         rows.append([name, label, "–", "–", f"rejected: {failed[label]}"])
       else:
-        rows.append([name, label, f"{batch / times[label]:.1f}",
-                     f"{base / times[label]:.2f}×", ""])
+        rows.append([name, label, f"{batch / times[label]:.1f}", f"{base / times[label]:.2f}×", ""])
   table = harness.md_table(["model", "XLA CPU options", "img/s", "vs default", "note"], rows)
-  return (f"{image}×{image}, batch {batch}, float32 eval forward, median of {repeats} "
-          f"interleaved runs.\n\n{table}")
+  return (
+    f"{image}×{image}, batch {batch}, float32 eval forward, median of {repeats} "
+    f"interleaved runs.\n\n{table}"
+  )
 
 
 def _train_step(name: str, batch: int, conv=None):
@@ -182,12 +198,15 @@ def _train_step(name: str, batch: int, conv=None):
         module.conv_general_dilated = conv
   graphdef, params, batch_stats = functional.split_model(model)
   mesh = sharding.make_mesh(1)
-  state = jax.device_put(steps.init_state(params, batch_stats, optimizer),
-                         sharding.replicated(mesh))
+  state = jax.device_put(
+    steps.init_state(params, batch_stats, optimizer), sharding.replicated(mesh)
+  )
   step = steps.make_train_step(graphdef, optimizer, mesh=mesh, seed=0)
   rng = np.random.default_rng(0)
-  data = {"image": jnp.asarray(rng.standard_normal((batch, 28, 28, 1), np.float32)),
-          "label": jnp.asarray(rng.integers(0, 10, batch, np.int32))}
+  data = {
+    "image": jnp.asarray(rng.standard_normal((batch, 28, 28, 1), np.float32)),
+    "label": jnp.asarray(rng.integers(0, 10, batch, np.int32)),
+  }
   return step, state, data
 
 
@@ -198,15 +217,20 @@ def train_step_section(cases, repeats: int, steps_per_call: int, torch_rates: bo
   base_label = "library convolutions (duojax)"
   for name, batch in cases:
     # label -> (convolution, compiler options, context the step is traced in)
-    variants = {base_label: (None, {}, None),
-                "im2col + one matmul per convolution": (matmul_conv, {}, None),
-                "kernel gradients as one matmul (custom VJP)": (matmul_kernel_grad_conv, {}, None),
-                "convolutions asked for in NCHW": (nchw_conv, {}, None),
-                "batch norm with a closed-form backward": (None, {}, closed_form_batch_norm),
-                "YNNPACK convolutions": (None, OPTIONS["YNNPACK convolutions"], None)}
+    variants = {
+      base_label: (None, {}, None),
+      "im2col + one matmul per convolution": (matmul_conv, {}, None),
+      "kernel gradients as one matmul (custom VJP)": (matmul_kernel_grad_conv, {}, None),
+      "convolutions asked for in NCHW": (nchw_conv, {}, None),
+      "batch norm with a closed-form backward": (None, {}, closed_form_batch_norm),
+      "YNNPACK convolutions": (None, OPTIONS["YNNPACK convolutions"], None),
+    }
     if name.startswith("vit"):  # one convolution (the patch embedding), no batch norm
-      variants = {k: v for k, v in variants.items()
-                  if k in (base_label, "im2col + one matmul per convolution")}
+      variants = {
+        k: v
+        for k, v in variants.items()
+        if k in (base_label, "im2col + one matmul per convolution")
+      }
     if name.startswith("cnn"):  # the only models with the 2×2 pool
       variants["windowed max pool (nnx.max_pool)"] = (None, {}, windowed_max_pool)
     runs, first_loss = {}, {}
@@ -230,19 +254,32 @@ def train_step_section(cases, repeats: int, steps_per_call: int, torch_rates: bo
     torch_rate = None
     if torch_rates:
       import bench_torch
+
       torch_rate = max(bench_torch.torch_train(name, (28, 28, 1), batch, 10, repeats).values())
     base = float(np.median(times[base_label]))
     for label, t in times.items():
       rate = batch / float(np.median(t))
       vs_torch = "–" if torch_rate is None else f"{rate / torch_rate:.2f}"
-      rows.append([name, batch, label, f"{rate:,.0f}", f"{base / float(np.median(t)):.2f}×",
-                   vs_torch, f"{abs(first_loss[label] - first_loss[base_label]):.1e}"])
-  table = harness.md_table(["model", "batch", "variant", "img/s", "vs duojax", "vs PyTorch",
-                            "|Δ first loss|"], rows)
-  return (f"28×28×1 Fashion-MNIST-sized batches, 10 classes, duojax's jitted train step "
-          f"(AdamW, clipping, batch-norm statistics), float32; median of {repeats} interleaved "
-          f"calls of {steps_per_call} steps each, all cores. PyTorch: its best layout's eager "
-          f"step (`bench_torch.torch_train`).\n\n{table}")
+      rows.append(
+        [
+          name,
+          batch,
+          label,
+          f"{rate:,.0f}",
+          f"{base / float(np.median(t)):.2f}×",
+          vs_torch,
+          f"{abs(first_loss[label] - first_loss[base_label]):.1e}",
+        ]
+      )
+  table = harness.md_table(
+    ["model", "batch", "variant", "img/s", "vs duojax", "vs PyTorch", "|Δ first loss|"], rows
+  )
+  return (
+    f"28×28×1 Fashion-MNIST-sized batches, 10 classes, duojax's jitted train step "
+    f"(AdamW, clipping, batch-norm statistics), float32; median of {repeats} interleaved "
+    f"calls of {steps_per_call} steps each, all cores. PyTorch: its best layout's eager "
+    f"step (`bench_torch.torch_train`).\n\n{table}"
+  )
 
 
 def main(argv=None) -> int:
@@ -250,8 +287,9 @@ def main(argv=None) -> int:
   parser.add_argument("--quick", action="store_true", help="tiny sizes (for the unit test)")
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--models", default="resnet18,vit_s16")
-  parser.add_argument("--sections", default="ab,options,train_step",
-                      help="comma-separated: ab, options, train_step")
+  parser.add_argument(
+    "--sections", default="ab,options,train_step", help="comma-separated: ab, options, train_step"
+  )
   parser.add_argument("--out", default=str(harness.BENCHMARKS_MD))
   args = parser.parse_args(argv)
   machine = harness.machine_line()
@@ -259,22 +297,31 @@ def main(argv=None) -> int:
   if wanted - {"ab", "options", "train_step"}:
     parser.error(f"unknown sections {sorted(wanted - {'ab', 'options', 'train_step'})}")
   if args.quick:
-    sections = {"ab": lambda: kernels_section(2, 17, 32, 4, 32, 1),
-                "options": lambda: options_section(["resnet14"], 32, 2, 1),
-                "train_step": lambda: train_step_section([("resnet8", 4), ("cnn_xs", 4)], 1, 1,
-                                                         torch_rates=False)}
+    sections = {
+      "ab": lambda: kernels_section(2, 17, 32, 4, 32, 1),
+      "options": lambda: options_section(["resnet14"], 32, 2, 1),
+      "train_step": lambda: train_step_section(
+        [("resnet8", 4), ("cnn_xs", 4)], 1, 1, torch_rates=False
+      ),
+    }
   else:
     sections = {
-        "ab": lambda: kernels_section(32, 197, 384, 6, 224, args.repeats),
-        "options": lambda: options_section([m.strip() for m in args.models.split(",")], 224,
-                                           32, max(3, args.repeats // 2)),
-        "train_step": lambda: train_step_section(
-            [("resnet14", 32), ("resnet14", 128), ("cnn_xs", 128), ("vit_mi7", 128)],
-            args.repeats, 10, torch_rates=True)}
-  titles = {"ab": ("xla_cpu_ab", "XLA CPU: A/B of the ViT kernels' formulation"),
-            "options": ("xla_cpu_options", "XLA CPU: compiler options on whole models"),
-            "train_step": ("xla_cpu_train_step",
-                           "XLA CPU: the demo's train steps, formulations A/B")}
+      "ab": lambda: kernels_section(32, 197, 384, 6, 224, args.repeats),
+      "options": lambda: options_section(
+        [m.strip() for m in args.models.split(",")], 224, 32, max(3, args.repeats // 2)
+      ),
+      "train_step": lambda: train_step_section(
+        [("resnet14", 32), ("resnet14", 128), ("cnn_xs", 128), ("vit_mi7", 128)],
+        args.repeats,
+        10,
+        torch_rates=True,
+      ),
+    }
+  titles = {
+    "ab": ("xla_cpu_ab", "XLA CPU: A/B of the ViT kernels' formulation"),
+    "options": ("xla_cpu_options", "XLA CPU: compiler options on whole models"),
+    "train_step": ("xla_cpu_train_step", "XLA CPU: the demo's train steps, formulations A/B"),
+  }
   for key in sections:
     if key not in wanted:
       continue

@@ -16,8 +16,18 @@ from flax import nnx
 from duojax.models import common
 
 
-def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+def matmul_conv(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  precision=None,
+  **kwargs,
+):
   """`lax.conv_general_dilated` as one matmul over shifted slices (im2col).
 
   A drop-in for an `nnx.Conv`'s `conv_general_dilated` attribute. For a k×k
@@ -32,19 +42,33 @@ def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
   float32 rounding, not bit for bit. Grouped or dilated convolutions go to
   `lax.conv_general_dilated` unchanged.
   """
+
   def library():
     return jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count, precision=precision, **kwargs)
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count,
+      precision=precision,
+      **kwargs,
+    )
 
   nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-  if (lhs.ndim != 4 or feature_group_count != 1
-      or (lhs_dilation is not None and tuple(lhs_dilation) != (1, 1))
-      or (rhs_dilation is not None and tuple(rhs_dilation) != (1, 1))
-      or (dimension_numbers is not None and jax.lax.conv_dimension_numbers(
-          lhs.shape, rhs.shape, dimension_numbers) != nhwc)
-      or kwargs.get("out_sharding") is not None):
+  if (
+    lhs.ndim != 4
+    or feature_group_count != 1
+    or (lhs_dilation is not None and tuple(lhs_dilation) != (1, 1))
+    or (rhs_dilation is not None and tuple(rhs_dilation) != (1, 1))
+    or (
+      dimension_numbers is not None
+      and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc
+    )
+    or kwargs.get("out_sharding") is not None
+  ):
     return library()
   kh, kw, channels, out = rhs.shape
   batch, height, width, _ = lhs.shape
@@ -55,15 +79,25 @@ def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
   out_h = (height + top + bottom - kh) // sh + 1
   out_w = (width + left + right - kw) // sw + 1
   x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
-  slices = [jax.lax.slice(x, (0, i, j, 0),
-                          (batch, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, channels),
-                          (1, sh, sw, 1))
-            for i in range(kh) for j in range(kw)]
+  slices = [
+    jax.lax.slice(
+      x,
+      (0, i, j, 0),
+      (batch, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, channels),
+      (1, sh, sw, 1),
+    )
+    for i in range(kh)
+    for j in range(kw)
+  ]
   patches = slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)
   dtype = kwargs.get("preferred_element_type")
-  return jax.lax.dot_general(patches, rhs.reshape(kh * kw * channels, out),
-                             (((3,), (0,)), ((), ())), precision=precision,
-                             preferred_element_type=dtype)
+  return jax.lax.dot_general(
+    patches,
+    rhs.reshape(kh * kw * channels, out),
+    (((3,), (0,)), ((), ())),
+    precision=precision,
+    preferred_element_type=dtype,
+  )
 
 
 def matmul_kernel_grad_conv(lhs, rhs, window_strides, padding, **kwargs):
@@ -97,13 +131,21 @@ def nchw_conv(lhs, rhs, window_strides, padding, dimension_numbers=None, **kwarg
   """The convolution asked for in NCHW/OIHW (transposed in and out): does the
   logical layout reach XLA's CPU kernels, or does XLA pick its own?"""
   nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-  if lhs.ndim != 4 or (dimension_numbers is not None and jax.lax.conv_dimension_numbers(
-      lhs.shape, rhs.shape, dimension_numbers) != nhwc):
-    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding,
-                                        dimension_numbers=dimension_numbers, **kwargs)
-  y = jax.lax.conv_general_dilated(lhs.transpose(0, 3, 1, 2), rhs.transpose(3, 2, 0, 1),
-                                   window_strides, padding,
-                                   dimension_numbers=("NCHW", "OIHW", "NCHW"), **kwargs)
+  if lhs.ndim != 4 or (
+    dimension_numbers is not None
+    and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc
+  ):
+    return jax.lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, dimension_numbers=dimension_numbers, **kwargs
+    )
+  y = jax.lax.conv_general_dilated(
+    lhs.transpose(0, 3, 1, 2),
+    rhs.transpose(3, 2, 0, 1),
+    window_strides,
+    padding,
+    dimension_numbers=("NCHW", "OIHW", "NCHW"),
+    **kwargs,
+  )
   return y.transpose(0, 2, 3, 1)
 
 

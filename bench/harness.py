@@ -29,7 +29,7 @@ BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
-  first_s: float          # the first call: compilation (JAX) or warm-up
+  first_s: float  # the first call: compilation (JAX) or warm-up
   times_s: tuple[float, ...]
 
   @property
@@ -46,8 +46,9 @@ class Timing:
     return max(0.0, self.first_s - self.median_s)
 
 
-def time_call(fn: Callable[[], object], *, repeats: int = 5, sync: Callable = None,
-              min_total_s: float = 0.0) -> Timing:
+def time_call(
+  fn: Callable[[], object], *, repeats: int = 5, sync: Callable = None, min_total_s: float = 0.0
+) -> Timing:
   """Times `fn()` once (compile / warm-up), then `repeats` more times.
 
   `sync(result)` blocks until the result exists (e.g. jax.block_until_ready);
@@ -70,6 +71,7 @@ def time_call(fn: Callable[[], object], *, repeats: int = 5, sync: Callable = No
 
 def jax_sync(result):
   import jax
+
   return jax.block_until_ready(result)
 
 
@@ -111,9 +113,14 @@ def cpu_bf16_flags() -> list[str]:
 def machine_line() -> str:
   """One line naming the machine and the library versions behind a table."""
   import jax
-  parts = [f"{cpu_name()}, {os.cpu_count()} cores", f"JAX {jax.__version__} on {jax.default_backend()}"]
+
+  parts = [
+    f"{cpu_name()}, {os.cpu_count()} cores",
+    f"JAX {jax.__version__} on {jax.default_backend()}",
+  ]
   try:
     import torch
+
     parts.append(f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)")
   except ImportError:
     pass
@@ -135,6 +142,7 @@ def command_line() -> str:
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
   def cell(v):
     return v if isinstance(v, str) else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
   lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
   lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
   return "\n".join(lines)
@@ -145,7 +153,7 @@ def one_line(text: str, limit: int = 140) -> str:
   lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
   line = lines[-1] if lines else "no output"
   line = line.replace("|", "/")
-  return line if len(line) <= limit else line[:limit - 1] + "…"
+  return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _markers(name: str) -> tuple[str, str]:
@@ -154,8 +162,15 @@ def _markers(name: str) -> tuple[str, str]:
   return f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
 
 
-def write_section(name: str, title: str, body: str, *, machine: str,
-                  path: Path | str | None = None, command: str | None = None) -> Path:
+def write_section(
+  name: str,
+  title: str,
+  body: str,
+  *,
+  machine: str,
+  path: Path | str | None = None,
+  command: str | None = None,
+) -> Path:
   """Writes (or replaces) section `name` of BENCHMARKS.md, atomically.
 
   The section starts with `title`, the command, the machine and today's date;
@@ -163,8 +178,10 @@ def write_section(name: str, title: str, body: str, *, machine: str,
   """
   path = Path(path) if path is not None else BENCHMARKS_MD
   start, end = _markers(name)
-  stamp = (f"Command: `{command or command_line()}`, {datetime.date.today().isoformat()}.  \n"
-           f"Machine: {machine}.")
+  stamp = (
+    f"Command: `{command or command_line()}`, {datetime.date.today().isoformat()}.  \n"
+    f"Machine: {machine}."
+  )
   block = f"{start}\n## {title}\n\n{stamp}\n\n{body.strip()}\n{end}"
   text = path.read_text() if path.exists() else "# Benchmarks\n"
   pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
@@ -172,8 +189,9 @@ def write_section(name: str, title: str, body: str, *, machine: str,
     text = pattern.sub(lambda _: block, text)
   else:
     text = text.rstrip("\n") + "\n\n" + block + "\n"
-  with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False,
-                                   prefix=f".{path.name}.") as tmp:
+  with tempfile.NamedTemporaryFile(
+    "w", dir=path.parent, delete=False, prefix=f".{path.name}."
+  ) as tmp:
     tmp.write(text)
   os.replace(tmp.name, path)
   return path

@@ -98,9 +98,9 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class ResNet(nn.Module):
-
-  def __init__(self, stage_sizes, block: str, num_classes: int, *, width: int,
-               stem: str, in_channels: int = 3):
+  def __init__(
+    self, stage_sizes, block: str, num_classes: int, *, width: int, stem: str, in_channels: int = 3
+  ):
     super().__init__()
     kernel, stride = (7, 2) if stem == "imagenet" else (3, 1)
     self.conv1 = _conv(in_channels, width, kernel, stride)
@@ -130,8 +130,7 @@ class ResNet(nn.Module):
 
 def resnet(name: str, num_classes: int, in_channels: int = 3) -> ResNet:
   block, stage_sizes, width, stem = jax_resnet.CONFIGS[name]
-  return ResNet(stage_sizes, block, num_classes, width=width, stem=stem,
-                in_channels=in_channels)
+  return ResNet(stage_sizes, block, num_classes, width=width, stem=stem, in_channels=in_channels)
 
 
 # ----------------------------------------------------------------------------
@@ -139,7 +138,6 @@ def resnet(name: str, num_classes: int, in_channels: int = 3) -> ResNet:
 
 
 class Attention(nn.Module):
-
   def __init__(self, width: int, num_heads: int):
     super().__init__()
     self.num_heads = num_heads
@@ -155,7 +153,6 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-
   def __init__(self, width: int, mlp_dim: int):
     super().__init__()
     self.fc1, self.fc2 = nn.Linear(width, mlp_dim), nn.Linear(mlp_dim, width)
@@ -165,7 +162,6 @@ class Mlp(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-
   def __init__(self, in_channels: int, width: int, patch_size: int, bias: bool):
     super().__init__()
     self.proj = nn.Conv2d(in_channels, width, patch_size, stride=patch_size, bias=bias)
@@ -175,7 +171,6 @@ class PatchEmbed(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-
   def __init__(self, width: int, mlp_dim: int, num_heads: int):
     super().__init__()
     self.norm1 = nn.LayerNorm(width, eps=1e-6)
@@ -189,10 +184,19 @@ class EncoderBlock(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-
-  def __init__(self, num_classes: int, *, patch_size: int, width: int, depth: int,
-               mlp_dim: int, num_heads: int, image_size: int, in_channels: int = 3,
-               pre_norm: bool = False):
+  def __init__(
+    self,
+    num_classes: int,
+    *,
+    patch_size: int,
+    width: int,
+    depth: int,
+    mlp_dim: int,
+    num_heads: int,
+    image_size: int,
+    in_channels: int = 3,
+    pre_norm: bool = False,
+  ):
     super().__init__()
     if image_size % patch_size:
       raise ValueError(f"patch size {patch_size} does not divide image size {image_size}")
@@ -202,8 +206,7 @@ class VisionTransformer(nn.Module):
     self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
     self.pos_embed = nn.Parameter(torch.randn(1, num_tokens, width) * width**-0.5)
     self.norm_pre = nn.LayerNorm(width, eps=1e-6) if pre_norm else nn.Identity()
-    self.blocks = nn.Sequential(*[EncoderBlock(width, mlp_dim, num_heads)
-                                  for _ in range(depth)])
+    self.blocks = nn.Sequential(*[EncoderBlock(width, mlp_dim, num_heads) for _ in range(depth)])
     self.norm = nn.LayerNorm(width, eps=1e-6)
     self.head = nn.Linear(width, num_classes)
 
@@ -215,16 +218,25 @@ class VisionTransformer(nn.Module):
     return _float32_head(self.head, x[:, 0])
 
 
-def vit(name: str, num_classes: int, image_size: int, in_channels: int = 3,
-        pre_norm: bool = False) -> VisionTransformer:
+def vit(
+  name: str, num_classes: int, image_size: int, in_channels: int = 3, pre_norm: bool = False
+) -> VisionTransformer:
   parsed = jax_vit.parse_name(name)
   if parsed is None:
     raise ValueError(f"not a ViT name: {name!r}")
   variant, patch = parsed
   width, depth, mlp_dim, num_heads = jax_vit.VARIANTS[variant]
-  return VisionTransformer(num_classes, patch_size=patch, width=width, depth=depth,
-                           mlp_dim=mlp_dim, num_heads=num_heads, image_size=image_size,
-                           in_channels=in_channels, pre_norm=pre_norm)
+  return VisionTransformer(
+    num_classes,
+    patch_size=patch,
+    width=width,
+    depth=depth,
+    mlp_dim=mlp_dim,
+    num_heads=num_heads,
+    image_size=image_size,
+    in_channels=in_channels,
+    pre_norm=pre_norm,
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -232,16 +244,16 @@ def vit(name: str, num_classes: int, image_size: int, in_channels: int = 3,
 
 
 class CNN(nn.Module):
-
-  def __init__(self, num_classes: int, *, widths, hidden: int, image_size: int,
-               in_channels: int = 3):
+  def __init__(
+    self, num_classes: int, *, widths, hidden: int, image_size: int, in_channels: int = 3
+  ):
     super().__init__()
     convs, in_ch = [], in_channels
     for ch in widths:
       convs.append(nn.Conv2d(in_ch, ch, 3, padding=1))
       in_ch = ch
     self.convs = nn.ModuleList(convs)
-    side = image_size // 2**len(widths)
+    side = image_size // 2 ** len(widths)
     if side < 1:
       raise ValueError(f"image size {image_size} is too small for {len(widths)} poolings")
     self.fc = nn.Linear(side * side * in_ch, hidden)
@@ -257,8 +269,9 @@ class CNN(nn.Module):
 
 def cnn(name: str, num_classes: int, image_size: int, in_channels: int = 3) -> CNN:
   widths, hidden = jax_cnn.CONFIGS[name]
-  return CNN(num_classes, widths=widths, hidden=hidden, image_size=image_size,
-             in_channels=in_channels)
+  return CNN(
+    num_classes, widths=widths, hidden=hidden, image_size=image_size, in_channels=in_channels
+  )
 
 
 # ----------------------------------------------------------------------------

@@ -12,11 +12,13 @@ the Gatekeeper fine-tunes gatekeeper_0.1 and gatekeeper_0.5 (`configs/gatekeeper
 ensemble of vit, vit_seed1 .. vit_seed{M-1} (`configs/demo_vit.py`; 0 for none).
 """
 
+
 def get_config(arg=None):
   from duojax import config_lib, eval_config_lib
 
-  arg = config_lib.parse_arg(arg, runs="runs/demo", ensemble=1, soups=2,
-                             gatekeeper="0.1 0.3 0.5 0.7 0.9", hydra=2)
+  arg = config_lib.parse_arg(
+    arg, runs="runs/demo", ensemble=1, soups=2, gatekeeper="0.1 0.3 0.5 0.7 0.9", hydra=2
+  )
   c = eval_config_lib.base_eval_config()
   c.large = f"{arg.runs}/large"
   c.sidekick = f"{arg.runs}/sidekick"
@@ -37,12 +39,12 @@ def get_config(arg=None):
   c.hydra_vit = f"{arg.runs}/vit" if arg.hydra else ""
   c.hydra_ensemble = ",".join(f"{arg.runs}/vit_seed{i}" for i in range(1, arg.hydra))
   c.hydra_mlp = "grouped,average"
-  c.mc_dropout_samples = 8      # 0 disables MC dropout
-  c.mc_dropout_rate = 0.1       # the large model's training dropout on its pre-logits
+  c.mc_dropout_samples = 8  # 0 disables MC dropout
+  c.mc_dropout_rate = 0.1  # the large model's training dropout on its pre-logits
   c.mahalanobis_train_rows = 10000  # training rows for the Mahalanobis OOD score; 0 disables
-  c.ood = "mnist"               # "" for none
+  c.ood = "mnist"  # "" for none
   c.shifts = "gaussian_noise,blur,rotation,contrast"
-  c.shift_max_images = 500      # per (corruption, severity), a seeded subset of test
+  c.shift_max_images = 500  # per (corruption, severity), a seeded subset of test
   # A batch of 128: the Hydra section times one batch per row, a serving-size
   # one here (the fused forward is FLOP-bound on a CPU, about as fast at 128 as
   # at 500: BENCHMARKS.md). Accelerators take the default (500) or more.

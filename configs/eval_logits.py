@@ -14,6 +14,7 @@ OOD metrics use the files' ood_logits when every member has them.
 
 def get_config(arg=None):
   from duojax import config_lib, eval_config_lib
+
   arg = config_lib.parse_arg(arg, large="", sidekick="", output="results_logits")
   c = eval_config_lib.base_eval_config()
   c.large = arg.large

@@ -23,10 +23,20 @@ out, and the report says so.
 
 def get_config(arg=None):
   from duojax import config_lib, eval_config_lib
-  arg = config_lib.parse_arg(arg, large="", sidekick="", dataset="", ood="",
-                             shifts="gaussian_noise,blur,rotation,contrast", shift_images=1000,
-                             mc_dropout=8, data_dir="", output="results_pretrained",
-                             batch_size=256)
+
+  arg = config_lib.parse_arg(
+    arg,
+    large="",
+    sidekick="",
+    dataset="",
+    ood="",
+    shifts="gaussian_noise,blur,rotation,contrast",
+    shift_images=1000,
+    mc_dropout=8,
+    data_dir="",
+    output="results_pretrained",
+    batch_size=256,
+  )
   c = eval_config_lib.base_eval_config()
   c.large = arg.large
   c.sidekick = arg.sidekick

@@ -19,9 +19,20 @@ temperature-scaled large model, the cascades and the choice of sidekick.
 
 def get_config(arg=None):
   from duojax import config_lib, eval_config_lib
-  arg = config_lib.parse_arg(arg, large="", sidekick="", ensemble="", ood="",
-                             shifts="gaussian_noise,blur,rotation,contrast", shift_images=1000,
-                             mc_dropout=8, data_dir="", output="", batch_size=256)
+
+  arg = config_lib.parse_arg(
+    arg,
+    large="",
+    sidekick="",
+    ensemble="",
+    ood="",
+    shifts="gaussian_noise,blur,rotation,contrast",
+    shift_images=1000,
+    mc_dropout=8,
+    data_dir="",
+    output="",
+    batch_size=256,
+  )
   c = eval_config_lib.base_eval_config()
   c.large = arg.large
   c.sidekick = arg.sidekick
@@ -34,6 +45,5 @@ def get_config(arg=None):
   c.shift_max_images = arg.shift_images
   c.data_dir = arg.data_dir
   c.batch_size = arg.batch_size
-  c.output_dir = arg.output or (f"{arg.large.rstrip('/')}_duo_results" if arg.large
-                                else "results")
+  c.output_dir = arg.output or (f"{arg.large.rstrip('/')}_duo_results" if arg.large else "results")
   return c

@@ -1,6 +1,6 @@
 """Any duojax model on the embedded Fashion-MNIST.
 
-  python train.py --config configs/fashion_mnist.py:model=vit_mi4,epochs=1 --workdir runs/vit
+python train.py --config configs/fashion_mnist.py:model=vit_mi4,epochs=1 --workdir runs/vit
 """
 
 from duojax import config_lib

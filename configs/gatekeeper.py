@@ -26,7 +26,7 @@ def get_config(arg=None):
   config.gatekeeper_alpha = arg.alpha
   config.epochs = arg.epochs
   config.batch_size = 128
-  config.lr = arg.lr           # a fine-tune: a fraction of the sidekick's 2e-3
+  config.lr = arg.lr  # a fine-tune: a fraction of the sidekick's 2e-3
   config.warmup_steps = 20
   config.augment = ""
   return config

@@ -15,8 +15,9 @@ from duojax import config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, member=0, runs="runs/demo", keep=0.5, images=512,
-                             steps=300, lr=3e-4)
+  arg = config_lib.parse_arg(
+    arg, member=0, runs="runs/demo", keep=0.5, images=512, steps=300, lr=3e-4
+  )
   config = config_lib.base_config()
   config.dataset = "fashion_mnist"
   config.model_name = "vit_mi7"  # the source's architecture (checked against it)

@@ -31,24 +31,64 @@ are not ImageNet's -- `head=load` keeps an ImageNet head for imagenet2012).
 from duojax import config_lib
 
 _SCRATCH = {
-    "vit": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, warmup_steps=10_000,
-                epochs=300.0, label_smoothing=0.1, grad_clip_norm=1.0),
-    "resnet": dict(optimizer="sgd", lr=0.1, weight_decay=1e-4, warmup_steps=2_500,
-                   epochs=90.0, label_smoothing=0.1, grad_clip_norm=0.0),
+  "vit": dict(
+    optimizer="adamw",
+    lr=1e-3,
+    weight_decay=1e-4,
+    warmup_steps=10_000,
+    epochs=300.0,
+    label_smoothing=0.1,
+    grad_clip_norm=1.0,
+  ),
+  "resnet": dict(
+    optimizer="sgd",
+    lr=0.1,
+    weight_decay=1e-4,
+    warmup_steps=2_500,
+    epochs=90.0,
+    label_smoothing=0.1,
+    grad_clip_norm=0.0,
+  ),
 }
 _TRANSFER = {
-    "vit": dict(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=0.0, warmup_steps=500,
-                grad_clip_norm=1.0, label_smoothing=0.0),
-    "resnet": dict(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=0.0, warmup_steps=500,
-                   grad_clip_norm=1.0, label_smoothing=0.0),
+  "vit": dict(
+    optimizer="sgd",
+    lr=0.01,
+    momentum=0.9,
+    weight_decay=0.0,
+    warmup_steps=500,
+    grad_clip_norm=1.0,
+    label_smoothing=0.0,
+  ),
+  "resnet": dict(
+    optimizer="sgd",
+    lr=0.01,
+    momentum=0.9,
+    weight_decay=0.0,
+    warmup_steps=500,
+    grad_clip_norm=1.0,
+    label_smoothing=0.0,
+  ),
 }
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, model="vit_b16", weights="", layout="auto", head="fresh",
-                             probe=0, steps=20_000, batch_size=512, lr=-1.0, size=224,
-                             dtype="bfloat16", dataset="imagenet2012",
-                             data_dir="~/tensorflow_datasets", test_split="validation")
+  arg = config_lib.parse_arg(
+    arg,
+    model="vit_b16",
+    weights="",
+    layout="auto",
+    head="fresh",
+    probe=0,
+    steps=20_000,
+    batch_size=512,
+    lr=-1.0,
+    size=224,
+    dtype="bfloat16",
+    dataset="imagenet2012",
+    data_dir="~/tensorflow_datasets",
+    test_split="validation",
+  )
   family = "vit" if arg.model.startswith("vit") else "resnet"
   config = config_lib.base_config()
   config.dataset = arg.dataset

@@ -26,15 +26,29 @@ import importlib
 __version__ = "0.1.0"
 
 # Modules that lived at the top of the package before the layers existed.
-_MOVED = {"duo": "duojax.core.duo", "temperature": "duojax.core.temperature",
-          "metrics": "duojax.core.metrics", "solvers": "duojax.core.solvers",
-          "soups": "duojax.core.soups", "sharding": "duojax.parallel.sharding",
-          "distributed": "duojax.parallel.distributed", "shifts": "duojax.data.shifts",
-          "checkpoint": "duojax.train.checkpoint"}
+_MOVED = {
+  "duo": "duojax.core.duo",
+  "temperature": "duojax.core.temperature",
+  "metrics": "duojax.core.metrics",
+  "solvers": "duojax.core.solvers",
+  "soups": "duojax.core.soups",
+  "sharding": "duojax.parallel.sharding",
+  "distributed": "duojax.parallel.distributed",
+  "shifts": "duojax.data.shifts",
+  "checkpoint": "duojax.train.checkpoint",
+}
 
 
-_API = ("Duo", "fit_duo", "load_duo", "score", "score_ood", "fused_forward",
-        "fit_mahalanobis", "mahalanobis_score")
+_API = (
+  "Duo",
+  "fit_duo",
+  "load_duo",
+  "score",
+  "score_ood",
+  "fused_forward",
+  "fit_mahalanobis",
+  "mahalanobis_score",
+)
 
 
 def __getattr__(name):

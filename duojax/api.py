@@ -44,6 +44,7 @@ SCORES = ("max_prob", "large_prediction")
 @dataclasses.dataclass(frozen=True)
 class Duo:
   """Fitted member weights; methods take the members' logits, m arrays [N, C]."""
+
   weights: np.ndarray  # float32 [m]
   names: tuple[str, ...] = ()
 
@@ -81,8 +82,12 @@ class Duo:
 
   def save(self, path: str | os.PathLike) -> None:
     """Writes the duo as JSON, whole or not at all."""
-    record = {"format": FORMAT, "version": VERSION,
-              "weights": [float(w) for w in self.weights], "names": list(self.names)}
+    record = {
+      "format": FORMAT,
+      "version": VERSION,
+      "weights": [float(w) for w in self.weights],
+      "names": list(self.names),
+    }
     files.write_atomically(os.fspath(path), json.dumps(record, indent=2))
 
 
@@ -93,8 +98,9 @@ def _stack(member_logits, m: int) -> jax.Array:
   return stack
 
 
-def fit_duo(member_logits: Sequence, labels, *, names: Sequence[str] = (),
-            solver: str = "jaxopt") -> Duo:
+def fit_duo(
+  member_logits: Sequence, labels, *, names: Sequence[str] = (), solver: str = "jaxopt"
+) -> Duo:
   """Fits the members' weights jointly on validation logits and labels.
 
   Args:
@@ -119,18 +125,25 @@ def load_duo(path: str | os.PathLike) -> Duo:
   except (OSError, ValueError) as e:
     raise ValueError(f"cannot read duo file {path!r}: {str(e).splitlines()[0]}") from None
   if not isinstance(record, dict) or record.get("format") != FORMAT:
-    raise ValueError(f"{path!r} is not a duo file (no \"format\": \"{FORMAT}\")")
+    raise ValueError(f'{path!r} is not a duo file (no "format": "{FORMAT}")')
   if record.get("version") != VERSION:
-    raise ValueError(f"{path!r} is duo file version {record.get('version')!r}; this duojax "
-                     f"reads version {VERSION}")
+    raise ValueError(
+      f"{path!r} is duo file version {record.get('version')!r}; this duojax reads version {VERSION}"
+    )
   weights, names = record.get("weights"), record.get("names", [])
-  if (not isinstance(weights, list) or not weights
-      or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
-      or not np.all(np.isfinite(weights))):
-    raise ValueError(f"{path!r}: \"weights\" must be a non-empty list of finite numbers")
-  if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or (
-      names and len(names) != len(weights)):
-    raise ValueError(f"{path!r}: \"names\" must be one string per weight")
+  if (
+    not isinstance(weights, list)
+    or not weights
+    or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
+    or not np.all(np.isfinite(weights))
+  ):
+    raise ValueError(f'{path!r}: "weights" must be a non-empty list of finite numbers')
+  if (
+    not isinstance(names, list)
+    or not all(isinstance(n, str) for n in names)
+    or (names and len(names) != len(weights))
+  ):
+    raise ValueError(f'{path!r}: "names" must be one string per weight')
   return Duo(np.asarray(weights, np.float32), tuple(names))
 
 
@@ -153,8 +166,13 @@ def score(logits, labels, *, confidence=None, ood_logits=None, ood_confidence=No
   return result
 
 
-def fused_forward(models: Sequence, *, preprocess: Sequence[Callable] | None = None,
-                  mesh=None, with_features: bool = False) -> tuple[Callable, tuple]:
+def fused_forward(
+  models: Sequence,
+  *,
+  preprocess: Sequence[Callable] | None = None,
+  mesh=None,
+  with_features: bool = False,
+) -> tuple[Callable, tuple]:
   """(jitted forward, states) running NNX `models` in one program.
 
   `forward(states, images)` returns the members' logits [m, B, C], and with
@@ -164,8 +182,9 @@ def fused_forward(models: Sequence, *, preprocess: Sequence[Callable] | None = N
   turns the batch into model i's input inside the same program.
   """
   graphdefs, states = duo_lib.split_members(list(models))
-  forward = duo_lib.make_fused_forward(graphdefs, mesh=mesh, preprocess=preprocess,
-                                       with_features=with_features)
+  forward = duo_lib.make_fused_forward(
+    graphdefs, mesh=mesh, preprocess=preprocess, with_features=with_features
+  )
   return forward, states
 
 

@@ -15,17 +15,24 @@ from duojax.parallel import distributed
 
 # Multi-process settings shared by train.py and evaluate.py (duojax.distributed).
 _DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "auto", list(distributed.MODES),
-    "auto: join a multi-process job when settings are given or a SLURM/Open MPI job is "
-    "detected; on: always (JAX detects TPU pods, SLURM, ...); off: single process.")
+  "distributed",
+  "auto",
+  list(distributed.MODES),
+  "auto: join a multi-process job when settings are given or a SLURM/Open MPI job is "
+  "detected; on: always (JAX detects TPU pods, SLURM, ...); off: single process.",
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", "", "host:port of process 0 (or JAX_COORDINATOR_ADDRESS).")
+  "coordinator_address", "", "host:port of process 0 (or JAX_COORDINATOR_ADDRESS)."
+)
 _NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None, "Number of processes (or JAX_NUM_PROCESSES).")
+  "num_processes", None, "Number of processes (or JAX_NUM_PROCESSES)."
+)
 _PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, "This process's index in [0, num_processes) (or JAX_PROCESS_ID).")
+  "process_id", None, "This process's index in [0, num_processes) (or JAX_PROCESS_ID)."
+)
 _LOCAL_DEVICES = flags.DEFINE_list(
-    "local_device_ids", None, "Devices this process drives, e.g. one GPU each: 0 or 0,1.")
+  "local_device_ids", None, "Devices this process drives, e.g. one GPU each: 0 or 0,1."
+)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -76,8 +83,7 @@ def check_output_dir(path: str, what: str) -> None:
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)
   if not os.path.isdir(existing):
-    raise ValueError(f"{what} {path!r} cannot be created: {existing!r} is a file, not a "
-                     "directory")
+    raise ValueError(f"{what} {path!r} cannot be created: {existing!r} is a file, not a directory")
   if not os.access(existing, os.W_OK | os.X_OK):
     raise PermissionError(f"{what} {path!r} cannot be written: {existing!r} is not writable")
 
@@ -102,6 +108,7 @@ def _without_damaged_restore_leftovers(hook):
   (or the resume warning) under tracebacks. The failure itself is raised and
   reported as usual.
   """
+
   def filtered(unraisable):
     value = unraisable.exc_value
     if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
@@ -109,19 +116,28 @@ def _without_damaged_restore_leftovers(hook):
     if "Encountered error while reading array index" in str(value):
       return
     hook(unraisable)
+
   return filtered
 
 
 def run(main) -> None:
   """`app.run(main)` that turns user errors into one line and exit code 1."""
+
   def wrapped(argv):
     quiet_libraries()
     try:
-      distributed.initialize(distributed.settings_from(
-          _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-          _LOCAL_DEVICES.value))
+      distributed.initialize(
+        distributed.settings_from(
+          _DISTRIBUTED.value,
+          _COORDINATOR.value,
+          _NUM_PROCESSES.value,
+          _PROCESS_ID.value,
+          _LOCAL_DEVICES.value,
+        )
+      )
       main(argv)
     except USER_ERRORS as e:
       message = " ".join(str(e).split()) or type(e).__name__
       fail(message)
+
   app.run(wrapped, flags_parser=parse_flags)

@@ -40,8 +40,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       if key is None:
         raise ConfigError(f"config argument {token!r} needs the form key=value")
     if key not in defaults:
-      raise ConfigError(
-          f"unknown config argument {key!r}; valid: {', '.join(sorted(defaults))}")
+      raise ConfigError(f"unknown config argument {key!r}; valid: {', '.join(sorted(defaults))}")
     default = defaults[key]
     try:
       if isinstance(default, bool):
@@ -52,16 +51,25 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         parsed[key] = type(default)(value)
     except ValueError:
       raise ConfigError(
-          f"config argument {key}={value!r} is not a valid {type(default).__name__}"
+        f"config argument {key}={value!r} is not a valid {type(default).__name__}"
       ) from None
   return parsed
 
 
 # Typed so that command-line overrides parse; unset ones stay None.
-MODEL_OVERRIDE_TYPES = {"dtype": str, "width": int, "stem": str, "pool": str, "dropout": float,
-                        "drop_path": float, "image_size": int, "in_channels": int,
-                        "zero_init_residual": bool, "pre_norm": bool,
-                        "patch_bias": bool}
+MODEL_OVERRIDE_TYPES = {
+  "dtype": str,
+  "width": int,
+  "stem": str,
+  "pool": str,
+  "dropout": float,
+  "drop_path": float,
+  "image_size": int,
+  "in_channels": int,
+  "zero_init_residual": bool,
+  "pre_norm": bool,
+  "patch_bias": bool,
+}
 
 
 def model_overrides(config: ml_collections.ConfigDict) -> dict:
@@ -73,14 +81,14 @@ def base_config() -> ml_collections.ConfigDict:
   """Defaults shared by every training config."""
   c = ml_collections.ConfigDict()
   # Data.
-  c.dataset = "fashion_mnist"   # embedded default, or any prepared tfds name
-  c.data_dir = "data"           # tfds data_dir (relative paths: to the cwd)
-  c.train_split = "train"       # tfds split names
-  c.val_split = ""              # "": carve val_size rows from train_split by split_seed
-  c.test_split = "test"         # e.g. "validation" for imagenet2012
+  c.dataset = "fashion_mnist"  # embedded default, or any prepared tfds name
+  c.data_dir = "data"  # tfds data_dir (relative paths: to the cwd)
+  c.train_split = "train"  # tfds split names
+  c.val_split = ""  # "": carve val_size rows from train_split by split_seed
+  c.test_split = "test"  # e.g. "validation" for imagenet2012
   c.val_size = 5000
   c.split_seed = 0
-  c.image_key = "image"         # tfds feature keys
+  c.image_key = "image"  # tfds feature keys
   c.label_key = "label"
   # The images' side comes from config.model.image_size (model and pipeline
   # alike; needed for data sets of varying image size).
@@ -103,7 +111,8 @@ def base_config() -> ml_collections.ConfigDict:
   # get_model overrides; None means "the model's default" (and keeps the key
   # declared, so `--config.model.dtype=bfloat16` works on a locked config).
   c.model = ml_collections.ConfigDict(
-      {k: ml_collections.config_dict.placeholder(t) for k, t in MODEL_OVERRIDE_TYPES.items()})
+    {k: ml_collections.config_dict.placeholder(t) for k, t in MODEL_OVERRIDE_TYPES.items()}
+  )
   # Fine-tuning: a training workdir whose latest weights (not optimizer
   # state) start this run, e.g. soup ingredients fine-tuned from one model.
   c.init_from = ""
@@ -124,12 +133,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.input_mean = ()
   c.input_std = ()
   # Optimisation.
-  c.optimizer = "adamw"         # adamw | sgd
+  c.optimizer = "adamw"  # adamw | sgd
   c.lr = 1e-3
-  c.momentum = 0.9              # sgd only
-  c.weight_decay = 5e-4         # decoupled; applied to kernels only
+  c.momentum = 0.9  # sgd only
+  c.weight_decay = 5e-4  # decoupled; applied to kernels only
   c.warmup_steps = 100
-  c.grad_clip_norm = 1.0        # <= 0 disables clipping
+  c.grad_clip_norm = 1.0  # <= 0 disables clipping
   c.label_smoothing = 0.0
   # Training loss: "ce" (cross-entropy), or "gatekeeper" to confidence-tune a
   # trained sidekick for cascades (arXiv 2502.19335; start it with init_from):
@@ -146,9 +155,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.prune_keep = 0.5
   c.prune_images = 2048
   c.prune_seed = 0
-  c.batch_size = 128            # global, split over the "data" mesh axis
+  c.batch_size = 128  # global, split over the "data" mesh axis
   c.epochs = 2.0
-  c.total_steps = -1            # > 0 overrides epochs
+  c.total_steps = -1  # > 0 overrides epochs
   c.seed = 0
   # Bookkeeping.
   c.log_every = 50
@@ -160,9 +169,9 @@ def base_config() -> ml_collections.ConfigDict:
   # member on it anyway (the demo does, saving a test pass per run).
   c.final_test = True
   # Scale-out (duojax.parallel.sharding): the mesh spans every device of every process.
-  c.num_devices = -1            # -1: all devices (a multi-process run needs -1)
-  c.fsdp = 1                    # > 1: split params and optimizer state over
-                                # groups of this many devices (FSDP-style)
+  c.num_devices = -1  # -1: all devices (a multi-process run needs -1)
+  c.fsdp = 1  # > 1: split params and optimizer state over
+  # groups of this many devices (FSDP-style)
   return c
 
 
@@ -176,71 +185,113 @@ _INIT_HEADS = ("load", "fresh")
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError (one line) for values that cannot work."""
+
   def need(condition, message):
     if not condition:
       raise ConfigError(message)
 
-  need(config.optimizer in _OPTIMIZERS,
-       f"config.optimizer={config.optimizer!r}; valid: {', '.join(_OPTIMIZERS)}")
+  need(
+    config.optimizer in _OPTIMIZERS,
+    f"config.optimizer={config.optimizer!r}; valid: {', '.join(_OPTIMIZERS)}",
+  )
   need(config.lr > 0, f"config.lr must be > 0, got {config.lr}")
   need(config.batch_size > 0, f"config.batch_size must be > 0, got {config.batch_size}")
-  need(config.eval_batch_size > 0,
-       f"config.eval_batch_size must be > 0, got {config.eval_batch_size}")
-  need(config.epochs > 0 or config.total_steps > 0,
-       "config.epochs or config.total_steps must be > 0")
+  need(
+    config.eval_batch_size > 0, f"config.eval_batch_size must be > 0, got {config.eval_batch_size}"
+  )
+  need(
+    config.epochs > 0 or config.total_steps > 0, "config.epochs or config.total_steps must be > 0"
+  )
   need(config.val_size > 0, f"config.val_size must be > 0, got {config.val_size}")
   for key in ("train_split", "test_split", "image_key", "label_key"):
     need(bool(config[key]), f"config.{key} must name a tfds split or feature, got ''")
-  need(config.val_split not in (config.train_split, config.test_split),
-       f"config.val_split={config.val_split!r} must differ from train_split and test_split "
-       "(\"\" carves val from train)")
-  need(config.data_workers >= -1,
-       f"config.data_workers must be -1 (automatic), 0 (in this process) or more, "
-       f"got {config.data_workers}")
+  need(
+    config.val_split not in (config.train_split, config.test_split),
+    f"config.val_split={config.val_split!r} must differ from train_split and test_split "
+    '("" carves val from train)',
+  )
+  need(
+    config.data_workers >= -1,
+    f"config.data_workers must be -1 (automatic), 0 (in this process) or more, "
+    f"got {config.data_workers}",
+  )
   for key in ("rrc_scale", "rrc_ratio"):
     value = tuple(config[key])
-    need(len(value) == 2 and 0 < value[0] <= value[1],
-         f"config.{key} must be (low, high) with 0 < low <= high, got {value}")
-  need(tuple(config.rrc_scale)[1] <= 1.0,
-       f"config.rrc_scale's high end must be <= 1 (a fraction of the area), "
-       f"got {tuple(config.rrc_scale)}")
-  need(len(tuple(config.input_mean)) == len(tuple(config.input_std)),
-       f"config.input_mean {tuple(config.input_mean)} and config.input_std "
-       f"{tuple(config.input_std)} must be given together, one value per channel")
-  need(all(v > 0 for v in tuple(config.input_std)),
-       f"config.input_std must be positive, got {tuple(config.input_std)}")
-  need(0.0 < config.crop_fraction <= 1.0,
-       f"config.crop_fraction must be in (0, 1], got {config.crop_fraction}")
-  need(0.0 <= config.label_smoothing < 1.0,
-       f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
-  need(config.checkpoint_every > 0,
-       f"config.checkpoint_every must be > 0, got {config.checkpoint_every}")
-  need(config.keep_checkpoints > 0,
-       f"config.keep_checkpoints must be > 0, got {config.keep_checkpoints}")
+    need(
+      len(value) == 2 and 0 < value[0] <= value[1],
+      f"config.{key} must be (low, high) with 0 < low <= high, got {value}",
+    )
+  need(
+    tuple(config.rrc_scale)[1] <= 1.0,
+    f"config.rrc_scale's high end must be <= 1 (a fraction of the area), "
+    f"got {tuple(config.rrc_scale)}",
+  )
+  need(
+    len(tuple(config.input_mean)) == len(tuple(config.input_std)),
+    f"config.input_mean {tuple(config.input_mean)} and config.input_std "
+    f"{tuple(config.input_std)} must be given together, one value per channel",
+  )
+  need(
+    all(v > 0 for v in tuple(config.input_std)),
+    f"config.input_std must be positive, got {tuple(config.input_std)}",
+  )
+  need(
+    0.0 < config.crop_fraction <= 1.0,
+    f"config.crop_fraction must be in (0, 1], got {config.crop_fraction}",
+  )
+  need(
+    0.0 <= config.label_smoothing < 1.0,
+    f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}",
+  )
+  need(
+    config.checkpoint_every > 0,
+    f"config.checkpoint_every must be > 0, got {config.checkpoint_every}",
+  )
+  need(
+    config.keep_checkpoints > 0,
+    f"config.keep_checkpoints must be > 0, got {config.keep_checkpoints}",
+  )
   need(config.log_every > 0, f"config.log_every must be > 0, got {config.log_every}")
   need(config.fsdp >= 1, f"config.fsdp must be >= 1, got {config.fsdp}")
   need(config.loss in _LOSSES, f"config.loss={config.loss!r}; valid: {', '.join(_LOSSES)}")
-  need(0.0 <= config.gatekeeper_alpha <= 1.0,
-       f"config.gatekeeper_alpha must be in [0, 1], got {config.gatekeeper_alpha}")
-  need(not (config.init_from and config.init_weights),
-       "config.init_from and config.init_weights are exclusive: start from one of them")
-  need(not (config.prune_from and (config.init_from or config.init_weights)),
-       "config.prune_from starts from its own checkpoint: leave init_from and "
-       "init_weights empty")
-  need(0.0 < config.prune_keep <= 1.0,
-       f"config.prune_keep must be a fraction of heads in (0, 1], got {config.prune_keep}")
+  need(
+    0.0 <= config.gatekeeper_alpha <= 1.0,
+    f"config.gatekeeper_alpha must be in [0, 1], got {config.gatekeeper_alpha}",
+  )
+  need(
+    not (config.init_from and config.init_weights),
+    "config.init_from and config.init_weights are exclusive: start from one of them",
+  )
+  need(
+    not (config.prune_from and (config.init_from or config.init_weights)),
+    "config.prune_from starts from its own checkpoint: leave init_from and init_weights empty",
+  )
+  need(
+    0.0 < config.prune_keep <= 1.0,
+    f"config.prune_keep must be a fraction of heads in (0, 1], got {config.prune_keep}",
+  )
   need(config.prune_images > 0, f"config.prune_images must be > 0, got {config.prune_images}")
-  need(config.init_layout in _INIT_LAYOUTS,
-       f"config.init_layout={config.init_layout!r}; valid: {', '.join(_INIT_LAYOUTS)}")
-  need(config.init_head in _INIT_HEADS,
-       f"config.init_head={config.init_head!r}; valid: {', '.join(_INIT_HEADS)}")
-  need(config.linear_probe_steps >= 0,
-       f"config.linear_probe_steps must be >= 0, got {config.linear_probe_steps}")
+  need(
+    config.init_layout in _INIT_LAYOUTS,
+    f"config.init_layout={config.init_layout!r}; valid: {', '.join(_INIT_LAYOUTS)}",
+  )
+  need(
+    config.init_head in _INIT_HEADS,
+    f"config.init_head={config.init_head!r}; valid: {', '.join(_INIT_HEADS)}",
+  )
+  need(
+    config.linear_probe_steps >= 0,
+    f"config.linear_probe_steps must be >= 0, got {config.linear_probe_steps}",
+  )
   for name in augmentations(config):
-    need(name in _AUGMENTATIONS,
-         f"config.augment has unknown {name!r}; valid: {', '.join(_AUGMENTATIONS)}")
-  need(not {"crop", "rrc"} <= set(augmentations(config)),
-       "config.augment: 'crop' and 'rrc' are two ways of cropping, choose one")
+    need(
+      name in _AUGMENTATIONS,
+      f"config.augment has unknown {name!r}; valid: {', '.join(_AUGMENTATIONS)}",
+    )
+  need(
+    not {"crop", "rrc"} <= set(augmentations(config)),
+    "config.augment: 'crop' and 'rrc' are two ways of cropping, choose one",
+  )
 
 
 def complete_config(saved: dict) -> ml_collections.ConfigDict:

@@ -42,6 +42,16 @@ class TrainingDiverged(RuntimeError):
 
 # What the CLIs turn into one `error:` line: the classes above, plus the
 # standard errors that bad paths and bad values raise inside libraries.
-USER_ERRORS = (ConfigError, DataError, CheckpointError, WeightsFileError, WeightsMismatchError,
-               DistributedError, TrainingDiverged, ValueError, FileNotFoundError,
-               PermissionError, OSError)
+USER_ERRORS = (
+  ConfigError,
+  DataError,
+  CheckpointError,
+  WeightsFileError,
+  WeightsMismatchError,
+  DistributedError,
+  TrainingDiverged,
+  ValueError,
+  FileNotFoundError,
+  PermissionError,
+  OSError,
+)

@@ -26,8 +26,17 @@ _OOD_SETS = ("mnist",)
 
 
 # The training config's data keys an evaluation config repeats (`eval_data_config`).
-EVAL_DATA_KEYS = ("dataset", "train_split", "val_split", "test_split", "val_size", "split_seed",
-                  "image_key", "label_key", "crop_fraction")
+EVAL_DATA_KEYS = (
+  "dataset",
+  "train_split",
+  "val_split",
+  "test_split",
+  "val_size",
+  "split_seed",
+  "image_key",
+  "label_key",
+  "crop_fraction",
+)
 
 
 def eval_data_config(config) -> ml_collections.ConfigDict:
@@ -94,16 +103,16 @@ def base_eval_config() -> ml_collections.ConfigDict:
   c.ood = ""
   c.shifts = ""
   c.shift_max_images = 1000
-  c.data_dir = ""               # "" = the workdir member's training data_dir, else "data"
+  c.data_dir = ""  # "" = the workdir member's training data_dir, else "data"
   # The data set when no member is a training workdir (pretrained-file members
   # read its images; a workdir member brings its own and these stay unset):
   # the training config's data keys (`base_config`), "" for none.
   train = base_config()
   c.update({key: train[key] for key in EVAL_DATA_KEYS}, dataset="")
   c.output_dir = "results"
-  c.batch_size = 500            # global, split over the devices
-  c.solver = "jaxopt"           # L-BFGS for temperatures and duo weights; or "optax"
-  c.bootstrap = 200             # paired bootstrap rounds (0: no paired section)
+  c.batch_size = 500  # global, split over the devices
+  c.solver = "jaxopt"  # L-BFGS for temperatures and duo weights; or "optax"
+  c.bootstrap = 200  # paired bootstrap rounds (0: no paired section)
   c.num_devices = -1
   c.seed = 0
   return c
@@ -118,14 +127,16 @@ def complete_eval_config(config) -> ml_collections.ConfigDict:
   base = base_eval_config()
   unknown = sorted(set(config.keys()) - set(base.keys()))
   if unknown:
-    raise ConfigError(f"unknown evaluation config key {unknown[0]!r}; valid: "
-                      f"{', '.join(sorted(base.keys()))}")
+    raise ConfigError(
+      f"unknown evaluation config key {unknown[0]!r}; valid: {', '.join(sorted(base.keys()))}"
+    )
   base.update(config.to_dict() if hasattr(config, "to_dict") else dict(config))
   return base
 
 
 def validate_eval(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError (one line) for evaluation settings that cannot work."""
+
   def need(condition, message):
     if not condition:
       raise ConfigError(message)
@@ -133,55 +144,82 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
   def items(key):
     return split_list(config[key])
 
-  need(config.large, "config.large must name the large model's training workdir (or "
-       "pretrained:MODEL:PATH, logits:PATH)")
+  need(
+    config.large,
+    "config.large must name the large model's training workdir (or "
+    "pretrained:MODEL:PATH, logits:PATH)",
+  )
   if config.dataset:  # checked as a training config's data keys are
     validate(eval_data_config(config))
-  need(config.solver in _SOLVERS,
-       f"config.solver={config.solver!r}; valid: {', '.join(_SOLVERS)}")
+  need(config.solver in _SOLVERS, f"config.solver={config.solver!r}; valid: {', '.join(_SOLVERS)}")
   need(config.batch_size > 0, f"config.batch_size must be > 0, got {config.batch_size}")
   need(config.bootstrap >= 0, f"config.bootstrap must be >= 0, got {config.bootstrap}")
-  need(config.shift_max_images > 0,
-       f"config.shift_max_images must be > 0, got {config.shift_max_images}")
-  need(config.mc_dropout_samples >= 0,
-       f"config.mc_dropout_samples must be >= 0, got {config.mc_dropout_samples}")
-  need(0.0 < config.mc_dropout_rate < 1.0,
-       f"config.mc_dropout_rate must be in (0, 1), got {config.mc_dropout_rate}")
-  need(config.mahalanobis_train_rows >= -1,
-       f"config.mahalanobis_train_rows must be a number of rows, -1 (all) or 0 (off), "
-       f"got {config.mahalanobis_train_rows}")
+  need(
+    config.shift_max_images > 0,
+    f"config.shift_max_images must be > 0, got {config.shift_max_images}",
+  )
+  need(
+    config.mc_dropout_samples >= 0,
+    f"config.mc_dropout_samples must be >= 0, got {config.mc_dropout_samples}",
+  )
+  need(
+    0.0 < config.mc_dropout_rate < 1.0,
+    f"config.mc_dropout_rate must be in (0, 1), got {config.mc_dropout_rate}",
+  )
+  need(
+    config.mahalanobis_train_rows >= -1,
+    f"config.mahalanobis_train_rows must be a number of rows, -1 (all) or 0 (off), "
+    f"got {config.mahalanobis_train_rows}",
+  )
   kind, _, rest = config.ood.partition(":")
-  need(config.ood in ("", *_OOD_SETS) or (kind in ("tfds", "folder") and rest),
-       f"config.ood={config.ood!r}; valid: 'mnist' (embedded), 'tfds:NAME[:SPLIT]', "
-       "'folder:PATH' ('' for none)")
+  need(
+    config.ood in ("", *_OOD_SETS) or (kind in ("tfds", "folder") and rest),
+    f"config.ood={config.ood!r}; valid: 'mnist' (embedded), 'tfds:NAME[:SPLIT]', "
+    "'folder:PATH' ('' for none)",
+  )
   unknown = sorted(set(items("shifts")) - set(_SHIFTS))
   need(not unknown, f"config.shifts has unknown {unknown}; valid: {', '.join(_SHIFTS)}")
   mlps = items("hydra_mlp")
-  need(mlps and not set(mlps) - set(_HYDRA_MLPS),
-       f"config.hydra_mlp={config.hydra_mlp!r}; valid: a comma list of "
-       f"{', '.join(_HYDRA_MLPS)}")
+  need(
+    mlps and not set(mlps) - set(_HYDRA_MLPS),
+    f"config.hydra_mlp={config.hydra_mlp!r}; valid: a comma list of {', '.join(_HYDRA_MLPS)}",
+  )
   sections = items("sections")
   unknown = [s for s in sections if s not in _SECTIONS]
   need(not unknown, f"config.sections has unknown {unknown}; valid: {', '.join(_SECTIONS)}")
-  need(len(set(sections)) == len(sections), f"config.sections lists a section twice: "
-       f"{config.sections!r}")
-  need("hydra" not in sections or ("methods" in sections and
-                                   sections.index("methods") < sections.index("hydra")),
-       "config.sections: 'hydra' reads the scores of 'methods', which must come before it")
+  need(
+    len(set(sections)) == len(sections),
+    f"config.sections lists a section twice: {config.sections!r}",
+  )
+  need(
+    "hydra" not in sections
+    or ("methods" in sections and sections.index("methods") < sections.index("hydra")),
+    "config.sections: 'hydra' reads the scores of 'methods', which must come before it",
+  )
   try:
     alphas = [float(a) for a in items("conformal_alphas")]
   except ValueError:
     alphas = [-1.0]
-  need(all(0 < a < 1 for a in alphas),
-       f"config.conformal_alphas must be numbers in (0, 1), got {config.conformal_alphas!r}")
+  need(
+    all(0 < a < 1 for a in alphas),
+    f"config.conformal_alphas must be numbers in (0, 1), got {config.conformal_alphas!r}",
+  )
   unknown = sorted(set(items("conformal_methods")) - set(_CONFORMAL_METHODS))
-  need(not unknown and (items("conformal_methods") or not alphas),
-       f"config.conformal_methods={config.conformal_methods!r}; valid: a comma list of "
-       f"{', '.join(_CONFORMAL_METHODS)}")
-  need(config.sidekick_budget >= 0,
-       f"config.sidekick_budget must be >= 0 (0: no limit), got {config.sidekick_budget}")
-  need(not ((items("sidekicks") or items("sidekick_pool")) and not config.sidekick),
-       "config.sidekicks / config.sidekick_pool need config.sidekick, which is empty")
-  need(not (items("gatekeeper") and not config.sidekick),
-       "config.gatekeeper: Gatekeeper sidekicks are compared with the untuned "
-       "config.sidekick, which is empty")
+  need(
+    not unknown and (items("conformal_methods") or not alphas),
+    f"config.conformal_methods={config.conformal_methods!r}; valid: a comma list of "
+    f"{', '.join(_CONFORMAL_METHODS)}",
+  )
+  need(
+    config.sidekick_budget >= 0,
+    f"config.sidekick_budget must be >= 0 (0: no limit), got {config.sidekick_budget}",
+  )
+  need(
+    not ((items("sidekicks") or items("sidekick_pool")) and not config.sidekick),
+    "config.sidekicks / config.sidekick_pool need config.sidekick, which is empty",
+  )
+  need(
+    not (items("gatekeeper") and not config.sidekick),
+    "config.gatekeeper: Gatekeeper sidekicks are compared with the untuned "
+    "config.sidekick, which is empty",
+  )

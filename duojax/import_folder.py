@@ -19,13 +19,18 @@ from duojax.data import folder
 from duojax.errors import USER_ERRORS
 
 _TEST_FOLDER = flags.DEFINE_string(
-    "test_folder", None, "Image folder of the 'test' split: class subfolders among SRC's.")
+  "test_folder", None, "Image folder of the 'test' split: class subfolders among SRC's."
+)
 _DATASET = flags.DEFINE_string(
-    "dataset", None, "Name of the tfds data set to write (lowercase snake_case).")
+  "dataset", None, "Name of the tfds data set to write (lowercase snake_case)."
+)
 _DATA_DIR = flags.DEFINE_string("data_dir", "data", "tfds data_dir to write it into.")
 _WORKERS = flags.DEFINE_integer(
-    "workers", None, "Processes that decode the images (1: none; default: one per "
-    f"{folder.FILES_PER_WORKER} files, up to the usable cores).")
+  "workers",
+  None,
+  "Processes that decode the images (1: none; default: one per "
+  f"{folder.FILES_PER_WORKER} files, up to the usable cores).",
+)
 flags.mark_flags_as_required(["dataset"])
 
 _USAGE = "python -m duojax.import_folder SRC --dataset NAME --data_dir DIR"
@@ -40,14 +45,23 @@ def main(argv: list[str]) -> None:
   prepared = os.path.join(os.path.expanduser(_DATA_DIR.value), _DATASET.value, folder.VERSION)
   existed = os.path.exists(prepared)
   try:
-    report = folder.import_folder(argv[1], dataset=_DATASET.value, data_dir=_DATA_DIR.value,
-                                  test_folder=_TEST_FOLDER.value, workers=_WORKERS.value)
+    report = folder.import_folder(
+      argv[1],
+      dataset=_DATASET.value,
+      data_dir=_DATA_DIR.value,
+      test_folder=_TEST_FOLDER.value,
+      workers=_WORKERS.value,
+    )
   except KeyboardInterrupt:
     # Not "error:": the input was fine.
     done = not existed and os.path.exists(prepared)
-    print(f"interrupted after the import: {prepared} is complete" if done else
-          "interrupted: no data set was written; run the command again to import",
-          file=sys.stderr, flush=True)
+    print(
+      f"interrupted after the import: {prepared} is complete"
+      if done
+      else "interrupted: no data set was written; run the command again to import",
+      file=sys.stderr,
+      flush=True,
+    )
     sys.exit(130)
   print(report.summary(), flush=True)
 

@@ -6,21 +6,23 @@ import pathlib
 # tests start, which inherit the environment), so a rerun in the inner loop
 # compiles only what changed. Set before jax is imported; a cache the caller
 # chose wins, and JAX_COMPILATION_CACHE_DIR= (empty) turns it off.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      str(pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"))
+os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR",
+  str(pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"),
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-import pytest  # noqa: E402
-
 import helpers  # noqa: E402
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def learnable_data_dir(tmp_path_factory):
   """A prepared 'fashion_mnist' (600 train / 200 test) that a tiny model can learn."""
-  return helpers.prepare_learnable_fashion_mnist(tmp_path_factory.mktemp("idx"),
-                                                 tmp_path_factory.mktemp("tfds"))
+  return helpers.prepare_learnable_fashion_mnist(
+    tmp_path_factory.mktemp("idx"), tmp_path_factory.mktemp("tfds")
+  )
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +30,10 @@ def env(tmp_path_factory):
   """The environment of a module's train.py children: CPU, and one compilation
   cache they share, so only the first run of a module compiles."""
   cache = tmp_path_factory.mktemp("jax_cache")
-  return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  return {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "JAX_COMPILATION_CACHE_DIR": str(cache),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+  }

@@ -36,7 +36,7 @@ def learnable_split(n, seed):
   images = rng.integers(0, 96, (n, 28, 28)).astype(np.uint8)
   for i, k in enumerate(labels):
     row, col = divmod(int(k), 5)
-    images[i, 2 + 12 * row: 8 + 12 * row, 1 + 5 * col: 6 + 5 * col] = 255
+    images[i, 2 + 12 * row : 8 + 12 * row, 1 + 5 * col : 6 + 5 * col] = 255
   return images, labels
 
 
@@ -59,14 +59,23 @@ def prepare_five_class_blocks(data_dir, n_train=300, n_test=100):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-          # Raw bytes, as the embedded builder stores them: no TensorFlow to encode.
-          "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8, encoding="bytes"),
-          "label": tfds.features.ClassLabel(num_classes=5)}), disable_shuffling=True)
+      return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict(
+          {
+            # Raw bytes, as the embedded builder stores them: no TensorFlow to encode.
+            "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8, encoding="bytes"),
+            "label": tfds.features.ClassLabel(num_classes=5),
+          }
+        ),
+        disable_shuffling=True,
+      )
 
     def _split_generators(self, dl_manager):
-      return {"train": self._generate_examples(n_train, 0),
-              "test": self._generate_examples(n_test, 1)}
+      return {
+        "train": self._generate_examples(n_train, 0),
+        "test": self._generate_examples(n_test, 1),
+      }
 
     def _generate_examples(self, n, seed):
       images, labels = learnable_split(n, seed)
@@ -74,7 +83,8 @@ def prepare_five_class_blocks(data_dir, n_train=300, n_test=100):
         yield i, {"image": image[..., None], "label": int(label) % 5}
 
   FiveClassBlocks(data_dir=data_dir, file_format="array_record").download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+  )
   return data_dir
 
 
@@ -133,16 +143,30 @@ def run_script(script, *args, path=None, env=None):
   env = {**(os.environ if env is None else env), "JAX_PLATFORMS": "cpu"}
   if path is not None:
     env["PATH"] = path
-  return subprocess.run([sys.executable, os.path.join(ROOT, script), *args],
-                        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+  return subprocess.run(
+    [sys.executable, os.path.join(ROOT, script), *args],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=ROOT,
+    env=env,
+  )
 
 
 def cli_train_args(data_dir, workdir, *extra):
   """train.py arguments for a 6-step cnn_xs run on `data_dir`."""
-  return ("--config", os.path.join(ROOT, "configs/fashion_mnist.py:model=cnn_xs"),
-          f"--workdir={workdir}", f"--config.data_dir={data_dir}", "--config.val_size=100",
-          "--config.batch_size=32", "--config.total_steps=6", "--config.log_every=3",
-          "--config.eval_batch_size=64", *extra)
+  return (
+    "--config",
+    os.path.join(ROOT, "configs/fashion_mnist.py:model=cnn_xs"),
+    f"--workdir={workdir}",
+    f"--config.data_dir={data_dir}",
+    "--config.val_size=100",
+    "--config.batch_size=32",
+    "--config.total_steps=6",
+    "--config.log_every=3",
+    "--config.eval_batch_size=64",
+    *extra,
+  )
 
 
 def assert_one_line_error(result, code, pattern):
@@ -194,8 +218,9 @@ def make_image_folder(root, classes=("cat", "dog", "fish"), per_class=10, seed=0
         image = image.convert("RGB").quantize(32, method=Image.Quantize.FASTOCTREE)
       else:
         image = image.convert("L" if i % 3 == 2 else "RGB")
-        path, options = ((f"{i:03d}.jpg", {"quality": 90}) if i % 2 == 0
-                         else (f"{i:03d}.png", fast_png))
+        path, options = (
+          (f"{i:03d}.jpg", {"quality": 90}) if i % 2 == 0 else (f"{i:03d}.png", fast_png)
+        )
       path = root / name / f"{name}_{path}"
       image.save(path, **options)
       good[name].append(path)
@@ -206,7 +231,7 @@ def make_image_folder(root, classes=("cat", "dog", "fish"), per_class=10, seed=0
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
     truncated, empty = root / classes[0] / "bad.jpg", root / classes[-1] / "empty.png"
-    truncated.write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 3])
+    truncated.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 3])
     empty.write_bytes(b"")
     bad_files = [truncated, empty]
   return {"root": root, "classes": classes, "good": good, "bad": bad_files, "special": special}

@@ -20,14 +20,16 @@ def _members(n=600, seed=0):
   rng = np.random.default_rng(seed)
   labels = rng.integers(0, 7, n)
   signal = np.eye(7)[labels] * 2.5
-  return [(signal + rng.normal(size=(n, 7))).astype(np.float32),
-          (0.5 * signal + rng.normal(size=(n, 7))).astype(np.float32)], labels
+  return [
+    (signal + rng.normal(size=(n, 7))).astype(np.float32),
+    (0.5 * signal + rng.normal(size=(n, 7))).astype(np.float32),
+  ], labels
 
 
 def test_the_readme_example_runs(tmp_path, monkeypatch):
   text = README.read_text()
   start = text.index("## Use it from Python")
-  section = text[start:text.index("\n## ", start + 1)]
+  section = text[start : text.index("\n## ", start + 1)]
   blocks = re.findall(r"```python\n(.*?)```", section, re.S)
   assert len(blocks) == 2  # the duo, and the Mahalanobis score
   monkeypatch.chdir(tmp_path)
@@ -53,8 +55,9 @@ def test_the_duos_outputs_follow_their_definitions():
   np.testing.assert_array_equal(duo.predict(logits), z.argmax(-1))
   np.testing.assert_allclose(duo.uncertainty(logits), 1 - p.max(-1), atol=1e-6)
   large_pred = logits[0].argmax(-1)
-  np.testing.assert_allclose(duo.confidence(logits, score="large_prediction"),
-                             p[np.arange(len(p)), large_pred], atol=1e-6)
+  np.testing.assert_allclose(
+    duo.confidence(logits, score="large_prediction"), p[np.arange(len(p)), large_pred], atol=1e-6
+  )
   with pytest.raises(ValueError, match="score='entropy'"):
     duo.confidence(logits, score="entropy")
   with pytest.raises(ValueError, match="2 members but 1 logits arrays"):
@@ -68,11 +71,15 @@ def test_save_and_load_round_trip_and_bad_files_are_one_line_errors(tmp_path):
   back = duojax.load_duo(tmp_path / "duo.json")
   np.testing.assert_array_equal(back.weights, duo.weights)
   assert back.names == ("a", "b")
-  cases = {"not json": "{", "other": json.dumps({"format": "x"}),
-           "version": json.dumps({"format": "duojax.duo", "version": 9, "weights": [1.0]}),
-           "nan": '{"format": "duojax.duo", "version": 1, "weights": [NaN]}',
-           "names": json.dumps({"format": "duojax.duo", "version": 1, "weights": [1.0],
-                                "names": ["a", "b"]})}
+  cases = {
+    "not json": "{",
+    "other": json.dumps({"format": "x"}),
+    "version": json.dumps({"format": "duojax.duo", "version": 9, "weights": [1.0]}),
+    "nan": '{"format": "duojax.duo", "version": 1, "weights": [NaN]}',
+    "names": json.dumps(
+      {"format": "duojax.duo", "version": 1, "weights": [1.0], "names": ["a", "b"]}
+    ),
+  }
   for name, text in cases.items():
     path = tmp_path / f"{name}.json"
     path.write_text(text)
@@ -89,8 +96,9 @@ def test_score_matches_the_metrics_suite_and_adds_ood():
 
 
 def test_fused_forward_runs_models_in_one_program():
-  members = [models.get_model("cnn_xs", 4, rngs=nnx.Rngs(i), image_size=12, in_channels=1)
-             for i in range(2)]
+  members = [
+    models.get_model("cnn_xs", 4, rngs=nnx.Rngs(i), image_size=12, in_channels=1) for i in range(2)
+  ]
   forward, states = duojax.fused_forward(members)
   x = np.random.default_rng(0).normal(size=(3, 12, 12, 1)).astype(np.float32)
   out = np.asarray(forward(states, x))
@@ -99,8 +107,9 @@ def test_fused_forward_runs_models_in_one_program():
 
 
 def test_fused_forward_hands_back_the_large_models_features():
-  members = [models.get_model("cnn_xs", 4, rngs=nnx.Rngs(i), image_size=12, in_channels=1)
-             for i in range(2)]
+  members = [
+    models.get_model("cnn_xs", 4, rngs=nnx.Rngs(i), image_size=12, in_channels=1) for i in range(2)
+  ]
   forward, states = duojax.fused_forward(members, with_features=True)
   x = np.random.default_rng(1).normal(size=(3, 12, 12, 1)).astype(np.float32)
   logits, features = forward(states, x)
@@ -119,10 +128,12 @@ def test_mahalanobis_through_the_api_is_the_core_detector():
   assert detector.means.shape == (3, 4)
   near, far = means[[0, 1, 2]] + 0.1, means[[0, 1, 2]] + np.array([0.0, 0.0, 9.0, 9.0])
   near_scores = duojax.mahalanobis_score(detector, near)
-  np.testing.assert_allclose(near_scores, mahalanobis.score(
-      mahalanobis.fit(train, labels, 3), near), rtol=1e-6)
-  assert isinstance(near_scores, np.ndarray) and np.all(near_scores > duojax.mahalanobis_score(
-      detector, far))
+  np.testing.assert_allclose(
+    near_scores, mahalanobis.score(mahalanobis.fit(train, labels, 3), near), rtol=1e-6
+  )
+  assert isinstance(near_scores, np.ndarray) and np.all(
+    near_scores > duojax.mahalanobis_score(detector, far)
+  )
   ood = duojax.score_ood(near_scores, duojax.mahalanobis_score(detector, far))
   assert ood == {"auroc": 1.0, "aupr": 1.0, "fpr95": 0.0}
   with pytest.raises(ValueError, match="classes have no training rows"):

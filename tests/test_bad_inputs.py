@@ -13,9 +13,11 @@ import os
 import shutil
 import stat
 
+import helpers
 import jax
 import numpy as np
 import pytest
+from helpers import ROOT, assert_one_line_error, cli_train_args, run_script, tiny_train_config
 
 from duojax import cascade, config_lib, data
 from duojax.core import duo, metrics, temperature
@@ -23,15 +25,20 @@ from duojax.eval import outputs
 from duojax.eval import sections as eval_sections
 from duojax.train import checkpoint, loop
 
-import helpers
-from helpers import ROOT, assert_one_line_error, cli_train_args, run_script, tiny_train_config
-
 
 def _tiny_config(data_dir, **overrides):
   """The shared tiny run as a 4-step cnn_xs without augmentation."""
-  config = tiny_train_config(data_dir, **{"model_name": "cnn_xs", "total_steps": 4,
-                                          "warmup_steps": 1, "eval_batch_size": 100,
-                                          "augment": "", **overrides})
+  config = tiny_train_config(
+    data_dir,
+    **{
+      "model_name": "cnn_xs",
+      "total_steps": 4,
+      "warmup_steps": 1,
+      "eval_batch_size": 100,
+      "augment": "",
+      **overrides,
+    },
+  )
   config.model.width = None  # a resnet8 override there; cnn_xs has no width
   return config
 
@@ -49,8 +56,9 @@ def five_class_workdir(tmp_path_factory):
   """The same architecture trained on a dataset of 5 classes: another label set."""
   data_dir = helpers.prepare_five_class_blocks(tmp_path_factory.mktemp("five_tfds"))
   workdir = tmp_path_factory.mktemp("bad_inputs") / "five"
-  loop.train_and_evaluate(_tiny_config(data_dir, dataset="five_class_blocks", val_size=50),
-                          str(workdir))
+  loop.train_and_evaluate(
+    _tiny_config(data_dir, dataset="five_class_blocks", val_size=50), str(workdir)
+  )
   return workdir
 
 
@@ -62,10 +70,15 @@ def _snapshot(path):
   if os.path.isfile(path):
     info = os.stat(path)
     return [("", info.st_size, info.st_mtime_ns)]
-  return sorted((os.path.relpath(os.path.join(folder, name), path),
-                 os.stat(os.path.join(folder, name)).st_size,
-                 os.stat(os.path.join(folder, name)).st_mtime_ns)
-                for folder, _, names in os.walk(path) for name in names)
+  return sorted(
+    (
+      os.path.relpath(os.path.join(folder, name), path),
+      os.stat(os.path.join(folder, name)).st_size,
+      os.stat(os.path.join(folder, name)).st_mtime_ns,
+    )
+    for folder, _, names in os.walk(path)
+    for name in names
+  )
 
 
 def _one_line(error):
@@ -116,8 +129,9 @@ def test_cli_train_damaged_dataset_metadata(tmp_path, learnable_data_dir):
 @pytest.mark.slow
 def test_cli_train_val_split_that_leaves_no_training_data(tmp_path, learnable_data_dir):
   workdir = tmp_path / "run"
-  result = run_script("train.py",
-                      *cli_train_args(learnable_data_dir, workdir, "--config.val_size=600"))
+  result = run_script(
+    "train.py", *cli_train_args(learnable_data_dir, workdir, "--config.val_size=600")
+  )
   assert_one_line_error(result, 1, "val_size=600 must be in [1, 599] for the 600 training")
   assert not workdir.exists()
 
@@ -152,9 +166,12 @@ def test_cli_train_workdir_in_a_read_only_folder(tmp_path, learnable_data_dir):
 @pytest.mark.slow
 def test_cli_train_config_argument_typo_is_one_line_without_traceback(tmp_path):
   workdir = tmp_path / "run"
-  result = run_script("train.py", "--config",
-                      os.path.join(ROOT, "configs/fashion_mnist.py:modle=cnn_xs"),
-                      f"--workdir={workdir}")
+  result = run_script(
+    "train.py",
+    "--config",
+    os.path.join(ROOT, "configs/fashion_mnist.py:modle=cnn_xs"),
+    f"--workdir={workdir}",
+  )
   assert_one_line_error(result, 2, "unknown config argument 'modle'; valid: ")
   assert not workdir.exists()
 
@@ -162,8 +179,9 @@ def test_cli_train_config_argument_typo_is_one_line_without_traceback(tmp_path):
 @pytest.mark.slow
 def test_cli_train_more_devices_than_exist(tmp_path, learnable_data_dir):
   workdir = tmp_path / "run"
-  result = run_script("train.py",
-                      *cli_train_args(learnable_data_dir, workdir, "--config.num_devices=4096"))
+  result = run_script(
+    "train.py", *cli_train_args(learnable_data_dir, workdir, "--config.num_devices=4096")
+  )
   assert_one_line_error(result, 1, "num_devices=4096 but ")
   assert not workdir.exists()
 
@@ -196,21 +214,29 @@ def get_config(arg=None):
 
 def _eval_config(tmp_path, large, sidekick, output):
   path = tmp_path / "eval_config.py"
-  path.write_text(_EVAL_CONFIG.format(demo=os.path.join(ROOT, "configs/demo_eval.py"),
-                                      large=str(large), sidekick=str(sidekick),
-                                      output=str(output)))
+  path.write_text(
+    _EVAL_CONFIG.format(
+      demo=os.path.join(ROOT, "configs/demo_eval.py"),
+      large=str(large),
+      sidekick=str(sidekick),
+      output=str(output),
+    )
+  )
   return str(path)
 
 
 @pytest.mark.slow
-def test_cli_evaluate_duo_of_models_with_different_class_counts(tmp_path, cnn_workdir,
-                                                                five_class_workdir):
+def test_cli_evaluate_duo_of_models_with_different_class_counts(
+  tmp_path, cnn_workdir, five_class_workdir
+):
   out = tmp_path / "results"
   before = _snapshot(five_class_workdir)
-  result = run_script("evaluate.py", "--config", _eval_config(tmp_path, cnn_workdir,
-                                                              five_class_workdir, out))
-  assert_one_line_error(result, 1, "members disagree on num_classes: 'large' has 10, "
-                                    "'sidekick' has 5")
+  result = run_script(
+    "evaluate.py", "--config", _eval_config(tmp_path, cnn_workdir, five_class_workdir, out)
+  )
+  assert_one_line_error(
+    result, 1, "members disagree on num_classes: 'large' has 10, 'sidekick' has 5"
+  )
   assert not out.exists()
   assert _snapshot(five_class_workdir) == before
 
@@ -219,18 +245,26 @@ def test_cli_evaluate_duo_of_models_with_different_class_counts(tmp_path, cnn_wo
 def test_cli_evaluate_output_dir_under_a_regular_file(tmp_path, cnn_workdir):
   blocker = tmp_path / "a_file"
   blocker.write_text("x")
-  result = run_script("evaluate.py", "--config",
-                      _eval_config(tmp_path, cnn_workdir, cnn_workdir, blocker / "results"))
-  assert_one_line_error(result, 1, f"config.output_dir '{blocker / 'results'}' cannot be "
-                                    f"created: '{blocker}' is a file, not a directory")
+  result = run_script(
+    "evaluate.py", "--config", _eval_config(tmp_path, cnn_workdir, cnn_workdir, blocker / "results")
+  )
+  assert_one_line_error(
+    result,
+    1,
+    f"config.output_dir '{blocker / 'results'}' cannot be "
+    f"created: '{blocker}' is a file, not a directory",
+  )
   assert blocker.read_text() == "x"
 
 
 @pytest.mark.slow
 def test_cli_evaluate_unknown_config_key_is_one_line(tmp_path, cnn_workdir):
-  result = run_script("evaluate.py", "--config",
-                      _eval_config(tmp_path, cnn_workdir, cnn_workdir, tmp_path / "results"),
-                      "--config.solverr=optax")
+  result = run_script(
+    "evaluate.py",
+    "--config",
+    _eval_config(tmp_path, cnn_workdir, cnn_workdir, tmp_path / "results"),
+    "--config.solverr=optax",
+  )
   assert_one_line_error(result, 2, "unknown key 'solverr'")
   assert 'Did you mean "solver"' in result.stderr
   assert not (tmp_path / "results").exists()
@@ -240,8 +274,9 @@ def test_cli_evaluate_unknown_config_key_is_one_line(tmp_path, cnn_workdir):
 def test_cli_evaluate_output_file_under_a_regular_file(tmp_path, cnn_workdir):
   blocker = tmp_path / "a_file"
   blocker.write_text("x")
-  result = run_script("evaluate.py", f"--workdirs={cnn_workdir}",
-                      f"--output={blocker / 'eval.json'}")
+  result = run_script(
+    "evaluate.py", f"--workdirs={cnn_workdir}", f"--output={blocker / 'eval.json'}"
+  )
   assert_one_line_error(result, 1, f"--output's folder '{blocker}' is a file, not a directory")
   assert blocker.read_text() == "x"
 
@@ -274,8 +309,13 @@ def test_cli_evaluate_full_disk_leaves_no_partial_output(tmp_path, cnn_workdir):
   wrapper = tmp_path / "full_disk.py"
   wrapper.write_text(_FULL_DISK.format(tests=os.path.dirname(os.path.abspath(__file__))))
   out = tmp_path / "eval.json"
-  result = run_script(str(wrapper), os.path.join(ROOT, "evaluate.py"), f"--workdirs={cnn_workdir}",
-                      "--split=val", f"--output={out}")
+  result = run_script(
+    str(wrapper),
+    os.path.join(ROOT, "evaluate.py"),
+    f"--workdirs={cnn_workdir}",
+    "--split=val",
+    f"--output={out}",
+  )
   assert_one_line_error(result, 1, f"cannot write {out}: No space left on device")
   assert sorted(os.listdir(tmp_path)) == ["full_disk.py"]  # neither eval.json nor its .tmp
 
@@ -300,8 +340,9 @@ def test_cli_evaluate_folder_that_is_not_a_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_fine_tune_from_a_checkpoint_with_another_class_count(tmp_path, learnable_data_dir,
-                                                              five_class_workdir):
+def test_fine_tune_from_a_checkpoint_with_another_class_count(
+  tmp_path, learnable_data_dir, five_class_workdir
+):
   workdir = tmp_path / "run"
   config = _tiny_config(learnable_data_dir, init_from=str(five_class_workdir))
   with pytest.raises(checkpoint.CheckpointError) as error:
@@ -310,11 +351,14 @@ def test_fine_tune_from_a_checkpoint_with_another_class_count(tmp_path, learnabl
   assert not workdir.exists()
 
 
-@pytest.mark.parametrize("cache_file, garbage", [
+@pytest.mark.parametrize(
+  "cache_file, garbage",
+  [
     ("train_image_label_None.npz", b"not an npz"),
     ("train_image_label_None.npz", b"PK\x03\x04 truncated zip"),
-    ("stats_image_None.json", b"{\"mean\": [0.2]"),
-])
+    ("stats_image_None.json", b'{"mean": [0.2]'),
+  ],
+)
 def test_corrupt_cache_file_is_named(tmp_path, learnable_data_dir, cache_file, garbage):
   copy, version = _damaged_copy(learnable_data_dir, tmp_path)
   data.load_dataset("fashion_mnist", copy, val_size=100)  # makes sure the caches exist
@@ -358,20 +402,36 @@ def test_results_on_a_full_disk_leave_no_partial_output(tmp_path, monkeypatch, f
     outputs.write(dict(_MINIMAL_RESULTS), str(existing), _SECTIONS)
   names = sorted(os.listdir(existing))
   assert not [n for n in names if n.startswith(".tmp")], names
-  assert (existing / "results.json").read_text() in ("{}", outputs.json.dumps(_MINIMAL_RESULTS,
-                                                                              indent=2))
+  assert (existing / "results.json").read_text() in (
+    "{}",
+    outputs.json.dumps(_MINIMAL_RESULTS, indent=2),
+  )
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: config_lib.validate(_tiny_config("data", eval_batch_size=-1)),
-     "config.eval_batch_size must be > 0, got -1"),
-    (lambda: config_lib.validate(_tiny_config("data", val_size=0)),
-     "config.val_size must be > 0, got 0"),
-    (lambda: data.eval_batches(data.Split(data.ArraySource(np.zeros((4, 2, 2, 1), np.uint8),
-                                                           np.zeros(4, np.int32)), np.arange(4)),
-                               global_batch_size=-8, mean=[0.0], std=[1.0]),
-     "global_batch_size=-8 must be positive"),
-])
+@pytest.mark.parametrize(
+  "call, message",
+  [
+    (
+      lambda: config_lib.validate(_tiny_config("data", eval_batch_size=-1)),
+      "config.eval_batch_size must be > 0, got -1",
+    ),
+    (
+      lambda: config_lib.validate(_tiny_config("data", val_size=0)),
+      "config.val_size must be > 0, got 0",
+    ),
+    (
+      lambda: data.eval_batches(
+        data.Split(
+          data.ArraySource(np.zeros((4, 2, 2, 1), np.uint8), np.zeros(4, np.int32)), np.arange(4)
+        ),
+        global_batch_size=-8,
+        mean=[0.0],
+        std=[1.0],
+      ),
+      "global_batch_size=-8 must be positive",
+    ),
+  ],
+)
 def test_bad_batch_sizes_and_empty_validation_splits(call, message):
   with pytest.raises(ValueError) as error:
     call()
@@ -387,43 +447,70 @@ def _logits(n=40, c=10, seed=0):
   return rng.normal(size=(n, c)).astype(np.float32), rng.integers(0, c, n)
 
 
-@pytest.mark.parametrize("call, message", [
+@pytest.mark.parametrize(
+  "call, message",
+  [
     # The two models of a duo predicting different label sets.
-    (lambda a, b, y: duo.combine_mode([a, b], "weighted", joint_weights=[1.0, 0.5]),
-     "member 1's logits have 5 classes but member 0's have 10"),
-    (lambda a, b, y: duo.combine([a, b], [1.0, 0.5]),
-     "member 1's logits have 5 classes but member 0's have 10"),
-    (lambda a, b, y: temperature.fit_temperatures([a, b], y),
-     "member 1 has 5 classes but member 0 has 10"),
+    (
+      lambda a, b, y: duo.combine_mode([a, b], "weighted", joint_weights=[1.0, 0.5]),
+      "member 1's logits have 5 classes but member 0's have 10",
+    ),
+    (
+      lambda a, b, y: duo.combine([a, b], [1.0, 0.5]),
+      "member 1's logits have 5 classes but member 0's have 10",
+    ),
+    (
+      lambda a, b, y: temperature.fit_temperatures([a, b], y),
+      "member 1 has 5 classes but member 0 has 10",
+    ),
     # N mismatch, wrong rank, wrong number of weights.
-    (lambda a, b, y: duo.combine_mode([a, a[:-3]], "weighted", joint_weights=[1.0, 1.0]),
-     "member 1's logits have 37 rows but member 0's have 40"),
-    (lambda a, b, y: duo.combine([a, a[:-3]], [1.0, 1.0]),
-     "member 1's logits have 37 rows but member 0's have 40"),
+    (
+      lambda a, b, y: duo.combine_mode([a, a[:-3]], "weighted", joint_weights=[1.0, 1.0]),
+      "member 1's logits have 37 rows but member 0's have 40",
+    ),
+    (
+      lambda a, b, y: duo.combine([a, a[:-3]], [1.0, 1.0]),
+      "member 1's logits have 37 rows but member 0's have 40",
+    ),
     (lambda a, b, y: duo.combine(a, [1.0]), r"logits must be stacked [m, N, C]"),
-    (lambda a, b, y: duo.combine_mode(np.stack([a, a]), "unweighted", single_weights=[1.0] * 3),
-     "single_weights have shape (3,); expected (2,), one per member"),
-    (lambda a, b, y: duo.combine_mode(np.stack([a, a]), "weighted",
-                                      joint_weights=[np.nan, 1.0]),
-     "joint_weights must be finite, got [nan, 1.0]"),
+    (
+      lambda a, b, y: duo.combine_mode(np.stack([a, a]), "unweighted", single_weights=[1.0] * 3),
+      "single_weights have shape (3,); expected (2,), one per member",
+    ),
+    (
+      lambda a, b, y: duo.combine_mode(np.stack([a, a]), "weighted", joint_weights=[np.nan, 1.0]),
+      "joint_weights must be finite, got [nan, 1.0]",
+    ),
     # Wrong dtypes: strings are refused by every entry point, not dumped in a TypeError.
-    (lambda a, b, y: temperature.fit_temperatures([a.astype(str)], y),
-     "member 0 has dtype <U"),
-    (lambda a, b, y: temperature.fit_temperatures([a], y.astype(str)),
-     "labels must be integers, got dtype <U"),
-    (lambda a, b, y: temperature.fit_temperatures([a.astype(np.int32)], y),
-     "member 0 has dtype int32; expected floating logits"),
-    (lambda a, b, y: duo.combine(np.stack([a, a]).astype(str), [1.0, 1.0]),
-     "logits must be real numbers, got dtype <U"),
+    (lambda a, b, y: temperature.fit_temperatures([a.astype(str)], y), "member 0 has dtype <U"),
+    (
+      lambda a, b, y: temperature.fit_temperatures([a], y.astype(str)),
+      "labels must be integers, got dtype <U",
+    ),
+    (
+      lambda a, b, y: temperature.fit_temperatures([a.astype(np.int32)], y),
+      "member 0 has dtype int32; expected floating logits",
+    ),
+    (
+      lambda a, b, y: duo.combine(np.stack([a, a]).astype(str), [1.0, 1.0]),
+      "logits must be real numbers, got dtype <U",
+    ),
     (lambda a, b, y: metrics.evaluate(a.astype(str), y), "logits must be real numbers"),
-    (lambda a, b, y: metrics.evaluate([[0.1, 0.2], [0.3]], [0, 1]),
-     "logits must be a rectangular array"),
-    (lambda a, b, y: cascade.gatekeeper_loss(a, y.astype(str), 0.5),
-     "labels must be integers, got dtype <U"),
+    (
+      lambda a, b, y: metrics.evaluate([[0.1, 0.2], [0.3]], [0, 1]),
+      "logits must be a rectangular array",
+    ),
+    (
+      lambda a, b, y: cascade.gatekeeper_loss(a, y.astype(str), 0.5),
+      "labels must be integers, got dtype <U",
+    ),
     # Labels out of range for the class count (silently NaN before).
-    (lambda a, b, y: cascade.gatekeeper_loss(a, np.where(np.arange(40) < 3, 10, y), 0.5),
-     "labels have 3 values outside [0, 10)"),
-])
+    (
+      lambda a, b, y: cascade.gatekeeper_loss(a, np.where(np.arange(40) < 3, 10, y), 0.5),
+      "labels have 3 values outside [0, 10)",
+    ),
+  ],
+)
 def test_mismatched_logits_and_labels(call, message):
   a, y = _logits()
   b, _ = _logits(c=5, seed=1)
@@ -438,13 +525,18 @@ def test_integer_logits_are_cast_where_documented_and_lists_accepted():
   # almost surely a mix-up with labels or counts.
   a, y = _logits()
   rounded = np.round(a * 4)
-  np.testing.assert_equal(metrics.evaluate(rounded.astype(np.int32), y),
-                          metrics.evaluate(rounded.astype(np.float32), y))
-  np.testing.assert_allclose(duo.combine(np.stack([rounded.astype(np.int32)] * 2), [0.5, 0.5]),
-                             rounded, rtol=1e-6)
+  np.testing.assert_equal(
+    metrics.evaluate(rounded.astype(np.int32), y), metrics.evaluate(rounded.astype(np.float32), y)
+  )
+  np.testing.assert_allclose(
+    duo.combine(np.stack([rounded.astype(np.int32)] * 2), [0.5, 0.5]), rounded, rtol=1e-6
+  )
   # Nested lists are arrays too.
-  np.testing.assert_allclose(temperature.fit_temperatures([a.tolist()], y.tolist()),
-                             temperature.fit_temperatures([a], y), rtol=1e-5)
+  np.testing.assert_allclose(
+    temperature.fit_temperatures([a.tolist()], y.tolist()),
+    temperature.fit_temperatures([a], y),
+    rtol=1e-5,
+  )
 
 
 def test_label_range_check_adds_no_sync_under_jit():

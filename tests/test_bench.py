@@ -16,10 +16,14 @@ import bench_xla_cpu  # noqa: E402
 import harness  # noqa: E402
 
 
-
 def run_script(name, *args, timeout=300):
-  result = subprocess.run([sys.executable, str(ROOT / "bench" / name), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+  result = subprocess.run(
+    [sys.executable, str(ROOT / "bench" / name), *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return result
 
@@ -27,11 +31,13 @@ def run_script(name, *args, timeout=300):
 def test_write_section_replaces_only_its_own_section(tmp_path):
   path = tmp_path / "B.md"
   path.write_text("# Benchmarks\n\nIntro kept.\n")
-  harness.write_section("one", "One", "| a |\n|---|\n| 1 |", machine="m", path=path,
-                        command="python x.py")
+  harness.write_section(
+    "one", "One", "| a |\n|---|\n| 1 |", machine="m", path=path, command="python x.py"
+  )
   harness.write_section("two", "Two", "second", machine="m", path=path, command="python y.py")
-  harness.write_section("one", "One", "| a |\n|---|\n| 2 |", machine="m", path=path,
-                        command="python x.py --again")
+  harness.write_section(
+    "one", "One", "| a |\n|---|\n| 2 |", machine="m", path=path, command="python x.py --again"
+  )
   text = path.read_text()
   assert text.startswith("# Benchmarks\n\nIntro kept.\n")
   assert text.count("<!-- bench:one:start -->") == 1 and text.count("<!-- bench:two:end -->") == 1
@@ -62,8 +68,9 @@ def test_torch_reference_recipe_reaches_the_scipy_optimum_region():
   # optimum, and close to it.
   assert nll_scipy <= nll_ref + 1e-7
   assert nll_ref - nll_scipy < 0.01
-  np.testing.assert_allclose(bench_temperature.nll64(w_scipy, members, labels), nll_scipy,
-                             rtol=1e-9)
+  np.testing.assert_allclose(
+    bench_temperature.nll64(w_scipy, members, labels), nll_scipy, rtol=1e-9
+  )
 
 
 @pytest.mark.slow  # the script's quick run, as a subprocess
@@ -73,8 +80,13 @@ def test_bench_duo_quick(tmp_path):
   text = out.read_text()
   for marker in ("<!-- bench:duo_cost:start -->", "<!-- bench:roofline:end -->"):
     assert marker in text
-  for row in ("| large alone |", "| duo, one jit (fused) |", "| duo, two jitted calls |",
-              "matmul, float32", "matmul, bfloat16"):
+  for row in (
+    "| large alone |",
+    "| duo, one jit (fused) |",
+    "| duo, two jitted calls |",
+    "matmul, float32",
+    "matmul, bfloat16",
+  ):
     assert row in text
   assert "Command: `python bench/bench_duo.py --quick" in text
 
@@ -95,11 +107,17 @@ def test_bench_xla_cpu_quick(tmp_path):
   out = tmp_path / "B.md"
   run_script("bench_xla_cpu.py", "--quick", "--out", str(out))
   text = out.read_text()
-  for marker in ("<!-- bench:xla_cpu_ab:end -->", "<!-- bench:xla_cpu_options:end -->",
-                 "<!-- bench:xla_cpu_train_step:end -->"):
+  for marker in (
+    "<!-- bench:xla_cpu_ab:end -->",
+    "<!-- bench:xla_cpu_options:end -->",
+    "<!-- bench:xla_cpu_train_step:end -->",
+  ):
     assert marker in text
-  rows = [l for l in text.splitlines() if l.startswith("| attention block") or "GELU via" in l
-          or l.startswith("| patch embedding")]
+  rows = [
+    l
+    for l in text.splitlines()
+    if l.startswith("| attention block") or "GELU via" in l or l.startswith("| patch embedding")
+  ]
   assert len(rows) == 6
   # Every variant computes the same function as the first of its group.
   for row in rows:
@@ -121,8 +139,11 @@ def test_bench_hydra_quick(tmp_path):
   run_script("bench_hydra.py", "--quick", "--out", str(out))
   text = out.read_text()
   assert "<!-- bench:hydra:start -->" in text
-  rows = {l.split("|")[1].strip(): l.split("|")[2:-1] for l in text.splitlines()
-          if l.startswith("| ") and not l.startswith("| model")}
+  rows = {
+    l.split("|")[1].strip(): l.split("|")[2:-1]
+    for l in text.splitlines()
+    if l.startswith("| ") and not l.startswith("| model")
+  }
   assert {"single ViT", "deep ensemble of 3 ViTs"} <= set(rows)
   params = {k: int(v[0].strip().replace(",", "")) for k, v in rows.items()}
   # Exact counts: 3 full ViTs, and the averaged MLP holds fewer weights than
@@ -135,16 +156,21 @@ def test_bench_hydra_quick(tmp_path):
 @pytest.mark.slow  # the script's quick run, as a subprocess (spawns loader workers)
 def test_bench_input_quick(tmp_path):
   out = tmp_path / "B.md"
-  run_script("bench_input.py", "--quick", "--cache_dir", str(tmp_path / "cache"),
-             "--out", str(out))
+  run_script("bench_input.py", "--quick", "--cache_dir", str(tmp_path / "cache"), "--out", str(out))
   text = out.read_text()
   assert "<!-- bench:input_pipeline:start -->" in text
   assert "Command: `python bench/bench_input.py --quick" in text
-  rates = {l.split("|")[1].strip(): float(l.split("|")[3].replace(",", ""))
-           for l in text.splitlines() if l.startswith("| ") and not l.startswith("| path")}
+  rates = {
+    l.split("|")[1].strip(): float(l.split("|")[3].replace(",", ""))
+    for l in text.splitlines()
+    if l.startswith("| ") and not l.startswith("| path")
+  }
   assert len(rates) == 11 and all(rate > 0 for rate in rates.values()), rates
-  for row in ("PIL full decode (**floor**)", "duojax `train_batches`, workers=2",
-              "PyTorch `DataLoader`, num_workers=2"):
+  for row in (
+    "PIL full decode (**floor**)",
+    "duojax `train_batches`, workers=2",
+    "PyTorch `DataLoader`, num_workers=2",
+  ):
     assert row in rates
   assert "host cores per accelerator" in text.lower()
 
@@ -152,13 +178,18 @@ def test_bench_input_quick(tmp_path):
 @pytest.mark.slow  # the script's quick run, as a subprocess (spawns loader workers)
 def test_bench_accelerator_quick(tmp_path):
   out = tmp_path / "B.md"
-  result = run_script("bench_accelerator.py", "--quick", "--cache_dir", str(tmp_path / "cache"),
-                      "--out", str(out))
+  result = run_script(
+    "bench_accelerator.py", "--quick", "--cache_dir", str(tmp_path / "cache"), "--out", str(out)
+  )
   text = out.read_text()
   assert "<!-- bench:accelerator:start -->" in text and "<!-- bench:accelerator:end -->" in text
   assert "Command: `python bench/bench_accelerator.py --quick" in text
-  for heading in ("1. Fused duo eval throughput", "2. Train step and model FLOP utilisation",
-                  "3. Input pipeline against the train step", "4. Hydra merged model latency"):
+  for heading in (
+    "1. Fused duo eval throughput",
+    "2. Train step and model FLOP utilisation",
+    "3. Input pipeline against the train step",
+    "4. Hydra merged model latency",
+  ):
     assert f"### {heading}" in text and heading in result.stdout, heading
   assert "Failed:" not in text
 
@@ -168,12 +199,23 @@ def test_bench_accelerator_quick(tmp_path):
     return [c.strip() for c in rows[0].strip(" |").split("|")]
 
   # Images/s: column 3 of the duo and loader tables, column 4 of the train-step table.
-  rates = [float(cells(prefix)[column].replace(",", "")) for prefix, column in (
-      ("| vit_mu4 alone |", 2), ("| resnet8 alone |", 2), ("| duo, one fused program |", 2),
-      ("| vit_mu4 | 8 |", 3), ("| resnet8 | 8 |", 3), ("| `train_batches`, workers=-1 |", 2))]
+  rates = [
+    float(cells(prefix)[column].replace(",", ""))
+    for prefix, column in (
+      ("| vit_mu4 alone |", 2),
+      ("| resnet8 alone |", 2),
+      ("| duo, one fused program |", 2),
+      ("| vit_mu4 | 8 |", 3),
+      ("| resnet8 | 8 |", 3),
+      ("| `train_batches`, workers=-1 |", 2),
+    )
+  ]
   assert all(rate > 0 for rate in rates), rates
-  for model in ("vit_mu4", "Hydra M=3, 2/4 heads, grouped MLP",
-                "Hydra M=3, 2/4 heads, average MLP"):
+  for model in (
+    "vit_mu4",
+    "Hydra M=3, 2/4 heads, grouped MLP",
+    "Hydra M=3, 2/4 heads, average MLP",
+  ):
     assert float(cells(f"| {model} | 1 |")[2]) > 0  # latency ms at batch 1
   assert "MFU (measured matmul)" in text and "Host cores per accelerator" in text
   if jax.default_backend() == "cpu":

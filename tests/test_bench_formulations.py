@@ -23,14 +23,24 @@ def _value_and_grads(conv, x, w, stride, padding):
   def loss(x, w):
     y = conv(x, w, (stride, stride), padding, dimension_numbers=NHWC)
     return jnp.sum(jnp.sin(y)), y
+
   (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(x, w)
   return y, grads
 
 
 @pytest.mark.parametrize("conv", ["matmul_conv", "matmul_kernel_grad_conv", "nchw_conv"])
-@pytest.mark.parametrize("kernel,stride,padding", [
-    (3, 1, ((1, 1), (1, 1))), (3, 2, ((1, 1), (1, 1))), (1, 2, ((0, 0), (0, 0))),
-    (7, 2, ((3, 3), (3, 3))), (3, 1, "SAME"), (3, 2, "SAME"), (2, 2, "VALID")])
+@pytest.mark.parametrize(
+  "kernel,stride,padding",
+  [
+    (3, 1, ((1, 1), (1, 1))),
+    (3, 2, ((1, 1), (1, 1))),
+    (1, 2, ((0, 0), (0, 0))),
+    (7, 2, ((3, 3), (3, 3))),
+    (3, 1, "SAME"),
+    (3, 2, "SAME"),
+    (2, 2, "VALID"),
+  ],
+)
 def test_convolutions_equal_the_library_conv_and_its_gradients(conv, kernel, stride, padding):
   rng = np.random.default_rng(kernel * 10 + stride)
   x = jnp.asarray(rng.normal(size=(2, 9, 8, 3)), jnp.float32)
@@ -51,8 +61,9 @@ def test_matmul_conv_hands_other_convolutions_to_the_library():
   for extra in ({"feature_group_count": 2}, {"rhs_dilation": (2, 2)}):
     kernel = w if "feature_group_count" in extra else jnp.concatenate([w, w], axis=2)
     np.testing.assert_array_equal(
-        formulations.matmul_conv(x, kernel, (1, 1), "SAME", **kwargs, **extra),
-        jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", **kwargs, **extra))
+      formulations.matmul_conv(x, kernel, (1, 1), "SAME", **kwargs, **extra),
+      jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", **kwargs, **extra),
+    )
 
 
 def test_closed_form_batch_norm_matches_autodiff_of_the_definition():
@@ -73,9 +84,11 @@ def test_closed_form_batch_norm_matches_autodiff_of_the_definition():
 
   closed = lambda x, s, b: formulations.batch_norm_closed_form(x, s, b, 1e-5)
   (_, ours), ours_grads = jax.value_and_grad(
-      lambda *a: loss(closed, *a), argnums=(0, 1, 2), has_aux=True)(x, scale, bias)
+    lambda *a: loss(closed, *a), argnums=(0, 1, 2), has_aux=True
+  )(x, scale, bias)
   (_, theirs), their_grads = jax.value_and_grad(
-      lambda *a: loss(reference, *a), argnums=(0, 1, 2), has_aux=True)(x, scale, bias)
+    lambda *a: loss(reference, *a), argnums=(0, 1, 2), has_aux=True
+  )(x, scale, bias)
   for a, b in zip(ours, theirs):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
   for a, b in zip(ours_grads, their_grads):

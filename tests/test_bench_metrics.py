@@ -14,7 +14,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 import bench_metrics  # noqa: E402
 
 
-
 @pytest.mark.parametrize("n,c,scale", [(500, 7, 2.0), (300, 2, 4.0)])
 def test_reference_matches_evaluate(n, c, scale):
   rng = np.random.default_rng(n + c)
@@ -30,18 +29,26 @@ def test_reference_matches_evaluate(n, c, scale):
 @pytest.mark.slow  # the script's quick run, as a subprocess
 def test_quick_run_writes_both_sections(tmp_path):
   out = tmp_path / "B.md"
-  result = subprocess.run([sys.executable, "bench/bench_metrics.py", "--quick", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "bench/bench_metrics.py", "--quick", "--out", str(out)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   text = out.read_text()
   for section in ("metrics_suite", "eval_scaling"):
     assert f"<!-- bench:{section}:start -->" in text
     assert f"<!-- bench:{section}:end -->" in text
-  for row in ("| duojax `evaluate`, device arrays | 2,000×50 |",
-              "| duojax `evaluate`, numpy arrays | 2,000×50 |",
-              "| reference (numpy + scipy + sklearn, float64) | 2,000×50 |",
-              "| 512 | demo duo forward |", "| 2,048 | demo duo forward |",
-              "| 8,192 | synthetic (no forward) |"):
+  for row in (
+    "| duojax `evaluate`, device arrays | 2,000×50 |",
+    "| duojax `evaluate`, numpy arrays | 2,000×50 |",
+    "| reference (numpy + scipy + sklearn, float64) | 2,000×50 |",
+    "| 512 | demo duo forward |",
+    "| 2,048 | demo duo forward |",
+    "| 8,192 | synthetic (no forward) |",
+  ):
     assert row in text, row
   for name in metrics.METRIC_NAMES:
     assert f"| {name} | " in text, name

@@ -20,13 +20,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 import torch_models  # noqa: E402
 
 
-
 def duojax_param_count(name, num_classes, **overrides):
   model = nnx.eval_shape(lambda: get_model(name, num_classes, rngs=0, **overrides))
   return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-@pytest.mark.parametrize("name,num_classes,image_size,in_channels", [
+@pytest.mark.parametrize(
+  "name,num_classes,image_size,in_channels",
+  [
     ("resnet14", 10, 32, 3),
     ("resnet14", 10, 28, 1),
     ("resnet18", 1000, 224, 3),
@@ -34,10 +35,10 @@ def duojax_param_count(name, num_classes, **overrides):
     ("cnn_xs", 10, 28, 1),
     ("vit_s16", 1000, 224, 3),
     ("vit_mu4", 10, 32, 3),
-])
+  ],
+)
 def test_torch_models_have_duojax_parameter_counts(name, num_classes, image_size, in_channels):
-  expected = duojax_param_count(name, num_classes, image_size=image_size,
-                                in_channels=in_channels)
+  expected = duojax_param_count(name, num_classes, image_size=image_size, in_channels=in_channels)
   model = torch_models.build(name, num_classes, image_size, in_channels)
   assert torch_models.count_params(model) == expected
 
@@ -73,18 +74,19 @@ def port_weights(jax_model, torch_model, tmp_path):
     path = str(tmp_path / "weights.safetensors")
     convert.export_pretrained(jax_model, path, layout)
     state = safetensors.torch.load_file(path)
-  torch_model.load_state_dict({k: torch.as_tensor(np.array(v)) for k, v in state.items()},
-                              strict=True)
+  torch_model.load_state_dict(
+    {k: torch.as_tensor(np.array(v)) for k, v in state.items()}, strict=True
+  )
 
 
-@pytest.mark.parametrize("name,image_size,in_channels", [
-    ("resnet14", 28, 1), ("cnn_xs", 28, 1), ("vit_mu4", 32, 3)])
+@pytest.mark.parametrize(
+  "name,image_size,in_channels", [("resnet14", 28, 1), ("cnn_xs", 28, 1), ("vit_mu4", 32, 3)]
+)
 def test_torch_models_compute_the_duojax_function(name, image_size, in_channels, tmp_path):
   jax_model = get_model(name, 10, rngs=0, image_size=image_size, in_channels=in_channels)
   torch_model = torch_models.build(name, 10, image_size, in_channels).eval()
   port_weights(jax_model, torch_model, tmp_path)
-  x = np.random.default_rng(0).standard_normal((3, image_size, image_size, in_channels),
-                                                np.float32)
+  x = np.random.default_rng(0).standard_normal((3, image_size, image_size, in_channels), np.float32)
   expected, _ = jax_model(x, train=False)
   with torch.inference_mode():
     got = torch_model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
@@ -100,25 +102,43 @@ def _table_rows(text, section):
   start = text.index(f"<!-- bench:{section}:start -->")
   end = text.index(f"<!-- bench:{section}:end -->")
   lines = text[start:end].splitlines()
-  return [[c.strip() for c in l.strip("|").split("|")] for l in lines
-          if l.startswith("| ") and not l.startswith("| model")]
+  return [
+    [c.strip() for c in l.strip("|").split("|")]
+    for l in lines
+    if l.startswith("| ") and not l.startswith("| model")
+  ]
 
 
 @pytest.mark.slow  # the script's quick run, as a subprocess
 def test_quick_run_writes_both_sections(tmp_path):
   out = tmp_path / "B.md"
   # bfloat16 explicitly: by default it runs only on CPUs with native bfloat16.
-  result = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_torch.py"), "--quick",
-                           "--dtypes", "float32,bfloat16", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / "bench" / "bench_torch.py"),
+      "--quick",
+      "--dtypes",
+      "float32,bfloat16",
+      "--out",
+      str(out),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   text = out.read_text()
   assert "<!-- bench:torch_eval:start -->" in text
   assert "<!-- bench:torch_train:start -->" in text
   eval_rows = _table_rows(text, "torch_eval")
   assert [(r[0], r[1], r[2]) for r in eval_rows] == [
-      ("resnet14", "float32", "4"), ("resnet14", "bfloat16", "4"),
-      ("vit_mu4", "float32", "4"), ("vit_mu4", "bfloat16", "4")]
+    ("resnet14", "float32", "4"),
+    ("resnet14", "bfloat16", "4"),
+    ("vit_mu4", "float32", "4"),
+    ("vit_mu4", "bfloat16", "4"),
+  ]
   for row in eval_rows:
     assert len(row) == 9
     assert float(row[3].replace(",", "")) > 0  # JAX img/s
@@ -126,7 +146,9 @@ def test_quick_run_writes_both_sections(tmp_path):
     assert row[5] == "skipped (--quick)"
   train_rows = _table_rows(text, "torch_train")
   assert [(r[0], r[1], r[2]) for r in train_rows] == [
-      ("resnet14", "28×28×1", "4"), ("cnn_xs", "28×28×1", "4")]
+    ("resnet14", "28×28×1", "4"),
+    ("cnn_xs", "28×28×1", "4"),
+  ]
   for row in train_rows:
     assert len(row) == 7
     assert float(row[3].replace(",", "")) > 0 and float(row[5]) > 0

@@ -17,12 +17,17 @@ from duojax.core import metrics
 
 def _loss_batch():
   """6 rows, 4 classes: rows 0, 2, 5 predicted right, rows 1, 3, 4 wrong."""
-  logits = np.array([[2.0, 0.5, -1.0, 0.1],
-                     [0.3, 1.7, 0.2, -0.4],
-                     [-0.5, 0.1, 3.0, 0.4],
-                     [1.1, 1.0, 0.9, 0.8],
-                     [0.0, -2.0, 0.5, 4.0],
-                     [0.2, 0.1, 0.0, 0.9]], np.float32)
+  logits = np.array(
+    [
+      [2.0, 0.5, -1.0, 0.1],
+      [0.3, 1.7, 0.2, -0.4],
+      [-0.5, 0.1, 3.0, 0.4],
+      [1.1, 1.0, 0.9, 0.8],
+      [0.0, -2.0, 0.5, 4.0],
+      [0.2, 0.1, 0.0, 0.9],
+    ],
+    np.float32,
+  )
   labels = np.array([0, 0, 2, 3, 1, 3])
   return logits, labels
 
@@ -73,8 +78,12 @@ def test_gatekeeper_loss_ignores_padding_rows_and_traces_alpha():
   loss = lambda z, a: cascade.gatekeeper_loss(z, padded_labels, a, mask=mask)
   value, grad = jax.jit(jax.value_and_grad(loss))(jnp.asarray(padded), 0.3)
   np.testing.assert_allclose(value, cascade.gatekeeper_loss(logits, labels, 0.3), rtol=1e-6)
-  np.testing.assert_allclose(grad[:6], jax.grad(cascade.gatekeeper_loss)(
-      jnp.asarray(logits), labels, 0.3), rtol=1e-6, atol=1e-8)
+  np.testing.assert_allclose(
+    grad[:6],
+    jax.grad(cascade.gatekeeper_loss)(jnp.asarray(logits), labels, 0.3),
+    rtol=1e-6,
+    atol=1e-8,
+  )
   np.testing.assert_array_equal(grad[6:], 0.0)
 
 
@@ -86,8 +95,11 @@ def _synthetic_gate(num, acc_small, seed, quality):
   correct_small = rng.random(num) < acc_small
   correct_large = ~correct_small | (rng.random(num) < 0.9)
   noise = rng.random(num)
-  confidence = {1: 0.5 * correct_small + 0.4 * noise, 0: noise,
-                -1: 0.5 * ~correct_small + 0.4 * noise}[quality]
+  confidence = {
+    1: 0.5 * correct_small + 0.4 * noise,
+    0: noise,
+    -1: 0.5 * ~correct_small + 0.4 * noise,
+  }[quality]
   return confidence, correct_small, correct_large
 
 
@@ -110,16 +122,18 @@ def test_deferral_curve_runs_from_small_to_large_and_defers_ties_together():
   curve = cascade.deferral_curve(confidence, correct_small, correct_large)
   assert (curve["ratio"][0], curve["ratio"][-1]) == (0.0, 1.0)
   assert np.all(np.diff(curve["ratio"]) > 0)
-  np.testing.assert_allclose(curve["accuracy"][[0, -1]],
-                             [correct_small.mean(), correct_large.mean()], rtol=1e-6)
+  np.testing.assert_allclose(
+    curve["accuracy"][[0, -1]], [correct_small.mean(), correct_large.mean()], rtol=1e-6
+  )
   # Each point defers exactly the inputs below its threshold.
   for ratio, accuracy, threshold in zip(curve["ratio"], curve["accuracy"], curve["threshold"]):
     deferred = confidence.astype(np.float32) < threshold
     assert deferred.mean() == pytest.approx(ratio)
     assert np.where(deferred, correct_large, correct_small).mean() == pytest.approx(accuracy)
 
-  tied = cascade.deferral_curve([0.9, 0.5, 0.1, 0.5], [True, False, True, True],
-                                [True, True, False, True])
+  tied = cascade.deferral_curve(
+    [0.9, 0.5, 0.1, 0.5], [True, False, True, True], [True, True, False, True]
+  )
   np.testing.assert_array_equal(tied["ratio"], [0.0, 0.25, 0.75, 1.0])
   np.testing.assert_array_equal(tied["accuracy"], [0.75, 0.5, 0.75, 0.75])
   np.testing.assert_array_equal(tied["threshold"], np.float32([0.1, 0.5, 0.9, np.inf]))
@@ -127,12 +141,15 @@ def test_deferral_curve_runs_from_small_to_large_and_defers_ties_together():
 
 def test_random_and_ideal_lines():
   ratio = np.array([0.0, 0.15, 0.3, 0.6, 1.0])
-  np.testing.assert_allclose(cascade.random_deferral(ratio, 0.7, 0.9),
-                             [0.7, 0.73, 0.76, 0.82, 0.9], rtol=1e-6)
-  np.testing.assert_allclose(cascade.ideal_deferral(ratio, 0.7, 0.9),
-                             [0.7, 0.8, 0.9, 0.9, 0.9], rtol=1e-6)
-  np.testing.assert_allclose(cascade.ideal_deferral(ratio, 1.0, 0.9),
-                             [1.0, 0.9, 0.9, 0.9, 0.9], rtol=1e-6)
+  np.testing.assert_allclose(
+    cascade.random_deferral(ratio, 0.7, 0.9), [0.7, 0.73, 0.76, 0.82, 0.9], rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    cascade.ideal_deferral(ratio, 0.7, 0.9), [0.7, 0.8, 0.9, 0.9, 0.9], rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    cascade.ideal_deferral(ratio, 1.0, 0.9), [1.0, 0.9, 0.9, 0.9, 0.9], rtol=1e-6
+  )
   # No gain to normalise by when the large model is no better.
   curve = {"ratio": np.array([0.0, 1.0]), "accuracy": np.array([0.8, 0.7])}
   assert math.isnan(cascade.deferral_performance(curve, 0.8, 0.7))
@@ -142,8 +159,9 @@ def test_random_and_ideal_lines():
 def test_kde_matches_scipy_and_chunks_do_not_change_it(monkeypatch):
   data = np.random.default_rng(4).beta(5, 2, size=700)
   points = np.linspace(0.0, 1.0, 101)
-  np.testing.assert_allclose(deferral._gaussian_kde(data, points),
-                             stats.gaussian_kde(data)(points), rtol=1e-6)
+  np.testing.assert_allclose(
+    deferral._gaussian_kde(data, points), stats.gaussian_kde(data)(points), rtol=1e-6
+  )
   whole = deferral._gaussian_kde(data, points)
   monkeypatch.setattr(deferral, "_KDE_CHUNK_ELEMENTS", 1000)  # 9 rows of data a chunk
   np.testing.assert_allclose(deferral._gaussian_kde(data, points), whole, rtol=1e-12)
@@ -173,12 +191,14 @@ def test_cascade_outputs_at_the_extreme_thresholds():
   small, large, labels = _logits()
   logits, confidence, deferred = cascade.cascade_outputs(small, large, 0.0)
   assert not deferred.any()
-  assert (metrics.evaluate(logits, labels, confidence)["acc"]
-          == metrics.evaluate(small, labels)["acc"])
+  assert (
+    metrics.evaluate(logits, labels, confidence)["acc"] == metrics.evaluate(small, labels)["acc"]
+  )
   logits, confidence, deferred = cascade.cascade_outputs(small, large, math.inf)
   assert deferred.all()
-  assert (metrics.evaluate(logits, labels, confidence)["acc"]
-          == metrics.evaluate(large, labels)["acc"])
+  assert (
+    metrics.evaluate(logits, labels, confidence)["acc"] == metrics.evaluate(large, labels)["acc"]
+  )
   # In between: deferred rows answered (and scored) by the large model.
   msp_small = np.asarray(jax.nn.softmax(small).max(-1))
   threshold = float(np.median(msp_small))
@@ -202,12 +222,28 @@ def test_threshold_for_ratio():
 
 def test_cascade_sweep_ends_are_the_two_models_and_flops_grow():
   small, large, labels = _logits()
-  rows = cascade.cascade_sweep(small, large, labels, ratios=[0.0, 0.25, 0.5, 0.75, 1.0],
-                               flops_small=1e6, flops_answer_extra=1e8)
-  assert rows[0] == {"target_ratio": 0.0, "threshold": rows[0]["threshold"], "ratio": 0.0,
-                     **metrics.evaluate(small, labels), "flops": 1e6}
-  assert rows[-1] == {"target_ratio": 1.0, "threshold": math.inf, "ratio": 1.0,
-                      **metrics.evaluate(large, labels), "flops": 1e6 + 1e8}
+  rows = cascade.cascade_sweep(
+    small,
+    large,
+    labels,
+    ratios=[0.0, 0.25, 0.5, 0.75, 1.0],
+    flops_small=1e6,
+    flops_answer_extra=1e8,
+  )
+  assert rows[0] == {
+    "target_ratio": 0.0,
+    "threshold": rows[0]["threshold"],
+    "ratio": 0.0,
+    **metrics.evaluate(small, labels),
+    "flops": 1e6,
+  }
+  assert rows[-1] == {
+    "target_ratio": 1.0,
+    "threshold": math.inf,
+    "ratio": 1.0,
+    **metrics.evaluate(large, labels),
+    "flops": 1e6 + 1e8,
+  }
   flops = [row["flops"] for row in rows]
   assert flops == sorted(flops) and len(set(flops)) == len(flops)
   for row in rows:
@@ -226,8 +262,9 @@ def test_deferral_report():
   curve = report["curve"]
   assert curve.keys() == {"ratio", "accuracy", "threshold", "random", "ideal"}
   assert all(len(v) == len(curve["ratio"]) for v in curve.values())
-  np.testing.assert_allclose(curve["accuracy"][[0, -1]],
-                             [report["acc_small"], report["acc_large"]], rtol=1e-6)
+  np.testing.assert_allclose(
+    curve["accuracy"][[0, -1]], [report["acc_small"], report["acc_large"]], rtol=1e-6
+  )
   assert np.all(curve["ideal"] >= curve["random"] - 1e-6)
   # The MSP of a model with signal gates better than random, short of ideal.
   assert 0.0 < report["s_d"] < 1.0
@@ -238,19 +275,23 @@ def test_bad_inputs_raise_one_line_errors():
   logits, labels = _loss_batch()
   small, large, int_labels = _logits(num=20)
   cases = [
-      (lambda: cascade.gatekeeper_loss(logits, labels, 1.5), "alpha must be in"),
-      (lambda: cascade.gatekeeper_loss(logits, labels, -0.1), "alpha must be in"),
-      (lambda: cascade.gatekeeper_loss(logits, labels[:5], 0.5), "labels shape"),
-      (lambda: cascade.gatekeeper_loss(logits, labels, 0.5, mask=[True] * 5), "mask shape"),
-      (lambda: cascade.gatekeeper_loss(logits[0], labels, 0.5), "logits must be"),
-      (lambda: cascade.deferral_curve([0.1, 0.2], [True], [True, False]), "correct_small shape"),
-      (lambda: cascade.deferral_curve([0.1, np.nan], [1, 0], [1, 1]), "non-finite"),
-      (lambda: cascade.cascade_outputs(small, large[:10], 0.5), "answer_logits shape"),
-      (lambda: cascade.deferral_report(small, large[:, :3], int_labels), "large_logits shape"),
-      (lambda: cascade.threshold_for_ratio([0.1, 0.2], 1.2), "ratio must be in"),
-      (lambda: cascade.distributional_overlap([0.1, 0.2], [True]), "correct shape"),
-      (lambda: cascade.cascade_sweep(small, large, int_labels, ratios=[0.5], flops_small=-1,
-                                     flops_answer_extra=1), "flops must be"),
+    (lambda: cascade.gatekeeper_loss(logits, labels, 1.5), "alpha must be in"),
+    (lambda: cascade.gatekeeper_loss(logits, labels, -0.1), "alpha must be in"),
+    (lambda: cascade.gatekeeper_loss(logits, labels[:5], 0.5), "labels shape"),
+    (lambda: cascade.gatekeeper_loss(logits, labels, 0.5, mask=[True] * 5), "mask shape"),
+    (lambda: cascade.gatekeeper_loss(logits[0], labels, 0.5), "logits must be"),
+    (lambda: cascade.deferral_curve([0.1, 0.2], [True], [True, False]), "correct_small shape"),
+    (lambda: cascade.deferral_curve([0.1, np.nan], [1, 0], [1, 1]), "non-finite"),
+    (lambda: cascade.cascade_outputs(small, large[:10], 0.5), "answer_logits shape"),
+    (lambda: cascade.deferral_report(small, large[:, :3], int_labels), "large_logits shape"),
+    (lambda: cascade.threshold_for_ratio([0.1, 0.2], 1.2), "ratio must be in"),
+    (lambda: cascade.distributional_overlap([0.1, 0.2], [True]), "correct shape"),
+    (
+      lambda: cascade.cascade_sweep(
+        small, large, int_labels, ratios=[0.5], flops_small=-1, flops_answer_extra=1
+      ),
+      "flops must be",
+    ),
   ]
   for call, message in cases:
     with pytest.raises(ValueError, match=message) as error:

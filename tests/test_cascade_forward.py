@@ -23,8 +23,7 @@ DUO_WEIGHTS = (0.8, 0.45)
 
 @pytest.fixture(scope="module")
 def pair():
-  large = models.get_model("resnet8", 10, rngs=nnx.Rngs(0), width=4, image_size=28,
-                           in_channels=1)
+  large = models.get_model("resnet8", 10, rngs=nnx.Rngs(0), width=4, image_size=28, in_channels=1)
   small = models.get_model("cnn_xs", 10, rngs=nnx.Rngs(1), image_size=28, in_channels=1)
   # Non-trivial BatchNorm statistics, so that eval mode matters.
   large(jax.random.normal(jax.random.key(9), (32, 28, 28, 1)), train=True)
@@ -32,17 +31,19 @@ def pair():
   apply_l = jax.jit(lambda x: nnx.merge(g_l, s_l)(x, train=False)[0])
   apply_s = jax.jit(lambda x: nnx.merge(g_s, s_s)(x, train=False)[0])
   batches = [jax.random.normal(jax.random.key(i), (BATCH, 28, 28, 1)) for i in range(3)]
-  return dict(g_l=g_l, g_s=g_s, s_l=s_l, s_s=s_s, apply_l=apply_l, apply_s=apply_s,
-              batches=batches)
+  return dict(g_l=g_l, g_s=g_s, s_l=s_l, s_s=s_s, apply_l=apply_l, apply_s=apply_s, batches=batches)
 
 
 @pytest.fixture(scope="module")
 def runs(pair):
   """One cascade per answer kind, shared so that each bucket compiles once per file."""
   buckets = cascade_forward.default_buckets(BATCH)
-  return {w: cascade_forward.make_cascade_forward(pair["g_s"], pair["g_l"], weights=w,
-                                                  small_scale=SCALE, buckets=buckets)
-          for w in (None, DUO_WEIGHTS)}
+  return {
+    w: cascade_forward.make_cascade_forward(
+      pair["g_s"], pair["g_l"], weights=w, small_scale=SCALE, buckets=buckets
+    )
+    for w in (None, DUO_WEIGHTS)
+  }
 
 
 def _threshold_for(pair, images, k):
@@ -62,8 +63,9 @@ def test_bucketed_cascade_equals_reference(pair, runs, weights):
     for k in (0, 1 + b, 5 + b, 9, BATCH):
       threshold = _threshold_for(pair, images, k)
       out = run(pair["s_s"], pair["s_l"], images, threshold)
-      ref = cascade_forward.reference_cascade(pair["apply_s"], pair["apply_l"], images,
-                                              threshold, weights=weights, small_scale=SCALE)
+      ref = cascade_forward.reference_cascade(
+        pair["apply_s"], pair["apply_l"], images, threshold, weights=weights, small_scale=SCALE
+      )
       assert out["num_deferred"] == ref["num_deferred"] == k
       np.testing.assert_array_equal(out["deferred"], ref["deferred"])
       expected_bucket = 0 if k == 0 else min(s for s in run.buckets if s >= k)
@@ -102,16 +104,20 @@ def test_threshold_extremes(pair, runs, weights):
 def test_padding_never_overwrites_kept_rows(pair):
   # A bucket larger than the batch pads with many entries: kept rows (row 0
   # included) must still hold the sidekick's answer.
-  run = cascade_forward.make_cascade_forward(pair["g_s"], pair["g_l"], weights=DUO_WEIGHTS,
-                                             small_scale=SCALE, buckets=(BATCH,))
+  run = cascade_forward.make_cascade_forward(
+    pair["g_s"], pair["g_l"], weights=DUO_WEIGHTS, small_scale=SCALE, buckets=(BATCH,)
+  )
   images = pair["batches"][1]
   threshold = _threshold_for(pair, images, 1)
   out = run(pair["s_s"], pair["s_l"], images, threshold)
   kept = ~out["deferred"]
   assert out["bucket"] == BATCH and kept.sum() == BATCH - 1
-  np.testing.assert_allclose(np.asarray(out["logits"])[kept],
-                             SCALE * np.asarray(pair["apply_s"](images))[kept],
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(out["logits"])[kept],
+    SCALE * np.asarray(pair["apply_s"](images))[kept],
+    rtol=1e-5,
+    atol=1e-5,
+  )
 
 
 def test_default_buckets():
@@ -135,16 +141,14 @@ def test_bad_inputs_raise_one_line_errors(pair, runs):
 
   for weights in ((1.0,), (1.0, 2.0, 3.0), (1.0, float("nan"))):
     with pytest.raises(ValueError, match="weights must be two finite numbers") as e:
-      cascade_forward.make_cascade_forward(pair["g_s"], pair["g_l"], weights=weights,
-                                           buckets=(4,))
+      cascade_forward.make_cascade_forward(pair["g_s"], pair["g_l"], weights=weights, buckets=(4,))
     one_line(e)
   for buckets in ((), (0, 4), "ab"):
     with pytest.raises(ValueError, match="buckets") as e:
       cascade_forward.make_cascade_forward(pair["g_s"], pair["g_l"], buckets=buckets)
     one_line(e)
   with pytest.raises(ValueError, match="small_scale") as e:
-    cascade_forward.make_cascade_forward(pair["g_s"], pair["g_l"], small_scale=0.0,
-                                         buckets=(4,))
+    cascade_forward.make_cascade_forward(pair["g_s"], pair["g_l"], small_scale=0.0, buckets=(4,))
   one_line(e)
   run = runs[None]
   big = jnp.zeros((BATCH + 1, 28, 28, 1))
@@ -166,9 +170,21 @@ def test_bench_cascade_quick(tmp_path):
   out.write_text("# Benchmarks\n\nIntro kept.\n")
   results = tmp_path / "results.json"
   results.write_text(json.dumps({"cascade": {"duo_cascade": {"ratio_at_duo_aurc": 0.25}}}))
-  proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_cascade.py"), "--quick",
-                         "--out", str(out), "--results", str(results)],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / "bench" / "bench_cascade.py"),
+      "--quick",
+      "--out",
+      str(out),
+      "--results",
+      str(results),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   text = out.read_text()
   assert text.startswith("# Benchmarks\n\nIntro kept.\n")
@@ -186,9 +202,12 @@ def test_bench_reads_the_ratio_optionally(tmp_path):
 
   path = tmp_path / "results.json"
   assert bench_cascade.ratio_at_duo_aurc(path) is None  # no file
-  for content, expected in (({}, None), ({"cascade": {"duo_cascade": {}}}, None),
-                            ({"cascade": {"duo_cascade": {"ratio_at_duo_aurc": None}}}, None),
-                            ({"cascade": {"duo_cascade": {"ratio_at_duo_aurc": 0.4}}}, 0.4)):
+  for content, expected in (
+    ({}, None),
+    ({"cascade": {"duo_cascade": {}}}, None),
+    ({"cascade": {"duo_cascade": {"ratio_at_duo_aurc": None}}}, None),
+    ({"cascade": {"duo_cascade": {"ratio_at_duo_aurc": 0.4}}}, 0.4),
+  ):
     path.write_text(json.dumps(content))
     assert bench_cascade.ratio_at_duo_aurc(path) == expected
   path.write_text("not json")

@@ -44,14 +44,18 @@ def test_an_unknown_eval_key_is_a_one_line_error():
     eval_config_lib.complete_eval_config(ml_collections.ConfigDict({"large": "a", "bootstrapp": 3}))
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     ({"large": ""}, "config.large must name the large model's training workdir"),
     ({"solver": "bfgs"}, "config.solver='bfgs'; valid: jaxopt, optax"),
     ({"batch_size": 0}, "config.batch_size must be > 0, got 0"),
     ({"bootstrap": -1}, "config.bootstrap must be >= 0, got -1"),
     ({"mc_dropout_rate": 1.0}, "config.mc_dropout_rate must be in (0, 1), got 1.0"),
-    ({"mahalanobis_train_rows": -2},
-     "config.mahalanobis_train_rows must be a number of rows, -1 (all) or 0 (off), got -2"),
+    (
+      {"mahalanobis_train_rows": -2},
+      "config.mahalanobis_train_rows must be a number of rows, -1 (all) or 0 (off), got -2",
+    ),
     ({"ood": "cifar"}, "config.ood='cifar'; valid: 'mnist' (embedded), 'tfds:NAME[:SPLIT]'"),
     ({"shifts": "blur,snow"}, "config.shifts has unknown ['snow']"),
     ({"hydra_mlp": ""}, "config.hydra_mlp=''; valid: a comma list of grouped, average"),
@@ -64,7 +68,8 @@ def test_an_unknown_eval_key_is_a_one_line_error():
     ({"conformal_methods": "lac,cqr"}, "config.conformal_methods='lac,cqr'; valid"),
     ({"sidekick_budget": -1.0}, "config.sidekick_budget must be >= 0"),
     ({"sidekicks": "runs/s2"}, "config.sidekicks / config.sidekick_pool need config.sidekick"),
-])
+  ],
+)
 def test_eval_validation_names_the_problem(overrides, message):
   with pytest.raises(errors.ConfigError) as error:
     eval_config_lib.validate_eval(_eval_config(**overrides))
@@ -76,12 +81,24 @@ def test_sections_run_only_when_the_config_gives_their_inputs():
   names = lambda config: [eval_sections.name(s) for s in pipeline.active_sections(config)]
   assert names(_eval_config()) == ["methods", "paired", "conformal"]
   assert names(_eval_config(bootstrap=0, conformal_alphas="")) == ["methods"]
-  assert names(_eval_config(sidekick="s", cascade=True)) == ["methods", "paired", "cascade",
-                                                             "sidekicks", "conformal"]
-  assert names(_eval_config(sidekick="s", hydra="h0,h1")) == ["methods", "paired", "hydra",
-                                                              "sidekicks", "conformal"]
-  assert names(_eval_config(sidekick="s", cascade=True, hydra="h", sections="methods,hydra")) \
-      == ["methods", "hydra"]
+  assert names(_eval_config(sidekick="s", cascade=True)) == [
+    "methods",
+    "paired",
+    "cascade",
+    "sidekicks",
+    "conformal",
+  ]
+  assert names(_eval_config(sidekick="s", hydra="h0,h1")) == [
+    "methods",
+    "paired",
+    "hydra",
+    "sidekicks",
+    "conformal",
+  ]
+  assert names(_eval_config(sidekick="s", cascade=True, hydra="h", sections="methods,hydra")) == [
+    "methods",
+    "hydra",
+  ]
 
 
 def test_every_section_renders_nothing_without_its_results():
@@ -103,11 +120,16 @@ def test_complete_training_config_fills_keys_a_checkpoint_predates():
 
 def test_imagenet_recipe_names_the_labelled_held_out_split_and_a_crop_size():
   import importlib.util
+
   spec = importlib.util.spec_from_file_location("imagenet_duo", "configs/imagenet_duo.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  for arg in ("vit_b16", "resnet18", "model=vit_b16,weights=w.safetensors,probe=100",
-              "model=resnet18,weights=w.safetensors,dataset=my_set,test_split=test"):
+  for arg in (
+    "vit_b16",
+    "resnet18",
+    "model=vit_b16,weights=w.safetensors,probe=100",
+    "model=resnet18,weights=w.safetensors,dataset=my_set,test_split=test",
+  ):
     config = module.get_config(arg)
     config_lib.validate(config)
     assert config.test_split in ("validation", "test") and config.val_split == ""
@@ -117,7 +139,9 @@ def test_imagenet_recipe_names_the_labelled_held_out_split_and_a_crop_size():
       assert config.optimizer == "sgd" and config.weight_decay == 0 and config.total_steps > 0
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     ({"augment": "rrc,crop"}, "two ways of cropping"),
     ({"augment": "rrc,zoom"}, "unknown 'zoom'"),
     ({"rrc_scale": (0.5, 0.2)}, "rrc_scale must be (low, high)"),
@@ -126,7 +150,8 @@ def test_imagenet_recipe_names_the_labelled_held_out_split_and_a_crop_size():
     ({"data_workers": -2}, "data_workers must be -1"),
     ({"val_split": "test"}, "must differ from train_split and test_split"),
     ({"test_split": ""}, "config.test_split must name"),
-])
+  ],
+)
 def test_data_keys_are_validated(overrides, message):
   config = config_lib.base_config()
   config.update(overrides)

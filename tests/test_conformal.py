@@ -47,8 +47,9 @@ def split_coverages():
   for split in range(SPLITS):
     probs, labels = _synthetic(rng, N_CAL + N_TEST)
     for (method, randomized, alpha), found in out.items():
-      predictor = conformal.calibrate(probs[:N_CAL], labels[:N_CAL], alpha=alpha, method=method,
-                                      randomized=randomized, seed=split)
+      predictor = conformal.calibrate(
+        probs[:N_CAL], labels[:N_CAL], alpha=alpha, method=method, randomized=randomized, seed=split
+      )
       found.append(conformal.coverage(predictor.sets(probs[N_CAL:]), labels[N_CAL:]))
   return {key: np.array(value) for key, value in out.items()}
 
@@ -72,13 +73,15 @@ def test_coverage_at_least_one_minus_alpha(split_coverages, method, randomized, 
   needed = _k(N_TEST - 1, alpha)  # ⌈N_TEST (1 − α)⌉ rows covered
   below = law.cdf(needed - 1)
   assert np.mean(np.round(found * N_TEST) < needed) <= below + 4 * math.sqrt(
-      below * (1 - below) / SPLITS)
+    below * (1 - below) / SPLITS
+  )
 
 
 @pytest.mark.parametrize("alpha", ALPHAS)
 @pytest.mark.parametrize("method,randomized", CONTINUOUS)
-def test_continuous_scores_cover_exactly_as_the_beta_law_says(split_coverages, method,
-                                                              randomized, alpha):
+def test_continuous_scores_cover_exactly_as_the_beta_law_says(
+  split_coverages, method, randomized, alpha
+):
   found = split_coverages[method, randomized, alpha]
   law = _beta_binomial(alpha)
   mc_tolerance = 4 * math.sqrt(law.var() / SPLITS) / N_TEST
@@ -99,8 +102,9 @@ def test_randomisation_removes_the_overcoverage_of_tied_scores():
     labels = rng.choice(3, size=400, p=p)
     probs = np.tile(p, (400, 1))
     for randomized in found:
-      predictor = conformal.calibrate(probs[:200], labels[:200], alpha=0.1, method="aps",
-                                      randomized=randomized, seed=split)
+      predictor = conformal.calibrate(
+        probs[:200], labels[:200], alpha=0.1, method="aps", randomized=randomized, seed=split
+      )
       found[randomized].append(conformal.coverage(predictor.sets(probs[200:]), labels[200:]))
   assert np.mean(found[False]) == 1.0  # q̂ = 1: the full set, whatever the split
   assert 0.88 <= np.mean(found[True]) <= 0.9 + 1 / 201 + 0.01
@@ -115,7 +119,7 @@ def _reference_score(p, y, method, u=1.0, lam=0.0, k_reg=0):
   order = sorted(range(len(p)), key=lambda c: (-p[c], c))  # descending, ties by index
   rank = order.index(y) + 1
   above = 0.0
-  for c in order[:rank - 1]:
+  for c in order[: rank - 1]:
     above += p[c]
   score = above + u * p[y]
   if method == "raps":
@@ -128,36 +132,63 @@ def _reference_threshold(cal_scores, alpha):
   return math.inf if k > len(cal_scores) else sorted(cal_scores)[k - 1]
 
 
-@pytest.mark.parametrize("method,randomized,lam,k_reg", [
+@pytest.mark.parametrize(
+  "method,randomized,lam,k_reg",
+  [
     ("lac", None, None, None),
-    ("aps", True, None, None), ("aps", False, None, None),
-    ("raps", True, None, None), ("raps", False, None, None),  # the defaults, 0.01 and 5
-    ("raps", True, 0.1, 1), ("raps", False, 0.1, 1), ("raps", True, 0.5, 3),
+    ("aps", True, None, None),
+    ("aps", False, None, None),
+    ("raps", True, None, None),
+    ("raps", False, None, None),  # the defaults, 0.01 and 5
+    ("raps", True, 0.1, 1),
+    ("raps", False, 0.1, 1),
+    ("raps", True, 0.5, 3),
     ("raps", False, 0.0, 2),
-])
+  ],
+)
 def test_matches_the_reference(method, randomized, lam, k_reg):
   probs, labels = _synthetic(np.random.default_rng(2), 150)
   probs[:20] = np.round(probs[:20], 1)  # rows with ties
   probs[:20] /= probs[:20].sum(axis=1, keepdims=True)
   cal, test, seed, alpha = slice(0, 100), slice(100, 150), 3, 0.1
-  predictor = conformal.calibrate(probs[cal], labels[cal], alpha=alpha, method=method,
-                                  randomized=randomized, lam=lam, k_reg=k_reg, seed=seed)
+  predictor = conformal.calibrate(
+    probs[cal],
+    labels[cal],
+    alpha=alpha,
+    method=method,
+    randomized=randomized,
+    lam=lam,
+    k_reg=k_reg,
+    seed=seed,
+  )
   randomized = predictor.randomized
   lam, k_reg = (predictor.lam, predictor.k_reg) if method == "raps" else (0.0, 0)
   # The documented streams: calibration [seed, 0], sets [seed, 1].
   u_cal = np.random.default_rng([seed, 0]).random(100) if randomized else np.ones(100)
   u_test = np.random.default_rng([seed, 1]).random(50) if randomized else np.ones(50)
-  ref_cal = [_reference_score(p, y, method, u, lam, k_reg)
-             for p, y, u in zip(probs[cal], labels[cal], u_cal)]
-  ref_test = np.array([[_reference_score(p, y, method, u, lam, k_reg) for y in range(C)]
-                       for p, u in zip(probs[test], u_test)])
+  ref_cal = [
+    _reference_score(p, y, method, u, lam, k_reg) for p, y, u in zip(probs[cal], labels[cal], u_cal)
+  ]
+  ref_test = np.array(
+    [
+      [_reference_score(p, y, method, u, lam, k_reg) for y in range(C)]
+      for p, u in zip(probs[test], u_test)
+    ]
+  )
   threshold = _reference_threshold(ref_cal, alpha)
   assert predictor.threshold == threshold  # bit-identical: same additions in the same order
   np.testing.assert_array_equal(predictor.scores(probs[test]), ref_test)
-  np.testing.assert_array_equal(conformal.scores(probs[cal], method, labels=labels[cal],
-                                                 uniforms=u_cal if randomized else None,
-                                                 lam=predictor.lam, k_reg=predictor.k_reg),
-                                ref_cal)
+  np.testing.assert_array_equal(
+    conformal.scores(
+      probs[cal],
+      method,
+      labels=labels[cal],
+      uniforms=u_cal if randomized else None,
+      lam=predictor.lam,
+      k_reg=predictor.k_reg,
+    ),
+    ref_cal,
+  )
   sets = predictor.sets(probs[test])
   np.testing.assert_array_equal(sets, ref_test <= threshold)
   np.testing.assert_array_equal(conformal.set_sizes(sets), (ref_test <= threshold).sum(axis=1))
@@ -206,8 +237,10 @@ def test_quantile_index_is_exact_for_decimal_alphas():
 
 def test_lac_sets_grow_as_alpha_falls():
   probs, labels = _synthetic(np.random.default_rng(5), 600)
-  sets = [conformal.calibrate(probs[:300], labels[:300], alpha=a).sets(probs[300:])
-          for a in (0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.001)]
+  sets = [
+    conformal.calibrate(probs[:300], labels[:300], alpha=a).sets(probs[300:])
+    for a in (0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.001)
+  ]
   for larger_alpha, smaller_alpha in zip(sets, sets[1:]):
     assert np.all(smaller_alpha >= larger_alpha)  # every set contains the previous one
   assert sets[-1].all()  # α = 0.001 < 1/301
@@ -236,30 +269,32 @@ def _errors():
   cal = lambda **kw: conformal.calibrate(**{"probs": probs, "labels": labels, **kw})
   predictor = cal()
   return [
-      (lambda: cal(alpha=0.0), "alpha must be in"),
-      (lambda: cal(alpha=1.0), "alpha must be in"),
-      (lambda: cal(alpha=1.5), "alpha must be in"),
-      (lambda: cal(alpha=float("nan")), "alpha must be in"),
-      (lambda: cal(alpha="0.1"), "alpha must be a number"),
-      (lambda: cal(probs=probs[:0], labels=labels[:0]), "empty"),
-      (lambda: cal(probs=nan), "1 non-finite"),
-      (lambda: cal(probs=negative), "1 negative"),
-      (lambda: cal(probs=unnormalised), "1 rows whose sum is not 1"),
-      (lambda: cal(labels=np.where(labels == labels[0], C, labels)), "outside \\[0, 10\\)"),
-      (lambda: cal(labels=np.full(20, -1)), "20 values outside"),
-      (lambda: cal(labels=labels.astype(float)), "labels must be integers"),
-      (lambda: cal(labels=labels[:-1]), "labels shape \\(19,\\) does not match the 20 rows"),
-      (lambda: cal(probs=probs[0]), "must be 2-D"),
-      (lambda: predictor.sets(probs[:, :5] / probs[:, :5].sum(axis=1, keepdims=True)),
-       "probs have 5 classes; the predictor was calibrated on 10"),
-      (lambda: cal(method="thr"), "unknown method 'thr'"),
-      (lambda: cal(method="lac", randomized=True), "randomized=True applies to"),
-      (lambda: cal(method="aps", lam=0.1), "RAPS parameters"),
-      (lambda: cal(method="raps", lam=-1.0), "lam must be"),
-      (lambda: cal(method="raps", k_reg=1.5), "k_reg must be"),
-      (lambda: cal(seed=-1), "seed must be"),
-      (lambda: conformal.coverage(predictor.sets(probs), labels[:3]), "rows of sets"),
-      (lambda: conformal.set_sizes(probs), "sets must be a bool"),
+    (lambda: cal(alpha=0.0), "alpha must be in"),
+    (lambda: cal(alpha=1.0), "alpha must be in"),
+    (lambda: cal(alpha=1.5), "alpha must be in"),
+    (lambda: cal(alpha=float("nan")), "alpha must be in"),
+    (lambda: cal(alpha="0.1"), "alpha must be a number"),
+    (lambda: cal(probs=probs[:0], labels=labels[:0]), "empty"),
+    (lambda: cal(probs=nan), "1 non-finite"),
+    (lambda: cal(probs=negative), "1 negative"),
+    (lambda: cal(probs=unnormalised), "1 rows whose sum is not 1"),
+    (lambda: cal(labels=np.where(labels == labels[0], C, labels)), "outside \\[0, 10\\)"),
+    (lambda: cal(labels=np.full(20, -1)), "20 values outside"),
+    (lambda: cal(labels=labels.astype(float)), "labels must be integers"),
+    (lambda: cal(labels=labels[:-1]), "labels shape \\(19,\\) does not match the 20 rows"),
+    (lambda: cal(probs=probs[0]), "must be 2-D"),
+    (
+      lambda: predictor.sets(probs[:, :5] / probs[:, :5].sum(axis=1, keepdims=True)),
+      "probs have 5 classes; the predictor was calibrated on 10",
+    ),
+    (lambda: cal(method="thr"), "unknown method 'thr'"),
+    (lambda: cal(method="lac", randomized=True), "randomized=True applies to"),
+    (lambda: cal(method="aps", lam=0.1), "RAPS parameters"),
+    (lambda: cal(method="raps", lam=-1.0), "lam must be"),
+    (lambda: cal(method="raps", k_reg=1.5), "k_reg must be"),
+    (lambda: cal(seed=-1), "seed must be"),
+    (lambda: conformal.coverage(predictor.sets(probs), labels[:3]), "rows of sets"),
+    (lambda: conformal.set_sizes(probs), "sets must be a bool"),
   ]
 
 
@@ -273,7 +308,7 @@ def test_bad_input_is_a_one_line_error(case):
 
 def test_the_readme_example_runs(capsys):
   text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-  section = text[text.index("### Conformal prediction sets"):]
+  section = text[text.index("### Conformal prediction sets") :]
   code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
   exec(compile(code, "README", "exec"), {})
   coverage, mean_size = map(float, capsys.readouterr().out.split())

@@ -15,15 +15,20 @@ def _inputs(n=2000, seed=0):
   for split in ("val", "test"):
     labels = rng.integers(0, 8, n)
     signal = np.eye(8)[labels]
-    bank.logits[split] = np.stack([2.5 * signal + 1.2 * rng.normal(size=(n, 8)),
-                                   1.5 * signal + rng.normal(size=(n, 8)),
-                                   2.5 * signal + 1.2 * rng.normal(size=(n, 8))]).astype(np.float32)
+    bank.logits[split] = np.stack(
+      [
+        2.5 * signal + 1.2 * rng.normal(size=(n, 8)),
+        1.5 * signal + rng.normal(size=(n, 8)),
+        2.5 * signal + 1.2 * rng.normal(size=(n, 8)),
+      ]
+    ).astype(np.float32)
     bank.labels[split] = labels
   config = eval_config_lib.base_eval_config()
   config.conformal_alphas, config.conformal_methods = "0.1,0.05", "lac,aps,raps"
   methods = standard_methods(large="large", sidekick="sidekick", ensemble=("large", "large#2"))
-  return EvalInputs(config=config, bank=bank, members={}, member_flops={}, methods=methods,
-                    added={}, mesh=None)
+  return EvalInputs(
+    config=config, bank=bank, members={}, member_flops={}, methods=methods, added={}, mesh=None
+  )
 
 
 def test_every_model_covers_its_target_and_the_section_renders(tmp_path):
@@ -39,8 +44,9 @@ def test_every_model_covers_its_target_and_the_section_renders(tmp_path):
         assert sum(cell["size_counts"]) == 2000 and cell["mean_size"] >= 0.5
       assert entry[f"{kind}@0.95"]["mean_size"] >= entry[f"{kind}@0.9"]["mean_size"] - 0.05
   # The duo (two informative members) needs smaller LAC sets than the large model alone.
-  assert models["duo (weighted)"]["lac@0.9"]["mean_size"] < models["large+TS"]["lac@0.9"][
-      "mean_size"]
+  assert (
+    models["duo (weighted)"]["lac@0.9"]["mean_size"] < models["large+TS"]["lac@0.9"]["mean_size"]
+  )
   lines = section.markdown(results)
   assert lines[0] == "### Conformal prediction sets (test split)"
   assert any(line.startswith("| duo (weighted) | RAPS |") for line in lines)

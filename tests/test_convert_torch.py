@@ -43,12 +43,24 @@ def randomize_torch_batch_norm(module, seed=0):
   return module
 
 
-def compare(torch_model, duojax_model, tmp_path, *, layout, image_size, channels=3,
-            forward=lambda m, x: m(x), strict_reload=True):
+def compare(
+  torch_model,
+  duojax_model,
+  tmp_path,
+  *,
+  layout,
+  image_size,
+  channels=3,
+  forward=lambda m, x: m(x),
+  strict_reload=True,
+):
   torch_model.eval()
   path = str(tmp_path / "model.safetensors")
-  safetensors.torch.save_file({k: v.contiguous() for k, v in torch_model.state_dict().items()},
-                              path, metadata={"format": "pt"})
+  safetensors.torch.save_file(
+    {k: v.contiguous() for k, v in torch_model.state_dict().items()},
+    path,
+    metadata={"format": "pt"},
+  )
   info = convert.load_pretrained(duojax_model, path)
   assert info["layout"] == layout
   x = np.random.default_rng(0).normal(size=(3, channels, image_size, image_size)).astype(np.float32)
@@ -65,8 +77,9 @@ def compare(torch_model, duojax_model, tmp_path, *, layout, image_size, channels
   exported = safetensors.torch.load_file(out)
   torch_model.load_state_dict(exported, strict=True)
   with torch.no_grad():
-    np.testing.assert_allclose(forward(torch_model, torch.from_numpy(x)).numpy(), expected,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+      forward(torch_model, torch.from_numpy(x)).numpy(), expected, atol=1e-6
+    )
 
 
 def hf_logits(model, x):
@@ -75,14 +88,23 @@ def hf_logits(model, x):
 
 def test_hugging_face_vit(tmp_path):
   config = transformers.ViTConfig(
-      hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-      image_size=16, patch_size=4, num_channels=3, num_labels=5, hidden_act="gelu")
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    image_size=16,
+    patch_size=4,
+    num_channels=3,
+    num_labels=5,
+    hidden_act="gelu",
+  )
   torch.manual_seed(0)
   reference = transformers.ViTForImageClassification(config).eval()
   ours = models.get_model("vit_mu4", 5, rngs=1, image_size=16)
   # The file as this transformers version names the modules.
-  compare(reference, ours, tmp_path, layout="hf", image_size=16, forward=hf_logits,
-          strict_reload=False)
+  compare(
+    reference, ours, tmp_path, layout="hf", image_size=16, forward=hf_logits, strict_reload=False
+  )
   # duojax exports the hub's names (`encoder.layer.N.attention.attention.query`),
   # which `from_pretrained` of every transformers version loads.
   directory = tmp_path / "exported"
@@ -91,21 +113,30 @@ def test_hugging_face_vit(tmp_path):
   reloaded = transformers.ViTForImageClassification.from_pretrained(directory).eval()
   x = torch.randn(2, 3, 16, 16)
   with torch.no_grad():
-    np.testing.assert_allclose(reloaded(pixel_values=x).logits.numpy(),
-                               reference(pixel_values=x).logits.numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+      reloaded(pixel_values=x).logits.numpy(), reference(pixel_values=x).logits.numpy(), atol=1e-6
+    )
   # And a hub-named file loads into duojax too.
   again = models.get_model("vit_mu4", 5, rngs=2, image_size=16)
   convert.load_pretrained(again, str(directory / "model.safetensors"))
-  np.testing.assert_array_equal(np.asarray(again(jnp.ones((1, 16, 16, 3)))[0]),
-                                np.asarray(ours(jnp.ones((1, 16, 16, 3)))[0]))
+  np.testing.assert_array_equal(
+    np.asarray(again(jnp.ones((1, 16, 16, 3)))[0]), np.asarray(ours(jnp.ones((1, 16, 16, 3)))[0])
+  )
 
 
-@pytest.mark.parametrize("layer_type,hidden_sizes,width", [
-    ("basic", [8, 16], 8), ("bottleneck", [32, 64], 8)])
+@pytest.mark.parametrize(
+  "layer_type,hidden_sizes,width", [("basic", [8, 16], 8), ("bottleneck", [32, 64], 8)]
+)
 def test_hugging_face_resnet(tmp_path, layer_type, hidden_sizes, width):
   config = transformers.ResNetConfig(
-      num_channels=3, embedding_size=width, hidden_sizes=hidden_sizes, depths=[1, 2],
-      layer_type=layer_type, hidden_act="relu", num_labels=5)
+    num_channels=3,
+    embedding_size=width,
+    hidden_sizes=hidden_sizes,
+    depths=[1, 2],
+    layer_type=layer_type,
+    hidden_act="relu",
+    num_labels=5,
+  )
   torch.manual_seed(0)
   reference = randomize_torch_batch_norm(transformers.ResNetForImageClassification(config))
   ours = resnet.ResNet((1, 2), layer_type, 5, width=width, rngs=nnx.Rngs(1))
@@ -155,6 +186,8 @@ def test_pretrained_file_then_fresh_head_and_other_image_size(tmp_path):
   ours = models.get_model("vit_mu4", 3, rngs=1, image_size=32)
   info = convert.load_pretrained(ours, path, head="fresh")
   assert info["resampled_posemb"] == ((1, 17, 32), (1, 65, 32))
-  np.testing.assert_allclose(convert.flat_state(ours)["blocks.0.mlp.fc1.kernel"],
-                             reference.blocks[0].mlp.fc1.weight.detach().numpy().T)
+  np.testing.assert_allclose(
+    convert.flat_state(ours)["blocks.0.mlp.fc1.kernel"],
+    reference.blocks[0].mlp.fc1.weight.detach().numpy().T,
+  )
   assert np.asarray(ours(jnp.zeros((1, 32, 32, 3)))[0]).shape == (1, 3)

@@ -27,12 +27,11 @@ import types
 import jax
 import numpy as np
 import pytest
+from helpers import ROOT, assert_one_line_error, final_state
 
 from duojax import data
 from duojax.data import embedded
 from duojax.train import checkpoint, loop
-
-from helpers import ROOT, assert_one_line_error, final_state
 
 # Slow as a whole (kills and crashes of train.py subprocesses):
 # `make test-fast` leaves it out.
@@ -42,13 +41,23 @@ TOTAL_STEPS, CHECKPOINT_EVERY = 24, 8
 
 
 def _train_command(data_dir, workdir):
-  return [os.path.join(ROOT, "train.py"),
-          "--config", os.path.join(ROOT, "configs/fashion_mnist.py:model=resnet8"),
-          f"--workdir={workdir}", f"--config.data_dir={data_dir}", "--config.val_size=100",
-          "--config.batch_size=32", "--config.eval_batch_size=64", "--config.model.width=4",
-          f"--config.total_steps={TOTAL_STEPS}", "--config.warmup_steps=2",
-          "--config.log_every=1", f"--config.checkpoint_every={CHECKPOINT_EVERY}",
-          "--config.keep_checkpoints=10", "--config.augment=crop,flip"]
+  return [
+    os.path.join(ROOT, "train.py"),
+    "--config",
+    os.path.join(ROOT, "configs/fashion_mnist.py:model=resnet8"),
+    f"--workdir={workdir}",
+    f"--config.data_dir={data_dir}",
+    "--config.val_size=100",
+    "--config.batch_size=32",
+    "--config.eval_batch_size=64",
+    "--config.model.width=4",
+    f"--config.total_steps={TOTAL_STEPS}",
+    "--config.warmup_steps=2",
+    "--config.log_every=1",
+    f"--config.checkpoint_every={CHECKPOINT_EVERY}",
+    "--config.keep_checkpoints=10",
+    "--config.augment=crop,flip",
+  ]
 
 
 class _Train:
@@ -62,8 +71,13 @@ class _Train:
     prefix = ["-c", script] if script else []
     with open(f"{self.out}.stdout", "w") as stdout, open(f"{self.out}.stderr", "w") as stderr:
       self.proc = subprocess.Popen(
-          [sys.executable, *prefix, *_train_command(data_dir, workdir)], cwd=ROOT,
-          env={**env, **(extra_env or {})}, stdout=stdout, stderr=stderr, text=True)
+        [sys.executable, *prefix, *_train_command(data_dir, workdir)],
+        cwd=ROOT,
+        env={**env, **(extra_env or {})},
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+      )
 
   @property
   def stderr(self):
@@ -74,8 +88,9 @@ class _Train:
     deadline = time.monotonic() + timeout
     while not condition():
       if self.proc.poll() is not None:
-        raise AssertionError(f"train.py exited ({self.proc.returncode}) before {what}: "
-                             f"{self.stderr[-2000:]}")
+        raise AssertionError(
+          f"train.py exited ({self.proc.returncode}) before {what}: {self.stderr[-2000:]}"
+        )
       if time.monotonic() > deadline:
         self.proc.kill()
         raise AssertionError(f"timed out waiting for {what}")
@@ -191,8 +206,9 @@ def test_load_model_names_the_damaged_step_and_why(reference, tmp_path, damage):
   workdir = tmp_path / "run"
   shutil.copytree(reference / "checkpoints", workdir / "checkpoints")
   damage(str(workdir / "checkpoints" / "24"))
-  with pytest.raises(checkpoint.CheckpointError,
-                     match=r"checkpoint step 24 in .* is unreadable \(\w+"):
+  with pytest.raises(
+    checkpoint.CheckpointError, match=r"checkpoint step 24 in .* is unreadable \(\w+"
+  ):
     checkpoint.load_model(str(workdir))
   checkpoint.load_model(str(workdir), 16)  # the older steps are intact
 
@@ -203,16 +219,19 @@ def test_no_readable_meta_is_an_error_not_a_fresh_start(reference, tmp_path):
   assert checkpoint.newest_meta(str(workdir))[0] == 24
   for step in (8, 16, 24):
     _break_meta(str(workdir / "checkpoints" / str(step)))
-  with pytest.raises(checkpoint.CheckpointError,
-                     match=r"every checkpoint in .* is unreadable: step 24 \(JSONDecodeError"):
+  with pytest.raises(
+    checkpoint.CheckpointError,
+    match=r"every checkpoint in .* is unreadable: step 24 \(JSONDecodeError",
+  ):
     checkpoint.newest_meta(str(workdir))
   shutil.rmtree(workdir / "checkpoints")
   os.mkdir(workdir / "checkpoints")
   assert checkpoint.newest_meta(str(workdir)) is None
 
 
-def test_damaged_latest_checkpoints_are_set_aside_and_the_run_resumes(reference, tmp_path,
-                                                                      learnable_data_dir, env):
+def test_damaged_latest_checkpoints_are_set_aside_and_the_run_resumes(
+  reference, tmp_path, learnable_data_dir, env
+):
   workdir = _copy(reference, tmp_path)
   _flip_bytes(str(workdir / "checkpoints" / "24"))
   _break_meta(str(workdir / "checkpoints" / "16"))
@@ -220,18 +239,25 @@ def test_damaged_latest_checkpoints_are_set_aside_and_the_run_resumes(reference,
 
   warnings = [l for l in run.stderr.splitlines() if l.startswith("warning: checkpoint step")]
   assert len(warnings) == 2, run.stderr[-3000:]
-  assert re.search(r"step 24 in .* is unreadable \(CheckpointError: checksum mismatch in "
-                   r".*\); moved it to .*24\.corrupt-1', resuming from step 8$", warnings[0])
-  assert re.search(r"step 16 .* is unreadable \(.*\); moved it to .*16\.corrupt-1', "
-                   r"resuming from step 8$", warnings[1])
+  assert re.search(
+    r"step 24 in .* is unreadable \(CheckpointError: checksum mismatch in "
+    r".*\); moved it to .*24\.corrupt-1', resuming from step 8$",
+    warnings[0],
+  )
+  assert re.search(
+    r"step 16 .* is unreadable \(.*\); moved it to .*16\.corrupt-1', "
+    r"resuming from step 8$",
+    warnings[1],
+  )
   assert json.loads((workdir / "summary.json").read_text())["resumed_from"] == 8
   names = sorted(p.name for p in (workdir / "checkpoints").iterdir())
   assert names == ["16", "16.corrupt-1", "24", "24.corrupt-1", "8"]
   _assert_same_as_reference(workdir, reference)
 
 
-def test_every_checkpoint_unreadable_is_a_one_line_error(reference, tmp_path,
-                                                         learnable_data_dir, env):
+def test_every_checkpoint_unreadable_is_a_one_line_error(
+  reference, tmp_path, learnable_data_dir, env
+):
   workdir = _copy(reference, tmp_path)
   for step, damage in ((8, _break_meta), (16, _truncate), (24, _flip_bytes)):
     damage(str(workdir / "checkpoints" / str(step)))
@@ -252,14 +278,17 @@ def test_every_checkpoint_unreadable_is_a_one_line_error(reference, tmp_path,
 def _signalled_after(env, data_dir, workdir, signum, *, step):
   """A train.py run sent `signum` once checkpoint 8 exists and `step` is logged."""
   run = _Train(env, data_dir, workdir)
-  run.wait_for(lambda: 8 in _checkpoint_steps(workdir)
-               and max(_logged_steps(workdir), default=0) >= step, f"checkpoint 8 and step {step}")
+  run.wait_for(
+    lambda: 8 in _checkpoint_steps(workdir) and max(_logged_steps(workdir), default=0) >= step,
+    f"checkpoint 8 and step {step}",
+  )
   os.kill(run.proc.pid, signum)
   return run
 
 
-def test_sigkill_mid_interval_then_rerun_equals_uninterrupted(reference, tmp_path,
-                                                              learnable_data_dir, env):
+def test_sigkill_mid_interval_then_rerun_equals_uninterrupted(
+  reference, tmp_path, learnable_data_dir, env
+):
   workdir = tmp_path / "run"
   # Killed after checkpoint 8, with steps past it already in the log.
   run = _signalled_after(env, learnable_data_dir, workdir, signal.SIGKILL, step=10)
@@ -273,14 +302,16 @@ def test_sigkill_mid_interval_then_rerun_equals_uninterrupted(reference, tmp_pat
   _assert_same_as_reference(workdir, reference)
 
 
-def test_sigterm_saves_the_current_step_and_exits_143(reference, tmp_path,
-                                                      learnable_data_dir, env):
+def test_sigterm_saves_the_current_step_and_exits_143(reference, tmp_path, learnable_data_dir, env):
   workdir = tmp_path / "run"
   run = _signalled_after(env, learnable_data_dir, workdir, signal.SIGTERM, step=9)
   assert run.finish() == 143, run.stderr[-3000:]
   last = [l for l in run.stderr.strip().splitlines() if l.strip()][-1]
-  match = re.fullmatch(r"pre-empted by SIGTERM at step (\d+); checkpoint saved, "
-                       r"rerun the same command to resume", last)
+  match = re.fullmatch(
+    r"pre-empted by SIGTERM at step (\d+); checkpoint saved, "
+    r"rerun the same command to resume",
+    last,
+  )
   assert match, last
   step = int(match.group(1))
   assert 9 <= step < TOTAL_STEPS
@@ -315,6 +346,7 @@ def test_stop_signals_only_set_a_flag_and_are_put_back():
         assert stop.requested(at_sync_point=True) is None
     except Exception as e:  # reported below, in the main thread
       errors.append(e)
+
   thread = threading.Thread(target=in_thread)
   thread.start()
   thread.join()
@@ -327,7 +359,10 @@ def test_metrics_log_drops_a_line_torn_by_a_kill(tmp_path):
   log = loop.MetricsLog(str(path), resume_step=2, enabled=True)
   log.write({"step": 3, "a": 4})
   assert [json.loads(l) for l in path.read_text().splitlines()] == [
-      {"step": 1, "a": 1}, {"step": 2, "a": 2}, {"step": 3, "a": 4}]
+    {"step": 1, "a": 1},
+    {"step": 2, "a": 2},
+    {"step": 3, "a": 4},
+  ]
   path.write_text('{"step": 1}\n{"step": 2}')  # killed before the newline
   loop.MetricsLog(str(path), resume_step=4, enabled=True)
   assert path.read_text() == '{"step": 1}\n'
@@ -354,11 +389,17 @@ _HOLD_SAVE = textwrap.dedent("""
 """)
 
 
-def test_sigkill_during_save_leaves_no_step_that_looks_finished(reference, tmp_path,
-                                                                learnable_data_dir, env):
+def test_sigkill_during_save_leaves_no_step_that_looks_finished(
+  reference, tmp_path, learnable_data_dir, env
+):
   workdir, marker = tmp_path / "run", tmp_path / "saving"
-  run = _Train(env, learnable_data_dir, workdir, script=_HOLD_SAVE,
-               extra_env={"HOLD_STEP": "16", "HOLD_MARKER": str(marker)})
+  run = _Train(
+    env,
+    learnable_data_dir,
+    workdir,
+    script=_HOLD_SAVE,
+    extra_env={"HOLD_STEP": "16", "HOLD_MARKER": str(marker)},
+  )
   run.wait_for(marker.exists, "the save of step 16")
   os.kill(run.proc.pid, signal.SIGKILL)
   assert run.finish() == -signal.SIGKILL
@@ -378,8 +419,18 @@ def test_sigkill_during_save_leaves_no_step_that_looks_finished(reference, tmp_p
 # machine; duojax reads only formats that hold data. The one exception is
 # MNIST, shipped as a pickle, read by an unpickler that admits numpy arrays only.
 
-_PICKLE_MODULES = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "torch",
-                   "marshal", "shelve", "jsonpickle"}
+_PICKLE_MODULES = {
+  "pickle",
+  "_pickle",
+  "cPickle",
+  "dill",
+  "cloudpickle",
+  "joblib",
+  "torch",
+  "marshal",
+  "shelve",
+  "jsonpickle",
+}
 _PICKLE_FUNCTIONS = {"load", "loads", "Unpickler", "open", "read_pickle", "decode"}
 
 
@@ -404,15 +455,22 @@ def _unpickling(source: str, where: str) -> list[str]:
         name = func
       elif parts[-1] == "read_pickle":
         name = func
-      elif parts[-1] == "load" and parts[0] in ("np", "numpy", "jnp", "onp") and any(
-          k.arg == "allow_pickle" and not (isinstance(k.value, ast.Constant)
-                                           and k.value.value is False) for k in node.keywords):
+      elif (
+        parts[-1] == "load"
+        and parts[0] in ("np", "numpy", "jnp", "onp")
+        and any(
+          k.arg == "allow_pickle"
+          and not (isinstance(k.value, ast.Constant) and k.value.value is False)
+          for k in node.keywords
+        )
+      ):
         name = f"{func}(allow_pickle=...)"
     elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in _PICKLE_MODULES:
       if any(a.name in _PICKLE_FUNCTIONS for a in node.names):
         name = f"from {node.module} import {', '.join(a.name for a in node.names)}"
     elif isinstance(node, ast.ClassDef) and any(
-        (_dotted(b) or "").endswith("Unpickler") for b in node.bases):
+      (_dotted(b) or "").endswith("Unpickler") for b in node.bases
+    ):
       name = f"class {node.name}(Unpickler)"
     if name:
       found.append(f"{where}:{node.lineno}: {name}")
@@ -432,8 +490,15 @@ def test_the_scanner_finds_unpickling():
       text = "torch.load(PATH) in a message is fine"
   """)
   found = [f.split(": ", 1)[1] for f in _unpickling(source, "x.py")]
-  assert sorted(found) == sorted(["from pickle import loads", "pickle.load", "torch.load",
-                                  "np.load(allow_pickle=...)", "class Mine(Unpickler)"])
+  assert sorted(found) == sorted(
+    [
+      "from pickle import loads",
+      "pickle.load",
+      "torch.load",
+      "np.load(allow_pickle=...)",
+      "class Mine(Unpickler)",
+    ]
+  )
 
 
 def test_duojax_never_unpickles_a_file():
@@ -445,8 +510,11 @@ def test_duojax_never_unpickles_a_file():
     with open(path) as f:
       found += _unpickling(f.read(), os.path.relpath(path, ROOT))
   # The restricted unpickler and its one use; its find_class admits numpy only.
-  allowed = [f for f in found if f.startswith("duojax/data/embedded.py:") and (
-      f.endswith("class NumpyUnpickler(Unpickler)"))]
+  allowed = [
+    f
+    for f in found
+    if f.startswith("duojax/data/embedded.py:") and (f.endswith("class NumpyUnpickler(Unpickler)"))
+  ]
   assert allowed, "the MNIST unpickler moved: update this test"
   assert [f for f in found if f not in allowed] == []
 
@@ -459,11 +527,14 @@ class _RunsCode:
     return (os.system, (self.command,))
 
 
-@pytest.mark.parametrize("make", [
+@pytest.mark.parametrize(
+  "make",
+  [
     lambda marker: _RunsCode(f"touch {marker}"),
     lambda marker: subprocess.Popen,
     lambda marker: [np.zeros(3), {"nested": _RunsCode(f"touch {marker}")}],
-])
+  ],
+)
 def test_restricted_unpickler_refuses_anything_but_arrays(tmp_path, make):
   marker = tmp_path / "ran"
   payload = pickle.dumps(make(marker), protocol=2)

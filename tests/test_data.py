@@ -17,11 +17,10 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from helpers import write_idx
 
 from duojax import data
 from duojax.data import embedded
-
-from helpers import write_idx
 
 N_TRAIN, N_TEST = 300, 100
 
@@ -200,8 +199,10 @@ def test_fetch_without_apt_fails_cleanly(tmp_path, monkeypatch):
   assert left == ["fashion_mnist", "train-images-idx3-ubyte.gz"]
 
 
-@pytest.mark.skipif(shutil.which("apt-get") is None,
-                    reason="apt-get unavailable: the real fetch needs a Debian system")
+@pytest.mark.skipif(
+  shutil.which("apt-get") is None,
+  reason="apt-get unavailable: the real fetch needs a Debian system",
+)
 def test_real_fetch_verifies_hashes_and_is_idempotent(tmp_path):
   try:
     folder = data.fetch_fashion_mnist(tmp_path)
@@ -237,7 +238,7 @@ def test_train_epochs_cover_each_example_once():
   split = _in_memory_split(n=48)  # 6 full batches of 8.
   batches = _take(_train(split, augment=()), 18)
   for epoch in range(3):
-    labels = np.concatenate([b["label"] for b in batches[6 * epoch:6 * epoch + 6]])
+    labels = np.concatenate([b["label"] for b in batches[6 * epoch : 6 * epoch + 6]])
     assert sorted(labels) == list(range(48))
   order = np.random.default_rng([3, 1, 0]).permutation(48)  # Epoch 1's documented order.
   np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches[6:12]]), order)
@@ -267,7 +268,7 @@ def test_augmentation_is_a_padded_crop_or_flip_and_reproducible():
     np.testing.assert_array_equal(a["label"], p["label"])
     for image, original in zip(np.rint(a["image"]), np.rint(p["image"])):
       padded = np.pad(original, ((2, 2), (2, 2), (0, 0)))
-      crops = [padded[y:y + 6, x:x + 5] for y in range(5) for x in range(5)]
+      crops = [padded[y : y + 6, x : x + 5] for y in range(5) for x in range(5)]
       crops += [c[:, ::-1] for c in crops]
       assert any(np.array_equal(image, c) for c in crops)
       changed += not np.array_equal(image, original)
@@ -304,11 +305,18 @@ def test_train_rejects_bad_arguments():
 def test_eval_covers_every_example_once_with_a_mask(process_count):
   split = _in_memory_split(n=21)
   mean, std = [0.5, 0.4, 0.3], [0.2, 0.3, 0.25]
-  per_process = [list(data.eval_batches(split, global_batch_size=8, mean=mean, std=std,
-                                        process_index=p, process_count=process_count))
-                 for p in range(process_count)]
-  batches = [{k: np.concatenate([part[i][k] for part in per_process]) for k in per_process[0][i]}
-             for i in range(len(per_process[0]))]
+  per_process = [
+    list(
+      data.eval_batches(
+        split, global_batch_size=8, mean=mean, std=std, process_index=p, process_count=process_count
+      )
+    )
+    for p in range(process_count)
+  ]
+  batches = [
+    {k: np.concatenate([part[i][k] for part in per_process]) for k in per_process[0][i]}
+    for i in range(len(per_process[0]))
+  ]
   assert len(batches) == 3
   for b in batches:
     assert b["image"].shape == (8, 6, 5, 3) and b["mask"].dtype == np.bool_
@@ -318,8 +326,14 @@ def test_eval_covers_every_example_once_with_a_mask(process_count):
 
 
 def test_eval_reads_tfds_sources(dataset, fake_idx):
-  labels = np.concatenate([b["label"][b["mask"]] for b in data.eval_batches(
-      dataset.test, global_batch_size=32, mean=dataset.mean, std=dataset.std)])
+  labels = np.concatenate(
+    [
+      b["label"][b["mask"]]
+      for b in data.eval_batches(
+        dataset.test, global_batch_size=32, mean=dataset.mean, std=dataset.std
+      )
+    ]
+  )
   np.testing.assert_array_equal(labels, fake_idx[1]["test"][1])
 
 
@@ -333,13 +347,15 @@ def test_sharded_batches_are_global_jax_arrays():
   for key, value in batch.items():
     assert isinstance(value, jax.Array) and value.sharding == sharding
     np.testing.assert_array_equal(np.asarray(value), host[key])
-  mask = list(data.eval_batches(split, global_batch_size=8, mean=[0.0] * 3, std=[1.0] * 3,
-                                sharding=sharding))[-1]["mask"]
+  mask = list(
+    data.eval_batches(split, global_batch_size=8, mean=[0.0] * 3, std=[1.0] * 3, sharding=sharding)
+  )[-1]["mask"]
   assert isinstance(mask, jax.Array) and mask.shape == (8,)
   # A batch replicated over a mesh: this process's devices hold every row.
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  np.testing.assert_array_equal(np.asarray(next(_train(split, sharding=replicated))["label"]),
-                                host["label"])
+  np.testing.assert_array_equal(
+    np.asarray(next(_train(split, sharding=replicated))["label"]), host["label"]
+  )
 
 
 # --------------------------------------------------------------------- MNIST
@@ -380,9 +396,16 @@ class TinyPngImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = tfds.core.Version("1.0.0")
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        "picture": tfds.features.Image(shape=(None, None, 3)),
-        "target": tfds.features.ClassLabel(names=["a", "b", "c"])}), disable_shuffling=True)
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "picture": tfds.features.Image(shape=(None, None, 3)),
+          "target": tfds.features.ClassLabel(names=["a", "b", "c"]),
+        }
+      ),
+      disable_shuffling=True,
+    )
 
   def _split_generators(self, dl_manager):
     sizes = {"train": 12, "validation": 5, "test": 7}
@@ -390,6 +413,7 @@ class TinyPngImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, n):
     from PIL import Image
+
     for i in range(n):
       pixels = np.full((6 + i % 3, 9, 3), 10 * i, np.uint8)
       buffer = io.BytesIO()
@@ -400,12 +424,20 @@ class TinyPngImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 @pytest.mark.parametrize("cache", [False, True])
 def test_any_prepared_tfds_dataset_by_name(tmp_path, cache):
   TinyPngImages(data_dir=tmp_path, file_format="array_record").download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+  )
   with pytest.raises(data.DataError) as error:
     data.load_dataset("tiny_png_images", tmp_path, image_key="picture", label_key="target")
   assert "image_size" in _one_line(error)
-  ds = data.load_dataset("tiny_png_images", tmp_path, image_key="picture", label_key="target",
-                         image_size=4, val_split="validation", cache=cache)
+  ds = data.load_dataset(
+    "tiny_png_images",
+    tmp_path,
+    image_key="picture",
+    label_key="target",
+    image_size=4,
+    val_split="validation",
+    cache=cache,
+  )
   assert (len(ds.train), len(ds.val), len(ds.test)) == (12, 5, 7)
   assert ds.num_classes == 3 and ds.class_names == ("a", "b", "c") and ds.image_shape == (4, 4, 3)
   batch = next(data.eval_batches(ds.val, global_batch_size=8, mean=[0.0] * 3, std=[1 / 255] * 3))
@@ -416,8 +448,10 @@ def test_any_prepared_tfds_dataset_by_name(tmp_path, cache):
 
 @pytest.mark.parametrize("max_rows", [None, -1, 0, 3, 9, 10, 50])
 def test_a_split_sample_is_a_seeded_ordered_subset_of_its_rows(max_rows):
-  split = data.Split(data.ArraySource(np.zeros((10, 2, 2, 1), np.uint8), np.arange(10)),
-                     np.arange(100, 120, 2, dtype=np.int64))
+  split = data.Split(
+    data.ArraySource(np.zeros((10, 2, 2, 1), np.uint8), np.arange(10)),
+    np.arange(100, 120, 2, dtype=np.int64),
+  )
   sample = split.sample(max_rows, seed=3)
   expected = 10 if max_rows is None or max_rows < 0 else min(max_rows, 10)
   assert len(sample) == expected
@@ -426,5 +460,7 @@ def test_a_split_sample_is_a_seeded_ordered_subset_of_its_rows(max_rows):
   np.testing.assert_array_equal(sample.indices, split.sample(max_rows, seed=3).indices)
   np.testing.assert_array_equal(sample.indices, split.indices[split.sample_positions(max_rows, 3)])
   if 0 < expected < 10:  # another seed draws other rows (C(10, k) ≥ 10 subsets)
-    assert any(not np.array_equal(sample.indices, split.sample(max_rows, seed=s).indices)
-               for s in range(4, 10))
+    assert any(
+      not np.array_equal(sample.indices, split.sample(max_rows, seed=s).indices)
+      for s in range(4, 10)
+    )

@@ -6,35 +6,71 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import ROOT
 
 pytestmark = pytest.mark.slow  # sixteen train.py processes and evaluate.py
 
-TRAIN = ("val_size=100", "total_steps=3", "warmup_steps=1", "checkpoint_every=3",
-         "eval_batch_size=100", "batch_size=50", "log_every=1", "prune_images=100")
+TRAIN = (
+  "val_size=100",
+  "total_steps=3",
+  "warmup_steps=1",
+  "checkpoint_every=3",
+  "eval_batch_size=100",
+  "batch_size=50",
+  "log_every=1",
+  "prune_images=100",
+)
 EVAL = ("batch_size=100", "bootstrap=20", "shift_max_images=50", "mc_dropout_samples=2")
 
 
 def _demo(tmp_path, data_dir, readme, *extra):
-  args = [sys.executable, "-m", "duojax.demo", "--runs", str(tmp_path / "runs"),
-          "--data_dir", str(data_dir), "--gatekeeper_alphas", "0.3,0.7", "--hydra_members", "2",
-          "--readme", str(readme), "--compile_cache", str(tmp_path / "cache"),
-          *(f"--train_override={kv}" for kv in TRAIN + (f"data_dir={data_dir}",)),
-          *(f"--eval_override={kv}" for kv in EVAL), *extra]
+  args = [
+    sys.executable,
+    "-m",
+    "duojax.demo",
+    "--runs",
+    str(tmp_path / "runs"),
+    "--data_dir",
+    str(data_dir),
+    "--gatekeeper_alphas",
+    "0.3,0.7",
+    "--hydra_members",
+    "2",
+    "--readme",
+    str(readme),
+    "--compile_cache",
+    str(tmp_path / "cache"),
+    *(f"--train_override={kv}" for kv in TRAIN + (f"data_dir={data_dir}",)),
+    *(f"--eval_override={kv}" for kv in EVAL),
+    *extra,
+  ]
   return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
 def test_demo_runs_every_stage_side_by_side_and_reports_its_time(tmp_path, learnable_data_dir):
   readme = tmp_path / "README.md"
-  readme.write_text("intro\n<!-- results:start (written by `make demo`; do not edit by hand) -->"
-                    "\nold\n<!-- results:end -->\nafter\n")
+  readme.write_text(
+    "intro\n<!-- results:start (written by `make demo`; do not edit by hand) -->"
+    "\nold\n<!-- results:end -->\nafter\n"
+  )
   result = _demo(tmp_path, learnable_data_dir, readme)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   runs = tmp_path / "runs"
   timings = json.loads((runs / "results" / "timings.json").read_text())
-  expected = {"vit", "large", "sidekick", "hydra_0", "hydra_1", "soup_1", "soup_2",
-              "gatekeeper_0.3", "gatekeeper_0.7", "large_seed1", "vit_seed1", "evaluate"}
+  expected = {
+    "vit",
+    "large",
+    "sidekick",
+    "hydra_0",
+    "hydra_1",
+    "soup_1",
+    "soup_2",
+    "gatekeeper_0.3",
+    "gatekeeper_0.7",
+    "large_seed1",
+    "vit_seed1",
+    "evaluate",
+  }
   assert set(timings["runs"]) == expected
   assert timings["cores_per_run"] == 1
   for name, run in timings["runs"].items():
@@ -64,9 +100,23 @@ def test_demo_runs_every_stage_side_by_side_and_reports_its_time(tmp_path, learn
   assert any((tmp_path / "cache").iterdir())
 
   # The profile benchmark reads the finished demo.
-  bench = subprocess.run([sys.executable, "bench/bench_demo.py", "--quick", "--runs", str(runs),
-                          "--data_dir", str(learnable_data_dir), "--val_size", "100"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+  bench = subprocess.run(
+    [
+      sys.executable,
+      "bench/bench_demo.py",
+      "--quick",
+      "--runs",
+      str(runs),
+      "--data_dir",
+      str(learnable_data_dir),
+      "--val_size",
+      "100",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert bench.returncode == 0, bench.stderr[-3000:]
   assert "| hydra_1 |" in bench.stdout and "| section paired |" in bench.stdout
   assert "| resnet14 | 32 |" in bench.stdout and "| cnn_xs | 128 |" in bench.stdout
@@ -80,8 +130,9 @@ def test_demo_runs_every_stage_side_by_side_and_reports_its_time(tmp_path, learn
 
 def test_demo_fails_on_the_first_failed_run_with_one_line(tmp_path, learnable_data_dir):
   readme = tmp_path / "README.md"
-  readme.write_text("<!-- results:start (written by `make demo`; do not edit by hand) -->\n"
-                    "<!-- results:end -->\n")
+  readme.write_text(
+    "<!-- results:start (written by `make demo`; do not edit by hand) -->\n<!-- results:end -->\n"
+  )
   result = _demo(tmp_path, learnable_data_dir, readme, "--train_override=lr=-1")
   assert result.returncode != 0
   last = result.stderr.strip().splitlines()[-1]

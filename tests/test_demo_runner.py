@@ -6,19 +6,20 @@ import subprocess
 import sys
 
 import pytest
+from helpers import ROOT
 
 from duojax.demo import plan as plan_lib
 from duojax.demo import runner, timings
-from helpers import ROOT
 
 
 def _writer(name, after=(), seconds=0.0, code=0, all_cores=False):
   """A run that records when it started and ended and the cores it was allowed."""
   script = (
-      "import json, os, sys, time; t = time.time(); time.sleep(%r); "
-      "cores = sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else []; "
-      "open(sys.argv[1], 'w').write(json.dumps([t, time.time(), cores])); sys.exit(%d)"
-      % (seconds, code))
+    "import json, os, sys, time; t = time.time(); time.sleep(%r); "
+    "cores = sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else []; "
+    "open(sys.argv[1], 'w').write(json.dumps([t, time.time(), cores])); sys.exit(%d)"
+    % (seconds, code)
+  )
   return plan_lib.Run(name, ("-c", script, name + ".json"), tuple(after), all_cores)
 
 
@@ -32,8 +33,19 @@ def test_demo_plan_is_ordered_and_complete():
   names = [r.name for r in plan]
   assert names[-1] == "evaluate" and set(plan[-1].after) == set(names[:-1])
   assert plan[-1].all_cores and not any(r.all_cores for r in plan[:-1])
-  assert {"large", "sidekick", "vit", "hydra_0", "hydra_1", "vit_seed1", "large_seed1",
-          "soup_1", "soup_2", "gatekeeper_0.1", "gatekeeper_0.5"} == set(names[:-1])
+  assert {
+    "large",
+    "sidekick",
+    "vit",
+    "hydra_0",
+    "hydra_1",
+    "vit_seed1",
+    "large_seed1",
+    "soup_1",
+    "soup_2",
+    "gatekeeper_0.1",
+    "gatekeeper_0.5",
+  } == set(names[:-1])
   for run in plan[:-1]:
     assert run.argv[0] == "train.py"
     assert run.argv[run.argv.index("--workdir") + 1] == os.path.join("r", run.name)
@@ -56,10 +68,15 @@ def test_check_plan_rejects_bad_plans():
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_runs_wait_for_what_they_need(tmp_path, monkeypatch, jobs):
   monkeypatch.chdir(tmp_path)
-  plan = [_writer("a", seconds=0.5), _writer("b"), _writer("c", after=["a", "b"]),
-          _writer("d", after=["c"], all_cores=True)]
-  ran = runner.run_plan(plan, python=sys.executable, jobs=jobs, log_dir=str(tmp_path / "logs"),
-                        report=lambda line: None)
+  plan = [
+    _writer("a", seconds=0.5),
+    _writer("b"),
+    _writer("c", after=["a", "b"]),
+    _writer("d", after=["c"], all_cores=True),
+  ]
+  ran = runner.run_plan(
+    plan, python=sys.executable, jobs=jobs, log_dir=str(tmp_path / "logs"), report=lambda line: None
+  )
   assert sorted(t.name for t in ran) == ["a", "b", "c", "d"]
   a, b, c, d = (_read(tmp_path, n) for n in "abcd")
   assert c[0] >= max(a[1], b[1]) and d[0] >= c[1]
@@ -76,8 +93,9 @@ def test_a_failed_run_stops_the_others(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   plan = [_writer("slow", seconds=30), _writer("bad", code=3), _writer("after", after=["bad"])]
   with pytest.raises(runner.RunFailed, match=r"^bad exited with status 3 after \d+ s \(log: "):
-    runner.run_plan(plan, python=sys.executable, jobs=2, log_dir=str(tmp_path / "logs"),
-                    report=lambda line: None)
+    runner.run_plan(
+      plan, python=sys.executable, jobs=2, log_dir=str(tmp_path / "logs"), report=lambda line: None
+    )
   assert not (tmp_path / "slow.json").exists()  # terminated, not waited for
   assert not (tmp_path / "after.json").exists()
 
@@ -93,14 +111,28 @@ def test_core_slots():
 
 
 def test_timing_report_and_markdown(tmp_path):
-  plan = [plan_lib.Run("large", ()), plan_lib.Run("sidekick", ()),
-          plan_lib.Run("evaluate", (), ("large", "sidekick"))]
+  plan = [
+    plan_lib.Run("large", ()),
+    plan_lib.Run("sidekick", ()),
+    plan_lib.Run("evaluate", (), ("large", "sidekick")),
+  ]
   (tmp_path / "large").mkdir()
   (tmp_path / "large" / "summary.json").write_text(json.dumps({"val_accuracy": 0.9}))
-  ran = [runner.Timing("sidekick", 20.0, 0.0, [1]), runner.Timing("large", 100.0, 0.0, [0]),
-         runner.Timing("evaluate", 50.0, 100.5, [0, 1])]
-  report = timings.report(plan, ran, runs=str(tmp_path), jobs=2, cores_per_run=1,
-                          peak_gflops=250.0, data_seconds=2.0, total_seconds=160.0)
+  ran = [
+    runner.Timing("sidekick", 20.0, 0.0, [1]),
+    runner.Timing("large", 100.0, 0.0, [0]),
+    runner.Timing("evaluate", 50.0, 100.5, [0, 1]),
+  ]
+  report = timings.report(
+    plan,
+    ran,
+    runs=str(tmp_path),
+    jobs=2,
+    cores_per_run=1,
+    peak_gflops=250.0,
+    data_seconds=2.0,
+    total_seconds=160.0,
+  )
   assert report["training"] == 100.0 and report["training_sum_of_runs"] == 120.0
   assert report["evaluation"] == 50.0 and list(report["runs"]) == ["large", "sidekick", "evaluate"]
   assert report["runs"]["large"]["val_accuracy"] == 0.9
@@ -110,16 +142,24 @@ def test_timing_report_and_markdown(tmp_path):
   assert "| large | 100 | 0 | 0.9000 |" in text and "| sidekick | 20 | 0 | – |" in text
 
 
-@pytest.mark.parametrize("args,message", [
+@pytest.mark.parametrize(
+  "args,message",
+  [
     (["--jobs", "999"], "error: --jobs/--cores_per_run: 999 job"),
     (["--cores_per_run", "0"], "error: --jobs/--cores_per_run: jobs="),
     (["--train_override", "lr"], "error: override 'lr' is not KEY=VALUE"),
     (["--readme", "no/such/README.md"], "error: --readme 'no/such/README.md' does not exist"),
-])
+  ],
+)
 def test_demo_bad_command_lines_fail_at_once_with_one_line(tmp_path, args, message):
   runs = tmp_path / "runs"
-  result = subprocess.run([sys.executable, "-m", "duojax.demo", "--runs", str(runs), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+  result = subprocess.run(
+    [sys.executable, "-m", "duojax.demo", "--runs", str(runs), *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
   assert not runs.exists()

@@ -14,11 +14,10 @@ import os
 import jax
 import numpy as np
 import pytest
+from helpers import ROOT, final_state, tiny_train_config
 
 from duojax.eval import pipeline
 from duojax.train import loop
-
-from helpers import ROOT, final_state, tiny_train_config
 
 # Slow as a whole (whole training runs and evaluations, twice):
 # `make test-fast` leaves it out.
@@ -30,8 +29,9 @@ TIMING_FIELDS = frozenset({"images_per_s", "train_seconds", "seconds"})
 
 
 def _train(data_dir, workdir, *, seed=0, model_name="resnet8"):
-  config = tiny_train_config(data_dir, model_name=model_name, seed=seed, total_steps=4,
-                             checkpoint_every=2)
+  config = tiny_train_config(
+    data_dir, model_name=model_name, seed=seed, total_steps=4, checkpoint_every=2
+  )
   if model_name == "resnet8":
     config.model.dropout = 0.1  # so that the per-step dropout keys matter too
   else:
@@ -44,8 +44,10 @@ def runs(tmp_path_factory, learnable_data_dir):
   """Workdirs: twins "a" and "b" (one config, seed 0), "seed1" (the same
   config, seed 1) and a small "sidekick"; plus their summaries."""
   root = tmp_path_factory.mktemp("determinism")
-  summaries = {name: _train(learnable_data_dir, root / name, seed=seed)
-               for name, seed in (("a", 0), ("b", 0), ("seed1", 1))}
+  summaries = {
+    name: _train(learnable_data_dir, root / name, seed=seed)
+    for name, seed in (("a", 0), ("b", 0), ("seed1", 1))
+  }
   summaries["sidekick"] = _train(learnable_data_dir, root / "sidekick", model_name="cnn_xs")
   return root, summaries
 
@@ -68,8 +70,7 @@ def _assert_same_numbers(a, b, path="results"):
     a, b = np.asarray(a), np.asarray(b)
     assert a.shape == b.shape and a.dtype == b.dtype, (path, a.shape, b.shape)
     if np.issubdtype(a.dtype, np.number):
-      np.testing.assert_allclose(a, b, rtol=TOLERANCE, atol=TOLERANCE, equal_nan=True,
-                                 err_msg=path)
+      np.testing.assert_allclose(a, b, rtol=TOLERANCE, atol=TOLERANCE, equal_nan=True, err_msg=path)
     else:
       np.testing.assert_array_equal(a, b, err_msg=path)
   elif isinstance(a, (int, float, np.number)) and not isinstance(a, bool):
@@ -92,8 +93,9 @@ def test_same_config_and_seed_train_identically(runs):
   root, summaries = runs
   a, b = dict(summaries["a"]), dict(summaries["b"])
   # The checkpoint path names its workdir; the rest of it must agree.
-  assert (os.path.relpath(a.pop("checkpoint"), root / "a") ==
-          os.path.relpath(b.pop("checkpoint"), root / "b"))
+  assert os.path.relpath(a.pop("checkpoint"), root / "a") == os.path.relpath(
+    b.pop("checkpoint"), root / "b"
+  )
   _assert_same_numbers(a, b, "summary")
   log_a, log_b = _metrics_log(root / "a"), _metrics_log(root / "b")
   assert [r["step"] for r in log_a] == [r["step"] for r in log_b]
@@ -121,14 +123,18 @@ def _eval_config(root, large):
   other members: every other member path it names is emptied. The seeded
   parts stay on (MC dropout, the paired bootstrap); OOD, shifts and the
   cascade section, more of the same computations, are off for time."""
-  spec = importlib.util.spec_from_file_location("demo_eval",
-                                                os.path.join(ROOT, "configs", "demo_eval.py"))
+  spec = importlib.util.spec_from_file_location(
+    "demo_eval", os.path.join(ROOT, "configs", "demo_eval.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(f"runs={root}")
   for key, value in config.items():
-    if isinstance(value, str) and value.startswith(str(root)) and \
-        key not in ("large", "sidekick", "output_dir"):
+    if (
+      isinstance(value, str)
+      and value.startswith(str(root))
+      and key not in ("large", "sidekick", "output_dir")
+    ):
       config[key] = ""
   config.large, config.sidekick = str(root / large), str(root / "sidekick")
   config.ood, config.shifts, config.cascade = "", "", False

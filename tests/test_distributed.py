@@ -26,41 +26,58 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
 def test_settings_come_from_flags_then_environment():
-  env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4",
-         "JAX_PROCESS_ID": "3"}
+  env = {
+    "JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234",
+    "JAX_NUM_PROCESSES": "4",
+    "JAX_PROCESS_ID": "3",
+  }
   settings = distributed.settings_from(env=env)
   assert (settings.coordinator_address, settings.num_processes, settings.process_id) == (
-      "10.0.0.1:1234", 4, 3)
+    "10.0.0.1:1234",
+    4,
+    3,
+  )
   assert distributed.should_initialize(settings, env={})
   flagged = distributed.settings_from("auto", "h:1", 2, 0, ["1"], env=env)
-  assert (flagged.coordinator_address, flagged.num_processes, flagged.process_id,
-          flagged.local_device_ids) == ("h:1", 2, 0, (1,))
+  assert (
+    flagged.coordinator_address,
+    flagged.num_processes,
+    flagged.process_id,
+    flagged.local_device_ids,
+  ) == ("h:1", 2, 0, (1,))
   assert not distributed.should_initialize(distributed.settings_from(env={}), env={})
   off = distributed.settings_from("off", env=env)
   assert not distributed.should_initialize(off, env=env)
 
 
-@pytest.mark.parametrize("env, cluster", [
+@pytest.mark.parametrize(
+  "env, cluster",
+  [
     ({"SLURM_PROCID": "0", "SLURM_NTASKS": "8"}, "slurm"),
-    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, None),      # one task: single process
-    ({"SLURM_JOB_ID": "7"}, None),                          # an allocation, not a step
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, None),  # one task: single process
+    ({"SLURM_JOB_ID": "7"}, None),  # an allocation, not a step
     ({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2"}, "openmpi"),
     ({}, None),
-])
+  ],
+)
 def test_clusters_are_detected_from_their_environment(env, cluster):
   assert distributed.detected_cluster(env) == cluster
   assert distributed.should_initialize(distributed.settings_from(env={}), env=env) == (
-      cluster is not None)
+    cluster is not None
+  )
 
 
-@pytest.mark.parametrize("kwargs, pattern", [
+@pytest.mark.parametrize(
+  "kwargs, pattern",
+  [
     (dict(mode="sometimes"), "--distributed='sometimes'"),
     (dict(coordinator_address="nohost"), "host:port"),
     (dict(coordinator_address="h:1"), "needs num_processes and process_id"),
     (dict(coordinator_address="h:1", num_processes=2, process_id=2), "not in [0, 2)"),
     (dict(num_processes=0, process_id=0), "num_processes must be >= 1"),
     (dict(local_device_ids=["gpu0"]), "must be integers"),
-])
+  ],
+)
 def test_bad_settings_are_refused(kwargs, pattern):
   with pytest.raises(distributed.DistributedError) as error:
     distributed.settings_from(env={}, **kwargs)
@@ -74,25 +91,40 @@ def test_bad_env_setting_is_refused():
 
 def test_cli_bad_multi_process_flags_are_one_line_errors(tmp_path):
   result = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "train.py"), "--config",
-       os.path.join(ROOT, "configs/fashion_mnist.py"), f"--workdir={tmp_path / 'w'}",
-       "--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=5"],
-      capture_output=True, text=True, timeout=120, cwd=ROOT, env=ENV)
+    [
+      sys.executable,
+      os.path.join(ROOT, "train.py"),
+      "--config",
+      os.path.join(ROOT, "configs/fashion_mnist.py"),
+      f"--workdir={tmp_path / 'w'}",
+      "--coordinator_address=127.0.0.1:1",
+      "--num_processes=2",
+      "--process_id=5",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=ROOT,
+    env=ENV,
+  )
   assert result.returncode == 1, result.stderr[-2000:]
   assert result.stderr.strip().splitlines()[-1] == "error: process_id=5 is not in [0, 2)"
   assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("shape, fsdp, min_elements, spec", [
-    ((768, 3072), 8, 0, (None, "fsdp")),    # the larger dimension
+@pytest.mark.parametrize(
+  "shape, fsdp, min_elements, spec",
+  [
+    ((768, 3072), 8, 0, (None, "fsdp")),  # the larger dimension
     ((3072, 768), 8, 0, ("fsdp",)),
-    ((512, 512), 4, 0, (None, "fsdp")),     # a tie goes to the output features
+    ((512, 512), 4, 0, (None, "fsdp")),  # a tie goes to the output features
     ((3, 3, 64, 130), 4, 0, (None, None, "fsdp")),  # 130 % 4 != 0: the next largest
-    ((7, 9), 2, 0, ()),                     # nothing divisible: replicated
-    ((768,), 8, 1 << 14, ()),               # small: replicated
-    ((768, 3072), 1, 0, ()),                # no fsdp axis
-    ((), 8, 0, ()),                         # scalars (step counters)
-])
+    ((7, 9), 2, 0, ()),  # nothing divisible: replicated
+    ((768,), 8, 1 << 14, ()),  # small: replicated
+    ((768, 3072), 1, 0, ()),  # no fsdp axis
+    ((), 8, 0, ()),  # scalars (step counters)
+  ],
+)
 def test_fsdp_spec_splits_the_largest_divisible_dimension(shape, fsdp, min_elements, spec):
   assert tuple(sharding.fsdp_spec(shape, fsdp, min_elements)) == spec
 
@@ -114,11 +146,21 @@ def _run_processes(script: str, args: list[str], num_processes: int) -> list[str
     commands = [base]
   else:
     address = f"127.0.0.1:{_free_port()}"
-    commands = [[*base, f"--coordinator_address={address}",
-                 f"--num_processes={num_processes}", f"--process_id={i}"]
-                for i in range(num_processes)]
-  procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env=ENV) for c in commands]
+    commands = [
+      [
+        *base,
+        f"--coordinator_address={address}",
+        f"--num_processes={num_processes}",
+        f"--process_id={i}",
+      ]
+      for i in range(num_processes)
+    ]
+  procs = [
+    subprocess.Popen(
+      c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV
+    )
+    for c in commands
+  ]
   outputs = []
   try:
     for proc in procs:
@@ -133,24 +175,42 @@ def _run_processes(script: str, args: list[str], num_processes: int) -> list[str
 
 def _train_args(data_dir, workdir, model="resnet8", steps=8):
   overrides = ["--config.model.width=4", "--config.model.dropout=0.1"] if model == "resnet8" else []
-  return ["--config", os.path.join(ROOT, f"configs/fashion_mnist.py:model={model}"),
-          f"--workdir={workdir}", f"--config.data_dir={data_dir}", "--config.val_size=100",
-          "--config.batch_size=32", f"--config.total_steps={steps}", "--config.log_every=2",
-          "--config.eval_batch_size=50", "--config.checkpoint_every=4",
-          "--config.warmup_steps=2", "--config.lr=3e-3", *overrides]
+  return [
+    "--config",
+    os.path.join(ROOT, f"configs/fashion_mnist.py:model={model}"),
+    f"--workdir={workdir}",
+    f"--config.data_dir={data_dir}",
+    "--config.val_size=100",
+    "--config.batch_size=32",
+    f"--config.total_steps={steps}",
+    "--config.log_every=2",
+    "--config.eval_batch_size=50",
+    "--config.checkpoint_every=4",
+    "--config.warmup_steps=2",
+    "--config.lr=3e-3",
+    *overrides,
+  ]
 
 
 def _params(workdir):
   from duojax.models import functional
+
   model, meta = checkpoint.load_model(str(workdir))
   return functional.split_model(model)[1], meta
 
 
 def _max_difference(a, b) -> float:
   import jax
-  return max(jax.tree.leaves(jax.tree.map(
-      lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))),
-      a, b)))
+
+  return max(
+    jax.tree.leaves(
+      jax.tree.map(
+        lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))),
+        a,
+        b,
+      )
+    )
+  )
 
 
 def _assert_results_close(one, two, path=""):
@@ -173,23 +233,20 @@ def _assert_results_close(one, two, path=""):
     assert one == two, (path, one, two)
 
 
-def test_two_processes_train_and_evaluate_the_duo_as_one_process(tmp_path,
-                                                                 learnable_data_dir):
+def test_two_processes_train_and_evaluate_the_duo_as_one_process(tmp_path, learnable_data_dir):
   runs = {n: tmp_path / f"{n}proc" for n in (1, 2)}
   for n, root in runs.items():
     out = _run_processes("train.py", _train_args(learnable_data_dir, root / "large"), n)
     assert "test accuracy" in out[0]
     assert all("test accuracy" not in o for o in out[1:])  # only process 0 reports
   sidekick = tmp_path / "sidekick"
-  _run_processes("train.py", _train_args(learnable_data_dir, sidekick, model="cnn_xs",
-                                         steps=6), 1)
+  _run_processes("train.py", _train_args(learnable_data_dir, sidekick, model="cnn_xs", steps=6), 1)
 
   # Same global batches, same math: float32 reduction order is the only difference.
   (one, meta_one), (two, meta_two) = (_params(runs[n] / "large") for n in (1, 2))
   assert meta_one["step"] == meta_two["step"] == 8
   assert _max_difference(one, two) < 1e-5
-  logs = [[json.loads(line) for line in open(runs[n] / "large" / "metrics.jsonl")]
-          for n in (1, 2)]
+  logs = [[json.loads(line) for line in open(runs[n] / "large" / "metrics.jsonl")] for n in (1, 2)]
   assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]]  # written once
   for a, b in zip(*logs):
     for key in ("train_loss", "val_nll"):
@@ -200,13 +257,25 @@ def test_two_processes_train_and_evaluate_the_duo_as_one_process(tmp_path,
   results = {}
   for n in (1, 2):
     out_dir = tmp_path / f"eval{n}"
-    _run_processes("evaluate.py", [
-        "--config", os.path.join(ROOT, "configs/demo_eval.py:hydra=0"),
-        f"--config.large={runs[1] / 'large'}", f"--config.sidekick={sidekick}",
-        "--config.ensemble=", "--config.soup_ingredients=", "--config.gatekeeper=",
+    _run_processes(
+      "evaluate.py",
+      [
+        "--config",
+        os.path.join(ROOT, "configs/demo_eval.py:hydra=0"),
+        f"--config.large={runs[1] / 'large'}",
+        f"--config.sidekick={sidekick}",
+        "--config.ensemble=",
+        "--config.soup_ingredients=",
+        "--config.gatekeeper=",
         "--config.shifts=blur",
-        "--config.shift_max_images=50", "--config.mc_dropout_samples=3",
-        "--config.bootstrap=5", "--config.batch_size=50", f"--config.output_dir={out_dir}"], n)
+        "--config.shift_max_images=50",
+        "--config.mc_dropout_samples=3",
+        "--config.bootstrap=5",
+        "--config.batch_size=50",
+        f"--config.output_dir={out_dir}",
+      ],
+      n,
+    )
     results[n] = json.load(open(out_dir / "results.json"))
   assert results[2]["devices"].startswith("2 ")
   assert "duo (weighted)" in results[1]["methods"]
@@ -298,16 +367,24 @@ _FAKE_DEVICES_SCRIPT = textwrap.dedent("""
 
 
 def test_fake_devices_data_parallel_and_fsdp_equal_one_device():
-  result = subprocess.run([sys.executable, "-c", _FAKE_DEVICES_SCRIPT], capture_output=True,
-                          text=True, timeout=600, cwd=ROOT, env=ENV)
+  result = subprocess.run(
+    [sys.executable, "-c", _FAKE_DEVICES_SCRIPT],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=ROOT,
+    env=ENV,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stdout.splitlines()
-  diffs = {tuple(map(int, l.split()[1:3])): float(l.split()[3])
-           for l in lines if l.startswith("DIFF")}
+  diffs = {
+    tuple(map(int, l.split()[1:3])): float(l.split()[3]) for l in lines if l.startswith("DIFF")
+  }
   assert set(diffs) == {(1, 1), (2, 1), (4, 2), (4, 4)}
   assert max(diffs.values()) < 1e-5, diffs
-  fractions = {tuple(map(int, l.split()[1:3])): float(l.split()[4])
-               for l in lines if l.startswith("CONFIG")}
+  fractions = {
+    tuple(map(int, l.split()[1:3])): float(l.split()[4]) for l in lines if l.startswith("CONFIG")
+  }
   # Replicated: every device holds the whole state; FSDP over k devices: about 1/k of it.
   assert fractions[(2, 1)] == pytest.approx(1.0)
   assert fractions[(4, 2)] < 0.6 and fractions[(4, 4)] < 0.35, fractions
@@ -324,9 +401,18 @@ def test_train_cli_with_fsdp_on_two_devices_equals_one_device(tmp_path, learnabl
     env = {**ENV, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     workdir = tmp_path / f"fsdp{devices}"
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train.py"),
-         *_train_args(learnable_data_dir, workdir, model="cnn_xs", steps=4), *extra],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+      [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        *_train_args(learnable_data_dir, workdir, model="cnn_xs", steps=4),
+        *extra,
+      ],
+      capture_output=True,
+      text=True,
+      timeout=300,
+      cwd=ROOT,
+      env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.load(open(workdir / "summary.json"))
     outputs[devices] = _params(workdir)[0], summary["state_bytes_per_device"]
@@ -337,10 +423,17 @@ def test_train_cli_with_fsdp_on_two_devices_equals_one_device(tmp_path, learnabl
 
   # A run pre-empted on 2 devices with FSDP resumes on 1 device without it.
   result = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "train.py"),
-       *_train_args(learnable_data_dir, tmp_path / "fsdp2", model="cnn_xs", steps=6)],
-      capture_output=True, text=True, timeout=300, cwd=ROOT,
-      env={**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+    [
+      sys.executable,
+      os.path.join(ROOT, "train.py"),
+      *_train_args(learnable_data_dir, tmp_path / "fsdp2", model="cnn_xs", steps=6),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=ROOT,
+    env={**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.load(open(tmp_path / "fsdp2" / "summary.json"))
   assert (summary["resumed_from"], summary["steps"]) == (4, 6)

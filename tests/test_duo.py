@@ -14,8 +14,7 @@ from duojax.parallel import sharding
 
 
 def _members():
-  large = models.get_model("resnet8", 10, rngs=nnx.Rngs(0), width=4, image_size=16,
-                           in_channels=1)
+  large = models.get_model("resnet8", 10, rngs=nnx.Rngs(0), width=4, image_size=16, in_channels=1)
   side = models.get_model("cnn_xs", 10, rngs=nnx.Rngs(1), image_size=16, in_channels=1)
   # Make BatchNorm statistics non-trivial so eval mode matters.
   large(jax.random.normal(jax.random.key(5), (16, 16, 16, 1)), train=True)
@@ -37,8 +36,9 @@ def test_fused_forward_is_one_xla_program_on_a_mesh():
   mesh = sharding.make_mesh()
   graphdefs, states = duo.split_members([large, side, large])  # m = 3 members, same code
   forward = duo.make_fused_forward(graphdefs, mesh=mesh)
-  images = jax.device_put(jax.random.normal(jax.random.key(1), (4, 16, 16, 1)),
-                          sharding.batch_sharding(mesh))
+  images = jax.device_put(
+    jax.random.normal(jax.random.key(1), (4, 16, 16, 1)), sharding.batch_sharding(mesh)
+  )
   out = forward(states, images)
   np.testing.assert_allclose(out[2], out[0])
   hlo = forward.lower(states, images).as_text()
@@ -66,8 +66,9 @@ def test_uniform_soup_averages_every_variable_and_greedy_keeps_helpful_ingredien
   a = models.get_model("resnet8", 10, rngs=nnx.Rngs(0), width=4, in_channels=1)
   b = models.get_model("resnet8", 10, rngs=nnx.Rngs(1), width=4, in_channels=1)
   soup = soups.average([a, b])
-  for x, y, s in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b)),
-                     jax.tree.leaves(nnx.state(soup))):
+  for x, y, s in zip(
+    jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b)), jax.tree.leaves(nnx.state(soup))
+  ):
     np.testing.assert_allclose(s, (x + y) / 2, rtol=1e-6)
   # A score that prefers `a` and dislikes any mixture: greedy keeps `a` only.
   score = lambda m: 1.0 if m is a else 0.5 if m is b else 0.0
@@ -85,9 +86,11 @@ def _bank(n=400, c=5, seed=0):
   for split in ("val", "test"):
     labels = rng.integers(0, c, n)
     signal = 3.0 * np.eye(c)[labels]
-    members = [2.5 * (signal + rng.normal(size=(n, c))),
-               0.8 * (0.6 * signal + rng.normal(size=(n, c))),
-               2.5 * (signal + rng.normal(size=(n, c)))]
+    members = [
+      2.5 * (signal + rng.normal(size=(n, c))),
+      0.8 * (0.6 * signal + rng.normal(size=(n, c))),
+      2.5 * (signal + rng.normal(size=(n, c))),
+    ]
     bank.logits[split] = np.stack(members).astype(np.float32)
     bank.labels[split] = labels
   return bank
@@ -95,11 +98,19 @@ def _bank(n=400, c=5, seed=0):
 
 def test_methods_fit_on_val_and_apply_everywhere():
   bank = _bank()
-  method_list = methods.standard_methods(large="large", sidekick="sidekick",
-                                         ensemble=("large", "large#2"))
+  method_list = methods.standard_methods(
+    large="large", sidekick="sidekick", ensemble=("large", "large#2")
+  )
   names = [m.name for m in method_list]
-  assert {"large", "large+TS", "duo (weighted)", "duo (unweighted)", "duo (UQ only)",
-          "ensemble m=2", "ensemble m=2+TS"} <= set(names)
+  assert {
+    "large",
+    "large+TS",
+    "duo (weighted)",
+    "duo (unweighted)",
+    "duo (UQ only)",
+    "ensemble m=2",
+    "ensemble m=2+TS",
+  } <= set(names)
   fitted = {m.name: methods.fit(m, bank) for m in method_list}
   nll = {}
   for m in method_list:
@@ -115,12 +126,17 @@ def test_methods_fit_on_val_and_apply_everywhere():
   ensemble_logits, _ = methods.apply(method_list[names.index("ensemble m=2")], {}, bank, "test")
   expected = np.log(jax.nn.softmax(bank.logits["test"][[0, 2]], -1).mean(0))
   np.testing.assert_allclose(ensemble_logits, expected, rtol=1e-4, atol=1e-5)
-  assert methods.method_flops(method_list[names.index("duo (weighted)")],
-                              {"large": 10.0, "sidekick": 1.0, "large#2": 10.0}) == 11.0
+  assert (
+    methods.method_flops(
+      method_list[names.index("duo (weighted)")], {"large": 10.0, "sidekick": 1.0, "large#2": 10.0}
+    )
+    == 11.0
+  )
 
 
 def test_mc_dropout_logits_are_log_mean_probabilities():
   from duojax.eval.mc_dropout import mc_dropout_logits
+
   head = nnx.Linear(6, 4, rngs=nnx.Rngs(0))
   features = {"val": np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)}
   out = mc_dropout_logits(head, features, rate=0.3, num_samples=5, seed=0, chunk=32)

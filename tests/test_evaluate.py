@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import helpers
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,8 +16,6 @@ from duojax.eval import pipeline
 from duojax.models import functional, spec
 from duojax.train import checkpoint, loop, optim, steps
 
-import helpers
-
 # Slow as a whole (evaluate.py end to end on trained members):
 # `make test-fast` leaves it out.
 pytestmark = pytest.mark.slow
@@ -24,8 +23,7 @@ pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _train(data_dir, workdir, model_name, *, seed=0, steps=30, init_from="", loss="ce",
-           **model):
+def _train(data_dir, workdir, model_name, *, seed=0, steps=30, init_from="", loss="ce", **model):
   config = config_lib.base_config()
   config.data_dir = str(data_dir)
   config.val_size = 150
@@ -54,21 +52,43 @@ def runs(tmp_path_factory, learnable_data_dir):
   large = _train(learnable_data_dir, root / "large", "resnet8", width=4, dropout=0.1)
   # A sidekick weaker than the large model, so that cascades have work to do.
   sidekick = _train(learnable_data_dir, root / "sidekick", "cnn_xs", steps=4)
-  _train(learnable_data_dir, root / "gatekeeper_0.3", "cnn_xs", steps=10, init_from=sidekick,
-         loss="gatekeeper")
+  _train(
+    learnable_data_dir,
+    root / "gatekeeper_0.3",
+    "cnn_xs",
+    steps=10,
+    init_from=sidekick,
+    loss="gatekeeper",
+  )
   _train(learnable_data_dir, root / "large_seed1", "resnet8", seed=1, width=4, dropout=0.1)
   for i in (1, 2):
-    _train(learnable_data_dir, root / f"soup_{i}", "resnet8", seed=i, steps=5,
-           init_from=large, width=4, dropout=0.1)
+    _train(
+      learnable_data_dir,
+      root / f"soup_{i}",
+      "resnet8",
+      seed=i,
+      steps=5,
+      init_from=large,
+      width=4,
+      dropout=0.1,
+    )
   return root
 
 
 def _evaluate(runs, *extra):
-  args = [sys.executable, os.path.join(ROOT, "evaluate.py"),
-          "--config", os.path.join(ROOT, f"configs/demo_eval.py:runs={runs},hydra=0"),
-          "--config.shift_max_images=60", "--config.shifts=blur,contrast",
-          "--config.bootstrap=10", "--config.batch_size=100", "--config.mc_dropout_samples=4",
-          f"--config.gatekeeper={runs / 'gatekeeper_0.3'}", *extra]
+  args = [
+    sys.executable,
+    os.path.join(ROOT, "evaluate.py"),
+    "--config",
+    os.path.join(ROOT, f"configs/demo_eval.py:runs={runs},hydra=0"),
+    "--config.shift_max_images=60",
+    "--config.shifts=blur,contrast",
+    "--config.bootstrap=10",
+    "--config.batch_size=100",
+    "--config.mc_dropout_samples=4",
+    f"--config.gatekeeper={runs / 'gatekeeper_0.3'}",
+    *extra,
+  ]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   return subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
 
@@ -79,20 +99,46 @@ def test_evaluate_config_reports_every_method(runs):
   out = runs / "results"
   results = json.loads((out / "results.json").read_text())
   names = set(results["methods"])
-  assert {"large", "large+TS", "sidekick+TS", "duo (weighted)", "duo (unweighted)",
-          "duo (UQ only)", "ensemble m=2", "ensemble m=2+TS", "soup (uniform)",
-          "soup (greedy)", "MC dropout K=4"} <= names
+  assert {
+    "large",
+    "large+TS",
+    "sidekick+TS",
+    "duo (weighted)",
+    "duo (unweighted)",
+    "duo (UQ only)",
+    "ensemble m=2",
+    "ensemble m=2+TS",
+    "soup (uniform)",
+    "soup (greedy)",
+    "MC dropout K=4",
+  } <= names
   duo = results["methods"]["duo (weighted)"]
   large = results["methods"]["large"]
-  assert duo["relative_flops"] == pytest.approx(1 + results["members"]["sidekick"]["flops"]
-                                                / results["members"]["large"]["flops"])
-  assert set(duo["test"]) >= {"acc", "nll", "brier", "ece", "auroc", "aurc", "eaurc",
-                              "augrc", "sac90", "sac95", "sac98", "sac99"}
+  assert duo["relative_flops"] == pytest.approx(
+    1 + results["members"]["sidekick"]["flops"] / results["members"]["large"]["flops"]
+  )
+  assert set(duo["test"]) >= {
+    "acc",
+    "nll",
+    "brier",
+    "ece",
+    "auroc",
+    "aurc",
+    "eaurc",
+    "augrc",
+    "sac90",
+    "sac95",
+    "sac98",
+    "sac99",
+  }
   assert set(duo["ood"]) == {"msp", "neg_entropy", "energy", "max_logit"}
   assert set(duo["shifts"]) == {f"{k}/{s}" for k in ("blur", "contrast") for s in range(1, 6)}
-  assert results["splits"] == {"val": 150, "test": 200, "ood": 10000,
-                               **{f"{k}/{s}": 60 for k in ("blur", "contrast")
-                                  for s in range(1, 6)}}
+  assert results["splits"] == {
+    "val": 150,
+    "test": 200,
+    "ood": 10000,
+    **{f"{k}/{s}": 60 for k in ("blur", "contrast") for s in range(1, 6)},
+  }
   assert large["fitted"] == {} and len(duo["fitted"]["weights"]) == 2
   assert "paired_vs_reference" in results
   markdown = (out / "results.md").read_text()
@@ -113,17 +159,31 @@ def test_evaluate_config_reports_every_method(runs):
   assert "### OOD detection by the large model's scores" in markdown
   assert "| Mahalanobis (pre-logit features) |" in markdown and "mahalanobis" in results["seconds"]
   assert results["feature_ood"]["mahalanobis"]["train_rows"] == 450  # all: fewer than 10,000
-  for png in ("risk_coverage", "reliability", "pareto_aurc", "pareto_sac98", "shift_acc",
-              "shift_aurc", "deferral_curves", "cascade_aurc", "cascade_acc"):
+  for png in (
+    "risk_coverage",
+    "reliability",
+    "pareto_aurc",
+    "pareto_sac98",
+    "shift_acc",
+    "shift_aurc",
+    "deferral_curves",
+    "cascade_aurc",
+    "cascade_acc",
+  ):
     assert (out / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert not [p for p in os.listdir(out) if p.startswith(".tmp")]
 
 
 def _pre_logits(model, spec, images, batch=500):
   """The model's pre-logit features [N, D] of uint8 images, by its own forward."""
-  return np.concatenate([np.asarray(model(data.prepare(images[i:i + batch], spec),
-                                          train=False)[1]["pre_logits"], np.float64)
-                         for i in range(0, len(images), batch)])
+  return np.concatenate(
+    [
+      np.asarray(
+        model(data.prepare(images[i : i + batch], spec), train=False)[1]["pre_logits"], np.float64
+      )
+      for i in range(0, len(images), batch)
+    ]
+  )
 
 
 def test_the_mahalanobis_score_is_the_reference_on_the_large_models_features(runs, tmp_path):
@@ -141,9 +201,16 @@ def test_the_mahalanobis_score_is_the_reference_on_the_large_models_features(run
   for i, image in enumerate(np.pad(near, ((0, 0), (2, 2), (2, 2)))):
     Image.fromarray(image).save(tmp_path / "ood" / f"{i:03d}.png")
   config = eval_config_lib.base_eval_config()
-  config.update(large=str(runs / "large"), sections="methods", ood=f"folder:{tmp_path / 'ood'}",
-                shifts="", bootstrap=0, conformal_alphas="", batch_size=100,
-                mahalanobis_train_rows=rows)
+  config.update(
+    large=str(runs / "large"),
+    sections="methods",
+    ood=f"folder:{tmp_path / 'ood'}",
+    shifts="",
+    bootstrap=0,
+    conformal_alphas="",
+    batch_size=100,
+    mahalanobis_train_rows=rows,
+  )
   reported = pipeline.run(config)["feature_ood"]["mahalanobis"]
 
   model, meta = checkpoint.load_model(str(runs / "large"))
@@ -163,10 +230,13 @@ def test_the_mahalanobis_score_is_the_reference_on_the_large_models_features(run
     x = _pre_logits(model, spec, data.read_examples(split, np.arange(len(split)))[0])
     return -np.min([np.einsum("nd,de,ne->n", x - m, precision, x - m) for m in means], axis=0)
 
-  ood = data.folder_split(tmp_path / "ood", image_size=dataset.image_shape[0], channels=1,
-                          crop_fraction=dataset.test.crop_fraction)
-  expected = metrics.ood(score(dataset.test).astype(np.float32),
-                         score(ood).astype(np.float32))
+  ood = data.folder_split(
+    tmp_path / "ood",
+    image_size=dataset.image_shape[0],
+    channels=1,
+    crop_fraction=dataset.test.crop_fraction,
+  )
+  expected = metrics.ood(score(dataset.test).astype(np.float32), score(ood).astype(np.float32))
   assert 0.55 < expected["auroc"] < 0.99, expected
   assert reported["member"] == "large" and reported["train_rows"] == rows
   assert reported["dim"] == train.shape[1] and 1 <= reported["rank"] <= reported["dim"]
@@ -195,8 +265,12 @@ def test_evaluate_sidekick_with_another_label_set(runs, tmp_path):
   graphdef, params, batch_stats = functional.split_model(model_spec.build())
   state = steps.init_state(params, batch_stats, optim.make_optimizer(config, 10))
   manager = checkpoint.make_manager(str(tmp_path / "five"))
-  checkpoint.save(manager, 0, state, {**model_spec.as_meta(), "dataset": "fashion_mnist",
-                                      "config": config.to_dict(), "step": 0})
+  checkpoint.save(
+    manager,
+    0,
+    state,
+    {**model_spec.as_meta(), "dataset": "fashion_mnist", "config": config.to_dict(), "step": 0},
+  )
   manager.close()
   out = tmp_path / "out"
   result = _evaluate(runs, f"--config.sidekick={tmp_path / 'five'}", f"--config.output_dir={out}")
@@ -206,13 +280,17 @@ def test_evaluate_sidekick_with_another_label_set(runs, tmp_path):
 
 def test_evaluate_gatekeeper_member_must_be_gatekeeper_tuned(runs, tmp_path):
   out = tmp_path / "out"
-  result = _evaluate(runs, f"--config.gatekeeper={runs / 'sidekick'}",
-                     f"--config.output_dir={out}")
+  result = _evaluate(runs, f"--config.gatekeeper={runs / 'sidekick'}", f"--config.output_dir={out}")
   _assert_fails(result, "was trained with loss='ce', not 'gatekeeper'")
   assert not out.exists()
 
 
 def test_evaluate_needs_exactly_one_mode(tmp_path):
-  result = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py")],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+  result = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "evaluate.py")],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=ROOT,
+  )
   _assert_fails(result, "exactly one of --config")

@@ -27,8 +27,10 @@ def vit4():
 
 def batch(seed, n=6):
   rng = np.random.default_rng(seed)
-  return {"image": rng.normal(size=(n, 16, 16, 1)).astype(np.float32),
-          "label": rng.integers(0, 10, size=n)}
+  return {
+    "image": rng.normal(size=(n, 16, 16, 1)).astype(np.float32),
+    "label": rng.integers(0, 10, size=n),
+  }
 
 
 def test_all_ones_mask_equals_no_mask():
@@ -59,8 +61,7 @@ def test_masked_head_contributes_nothing():
 def test_head_importance_matches_finite_differences(vit4):
   batches = [batch(1), batch(2)]
   _, grads = hydra.mask_gradients(vit4, batches)
-  np.testing.assert_allclose(hydra.head_importance(vit4, batches),
-                             np.abs(grads), rtol=1e-6)
+  np.testing.assert_allclose(hydra.head_importance(vit4, batches), np.abs(grads), rtol=1e-6)
   graphdef, state = nnx.split(vit4)
 
   @jax.jit
@@ -82,15 +83,14 @@ def test_head_importance_matches_finite_differences(vit4):
       ones = np.ones((2, 4), np.float32)
       fd[i, h] = (float(total(ones + e)) - float(total(ones - e))) / (2 * eps)
   assert np.abs(grads).max() > 1e-2
-  np.testing.assert_allclose(grads, fd, rtol=1e-2,
-                             atol=1e-2 * np.abs(grads).max())
+  np.testing.assert_allclose(grads, fd, rtol=1e-2, atol=1e-2 * np.abs(grads).max())
 
 
 def test_select_heads_top_k_per_layer():
   imp = np.array([[0.1, 0.5, 0.3, 0.2], [4.0, 3.0, 2.0, 1.0]])
   np.testing.assert_array_equal(
-      hydra.select_heads(imp, 2),
-      [[False, True, True, False], [True, True, False, False]])
+    hydra.select_heads(imp, 2), [[False, True, True, False], [True, True, False, False]]
+  )
   np.testing.assert_array_equal(hydra.select_heads(imp, 0.25).sum(1), [1, 1])
   assert hydra.select_heads(imp, 1.0).all()
 
@@ -100,13 +100,12 @@ def test_prune_equals_masked_original_and_counts_params(vit4):
   keep = np.array([[True, False, True, False], [False, True, True, False]])
   pruned = hydra.prune(vit4, keep)
   assert pruned.num_heads == 2 and pruned.head_dim == 8
-  np.testing.assert_allclose(np.asarray(pruned(x)[0]),
-                             np.asarray(vit4(x, head_mask=keep)[0]),
-                             atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(pruned(x)[0]), np.asarray(vit4(x, head_mask=keep)[0]), atol=1e-5, rtol=1e-5
+  )
   d, hd = 32, 8
   removed = int((~keep).sum())
-  expected = (hydra.cost(vit4)["params"]
-              - removed * (3 * (d * hd + hd) + hd * d))
+  expected = hydra.cost(vit4)["params"] - removed * (3 * (d * hd + hd) + hd * d)
   assert hydra.cost(pruned)["params"] == expected
 
 
@@ -117,38 +116,37 @@ def test_member_masks_differ_by_sample(vit4):
   assert all(m.shape == (2, 4) and (m.sum(1) == 2).all() for m in masks)
   # Each mask comes from its own sample's importance.
   for s, m in zip(samples, masks):
-    np.testing.assert_array_equal(
-        m, hydra.select_heads(hydra.head_importance(vit4, s), 2))
+    np.testing.assert_array_equal(m, hydra.select_heads(hydra.head_importance(vit4, s), 2))
 
 
 def test_merged_members_match_members_alone(vit4):
   x = batch(4)["image"]
-  masks = [np.array([[1, 1, 0, 0], [0, 0, 1, 1]], bool),
-           np.array([[0, 1, 1, 0], [1, 0, 0, 1]], bool),
-           np.array([[0, 0, 1, 1], [1, 1, 0, 0]], bool)]
+  masks = [
+    np.array([[1, 1, 0, 0], [0, 0, 1, 1]], bool),
+    np.array([[0, 1, 1, 0], [1, 0, 0, 1]], bool),
+    np.array([[0, 0, 1, 1], [1, 1, 0, 0]], bool),
+  ]
   members = [hydra.prune(vit4, m) for m in masks]
   # Stand-in for per-member fine-tuning: members differ beyond their heads.
   # (random, not constant: LayerNorm outputs sum to ~0 over features).
   for j, m in enumerate(members):
     fc1 = m.blocks[0].mlp.fc1.kernel
-    fc1[...] = fc1[...] + 0.3 * jax.random.normal(jax.random.key(j),
-                                                  fc1.shape)
+    fc1[...] = fc1[...] + 0.3 * jax.random.normal(jax.random.key(j), fc1.shape)
   alone = np.stack([np.asarray(m(x)[0]) for m in members])
   ens = hydra.merge(members)
   log_mean, out = jax.jit(lambda e, x: e(x))(ens, x)
   # Batched and single matmuls sum in different orders: float32 rounding of
   # logits of magnitude ~10 reaches ~1e-5 near zero, so the bound is scaled.
-  np.testing.assert_allclose(np.asarray(out["member_logits"]), alone,
-                             atol=1e-5 * np.abs(alone).max(), rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(out["member_logits"]), alone, atol=1e-5 * np.abs(alone).max(), rtol=1e-5
+  )
   probs = jax.nn.softmax(alone, axis=-1).mean(0)
-  np.testing.assert_allclose(np.asarray(log_mean), np.log(probs),
-                             atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(log_mean), np.log(probs), atol=1e-5, rtol=1e-5)
 
   avg = hydra.merge(members, mlp="average")
   avg_log_mean, avg_out = avg(x)
   assert avg_out["member_logits"].shape == alone.shape
-  assert not np.allclose(np.asarray(avg_log_mean), np.asarray(log_mean),
-                         atol=1e-4)
+  assert not np.allclose(np.asarray(avg_log_mean), np.asarray(log_mean), atol=1e-4)
   # Shared MLPs: fewer parameters than the grouped merge.
   assert hydra.cost(avg)["params"] < hydra.cost(ens)["params"]
   c = hydra.cost(ens)
@@ -158,8 +156,9 @@ def test_merged_members_match_members_alone(vit4):
 
 def test_bad_inputs_raise(vit4):
   x = batch(0)["image"]
-  with pytest.raises(ValueError, match=re.escape(
-      "head_mask must have shape (2, 4) (depth, num_heads), got (4, 2)")):
+  with pytest.raises(
+    ValueError, match=re.escape("head_mask must have shape (2, 4) (depth, num_heads), got (4, 2)")
+  ):
     vit4(x, head_mask=jnp.ones((4, 2)))
   imp = np.ones((2, 4))
   for bad in (0.0, 1.5, -0.1):

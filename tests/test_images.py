@@ -36,8 +36,7 @@ def test_random_resized_crop_boxes_fit_and_follow_their_ranges(width, height):
   scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
   areas, aspects = [], []
   for _ in range(500):
-    left, top, w, h = images.random_resized_crop_box(rng, width, height, scale=scale,
-                                                    ratio=ratio)
+    left, top, w, h = images.random_resized_crop_box(rng, width, height, scale=scale, ratio=ratio)
     assert 0 <= left and 0 <= top and 0 < w and 0 < h
     assert left + w <= width and top + h <= height
     areas.append(w * h / (width * height))
@@ -55,14 +54,16 @@ def test_random_resized_crop_boxes_fit_and_follow_their_ranges(width, height):
 
 def test_random_resized_crop_falls_back_to_the_clamped_centre_crop():
   # A strip far outside the ratio range: no try fits, the centre crop is clamped.
-  box = images.random_resized_crop_box(np.random.default_rng(0), 1000, 10,
-                                       scale=(0.9, 1.0), ratio=(1.0, 1.0))
+  box = images.random_resized_crop_box(
+    np.random.default_rng(0), 1000, 10, scale=(0.9, 1.0), ratio=(1.0, 1.0)
+  )
   assert box == (495, 0, 10, 10)
 
 
 def test_random_resized_crop_is_a_pure_function_of_its_generator():
-  boxes = [images.random_resized_crop_box(np.random.default_rng([3, 7]), 400, 300)
-           for _ in range(2)]
+  boxes = [
+    images.random_resized_crop_box(np.random.default_rng([3, 7]), 400, 300) for _ in range(2)
+  ]
   assert boxes[0] == boxes[1]
 
 
@@ -73,9 +74,19 @@ def test_centre_crop_box_is_the_resize_then_crop_of_the_shorter_side():
 
 
 # ------------------------------------------------------------- decoding
-@pytest.mark.parametrize("mode,fmt", [("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"),
-                                      ("RGBA", "PNG"), ("P", "PNG"), ("LA", "PNG"),
-                                      ("1", "PNG"), ("I;16", "PNG")])
+@pytest.mark.parametrize(
+  "mode,fmt",
+  [
+    ("RGB", "JPEG"),
+    ("L", "JPEG"),
+    ("CMYK", "JPEG"),
+    ("RGBA", "PNG"),
+    ("P", "PNG"),
+    ("LA", "PNG"),
+    ("1", "PNG"),
+    ("I;16", "PNG"),
+  ],
+)
 def test_every_mode_decodes_to_rgb_uint8(mode, fmt):
   array = _smooth(40, 50)
   if mode == "I;16":
@@ -90,9 +101,10 @@ def test_every_mode_decodes_to_rgb_uint8(mode, fmt):
     np.testing.assert_array_equal(rgb[..., 0], array[..., 0])
 
 
-@pytest.mark.parametrize("data,reason", [(b"", "empty file"),
-                                         (b"not an image", "UnidentifiedImageError"),
-                                         (None, "OSError")])
+@pytest.mark.parametrize(
+  "data,reason",
+  [(b"", "empty file"), (b"not an image", "UnidentifiedImageError"), (None, "OSError")],
+)
 def test_check_decodes_names_what_is_wrong(data, reason):
   if data is None:  # a truncated JPEG
     data = _encode(_smooth(200, 200), "JPEG")[:500]

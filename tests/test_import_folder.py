@@ -12,16 +12,15 @@ import os
 import subprocess
 import sys
 
+import helpers
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from helpers import ROOT, assert_one_line_error
 from PIL import Image, features
 
 from duojax.data import folder
 from duojax.errors import DataError
-
-import helpers
-from helpers import ROOT, assert_one_line_error
 
 NAME = "my_pets"
 
@@ -30,12 +29,17 @@ def _add_extras(root):
   """Adds the files `make_image_folder` lacks; returns (good: {name: path}, bad names)."""
   rng = np.random.default_rng(7)
   rgb = Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8))
-  good = {"cat/bitmap.bmp": ("BMP", rgb, {}),
-          "dog/more/deeper/nested.jpg": ("JPEG", rgb, {"quality": 90}),
-          "fish/cmyk.tiff": ("TIFF", rgb.convert("CMYK"), {}),
-          "fish/grey16.tiff": ("TIFF", Image.fromarray(
-              rng.integers(0, 65536, (40, 30), dtype=np.uint16)), {}),
-          "dog/clear.gif": ("GIF", rgb.quantize(16), {"transparency": 0})}
+  good = {
+    "cat/bitmap.bmp": ("BMP", rgb, {}),
+    "dog/more/deeper/nested.jpg": ("JPEG", rgb, {"quality": 90}),
+    "fish/cmyk.tiff": ("TIFF", rgb.convert("CMYK"), {}),
+    "fish/grey16.tiff": (
+      "TIFF",
+      Image.fromarray(rng.integers(0, 65536, (40, 30), dtype=np.uint16)),
+      {},
+    ),
+    "dog/clear.gif": ("GIF", rgb.quantize(16), {"transparency": 0}),
+  }
   if features.check("webp"):
     good["cat/lossless.webp"] = ("WEBP", rgb, {"lossless": True})
   paths = {}
@@ -58,14 +62,16 @@ def _import(src, data_dir, **kwargs):
   """folder.import_folder with stderr captured: (report, stderr text)."""
   err = io.StringIO()
   with contextlib.redirect_stderr(err):
-    report = folder.import_folder(src, dataset=kwargs.pop("dataset", NAME), data_dir=data_dir,
-                                  **{"workers": 1, **kwargs})
+    report = folder.import_folder(
+      src, dataset=kwargs.pop("dataset", NAME), data_dir=data_dir, **{"workers": 1, **kwargs}
+    )
   return report, err.getvalue()
 
 
 def _records(data_dir, split, name=NAME):
   source = tfds.builder(name, data_dir=os.fspath(data_dir)).as_data_source(
-      split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    split=split, decoders={"image": tfds.decode.SkipDecoding()}
+  )
   return [source[i] for i in range(len(source))]
 
 
@@ -76,8 +82,11 @@ def _name(record):
 
 def _warnings(stderr):
   # tqdm redraws with carriage returns; the warnings are whole lines of their own.
-  return [line[line.index("warning: "):] for line in stderr.replace("\r", "\n").splitlines()
-          if "warning: " in line]
+  return [
+    line[line.index("warning: ") :]
+    for line in stderr.replace("\r", "\n").splitlines()
+    if "warning: " in line
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +101,7 @@ def folders(tmp_path_factory):
 @pytest.fixture(scope="module")
 def imported(folders, tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds") / "out"
-  report, stderr = _import(folders["train"]["root"], data_dir,
-                           test_folder=folders["test"]["root"])
+  report, stderr = _import(folders["train"]["root"], data_dir, test_folder=folders["test"]["root"])
   return data_dir, report, stderr
 
 
@@ -137,22 +145,28 @@ def test_other_formats_become_lossless_pngs_in_their_own_mode(folders, imported)
     assert stored.mode == ("RGB" if original.mode == "CMYK" else original.mode), name
 
     def pixels(image):
-      return np.asarray(image, np.int64) if image.mode.startswith("I") else np.asarray(
-          image.convert("RGBA"))
+      return (
+        np.asarray(image, np.int64)
+        if image.mode.startswith("I")
+        else np.asarray(image.convert("RGBA"))
+      )
 
     np.testing.assert_array_equal(pixels(stored), pixels(original), err_msg=name)
 
 
 def test_bad_files_are_left_out_warned_about_and_listed(folders, imported):
   data_dir, report, stderr = imported
-  bad = {"train": [_relative(folders["train"], p) for p in folders["train"]["bad"]]
-         + folders["extra_bad"],
-         "test": [_relative(folders["test"], p) for p in folders["test"]["bad"]]}
+  bad = {
+    "train": [_relative(folders["train"], p) for p in folders["train"]["bad"]]
+    + folders["extra_bad"],
+    "test": [_relative(folders["test"], p) for p in folders["test"]["bad"]],
+  }
   warnings = _warnings(stderr)
   n_train = len(report.skipped["train"]) + report.counts["train"]
   train_warning = [w for w in warnings if " train files " in w]
-  assert len(train_warning) == 1 and f"3 of {n_train} train files cannot be decoded" in \
-      train_warning[0]
+  assert (
+    len(train_warning) == 1 and f"3 of {n_train} train files cannot be decoded" in train_warning[0]
+  )
   for name in bad["train"]:
     assert name in train_warning[0]
   assert "cat/bad.jpg (OSError: image file is truncated" in train_warning[0]
@@ -161,9 +175,11 @@ def test_bad_files_are_left_out_warned_about_and_listed(folders, imported):
   listing = (data_dir / NAME / folder.VERSION / folder.SKIPPED_FILE).read_text().splitlines()
   assert listing[0] == "split\tfile_name\treason"
   assert sorted(line.split("\t")[:2] for line in listing[1:]) == sorted(
-      [split, name] for split, names in bad.items() for name in names)
+    [split, name] for split, names in bad.items() for name in names
+  )
   assert {s: sorted(n for n, _ in files) for s, files in report.skipped.items()} == {
-      s: sorted(names) for s, names in bad.items()}
+    s: sorted(names) for s, names in bad.items()
+  }
   for split in ("train", "test"):
     assert not set(bad[split]) & {_name(r) for r in _records(data_dir, split)}
 
@@ -172,18 +188,24 @@ def test_report_line(imported):
   data_dir, report, _ = imported
   line = report.summary()
   assert "\n" not in line
-  assert line.startswith(f"imported {NAME}: {report.counts['train']} train and "
-                         f"{report.counts['test']} test images of 3 classes into ")
+  assert line.startswith(
+    f"imported {NAME}: {report.counts['train']} train and "
+    f"{report.counts['test']} test images of 3 classes into "
+  )
   assert str(data_dir / NAME / folder.VERSION) in line and "5 left out" in line
 
 
 def test_classes_are_the_sorted_folder_names(tmp_path):
-  made = helpers.make_image_folder(tmp_path, classes=("zebra", "Ant", "bee"), per_class=1,
-                                   bad=False)
+  made = helpers.make_image_folder(
+    tmp_path, classes=("zebra", "Ant", "bee"), per_class=1, bad=False
+  )
   names, files = folder.scan_folder(tmp_path)
   assert names == ("Ant", "bee", "zebra") == tuple(made["classes"])
-  assert [(f.name, f.label) for f in files] == [("Ant/Ant_000.jpg", 0), ("bee/bee_000.jpg", 1),
-                                                ("zebra/zebra_000.jpg", 2)]
+  assert [(f.name, f.label) for f in files] == [
+    ("Ant/Ant_000.jpg", 0),
+    ("bee/bee_000.jpg", 1),
+    ("zebra/zebra_000.jpg", 2),
+  ]
 
 
 @pytest.mark.slow  # worker processes
@@ -191,8 +213,11 @@ def test_worker_processes_store_the_same_records(folders, imported, tmp_path):
   _import(folders["train"]["root"], tmp_path, test_folder=folders["test"]["root"], workers=2)
 
   def rows(data_dir):
-    return {(split, _name(r), r["label"], r["image"]) for split in ("train", "test")
-            for r in _records(data_dir, split)}
+    return {
+      (split, _name(r), r["label"], r["image"])
+      for split in ("train", "test")
+      for r in _records(data_dir, split)
+    }
 
   assert rows(tmp_path) == rows(imported[0])
 
@@ -282,7 +307,9 @@ def _data_dir_inside(tmp_path):
   return {"data_dir": tmp_path / "src" / "out"}
 
 
-@pytest.mark.parametrize("setup, kwargs, message", [
+@pytest.mark.parametrize(
+  "setup, kwargs, message",
+  [
     (lambda p: {}, {}, "src does not exist"),
     (_src_file, {}, "src is not a folder"),
     (_empty_src, {}, "has no class subfolders"),
@@ -295,8 +322,22 @@ def _data_dir_inside(tmp_path):
     (_valid_src, {"dataset": "mnist"}, "belongs to a tfds catalogue data set"),
     (_valid_src, {"workers": 0}, "--workers must be >= 1"),
     (_data_dir_inside, {}, "is inside the image folder"),
-], ids=["missing", "file", "empty", "no-classes", "empty-class", "unknown-test-class",
-        "all-bad", "camel-case", "dash", "catalogue-name", "workers", "data-dir-inside"])
+  ],
+  ids=[
+    "missing",
+    "file",
+    "empty",
+    "no-classes",
+    "empty-class",
+    "unknown-test-class",
+    "all-bad",
+    "camel-case",
+    "dash",
+    "catalogue-name",
+    "workers",
+    "data-dir-inside",
+  ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, setup, kwargs, message):
   extra = setup(tmp_path)
   data_dir = extra.pop("data_dir", tmp_path / "tfds")
@@ -311,8 +352,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, setup, kwargs, messa
 def test_an_existing_data_set_is_not_overwritten(folders, imported):
   data_dir = imported[0]
   before = {p: p.stat().st_mtime_ns for p in data_dir.rglob("*")}
-  with pytest.raises(DataError, match=f"{NAME} already exists: delete it to import again, or "
-                     "choose another --dataset name") as error:
+  with pytest.raises(
+    DataError,
+    match=f"{NAME} already exists: delete it to import again, or choose another --dataset name",
+  ) as error:
     _import(folders["train"]["root"], data_dir)
   assert "\n" not in str(error.value)
   assert {p: p.stat().st_mtime_ns for p in data_dir.rglob("*")} == before
@@ -320,9 +363,14 @@ def test_an_existing_data_set_is_not_overwritten(folders, imported):
 
 # ---------------------------------------------------------------------------- CLI
 def _cli(*args):
-  return subprocess.run([sys.executable, "-m", "duojax.import_folder", *map(str, args)],
-                        capture_output=True, text=True, timeout=300, cwd=ROOT,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  return subprocess.run(
+    [sys.executable, "-m", "duojax.import_folder", *map(str, args)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=ROOT,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
 
 
 @pytest.mark.slow  # subprocesses
@@ -338,5 +386,6 @@ def test_cli(tmp_path):
   assert result.stdout.count("\n") == 1 and result.stdout.startswith(f"imported {NAME}: 9 train")
   assert "warning: 2 of 11 train files cannot be decoded" in result.stderr
   assert len(_records(data_dir, "train")) == 9
-  assert_one_line_error(_cli(made["root"], "--dataset", NAME, "--data_dir", data_dir), 1,
-                        "already exists")
+  assert_one_line_error(
+    _cli(made["root"], "--dataset", NAME, "--data_dir", data_dir), 1, "already exists"
+  )

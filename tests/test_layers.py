@@ -23,14 +23,24 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "duojax"
 # own package and from lower layers; packages that share a layer are
 # independent of each other. `python -m` entry points (`__main__`) sit on top.
 LAYERS = {
-    "errors": 0, "files": 0, "timing": 0,
-    "config_lib": 1, "parallel": 1,
-    "core": 2, "models": 2, "data": 2, "eval_config_lib": 2,
-    "convert": 3, "cascade": 3, "hydra": 3, "api": 3,
-    "train": 4,
-    "eval": 5,
-    "cli": 6, "demo": 6,
-    "import_folder": 7,  # a `python -m` entry point on top of cli, as the __main__ modules
+  "errors": 0,
+  "files": 0,
+  "timing": 0,
+  "config_lib": 1,
+  "parallel": 1,
+  "core": 2,
+  "models": 2,
+  "data": 2,
+  "eval_config_lib": 2,
+  "convert": 3,
+  "cascade": 3,
+  "hydra": 3,
+  "api": 3,
+  "train": 4,
+  "eval": 5,
+  "cli": 6,
+  "demo": 6,
+  "import_folder": 7,  # a `python -m` entry point on top of cli, as the __main__ modules
 }
 ENTRY_POINT_LAYER = 7
 
@@ -56,8 +66,10 @@ def import_graph(root: pathlib.Path = PACKAGE) -> dict[str, set[str]]:
         targets = [alias.name for alias in node.names]
       elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
         # `from a.b import c` imports module a.b.c when it exists, else a.b.
-        targets = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in files
-                   else node.module for alias in node.names]
+        targets = [
+          f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in files else node.module
+          for alias in node.names
+        ]
       deps.update(t for t in targets if t == top or t.startswith(top + "."))
     deps.discard(name)
     graph[name] = deps
@@ -73,7 +85,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     stack.append(node)
     for dep in sorted(graph.get(node, ())):
       if state.get(dep) == "open":
-        found.append(stack[stack.index(dep):] + [dep])
+        found.append(stack[stack.index(dep) :] + [dep])
       elif dep not in state:
         visit(dep)
     stack.pop()
@@ -145,13 +157,21 @@ def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path):
   assert layer_of("duojax.core.a") < layer_of("duojax.eval.b")
 
 
-@pytest.mark.parametrize("module, name", [
-    ("duojax.models", "get_model"), ("duojax.duo", "combine_mode"),
-    ("duojax.temperature", "fit_temperatures"), ("duojax.metrics", "evaluate"),
-    ("duojax.cascade", "gatekeeper_loss"), ("duojax.convert", "load_pretrained"),
-    ("duojax.convert", "export_pretrained"), ("duojax.hydra", "merge"),
-    ("duojax.data", "load_dataset"), ("duojax.sharding", "make_mesh"),
-])
+@pytest.mark.parametrize(
+  "module, name",
+  [
+    ("duojax.models", "get_model"),
+    ("duojax.duo", "combine_mode"),
+    ("duojax.temperature", "fit_temperatures"),
+    ("duojax.metrics", "evaluate"),
+    ("duojax.cascade", "gatekeeper_loss"),
+    ("duojax.convert", "load_pretrained"),
+    ("duojax.convert", "export_pretrained"),
+    ("duojax.hydra", "merge"),
+    ("duojax.data", "load_dataset"),
+    ("duojax.sharding", "make_mesh"),
+  ],
+)
 def test_public_names_keep_working(module, name):
   """What users imported before the packages existed still resolves."""
   try:

@@ -49,8 +49,9 @@ def test_matches_the_definition_and_sklearn(chunk):
   np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(scores, _sklearn(x, labels, 3, queries), rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(model.means, means, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(model.precision, precision, rtol=1e-4,
-                             atol=1e-5 * np.abs(precision).max())
+  np.testing.assert_allclose(
+    model.precision, precision, rtol=1e-4, atol=1e-5 * np.abs(precision).max()
+  )
   assert int(model.rank) == 5 and scores.shape == (30,) and scores.dtype == np.float32
   # The unchecked distances run inside a caller's jit; the model is a pytree.
   d2 = jax.jit(mahalanobis.squared_distances)(model, queries)
@@ -111,10 +112,10 @@ def test_units_without_spread_are_left_out():
   model = mahalanobis.fit(wide, labels, 3)
   scores = np.asarray(mahalanobis.score(model, wide_queries))
   assert int(model.rank) == 4
-  np.testing.assert_allclose(scores, mahalanobis.score(mahalanobis.fit(x, labels, 3), queries),
-                             rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(scores, _sklearn(wide, labels, 3, wide_queries), rtol=1e-4,
-                             atol=1e-4)
+  np.testing.assert_allclose(
+    scores, mahalanobis.score(mahalanobis.fit(x, labels, 3), queries), rtol=1e-4, atol=1e-4
+  )
+  np.testing.assert_allclose(scores, _sklearn(wide, labels, 3, wide_queries), rtol=1e-4, atol=1e-4)
 
 
 def test_fewer_rows_than_dimensions_measure_within_their_span():
@@ -127,20 +128,29 @@ def test_fewer_rows_than_dimensions_measure_within_their_span():
   high = lambda f: (f @ embed + shift).astype(np.float32)
   model = mahalanobis.fit(high(low), labels, 2)
   assert int(model.rank) == 3
-  np.testing.assert_allclose(mahalanobis.score(model, high(queries)),
-                             _reference(low, labels, 2, queries)[0], rtol=2e-3, atol=2e-3)
+  np.testing.assert_allclose(
+    mahalanobis.score(model, high(queries)),
+    _reference(low, labels, 2, queries)[0],
+    rtol=2e-3,
+    atol=2e-3,
+  )
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda x, y: (np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x), y),
-     "training features have 1 non-finite values"),
+@pytest.mark.parametrize(
+  "change, message",
+  [
+    (
+      lambda x, y: (np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x), y),
+      "training features have 1 non-finite values",
+    ),
     (lambda x, y: (x, np.where(y == 2, 0, y)), "1 of 3 classes have no training rows (first: [2])"),
     (lambda x, y: (x, np.where(y == 2, 3, y)), "labels must lie in [0, 3)"),
     (lambda x, y: (x, y[:-1]), "labels must be [N] = [60] integers"),
     (lambda x, y: (x, y.astype(np.float32)), "labels must be [N] = [60] integers"),
     (lambda x, y: (x[:, :0], y), "training features must be a non-empty [N, D] array"),
     (lambda x, y: (x[:3], np.arange(3)), "do not vary around their class means"),
-])
+  ],
+)
 def test_bad_training_inputs_are_one_line_errors(change, message):
   x, labels = _classes(np.random.default_rng(5), 60, 3, 3)
   x, labels = change(x, labels)
@@ -149,11 +159,14 @@ def test_bad_training_inputs_are_one_line_errors(change, message):
   assert message in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("queries, message", [
+@pytest.mark.parametrize(
+  "queries, message",
+  [
     (np.array([[0.0, np.nan, 1.0]], np.float32), "features have 1 non-finite values"),
     (np.zeros((2, 4), np.float32), "features have 4 dimensions, the model's means 3"),
     (np.zeros(3, np.float32), "features must be a non-empty [N, D] array"),
-])
+  ],
+)
 def test_bad_features_to_score_are_one_line_errors(queries, message):
   x, labels = _classes(np.random.default_rng(6), 60, 3, 3)
   with pytest.raises(ValueError) as error:

@@ -77,12 +77,13 @@ def reference_evaluate(logits, labels, confidence):
   probs = softmax(logits.astype(np.float64), axis=-1)
   correct = logits.argmax(-1) == labels  # probs can tie where float32 logits do not
   onehot = np.eye(logits.shape[1])[labels]
-  out = {"acc": correct.mean(),
-         "nll": log_loss(labels, probs, labels=np.arange(logits.shape[1])),
-         "brier": np.mean(np.sum((probs - onehot) ** 2, axis=-1)),
-         "ece": reference_ece(confidence, correct),
-         "auroc": (roc_auc_score(correct, confidence) if 0 < correct.sum() < len(correct)
-                   else np.nan)}
+  out = {
+    "acc": correct.mean(),
+    "nll": log_loss(labels, probs, labels=np.arange(logits.shape[1])),
+    "brier": np.mean(np.sum((probs - onehot) ** 2, axis=-1)),
+    "ece": reference_ece(confidence, correct),
+    "auroc": (roc_auc_score(correct, confidence) if 0 < correct.sum() < len(correct) else np.nan),
+  }
   out.update(reference_selective(correct, confidence))
   return out
 
@@ -164,8 +165,10 @@ def test_any_float_dtype(dtype):
 
 
 def test_extreme_logits_are_stable():
-  logits = np.array([[1000.0, 0.0], [0.0, 1000.0], [30.0, 0.0], [-1e30, 5.0],
-                     [-3e38, 3e38], [1e-30, 0.0]], np.float32)
+  logits = np.array(
+    [[1000.0, 0.0], [0.0, 1000.0], [30.0, 0.0], [-1e30, 5.0], [-3e38, 3e38], [1e-30, 0.0]],
+    np.float32,
+  )
   labels = np.array([1, 1, 0, 1, 1, 1])
   ours = metrics.evaluate(logits, labels)
   expected_nll = (1000.0 + 0.0 + np.log1p(np.exp(-30.0)) + 0.0 + 0.0 + np.log(2.0)) / 6
@@ -250,8 +253,10 @@ def test_reliability_diagram(from_logits):
   probs = softmax(logits.astype(np.float64), axis=-1)
   confidence, correct = probs.max(-1).astype(np.float32), probs.argmax(-1) == labels
   scores = logits if from_logits else probs.astype(np.float32)
-  diagram = {k: np.asarray(v) for k, v in
-             metrics.reliability_diagram(scores, labels, from_logits=from_logits).items()}
+  diagram = {
+    k: np.asarray(v)
+    for k, v in metrics.reliability_diagram(scores, labels, from_logits=from_logits).items()
+  }
   from_confidence = metrics.reliability_diagram(confidence, correct)
   edges = (np.arange(16) / 15).astype(np.float32)
   for b in range(15):
@@ -263,8 +268,11 @@ def test_reliability_diagram(from_logits):
     else:
       assert np.isnan(diagram["confidence"][b]) and np.isnan(diagram["accuracy"][b])
   filled = diagram["count"] > 0
-  ece = np.sum(diagram["count"][filled] / 300 *
-               np.abs(diagram["accuracy"][filled] - diagram["confidence"][filled]))
+  ece = np.sum(
+    diagram["count"][filled]
+    / 300
+    * np.abs(diagram["accuracy"][filled] - diagram["confidence"][filled])
+  )
   assert ece == pytest.approx(metrics.evaluate(logits, labels, confidence)["ece"], abs=1e-5)
 
 
@@ -275,8 +283,7 @@ def test_confidence_scores():
   probs = softmax(logits.astype(np.float64), axis=-1)
   np.testing.assert_allclose(scores["msp"], probs.max(-1), rtol=1e-5)
   np.testing.assert_allclose(scores["neg_entropy"], np.sum(probs * np.log(probs), -1), atol=1e-5)
-  np.testing.assert_allclose(scores["energy"], logsumexp(logits.astype(np.float64), -1),
-                             rtol=1e-6)
+  np.testing.assert_allclose(scores["energy"], logsumexp(logits.astype(np.float64), -1), rtol=1e-6)
   np.testing.assert_array_equal(scores["max_logit"], logits.astype(np.float32).max(-1))
 
 
@@ -288,8 +295,11 @@ def sklearn_ood(conf_in, conf_out):
   y = np.r_[np.ones(len(conf_in)), np.zeros(len(conf_out))]
   s = np.r_[conf_in, conf_out].astype(np.float64)
   fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
-  return {"auroc": roc_auc_score(y, s), "aupr": average_precision_score(y, s),
-          "fpr95": fpr[np.argmax(tpr >= 0.95)]}
+  return {
+    "auroc": roc_auc_score(y, s),
+    "aupr": average_precision_score(y, s),
+    "fpr95": fpr[np.argmax(tpr >= 0.95)],
+  }
 
 
 @pytest.mark.parametrize("decimals", [None, 1, 2])
@@ -329,11 +339,13 @@ def problems(draw, decimals=st.sampled_from([None, 1, 2])):
   # No subnormals: XLA on CPU flushes them to zero (so argmax of [0, 7e-45]
   # is 0 under jit and 1 in numpy), a property of the hardware mode, not of
   # the metrics.
-  logits = draw(hnp.arrays(np.float32, (n, c), elements=st.floats(-30, 30, width=32,
-                                                                  allow_subnormal=False)))
+  logits = draw(
+    hnp.arrays(np.float32, (n, c), elements=st.floats(-30, 30, width=32, allow_subnormal=False))
+  )
   labels = draw(hnp.arrays(np.int64, n, elements=st.integers(0, c - 1)))
-  confidence = draw(hnp.arrays(np.float32, n, elements=st.floats(0, 1, width=32,
-                                                                  allow_subnormal=False)))
+  confidence = draw(
+    hnp.arrays(np.float32, n, elements=st.floats(0, 1, width=32, allow_subnormal=False))
+  )
   rounding = draw(decimals)
   if rounding is not None:
     confidence = np.round(confidence, rounding).astype(np.float32)
@@ -359,8 +371,9 @@ def test_invariant_under_monotone_transforms(problem, transform):
   rng = np.random.default_rng(len(labels))
   # A grid of 1/1000 keeps distinct values distinct after each transform.
   grid = rng.integers(0, 1001, len(labels)) / 1000
-  transformed = {"cube": grid ** 3, "mean_square": (grid + grid ** 2) / 2,
-                 "sqrt": np.sqrt(grid)}[transform]
+  transformed = {"cube": grid**3, "mean_square": (grid + grid**2) / 2, "sqrt": np.sqrt(grid)}[
+    transform
+  ]
   grid, transformed = grid.astype(np.float32), transformed.astype(np.float32)
   assert len(np.unique(transformed)) == len(np.unique(grid))
   before = metrics.evaluate(logits, labels, grid)
@@ -384,8 +397,16 @@ def test_permutation_invariance(problem, random):
 @given(problems(decimals=st.just(1)))
 def test_evaluate_matches_references_with_hypothesis(problem):
   logits, labels, confidence = problem
-  keys = ("acc", "brier", "ece", "auroc", "aurc", "eaurc", "augrc",
-          *(f"sac{t}" for t in SAC_TARGETS))
+  keys = (
+    "acc",
+    "brier",
+    "ece",
+    "auroc",
+    "aurc",
+    "eaurc",
+    "augrc",
+    *(f"sac{t}" for t in SAC_TARGETS),
+  )
   ours = metrics.evaluate(logits, labels, confidence)
   reference = reference_evaluate(logits, labels, confidence)
   if np.isnan(reference["auroc"]):
@@ -410,13 +431,14 @@ def test_accumulator_equals_whole_array(problem, give_confidence, seed):
     batch_labels = np.full(batch_size, -1)
     batch_confidence = np.full(batch_size, 7.0, np.float32)
     slots = np.sort(rng.choice(batch_size, rows, replace=False))
-    batch_logits[slots] = logits[start:start + rows]
-    batch_labels[slots] = labels[start:start + rows]
-    batch_confidence[slots] = confidence[start:start + rows]
+    batch_logits[slots] = logits[start : start + rows]
+    batch_labels[slots] = labels[start : start + rows]
+    batch_confidence[slots] = confidence[start : start + rows]
     mask = np.zeros(batch_size, bool)
     mask[slots] = True
-    accumulator.update(batch_logits, batch_labels,
-                       batch_confidence if give_confidence else None, mask=mask)
+    accumulator.update(
+      batch_logits, batch_labels, batch_confidence if give_confidence else None, mask=mask
+    )
     start += rows
   whole = metrics.evaluate(logits, labels, confidence if give_confidence else None)
   result = accumulator.result()
@@ -429,9 +451,8 @@ def test_accumulator_without_mask_and_reset():
   logits, labels, confidence = make_problem(rng, 64, 5, decimals=1)
   accumulator = metrics.MetricsAccumulator()
   for i in range(0, 64, 8):
-    accumulator.update(jnp.asarray(logits[i:i + 8]), labels[i:i + 8], confidence[i:i + 8])
-  assert_scores_close(accumulator.result(), metrics.evaluate(logits, labels, confidence),
-                      atol=1e-6)
+    accumulator.update(jnp.asarray(logits[i : i + 8]), labels[i : i + 8], confidence[i : i + 8])
+  assert_scores_close(accumulator.result(), metrics.evaluate(logits, labels, confidence), atol=1e-6)
   accumulator.reset()
   with pytest.raises(ValueError, match="no samples"):
     accumulator.result()
@@ -454,23 +475,31 @@ def _with(array, index, value):
 
 
 BAD_EVALUATE_INPUTS = {
-    "nan logits": (lambda l, y, c: (_with(l, ([0, 3], [1, 2]), np.nan), y, c),
-                   "logits have 2 non-finite values"),
-    "inf logits": (lambda l, y, c: (_with(l, ([0, 3, 4], [1, 2, 0]), [np.inf, -np.inf, np.inf]),
-                                    y, c), "logits have 3 non-finite values"),
-    "1-D logits": (lambda l, y, c: (l[:, 0], y, c), "logits must be 2-D"),
-    "3-D logits": (lambda l, y, c: (l[None], y, c), "logits must be 2-D"),
-    "no rows": (lambda l, y, c: (l[:0], y[:0], c[:0]), "logits are empty"),
-    "no classes": (lambda l, y, c: (l[:, :0], y, c), "logits are empty"),
-    "labels shape": (lambda l, y, c: (l, y[:-1], c), "labels shape"),
-    "labels 2-D": (lambda l, y, c: (l, y[:, None], c), "labels shape"),
-    "labels too big": (lambda l, y, c: (l, _with(y, [1, 2], 5), c),
-                       r"labels have 2 values outside \[0, 5\)"),
-    "labels negative": (lambda l, y, c: (l, _with(y, 0, -1), c), "labels have 1 values outside"),
-    "float labels": (lambda l, y, c: (l, y.astype(np.float32), c), "labels must be integers"),
-    "confidence shape": (lambda l, y, c: (l, y, c[:-1]), "confidence shape"),
-    "confidence range": (lambda l, y, c: (l, y, _with(c, [0, 1, 2], [1.5, -0.1, np.nan])),
-                         r"confidence has 3 values outside \[0, 1\]"),
+  "nan logits": (
+    lambda l, y, c: (_with(l, ([0, 3], [1, 2]), np.nan), y, c),
+    "logits have 2 non-finite values",
+  ),
+  "inf logits": (
+    lambda l, y, c: (_with(l, ([0, 3, 4], [1, 2, 0]), [np.inf, -np.inf, np.inf]), y, c),
+    "logits have 3 non-finite values",
+  ),
+  "1-D logits": (lambda l, y, c: (l[:, 0], y, c), "logits must be 2-D"),
+  "3-D logits": (lambda l, y, c: (l[None], y, c), "logits must be 2-D"),
+  "no rows": (lambda l, y, c: (l[:0], y[:0], c[:0]), "logits are empty"),
+  "no classes": (lambda l, y, c: (l[:, :0], y, c), "logits are empty"),
+  "labels shape": (lambda l, y, c: (l, y[:-1], c), "labels shape"),
+  "labels 2-D": (lambda l, y, c: (l, y[:, None], c), "labels shape"),
+  "labels too big": (
+    lambda l, y, c: (l, _with(y, [1, 2], 5), c),
+    r"labels have 2 values outside \[0, 5\)",
+  ),
+  "labels negative": (lambda l, y, c: (l, _with(y, 0, -1), c), "labels have 1 values outside"),
+  "float labels": (lambda l, y, c: (l, y.astype(np.float32), c), "labels must be integers"),
+  "confidence shape": (lambda l, y, c: (l, y, c[:-1]), "confidence shape"),
+  "confidence range": (
+    lambda l, y, c: (l, y, _with(c, [0, 1, 2], [1.5, -0.1, np.nan])),
+    r"confidence has 3 values outside \[0, 1\]",
+  ),
 }
 
 
@@ -532,8 +561,10 @@ def test_evaluate_resamples_equals_evaluate_on_each_resample(decimals):
   for r, idx in enumerate(rows):
     one = metrics.evaluate(logits[idx], labels[idx], confidence[idx])
     assert_scores_close({k: v[r] for k, v in resampled.items()}, one)
-    assert_scores_close({k: v[r] for k, v in resampled.items()},
-                        reference_evaluate(logits[idx], labels[idx], confidence[idx]))
+    assert_scores_close(
+      {k: v[r] for k, v in resampled.items()},
+      reference_evaluate(logits[idx], labels[idx], confidence[idx]),
+    )
 
 
 def test_evaluate_resamples_chunks_and_names(monkeypatch):

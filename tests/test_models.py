@@ -21,27 +21,28 @@ from duojax.models.common import max_pool_2x2
 
 
 def num_params(model) -> int:
-  return sum(int(np.prod(p.shape))
-             for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 def abstract_model(name, num_classes=1000, **overrides):
-  return nnx.eval_shape(
-      lambda: models.get_model(name, num_classes, rngs=nnx.Rngs(0),
-                               **overrides))
+  return nnx.eval_shape(lambda: models.get_model(name, num_classes, rngs=nnx.Rngs(0), **overrides))
 
 
 # --------------------------------------------------------------------------
 # Parameter counts (torchvision / timm), without allocating anything.
 
-@pytest.mark.parametrize("name, expected", [
+
+@pytest.mark.parametrize(
+  "name, expected",
+  [
     ("resnet18", 11_689_512),
     ("resnet34", 21_797_672),
     ("resnet50", 25_557_032),
     ("vit_ti16", 5_717_416),
     ("vit_s16", 22_050_664),
     ("vit_b16", 86_567_656),
-])
+  ],
+)
 def test_param_count(name, expected):
   model = abstract_model(name)
   leaves = jax.tree.leaves(nnx.state(model))
@@ -55,9 +56,11 @@ def test_param_count_deep_resnets():
   Tracing the full networks costs ~10 s on CPU (nnx.Rngs updates inside a
   trace scale with the trace length), so the extra blocks are counted alone.
   """
+
   def block(in_ch, ch):
-    return num_params(nnx.eval_shape(lambda: resnet.Bottleneck(
-        in_ch, ch, 1, dtype=jnp.float32, rngs=nnx.Rngs(0))))
+    return num_params(
+      nnx.eval_shape(lambda: resnet.Bottleneck(in_ch, ch, 1, dtype=jnp.float32, rngs=nnx.Rngs(0)))
+    )
 
   base = resnet.CONFIGS["resnet50"]
   extra_block = {1: block(512, 128), 2: block(1024, 256)}
@@ -84,11 +87,11 @@ def test_param_count_cnn_and_params_stay_float32():
 
 # key -> (name, overrides, per-image input shape)
 TINY = {
-    "resnet8": ("resnet8", dict(width=4, in_channels=1), (16, 16, 1)),
-    "resnet18": ("resnet18", dict(width=4), (32, 32, 3)),
-    "vit_tok": ("vit_mu4", dict(image_size=16), (16, 16, 3)),
-    "vit_gap": ("vit_mu4", dict(image_size=16, pool="gap"), (16, 16, 3)),
-    "cnn_xs": ("cnn_xs", dict(image_size=28, in_channels=1), (28, 28, 1)),
+  "resnet8": ("resnet8", dict(width=4, in_channels=1), (16, 16, 1)),
+  "resnet18": ("resnet18", dict(width=4), (32, 32, 3)),
+  "vit_tok": ("vit_mu4", dict(image_size=16), (16, 16, 3)),
+  "vit_gap": ("vit_mu4", dict(image_size=16, pool="gap"), (16, 16, 3)),
+  "cnn_xs": ("cnn_xs", dict(image_size=28, in_channels=1), (28, 28, 1)),
 }
 NUM_CLASSES = 5
 BATCH = 4
@@ -96,8 +99,7 @@ BATCH = 4
 
 def make(key, **extra):
   name, overrides, _ = TINY[key]
-  return models.get_model(name, NUM_CLASSES, rngs=nnx.Rngs(0),
-                          **{**overrides, **extra})
+  return models.get_model(name, NUM_CLASSES, rngs=nnx.Rngs(0), **{**overrides, **extra})
 
 
 def images(key, seed=0):
@@ -148,8 +150,7 @@ def test_jit_matches_eager(tiny, key):
   logits, out = tiny[key](x)
   jit_logits, jit_out, _ = jit_apply(tiny[key], x)
   np.testing.assert_allclose(jit_logits, logits, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(jit_out["pre_logits"], out["pre_logits"],
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jit_out["pre_logits"], out["pre_logits"], rtol=1e-5, atol=1e-5)
 
 
 def test_train_updates_batch_stats_only_in_train_mode(tiny):
@@ -176,8 +177,9 @@ def test_train_updates_batch_stats_only_in_train_mode(tiny):
 def test_bfloat16_compute_close_to_float32(tiny, key):
   half = make(key, dtype="bfloat16")
   # Same seed, same float32 parameters: only the compute dtype differs.
-  for a, b in zip(jax.tree.leaves(nnx.state(tiny[key], nnx.Param)),
-                  jax.tree.leaves(nnx.state(half, nnx.Param))):
+  for a, b in zip(
+    jax.tree.leaves(nnx.state(tiny[key], nnx.Param)), jax.tree.leaves(nnx.state(half, nnx.Param))
+  ):
     assert b.dtype == jnp.float32
     np.testing.assert_array_equal(a, b)
   x = images(key)
@@ -186,20 +188,20 @@ def test_bfloat16_compute_close_to_float32(tiny, key):
   assert logits.dtype == jnp.float32
   assert out["pre_logits"].dtype == jnp.float32
   scale = float(np.max(np.abs(ref_out["pre_logits"]))) + 1e-6
-  np.testing.assert_allclose(out["pre_logits"], ref_out["pre_logits"],
-                             atol=0.05 * scale)
+  np.testing.assert_allclose(out["pre_logits"], ref_out["pre_logits"], atol=0.05 * scale)
   np.testing.assert_allclose(logits, ref, atol=0.05 * scale)
   if key.startswith("resnet"):  # running statistics stay float32
     graphdef, state = nnx.split(half)
     _, _, new_state = jax.eval_shape(
-        lambda s: _apply(graphdef, s, x.astype(jnp.bfloat16), None, True),
-        state)
+      lambda s: _apply(graphdef, s, x.astype(jnp.bfloat16), None, True), state
+    )
     for s in jax.tree.leaves(nnx.filter_state(new_state, nnx.BatchStat)):
       assert s.dtype == jnp.float32
 
 
 # --------------------------------------------------------------------------
 # Dropout and stochastic depth: stateless, driven by call-time rngs.
+
 
 @pytest.fixture(scope="module")
 def vit_dropout():
@@ -222,8 +224,7 @@ def test_dropout_without_rngs_raises(vit_dropout, tiny):
     vit_dropout(images("vit_tok"), train=True, rngs=None)
   # Without stochastic layers, training mode needs no randomness (traced
   # only: the check happens at trace time).
-  jax.eval_shape(lambda m, x: m(x, train=True, rngs=None), tiny["vit_tok"],
-                 images("vit_tok"))
+  jax.eval_shape(lambda m, x: m(x, train=True, rngs=None), tiny["vit_tok"], images("vit_tok"))
 
 
 @pytest.mark.parametrize("key", list(TINY) + ["vit_dropout"])
@@ -239,12 +240,11 @@ def test_state_holds_only_params_and_batch_stats(tiny, vit_dropout, key):
 # --------------------------------------------------------------------------
 # Errors: one clear ValueError each.
 
+
 def test_unknown_name_and_override():
-  with pytest.raises(ValueError, match="unknown model 'resnet19'; known "
-                     "models: .*resnet18"):
+  with pytest.raises(ValueError, match="unknown model 'resnet19'; known models: .*resnet18"):
     models.get_model("resnet19", rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match="unknown override 'foo' for "
-                     "resnet18; valid: .*width"):
+  with pytest.raises(ValueError, match="unknown override 'foo' for resnet18; valid: .*width"):
     models.get_model("resnet18", rngs=nnx.Rngs(0), foo=1)
   with pytest.raises(ValueError, match="unknown override 'width' for cnn_s"):
     models.get_model("cnn_s", rngs=nnx.Rngs(0), width=3)
@@ -256,14 +256,16 @@ def test_every_listed_name_resolves():
   for name in names:
     # Unknown overrides are rejected before anything is built, so this
     # cheaply proves that `name` resolves to a family.
-    with pytest.raises(ValueError, match=f"unknown override 'bogus' for "
-                       f"{name}"):
+    with pytest.raises(ValueError, match=f"unknown override 'bogus' for {name}"):
       models.get_model(name, rngs=nnx.Rngs(0), bogus=1)
 
 
 def test_bad_config_values():
-  with pytest.raises(ValueError, match="patch size 5 does not divide image "
-                     r"size \(16, 16\)"):
+  with pytest.raises(
+    ValueError,
+    match="patch size 5 does not divide image "
+    r"size \(16, 16\)",
+  ):
     models.get_model("vit_mu5", rngs=nnx.Rngs(0), image_size=16)
   with pytest.raises(ValueError, match="unknown pool 'cls'"):
     models.get_model("vit_mu4", rngs=nnx.Rngs(0), pool="cls")
@@ -276,25 +278,30 @@ def test_bad_config_values():
 
 
 def test_wrong_inputs_raise(tiny):
-  with pytest.raises(ValueError, match=re.escape(
-      "resnet8 expects images of shape (H, W, 1), got (16, 16, 3)")):
+  with pytest.raises(
+    ValueError, match=re.escape("resnet8 expects images of shape (H, W, 1), got (16, 16, 3)")
+  ):
     tiny["resnet8"](jnp.zeros((2, 16, 16, 3)))
-  with pytest.raises(ValueError, match="resnet18 expects images .* batched "
-                     r"as \[B, H, W, C\], got an array of shape \(32, 32, 3\)"):
+  with pytest.raises(
+    ValueError,
+    match="resnet18 expects images .* batched "
+    r"as \[B, H, W, C\], got an array of shape \(32, 32, 3\)",
+  ):
     tiny["resnet18"](jnp.zeros((32, 32, 3)))
-  with pytest.raises(ValueError, match=re.escape(
-      "vit_mu4 expects images of shape (16, 16, 3), got (32, 32, 3)")):
+  with pytest.raises(
+    ValueError, match=re.escape("vit_mu4 expects images of shape (16, 16, 3), got (32, 32, 3)")
+  ):
     tiny["vit_tok"](jnp.zeros((2, 32, 32, 3)))
-  with pytest.raises(ValueError, match=re.escape(
-      "cnn_xs expects images of shape (28, 28, 1), got (32, 32, 1)")):
+  with pytest.raises(
+    ValueError, match=re.escape("cnn_xs expects images of shape (28, 28, 1), got (32, 32, 1)")
+  ):
     tiny["cnn_xs"](jnp.zeros((2, 32, 32, 1)))
   with pytest.raises(ValueError, match="expects float images"):
     tiny["cnn_xs"](jnp.zeros((2, 28, 28, 1), jnp.uint8))
 
 
 def test_zero_init_residual():
-  model = models.get_model("resnet8", rngs=nnx.Rngs(0), width=4,
-                           zero_init_residual=True)
+  model = models.get_model("resnet8", rngs=nnx.Rngs(0), width=4, zero_init_residual=True)
   for stage in model.stages:
     for block in stage:
       assert not np.any(block.bn2.scale[...])  # each block starts as identity
@@ -313,6 +320,7 @@ def test_input_shape_bookkeeping(tiny):
 # --------------------------------------------------------------------------
 # Reference checks against straightforward numpy re-implementations.
 
+
 def np_conv(x, w, stride, pad):
   """NHWC cross-correlation with symmetric zero padding (torch semantics)."""
   x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
@@ -322,7 +330,7 @@ def np_conv(x, w, stride, pad):
   y = np.zeros((x.shape[0], ho, wo, w.shape[-1]))
   for i in range(kh):
     for j in range(kw):
-      y += x[:, i:i + stride * ho:stride, j:j + stride * wo:stride] @ w[i, j]
+      y += x[:, i : i + stride * ho : stride, j : j + stride * wo : stride] @ w[i, j]
   return y
 
 
@@ -334,8 +342,7 @@ def np_bn(x, bn):
 def np_block(x, block):
   relu = lambda a: np.maximum(a, 0)
   k = lambda conv: np.asarray(conv.kernel[...], np.float64)
-  stride = block.conv2.strides if isinstance(block, resnet.Bottleneck) \
-      else block.conv1.strides
+  stride = block.conv2.strides if isinstance(block, resnet.Bottleneck) else block.conv1.strides
   if isinstance(block, resnet.Bottleneck):
     y = relu(np_bn(np_conv(x, k(block.conv1), 1, 0), block.bn1))
     y = relu(np_bn(np_conv(y, k(block.conv2), stride, 1), block.bn2))
@@ -345,16 +352,16 @@ def np_block(x, block):
     y = np_bn(np_conv(y, k(block.conv2), 1, 1), block.bn2)
   skip = x
   if block.shortcut is not None:
-    skip = np_bn(np_conv(x, k(block.shortcut.conv), stride, 0),
-                 block.shortcut.bn)
+    skip = np_bn(np_conv(x, k(block.shortcut.conv), stride, 0), block.shortcut.bn)
   return relu(y + skip)
 
 
 def np_max_pool_3x3_s2_p1(x):
   x = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
   ho, wo = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
-  return np.max([x[:, i:i + 2 * ho:2, j:j + 2 * wo:2]
-                 for i in range(3) for j in range(3)], axis=0)
+  return np.max(
+    [x[:, i : i + 2 * ho : 2, j : j + 2 * wo : 2] for i in range(3) for j in range(3)], axis=0
+  )
 
 
 def np_resnet(x, model):
@@ -382,8 +389,7 @@ def randomize(model, seed):
     fan_in = np.prod(a.shape[:-1])  # keeps activations O(1) through depth
     return rng.normal(0, 1 / np.sqrt(fan_in), a.shape)
 
-  nnx.update(model, jax.tree.map(lambda a: jnp.asarray(draw(a), jnp.float32),
-                                 nnx.state(model)))
+  nnx.update(model, jax.tree.map(lambda a: jnp.asarray(draw(a), jnp.float32), nnx.state(model)))
 
 
 # Even input sizes: there 'SAME' padding of a stride-2 conv or pool would be
@@ -399,8 +405,7 @@ def test_basic_resnets_match_numpy(tiny, key):
 
 
 def test_bottleneck_resnet_matches_numpy():
-  model = resnet.ResNet((1, 1), "bottleneck", 3, width=2, in_channels=2,
-                        rngs=nnx.Rngs(0))
+  model = resnet.ResNet((1, 1), "bottleneck", 3, width=2, in_channels=2, rngs=nnx.Rngs(0))
   randomize(model, seed=2)
   x = np.random.default_rng(3).normal(size=(2, 16, 16, 2))
   logits, _, _ = jit_apply(model, jnp.asarray(x, jnp.float32))
@@ -415,8 +420,10 @@ def test_attention_matches_numpy_and_keeps_heads():
   randomize(attn, seed=5)
   x = np.random.default_rng(6).normal(size=(2, 5, width))
   p = lambda a: np.asarray(a[...], np.float64)
-  q, k, v = (np.einsum("btd,dhe->bthe", x, p(m.kernel)) + p(m.bias)
-             for m in (attn.query, attn.key, attn.value))
+  q, k, v = (
+    np.einsum("btd,dhe->bthe", x, p(m.kernel)) + p(m.bias)
+    for m in (attn.query, attn.key, attn.value)
+  )
   out = np.zeros((2, 5, width))
   for h in range(heads):  # one head at a time, as head pruning sees them
     s = q[:, :, h] @ k[:, :, h].transpose(0, 2, 1) / np.sqrt(head_dim)
@@ -430,8 +437,7 @@ def test_attention_matches_numpy_and_keeps_heads():
 
 @pytest.mark.parametrize("name", ["resnet8", "cnn_xs"])
 def test_head_dropout_is_stateless_and_only_in_training(name):
-  model = models.get_model(name, 10, rngs=nnx.Rngs(0), image_size=16, in_channels=1,
-                           dropout=0.5)
+  model = models.get_model(name, 10, rngs=nnx.Rngs(0), image_size=16, in_channels=1, dropout=0.5)
   x = jax.random.normal(jax.random.key(0), (4, 16, 16, 1))
   first = model(x, train=True, rngs=nnx.Rngs(dropout=1))[0]
   again = model(x, train=True, rngs=nnx.Rngs(dropout=1))[0]
@@ -470,7 +476,7 @@ def test_max_pool_2x2_matches_the_windowed_pool(shape):
   ref = np.zeros(shape, np.float32)
   xs = np.asarray(x)
   for b, i, j, c in np.ndindex(cot.shape):
-    window = xs[b, 2 * i:2 * i + 2, 2 * j:2 * j + 2, c]
+    window = xs[b, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2, c]
     di, dj = np.unravel_index(np.argmax(window), (2, 2))
     ref[b, 2 * i + di, 2 * j + dj, c] = cot[b, i, j, c]
   np.testing.assert_array_equal(grad(max_pool_2x2), ref)

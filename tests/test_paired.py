@@ -22,8 +22,9 @@ def test_paired_differences_match_a_loop_over_resamples():
   again = np.random.default_rng(7)
   again.integers(0, 300, 300)
   np.testing.assert_array_equal(rows[1], again.integers(0, 300, 300))
-  got = paired.paired_differences(paired._scores(ours, labels, rows),
-                                  paired._scores(theirs, labels, rows))
+  got = paired.paired_differences(
+    paired._scores(ours, labels, rows), paired._scores(theirs, labels, rows)
+  )
   diffs = {k: [] for k in paired.PAIRED_METRICS}
   for idx in rows:
     a = metrics.evaluate(ours[0][idx], labels[idx], ours[1][idx])

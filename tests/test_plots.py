@@ -15,8 +15,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def _curves():
   coverage = np.arange(1, 501) / 500
-  return {"large": (coverage, 0.08 * coverage ** 2), "duo": (coverage, 0.06 * coverage ** 2),
-          "small": (coverage, 0.12 * coverage ** 1.5)}
+  return {
+    "large": (coverage, 0.08 * coverage**2),
+    "duo": (coverage, 0.06 * coverage**2),
+    "small": (coverage, 0.12 * coverage**1.5),
+  }
 
 
 def _diagram(shift):
@@ -28,19 +31,28 @@ def _diagram(shift):
 
 
 def _diagrams():
-  return {"large": {**_diagram(0.05), "ece": 0.041}, "duo": _diagram(0.01),
-          "small": {**_diagram(-0.03), "ece": 0.02}}
+  return {
+    "large": {**_diagram(0.05), "ece": 0.041},
+    "duo": _diagram(0.01),
+    "small": {**_diagram(-0.03), "ece": 0.02},
+  }
 
 
 def _points():
-  return {"small": (0.6, 0.009), "large": (4.1, 0.0045), "large+TS": (4.1, 0.0044),
-          "duo": (4.7, 0.0027), "ensemble": (8.2, 0.0030)}
+  return {
+    "small": (0.6, 0.009),
+    "large": (4.1, 0.0045),
+    "large+TS": (4.1, 0.0044),
+    "duo": (4.7, 0.0027),
+    "ensemble": (8.2, 0.0030),
+  }
 
 
 def _series():
-  return {kind: {"large": [0.92, 0.9, 0.87, 0.83, 0.8, 0.76],
-                 "duo": [0.93, 0.91, 0.89, 0.86, 0.83, 0.8]}
-          for kind in ("gaussian_noise", "blur", "rotation", "contrast")}
+  return {
+    kind: {"large": [0.92, 0.9, 0.87, 0.83, 0.8, 0.76], "duo": [0.93, 0.91, 0.89, 0.86, 0.83, 0.8]}
+    for kind in ("gaussian_noise", "blur", "rotation", "contrast")
+  }
 
 
 def _check_png(path, directory, name):
@@ -54,14 +66,21 @@ def _check_png(path, directory, name):
   assert plt.get_fignums() == []
 
 
-@pytest.mark.parametrize("draw, name", [
+@pytest.mark.parametrize(
+  "draw, name",
+  [
     (lambda p: plots.risk_coverage(_curves(), p), "risk_coverage.png"),
     (lambda p: plots.reliability(_diagrams(), p, title="Reliability (test)"), "reliability.png"),
     (lambda p: plots.pareto(_points(), p, y_label="AURC"), "pareto_aurc.png"),
-    (lambda p: plots.pareto(_points(), p, y_label="SAC@98", lower_is_better=False,
-                            title="Cost vs SAC@98"), "pareto_sac.png"),
+    (
+      lambda p: plots.pareto(
+        _points(), p, y_label="SAC@98", lower_is_better=False, title="Cost vs SAC@98"
+      ),
+      "pareto_sac.png",
+    ),
     (lambda p: plots.shift_curves(_series(), p, metric_label="accuracy"), "shift_acc.png"),
-])
+  ],
+)
 def test_writes_a_png(tmp_path, draw, name):
   path = draw(str(tmp_path / name))
   assert path == str(tmp_path / name)
@@ -123,14 +142,22 @@ def test_method_colors_follow_position():
 
 
 def test_front_lower_is_better():
-  points = {"cheap bad": (1.0, 0.9), "mid": (2.0, 0.5), "dominated": (3.0, 0.6),
-            "costly good": (5.0, 0.1)}
+  points = {
+    "cheap bad": (1.0, 0.9),
+    "mid": (2.0, 0.5),
+    "dominated": (3.0, 0.6),
+    "costly good": (5.0, 0.1),
+  }
   assert plots.pareto_front(points) == ["cheap bad", "mid", "costly good"]
 
 
 def test_front_higher_is_better():
-  points = {"cheap bad": (1.0, 0.1), "mid": (2.0, 0.5), "dominated": (3.0, 0.4),
-            "costly good": (5.0, 0.9)}
+  points = {
+    "cheap bad": (1.0, 0.1),
+    "mid": (2.0, 0.5),
+    "dominated": (3.0, 0.4),
+    "costly good": (5.0, 0.9),
+  }
   assert plots.pareto_front(points, lower_is_better=False) == ["cheap bad", "mid", "costly good"]
   # The same points read the other way round: only the cheapest survives.
   assert plots.pareto_front(points, lower_is_better=True) == ["cheap bad"]
@@ -156,7 +183,9 @@ def test_front_skips_non_finite_points():
 # Errors.
 
 
-@pytest.mark.parametrize("draw, message", [
+@pytest.mark.parametrize(
+  "draw, message",
+  [
     (lambda p: plots.risk_coverage({}, p), "non-empty"),
     (lambda p: plots.risk_coverage({"a": ([0.5, 1.0], [0.1])}, p), "same non-zero length"),
     (lambda p: plots.risk_coverage({"a": ([], [])}, p), "same non-zero length"),
@@ -169,9 +198,12 @@ def test_front_skips_non_finite_points():
     (lambda p: plots.pareto({"a": (1.0, 2.0, 3.0)}, p, y_label="m"), "(cost, metric) pair"),
     (lambda p: plots.shift_curves({}, p, metric_label="m"), "non-empty"),
     (lambda p: plots.shift_curves({"blur": {}}, p, metric_label="m"), "non-empty"),
-    (lambda p: plots.shift_curves({"blur": {"a": [1, 2], "b": [1]}}, p, metric_label="m"),
-     "same non-zero number"),
-])
+    (
+      lambda p: plots.shift_curves({"blur": {"a": [1, 2], "b": [1]}}, p, metric_label="m"),
+      "same non-zero number",
+    ),
+  ],
+)
 def test_bad_inputs(tmp_path, draw, message):
   with pytest.raises(ValueError, match=re.escape(message)):
     draw(str(tmp_path / "plot.png"))
@@ -196,9 +228,19 @@ def test_missing_directory_is_not_created(tmp_path):
 # ----------------------------------------------------------------------------
 # Readability: what a person needs to tell the methods apart.
 
-FAMILIES = ("large", "sidekick", "duo (weighted)", "duo (unweighted)", "duo (UQ only)",
-            "ensemble m=2", "soup (uniform)", "soup (greedy)", "MC dropout K=8", "ViT",
-            "Hydra M=3")
+FAMILIES = (
+  "large",
+  "sidekick",
+  "duo (weighted)",
+  "duo (unweighted)",
+  "duo (UQ only)",
+  "ensemble m=2",
+  "soup (uniform)",
+  "soup (greedy)",
+  "MC dropout K=8",
+  "ViT",
+  "Hydra M=3",
+)
 
 
 def _crowded_points():
@@ -236,7 +278,7 @@ def _marker_key(handle):
 
 def _no_overlaps(boxes):
   for i, a in enumerate(boxes):
-    for b in boxes[i + 1:]:
+    for b in boxes[i + 1 :]:
       assert not a.overlaps(b), (a, b)
 
 
@@ -284,12 +326,24 @@ def _close_curves():
   """13 curves on one coverage grid whose risks differ by under 10 %, with a spike
   where few images are kept."""
   coverage = np.arange(1, 2001) / 2000  # short enough to be drawn unthinned
-  names = ["large+TS", "sidekick+TS", "duo (unweighted)", "duo (weighted)", "duo (UQ only)",
-           "ensemble m=2", "ensemble m=2+TS", "soup (uniform)", "soup (uniform)+TS",
-           "soup (greedy)", "soup (greedy)+TS", "MC dropout K=8", "MC dropout K=8+TS"]
+  names = [
+    "large+TS",
+    "sidekick+TS",
+    "duo (unweighted)",
+    "duo (weighted)",
+    "duo (UQ only)",
+    "ensemble m=2",
+    "ensemble m=2+TS",
+    "soup (uniform)",
+    "soup (uniform)+TS",
+    "soup (greedy)",
+    "soup (greedy)+TS",
+    "MC dropout K=8",
+    "MC dropout K=8+TS",
+  ]
   curves = {}
   for i, name in enumerate(names):
-    risk = (0.02 + 0.1 * coverage ** 4) * (0.95 + 0.008 * i)
+    risk = (0.02 + 0.1 * coverage**4) * (0.95 + 0.008 * i)
     risk[:40] = 0.4
     curves[name] = (coverage, risk)
   return curves
@@ -297,8 +351,9 @@ def _close_curves():
 
 def test_risk_coverage_zooms_and_subtracts_the_reference(tmp_path, monkeypatch):
   curves = _close_curves()
-  fig = _figure(monkeypatch, lambda p: plots.risk_coverage(curves, p, reference="large+TS"),
-                tmp_path)
+  fig = _figure(
+    monkeypatch, lambda p: plots.risk_coverage(curves, p, reference="large+TS"), tmp_path
+  )
   full, zoom, difference = fig.axes
   assert full.get_xlim() == (0, 1) and full.get_ylim()[1] < 0.4 / 2  # spike cut off
   assert zoom.get_xlim() == difference.get_xlim() == (plots.ZOOM_COVERAGE, 1)
@@ -311,7 +366,7 @@ def test_risk_coverage_zooms_and_subtracts_the_reference(tmp_path, monkeypatch):
   assert list(lines) == list(curves)
   assert np.all(lines["large+TS"].get_ydata() == 0)
   reference = curves["large+TS"][1]
-  for name, (coverage, risk) in curves.items():
+  for name, (_, risk) in curves.items():
     np.testing.assert_allclose(lines[name].get_ydata(), risk - reference, atol=1e-15)
   # One legend: every method once, no two drawn alike.
   (legend,) = fig.legends
@@ -321,14 +376,17 @@ def test_risk_coverage_zooms_and_subtracts_the_reference(tmp_path, monkeypatch):
 
 
 def test_risk_coverage_reference_on_other_coverages(tmp_path, monkeypatch):
-  curves = {"a": (np.linspace(0.01, 1, 300), np.linspace(0, 0.2, 300)),
-            "b": (np.linspace(0.02, 1, 77), np.linspace(0, 0.1, 77))}
+  curves = {
+    "a": (np.linspace(0.01, 1, 300), np.linspace(0, 0.2, 300)),
+    "b": (np.linspace(0.02, 1, 77), np.linspace(0, 0.1, 77)),
+  }
   fig = _figure(monkeypatch, lambda p: plots.risk_coverage(curves, p, reference="b"), tmp_path)
   lines = {line.get_label(): line for line in fig.axes[2].lines}
   assert np.all(lines["b"].get_ydata() == 0)
   coverage = curves["a"][0]
-  np.testing.assert_allclose(lines["a"].get_ydata(), curves["a"][1] - np.interp(
-      coverage, *curves["b"]), atol=1e-12)
+  np.testing.assert_allclose(
+    lines["a"].get_ydata(), curves["a"][1] - np.interp(coverage, *curves["b"]), atol=1e-12
+  )
   fig = _figure(monkeypatch, lambda p: plots.risk_coverage(curves, p), tmp_path)
   assert len(fig.axes) == 2  # no reference, no difference panel
 

@@ -25,8 +25,10 @@ def _batch(size=24, n=4, seed=0):
 def test_prepare_at_the_batch_size_is_the_pipelines_normalisation():
   spec = _spec(24, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
   images = _batch()
-  np.testing.assert_array_equal(np.asarray(jax.jit(functools.partial(data.prepare, spec=spec))(
-      images)), data.normalize(images, spec.mean, spec.std))
+  np.testing.assert_array_equal(
+    np.asarray(jax.jit(functools.partial(data.prepare, spec=spec))(images)),
+    data.normalize(images, spec.mean, spec.std),
+  )
 
 
 def test_prepare_resizes_like_a_bilinear_antialiased_resize():
@@ -48,8 +50,10 @@ def test_prepare_leaves_normalised_float_images_alone():
 def test_each_member_inside_the_duo_equals_the_member_alone_on_its_own_input():
   large = models.get_model("resnet8", 5, rngs=nnx.Rngs(0), width=4, image_size=16, in_channels=3)
   small = models.get_model("cnn_xs", 5, rngs=nnx.Rngs(1), image_size=24, in_channels=3)
-  specs = [_spec(16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-           _spec(24, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+  specs = [
+    _spec(16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    _spec(24, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+  ]
   prep = [functools.partial(data.prepare, spec=s) for s in specs]
   graphdefs, states = duo.split_members([large, small])
   fused = duo.make_fused_forward(graphdefs, preprocess=prep)
@@ -71,26 +75,33 @@ def test_members_with_one_spec_share_one_prepared_input():
     calls.append(1)
     return data.prepare(images, spec)
 
-  members = [models.get_model("cnn_xs", 3, rngs=nnx.Rngs(i), image_size=16, in_channels=3)
-             for i in range(3)]
+  members = [
+    models.get_model("cnn_xs", 3, rngs=nnx.Rngs(i), image_size=16, in_channels=3) for i in range(3)
+  ]
   graphdefs, states = duo.split_members(members)
   fused = duo.make_fused_forward(graphdefs, preprocess=(counting,) * 3)
   fused(states, _batch(16))
   assert len(calls) == 1  # traced once for the three members
 
 
-@pytest.mark.parametrize("layout,family,expected", [
-    ("timm", "vit", preprocess.HALF), ("hf", "vit", preprocess.HALF),
+@pytest.mark.parametrize(
+  "layout,family,expected",
+  [
+    ("timm", "vit", preprocess.HALF),
+    ("hf", "vit", preprocess.HALF),
     ("torchvision", "resnet", preprocess.IMAGENET_MEAN),
-    ("timm", "resnet", preprocess.IMAGENET_MEAN)])
+    ("timm", "resnet", preprocess.IMAGENET_MEAN),
+  ],
+)
 def test_pretrained_statistics_follow_the_files_library(layout, family, expected, tmp_path):
   mean, std, source = data.pretrained_stats(layout, family, str(tmp_path / "model.safetensors"))
   assert mean == expected and len(std) == 3 and layout in source
 
 
 def test_a_hugging_face_preprocessor_config_beside_the_weights_wins(tmp_path):
-  (tmp_path / "preprocessor_config.json").write_text(json.dumps(
-      {"image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6], "size": 384}))
+  (tmp_path / "preprocessor_config.json").write_text(
+    json.dumps({"image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6], "size": 384})
+  )
   mean, std, source = data.pretrained_stats("hf", "vit", str(tmp_path / "model.safetensors"))
   assert (mean, std) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
   assert source == "preprocessor_config.json"

@@ -10,16 +10,14 @@ pretrained file's normalisation; evaluate.py then scores the duo
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT, make_image_folder, run_script
 
 from duojax.data import folder, preprocess
-
-from helpers import ROOT, make_image_folder, run_script
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -30,8 +28,9 @@ pytestmark = pytest.mark.slow  # train.py and evaluate.py subprocesses
 
 
 def _save(model, path):
-  safetensors_torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-                              str(path), metadata={"format": "pt"})
+  safetensors_torch.save_file(
+    {k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata={"format": "pt"}
+  )
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +39,13 @@ def setup(tmp_path_factory):
   make_image_folder(root / "train", per_class=12, seed=0)
   make_image_folder(root / "test", per_class=4, seed=1, bad=False)
   make_image_folder(root / "ood", classes=("x",), per_class=8, seed=2, bad=False)
-  folder.import_folder(root / "train", dataset="tiny_folder", data_dir=root / "tfds",
-                       test_folder=root / "test", workers=1)
+  folder.import_folder(
+    root / "train",
+    dataset="tiny_folder",
+    data_dir=root / "tfds",
+    test_folder=root / "test",
+    workers=1,
+  )
   torch.manual_seed(0)
   # "Pretrained" on 1000 classes at 16 px (timm layout) and on 1000 classes
   # (torchvision layout): the fine-tunes take fresh 3-class heads.
@@ -52,25 +56,38 @@ def setup(tmp_path_factory):
 
 def _train(setup, name, model, size, weights):
   workdir = setup / name
-  config = (f"configs/imagenet_duo.py:model={model},weights={setup / weights},"
-            f"dataset=tiny_folder,test_split=test,size={size},steps=8,batch_size=8,probe=2,"
-            f"dtype=float32")
-  result = run_script("train.py", "--config", config, f"--workdir={workdir}",
-                      f"--config.data_dir={setup / 'tfds'}", "--config.val_size=6",
-                      "--config.eval_batch_size=8", "--config.log_every=4",
-                      "--config.checkpoint_every=8", "--config.warmup_steps=2")
+  config = (
+    f"configs/imagenet_duo.py:model={model},weights={setup / weights},"
+    f"dataset=tiny_folder,test_split=test,size={size},steps=8,batch_size=8,probe=2,"
+    f"dtype=float32"
+  )
+  result = run_script(
+    "train.py",
+    "--config",
+    config,
+    f"--workdir={workdir}",
+    f"--config.data_dir={setup / 'tfds'}",
+    "--config.val_size=6",
+    "--config.eval_batch_size=8",
+    "--config.log_every=4",
+    "--config.checkpoint_every=8",
+    "--config.warmup_steps=2",
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 
 
 @pytest.fixture(scope="module")
 def members(setup):
-  return (_train(setup, "vit", "vit_mu4", 32, "vit.safetensors"),
-          _train(setup, "resnet", "resnet8", 24, "resnet.safetensors"))
+  return (
+    _train(setup, "vit", "vit_mu4", 32, "vit.safetensors"),
+    _train(setup, "resnet", "resnet8", 24, "resnet.safetensors"),
+  )
 
 
 def test_each_member_keeps_its_pretrained_files_size_and_normalisation(members):
   from duojax.train import checkpoint
+
   (vit_meta, resnet_meta) = (checkpoint.read_meta(str(w))[1] for w in members)
   assert vit_meta["input"]["image_size"] == 32 and vit_meta["image_shape"] == [32, 32, 3]
   assert tuple(vit_meta["input"]["mean"]) == preprocess.HALF
@@ -84,9 +101,11 @@ def test_each_member_keeps_its_pretrained_files_size_and_normalisation(members):
 
 def test_the_duo_of_both_is_evaluated_with_ood_from_an_image_folder(setup, members, tmp_path):
   out = tmp_path / "results"
-  config = (f"configs/eval_real.py:large={members[0]},sidekick={members[1]},"
-            f"ood=folder:{setup / 'ood'},shift_images=6,mc_dropout=2,batch_size=8,"
-            f"output={out}")
+  config = (
+    f"configs/eval_real.py:large={members[0]},sidekick={members[1]},"
+    f"ood=folder:{setup / 'ood'},shift_images=6,mc_dropout=2,batch_size=8,"
+    f"output={out}"
+  )
   result = run_script("evaluate.py", "--config", config, "--config.bootstrap=20")
   assert result.returncode == 0, result.stderr[-3000:]
   results = json.loads((out / "results.json").read_text())

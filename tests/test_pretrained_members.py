@@ -11,14 +11,13 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_one_line_error, make_image_folder, run_script, tiny_train_config
 
 from duojax import config_lib, data, eval_config_lib, models
 from duojax.convert import export_pretrained
 from duojax.data import folder, preprocess
 from duojax.eval import member_specs, pipeline
 from duojax.eval import pretrained_members as pm
-
-from helpers import assert_one_line_error, make_image_folder, run_script, tiny_train_config
 
 CROP = config_lib.base_config().crop_fraction
 
@@ -27,8 +26,9 @@ def _model(name, classes, seed, **overrides):
   """A model whose head is far from its small initial one, so its logits tell rows apart."""
   model = models.get_model(name, classes, rngs=seed, **overrides)
   kernel = model.head.kernel[...]
-  model.head.kernel[...] = 3 * np.random.default_rng(seed).normal(size=kernel.shape) / (
-      kernel.shape[0] ** 0.5)
+  model.head.kernel[...] = (
+    3 * np.random.default_rng(seed).normal(size=kernel.shape) / (kernel.shape[0] ** 0.5)
+  )
   return model
 
 
@@ -38,42 +38,67 @@ def setup(tmp_path_factory):
   make_image_folder(root / "train", per_class=8, seed=0, bad=False)
   make_image_folder(root / "test", per_class=4, seed=1, bad=False)
   make_image_folder(root / "ood", classes=("x",), per_class=6, seed=2, bad=False)
-  folder.import_folder(root / "train", dataset="tiny_folder", data_dir=root / "tfds",
-                       test_folder=root / "test", workers=1)
+  folder.import_folder(
+    root / "train",
+    dataset="tiny_folder",
+    data_dir=root / "tfds",
+    test_folder=root / "test",
+    workers=1,
+  )
   export_pretrained(_model("vit_mu4", 3, 1, image_size=16), str(root / "vit.safetensors"), "timm")
   export_pretrained(_model("resnet8", 3, 2), str(root / "rn.safetensors"), "torchvision")
-  export_pretrained(_model("vit_mu4", 5, 3, image_size=16), str(root / "vit5.safetensors"),
-                    "timm")
-  export_pretrained(_model("resnet8", 3, 4, in_channels=1), str(root / "gray.safetensors"),
-                    "torchvision")
+  export_pretrained(_model("vit_mu4", 5, 3, image_size=16), str(root / "vit5.safetensors"), "timm")
+  export_pretrained(
+    _model("resnet8", 3, 4, in_channels=1), str(root / "gray.safetensors"), "torchvision"
+  )
   (root / "notes.safetensors").write_text("not a weights file")
   return root
 
 
 def _specs(root):
-  return f"pretrained:vit_mu4:{root / 'vit.safetensors'}", \
-         f"pretrained:resnet8@24:{root / 'rn.safetensors'}"
+  return (
+    f"pretrained:vit_mu4:{root / 'vit.safetensors'}",
+    f"pretrained:resnet8@24:{root / 'rn.safetensors'}",
+  )
 
 
 def _config(root, large, sidekick, **overrides):
   config = eval_config_lib.base_eval_config()
-  config.update({"large": large, "sidekick": sidekick, "dataset": "tiny_folder",
-                 "test_split": "test", "val_size": 6, "data_dir": str(root / "tfds"),
-                 "sections": "methods", "bootstrap": 0, "conformal_alphas": "",
-                 "batch_size": 8, "output_dir": str(root / "out"), **overrides})
+  config.update(
+    {
+      "large": large,
+      "sidekick": sidekick,
+      "dataset": "tiny_folder",
+      "test_split": "test",
+      "val_size": 6,
+      "data_dir": str(root / "tfds"),
+      "sections": "methods",
+      "bootstrap": 0,
+      "conformal_alphas": "",
+      "batch_size": 8,
+      "output_dir": str(root / "out"),
+      **overrides,
+    }
+  )
   return config
 
 
 def test_the_spellings_of_a_pretrained_member():
   assert pm.parse("pretrained:vit_b16:w/vit.safetensors") == pm.PretrainedSpec(
-      "vit_b16", "auto", "w/vit.safetensors")
+    "vit_b16", "auto", "w/vit.safetensors"
+  )
   assert pm.parse("pretrained:resnet18@160:torchvision:a:b.safetensors") == pm.PretrainedSpec(
-      "resnet18", "torchvision", "a:b.safetensors", 160)
+    "resnet18", "torchvision", "a:b.safetensors", 160
+  )
   assert pm.parse("pretrained:vit_b16:dir:x.safetensors").path == "dir:x.safetensors"
   assert member_specs.kind("pretrained:a:b") == "pretrained"
   assert member_specs.kind("logits:a.npz") == "logits" and member_specs.kind("runs/a") == "workdir"
-  for bad in ("pretrained:vit_b16", "pretrained::x.safetensors", "pretrained:vit_b16@x:a",
-              "pretrained:vit_b16@0:a"):
+  for bad in (
+    "pretrained:vit_b16",
+    "pretrained::x.safetensors",
+    "pretrained:vit_b16@x:a",
+    "pretrained:vit_b16@0:a",
+  ):
     with pytest.raises(ValueError) as error:
       pm.parse(bad)
     assert "\n" not in str(error.value)
@@ -89,30 +114,49 @@ def test_the_header_gives_classes_channels_layout_and_a_vits_own_size(setup):
   assert pm.inspect(bigger, where="x")[2]["image_size"] == 32  # resampled position embeddings
 
 
-@pytest.mark.parametrize("large, overrides, message", [
-    ("pretrained:vit_mu4:{root}/missing.safetensors", {},
-     "config.large: pretrained file '{root}/missing.safetensors' does not exist"),
+@pytest.mark.parametrize(
+  "large, overrides, message",
+  [
+    (
+      "pretrained:vit_mu4:{root}/missing.safetensors",
+      {},
+      "config.large: pretrained file '{root}/missing.safetensors' does not exist",
+    ),
     ("pretrained:resnet9:{root}/vit.safetensors", {}, "config.large: unknown model 'resnet9'"),
-    ("pretrained:resnet8:{root}/vit.safetensors", {},
-     "does not hold a resnet8 in layout timm: it lacks"),
-    ("pretrained:vit_mu4:hf:{root}/vit.safetensors", {},
-     "does not hold a vit_mu4 in layout hf: it lacks"),
+    (
+      "pretrained:resnet8:{root}/vit.safetensors",
+      {},
+      "does not hold a resnet8 in layout timm: it lacks",
+    ),
+    (
+      "pretrained:vit_mu4:hf:{root}/vit.safetensors",
+      {},
+      "does not hold a vit_mu4 in layout hf: it lacks",
+    ),
     ("pretrained:vit_mu4:{root}/notes.safetensors", {}, "is not a safetensors file"),
     ("pretrained:vit_mu4@15:{root}/vit.safetensors", {}, "patch size 4 does not divide"),
-    ("pretrained:vit_mu4:{root}/vit5.safetensors", {},
-     "has a 5-class head, the data set tiny_folder has 3 classes"),
-    ("pretrained:resnet8:{root}/gray.safetensors", {},
-     "takes 1-channel images, the data set tiny_folder has 3-channel ones"),
+    (
+      "pretrained:vit_mu4:{root}/vit5.safetensors",
+      {},
+      "has a 5-class head, the data set tiny_folder has 3 classes",
+    ),
+    (
+      "pretrained:resnet8:{root}/gray.safetensors",
+      {},
+      "takes 1-channel images, the data set tiny_folder has 3-channel ones",
+    ),
     ("pretrained:vit_mu4:{root}/vit.safetensors", {"dataset": ""}, "config.dataset is empty"),
-    ("pretrained:vit_mu4:{root}/vit.safetensors", {"val_size": 0},
-     "config.val_size must be > 0"),
-    ("pretrained:vit_mu4:{root}/vit.safetensors", {"soup_ingredients": "pretrained:a:{root}/x"},
-     "config.soup_ingredients: 'pretrained:a:{root}/x': only large, sidekick, ensemble, "
-     "sidekicks, sidekick_pool may be pretrained files"),
-])
+    ("pretrained:vit_mu4:{root}/vit.safetensors", {"val_size": 0}, "config.val_size must be > 0"),
+    (
+      "pretrained:vit_mu4:{root}/vit.safetensors",
+      {"soup_ingredients": "pretrained:a:{root}/x"},
+      "config.soup_ingredients: 'pretrained:a:{root}/x': only large, sidekick, ensemble, "
+      "sidekicks, sidekick_pool may be pretrained files",
+    ),
+  ],
+)
 def test_a_bad_pretrained_member_is_a_one_line_error(setup, large, overrides, message):
-  overrides = {k: v.format(root=setup) if isinstance(v, str) else v
-               for k, v in overrides.items()}
+  overrides = {k: v.format(root=setup) if isinstance(v, str) else v for k, v in overrides.items()}
   config = _config(setup, large.format(root=setup), "", **overrides)
   with pytest.raises(ValueError) as error:
     pipeline.run(config)
@@ -123,40 +167,56 @@ def test_a_bad_pretrained_member_is_a_one_line_error(setup, large, overrides, me
 def test_each_members_logits_are_its_model_alone_on_its_own_preprocessing(setup, monkeypatch):
   banks = []
   collect = pipeline.bank_lib.collect
-  monkeypatch.setattr(pipeline.bank_lib, "collect",
-                      lambda *a, **k: banks.append(collect(*a, **k)) or banks[-1])
+  monkeypatch.setattr(
+    pipeline.bank_lib, "collect", lambda *a, **k: banks.append(collect(*a, **k)) or banks[-1]
+  )
   large, sidekick = _specs(setup)
   results = pipeline.run(_config(setup, large, sidekick, sections=""))
   # Images read once at the largest member's side (24), each model's taken to its own.
-  dataset = data.load_dataset("tiny_folder", setup / "tfds", val_size=6, test_split="test",
-                              image_size=24, crop_fraction=CROP)
+  dataset = data.load_dataset(
+    "tiny_folder", setup / "tfds", val_size=6, test_split="test", image_size=24, crop_fraction=CROP
+  )
   images, labels = data.read_examples(dataset.test, np.arange(len(dataset.test)))
   bank = banks[0]
   np.testing.assert_array_equal(bank.labels["test"], labels)
   for name, model, spec in (
-      ("large", _model("vit_mu4", 3, 1, image_size=16),
-       data.InputSpec(16, preprocess.HALF, preprocess.HALF)),
-      ("sidekick", _model("resnet8", 3, 2),
-       data.InputSpec(24, preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD))):
+    (
+      "large",
+      _model("vit_mu4", 3, 1, image_size=16),
+      data.InputSpec(16, preprocess.HALF, preprocess.HALF),
+    ),
+    (
+      "sidekick",
+      _model("resnet8", 3, 2),
+      data.InputSpec(24, preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD),
+    ),
+  ):
     alone = model(data.prepare(jnp.asarray(images), spec))[0]
     np.testing.assert_allclose(bank.member("test", name), alone, atol=1e-5, err_msg=name)
   assert results["members"]["large"]["pretrained"]["layout"] == "timm"
   assert results["members"]["sidekick"]["pretrained"]["input"]["mean"] == list(
-      preprocess.IMAGENET_MEAN)
+    preprocess.IMAGENET_MEAN
+  )
   assert results["members"]["large"]["step"] is None and results["skipped"] == {}
 
 
-@pytest.mark.parametrize("member, message", [
+@pytest.mark.parametrize(
+  "member, message",
+  [
     ("pretrained:vit_mu4:{root}/missing.safetensors", "does not exist"),
     ("pretrained:vit_mu4:{root}/vit5.safetensors", "has a 5-class head"),
     ("pretrained:nomodel:{root}/vit.safetensors", "unknown model 'nomodel'"),
-])
+  ],
+)
 def test_evaluate_py_fails_in_one_line_and_writes_nothing(setup, tmp_path, member, message):
   out = tmp_path / "out"
-  config = (f"configs/eval_pretrained.py:large={member.format(root=setup)},"
-            f"dataset=tiny_folder,data_dir={setup / 'tfds'},output={out}")
-  result = run_script("evaluate.py", "--config", config, "--config.test_split=test",
-                      "--config.val_size=6")
+  config = (
+    f"configs/eval_pretrained.py:large={member.format(root=setup)},"
+    f"dataset=tiny_folder,data_dir={setup / 'tfds'},output={out}"
+  )
+  result = run_script(
+    "evaluate.py", "--config", config, "--config.test_split=test", "--config.val_size=6"
+  )
   assert_one_line_error(result, 1, message)
   assert not out.exists()
 
@@ -165,13 +225,21 @@ def test_evaluate_py_fails_in_one_line_and_writes_nothing(setup, tmp_path, membe
 def test_evaluate_py_on_two_pretrained_files_and_no_workdir(setup, tmp_path):
   out = tmp_path / "out"
   large, sidekick = _specs(setup)
-  config = (f"configs/eval_pretrained.py:large={large},sidekick={sidekick},"
-            f"dataset=tiny_folder,data_dir={setup / 'tfds'},ood=folder:{setup / 'ood'},"
-            f"shifts=blur,shift_images=6,mc_dropout=2,batch_size=8,output={out}")
-  result = run_script("evaluate.py", "--config", config, "--config.test_split=test",
-                      "--config.val_size=6", "--config.bootstrap=10",
-                      f"--config.soup_ingredients={setup}",
-                      f"--config.sidekick_pool=pretrained:resnet8@16:{setup / 'rn.safetensors'}")
+  config = (
+    f"configs/eval_pretrained.py:large={large},sidekick={sidekick},"
+    f"dataset=tiny_folder,data_dir={setup / 'tfds'},ood=folder:{setup / 'ood'},"
+    f"shifts=blur,shift_images=6,mc_dropout=2,batch_size=8,output={out}"
+  )
+  result = run_script(
+    "evaluate.py",
+    "--config",
+    config,
+    "--config.test_split=test",
+    "--config.val_size=6",
+    "--config.bootstrap=10",
+    f"--config.soup_ingredients={setup}",
+    f"--config.sidekick_pool=pretrained:resnet8@16:{setup / 'rn.safetensors'}",
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   results = json.loads((out / "results.json").read_text())
   members = results["members"]
@@ -189,15 +257,25 @@ def test_evaluate_py_on_two_pretrained_files_and_no_workdir(setup, tmp_path):
 @pytest.mark.slow
 def test_a_pretrained_sidekick_beside_a_trained_large_model(setup, tmp_path):
   from duojax.train import loop  # noqa: PLC0415
-  train = tiny_train_config(setup / "tfds", dataset="tiny_folder", test_split="test",
-                            val_size=6, batch_size=8, eval_batch_size=8, total_steps=4,
-                            checkpoint_every=4, augment="")
+
+  train = tiny_train_config(
+    setup / "tfds",
+    dataset="tiny_folder",
+    test_split="test",
+    val_size=6,
+    batch_size=8,
+    eval_batch_size=8,
+    total_steps=4,
+    checkpoint_every=4,
+    augment="",
+  )
   train.model.image_size = 16
   loop.train_and_evaluate(train, str(tmp_path / "large"))
   large, sidekick = str(tmp_path / "large"), _specs(setup)[1]
   # The workdir's data set and splits are used; the evaluation's data keys stay unset.
-  config = _config(setup, large, sidekick, dataset="", test_split="test", val_size=5000,
-                   data_dir="")
+  config = _config(
+    setup, large, sidekick, dataset="", test_split="test", val_size=5000, data_dir=""
+  )
   results = pipeline.run(config)
   assert results["members"]["large"]["step"] == 4
   assert "pretrained" not in results["members"]["large"]
@@ -207,11 +285,18 @@ def test_a_pretrained_sidekick_beside_a_trained_large_model(setup, tmp_path):
     pipeline.run(_config(setup, large, sidekick))
   assert "\n" not in str(error.value)
   # A file that does not fit the workdir's data set is named, with both numbers.
-  for spec, message in ((f"pretrained:vit_mu4:{setup}/vit5.safetensors",
-                         "has a 5-class head, the data set tiny_folder has 3 classes"),
-                        (f"pretrained:resnet8:{setup}/gray.safetensors",
-                         "takes 1-channel images, the data set tiny_folder has 3-channel ones")):
+  for spec, message in (
+    (
+      f"pretrained:vit_mu4:{setup}/vit5.safetensors",
+      "has a 5-class head, the data set tiny_folder has 3 classes",
+    ),
+    (
+      f"pretrained:resnet8:{setup}/gray.safetensors",
+      "takes 1-channel images, the data set tiny_folder has 3-channel ones",
+    ),
+  ):
     with pytest.raises(ValueError, match=message) as error:
-      pipeline.run(_config(setup, large, spec, dataset="", test_split="test", val_size=5000,
-                           data_dir=""))
+      pipeline.run(
+        _config(setup, large, spec, dataset="", test_split="test", val_size=5000, data_dir="")
+      )
     assert f"member 'sidekick': '{setup}/" in str(error.value) and "\n" not in str(error.value)

@@ -26,8 +26,13 @@ EPS = 1e-6  # float32 sums of N ≤ 40 terms in [0, 1]
 def _settings(max_examples: int):
   # derandomize: the same examples on every run (reproducible in CI); no
   # deadline, since the first example of each shape includes jit compiles.
-  return settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=[HealthCheck.too_slow])
+  return settings(
+    max_examples=max_examples,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -41,14 +46,17 @@ MAX_ROWS = 40
 # reach large magnitudes and arbitrary gaps. Not subnormal ones: evaluate
 # (like jnp.argmax on CPU) treats subnormal gaps as ties, numpy's argmax,
 # which picks the labels below, does not.
-LOGIT = st.one_of(st.integers(-40, 40).map(lambda k: k / 4),
-                  st.floats(-1e4, 1e4, width=32, allow_subnormal=False))
+LOGIT = st.one_of(
+  st.integers(-40, 40).map(lambda k: k / 4), st.floats(-1e4, 1e4, width=32, allow_subnormal=False)
+)
 # Confidences: the ends, the ECE bin edges b/15 and a coarse grid (ties),
 # and free floats in [0, 1].
-CONFIDENCE = st.one_of(st.sampled_from([0.0, 1.0]),
-                       st.integers(0, 15).map(lambda b: b / 15),
-                       st.integers(0, 10).map(lambda k: k / 10),
-                       st.floats(0, 1, width=32, allow_subnormal=False))
+CONFIDENCE = st.one_of(
+  st.sampled_from([0.0, 1.0]),
+  st.integers(0, 15).map(lambda b: b / 15),
+  st.integers(0, 10).map(lambda k: k / 10),
+  st.floats(0, 1, width=32, allow_subnormal=False),
+)
 
 
 @st.composite
@@ -87,15 +95,18 @@ def _ood_sizes():
 
 
 # Any finite real works as an OOD score (energy is unbounded).
-OOD_SCORE = st.one_of(st.integers(-8, 8).map(float),
-                      st.floats(-1e6, 1e6, width=32, allow_subnormal=False))
+OOD_SCORE = st.one_of(
+  st.integers(-8, 8).map(float), st.floats(-1e6, 1e6, width=32, allow_subnormal=False)
+)
 
 
 @st.composite
 def ood_scores(draw, elements=OOD_SCORE):
   n_in, n_out = draw(_ood_sizes())
-  return (draw(hnp.arrays(np.float32, n_in, elements=elements)),
-          draw(hnp.arrays(np.float32, n_out, elements=elements)))
+  return (
+    draw(hnp.arrays(np.float32, n_in, elements=elements)),
+    draw(hnp.arrays(np.float32, n_out, elements=elements)),
+  )
 
 
 def _assert_same(actual: dict, expected: dict, keys, *, exact=(), rtol=1e-6, atol=EPS):
@@ -229,15 +240,15 @@ def test_ood_metrics_stay_in_range(scores, mode):
 # there), each with slope ≥ 1/2: values on the 1/1000 grid below stay ≥ 5e-4
 # apart, far above float32 resolution, so no transform merges two values.
 UNIT_TRANSFORMS = {
-    "cubic": lambda x: (x ** 3 + x) / 2,
-    "exp": lambda x: np.expm1(x) / np.expm1(1.0),
-    "affine": lambda x: 0.25 + 0.5 * x,
+  "cubic": lambda x: (x**3 + x) / 2,
+  "exp": lambda x: np.expm1(x) / np.expm1(1.0),
+  "affine": lambda x: 0.25 + 0.5 * x,
 }
 # Increasing maps of the reals for OOD scores, which may be any finite reals.
 REAL_TRANSFORMS = {
-    "cubic": lambda x: x ** 3 + x,
-    "exp": np.exp,
-    "affine": lambda x: 3.0 * x - 7.0,
+  "cubic": lambda x: x**3 + x,
+  "exp": np.exp,
+  "affine": lambda x: 3.0 * x - 7.0,
 }
 
 
@@ -250,8 +261,9 @@ def _transformed(values: np.ndarray, transform) -> np.ndarray:
 
 
 @_settings(max_examples=40)
-@given(classifier_outputs(confidence_mode="msp"),
-       st.data(), st.sampled_from(sorted(UNIT_TRANSFORMS)))
+@given(
+  classifier_outputs(confidence_mode="msp"), st.data(), st.sampled_from(sorted(UNIT_TRANSFORMS))
+)
 def test_ranking_metrics_see_only_the_order_of_the_confidence(problem, data, name):
   """AUROC, AURC, E-AURC, AUGRC and SAC depend on the order of the
   confidences only (ties included): a strictly increasing transform leaves
@@ -267,8 +279,10 @@ def test_ranking_metrics_see_only_the_order_of_the_confidence(problem, data, nam
 
 
 @_settings(max_examples=40)
-@given(ood_scores(elements=st.integers(-1024, 1024).map(lambda k: k / 64)),
-       st.sampled_from(sorted(REAL_TRANSFORMS)))
+@given(
+  ood_scores(elements=st.integers(-1024, 1024).map(lambda k: k / 64)),
+  st.sampled_from(sorted(REAL_TRANSFORMS)),
+)
 def test_ood_metrics_see_only_the_order_of_the_scores(scores, name):
   """OOD AUROC, AUPR and FPR95 are unchanged by a strictly increasing
   transform of the scores (applied to in and out alike)."""
@@ -277,7 +291,7 @@ def test_ood_metrics_see_only_the_order_of_the_scores(scores, name):
   # and the transforms keep distinct values distinct in float32.
   both = _transformed(np.concatenate([conf_in, conf_out]), REAL_TRANSFORMS[name])
   before = metrics.ood(conf_in, conf_out)
-  after = metrics.ood(both[:len(conf_in)], both[len(conf_in):])
+  after = metrics.ood(both[: len(conf_in)], both[len(conf_in) :])
   _assert_same(after, before, metrics.OOD_METRIC_NAMES, exact=metrics.OOD_METRIC_NAMES)
 
 
@@ -294,8 +308,9 @@ def test_permuting_the_samples_changes_no_metric(problem, data):
   logits, labels, confidence, _ = problem
   order = np.array(data.draw(st.permutations(range(len(labels)))))
   before = metrics.evaluate(logits, labels, confidence)
-  after = metrics.evaluate(logits[order], labels[order],
-                           None if confidence is None else confidence[order])
+  after = metrics.evaluate(
+    logits[order], labels[order], None if confidence is None else confidence[order]
+  )
   _assert_same(after, before, metrics.METRIC_NAMES, exact=("acc", *SAC_KEYS))
 
 
@@ -344,8 +359,9 @@ def test_accumulator_over_any_split_in_any_order_equals_the_whole_array(problem,
       batch_confidence[slots] = confidence[start:stop]
     mask = np.zeros(BATCH_ROWS, bool)
     mask[slots] = True
-    accumulator.update(batch_logits, batch_labels,
-                       None if confidence is None else batch_confidence, mask=mask)
+    accumulator.update(
+      batch_logits, batch_labels, None if confidence is None else batch_confidence, mask=mask
+    )
   whole = metrics.evaluate(logits, labels, confidence)
   result = accumulator.result()
   assert list(result) == list(whole)
@@ -356,8 +372,7 @@ CHUNK_ROWS = 40  # chunks of 7 or 16 rows, and their remainders of 5 and 8
 
 
 @_settings(max_examples=20)
-@given(classifier_outputs(rows=st.just(CHUNK_ROWS), labels_mode="drawn"),
-       st.sampled_from([7, 16]))
+@given(classifier_outputs(rows=st.just(CHUNK_ROWS), labels_mode="drawn"), st.sampled_from([7, 16]))
 def test_means_and_ece_accumulate_from_per_chunk_results(problem, chunk):
   """Without the accumulator: accuracy, NLL and Brier of the whole array are
   the row-weighted means of the chunks' evaluate results, and ECE is
@@ -377,8 +392,9 @@ def test_means_and_ece_accumulate_from_per_chunk_results(problem, chunk):
       weighted[key] += (stop - start) * part[key] / n
     diagram = metrics.reliability_diagram(confidence[start:stop], correct[start:stop])
     count = np.asarray(diagram["count"], np.float64)
-    gaps = np.asarray(diagram["accuracy"], np.float64) - np.asarray(diagram["confidence"],
-                                                                     np.float64)
+    gaps = np.asarray(diagram["accuracy"], np.float64) - np.asarray(
+      diagram["confidence"], np.float64
+    )
     gap_sums += np.where(count > 0, count * gaps, 0.0)  # empty bins hold NaN means
   whole = metrics.evaluate(logits, labels, confidence)
   _assert_same(weighted, whole, weighted, rtol=1e-5, atol=1e-5)
@@ -400,8 +416,12 @@ def _best_single_nll64(logits, labels) -> float:
   bound |w| ≤ 100 is past the optimum of any non-separable split here; for
   a separable one (infimum at w → ±∞) it costs < e^(−25) per row, with
   margins ≥ 1/4 (FIT_LOGITS)."""
-  fit = optimize.minimize_scalar(lambda w: _nll64([w], [logits], labels), bounds=(-100, 100),
-                                 method="bounded", options={"xatol": 1e-10})
+  fit = optimize.minimize_scalar(
+    lambda w: _nll64([w], [logits], labels),
+    bounds=(-100, 100),
+    method="bounded",
+    options={"xatol": 1e-10},
+  )
   return float(fit.fun)
 
 
@@ -419,15 +439,18 @@ FIT_ROWS, FIT_CLASSES = 48, 4
 # exact row-max path. Logits some hundred times larger are the subject of
 # test_fit_of_very_large_logits_reaches_the_optimum.
 FIT_LOGITS = st.tuples(
-    st.sampled_from([1.0, 4.0, 16.0]),
-    hnp.arrays(np.int8, (FIT_ROWS, FIT_CLASSES), elements=st.integers(-32, 32)),
+  st.sampled_from([1.0, 4.0, 16.0]),
+  hnp.arrays(np.int8, (FIT_ROWS, FIT_CLASSES), elements=st.integers(-32, 32)),
 ).map(lambda scale_and_grid: (scale_and_grid[0] * scale_and_grid[1] / 4).astype(np.float32))
 
 
 @_settings(max_examples=12)
-@given(FIT_LOGITS, FIT_LOGITS,
-       hnp.arrays(np.int64, FIT_ROWS, elements=st.integers(0, FIT_CLASSES - 1)),
-       st.sampled_from(temperature.SOLVERS))
+@given(
+  FIT_LOGITS,
+  FIT_LOGITS,
+  hnp.arrays(np.int64, FIT_ROWS, elements=st.integers(0, FIT_CLASSES - 1)),
+  st.sampled_from(temperature.SOLVERS),
+)
 def test_fitted_duo_weights_beat_the_large_model_alone(large, small, labels, solver):
   """The duo's feasible set contains w = (1, 0) (the large model as trained)
   and w = (w_TS, 0) (the large model temperature-scaled), so the fitted
@@ -460,8 +483,11 @@ def test_fit_of_very_large_logits_reaches_the_optimum(solver):
   logits = (1000 * calibrated).astype(np.float32)
   weights = temperature.fit_temperatures([logits], labels, solver=solver)
   assert np.all(np.isfinite(weights)), weights
-  _at_most(_nll64(weights, [logits], labels), _best_single_nll64(logits, labels),
-           "TS vs the float64 optimum")
+  _at_most(
+    _nll64(weights, [logits], labels),
+    _best_single_nll64(logits, labels),
+    "TS vs the float64 optimum",
+  )
 
 
 NOISE_ROWS, NOISE_CLASSES = 1000, 10
@@ -488,8 +514,12 @@ def _sandwich_standard_errors(weights, members, labels) -> np.ndarray:
 
 
 @_settings(max_examples=8)
-@given(st.integers(0, 2**32 - 1), st.sampled_from([0.5, 1.0, 2.5]),
-       st.sampled_from([0.3, 1.0, 3.0]), st.sampled_from(temperature.SOLVERS))
+@given(
+  st.integers(0, 2**32 - 1),
+  st.sampled_from([0.5, 1.0, 2.5]),
+  st.sampled_from([0.3, 1.0, 3.0]),
+  st.sampled_from(temperature.SOLVERS),
+)
 def test_pure_noise_sidekick_gets_a_small_weight(seed, overconfidence, noise_scale, solver):
   """A sidekick of pure noise, independent of the labels, has population
   weight exactly 0 (at w_S = 0 its gradient has mean 0, and the NLL is

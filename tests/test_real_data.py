@@ -18,11 +18,10 @@ import uuid
 import jax
 import numpy as np
 import pytest
+from helpers import ROOT, final_state, make_image_folder, run_script
 
 from duojax import data
 from duojax.data import folder
-
-from helpers import ROOT, final_state, make_image_folder, run_script
 
 SIZE = 32
 TOTAL_STEPS, CHECKPOINT_EVERY = 16, 8
@@ -34,8 +33,9 @@ def image_data_dir(tmp_path_factory):
   make_image_folder(root / "train", per_class=12, seed=0)
   make_image_folder(root / "test", per_class=4, seed=1, bad=False)
   data_dir = root / "tfds"
-  folder.import_folder(root / "train", dataset="tiny_folder", data_dir=data_dir,
-                       test_folder=root / "test", workers=1)
+  folder.import_folder(
+    root / "train", dataset="tiny_folder", data_dir=data_dir, test_folder=root / "test", workers=1
+  )
   return data_dir
 
 
@@ -84,7 +84,8 @@ def test_resuming_at_a_step_and_splitting_rows_over_processes_change_nothing(ima
   halves = [_batches(ds.train, 4, workers=0, process_index=p, process_count=2) for p in (0, 1)]
   for step, batch in enumerate(whole):
     np.testing.assert_array_equal(
-        batch["image"], np.concatenate([halves[0][step]["image"], halves[1][step]["image"]]))
+      batch["image"], np.concatenate([halves[0][step]["image"], halves[1][step]["image"]])
+    )
 
 
 @pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
@@ -100,6 +101,7 @@ def test_evaluation_batches_are_centre_crops_in_order(image_data_dir, workers):
 
 def test_a_tfrecord_data_set_gets_the_conversion_command(image_data_dir, tmp_path):
   import shutil
+
   copy = tmp_path / "tfds"
   shutil.copytree(image_data_dir, copy)
   info = next(copy.glob("tiny_folder/*/dataset_info.json"))
@@ -112,14 +114,25 @@ def test_a_tfrecord_data_set_gets_the_conversion_command(image_data_dir, tmp_pat
 
 # ------------------------------------------------------------ through the CLIs
 def _train_args(data_dir, workdir, *extra):
-  return ("--config", os.path.join(ROOT, "configs/fashion_mnist.py:model=cnn_xs"),
-          f"--workdir={workdir}", "--config.dataset=tiny_folder",
-          f"--config.data_dir={data_dir}", f"--config.model.image_size={SIZE}",
-          "--config.augment=rrc,flip", "--config.data_workers=2", "--config.val_size=6",
-          "--config.batch_size=8", "--config.eval_batch_size=8",
-          f"--config.total_steps={TOTAL_STEPS}", "--config.warmup_steps=2",
-          "--config.log_every=1", f"--config.checkpoint_every={CHECKPOINT_EVERY}",
-          "--config.keep_checkpoints=10", *extra)
+  return (
+    "--config",
+    os.path.join(ROOT, "configs/fashion_mnist.py:model=cnn_xs"),
+    f"--workdir={workdir}",
+    "--config.dataset=tiny_folder",
+    f"--config.data_dir={data_dir}",
+    f"--config.model.image_size={SIZE}",
+    "--config.augment=rrc,flip",
+    "--config.data_workers=2",
+    "--config.val_size=6",
+    "--config.batch_size=8",
+    "--config.eval_batch_size=8",
+    f"--config.total_steps={TOTAL_STEPS}",
+    "--config.warmup_steps=2",
+    "--config.log_every=1",
+    f"--config.checkpoint_every={CHECKPOINT_EVERY}",
+    "--config.keep_checkpoints=10",
+    *extra,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +150,7 @@ def test_train_and_evaluate_an_imported_folder_through_the_clis(reference, tmp_p
   meta = json.loads((reference / "config.json").read_text())
   assert meta["augment"] == "rrc,flip" and meta["model"]["image_size"] == SIZE
   out = tmp_path / "eval.json"
-  result = run_script("evaluate.py", f"--workdirs={reference}", "--split=test",
-                      f"--output={out}")
+  result = run_script("evaluate.py", f"--workdirs={reference}", "--split=test", f"--output={out}")
   assert result.returncode == 0, result.stderr[-3000:]
   results = json.loads(out.read_text())[str(reference)]
   assert results["count"] == 12
@@ -162,8 +174,11 @@ def _children_tagged(tag):
 
 def _checkpoints(workdir):
   directory = workdir / "checkpoints"
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) \
-      if directory.is_dir() else []
+  return (
+    sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    if directory.is_dir()
+    else []
+  )
 
 
 def _logged(workdir):
@@ -183,13 +198,18 @@ def _logged(workdir):
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_with_workers_resumes_bit_identical_and_leaves_no_worker(
-    reference, image_data_dir, env, tmp_path, signum):
+  reference, image_data_dir, env, tmp_path, signum
+):
   workdir = tmp_path / "run"
   tag = f"DUOJAX_TEST_RUN={uuid.uuid4().hex}"
   out = open(tmp_path / "stderr", "w")
-  proc = subprocess.Popen([sys.executable, "train.py", *_train_args(image_data_dir, workdir)],
-                          cwd=ROOT, env={**env, tag.split("=")[0]: tag.split("=")[1]},
-                          stdout=subprocess.DEVNULL, stderr=out)
+  proc = subprocess.Popen(
+    [sys.executable, "train.py", *_train_args(image_data_dir, workdir)],
+    cwd=ROOT,
+    env={**env, tag.split("=")[0]: tag.split("=")[1]},
+    stdout=subprocess.DEVNULL,
+    stderr=out,
+  )
   deadline = time.monotonic() + 240
   while not (CHECKPOINT_EVERY in _checkpoints(workdir) and _logged(workdir) >= 10):
     assert proc.poll() is None, (tmp_path / "stderr").read_text()[-3000:]
@@ -198,8 +218,9 @@ def test_killed_with_workers_resumes_bit_identical_and_leaves_no_worker(
   assert len(_children_tagged(tag)) >= 3  # the run and its two grain workers
   os.kill(proc.pid, signum)
   code = proc.wait(timeout=120)
-  assert code == (-signal.SIGKILL if signum == signal.SIGKILL else 143), \
-      (tmp_path / "stderr").read_text()[-3000:]
+  assert code == (-signal.SIGKILL if signum == signal.SIGKILL else 143), (
+    tmp_path / "stderr"
+  ).read_text()[-3000:]
   deadline = time.monotonic() + 20
   while _children_tagged(tag) and time.monotonic() < deadline:
     time.sleep(0.1)
@@ -217,8 +238,10 @@ def test_killed_with_workers_resumes_bit_identical_and_leaves_no_worker(
 # ------------------------------------------------------------------ OOD sets
 @pytest.mark.parametrize("kind", ["tfds", "folder", "mnist"])
 def test_ood_sets_from_tfds_a_folder_or_mnist_come_at_the_models_shape(
-    image_data_dir, tmp_path, kind):
+  image_data_dir, tmp_path, kind
+):
   from duojax.eval import splits
+
   ds = _dataset(image_data_dir)
   if kind == "folder":
     make_image_folder(tmp_path / "ood", classes=("x",), per_class=5, seed=4, bad=False)
@@ -235,6 +258,7 @@ def test_ood_sets_from_tfds_a_folder_or_mnist_come_at_the_models_shape(
 
 def test_an_ood_folder_with_a_bad_file_is_a_one_line_error(image_data_dir, tmp_path):
   from duojax.eval import splits
+
   make_image_folder(tmp_path / "ood", classes=("x",), per_class=3, seed=5, bad=True)
   with pytest.raises(data.DataError, match=r"2 files in .* cannot be decoded: x/bad.jpg"):
     splits.ood_split(f"folder:{tmp_path / 'ood'}", _dataset(image_data_dir), "")

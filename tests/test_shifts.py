@@ -79,10 +79,12 @@ def test_rotation_matches_scipy(severity):
   image = _cross(GREY["size"]).round().astype(np.uint8)[None, ..., None]
   angle = shifts.SEVERITY_TABLE["rotation"][severity - 1]
   out = shifts.corrupt(np.repeat(image, GREY["count"], axis=0), "rotation", severity, seed=0)
-  clockwise = ndimage.rotate(image[0, ..., 0].astype(np.float64), -angle, reshape=False, order=1,
-                             mode="constant", cval=0.0)
-  anticlockwise = ndimage.rotate(image[0, ..., 0].astype(np.float64), angle, reshape=False,
-                                 order=1, mode="constant", cval=0.0)
+  clockwise = ndimage.rotate(
+    image[0, ..., 0].astype(np.float64), -angle, reshape=False, order=1, mode="constant", cval=0.0
+  )
+  anticlockwise = ndimage.rotate(
+    image[0, ..., 0].astype(np.float64), angle, reshape=False, order=1, mode="constant", cval=0.0
+  )
   inner = np.s_[3:-3, 3:-3]
   directions = set()
   for rotated in out[..., 0].astype(np.float64):
@@ -105,8 +107,9 @@ def test_blur_matches_scipy_gaussian_filter(severity):
   images = _clothes(**RGB)
   sigma = shifts.SEVERITY_TABLE["blur"][severity - 1]
   radius = math.ceil(3 * sigma)
-  ref = ndimage.gaussian_filter(images.astype(np.float64), (0, sigma, sigma, 0), mode="reflect",
-                                radius=(0, radius, radius, 0))
+  ref = ndimage.gaussian_filter(
+    images.astype(np.float64), (0, sigma, sigma, 0), mode="reflect", radius=(0, radius, radius, 0)
+  )
   out = shifts.corrupt(images, "blur", severity)
   assert np.abs(out - ref).max() <= 0.51  # rounding to uint8 only
 
@@ -145,7 +148,9 @@ def test_empty_set():
   assert shifts.corrupt(images, "rotation", 1).shape == (0, 28, 28, 1)
 
 
-@pytest.mark.parametrize("images, kind, severity, message", [
+@pytest.mark.parametrize(
+  "images, kind, severity, message",
+  [
     (np.zeros((1, 8, 8, 1), np.uint8), "fog", 1, "unknown shift kind 'fog'"),
     (np.zeros((1, 8, 8, 1), np.uint8), "blur", 0, "severity"),
     (np.zeros((1, 8, 8, 1), np.uint8), "blur", 6, "severity"),
@@ -153,7 +158,8 @@ def test_empty_set():
     (np.zeros((1, 8, 8, 1), np.uint8), "blur", True, "severity"),
     (np.zeros((1, 8, 8, 1), np.float32), "blur", 1, "uint8"),
     (np.zeros((8, 8, 1), np.uint8), "blur", 1, r"\[N, H, W, C\]"),
-])
+  ],
+)
 def test_errors(images, kind, severity, message):
   with pytest.raises(ValueError, match=message):
     shifts.corrupt(images, kind, severity)
@@ -181,8 +187,9 @@ def test_blur_scales_with_the_image_side():
   blurred_small = shifts.corrupt(small, "blur", 3).astype(float)
   blurred_large = shifts.corrupt(large, "blur", 3).astype(float)
   pooled = blurred_large.reshape(1, 28, 2, 28, 2, 1).mean(axis=(2, 4))
-  unscaled = shifts.corrupt(large, "blur", 1).astype(float).reshape(1, 28, 2, 28, 2, 1).mean(
-      axis=(2, 4))
+  unscaled = (
+    shifts.corrupt(large, "blur", 1).astype(float).reshape(1, 28, 2, 28, 2, 1).mean(axis=(2, 4))
+  )
   assert np.abs(pooled - blurred_small).mean() < 4
   # Without the scaling, the large image would come out much sharper.
   assert np.abs(pooled - blurred_small).mean() < 0.5 * np.abs(unscaled - blurred_small).mean()

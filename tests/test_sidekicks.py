@@ -16,8 +16,12 @@ def _bank(n=800, seed=0):
     labels = rng.integers(0, 6, n)
     signal = np.eye(6)[labels]
     shared = rng.normal(size=(n, 6))  # errors the sidekicks do not share
-    members = [3 * signal + 1.5 * shared, 2 * signal + rng.normal(size=(n, 6)),
-               0.7 * signal + rng.normal(size=(n, 6)), rng.normal(size=(n, 6))]
+    members = [
+      3 * signal + 1.5 * shared,
+      2 * signal + rng.normal(size=(n, 6)),
+      0.7 * signal + rng.normal(size=(n, 6)),
+      rng.normal(size=(n, 6)),
+    ]
     bank.logits[split] = np.stack(members).astype(np.float32)
     bank.labels[split] = labels
   return bank
@@ -27,8 +31,9 @@ FLOPS = {"large": 100.0, "sidekick": 10.0, "weak": 2.0, "noise": 1.0}
 
 
 def test_a_useless_candidate_ranks_last_with_no_weight():
-  result = sidekicks.rank_sidekicks(_bank(), large="large", candidates=["noise", "weak", "sidekick"],
-                                    member_flops=FLOPS)
+  result = sidekicks.rank_sidekicks(
+    _bank(), large="large", candidates=["noise", "weak", "sidekick"], member_flops=FLOPS
+  )
   assert result["ranking"] == ["sidekick", "weak", "noise"]
   assert result["chosen"] == "sidekick"
   noise = result["rows"]["noise"]
@@ -40,8 +45,13 @@ def test_a_useless_candidate_ranks_last_with_no_weight():
 
 def test_the_budget_picks_the_best_candidate_that_fits_and_unknown_flops_are_marked():
   flops = {**FLOPS, "weak": float("nan")}
-  result = sidekicks.rank_sidekicks(_bank(), large="large", candidates=["sidekick", "weak", "noise"],
-                                    member_flops=flops, budget=0.05)
+  result = sidekicks.rank_sidekicks(
+    _bank(),
+    large="large",
+    candidates=["sidekick", "weak", "noise"],
+    member_flops=flops,
+    budget=0.05,
+  )
   assert result["chosen"] == "weak"  # the sidekick costs 10% > 5%; weak's cost is unknown
   assert result["rows"]["weak"]["relative_flops"] is None
   assert result["rows"]["weak"]["val_nll_gain_per_flop"] is None
@@ -52,6 +62,7 @@ def test_the_budget_picks_the_best_candidate_that_fits_and_unknown_flops_are_mar
 def test_one_sidekick_gives_no_extra_methods_and_k_sidekicks_one_joint_duo():
   class Config:
     sidekicks = "a,b"
+
   assert sidekicks.methods(type("C", (), {"sidekicks": ""}), []) == []
   added = ["sidekick#2", "sidekick#3"]
   methods = sidekicks.methods(Config, added)
@@ -62,12 +73,15 @@ def test_one_sidekick_gives_no_extra_methods_and_k_sidekicks_one_joint_duo():
 def test_a_pairwise_duo_from_the_section_is_todays_duo_exactly():
   bank = _bank()
   today = methods_lib.Method("duo (weighted)", "duo", ("large", "sidekick"), "weighted")
-  ranked = sidekicks.rank_sidekicks(bank, large="large", candidates=["sidekick"],
-                                    member_flops=FLOPS)
+  ranked = sidekicks.rank_sidekicks(
+    bank, large="large", candidates=["sidekick"], member_flops=FLOPS
+  )
   fitted = methods_lib.fit(today, bank)
-  np.testing.assert_allclose([ranked["rows"]["sidekick"]["w_large"],
-                              ranked["rows"]["sidekick"]["w_sidekick"]], fitted["weights"],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    [ranked["rows"]["sidekick"]["w_large"], ranked["rows"]["sidekick"]["w_sidekick"]],
+    fitted["weights"],
+    rtol=1e-6,
+  )
   three = methods_lib.Method("duo k=3", "duo", ("large", "sidekick", "weak"), "weighted")
   weights = methods_lib.fit(three, bank)["weights"]
   assert weights.shape == (3,) and weights[1] > weights[2] > 0

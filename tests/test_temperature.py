@@ -27,8 +27,10 @@ def _synthetic(n, c, *, seed, scales_and_noise):
   rng = np.random.default_rng(seed)
   true = 2.0 * rng.standard_normal((n, c))
   labels = np.argmax(true + rng.gumbel(size=(n, c)), axis=1)
-  members = [(scale * (true + noise * rng.standard_normal((n, c)))).astype(np.float32)
-             for scale, noise in scales_and_noise]
+  members = [
+    (scale * (true + noise * rng.standard_normal((n, c)))).astype(np.float32)
+    for scale, noise in scales_and_noise
+  ]
   return members, labels
 
 
@@ -68,9 +70,14 @@ def _hessian64(weights, members):
 def _scipy_fit(members, labels):
   stack = np.asarray(members, np.float64)
   m = len(members)
-  result = optimize.minimize(_nll64_and_grad, np.full(m, 1.0 / m), args=(stack, labels),
-                             jac=True, method="L-BFGS-B",
-                             options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 1000})
+  result = optimize.minimize(
+    _nll64_and_grad,
+    np.full(m, 1.0 / m),
+    args=(stack, labels),
+    jac=True,
+    method="L-BFGS-B",
+    options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 1000},
+  )
   assert result.success, result.message
   return result.x, result.fun
 
@@ -111,20 +118,29 @@ def test_fused_objective_matches_reference_nll_and_its_autodiff_gradient():
 
   @jax.jit
   def fused_and_reference(weights):
-    return (jax.value_and_grad(temperature._objective)(weights, problem),
-            jax.value_and_grad(temperature.nll)(weights, stack, labels))
+    return (
+      jax.value_and_grad(temperature._objective)(weights, problem),
+      jax.value_and_grad(temperature.nll)(weights, stack, labels),
+    )
 
-  for weights, overflows in (([0.5, 0.5], True), ([0.4, 0.0], True), ([1.3, -0.2], True),
-                             ([-0.3, 2.0], False), ([0.2, 0.1], False)):
+  for weights, overflows in (
+    ([0.5, 0.5], True),
+    ([0.4, 0.0], True),
+    ([1.3, -0.2], True),
+    ([-0.3, 2.0], False),
+    ([0.2, 0.1], False),
+  ):
     weights = jnp.asarray(weights, jnp.float32)
-    mass, _ = temperature._row_sums(weights, problem.members, weights @ problem.label_logits,
-                                    with_moments=False)
+    mass, _ = temperature._row_sums(
+      weights, problem.members, weights @ problem.label_logits, with_moments=False
+    )
     assert bool(jnp.any(mass > temperature._MAX_ROW_MASS)) == overflows
     (value, grad), (ref_value, ref_grad) = fused_and_reference(weights)
     np.testing.assert_allclose(value, ref_value, rtol=1e-5)
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-5)
-    ref64_value, ref64_grad = _nll64_and_grad(np.asarray(weights, np.float64),
-                                              np.asarray(stack, np.float64), labels)
+    ref64_value, ref64_grad = _nll64_and_grad(
+      np.asarray(weights, np.float64), np.asarray(stack, np.float64), labels
+    )
     np.testing.assert_allclose(value, ref64_value, rtol=1e-5)
     np.testing.assert_allclose(grad, ref64_grad, rtol=1e-4, atol=1e-5)
 
@@ -142,8 +158,9 @@ def test_temperature_scaling_recovers_the_overconfidence_factor():
   calibrated = 2.0 * rng.standard_normal((n, C))
   labels = np.argmax(calibrated + rng.gumbel(size=(n, C)), axis=1)
   logits = (t * calibrated).astype(np.float32)
-  weights, info = temperature._fit([logits], labels, solver="optax", init=None, max_iter=100,
-                                   tol=1e-6, sample_logits=4096)
+  weights, info = temperature._fit(
+    [logits], labels, solver="optax", init=None, max_iter=100, tol=1e-6, sample_logits=4096
+  )
   assert 0 < int(info["warm_start_rows"]) < n
   w = float(weights[0])
   # Asymptotic standard error of the maximum-likelihood w: 1/√(N·I), with I
@@ -205,8 +222,9 @@ def test_stacked_input_equals_list_and_combine_is_the_weighted_sum():
   weights = np.array([0.7, -0.2], np.float32)
   expected = 0.7 * members[0] - 0.2 * members[1]
   np.testing.assert_allclose(duo.combine(members, weights), expected, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(duo.combine(np.stack(members), weights), expected,
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    duo.combine(np.stack(members), weights), expected, rtol=1e-5, atol=1e-5
+  )
   # The old name still works, says where the function lives now, and agrees.
   with pytest.warns(DeprecationWarning, match="duojax.duo.combine"):
     old = temperature.combine(members, weights)
@@ -219,7 +237,9 @@ def _with(members, index, row, col, value):
   return members
 
 
-@pytest.mark.parametrize("make_args, message", [
+@pytest.mark.parametrize(
+  "make_args, message",
+  [
     (lambda z, y: ([], y), r"no members"),
     (lambda z, y: (z[0], y), r"must be stacked \[m, N, C\]"),
     (lambda z, y: ([z[0], z[1][:, :5]], y), r"member 1 has 5 classes but member 0 has 10"),
@@ -228,15 +248,24 @@ def _with(members, index, row, col, value):
     (lambda z, y: ([z[0][:0], z[1][:0]], y[:0]), r"empty validation split"),
     (lambda z, y: (z, y[:-1]), r"labels have shape \(1999,\); expected \(2000,\)"),
     (lambda z, y: (z, y.astype(np.float32)), r"labels must be integers"),
-    (lambda z, y: (z, np.where(np.arange(N) == 5, 10, y)),
-     r"labels must lie in \[0, 10\); found .* max 10"),
-    (lambda z, y: (z, np.where(np.arange(N) == 5, -1, y)),
-     r"labels must lie in \[0, 10\); found min -1"),
-    (lambda z, y: (_with(_with(_with(z, 0, 3, 4, np.nan), 1, 7, 0, np.inf), 1, 8, 1, np.nan), y),
-     r"logits contain 3 non-finite values \(NaN or inf\) \(member 0: 1, member 1: 2\)"),
-    (lambda z, y: (_with(_with(z, 1, 0, 0, -np.inf), 1, 9, 9, -np.inf), y),
-     r"logits contain 2 non-finite values .*member 1: 2"),
-])
+    (
+      lambda z, y: (z, np.where(np.arange(N) == 5, 10, y)),
+      r"labels must lie in \[0, 10\); found .* max 10",
+    ),
+    (
+      lambda z, y: (z, np.where(np.arange(N) == 5, -1, y)),
+      r"labels must lie in \[0, 10\); found min -1",
+    ),
+    (
+      lambda z, y: (_with(_with(_with(z, 0, 3, 4, np.nan), 1, 7, 0, np.inf), 1, 8, 1, np.nan), y),
+      r"logits contain 3 non-finite values \(NaN or inf\) \(member 0: 1, member 1: 2\)",
+    ),
+    (
+      lambda z, y: (_with(_with(z, 1, 0, 0, -np.inf), 1, 9, 9, -np.inf), y),
+      r"logits contain 2 non-finite values .*member 1: 2",
+    ),
+  ],
+)
 def test_bad_inputs_raise_one_value_error_each(make_args, message):
   members, labels = _problem(2)
   logits, labels = make_args(members, labels)
@@ -273,9 +302,14 @@ print(json.dumps([str(w.message) for w in caught]))
 def test_jaxopt_import_warning_is_silenced_and_nothing_else():
   # A fresh process, since this one may have imported jaxopt already.
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  out = subprocess.run([sys.executable, "-c", _IMPORT_IN_A_FRESH_PROCESS], cwd=repo,
-                       capture_output=True, text=True, check=True,
-                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  out = subprocess.run(
+    [sys.executable, "-c", _IMPORT_IN_A_FRESH_PROCESS],
+    cwd=repo,
+    capture_output=True,
+    text=True,
+    check=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   assert json.loads(out.stdout.strip().splitlines()[-1]) == ["other warnings still show"]
 
 
@@ -318,15 +352,17 @@ def _padded(members, labels, *, seed=4):
 def test_masked_fit_equals_the_fit_on_the_valid_rows(solver):
   members, labels = _problem(2)
   padded, padded_labels, mask = _padded(members, labels)
-  weights, info = temperature.fit_temperatures_with_info(padded, padded_labels, mask=mask,
-                                                         solver=solver)
+  weights, info = temperature.fit_temperatures_with_info(
+    padded, padded_labels, mask=mask, solver=solver
+  )
   reference, ref_info = temperature.fit_temperatures_with_info(members, labels, solver=solver)
   np.testing.assert_allclose(weights, reference, atol=1e-5)
   assert info["converged"] and info["warm_start_rows"] == N, info
   assert abs(info["nll"] - ref_info["nll"]) <= 1e-6
   # Stacked input and a mask given as a jax array take the same route.
-  stacked = temperature.fit_temperatures(jnp.asarray(np.stack(padded)), padded_labels,
-                                         mask=jnp.asarray(mask), solver=solver)
+  stacked = temperature.fit_temperatures(
+    jnp.asarray(np.stack(padded)), padded_labels, mask=jnp.asarray(mask), solver=solver
+  )
   np.testing.assert_allclose(stacked, reference, atol=1e-5)
 
 
@@ -348,8 +384,16 @@ def test_masked_fit_on_a_row_sample_and_on_a_sample_of_padding_alone(solver):
       full[mask] = z
     padded_labels = np.full(n, -1, np.int32)
     padded_labels[mask] = labels
-    weights, info = temperature._fit(padded, padded_labels, solver=solver, init=None,
-                                     max_iter=100, tol=1e-6, mask=mask, sample_logits=4096)
+    weights, info = temperature._fit(
+      padded,
+      padded_labels,
+      solver=solver,
+      init=None,
+      max_iter=100,
+      tol=1e-6,
+      mask=mask,
+      sample_logits=4096,
+    )
     expected_rows = int(mask[::stride].sum())
     assert int(info["warm_start_rows"]) == expected_rows
     assert (int(info["warm_start_iterations"]) == 0) == (expected_rows == 0)
@@ -403,21 +447,37 @@ def _set_label(y, row, value):
   return y
 
 
-@pytest.mark.parametrize("make_args, message", [
-    (lambda z, y, m: (z, _set_label(y, _first(m, True), C), m),
-     r"labels must lie in \[0, 10\); found .* max 10"),
-    (lambda z, y, m: (z, _set_label(y, _first(m, True), -1), m),
-     r"labels must lie in \[0, 10\); found min -1"),
+@pytest.mark.parametrize(
+  "make_args, message",
+  [
+    (
+      lambda z, y, m: (z, _set_label(y, _first(m, True), C), m),
+      r"labels must lie in \[0, 10\); found .* max 10",
+    ),
+    (
+      lambda z, y, m: (z, _set_label(y, _first(m, True), -1), m),
+      r"labels must lie in \[0, 10\); found min -1",
+    ),
     # Padding holds many more non-finite values; only the valid rows' count.
-    (lambda z, y, m: (_with(_with(z, 0, _first(m, True), 3, np.nan), 1, _first(m, True), 4,
-                            -np.inf), y, m),
-     r"logits contain 2 non-finite values \(NaN or inf\) \(member 0: 1, member 1: 1\)"),
+    (
+      lambda z, y, m: (
+        _with(_with(z, 0, _first(m, True), 3, np.nan), 1, _first(m, True), 4, -np.inf),
+        y,
+        m,
+      ),
+      r"logits contain 2 non-finite values \(NaN or inf\) \(member 0: 1, member 1: 1\)",
+    ),
     (lambda z, y, m: (z, y, np.zeros_like(m)), r"mask has no valid rows: all 2037 rows"),
-    (lambda z, y, m: (z, y, m[:-1]),
-     r"mask must be a bool array of shape \(2037,\) .*got bool of shape \(2036,\)"),
-    (lambda z, y, m: (z, y, m.astype(np.int32)),
-     r"mask must be a bool array of shape \(2037,\) .*got int32 of shape \(2037,\)"),
-])
+    (
+      lambda z, y, m: (z, y, m[:-1]),
+      r"mask must be a bool array of shape \(2037,\) .*got bool of shape \(2036,\)",
+    ),
+    (
+      lambda z, y, m: (z, y, m.astype(np.int32)),
+      r"mask must be a bool array of shape \(2037,\) .*got int32 of shape \(2037,\)",
+    ),
+  ],
+)
 def test_masked_checks_see_valid_rows_only(make_args, message):
   logits, labels, mask = _padded_case(make_args)
   with pytest.raises(ValueError, match=message):
@@ -474,13 +534,20 @@ def test_fit_on_rows_sharded_over_two_devices_equals_the_unpadded_fit(tmp_path):
   members, labels = _synthetic(301, 7, seed=5, scales_and_noise=[LARGE, SMALL])
   np.savez(tmp_path / "split.npz", z0=members[0], z1=members[1], labels=labels)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  child = subprocess.Popen([sys.executable, "-c", _SHARDED_SCRIPT, str(tmp_path / "split.npz")],
-                           cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  child = subprocess.Popen(
+    [sys.executable, "-c", _SHARDED_SCRIPT, str(tmp_path / "split.npz")],
+    cwd=repo,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   # The single-device references, computed here while the child compiles.
   try:
-    references = {solver: temperature.fit_temperatures(members, labels, solver=solver)
-                  for solver in temperature.SOLVERS}
+    references = {
+      solver: temperature.fit_temperatures(members, labels, solver=solver)
+      for solver in temperature.SOLVERS
+    }
     reference_nll = float(temperature.nll(np.array([0.4, 0.1], np.float32), members, labels))
   finally:
     stdout, stderr = child.communicate(timeout=300)
@@ -489,6 +556,7 @@ def test_fit_on_rows_sharded_over_two_devices_equals_the_unpadded_fit(tmp_path):
   assert abs(out.pop("nll") - reference_nll) <= 1e-6
   assert sorted(out) == ["jaxopt/4194304", "optax/4194304", "optax/64"]
   for name, fit in out.items():
-    np.testing.assert_allclose(fit["weights"], references[name.split("/")[0]], atol=1e-5,
-                               err_msg=name)
+    np.testing.assert_allclose(
+      fit["weights"], references[name.split("/")[0]], atol=1e-5, err_msg=name
+    )
     assert fit["replicated"] and fit["devices"] == 2, (name, fit)

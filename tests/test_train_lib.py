@@ -27,16 +27,22 @@ def _tiny_setup(model_name="resnet8", overrides=None, steps=4, **config_override
 
 def _batches(n, batch_size=8, seed=0):
   rng = np.random.default_rng(seed)
-  return [{"image": rng.normal(size=(batch_size, 12, 12, 1)).astype(np.float32),
-           "label": rng.integers(0, 10, size=batch_size).astype(np.int32)} for _ in range(n)]
+  return [
+    {
+      "image": rng.normal(size=(batch_size, 12, 12, 1)).astype(np.float32),
+      "label": rng.integers(0, 10, size=batch_size).astype(np.int32),
+    }
+    for _ in range(n)
+  ]
 
 
 def test_train_step_decreases_loss_and_updates_batch_stats():
   config, graphdef, params, batch_stats, optimizer = _tiny_setup(steps=30, lr=1e-2)
   initial_stats = jax.tree.map(np.array, batch_stats)  # the state is donated
   mesh = sharding.make_mesh()
-  state = jax.device_put(steps.init_state(params, batch_stats, optimizer),
-                         sharding.replicated(mesh))
+  state = jax.device_put(
+    steps.init_state(params, batch_stats, optimizer), sharding.replicated(mesh)
+  )
   step = steps.make_train_step(graphdef, optimizer, mesh=mesh, seed=0)
   batch = _batches(1)[0]
   losses = []
@@ -52,8 +58,9 @@ def test_train_step_decreases_loss_and_updates_batch_stats():
 def test_nonfinite_loss_is_counted():
   config, graphdef, params, batch_stats, optimizer = _tiny_setup()
   mesh = sharding.make_mesh()
-  state = jax.device_put(steps.init_state(params, batch_stats, optimizer),
-                         sharding.replicated(mesh))
+  state = jax.device_put(
+    steps.init_state(params, batch_stats, optimizer), sharding.replicated(mesh)
+  )
   step = steps.make_train_step(graphdef, optimizer, mesh=mesh, seed=0)
   batch = _batches(1)[0]
   batch["image"][0, 0, 0, 0] = np.nan
@@ -74,8 +81,11 @@ def test_eval_step_respects_mask():
   expected_correct = np.sum((logits.argmax(-1) == batch["label"])[:3])
   assert part["count"] == 3 and full["count"] == 8
   assert part["correct"] == expected_correct
-  logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
-      - logits.max(-1, keepdims=True)
+  logp = (
+    logits
+    - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    - logits.max(-1, keepdims=True)
+  )
   np.testing.assert_allclose(part["nll"], -logp[np.arange(3), batch["label"][:3]].sum(), rtol=1e-5)
 
 
@@ -116,8 +126,13 @@ def test_checkpoint_round_trip_and_compatibility(tmp_path):
   config, graphdef, params, batch_stats, optimizer = _tiny_setup()
   state = jax.tree.map(np.array, steps.init_state(params, batch_stats, optimizer))
   model_spec = spec.ModelSpec("resnet8", {"width": 4}, 10, (12, 12, 1))
-  meta = {**model_spec.as_meta(), "config": config.to_dict(), "step": 0, "data_step": 0,
-          "dataset": "x"}
+  meta = {
+    **model_spec.as_meta(),
+    "config": config.to_dict(),
+    "step": 0,
+    "data_step": 0,
+    "dataset": "x",
+  }
   manager = checkpoint.make_manager(str(tmp_path), keep=2)
   checkpoint.save(manager, 0, state, meta)
   restored, restored_meta = checkpoint.restore(manager, 0, checkpoint.abstract_like(state))
@@ -138,18 +153,34 @@ def test_checkpoint_of_an_older_config_loads_with_defaults(tmp_path):
   config, graphdef, params, batch_stats, optimizer = _tiny_setup()
   state = jax.tree.map(np.array, steps.init_state(params, batch_stats, optimizer))
   old = config.to_dict()
-  for key in ("loss", "gatekeeper_alpha", "linear_probe_steps", "init_weights", "prune_from",
-              "prune_keep"):
+  for key in (
+    "loss",
+    "gatekeeper_alpha",
+    "linear_probe_steps",
+    "init_weights",
+    "prune_from",
+    "prune_keep",
+  ):
     del old[key]
   model_spec = spec.ModelSpec("resnet8", {"width": 4}, 10, (12, 12, 1))
   manager = checkpoint.make_manager(str(tmp_path))
-  checkpoint.save(manager, 0, state, {**model_spec.as_meta(), "config": old, "step": 0,
-                                      "data_step": 0, "dataset": "x"})
+  checkpoint.save(
+    manager,
+    0,
+    state,
+    {**model_spec.as_meta(), "config": old, "step": 0, "data_step": 0, "dataset": "x"},
+  )
   manager.close()
   model, meta = checkpoint.load_model(str(tmp_path))
   defaults = config_lib.base_config()
-  for key in ("loss", "gatekeeper_alpha", "linear_probe_steps", "init_weights", "prune_from",
-              "prune_keep"):
+  for key in (
+    "loss",
+    "gatekeeper_alpha",
+    "linear_probe_steps",
+    "init_weights",
+    "prune_from",
+    "prune_keep",
+  ):
     assert meta["config"][key] == defaults[key]
   assert meta["config"]["total_steps"] == config.total_steps  # saved values are kept
   _, params2, _ = functional.split_model(model)
@@ -165,8 +196,9 @@ def test_read_meta_errors(tmp_path):
 
 
 def test_parse_arg_types_and_errors():
-  parsed = config_lib.parse_arg("vit_mi4,epochs=3,flag=true", model="resnet14", epochs=2.0,
-                                flag=False)
+  parsed = config_lib.parse_arg(
+    "vit_mi4,epochs=3,flag=true", model="resnet14", epochs=2.0, flag=False
+  )
   assert (parsed.model, parsed.epochs, parsed.flag) == ("vit_mi4", 3.0, True)
   with pytest.raises(config_lib.ConfigError, match="unknown config argument 'nope'"):
     config_lib.parse_arg("nope=1", model="x")
@@ -188,17 +220,19 @@ def test_validate_rejects_bad_values():
 def test_linear_probe_trains_the_head_alone_then_everything():
   probe = 3
   config, graphdef, params, batch_stats, optimizer = _tiny_setup(
-      steps=6, lr=1e-2, linear_probe_steps=probe)
+    steps=6, lr=1e-2, linear_probe_steps=probe
+  )
   start = jax.tree.map(np.array, (params, batch_stats))
   mesh = sharding.make_mesh()
-  state = jax.device_put(steps.init_state(params, batch_stats, optimizer),
-                         sharding.replicated(mesh))
-  step = steps.make_train_step(graphdef, optimizer, mesh=mesh, seed=0,
-                               frozen_stats_steps=probe)
+  state = jax.device_put(
+    steps.init_state(params, batch_stats, optimizer), sharding.replicated(mesh)
+  )
+  step = steps.make_train_step(graphdef, optimizer, mesh=mesh, seed=0, frozen_stats_steps=probe)
 
   def changed(tree, ref):
-    return [bool(np.any(np.asarray(a) != b)) for a, b in
-            zip(jax.tree.leaves(tree), jax.tree.leaves(ref))]
+    return [
+      bool(np.any(np.asarray(a) != b)) for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(ref))
+    ]
 
   for batch in _batches(probe):
     state, _ = step(state, batch)
@@ -209,8 +243,12 @@ def test_linear_probe_trains_the_head_alone_then_everything():
   assert not any(changed(state["batch_stats"], start[1]))
   for batch in _batches(3, seed=1):
     state, _ = step(state, batch)
-  assert all(changed({k: v for k, v in state["params"].items() if k != "head"},
-                     {k: v for k, v in start[0].items() if k != "head"}))
+  assert all(
+    changed(
+      {k: v for k, v in state["params"].items() if k != "head"},
+      {k: v for k, v in start[0].items() if k != "head"},
+    )
+  )
   assert any(changed(state["batch_stats"], start[1]))
 
 
@@ -222,13 +260,16 @@ def test_linear_probe_must_leave_fine_tuning_steps():
 def test_gatekeeper_loss_trains_through_the_step():
   """loss="gatekeeper" reaches the jitted step: its loss is the Gatekeeper loss."""
   from duojax import cascade
+
   config, graphdef, params, batch_stats, optimizer = _tiny_setup(steps=2, lr=1e-3)
   config.loss, config.gatekeeper_alpha = "gatekeeper", 0.3
   mesh = sharding.make_mesh()
-  state = jax.device_put(steps.init_state(params, batch_stats, optimizer),
-                         sharding.replicated(mesh))
-  step = steps.make_train_step(graphdef, optimizer, mesh=mesh, seed=0,
-                               loss_fn=steps.make_loss(config))
+  state = jax.device_put(
+    steps.init_state(params, batch_stats, optimizer), sharding.replicated(mesh)
+  )
+  step = steps.make_train_step(
+    graphdef, optimizer, mesh=mesh, seed=0, loss_fn=steps.make_loss(config)
+  )
   batch = _batches(1)[0]
   # resnet8 has no dropout: the train-mode forward (batch statistics) is deterministic.
   logits, _, _ = functional.make_apply(graphdef)(params, batch_stats, batch["image"], train=True)

@@ -9,20 +9,31 @@ is re-exported here.
 """
 
 from duojax.cascade.deferral import (
-                                     cascade_outputs,
-                                     cascade_sweep,
-                                     deferral_curve,
-                                     deferral_performance,
-                                     deferral_report,
-                                     distributional_overlap,
-                                     ideal_deferral,
-                                     random_deferral,
-                                     threshold_for_ratio,
+  cascade_outputs,
+  cascade_sweep,
+  deferral_curve,
+  deferral_performance,
+  deferral_report,
+  distributional_overlap,
+  ideal_deferral,
+  random_deferral,
+  threshold_for_ratio,
 )
 from duojax.cascade.forward import default_buckets, make_cascade_forward, reference_cascade
 from duojax.core.losses import gatekeeper_loss
 
-__all__ = ["cascade_outputs", "cascade_sweep", "default_buckets", "deferral_curve",
-           "deferral_performance", "deferral_report", "distributional_overlap",
-           "gatekeeper_loss", "ideal_deferral", "make_cascade_forward", "random_deferral",
-           "reference_cascade", "threshold_for_ratio"]
+__all__ = [
+  "cascade_outputs",
+  "cascade_sweep",
+  "default_buckets",
+  "deferral_curve",
+  "deferral_performance",
+  "deferral_report",
+  "distributional_overlap",
+  "gatekeeper_loss",
+  "ideal_deferral",
+  "make_cascade_forward",
+  "random_deferral",
+  "reference_cascade",
+  "threshold_for_ratio",
+]

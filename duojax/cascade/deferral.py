@@ -53,11 +53,14 @@ _KDE_TAIL_BANDWIDTHS = 4.0
 def _check_logits_pair(small_logits, other_logits, other: str):
   small_logits, other_logits = jnp.asarray(small_logits), jnp.asarray(other_logits)
   if small_logits.ndim != 2 or 0 in small_logits.shape:
-    raise ValueError(f"small_logits must be non-empty 2-D [N, C], got shape "
-                     f"{tuple(small_logits.shape)}")
+    raise ValueError(
+      f"small_logits must be non-empty 2-D [N, C], got shape {tuple(small_logits.shape)}"
+    )
   if other_logits.shape != small_logits.shape:
-    raise ValueError(f"{other} shape {tuple(other_logits.shape)} does not match small_logits "
-                     f"shape {tuple(small_logits.shape)}")
+    raise ValueError(
+      f"{other} shape {tuple(other_logits.shape)} does not match small_logits "
+      f"shape {tuple(small_logits.shape)}"
+    )
   return small_logits.astype(jnp.float32), other_logits.astype(jnp.float32)
 
 
@@ -112,9 +115,11 @@ def deferral_curve(confidence, correct_small, correct_large) -> dict[str, np.nda
   cum_small = np.concatenate([[0], np.cumsum(correct_small[order])])
   cum_large = np.concatenate([[0], np.cumsum(correct_large[order])])
   right = cum_large[deferred] + cum_small[-1] - cum_small[deferred]
-  return {"ratio": (deferred / num).astype(np.float32),
-          "accuracy": (right / num).astype(np.float32),
-          "threshold": np.append(ordered[deferred[:-1]], np.float32(np.inf))}
+  return {
+    "ratio": (deferred / num).astype(np.float32),
+    "accuracy": (right / num).astype(np.float32),
+    "threshold": np.append(ordered[deferred[:-1]], np.float32(np.inf)),
+  }
 
 
 def random_deferral(ratio, acc_small, acc_large) -> jax.Array:
@@ -145,8 +150,10 @@ def deferral_performance(curve, acc_small, acc_large) -> float:
   ratio = np.asarray(curve["ratio"], np.float64)
   accuracy = np.asarray(curve["accuracy"], np.float64)
   if ratio.ndim != 1 or ratio.shape != accuracy.shape or ratio.size < 2:
-    raise ValueError(f"curve ratio {ratio.shape} and accuracy {accuracy.shape} must be 1-D "
-                     "of the same length (at least 2)")
+    raise ValueError(
+      f"curve ratio {ratio.shape} and accuracy {accuracy.shape} must be 1-D "
+      "of the same length (at least 2)"
+    )
   if ratio[0] != 0.0 or ratio[-1] != 1.0 or np.any(np.diff(ratio) < 0):
     raise ValueError("curve ratio must increase from 0 to 1")
   acc_small = _check_ratio(acc_small, "acc_small")
@@ -160,7 +167,7 @@ def deferral_performance(curve, acc_small, acc_large) -> float:
 
 def _scott_bandwidth(data: np.ndarray) -> float:
   """scipy.stats.gaussian_kde's default in 1-D: std (ddof 1) · n^(−1/5)."""
-  return float(np.std(data, ddof=1) * data.size ** -0.2)
+  return float(np.std(data, ddof=1) * data.size**-0.2)
 
 
 def _gaussian_kde(data, points, bandwidth: float | None = None) -> np.ndarray:
@@ -171,7 +178,7 @@ def _gaussian_kde(data, points, bandwidth: float | None = None) -> np.ndarray:
   density = np.zeros(points.shape)
   step = max(1, _KDE_CHUNK_ELEMENTS // max(points.size, 1))
   for start in range(0, data.size, step):
-    z = (points[:, None] - data[None, start:start + step]) / bandwidth
+    z = (points[:, None] - data[None, start : start + step]) / bandwidth
     density += np.sum(np.exp(-0.5 * z * z), axis=1)
   return density / (data.size * bandwidth * math.sqrt(2.0 * math.pi))
 
@@ -231,8 +238,13 @@ def cascade_outputs(small_logits, answer_logits, threshold):
     raise ValueError("threshold is NaN")
   # Each MSP from its own jitted program, as in `cascade_sweep`: the same
   # values its thresholds were picked from, so a split never moves by an ulp.
-  return _select(small_logits, answer_logits, _msp(small_logits), _msp(answer_logits),
-                 jnp.asarray(threshold, jnp.float32))
+  return _select(
+    small_logits,
+    answer_logits,
+    _msp(small_logits),
+    _msp(answer_logits),
+    jnp.asarray(threshold, jnp.float32),
+  )
 
 
 def threshold_for_ratio(confidence, ratio) -> float:
@@ -254,8 +266,15 @@ def threshold_for_ratio(confidence, ratio) -> float:
   return math.inf if count == num else float(ordered[count])
 
 
-def cascade_sweep(small_logits, answer_logits, labels, *, ratios: Sequence[float],
-                  flops_small: float, flops_answer_extra: float) -> list[dict[str, float]]:
+def cascade_sweep(
+  small_logits,
+  answer_logits,
+  labels,
+  *,
+  ratios: Sequence[float],
+  flops_small: float,
+  flops_answer_extra: float,
+) -> list[dict[str, float]]:
   """The cascade at each target deferral ratio, one dict per ratio.
 
   Keys: "target_ratio"; "threshold" (from `threshold_for_ratio` on the small
@@ -267,20 +286,29 @@ def cascade_sweep(small_logits, answer_logits, labels, *, ratios: Sequence[float
   """
   small_logits, answer_logits = _check_logits_pair(small_logits, answer_logits, "answer_logits")
   if not (flops_small >= 0 and flops_answer_extra >= 0):
-    raise ValueError(f"flops must be non-negative, got flops_small={flops_small}, "
-                     f"flops_answer_extra={flops_answer_extra}")
+    raise ValueError(
+      f"flops must be non-negative, got flops_small={flops_small}, "
+      f"flops_answer_extra={flops_answer_extra}"
+    )
   small_confidence, answer_confidence = _msp(small_logits), _msp(answer_logits)
   host_confidence = np.asarray(small_confidence)
   num = small_logits.shape[0]
   rows = []
   for target in ratios:
     threshold = threshold_for_ratio(host_confidence, target)
-    logits, _, deferred = _select(small_logits, answer_logits, small_confidence,
-                                  answer_confidence, jnp.float32(threshold))
+    logits, _, deferred = _select(
+      small_logits, answer_logits, small_confidence, answer_confidence, jnp.float32(threshold)
+    )
     realized = int(jnp.sum(deferred)) / num
-    rows.append({"target_ratio": float(target), "threshold": threshold, "ratio": realized,
-                 **metrics.evaluate(logits, labels),
-                 "flops": float(flops_small + realized * flops_answer_extra)})
+    rows.append(
+      {
+        "target_ratio": float(target),
+        "threshold": threshold,
+        "ratio": realized,
+        **metrics.evaluate(logits, labels),
+        "flops": float(flops_small + realized * flops_answer_extra),
+      }
+    )
   return rows
 
 
@@ -303,7 +331,11 @@ def deferral_report(small_logits, large_logits, labels, *, grid: int = 1000) -> 
   acc_small, acc_large = small["acc"], large["acc"]
   curve["random"] = np.asarray(random_deferral(curve["ratio"], acc_small, acc_large))
   curve["ideal"] = np.asarray(ideal_deferral(curve["ratio"], acc_small, acc_large))
-  return {"acc_small": acc_small, "acc_large": acc_large, "auroc_small": small["auroc"],
-          "s_d": deferral_performance(curve, acc_small, acc_large),
-          "s_o": distributional_overlap(confidence, correct_small, grid=grid),
-          "curve": curve}
+  return {
+    "acc_small": acc_small,
+    "acc_large": acc_large,
+    "auroc_small": small["auroc"],
+    "s_d": deferral_performance(curve, acc_small, acc_large),
+    "s_o": distributional_overlap(confidence, correct_small, grid=grid),
+    "curve": curve,
+  }

@@ -45,8 +45,9 @@ def default_buckets(batch_size: int) -> tuple[int, ...]:
   large-model work. Coarser steps (B/4, B/2, B) were measured to waste the
   saving at high deferral ratios: 390 deferred rows of 500 ran a full batch.
   """
-  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-      or batch_size < 1:
+  if (
+    isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
+  ):
     raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
   b = int(batch_size)
   return tuple(sorted({max(1, -(-b * k // 8)) for k in range(1, 9)}))
@@ -88,8 +89,9 @@ def _check_threshold(threshold) -> float:
   return t
 
 
-def make_cascade_forward(small_graphdef, large_graphdef, *, weights=None,
-                         small_scale: float = 1.0, buckets: Sequence[int]) -> Callable:
+def make_cascade_forward(
+  small_graphdef, large_graphdef, *, weights=None, small_scale: float = 1.0, buckets: Sequence[int]
+) -> Callable:
   """`run(small_state, large_state, images, threshold) -> dict`, the batched cascade.
 
   Args:
@@ -142,30 +144,48 @@ def make_cascade_forward(small_graphdef, large_graphdef, *, weights=None,
     images = jnp.asarray(images)
     batch = images.shape[0]
     if batch > buckets[-1]:
-      raise ValueError(f"batch of {batch} rows exceeds the largest bucket {buckets[-1]}; "
-                       "pass buckets ending in the batch size")
-    z_s, scaled, confidence, deferred = small_stage(small_state, images,
-                                                    jnp.float32(threshold))
+      raise ValueError(
+        f"batch of {batch} rows exceeds the largest bucket {buckets[-1]}; "
+        "pass buckets ending in the batch size"
+      )
+    z_s, scaled, confidence, deferred = small_stage(small_state, images, jnp.float32(threshold))
     deferred = np.asarray(deferred)  # the one device -> host transfer: B booleans
     rows = np.flatnonzero(deferred)
     k = int(rows.size)
     if k == 0:
-      return {"logits": scaled, "confidence": confidence, "deferred": deferred,
-              "num_deferred": 0, "bucket": 0}
+      return {
+        "logits": scaled,
+        "confidence": confidence,
+        "deferred": deferred,
+        "num_deferred": 0,
+        "bucket": 0,
+      }
     bucket = next(s for s in buckets if s >= k)
     idx = np.full(bucket, batch, np.int32)
     idx[:k] = rows
     logits, confidence = large_stage(large_state, images, z_s, scaled, jnp.asarray(idx))
-    return {"logits": logits, "confidence": confidence, "deferred": deferred,
-            "num_deferred": k, "bucket": bucket}
+    return {
+      "logits": logits,
+      "confidence": confidence,
+      "deferred": deferred,
+      "num_deferred": k,
+      "bucket": bucket,
+    }
 
   run.traces = traces
   run.buckets = buckets
   return run
 
 
-def reference_cascade(small_apply: Callable, large_apply: Callable, images, threshold, *,
-                      weights=None, small_scale: float = 1.0) -> dict:
+def reference_cascade(
+  small_apply: Callable,
+  large_apply: Callable,
+  images,
+  threshold,
+  *,
+  weights=None,
+  small_scale: float = 1.0,
+) -> dict:
   """The cascade without batching tricks: both models on every row, then select.
 
   `small_apply` / `large_apply` map images to logits. Returns the keys of
@@ -181,5 +201,9 @@ def reference_cascade(small_apply: Callable, large_apply: Callable, images, thre
   answer = z_l if weights is None else weights[0] * z_l + weights[1] * z_s
   logits = jnp.where(deferred[:, None], answer, scaled)
   deferred = np.asarray(deferred)
-  return {"logits": logits, "confidence": msp_confidence(logits), "deferred": deferred,
-          "num_deferred": int(deferred.sum())}
+  return {
+    "logits": logits,
+    "confidence": msp_confidence(logits),
+    "deferred": deferred,
+    "num_deferred": int(deferred.sum()),
+  }

@@ -28,8 +28,10 @@ def main(argv):
     raise ValueError(f"--out={_OUT.value!r} must end in .safetensors")
   model, meta = checkpoint.load_model(_WORKDIR.value, _STEP.value)
   convert.export_pretrained(model, _OUT.value, _LAYOUT.value)
-  print(f"wrote {meta['model_name']} (step {meta['step']}) in layout {_LAYOUT.value} "
-        f"to {os.path.abspath(_OUT.value)}")
+  print(
+    f"wrote {meta['model_name']} (step {meta['step']}) in layout {_LAYOUT.value} "
+    f"to {os.path.abspath(_OUT.value)}"
+  )
 
 
 if __name__ == "__main__":

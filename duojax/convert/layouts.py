@@ -33,6 +33,7 @@ Arrays = Sequence[np.ndarray]
 @dataclasses.dataclass(frozen=True)
 class Entry:
   """`file_keys` in the file hold duojax arrays `paths` (flat dotted names)."""
+
   file_keys: tuple[str, ...]
   paths: tuple[str, ...]
   to_duojax: Callable[[Arrays, Sequence[tuple]], list[np.ndarray]]
@@ -46,45 +47,58 @@ class Entry:
 
 def _same(kind: str = "param"):
   if kind == "posemb":  # another token grid is resampled by the loader, not reshaped
-    return dict(to_duojax=lambda a, s: [np.asarray(a[0])], to_file=lambda a: [np.asarray(a[0])],
-                kind=kind)
-  return dict(to_duojax=lambda a, s: [np.asarray(a[0]).reshape(s[0])],
-              to_file=lambda a: [np.asarray(a[0])], kind=kind)
+    return dict(
+      to_duojax=lambda a, s: [np.asarray(a[0])], to_file=lambda a: [np.asarray(a[0])], kind=kind
+    )
+  return dict(
+    to_duojax=lambda a, s: [np.asarray(a[0]).reshape(s[0])],
+    to_file=lambda a: [np.asarray(a[0])],
+    kind=kind,
+  )
 
 
 def _conv():
   # PyTorch [out, in, kh, kw] <-> duojax [kh, kw, in, out].
-  return dict(to_duojax=lambda a, s: [np.asarray(a[0]).transpose(2, 3, 1, 0)],
-              to_file=lambda a: [np.asarray(a[0]).transpose(3, 2, 0, 1)])
+  return dict(
+    to_duojax=lambda a, s: [np.asarray(a[0]).transpose(2, 3, 1, 0)],
+    to_file=lambda a: [np.asarray(a[0]).transpose(3, 2, 0, 1)],
+  )
 
 
 def _dense(n_in: int = 1, kind: str = "param"):
   """PyTorch [out, in] <-> duojax kernel [*in_axes, *out_axes] (n_in input axes)."""
+
   def to_file(a):
     k = np.asarray(a[0])
     return [k.reshape(math.prod(k.shape[:n_in]), -1).T]
-  return dict(to_duojax=lambda a, s: [np.asarray(a[0]).T.reshape(s[0])], to_file=to_file,
-              kind=kind)
+
+  return dict(to_duojax=lambda a, s: [np.asarray(a[0]).T.reshape(s[0])], to_file=to_file, kind=kind)
 
 
 def _bias(kind: str = "param"):
-  return dict(to_duojax=lambda a, s: [np.asarray(a[0]).reshape(s[0])],
-              to_file=lambda a: [np.asarray(a[0]).reshape(-1)], kind=kind)
+  return dict(
+    to_duojax=lambda a, s: [np.asarray(a[0]).reshape(s[0])],
+    to_file=lambda a: [np.asarray(a[0]).reshape(-1)],
+    kind=kind,
+  )
 
 
 def _fused_qkv():
   """timm's qkv.weight [3D, D] and qkv.bias [3D] <-> q/k/v kernels and biases."""
+
   def to_duojax(a, shapes):
     w, b = np.asarray(a[0]), np.asarray(a[1])
     ws, bs = np.split(w, 3, axis=0), np.split(b, 3)
-    return ([wi.T.reshape(shapes[i]) for i, wi in enumerate(ws)]
-            + [bi.reshape(shapes[3 + i]) for i, bi in enumerate(bs)])
+    return [wi.T.reshape(shapes[i]) for i, wi in enumerate(ws)] + [
+      bi.reshape(shapes[3 + i]) for i, bi in enumerate(bs)
+    ]
 
   def to_file(a):
     kernels, biases = a[:3], a[3:]
     w = np.concatenate([np.asarray(k).reshape(k.shape[0], -1).T for k in kernels], axis=0)
     b = np.concatenate([np.asarray(x).reshape(-1) for x in biases])
     return [w, b]
+
   return dict(to_duojax=to_duojax, to_file=to_file)
 
 
@@ -92,13 +106,17 @@ def _norm(prefix_duojax: str, prefix_file: str, *, batch: bool, kind: str = "par
   names = {"scale": "weight", "bias": "bias"}
   if batch:
     names.update(mean="running_mean", var="running_var")
-  return [Entry((f"{prefix_file}.{f}",), (f"{prefix_duojax}.{d}",), **_same(kind))
-          for d, f in names.items()]
+  return [
+    Entry((f"{prefix_file}.{f}",), (f"{prefix_duojax}.{d}",), **_same(kind))
+    for d, f in names.items()
+  ]
 
 
 def _linear(prefix_duojax, prefix_file, n_in=1, kind="param"):
-  return [Entry((f"{prefix_file}.weight",), (f"{prefix_duojax}.kernel",), **_dense(n_in, kind)),
-          Entry((f"{prefix_file}.bias",), (f"{prefix_duojax}.bias",), **_bias(kind))]
+  return [
+    Entry((f"{prefix_file}.weight",), (f"{prefix_duojax}.kernel",), **_dense(n_in, kind)),
+    Entry((f"{prefix_file}.bias",), (f"{prefix_duojax}.bias",), **_bias(kind)),
+  ]
 
 
 # ----------------------------------------------------------------------------
@@ -108,8 +126,9 @@ _BLOCK_RE = re.compile(r"^stages\.(\d+)\.(\d+)\.")
 
 
 def resnet_entries(names: Sequence[str], layout: str) -> list[Entry]:
-  blocks = sorted({m.groups() for m in map(_BLOCK_RE.match, names) if m},
-                  key=lambda g: (int(g[0]), int(g[1])))
+  blocks = sorted(
+    {m.groups() for m in map(_BLOCK_RE.match, names) if m}, key=lambda g: (int(g[0]), int(g[1]))
+  )
   hf = layout == "hf"
   entries = []
   stem_conv = "resnet.embedder.embedder.convolution" if hf else "conv1"
@@ -120,16 +139,23 @@ def resnet_entries(names: Sequence[str], layout: str) -> list[Entry]:
     ours = f"stages.{stage}.{block}"
     conv_re = re.compile(rf"^{re.escape(ours)}\.conv(\d+)\.kernel$")
     convs = sorted(int(m.group(1)) for m in map(conv_re.match, names) if m)
-    theirs = (f"resnet.encoder.stages.{stage}.layers.{block}" if hf
-              else f"layer{int(stage) + 1}.{block}")
+    theirs = (
+      f"resnet.encoder.stages.{stage}.layers.{block}" if hf else f"layer{int(stage) + 1}.{block}"
+    )
     for k in convs:
-      conv, bn = ((f"{theirs}.layer.{k - 1}.convolution", f"{theirs}.layer.{k - 1}.normalization")
-                  if hf else (f"{theirs}.conv{k}", f"{theirs}.bn{k}"))
+      conv, bn = (
+        (f"{theirs}.layer.{k - 1}.convolution", f"{theirs}.layer.{k - 1}.normalization")
+        if hf
+        else (f"{theirs}.conv{k}", f"{theirs}.bn{k}")
+      )
       entries.append(Entry((f"{conv}.weight",), (f"{ours}.conv{k}.kernel",), **_conv()))
       entries += _norm(f"{ours}.bn{k}", bn, batch=True)
     if f"{ours}.shortcut.conv.kernel" in names:
-      conv, bn = ((f"{theirs}.shortcut.convolution", f"{theirs}.shortcut.normalization")
-                  if hf else (f"{theirs}.downsample.0", f"{theirs}.downsample.1"))
+      conv, bn = (
+        (f"{theirs}.shortcut.convolution", f"{theirs}.shortcut.normalization")
+        if hf
+        else (f"{theirs}.downsample.0", f"{theirs}.downsample.1")
+      )
       entries.append(Entry((f"{conv}.weight",), (f"{ours}.shortcut.conv.kernel",), **_conv()))
       entries += _norm(f"{ours}.shortcut.bn", bn, batch=True)
   entries += _linear("head", "classifier.1" if hf else "fc", kind="head")
@@ -153,15 +179,21 @@ def vit_entries(names: Sequence[str], layout: str, *, hf_modules: str = "hub") -
   if hf and "norm_pre.scale" in names:
     raise ValueError("Hugging Face ViTs have no pre-norm: build the model with pre_norm=False")
   entries = []
-  patch = ("vit.embeddings.patch_embeddings.projection" if hf else "patch_embed.proj")
+  patch = "vit.embeddings.patch_embeddings.projection" if hf else "patch_embed.proj"
   entries.append(Entry((f"{patch}.weight",), ("patch_embed.kernel",), **_conv()))
   if "patch_embed.bias" in names:  # CLIP-style encoders have none (patch_bias=False)
     entries.append(Entry((f"{patch}.bias",), ("patch_embed.bias",), **_same()))
   if "cls_token" in names:
-    entries.append(Entry(("vit.embeddings.cls_token" if hf else "cls_token",), ("cls_token",),
-                         **_same()))
-  entries.append(Entry(("vit.embeddings.position_embeddings" if hf else "pos_embed",),
-                       ("pos_embedding",), **_same("posemb")))
+    entries.append(
+      Entry(("vit.embeddings.cls_token" if hf else "cls_token",), ("cls_token",), **_same())
+    )
+  entries.append(
+    Entry(
+      ("vit.embeddings.position_embeddings" if hf else "pos_embed",),
+      ("pos_embedding",),
+      **_same("posemb"),
+    )
+  )
   if "norm_pre.scale" in names:
     entries += _norm("norm_pre", "norm_pre", batch=False)
   for i in range(depth):
@@ -176,15 +208,23 @@ def vit_entries(names: Sequence[str], layout: str, *, hf_modules: str = "hub") -
       out = "attention.o_proj" if v5 else "attention.output.dense"
       entries += _linear(f"{ours}.attn.out", f"{theirs}.{out}", n_in=2)
       entries += _norm(f"{ours}.norm2", f"{theirs}.layernorm_after", batch=False)
-      entries += _linear(f"{ours}.mlp.fc1",
-                         f"{theirs}.mlp.fc1" if v5 else f"{theirs}.intermediate.dense")
+      entries += _linear(
+        f"{ours}.mlp.fc1", f"{theirs}.mlp.fc1" if v5 else f"{theirs}.intermediate.dense"
+      )
       entries += _linear(f"{ours}.mlp.fc2", f"{theirs}.mlp.fc2" if v5 else f"{theirs}.output.dense")
     else:
       entries += _norm(f"{ours}.norm1", f"{ours}.norm1", batch=False)
-      entries.append(Entry(
+      entries.append(
+        Entry(
           (f"{ours}.attn.qkv.weight", f"{ours}.attn.qkv.bias"),
-          tuple(f"{ours}.attn.{p}.{leaf}" for leaf in ("kernel", "bias")
-                for p in ("query", "key", "value")), **_fused_qkv()))
+          tuple(
+            f"{ours}.attn.{p}.{leaf}"
+            for leaf in ("kernel", "bias")
+            for p in ("query", "key", "value")
+          ),
+          **_fused_qkv(),
+        )
+      )
       entries += _linear(f"{ours}.attn.out", f"{ours}.attn.proj", n_in=2)
       entries += _norm(f"{ours}.norm2", f"{ours}.norm2", batch=False)
       entries += _linear(f"{ours}.mlp.fc1", f"{ours}.mlp.fc1")

@@ -28,8 +28,6 @@ from duojax.models import resnet, vit
 HEAD_MODES = ("load", "fresh")
 
 
-
-
 def _key_name(key) -> str:
   return str(getattr(key, "key", getattr(key, "idx", key)))
 
@@ -61,8 +59,9 @@ def _family(model: nnx.Module) -> str:
   if isinstance(model, vit.VisionTransformer):
     return "vit"
   raise WeightsMismatchError(
-      f"{getattr(model, 'name', type(model).__name__)}: only ResNets and ViTs load "
-      "PyTorch-layout checkpoints")
+    f"{getattr(model, 'name', type(model).__name__)}: only ResNets and ViTs load "
+    "PyTorch-layout checkpoints"
+  )
 
 
 def entries_for(model: nnx.Module, layout: str, file_keys=(), names=None) -> list[layouts.Entry]:
@@ -72,7 +71,8 @@ def entries_for(model: nnx.Module, layout: str, file_keys=(), names=None) -> lis
   """
   if layout not in layouts.LAYOUTS:
     raise WeightsMismatchError(
-        f"unknown layout {layout!r}; valid: {', '.join(layouts.LAYOUTS)}, auto")
+      f"unknown layout {layout!r}; valid: {', '.join(layouts.LAYOUTS)}, auto"
+    )
   names = list(flat_state(model) if names is None else names)
   try:
     if _family(model) == "resnet":
@@ -92,8 +92,9 @@ def resample_posemb(posemb: np.ndarray, grid_hw: tuple[int, int], num_prefix: in
   side = math.isqrt(grid.shape[0])
   if side * side != grid.shape[0]:
     raise WeightsMismatchError(
-        f"position embeddings of shape {tuple(posemb.shape)} have no square token grid "
-        f"after {num_prefix} prefix token(s); cannot resample them to {grid_hw}")
+      f"position embeddings of shape {tuple(posemb.shape)} have no square token grid "
+      f"after {num_prefix} prefix token(s); cannot resample them to {grid_hw}"
+    )
   width = grid.shape[-1]
   grid = grid.reshape(side, side, width).astype(np.float32)
   resized = np.asarray(jax.image.resize(grid, (*grid_hw, width), "bilinear"))
@@ -107,22 +108,26 @@ def _shorten(items: list[str], limit: int = 4) -> str:
 
 def _check_family(path: str, model, keys) -> None:
   family = _family(model)
-  looks_vit = any(k.endswith(("patch_embed.proj.weight", "patch_embeddings.projection.weight"))
-                  for k in keys)
-  looks_resnet = any(k in ("conv1.weight", "resnet.embedder.embedder.convolution.weight")
-                     for k in keys)
+  looks_vit = any(
+    k.endswith(("patch_embed.proj.weight", "patch_embeddings.projection.weight")) for k in keys
+  )
+  looks_resnet = any(
+    k in ("conv1.weight", "resnet.embedder.embedder.convolution.weight") for k in keys
+  )
   if family == "vit" and looks_resnet and not looks_vit:
     raise WeightsMismatchError(f"{path!r} holds a ResNet, but the model {model.name} is a ViT")
   if family == "resnet" and looks_vit and not looks_resnet:
     raise WeightsMismatchError(f"{path!r} holds a ViT, but the model {model.name} is a ResNet")
   if "fc_norm.weight" in keys:
     raise WeightsMismatchError(
-        f"{path!r} is a timm ViT with fc_norm (average pooling, then LayerNorm); duojax's "
-        "'gap' ViT normalises before pooling, so this checkpoint cannot load exactly")
+      f"{path!r} is a timm ViT with fc_norm (average pooling, then LayerNorm); duojax's "
+      "'gap' ViT normalises before pooling, so this checkpoint cannot load exactly"
+    )
 
 
-def load_pretrained(model: nnx.Module, path: str, layout: str = "auto", *,
-                    head: str = "load") -> dict[str, Any]:
+def load_pretrained(
+  model: nnx.Module, path: str, layout: str = "auto", *, head: str = "load"
+) -> dict[str, Any]:
   """Loads `path` into `model` in place; returns what was done.
 
   `head="fresh"` keeps the model's own (freshly initialised) classifier head,
@@ -137,12 +142,12 @@ def load_pretrained(model: nnx.Module, path: str, layout: str = "auto", *,
     layout = layouts.detect(list(tensors))
     if layout is None:
       raise WeightsMismatchError(
-          f"cannot tell the layout of {path!r} from its tensor names (e.g. "
-          f"{_shorten(sorted(tensors), 3)}); pass one of {', '.join(layouts.LAYOUTS)}")
+        f"cannot tell the layout of {path!r} from its tensor names (e.g. "
+        f"{_shorten(sorted(tensors), 3)}); pass one of {', '.join(layouts.LAYOUTS)}"
+      )
   current = flat_state(model)
   missing, misshaped, used = [], [], set()
-  new_values, info = {}, {"layout": layout, "fresh_head": head == "fresh",
-                          "resampled_posemb": None}
+  new_values, info = {}, {"layout": layout, "fresh_head": head == "fresh", "resampled_posemb": None}
   entries = entries_for(model, layout, list(tensors), names=list(current))
   for entry in entries:
     if entry.kind == "head" and head == "fresh":
@@ -160,11 +165,13 @@ def load_pretrained(model: nnx.Module, path: str, layout: str = "auto", *,
     except ValueError:
       if entry.kind == "head":  # PyTorch heads are [classes, features]
         raise WeightsMismatchError(
-            f"{path!r} has a {arrays[0].shape[0]}-class head but the model has "
-            f"{shapes[0][-1]} classes; keep a fresh head with head='fresh' "
-            "(--config.init_head=fresh)") from None
-      misshaped.append(f"{'+'.join(entry.file_keys)} {[a.shape for a in arrays]} "
-                       f"for {[tuple(s) for s in shapes]}")
+          f"{path!r} has a {arrays[0].shape[0]}-class head but the model has "
+          f"{shapes[0][-1]} classes; keep a fresh head with head='fresh' "
+          "(--config.init_head=fresh)"
+        ) from None
+      misshaped.append(
+        f"{'+'.join(entry.file_keys)} {[a.shape for a in arrays]} for {[tuple(s) for s in shapes]}"
+      )
       continue
     for p, value, shape in zip(entry.paths, converted, shapes):
       if value.shape == shape:
@@ -177,17 +184,25 @@ def load_pretrained(model: nnx.Module, path: str, layout: str = "auto", *,
       else:
         misshaped.append(f"{'+'.join(entry.file_keys)} -> {p} {value.shape} vs model {shape}")
   unexpected = sorted(k for k in tensors if k not in used and not layouts.IGNORED.search(k))
-  if head == "load" and any(k in missing for e in entries if e.kind == "head"
-                            for k in e.file_keys):
+  if head == "load" and any(k in missing for e in entries if e.kind == "head" for k in e.file_keys):
     raise WeightsMismatchError(
-        f"{path!r} holds no classifier head for layout {layout}; load with head='fresh' "
-        "(--config.init_head=fresh)" + (f"; also missing: {_shorten(missing)}"
-                                        if len(missing) > 2 else ""))
+      f"{path!r} holds no classifier head for layout {layout}; load with head='fresh' "
+      "(--config.init_head=fresh)"
+      + (f"; also missing: {_shorten(missing)}" if len(missing) > 2 else "")
+    )
   if missing or unexpected or misshaped:
-    parts = [f"{name} {len(items)}: {_shorten(items)}" for name, items in
-             (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if items]
+    parts = [
+      f"{name} {len(items)}: {_shorten(items)}"
+      for name, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("mis-shaped", misshaped),
+      )
+      if items
+    ]
     raise WeightsMismatchError(
-        f"{path!r} does not fit {model.name} in layout {layout}: " + "; ".join(parts))
+      f"{path!r} does not fit {model.name} in layout {layout}: " + "; ".join(parts)
+    )
   _set_flat(model, new_values)
   info["loaded_tensors"] = len(used)
   return info
@@ -202,6 +217,9 @@ def export_pretrained(model: nnx.Module, path: str, layout: str) -> None:
       tensors[key] = np.ascontiguousarray(value, dtype=np.float32)
       if key.endswith(".running_mean"):
         # PyTorch's BatchNorm state has this counter; strict loaders want it.
-        tensors[key[:-len("running_mean")] + "num_batches_tracked"] = np.zeros((), np.int64)
-  safetensors_io.write(path, tensors, {"format": "pt", "producer": "duojax",
-                                       "model_name": model.name, "layout": layout})
+        tensors[key[: -len("running_mean")] + "num_batches_tracked"] = np.zeros((), np.int64)
+  safetensors_io.write(
+    path,
+    tensors,
+    {"format": "pt", "producer": "duojax", "model_name": model.name, "layout": layout},
+  )

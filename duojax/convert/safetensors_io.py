@@ -53,28 +53,48 @@ import numpy as np
 from duojax.errors import WeightsFileError
 
 _DTYPES = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype("<i8"), "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U64": np.dtype("<u8"),
-    "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+  "F64": np.dtype("<f8"),
+  "F32": np.dtype("<f4"),
+  "F16": np.dtype("<f2"),
+  "BF16": np.dtype(ml_dtypes.bfloat16),
+  "I64": np.dtype("<i8"),
+  "I32": np.dtype("<i4"),
+  "I16": np.dtype("<i2"),
+  "I8": np.dtype("i1"),
+  "U64": np.dtype("<u8"),
+  "U32": np.dtype("<u4"),
+  "U16": np.dtype("<u2"),
+  "U8": np.dtype("u1"),
+  "BOOL": np.dtype("?"),
 }
 _NAMES = {v: k for k, v in _DTYPES.items()}
 # Dtypes the format defines that this reader does not turn into numpy arrays; named
 # apart from unknown names so that the message says the file is fine, duojax is not.
-_OTHER_DTYPES = ("F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ",
-                 "F4", "F6_E2M3", "F6_E3M2", "C64")
+_OTHER_DTYPES = (
+  "F8_E5M2",
+  "F8_E4M3",
+  "F8_E8M0",
+  "F8_E4M3FNUZ",
+  "F8_E5M2FNUZ",
+  "F4",
+  "F6_E2M3",
+  "F6_E3M2",
+  "C64",
+)
 _KEYS = ("dtype", "shape", "data_offsets")
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle")
 # A header larger than this is not a weights file (the reference reader's cap).
 _MAX_HEADER = 100_000_000
 # Offsets, dimensions and sizes are u64 in the reference reader.
-_U64 = 2 ** 64
+_U64 = 2**64
 _MAX_NDIM = 64  # numpy's limit
 _MAX_BYTES = np.iinfo(np.intp).max
 
-_CONVERT_HINT = ("convert it once, in PyTorch, with: import torch, safetensors.torch; "
-                 "safetensors.torch.save_file({k: v.contiguous() for k, v in "
-                 "torch.load(PATH, map_location='cpu', weights_only=True).items()}, 'model.safetensors')")
+_CONVERT_HINT = (
+  "convert it once, in PyTorch, with: import torch, safetensors.torch; "
+  "safetensors.torch.save_file({k: v.contiguous() for k, v in "
+  "torch.load(PATH, map_location='cpu', weights_only=True).items()}, 'model.safetensors')"
+)
 
 
 def _looks_like_pickle(path: str, head: bytes) -> bool:
@@ -90,8 +110,9 @@ def _looks_like_pickle(path: str, head: bytes) -> bool:
 
 def _pickle_error(path: str) -> WeightsFileError:
   return WeightsFileError(
-      f"{path!r} is a pickle (PyTorch .pth/.bin) file, which duojax never opens "
-      f"because unpickling runs code; {_CONVERT_HINT.replace('PATH', repr(path))}")
+    f"{path!r} is a pickle (PyTorch .pth/.bin) file, which duojax never opens "
+    f"because unpickling runs code; {_CONVERT_HINT.replace('PATH', repr(path))}"
+  )
 
 
 class _Negative(int):
@@ -125,15 +146,21 @@ def _object(pairs: list) -> dict:
 def _show(value, limit: int = 60) -> str:
   """A one-line, bounded repr, for values from a file that may be huge."""
   text = repr(value)
-  return text if len(text) <= limit else text[:limit - 3] + "..."
+  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _kind(value) -> str:
   if isinstance(value, _Negative):
     return "a negative integer"
-  return {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
-          type(None): "null", list: "a list", dict: "an object"}.get(type(value),
-                                                                     type(value).__name__)
+  return {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a float",
+    str: "a string",
+    type(None): "null",
+    list: "a list",
+    dict: "an object",
+  }.get(type(value), type(value).__name__)
 
 
 def _size_problem(value) -> str | None:
@@ -156,10 +183,12 @@ def _header(path: str, raw: bytes) -> dict:
     text = raw.decode("utf-8")
   except UnicodeDecodeError as e:
     raise WeightsFileError(
-        f"{path!r}: the safetensors header is not UTF-8 (byte {e.start})") from None
+      f"{path!r}: the safetensors header is not UTF-8 (byte {e.start})"
+    ) from None
   try:
-    header = json.loads(text, parse_int=_parse_int, parse_constant=_refuse_constant,
-                        object_pairs_hook=_object)
+    header = json.loads(
+      text, parse_int=_parse_int, parse_constant=_refuse_constant, object_pairs_hook=_object
+    )
   except RecursionError:
     raise WeightsFileError(f"{path!r}: the safetensors header nests too deeply") from None
   except _JSONRefused as e:
@@ -167,10 +196,12 @@ def _header(path: str, raw: bytes) -> dict:
   except ValueError as e:  # JSONDecodeError, and too many digits for int()
     reason = " ".join(str(e).split())[:200]
     raise WeightsFileError(
-        f"{path!r}: unreadable safetensors header (not valid JSON: {reason})") from None
+      f"{path!r}: unreadable safetensors header (not valid JSON: {reason})"
+    ) from None
   if not isinstance(header, dict):
     raise WeightsFileError(
-        f"{path!r}: the safetensors header is {_kind(header)}, not a JSON object")
+      f"{path!r}: the safetensors header is {_kind(header)}, not a JSON object"
+    )
   return header
 
 
@@ -179,15 +210,18 @@ def _metadata(path: str, value) -> dict[str, str]:
     return {}
   if not isinstance(value, dict):
     raise WeightsFileError(
-        f"{path!r}: the safetensors __metadata__ is {_kind(value)}, not an object of strings")
+      f"{path!r}: the safetensors __metadata__ is {_kind(value)}, not an object of strings"
+    )
   for key, item in value.items():
     if not isinstance(item, str):
       raise WeightsFileError(
-          f"{path!r}: the safetensors __metadata__ value of {_show(key)} is {_kind(item)}, "
-          "not a string")
+        f"{path!r}: the safetensors __metadata__ value of {_show(key)} is {_kind(item)}, "
+        "not a string"
+      )
     if not (_valid_unicode(key) and _valid_unicode(item)):
       raise WeightsFileError(
-          f"{path!r}: the safetensors __metadata__ entry {_show(key)} is not valid Unicode")
+        f"{path!r}: the safetensors __metadata__ entry {_show(key)} is not valid Unicode"
+      )
   return value
 
 
@@ -198,23 +232,27 @@ def _entry(path: str, name: str, info) -> tuple[np.dtype, tuple[int, ...], int, 
     raise WeightsFileError(f"{where} has a name that is not valid Unicode")
   if not isinstance(info, dict):
     raise WeightsFileError(
-        f"{where} is described by {_kind(info)}, not an object with dtype, shape and data_offsets")
+      f"{where} is described by {_kind(info)}, not an object with dtype, shape and data_offsets"
+    )
   for key in _KEYS:
     if key not in info:
       raise WeightsFileError(f"{where} has no {key!r} in its header entry")
   for key in info:
     if key not in _KEYS:
       raise WeightsFileError(
-          f"{where} has an unexpected key {_show(key)} (only dtype, shape and data_offsets)")
+        f"{where} has an unexpected key {_show(key)} (only dtype, shape and data_offsets)"
+      )
   dtype_name = info["dtype"]
   if not isinstance(dtype_name, str) or dtype_name not in _DTYPES:
     supported = ", ".join(_DTYPES)
     if isinstance(dtype_name, str) and dtype_name in _OTHER_DTYPES:
       raise WeightsFileError(
-          f"{where} has dtype {dtype_name}, which duojax does not read (it reads {supported})")
+        f"{where} has dtype {dtype_name}, which duojax does not read (it reads {supported})"
+      )
     raise WeightsFileError(
-        f"{where} has unknown dtype {_show(dtype_name)} (safetensors dtypes duojax reads: "
-        f"{supported})")
+      f"{where} has unknown dtype {_show(dtype_name)} (safetensors dtypes duojax reads: "
+      f"{supported})"
+    )
   dtype = _DTYPES[dtype_name]
   shape = info["shape"]
   if not isinstance(shape, list):
@@ -223,18 +261,21 @@ def _entry(path: str, name: str, info) -> tuple[np.dtype, tuple[int, ...], int, 
     problem = _size_problem(dim)
     if problem:
       raise WeightsFileError(
-          f"{where} has shape {_show(shape)}: dimension {_show(dim)} is {problem}, "
-          "not a non-negative integer")
+        f"{where} has shape {_show(shape)}: dimension {_show(dim)} is {problem}, "
+        "not a non-negative integer"
+      )
   offsets = info["data_offsets"]
   if not isinstance(offsets, list) or len(offsets) != 2:
     raise WeightsFileError(
-        f"{where} has data_offsets {_show(offsets)}, not a list of two integers [begin, end]")
+      f"{where} has data_offsets {_show(offsets)}, not a list of two integers [begin, end]"
+    )
   for offset in offsets:
     problem = _size_problem(offset)
     if problem:
       raise WeightsFileError(
-          f"{where} has data_offsets {_show(offsets)}: {_show(offset)} is {problem}, "
-          "not a non-negative integer")
+        f"{where} has data_offsets {_show(offsets)}: {_show(offset)} is {problem}, "
+        "not a non-negative integer"
+      )
   begin, end = offsets
   if begin > end:
     raise WeightsFileError(f"{where} has data_offsets {_show(offsets)} that end before they begin")
@@ -249,15 +290,17 @@ def _entry(path: str, name: str, info) -> tuple[np.dtype, tuple[int, ...], int, 
     raise WeightsFileError(f"{where} has shape {_show(shape)}, too many bytes for any file")
   if end - begin != count * dtype.itemsize:
     raise WeightsFileError(
-        f"{where} of dtype {dtype_name} and shape {_show(tuple(shape))} needs "
-        f"{count * dtype.itemsize} bytes, its data_offsets span {end - begin}")
+      f"{where} of dtype {dtype_name} and shape {_show(tuple(shape))} needs "
+      f"{count * dtype.itemsize} bytes, its data_offsets span {end - begin}"
+    )
   nonzero = 1
   for dim in shape:
     nonzero *= dim or 1
   if len(shape) > _MAX_NDIM or nonzero * dtype.itemsize > _MAX_BYTES:
     raise WeightsFileError(
-        f"{where} has shape {_show(shape)}, which numpy cannot hold (at most {_MAX_NDIM} "
-        f"dimensions and {_MAX_BYTES} bytes without its zero dimensions)")
+      f"{where} has shape {_show(shape)}, which numpy cannot hold (at most {_MAX_NDIM} "
+      f"dimensions and {_MAX_BYTES} bytes without its zero dimensions)"
+    )
   return dtype, tuple(shape), begin, end
 
 
@@ -268,20 +311,23 @@ def _check_layout(path: str, spans: list[tuple[int, int, str]], data_size: int) 
     if begin > position:
       after = f"after tensor {_show(previous)}" if previous is not None else "at the start"
       raise WeightsFileError(
-          f"{path!r}: data bytes {position}..{begin} {after} belong to no tensor "
-          f"(tensor {_show(name)} begins at {begin})")
+        f"{path!r}: data bytes {position}..{begin} {after} belong to no tensor "
+        f"(tensor {_show(name)} begins at {begin})"
+      )
     if begin < position:
       raise WeightsFileError(
-          f"{path!r}: tensors {_show(previous)} and {_show(name)} share data bytes "
-          f"{begin}..{min(position, end)}")
+        f"{path!r}: tensors {_show(previous)} and {_show(name)} share data bytes "
+        f"{begin}..{min(position, end)}"
+      )
     position, previous = end, name
   if position > data_size:
     raise WeightsFileError(
-        f"{path!r} is truncated: its tensors need {position} data bytes, the file has "
-        f"{data_size}")
+      f"{path!r} is truncated: its tensors need {position} data bytes, the file has {data_size}"
+    )
   if position < data_size:
     raise WeightsFileError(
-        f"{path!r}: the last {data_size - position} bytes of the file belong to no tensor")
+      f"{path!r}: the last {data_size - position} bytes of the file belong to no tensor"
+    )
 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -292,8 +338,12 @@ def read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]
 def read_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
   """Each tensor's shape by name, checked as `read` checks the file but from its
   header alone: what a file holds, without reading gigabytes of weights."""
-  return _read(path, lambda path, f, header, start, size:
-               {n: e[1] for n, e in _checked_entries(path, header, size - start)[1].items()})
+  return _read(
+    path,
+    lambda path, f, header, start, size: {
+      n: e[1] for n, e in _checked_entries(path, header, size - start)[1].items()
+    },
+  )
 
 
 def _read(path, then):
@@ -329,12 +379,14 @@ def _read_header(path: str, f, size: int, head: bytes) -> tuple[dict, int]:
   (header_len,) = struct.unpack("<Q", head[:8])
   if header_len > _MAX_HEADER:
     raise WeightsFileError(
-        f"{path!r} is not a safetensors file: its header length {header_len} is over the "
-        f"format's limit of {_MAX_HEADER} bytes")
+      f"{path!r} is not a safetensors file: its header length {header_len} is over the "
+      f"format's limit of {_MAX_HEADER} bytes"
+    )
   if header_len > size - 8:
     raise WeightsFileError(
-        f"{path!r} is not a safetensors file or is truncated: header of {header_len} bytes "
-        f"in a {size}-byte file")
+      f"{path!r} is not a safetensors file or is truncated: header of {header_len} bytes "
+      f"in a {size}-byte file"
+    )
   f.seek(8)
   raw = f.read(header_len)
   if len(raw) != header_len:
@@ -350,8 +402,9 @@ def _checked_entries(path: str, header: dict, data_size: int) -> tuple[dict, dic
   return metadata, entries
 
 
-def _read_tensors(path: str, f, header: dict, data_start: int,
-                  size: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def _read_tensors(
+  path: str, f, header: dict, data_start: int, size: int
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   metadata, entries = _checked_entries(path, header, size - data_start)
   # Every size is now checked against the file, so what is allocated below is at
   # most the file's own size. Read in file order; the result keeps the header's.
@@ -365,12 +418,15 @@ def _read_tensors(path: str, f, header: dict, data_start: int,
     try:
       data[name] = buffer.view(dtype).reshape(shape)
     except ValueError as e:
-      raise WeightsFileError(f"{path!r}: tensor {_show(name)} cannot be held by numpy "
-                             f"({' '.join(str(e).split())})") from None
+      raise WeightsFileError(
+        f"{path!r}: tensor {_show(name)} cannot be held by numpy ({' '.join(str(e).split())})"
+      ) from None
   return {name: data[name] for name in entries}, dict(metadata)
 
 
-def write(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+def write(
+  path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> None:
   """Writes `tensors` as a safetensors file, atomically (no partial file on error)."""
   header, chunks, offset = {}, [], 0
   for name in sorted(tensors):
@@ -382,10 +438,15 @@ def write(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | 
     if not array.flags.c_contiguous:
       array = array.copy(order="C")
     if array.dtype not in _NAMES:
-      raise WeightsFileError(f"tensor {name!r} has dtype {array.dtype}, not storable in safetensors")
+      raise WeightsFileError(
+        f"tensor {name!r} has dtype {array.dtype}, not storable in safetensors"
+      )
     data = array.tobytes()
-    header[name] = {"dtype": _NAMES[array.dtype], "shape": list(array.shape),
-                    "data_offsets": [offset, offset + len(data)]}
+    header[name] = {
+      "dtype": _NAMES[array.dtype],
+      "shape": list(array.shape),
+      "data_offsets": [offset, offset + len(data)],
+    }
     chunks.append(data)
     offset += len(data)
   if metadata:

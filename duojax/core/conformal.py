@@ -102,7 +102,8 @@ def _check_probs(probs, what: str = "probs") -> np.ndarray:
     raise ValueError(f"{what} must be a rectangular array (rows of equal length)") from None
   # bfloat16 (from a jax array) is no numpy floating type but converts exactly.
   real = probs.dtype.name == "bfloat16" or any(
-      np.issubdtype(probs.dtype, kind) for kind in (np.floating, np.integer))
+    np.issubdtype(probs.dtype, kind) for kind in (np.floating, np.integer)
+  )
   if not real:
     raise ValueError(f"{what} must be real numbers, got dtype {probs.dtype}")
   if probs.ndim != 2:
@@ -115,8 +116,10 @@ def _check_probs(probs, what: str = "probs") -> np.ndarray:
   if bad := int(np.sum(probs < 0)):
     raise ValueError(f"{what} has {bad} negative values; pass probabilities, not logits")
   if bad := int(np.sum(np.abs(probs.sum(axis=1) - 1.0) > ROW_SUM_TOLERANCE)):
-    raise ValueError(f"{what} has {bad} rows whose sum is not 1 (within "
-                     f"{ROW_SUM_TOLERANCE}); pass softmax probabilities, not logits")
+    raise ValueError(
+      f"{what} has {bad} rows whose sum is not 1 (within "
+      f"{ROW_SUM_TOLERANCE}); pass softmax probabilities, not logits"
+    )
   return probs
 
 
@@ -145,8 +148,11 @@ def _check_options(method: str, randomized, lam, k_reg):
     return bool(randomized), None, None
   lam = RAPS_LAM if lam is None else lam
   k_reg = RAPS_K_REG if k_reg is None else k_reg
-  if (isinstance(lam, bool) or not isinstance(lam, (int, float, np.floating, np.integer))
-      or not 0 <= lam < math.inf):
+  if (
+    isinstance(lam, bool)
+    or not isinstance(lam, (int, float, np.floating, np.integer))
+    or not 0 <= lam < math.inf
+  ):
     raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
   if isinstance(k_reg, bool) or not isinstance(k_reg, (int, np.integer)) or k_reg < 0:
     raise ValueError(f"k_reg must be an integer >= 0, got {k_reg!r}")
@@ -199,8 +205,9 @@ def _scores(probs, method, labels, uniforms, lam, k_reg) -> np.ndarray:
     step = max(1, _CHUNK_ELEMENTS // num_classes)
     for start in range(0, num_rows, step):
       rows = slice(start, start + step)
-      out[rows] = _ranked_scores(probs[rows], None if uniforms is None else uniforms[rows],
-                                 lam or 0.0, k_reg or 0)
+      out[rows] = _ranked_scores(
+        probs[rows], None if uniforms is None else uniforms[rows], lam or 0.0, k_reg or 0
+      )
   return out if labels is None else out[np.arange(num_rows), labels]
 
 
@@ -242,23 +249,25 @@ def _check_alpha(alpha) -> float:
 @dataclasses.dataclass(frozen=True)
 class ConformalPredictor:
   """A calibrated threshold: `sets(probs)` gives {y : s(x, y) ≤ threshold}."""
+
   method: str
   alpha: float
-  threshold: float          # q̂; +inf when α < 1/(n + 1): every set is full
+  threshold: float  # q̂; +inf when α < 1/(n + 1): every set is full
   randomized: bool
-  lam: float | None         # RAPS only
-  k_reg: int | None         # RAPS only
+  lam: float | None  # RAPS only
+  k_reg: int | None  # RAPS only
   seed: int
   num_classes: int
-  num_calibration: int      # n
+  num_calibration: int  # n
 
   def scores(self, probs, *, labels=None, seed: int | None = None) -> np.ndarray:
     """The method's scores of new rows ([N, C], or [N] at `labels`), drawn
     with the test stream of `seed` (default: the predictor's)."""
     probs = _check_probs(probs)
     if probs.shape[1] != self.num_classes:
-      raise ValueError(f"probs have {probs.shape[1]} classes; the predictor was calibrated "
-                       f"on {self.num_classes}")
+      raise ValueError(
+        f"probs have {probs.shape[1]} classes; the predictor was calibrated on {self.num_classes}"
+      )
     seed = self.seed if seed is None else _check_seed(seed)
     uniforms = _uniforms(seed, _TEST_STREAM, probs.shape[0]) if self.randomized else None
     if labels is not None:
@@ -270,9 +279,17 @@ class ConformalPredictor:
     return self.scores(probs, seed=seed) <= self.threshold
 
 
-def calibrate(probs, labels, *, alpha: float = 0.1, method: str = "lac",
-              randomized: bool | None = None, lam: float | None = None,
-              k_reg: int | None = None, seed: int = 0) -> ConformalPredictor:
+def calibrate(
+  probs,
+  labels,
+  *,
+  alpha: float = 0.1,
+  method: str = "lac",
+  randomized: bool | None = None,
+  lam: float | None = None,
+  k_reg: int | None = None,
+  seed: int = 0,
+) -> ConformalPredictor:
   """Calibrate split conformal sets of level 1 − α on held-out rows.
 
   Args:
@@ -295,9 +312,17 @@ def calibrate(probs, labels, *, alpha: float = 0.1, method: str = "lac",
   calibration = _scores(probs, method, labels, uniforms, lam, k_reg)
   k = quantile_index(num_rows, alpha)
   threshold = math.inf if k > num_rows else float(np.partition(calibration, k - 1)[k - 1])
-  return ConformalPredictor(method=method, alpha=alpha, threshold=threshold,
-                            randomized=randomized, lam=lam, k_reg=k_reg, seed=seed,
-                            num_classes=num_classes, num_calibration=num_rows)
+  return ConformalPredictor(
+    method=method,
+    alpha=alpha,
+    threshold=threshold,
+    randomized=randomized,
+    lam=lam,
+    k_reg=k_reg,
+    seed=seed,
+    num_classes=num_classes,
+    num_calibration=num_rows,
+  )
 
 
 def _check_sets(sets) -> np.ndarray:

@@ -38,8 +38,13 @@ def split_members(members: Sequence[nnx.Module]):
   return tuple(graphdefs), tuple(states)
 
 
-def make_fused_forward(graphdefs, *, mesh: Mesh | None = None, with_features: bool = False,
-                       preprocess: Sequence[Callable] | None = None) -> Callable:
+def make_fused_forward(
+  graphdefs,
+  *,
+  mesh: Mesh | None = None,
+  with_features: bool = False,
+  preprocess: Sequence[Callable] | None = None,
+) -> Callable:
   """Jitted `(states, images) -> logits [m, B, C]` running every member at once.
 
   All members' forward passes live in one XLA program, so the small models
@@ -51,6 +56,7 @@ def make_fused_forward(graphdefs, *, mesh: Mesh | None = None, with_features: bo
   inside the program (e.g. a uint8 batch resized and normalised its own way,
   `duojax.data.prepare`); members that share one callable share its output.
   """
+
   def forward(states, images):
     logits, features, prepared = [], None, {}
     for i, (graphdef, state) in enumerate(zip(graphdefs, states)):
@@ -67,8 +73,11 @@ def make_fused_forward(graphdefs, *, mesh: Mesh | None = None, with_features: bo
   if mesh is None:
     return jax.jit(forward)
   rows, out_logits = sharding.batch_sharding(mesh), sharding.stacked_batch_sharding(mesh)
-  return jax.jit(forward, in_shardings=(sharding.replicated(mesh), rows),
-                 out_shardings=(out_logits, rows) if with_features else out_logits)
+  return jax.jit(
+    forward,
+    in_shardings=(sharding.replicated(mesh), rows),
+    out_shardings=(out_logits, rows) if with_features else out_logits,
+  )
 
 
 def _as_stack(logits_stack) -> jax.Array:
@@ -85,21 +94,27 @@ def _as_stack(logits_stack) -> jax.Array:
       if len(shape) != 2:
         raise ValueError(f"member {i}'s logits have shape {shape}; expected [N, C]")
       if shape[1] != shapes[0][1]:
-        raise ValueError(f"member {i}'s logits have {shape[1]} classes but member 0's have "
-                         f"{shapes[0][1]}")
+        raise ValueError(
+          f"member {i}'s logits have {shape[1]} classes but member 0's have {shapes[0][1]}"
+        )
       if shape[0] != shapes[0][0]:
-        raise ValueError(f"member {i}'s logits have {shape[0]} rows but member 0's have "
-                         f"{shapes[0][0]}")
-  dtypes = [z.dtype if hasattr(z, "dtype") else np.asarray(z).dtype for z in
-            (logits_stack if isinstance(logits_stack, (list, tuple)) else [logits_stack])]
+        raise ValueError(
+          f"member {i}'s logits have {shape[0]} rows but member 0's have {shapes[0][0]}"
+        )
+  dtypes = [
+    z.dtype if hasattr(z, "dtype") else np.asarray(z).dtype
+    for z in (logits_stack if isinstance(logits_stack, (list, tuple)) else [logits_stack])
+  ]
   for dtype in dtypes:
     # Integer logits are accepted (cast to float32), as metrics.evaluate does.
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
       raise ValueError(f"logits must be real numbers, got dtype {dtype}")
   logits_stack = jnp.asarray(logits_stack, jnp.float32)
   if logits_stack.ndim != 3:
-    raise ValueError(f"logits must be stacked [m, N, C] (one [N, C] array per member), got "
-                     f"shape {tuple(logits_stack.shape)}")
+    raise ValueError(
+      f"logits must be stacked [m, N, C] (one [N, C] array per member), got "
+      f"shape {tuple(logits_stack.shape)}"
+    )
   return logits_stack
 
 

@@ -68,18 +68,21 @@ def gatekeeper_loss(logits, labels, alpha, mask=None) -> jax.Array:
   if logits.ndim != 2 or 0 in logits.shape:
     raise ValueError(f"logits must be non-empty 2-D [N, C], got shape {tuple(logits.shape)}")
   if labels.shape != logits.shape[:1]:
-    raise ValueError(f"labels shape {tuple(labels.shape)} does not match the "
-                     f"{logits.shape[0]} rows of logits")
+    raise ValueError(
+      f"labels shape {tuple(labels.shape)} does not match the {logits.shape[0]} rows of logits"
+    )
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
   valid = jnp.ones(logits.shape[0], bool) if mask is None else jnp.asarray(mask)
   if valid.shape != logits.shape[:1]:
-    raise ValueError(f"mask shape {tuple(valid.shape)} does not match the "
-                     f"{logits.shape[0]} rows of logits")
+    raise ValueError(
+      f"mask shape {tuple(valid.shape)} does not match the {logits.shape[0]} rows of logits"
+    )
   if host_labels is not None and (mask is None or not isinstance(mask, jax.Array)):
     # An out-of-range label would gather a fill value: a silent NaN loss.
     rows = host_labels if mask is None else host_labels[np.asarray(mask, bool)]
     if bad := int(np.sum((rows < 0) | (rows >= logits.shape[1]))):
       raise ValueError(f"labels have {bad} values outside [0, {logits.shape[1]})")
-  return _gatekeeper_loss(logits, labels.astype(jnp.int32), jnp.asarray(alpha, jnp.float32),
-                          valid.astype(bool))
+  return _gatekeeper_loss(
+    logits, labels.astype(jnp.int32), jnp.asarray(alpha, jnp.float32), valid.astype(bool)
+  )

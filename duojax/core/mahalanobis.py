@@ -72,6 +72,7 @@ class MahalanobisModel(NamedTuple):
   means [C, D] class means; whitener [D, D] W with Σ⁺ = W Wᵀ (the scores
   use it); rank: the number of directions Σ⁺ keeps (≤ D).
   """
+
   means: jax.Array
   whitener: jax.Array
   rank: jax.Array
@@ -86,10 +87,10 @@ def _check_features(features, what: str, dim: int | None = None):
   if not (hasattr(features, "shape") and hasattr(features, "dtype")):
     features = np.asarray(features)
   if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] == 0:
-    raise ValueError(f"{what} must be a non-empty [N, D] array, got shape "
-                     f"{tuple(features.shape)}")
-  if not (jnp.issubdtype(features.dtype, jnp.floating)
-          or jnp.issubdtype(features.dtype, jnp.integer)):
+    raise ValueError(f"{what} must be a non-empty [N, D] array, got shape {tuple(features.shape)}")
+  if not (
+    jnp.issubdtype(features.dtype, jnp.floating) or jnp.issubdtype(features.dtype, jnp.integer)
+  ):
     raise ValueError(f"{what} must be real numbers, got dtype {features.dtype}")
   if dim is not None and features.shape[1] != dim:
     raise ValueError(f"{what} have {features.shape[1]} dimensions, the model's means {dim}")
@@ -115,9 +116,11 @@ def _fit(features, labels, num_classes: int):
     sums, counts, squares = carry
     xb, yb, vb = block
     xb = jnp.where(vb[:, None], xb, 0.0)
-    return (sums + jax.ops.segment_sum(xb, yb, num_classes),
-            counts + jax.ops.segment_sum(vb.astype(jnp.int32), yb, num_classes),
-            squares + jnp.sum(xb * xb, axis=0)), None
+    return (
+      sums + jax.ops.segment_sum(xb, yb, num_classes),
+      counts + jax.ops.segment_sum(vb.astype(jnp.int32), yb, num_classes),
+      squares + jnp.sum(xb * xb, axis=0),
+    ), None
 
   zeros = (jnp.zeros((num_classes, d)), jnp.zeros(num_classes, jnp.int32), jnp.zeros(d))
   (sums, counts, squares), _ = jax.lax.scan(class_sums, zeros, (xs, ys, valid))
@@ -128,18 +131,21 @@ def _fit(features, labels, num_classes: int):
     gram, residuals = carry
     xb, yb, vb = block
     r = jnp.where(vb[:, None], xb - means[yb], 0.0)
-    return (gram + jnp.dot(r.T, r, precision=_HIGHEST),
-            residuals + jax.ops.segment_sum(r, yb, num_classes)), None
+    return (
+      gram + jnp.dot(r.T, r, precision=_HIGHEST),
+      residuals + jax.ops.segment_sum(r, yb, num_classes),
+    ), None
 
   (gram, residuals), _ = jax.lax.scan(
-      residual_gram, (jnp.zeros((d, d)), jnp.zeros((num_classes, d))), (xs, ys, valid))
+    residual_gram, (jnp.zeros((d, d)), jnp.zeros((num_classes, d))), (xs, ys, valid)
+  )
   means = means + residuals / per_class  # the corrected two-pass mean
   cov = (gram - jnp.dot(residuals.T, residuals / per_class, precision=_HIGHEST)) / n
   cov = (cov + cov.T) / 2
 
   # Units: left out when their spread is below RCOND of their magnitude.
   variance = jnp.maximum(jnp.diag(cov), 0.0)
-  live = variance > RCOND ** 2 * (squares / n)
+  live = variance > RCOND**2 * (squares / n)
   inv_std = jnp.where(live, jax.lax.rsqrt(jnp.where(live, variance, 1.0)), 0.0)
   corr = cov * inv_std[:, None] * inv_std[None, :]
   eigenvalues, vectors = jnp.linalg.eigh((corr + corr.T) / 2)
@@ -168,21 +174,26 @@ def fit(features, labels, num_classes: int) -> MahalanobisModel:
   features = _check_features(features, "training features")
   labels = np.asarray(labels)
   if labels.shape != (features.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"labels must be [N] = [{features.shape[0]}] integers, got "
-                     f"{labels.dtype} {tuple(labels.shape)}")
+    raise ValueError(
+      f"labels must be [N] = [{features.shape[0]}] integers, got "
+      f"{labels.dtype} {tuple(labels.shape)}"
+    )
   if num_classes < 1 or labels.min() < 0 or labels.max() >= num_classes:
-    raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, "
-                     f"{labels.max()}]")
+    raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
   model, counts, nonfinite = _fit(features, labels, num_classes)
   if bad := int(nonfinite):
     raise ValueError(f"training features have {bad} non-finite values (NaN or inf)")
   empty = np.flatnonzero(np.asarray(counts) == 0)
   if len(empty):
-    raise ValueError(f"{len(empty)} of {num_classes} classes have no training rows (first: "
-                     f"{empty[:5].tolist()}): every class needs a mean")
+    raise ValueError(
+      f"{len(empty)} of {num_classes} classes have no training rows (first: "
+      f"{empty[:5].tolist()}): every class needs a mean"
+    )
   if int(model.rank) == 0:
-    raise ValueError(f"the {features.shape[0]} training features do not vary around their "
-                     "class means: no covariance to measure distances with")
+    raise ValueError(
+      f"the {features.shape[0]} training features do not vary around their "
+      "class means: no covariance to measure distances with"
+    )
   return model
 
 
@@ -206,8 +217,7 @@ def squared_distances(model: MahalanobisModel, features) -> jax.Array:
 
 @jax.jit
 def _score_chunk(model: MahalanobisModel, features):
-  return (-jnp.min(squared_distances(model, features), axis=1),
-          jnp.sum(~jnp.isfinite(features)))
+  return (-jnp.min(squared_distances(model, features), axis=1), jnp.sum(~jnp.isfinite(features)))
 
 
 def score(model: MahalanobisModel, features, *, chunk: int = _SCORE_CHUNK) -> jax.Array:
@@ -222,7 +232,7 @@ def score(model: MahalanobisModel, features, *, chunk: int = _SCORE_CHUNK) -> ja
   size = min(chunk, n)
   parts, nonfinite = [], 0
   for start in range(0, n, size):
-    block = jnp.asarray(features[start:start + size])
+    block = jnp.asarray(features[start : start + size])
     rows = block.shape[0]
     if rows < size:
       block = jnp.pad(block, ((0, size - rows), (0, 0)))

@@ -34,12 +34,21 @@ from duojax.core import ranking
 
 ECE_BINS = 15
 SAC_TARGETS = (90, 95, 98, 99)  # accuracy (%) the selective classifier must reach
-METRIC_NAMES = ("acc", "nll", "brier", "ece", "auroc", "aurc", "eaurc", "augrc",
-                *(f"sac{t}" for t in SAC_TARGETS))
+METRIC_NAMES = (
+  "acc",
+  "nll",
+  "brier",
+  "ece",
+  "auroc",
+  "aurc",
+  "eaurc",
+  "augrc",
+  *(f"sac{t}" for t in SAC_TARGETS),
+)
 OOD_METRIC_NAMES = ("auroc", "aupr", "fpr95")
 # evaluate_resamples gathers at most this many samples at once (a few [R, N]
 # float32 and int32 arrays, tens of MB).
-RESAMPLE_CHUNK_SAMPLES = 2 ** 22
+RESAMPLE_CHUNK_SAMPLES = 2**22
 
 
 # --- Input checks (host side, before the jitted math).
@@ -65,8 +74,9 @@ def _check_logits(logits):
   return logits
 
 
-def _check_scores(scores, what: str, num_rows: int | None = None, valid=None,
-                  unit_interval: bool = False) -> jax.Array:
+def _check_scores(
+  scores, what: str, num_rows: int | None = None, valid=None, unit_interval: bool = False
+) -> jax.Array:
   """1-D float scores: [num_rows] if given, finite, and in [0, 1] if asked."""
   scores = _as_array(scores, what)
   if num_rows is None and (scores.ndim != 1 or scores.shape[0] == 0):
@@ -84,8 +94,9 @@ def _check_scores(scores, what: str, num_rows: int | None = None, valid=None,
 def _check_labels(labels, num_rows: int, num_classes: int, valid=None) -> jax.Array:
   labels = _as_array(labels, "labels")
   if tuple(labels.shape) != (num_rows,):
-    raise ValueError(f"labels shape {tuple(labels.shape)} does not match the {num_rows} "
-                     "rows of logits")
+    raise ValueError(
+      f"labels shape {tuple(labels.shape)} does not match the {num_rows} rows of logits"
+    )
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
   host = np.asarray(labels)[slice(None) if valid is None else valid]
@@ -123,11 +134,13 @@ def _row_statistics(logits, labels, valid):
   # (exact while C < 2^23; denormal gaps are ties, as for jnp.argmax on CPU).
   below_top = jnp.ceil(jnp.minimum(top_for_argmax[:, None] - logits, 1.0))
   class_key = jnp.arange(num_classes, dtype=jnp.float32) + num_classes * below_top
-  rows = (top,
-          jnp.min(class_key, axis=-1).astype(jnp.int32),
-          jnp.sum(jnp.exp(logits - top[:, None]), axis=-1),
-          jnp.sum(jnp.exp(2.0 * logits - 2.0 * top[:, None]), axis=-1),
-          jnp.take_along_axis(logits, labels[:, None], axis=-1, mode="clip")[:, 0])
+  rows = (
+    top,
+    jnp.min(class_key, axis=-1).astype(jnp.int32),
+    jnp.sum(jnp.exp(logits - top[:, None]), axis=-1),
+    jnp.sum(jnp.exp(2.0 * logits - 2.0 * top[:, None]), axis=-1),
+    jnp.take_along_axis(logits, labels[:, None], axis=-1, mode="clip")[:, 0],
+  )
   row_sum = jnp.sum(logits, axis=-1)
   return rows, jnp.sum(~jnp.isfinite(row_sum) & valid)
 
@@ -140,12 +153,13 @@ def _per_sample(top, predicted, sum_exp, sum_exp_squared, label_logit, labels):
   log s + top − l_y, MSP = 1/s, and Brier = Σ_{c≠y} p_c² + (1 − p_y)² =
   (Σ_c e_c² − e_y²)/s² + (1 − e_y/s)²."""
   exp_label = jnp.exp(label_logit - top)
-  others_squared = jnp.maximum(sum_exp_squared - exp_label ** 2, 0.0) / sum_exp ** 2
+  others_squared = jnp.maximum(sum_exp_squared - exp_label**2, 0.0) / sum_exp**2
   return _PerSample(
-      msp=jnp.minimum(1.0 / sum_exp, 1.0),  # the top class has e^0 = 1
-      correct=predicted == labels,
-      nll=jnp.log(sum_exp) + top - label_logit,
-      brier=others_squared + (1.0 - exp_label / sum_exp) ** 2)
+    msp=jnp.minimum(1.0 / sum_exp, 1.0),  # the top class has e^0 = 1
+    correct=predicted == labels,
+    nll=jnp.log(sum_exp) + top - label_logit,
+    brier=others_squared + (1.0 - exp_label / sum_exp) ** 2,
+  )
 
 
 @jax.jit
@@ -197,11 +211,17 @@ def _summary(confidence, correct, nll, brier) -> dict[str, jax.Array]:
   allowed_error_percent = 100 - jnp.array(SAC_TARGETS)[:, None]
   reaches = errors.last & (100 * errors.cum[1:] <= allowed_error_percent * k)  # [targets, N]
   sac = jnp.max(jnp.where(reaches, k, 0), axis=-1) / num
-  return {"acc": jnp.mean(correct.astype(jnp.float32)), "nll": jnp.mean(nll),
-          "brier": jnp.mean(brier), "ece": ece,
-          "auroc": ranking.auroc(errors, flags_are_positive=False), "aurc": aurc,
-          "eaurc": aurc - jnp.mean(ideal_errors_at_k / k), "augrc": jnp.mean(errors_at_k) / num,
-          **{f"sac{t}": sac[i] for i, t in enumerate(SAC_TARGETS)}}
+  return {
+    "acc": jnp.mean(correct.astype(jnp.float32)),
+    "nll": jnp.mean(nll),
+    "brier": jnp.mean(brier),
+    "ece": ece,
+    "auroc": ranking.auroc(errors, flags_are_positive=False),
+    "aurc": aurc,
+    "eaurc": aurc - jnp.mean(ideal_errors_at_k / k),
+    "augrc": jnp.mean(errors_at_k) / num,
+    **{f"sac{t}": sac[i] for i, t in enumerate(SAC_TARGETS)},
+  }
 
 
 def _to_floats(arrays: dict, names: tuple[str, ...]) -> dict[str, float]:
@@ -235,8 +255,9 @@ def evaluate(logits, labels, confidence=None) -> dict[str, float]:
             (0 if none), compared exactly in integers (100·errors ≤ (100 − t)·k).
   """
   per_sample, confidence = _checked_per_sample(logits, labels, confidence, valid=None)
-  return _to_floats(_summary(confidence, per_sample.correct, per_sample.nll, per_sample.brier),
-                    METRIC_NAMES)
+  return _to_floats(
+    _summary(confidence, per_sample.correct, per_sample.nll, per_sample.brier), METRIC_NAMES
+  )
 
 
 @functools.partial(jax.jit, static_argnames="names")
@@ -245,8 +266,9 @@ def _resampled_summaries(rows, confidence, correct, nll, brier, names):
   return {name: value for name, value in jax.vmap(summary)(rows).items() if name in names}
 
 
-def evaluate_resamples(logits, labels, confidence=None, *, rows,
-                       names: tuple[str, ...] = METRIC_NAMES) -> dict[str, np.ndarray]:
+def evaluate_resamples(
+  logits, labels, confidence=None, *, rows, names: tuple[str, ...] = METRIC_NAMES
+) -> dict[str, np.ndarray]:
   """`evaluate` on many resamples of the rows at once: {name: [R]} for rows [R, N'].
 
   Row r of `rows` lists the sample indices of resample r (a bootstrap draws
@@ -257,14 +279,26 @@ def evaluate_resamples(logits, labels, confidence=None, *, rows,
   per_sample, confidence = _checked_per_sample(logits, labels, confidence, valid=None)
   rows = np.asarray(rows)
   if rows.ndim != 2 or rows.shape[1] == 0 or not np.issubdtype(rows.dtype, np.integer):
-    raise ValueError(f"rows must be a non-empty 2-D integer array [R, N], got shape "
-                     f"{rows.shape} and dtype {rows.dtype}")
+    raise ValueError(
+      f"rows must be a non-empty 2-D integer array [R, N], got shape "
+      f"{rows.shape} and dtype {rows.dtype}"
+    )
   if rows.size and (rows.min() < 0 or rows.max() >= confidence.shape[0]):
     raise ValueError(f"rows must index the {confidence.shape[0]} samples")
   chunk = max(1, RESAMPLE_CHUNK_SAMPLES // rows.shape[1])
-  parts = [jax.device_get(_resampled_summaries(
-      jnp.asarray(rows[i:i + chunk]), confidence, per_sample.correct, per_sample.nll,
-      per_sample.brier, names=tuple(names))) for i in range(0, len(rows), chunk)]
+  parts = [
+    jax.device_get(
+      _resampled_summaries(
+        jnp.asarray(rows[i : i + chunk]),
+        confidence,
+        per_sample.correct,
+        per_sample.nll,
+        per_sample.brier,
+        names=tuple(names),
+      )
+    )
+    for i in range(0, len(rows), chunk)
+  ]
   return {name: np.concatenate([p[name] for p in parts]).astype(np.float64) for name in names}
 
 
@@ -304,22 +338,24 @@ def _confidence_scores(logits):
   logits = logits.astype(jnp.float32)
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   probs = jnp.exp(log_probs)
-  scores = {"msp": jnp.max(probs, axis=-1),
-            "neg_entropy": jnp.sum(probs * log_probs, axis=-1),
-            "energy": jax.nn.logsumexp(logits, axis=-1),
-            "max_logit": jnp.max(logits, axis=-1)}
+  scores = {
+    "msp": jnp.max(probs, axis=-1),
+    "neg_entropy": jnp.sum(probs * log_probs, axis=-1),
+    "energy": jax.nn.logsumexp(logits, axis=-1),
+    "max_logit": jnp.max(logits, axis=-1),
+  }
   return scores, jnp.sum(~jnp.isfinite(logits))
 
 
 def confidence_scores(logits) -> dict[str, jax.Array]:
   """Per-sample scores [N], all higher = more confident / more in-distribution.
 
-    msp          max_c p_c with p = softmax(logits).
-    neg_entropy  −H(p) = Σ_c p_c log p_c.
-    energy       logsumexp(logits), the negative free energy at temperature 1.
-    max_logit    max_c logits_c (Hendrycks et al. 2022): unlike msp it keeps the
-                 logits' scale, which separates OOD inputs better when many
-                 classes share the probability mass.
+  msp          max_c p_c with p = softmax(logits).
+  neg_entropy  −H(p) = Σ_c p_c log p_c.
+  energy       logsumexp(logits), the negative free energy at temperature 1.
+  max_logit    max_c logits_c (Hendrycks et al. 2022): unlike msp it keeps the
+               logits' scale, which separates OOD inputs better when many
+               classes share the probability mass.
   """
   scores, nonfinite = _confidence_scores(_check_logits(logits))
   if bad := int(nonfinite):
@@ -362,13 +398,17 @@ def _reliability(scores, targets, num_bins: int, from_logits: bool):
     confidence, correct = scores, targets
   count, conf_sums, correct_sums = _bin_sums(confidence, correct, num_bins)
   mean = lambda sums: jnp.where(count > 0, sums / jnp.maximum(count, 1.0), jnp.nan)
-  diagram = {"confidence": mean(conf_sums), "accuracy": mean(correct_sums),
-             "count": count.astype(jnp.int32)}
+  diagram = {
+    "confidence": mean(conf_sums),
+    "accuracy": mean(correct_sums),
+    "count": count.astype(jnp.int32),
+  }
   return diagram, jnp.sum(~jnp.isfinite(scores))
 
 
-def reliability_diagram(scores, targets, num_bins: int = ECE_BINS, *,
-                        from_logits: bool = True) -> dict[str, jax.Array]:
+def reliability_diagram(
+  scores, targets, num_bins: int = ECE_BINS, *, from_logits: bool = True
+) -> dict[str, jax.Array]:
   """Mean confidence, accuracy and count per equal-width bin (the ECE bins).
 
   Takes either `scores` = confidence [N] in [0, 1] and `targets` = correct
@@ -419,8 +459,9 @@ class MetricsAccumulator:
     are neither checked nor counted."""
     num_rows, num_classes = _check_logits(logits).shape
     if self._num_classes not in (None, num_classes):
-      raise ValueError(f"logits have {num_classes} classes, earlier batches had "
-                       f"{self._num_classes}")
+      raise ValueError(
+        f"logits have {num_classes} classes, earlier batches had {self._num_classes}"
+      )
     valid = np.ones(num_rows, bool) if mask is None else np.asarray(mask).astype(bool)
     if valid.shape != (num_rows,):
       raise ValueError(f"mask shape {valid.shape} does not match the {num_rows} rows of logits")
@@ -441,5 +482,6 @@ class MetricsAccumulator:
     join = lambda parts: np.concatenate(parts)[valid]
     per_sample = _PerSample(*map(join, zip(*(p for p, _, _ in batches))))
     confidence = join([c for _, c, _ in batches])
-    return _to_floats(_summary(confidence, per_sample.correct, per_sample.nll, per_sample.brier),
-                      METRIC_NAMES)
+    return _to_floats(
+      _summary(confidence, per_sample.correct, per_sample.nll, per_sample.brier), METRIC_NAMES
+    )

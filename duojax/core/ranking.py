@@ -20,6 +20,7 @@ class Ranking(NamedTuple):
   at sorted position i is in the tie group spanning the counts (start[i],
   end[i]], i.e. positions start[i]..end[i]−1; last[i] says if i ends its group.
   """
+
   flags: jax.Array
   cum: jax.Array
   start: jax.Array

@@ -39,10 +39,20 @@ SOLVERS = ("jaxopt", "optax")
 _JAXOPT_IMPORT_WARNING = r"JAXopt is no longer maintained"
 
 
-@functools.partial(jax.jit, static_argnames=("objective", "curvature", "row_sample", "solver",
-                                             "max_iter", "tol"))
-def solve(init: jax.Array, problem, *, objective, curvature, row_sample, solver: str,
-          max_iter: int, tol: float):
+@functools.partial(
+  jax.jit, static_argnames=("objective", "curvature", "row_sample", "solver", "max_iter", "tol")
+)
+def solve(
+  init: jax.Array,
+  problem,
+  *,
+  objective,
+  curvature,
+  row_sample,
+  solver: str,
+  max_iter: int,
+  tol: float,
+):
   """Two L-BFGS runs: a warm start on a row sample, then all rows from there.
 
   Args:
@@ -73,8 +83,12 @@ def solve(init: jax.Array, problem, *, objective, curvature, row_sample, solver:
   On small splits the "sample" is every row; the second run then costs one
   or two evaluations.
   """
-  lbfgs = functools.partial(_lbfgs_jaxopt if solver == "jaxopt" else _lbfgs_optax,
-                            objective=objective, max_iter=max_iter, tol=tol)
+  lbfgs = functools.partial(
+    _lbfgs_jaxopt if solver == "jaxopt" else _lbfgs_optax,
+    objective=objective,
+    max_iter=max_iter,
+    tol=tol,
+  )
   sample, rows = row_sample(problem)
   if sample is None:
     # Same shapes in both runs: one compiled L-BFGS body, run twice by scan,
@@ -86,11 +100,16 @@ def solve(init: jax.Array, problem, *, objective, curvature, row_sample, solver:
     warm_info, info = (jax.tree.map(lambda x, i=i: x[i], infos) for i in (0, 1))
     warm = warm_info["iterations"], warm_info["evaluations"]
   else:
+
     def warm_start(_):
       start, warm_info = lbfgs(init, sample, curvature(init, sample))
       # int32 both ways, so that the two lax.cond branches match.
-      return (start, curvature(start, sample), jnp.int32(warm_info["iterations"]),
-              jnp.int32(warm_info["evaluations"]))
+      return (
+        start,
+        curvature(start, sample),
+        jnp.int32(warm_info["iterations"]),
+        jnp.int32(warm_info["evaluations"]),
+      )
 
     def cold_start(_):
       zero = jnp.zeros((), jnp.int32)
@@ -142,8 +161,9 @@ def _lbfgs_jaxopt(init, problem, hessian, *, objective, max_iter: int, tol: floa
   # linesearch_init="max": try the full quasi-Newton step (1.0) first, as
   # optax does; the default "increase" grows from the previous step by 1.5x
   # and wastes iterations after a short first step.
-  solver = jaxopt.LBFGS(fun=objective_v, maxiter=max_iter, implicit_diff=False,
-                        linesearch_init="max")
+  solver = jaxopt.LBFGS(
+    fun=objective_v, maxiter=max_iter, implicit_diff=False, linesearch_init="max"
+  )
 
   # Our own loop rather than solver.run, which always takes a first step: a
   # restart at a point that already meets tol should cost one evaluation,
@@ -151,8 +171,9 @@ def _lbfgs_jaxopt(init, problem, hessian, *, objective, max_iter: int, tol: floa
   # with respect to w, and when the line search fails (see `_keep_going`).
   def keep_going(carry):
     _, state = carry
-    return _keep_going(state.iter_num, chol @ state.grad, ~state.failed_linesearch,
-                       max_iter=max_iter, tol=tol)
+    return _keep_going(
+      state.iter_num, chol @ state.grad, ~state.failed_linesearch, max_iter=max_iter, tol=tol
+    )
 
   def step(carry):
     v, state = carry
@@ -162,9 +183,12 @@ def _lbfgs_jaxopt(init, problem, hessian, *, objective, max_iter: int, tol: floa
   # state.num_fun_eval double-counts (the line search adds one per trial on
   # top of its own count); what runs is one evaluation at the start plus one
   # per line-search trial.
-  return basis @ v, {"iterations": state.iter_num,
-                     "evaluations": 1 + state.num_linesearch_iter,
-                     "nll": state.value, "grad_norm": jnp.linalg.norm(chol @ state.grad)}
+  return basis @ v, {
+    "iterations": state.iter_num,
+    "evaluations": 1 + state.num_linesearch_iter,
+    "nll": state.value,
+    "grad_norm": jnp.linalg.norm(chol @ state.grad),
+  }
 
 
 def _lbfgs_optax(init, problem, hessian, *, objective, max_iter: int, tol: float):
@@ -183,14 +207,14 @@ def _lbfgs_optax(init, problem, hessian, *, objective, max_iter: int, tol: float
     count, info = optax.tree.get(state, "count"), optax.tree.get(state, "info")
     # Before the first step the line-search report holds its initial inf.
     line_search_ok = (count == 0) | ((info.decrease_error <= 0) & (info.curvature_error <= 0))
-    return _keep_going(count, chol @ optax.tree.get(state, "grad"), line_search_ok,
-                       max_iter=max_iter, tol=tol)
+    return _keep_going(
+      count, chol @ optax.tree.get(state, "grad"), line_search_ok, max_iter=max_iter, tol=tol
+    )
 
   def step(carry):
     v, state, evaluations = carry
     value, grad = value_and_grad(v, state=state)
-    updates, state = optimizer.update(grad, state, v, value=value, grad=grad,
-                                      value_fn=objective_v)
+    updates, state = optimizer.update(grad, state, v, value=value, grad=grad, value_fn=objective_v)
     trials = optax.tree.get(state, "num_linesearch_steps")
     return optax.apply_updates(v, updates), state, evaluations + trials
 
@@ -200,11 +224,14 @@ def _lbfgs_optax(init, problem, hessian, *, objective, max_iter: int, tol: float
   value, grad = jax.value_and_grad(objective_v)(v0)
   state = optax.tree.set(optimizer.init(v0), value=value, grad=grad)
   v, state, evaluations = jax.lax.while_loop(
-      keep_going, step, (v0, state, jnp.asarray(1, jnp.int32)))
-  return basis @ v, {"iterations": optax.tree.get(state, "count"),
-                     "evaluations": evaluations,
-                     "nll": optax.tree.get(state, "value"),
-                     "grad_norm": jnp.linalg.norm(chol @ optax.tree.get(state, "grad"))}
+    keep_going, step, (v0, state, jnp.asarray(1, jnp.int32))
+  )
+  return basis @ v, {
+    "iterations": optax.tree.get(state, "count"),
+    "evaluations": evaluations,
+    "nll": optax.tree.get(state, "value"),
+    "grad_norm": jnp.linalg.norm(chol @ optax.tree.get(state, "grad")),
+  }
 
 
 def _keep_going(iteration, grad_w, line_search_ok, *, max_iter: int, tol: float):

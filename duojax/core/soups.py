@@ -27,15 +27,18 @@ def average(models: Sequence[nnx.Module], weights: Sequence[float] | None = None
     if other_graphdef != graphdef:
       raise ValueError(f"soup ingredient {i} has another architecture than ingredient 0")
     states.append(state)
-  weights = jnp.full(len(models), 1.0 / len(models)) if weights is None \
-      else jnp.asarray(weights, jnp.float32) / jnp.sum(jnp.asarray(weights, jnp.float32))
-  mixed = jax.tree.map(lambda *leaves: sum(w * leaf for w, leaf in zip(weights, leaves)),
-                       *states)
+  weights = (
+    jnp.full(len(models), 1.0 / len(models))
+    if weights is None
+    else jnp.asarray(weights, jnp.float32) / jnp.sum(jnp.asarray(weights, jnp.float32))
+  )
+  mixed = jax.tree.map(lambda *leaves: sum(w * leaf for w, leaf in zip(weights, leaves)), *states)
   return nnx.merge(graphdef, mixed)
 
 
-def greedy(models: Sequence[nnx.Module], score: Callable[[nnx.Module], float]) -> tuple[
-    nnx.Module, list[int]]:
+def greedy(
+  models: Sequence[nnx.Module], score: Callable[[nnx.Module], float]
+) -> tuple[nnx.Module, list[int]]:
   """Greedy soup: try ingredients best-first, keep each one that does not lower `score`.
 
   `score` is a held-out metric where higher is better (validation accuracy).

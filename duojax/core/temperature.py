@@ -66,8 +66,9 @@ LogitsList = Union[Sequence[Logits], Logits]
 
 class _Problem(NamedTuple):
   """What the objective reads; float32, on device. A pytree."""
+
   members: tuple[jax.Array, ...]  # m arrays [N, C]
-  label_logits: jax.Array         # [m, N]: z_i[n, y_n]
+  label_logits: jax.Array  # [m, N]: z_i[n, y_n]
   # [N]: mask / count(mask), or None when every row is valid (plain means).
   # Rows of weight 0 are padding and may hold anything, NaN included: every
   # per-row term is selected away with `where` before it meets a sum.
@@ -80,8 +81,11 @@ class _Problem(NamedTuple):
 
 def combine(logits_list: LogitsList, weights) -> jax.Array:
   """Deprecated name of `duojax.core.duo.combine`, the one weighted sum of logits."""
-  warnings.warn("duojax.temperature.combine is duojax.duo.combine; call that instead",
-                DeprecationWarning, stacklevel=2)
+  warnings.warn(
+    "duojax.temperature.combine is duojax.duo.combine; call that instead",
+    DeprecationWarning,
+    stacklevel=2,
+  )
   return duo.combine(logits_list, weights)
 
 
@@ -102,17 +106,27 @@ def nll(weights, logits_stack: LogitsList, labels, *, mask=None) -> jax.Array:
   # Padded logits are zeroed before the weighted sum, not after: a where on
   # the sum would still send their NaN into the gradient in w (0 · NaN).
   keep = lambda z: jnp.where(mask[:, None], z, 0)  # [N, C] and [m, N, C] alike
-  logits_stack = (keep(jnp.asarray(logits_stack)) if inputs.is_array(logits_stack)
-                  else [keep(jnp.asarray(z)) for z in logits_stack])
+  logits_stack = (
+    keep(jnp.asarray(logits_stack))
+    if inputs.is_array(logits_stack)
+    else [keep(jnp.asarray(z)) for z in logits_stack]
+  )
   log_probs = jax.nn.log_softmax(duo.combine(logits_stack, weights), axis=-1)
   labels = jnp.where(mask, labels, 0)  # padded labels may be out of range
   per_row = jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
   return -jnp.sum(jnp.where(mask, per_row, 0.0)) / jnp.sum(mask)
 
 
-def fit_temperatures(logits_list: LogitsList, labels, *, solver: str = "jaxopt",
-                     init=None, max_iter: int = 100, tol: float = 1e-6,
-                     mask=None) -> jax.Array:
+def fit_temperatures(
+  logits_list: LogitsList,
+  labels,
+  *,
+  solver: str = "jaxopt",
+  init=None,
+  max_iter: int = 100,
+  tol: float = 1e-6,
+  mask=None,
+) -> jax.Array:
   """Fit w (w_i = 1/T_i) minimising the mean NLL of softmax(Σ w_i z_i).
 
   Args:
@@ -143,14 +157,22 @@ def fit_temperatures(logits_list: LogitsList, labels, *, solver: str = "jaxopt",
   mask). Under an outer `jax.jit` only shapes are checked, and non-finite
   logits or an all-False mask give NaN weights.
   """
-  weights, _ = _fit(logits_list, labels, solver=solver, init=init,
-                    max_iter=max_iter, tol=tol, mask=mask)
+  weights, _ = _fit(
+    logits_list, labels, solver=solver, init=init, max_iter=max_iter, tol=tol, mask=mask
+  )
   return weights
 
 
-def fit_temperatures_with_info(logits_list: LogitsList, labels, *, solver: str = "jaxopt",
-                               init=None, max_iter: int = 100, tol: float = 1e-6,
-                               mask=None) -> tuple[jax.Array, dict[str, Any]]:
+def fit_temperatures_with_info(
+  logits_list: LogitsList,
+  labels,
+  *,
+  solver: str = "jaxopt",
+  init=None,
+  max_iter: int = 100,
+  tol: float = 1e-6,
+  mask=None,
+) -> tuple[jax.Array, dict[str, Any]]:
   """`fit_temperatures` plus a report of the solve (eager calls only).
 
   The report holds: solver; iterations and evaluations (objective + gradient,
@@ -162,16 +184,21 @@ def fit_temperatures_with_info(logits_list: LogitsList, labels, *, solver: str =
   (False after max_iter, or when float32 rounding kept the gradient above
   tol, see `solvers._keep_going`).
   """
-  weights, raw = _fit(logits_list, labels, solver=solver, init=init,
-                      max_iter=max_iter, tol=tol, mask=mask)
+  weights, raw = _fit(
+    logits_list, labels, solver=solver, init=init, max_iter=max_iter, tol=tol, mask=mask
+  )
   grad_norm = float(raw["grad_norm"])
-  info = {"solver": solver, "iterations": int(raw["iterations"]),
-          "evaluations": int(raw["evaluations"]),
-          "warm_start_rows": int(raw["warm_start_rows"]),
-          "warm_start_iterations": int(raw["warm_start_iterations"]),
-          "warm_start_evaluations": int(raw["warm_start_evaluations"]),
-          "nll": float(raw["nll"]), "grad_norm": grad_norm,
-          "converged": bool(grad_norm <= tol)}
+  info = {
+    "solver": solver,
+    "iterations": int(raw["iterations"]),
+    "evaluations": int(raw["evaluations"]),
+    "warm_start_rows": int(raw["warm_start_rows"]),
+    "warm_start_iterations": int(raw["warm_start_iterations"]),
+    "warm_start_evaluations": int(raw["warm_start_evaluations"]),
+    "nll": float(raw["nll"]),
+    "grad_norm": grad_norm,
+    "converged": bool(grad_norm <= tol),
+  }
   return weights, info
 
 
@@ -191,8 +218,9 @@ def default_init(m: int) -> jax.Array:
 # Input handling and validation.
 
 
-def _fit(logits_list, labels, *, solver, init, max_iter, tol, mask=None,
-         sample_logits=_SAMPLE_LOGITS):
+def _fit(
+  logits_list, labels, *, solver, init, max_iter, tol, mask=None, sample_logits=_SAMPLE_LOGITS
+):
   if solver not in SOLVERS:
     raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(map(repr, SOLVERS))}")
   if int(max_iter) < 1:
@@ -210,9 +238,16 @@ def _fit(logits_list, labels, *, solver, init, max_iter, tol, mask=None,
     problem = _Problem(members, _label_logits(members, labels))
   else:
     problem = _Problem(members, *_padded_label_logits_and_row_weights(members, labels, mask))
-  weights, info = solvers.solve(init, problem, objective=_objective, curvature=_curvature,
-                                row_sample=_row_sampler(sample_logits), solver=solver,
-                                max_iter=int(max_iter), tol=float(tol))
+  weights, info = solvers.solve(
+    init,
+    problem,
+    objective=_objective,
+    curvature=_curvature,
+    row_sample=_row_sampler(sample_logits),
+    solver=solver,
+    max_iter=int(max_iter),
+    tol=float(tol),
+  )
   inputs.check_finite(members, info, mask)
   if inputs.is_traced(mask):
     # Unchecked under an outer jit: a fit of no rows says so with NaN rather
@@ -284,8 +319,9 @@ def _stable_row_sums(weights, problem: _Problem, with_moments: bool):
     fits |= ~(problem.row_weights > 0)  # padding, whatever its mass, is dropped anyway
   # lax.cond runs one branch: the extra max pass happens only in evaluations
   # where some class beats a label by tens of logits.
-  return jax.lax.cond(jnp.all(fits),
-                      lambda _: (jnp.zeros_like(label_z), mass, moments), exact, None)
+  return jax.lax.cond(
+    jnp.all(fits), lambda _: (jnp.zeros_like(label_z), mass, moments), exact, None
+  )
 
 
 def _row_mean(per_row: jax.Array, row_weights: Optional[jax.Array]) -> jax.Array:
@@ -394,8 +430,9 @@ def _curvature(weights: jax.Array, sample: _Problem) -> jax.Array:
     mean = lambda per_row: jnp.sum(per_row) / n
   else:
     mean = lambda per_row: _row_mean(per_row, sample.row_weights)
-  grad = jnp.stack([mean((probs * z).sum(axis=-1) - label)
-                    for z, label in zip(members, sample.label_logits)])
+  grad = jnp.stack(
+    [mean((probs * z).sum(axis=-1) - label) for z, label in zip(members, sample.label_logits)]
+  )
   trust = jnp.linalg.norm(grad) / jnp.maximum(jnp.linalg.norm(weights), 1e-3)
   ridge = jnp.maximum(ridge, trust)
   return hessian + ridge * jnp.eye(m, dtype=hessian.dtype)

@@ -24,8 +24,10 @@ def as_members(logits_list) -> tuple[jax.Array, ...]:
   """m float32 arrays [N, C], shapes validated."""
   if is_array(logits_list):
     if logits_list.ndim != 3:
-      raise ValueError(f"a single logits array must be stacked [m, N, C], got shape "
-                       f"{tuple(logits_list.shape)}; pass one [N, C] member as [logits]")
+      raise ValueError(
+        f"a single logits array must be stacked [m, N, C], got shape "
+        f"{tuple(logits_list.shape)}; pass one [N, C] member as [logits]"
+      )
     # Split once here, not inside the solve: each evaluation then reads the
     # members in place.
     logits_list = [logits_list[i] for i in range(logits_list.shape[0])]
@@ -80,8 +82,10 @@ def as_mask(mask, n: int) -> jax.Array:
   if not is_array(mask):
     mask = np.asarray(mask)
   if tuple(mask.shape) != (n,) or jnp.result_type(mask) != jnp.bool_:
-    raise ValueError(f"mask must be a bool array of shape ({n},) (True for rows to use), got "
-                     f"{jnp.result_type(mask)} of shape {tuple(mask.shape)}")
+    raise ValueError(
+      f"mask must be a bool array of shape ({n},) (True for rows to use), got "
+      f"{jnp.result_type(mask)} of shape {tuple(mask.shape)}"
+    )
   mask = jnp.asarray(mask)
   if not is_traced(mask) and not int(_count_true(mask)):
     raise ValueError(f"mask has no valid rows: all {n} rows are False")
@@ -101,8 +105,7 @@ def as_init(init, m: int) -> jax.Array:
   return init
 
 
-def check_finite(members: tuple[jax.Array, ...], info: dict,
-                  mask: Optional[jax.Array]) -> None:
+def check_finite(members: tuple[jax.Array, ...], info: dict, mask: Optional[jax.Array]) -> None:
   """Raise if any logit is NaN or ±inf, using the final evaluation.
 
   A separate isfinite pass would read all logits once more. Instead: under
@@ -119,8 +122,10 @@ def check_finite(members: tuple[jax.Array, ...], info: dict,
   # Error path only: count them (one more pass over the logits).
   counts = [int(_count_non_finite(z, mask)) for z in members]
   if not sum(counts):
-    raise FloatingPointError(f"the fit reached a non-finite NLL ({float(info['nll'])}) "
-                             "although every logit is finite; try a smaller init")
+    raise FloatingPointError(
+      f"the fit reached a non-finite NLL ({float(info['nll'])}) "
+      "although every logit is finite; try a smaller init"
+    )
   where = ", ".join(f"member {i}: {k}" for i, k in enumerate(counts) if k)
   raise ValueError(f"logits contain {sum(counts)} non-finite values (NaN or inf) ({where})")
 

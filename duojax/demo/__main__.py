@@ -31,38 +31,57 @@ from duojax.eval import render
 
 _RUNS = flags.DEFINE_string("runs", "runs/demo", "Folder for the workdirs and results.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data", "Where the embedded data are prepared.")
-_ALPHAS = flags.DEFINE_list("gatekeeper_alphas", ["0.1", "0.3", "0.5", "0.7", "0.9"],
-                            "Gatekeeper α of the sidekick's fine-tunes.")
+_ALPHAS = flags.DEFINE_list(
+  "gatekeeper_alphas",
+  ["0.1", "0.3", "0.5", "0.7", "0.9"],
+  "Gatekeeper α of the sidekick's fine-tunes.",
+)
 _HYDRA = flags.DEFINE_integer("hydra_members", 2, "Hydra members and ViT seeds (0: no ViTs).")
-_JOBS = flags.DEFINE_integer("jobs", None, "Trainings run side by side (default: as many "
-                             "as the cores allow).")
+_JOBS = flags.DEFINE_integer(
+  "jobs", None, "Trainings run side by side (default: as many as the cores allow)."
+)
 _CORES_PER_RUN = flags.DEFINE_integer(
-    "cores_per_run", 1, "Cores each training is pinned to; a run's weights depend on it "
-    "(XLA splits some sums by thread count), not on how many runs share the machine.")
-_CACHE = flags.DEFINE_string("compile_cache", None, "JAX compilation cache shared by the runs "
-                             "(default {runs}/.jax_cache; empty: none).")
+  "cores_per_run",
+  1,
+  "Cores each training is pinned to; a run's weights depend on it "
+  "(XLA splits some sums by thread count), not on how many runs share the machine.",
+)
+_CACHE = flags.DEFINE_string(
+  "compile_cache",
+  None,
+  "JAX compilation cache shared by the runs (default {runs}/.jax_cache; empty: none).",
+)
 _TRAIN_OVERRIDES = flags.DEFINE_multi_string(
-    "train_override", [], "KEY=VALUE: --config.KEY=VALUE for every training (repeatable).")
+  "train_override", [], "KEY=VALUE: --config.KEY=VALUE for every training (repeatable)."
+)
 _EVAL_OVERRIDES = flags.DEFINE_multi_string(
-    "eval_override", [], "KEY=VALUE: --config.KEY=VALUE for the evaluation (repeatable).")
-_README = flags.DEFINE_string("readme", "README.md", "README whose results block is rewritten "
-                              "(empty: none).")
+  "eval_override", [], "KEY=VALUE: --config.KEY=VALUE for the evaluation (repeatable)."
+)
+_README = flags.DEFINE_string(
+  "readme", "README.md", "README whose results block is rewritten (empty: none)."
+)
 
 
 def _child_env(cache_dir: str) -> dict[str, str]:
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   if cache_dir:
-    env.update(JAX_COMPILATION_CACHE_DIR=os.path.abspath(cache_dir),
-               # The demo's programs compile in well under JAX's 1 s default
-               # threshold for caching, which would keep nearly all of them out.
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env.update(
+      JAX_COMPILATION_CACHE_DIR=os.path.abspath(cache_dir),
+      # The demo's programs compile in well under JAX's 1 s default
+      # threshold for caching, which would keep nearly all of them out.
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
   return env
 
 
 def _child_output(args: list[str]) -> str:
   """stdout of `python ARGS`; its last stderr line as a one-line error if it fails."""
-  done = subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  done = subprocess.run(
+    [sys.executable, *args],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+  )
   if done.returncode:
     lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
     sys.exit(lines[-1] if lines[-1].startswith("error:") else f"error: {lines[-1]}")
@@ -89,27 +108,51 @@ def main(argv: list[str]) -> None:
   # JAX runs in child processes only: this one starts the trainings with a
   # CPU affinity set between fork and exec, which is safe only in a process
   # without threads (importing JAX starts its thread pools).
-  peak = float(_child_output(["-c", "from duojax.demo import timings; "
-                              "print(timings.matmul_peak_gflops())"]).split()[-1])
-  print(f"{timings.machine_line(peak)}; trainings side by side: {jobs}, on {per_run} "
-        f"core{'s' if per_run > 1 else ''} each", flush=True)
+  peak = float(
+    _child_output(
+      ["-c", "from duojax.demo import timings; print(timings.matmul_peak_gflops())"]
+    ).split()[-1]
+  )
+  print(
+    f"{timings.machine_line(peak)}; trainings side by side: {jobs}, on {per_run} "
+    f"core{'s' if per_run > 1 else ''} each",
+    flush=True,
+  )
   t_data = time.perf_counter()
   print(_child_output(["-m", "duojax.data", _DATA_DIR.value]).strip(), flush=True)
   data_seconds = time.perf_counter() - t_data
 
-  plan = demo_runs(runs, _ALPHAS.value, _HYDRA.value, train_overrides=_TRAIN_OVERRIDES.value,
-                   eval_overrides=_EVAL_OVERRIDES.value)
+  plan = demo_runs(
+    runs,
+    _ALPHAS.value,
+    _HYDRA.value,
+    train_overrides=_TRAIN_OVERRIDES.value,
+    eval_overrides=_EVAL_OVERRIDES.value,
+  )
   try:
-    ran = runner.run_plan(plan, python=sys.executable, jobs=jobs, cores_per_run=per_run,
-                          log_dir=os.path.join(runs, "logs"), env=_child_env(cache))
+    ran = runner.run_plan(
+      plan,
+      python=sys.executable,
+      jobs=jobs,
+      cores_per_run=per_run,
+      log_dir=os.path.join(runs, "logs"),
+      env=_child_env(cache),
+    )
   except runner.RunFailed as e:
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:
     sys.exit("interrupted: rerun the same command to resume")
 
-  report = timings.report(plan, ran, runs=runs, jobs=jobs, cores_per_run=per_run,
-                          peak_gflops=peak, data_seconds=data_seconds,
-                          total_seconds=time.perf_counter() - t0)
+  report = timings.report(
+    plan,
+    ran,
+    runs=runs,
+    jobs=jobs,
+    cores_per_run=per_run,
+    peak_gflops=peak,
+    data_seconds=data_seconds,
+    total_seconds=time.perf_counter() - t0,
+  )
   results_dir = os.path.join(runs, "results")
   files.write_atomically(os.path.join(results_dir, "timings.json"), json.dumps(report, indent=2))
   results_json = os.path.join(results_dir, "results.json")
@@ -123,8 +166,11 @@ def main(argv: list[str]) -> None:
     with open(os.path.join(results_dir, "results.md")) as f:
       tables = f.read()
     render.embed_in_readme(tables + "\n" + "\n".join(block) + "\n", _README.value)
-  print(f"demo finished in {report['total']:.0f} s after install; results in {results_dir}/"
-        + (f", {_README.value} updated" if _README.value else ""), flush=True)
+  print(
+    f"demo finished in {report['total']:.0f} s after install; results in {results_dir}/"
+    + (f", {_README.value} updated" if _README.value else ""),
+    flush=True,
+  )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import dataclasses
 import os
 from typing import Sequence
 
-
 # Settings of every demo training, before `train_overrides` (which win):
 # evaluate.py scores every member on the test split, so the runs skip their own
 # test pass; and on a CPU, validation batches of 128 run 1.1-1.4x faster than
@@ -26,14 +25,20 @@ DEMO_TRAIN_SETTINGS = ("final_test=false", "eval_batch_size=128")
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  name: str                   # its workdir under `runs`, and its label in the timings
-  argv: tuple[str, ...]       # the command, after the Python interpreter
+  name: str  # its workdir under `runs`, and its label in the timings
+  argv: tuple[str, ...]  # the command, after the Python interpreter
   after: tuple[str, ...] = ()
-  all_cores: bool = False     # runs alone on every core rather than in a slot
+  all_cores: bool = False  # runs alone on every core rather than in a slot
 
 
-def demo_runs(runs: str, gatekeeper_alphas: Sequence[str], hydra_members: int, *,
-              train_overrides: Sequence[str] = (), eval_overrides: Sequence[str] = ()) -> list[Run]:
+def demo_runs(
+  runs: str,
+  gatekeeper_alphas: Sequence[str],
+  hydra_members: int,
+  *,
+  train_overrides: Sequence[str] = (),
+  eval_overrides: Sequence[str] = (),
+) -> list[Run]:
   """The demo's runs in preference order; `hydra_members=0` leaves out the ViTs.
 
   `train_overrides` / `eval_overrides` ("KEY=VALUE") become `--config.KEY=VALUE`
@@ -42,31 +47,49 @@ def demo_runs(runs: str, gatekeeper_alphas: Sequence[str], hydra_members: int, *
   train_flags = tuple(f"--config.{kv}" for kv in (*DEMO_TRAIN_SETTINGS, *train_overrides))
 
   def _train(name: str, config: str, after: Sequence[str] = ()) -> Run:
-    return Run(name, ("train.py", "--config", config, "--workdir", os.path.join(runs, name),
-                      *train_flags), tuple(after))
+    return Run(
+      name,
+      ("train.py", "--config", config, "--workdir", os.path.join(runs, name), *train_flags),
+      tuple(after),
+    )
 
   vit = hydra_members > 0
   long = [_train("vit", "configs/demo_vit.py")] if vit else []
-  long += [_train("large", "configs/demo_large.py"),
-           _train("large_seed1", "configs/demo_large.py:seed=1")]
-  long += [_train(f"vit_seed{i}", f"configs/demo_vit.py:seed={i}")
-           for i in range(1, hydra_members)]
+  long += [
+    _train("large", "configs/demo_large.py"),
+    _train("large_seed1", "configs/demo_large.py:seed=1"),
+  ]
+  long += [_train(f"vit_seed{i}", f"configs/demo_vit.py:seed={i}") for i in range(1, hydra_members)]
   short = [_train("sidekick", "configs/demo_sidekick.py")]
-  short += [_train(f"hydra_{j}", f"configs/hydra_member.py:member={j},runs={runs}",
-                   after=["vit"]) for j in range(hydra_members)]
   short += [
-      _train("soup_1", f"configs/demo_soup.py:lr=1e-4,seed=1,init_from={runs}/large",
-             after=["large"]),
-      _train("soup_2", f"configs/demo_soup.py:lr=3e-4,seed=2,init_from={runs}/large",
-             after=["large"])]
-  short += [_train(f"gatekeeper_{alpha}", f"configs/gatekeeper.py:alpha={alpha},runs={runs}",
-                   after=["sidekick"]) for alpha in gatekeeper_alphas]
+    _train(f"hydra_{j}", f"configs/hydra_member.py:member={j},runs={runs}", after=["vit"])
+    for j in range(hydra_members)
+  ]
+  short += [
+    _train(
+      "soup_1", f"configs/demo_soup.py:lr=1e-4,seed=1,init_from={runs}/large", after=["large"]
+    ),
+    _train(
+      "soup_2", f"configs/demo_soup.py:lr=3e-4,seed=2,init_from={runs}/large", after=["large"]
+    ),
+  ]
+  short += [
+    _train(
+      f"gatekeeper_{alpha}", f"configs/gatekeeper.py:alpha={alpha},runs={runs}", after=["sidekick"]
+    )
+    for alpha in gatekeeper_alphas
+  ]
   trainings = long + short
-  eval_config = (f"configs/demo_eval.py:runs={runs},gatekeeper={' '.join(gatekeeper_alphas)},"
-                 f"hydra={hydra_members}")
-  evaluation = Run("evaluate", ("evaluate.py", "--config", eval_config,
-                                *(f"--config.{kv}" for kv in eval_overrides)),
-                   tuple(r.name for r in trainings), all_cores=True)
+  eval_config = (
+    f"configs/demo_eval.py:runs={runs},gatekeeper={' '.join(gatekeeper_alphas)},"
+    f"hydra={hydra_members}"
+  )
+  evaluation = Run(
+    "evaluate",
+    ("evaluate.py", "--config", eval_config, *(f"--config.{kv}" for kv in eval_overrides)),
+    tuple(r.name for r in trainings),
+    all_cores=True,
+  )
   return trainings + [evaluation]
 
 

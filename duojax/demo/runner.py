@@ -45,8 +45,8 @@ class RunFailed(Exception):
 class Timing:
   name: str
   seconds: float
-  start: float         # seconds since the plan started
-  cores: list[int]     # the cores its slot was pinned to ([] when not pinned)
+  start: float  # seconds since the plan started
+  cores: list[int]  # the cores its slot was pinned to ([] when not pinned)
 
 
 def usable_cores() -> list[int]:
@@ -62,9 +62,11 @@ def core_slots(jobs: int, cores_per_run: int = 1) -> list[list[int]]:
   if not cores:  # macOS, Windows: no pinning
     return [[] for _ in range(jobs)]
   if jobs * cores_per_run > len(cores):
-    raise ValueError(f"{jobs} job(s) of {cores_per_run} core(s) need more than the "
-                     f"{len(cores)} cores this process may use")
-  return [cores[i * cores_per_run:(i + 1) * cores_per_run] for i in range(jobs)]
+    raise ValueError(
+      f"{jobs} job(s) of {cores_per_run} core(s) need more than the "
+      f"{len(cores)} cores this process may use"
+    )
+  return [cores[i * cores_per_run : (i + 1) * cores_per_run] for i in range(jobs)]
 
 
 def _pinned(cores: list[int]):
@@ -82,9 +84,16 @@ def _tail(path: str, lines: int = 3) -> str:
   return " | ".join(last[-lines:])
 
 
-def run_plan(plan: Sequence[Run], *, python: str, jobs: int, cores_per_run: int = 1,
-             log_dir: str, env: dict[str, str] | None = None,
-             report: Callable[[str], None] = print) -> list[Timing]:
+def run_plan(
+  plan: Sequence[Run],
+  *,
+  python: str,
+  jobs: int,
+  cores_per_run: int = 1,
+  log_dir: str,
+  env: dict[str, str] | None = None,
+  report: Callable[[str], None] = print,
+) -> list[Timing]:
   """Runs every command of `plan`; returns their wall times in the order they ended."""
   check_plan(plan)
   slots = core_slots(jobs, cores_per_run)
@@ -100,8 +109,13 @@ def run_plan(plan: Sequence[Run], *, python: str, jobs: int, cores_per_run: int 
   def start(run: Run, slot: int) -> None:
     cores = usable_cores() if run.all_cores else slots[slot]
     log = open(os.path.join(log_dir, f"{run.name}.log"), "w") if quiet else None
-    proc = subprocess.Popen([python, *run.argv], env=env, stdout=log, stderr=log,
-                            preexec_fn=None if run.all_cores else _pinned(cores))
+    proc = subprocess.Popen(
+      [python, *run.argv],
+      env=env,
+      stdout=log,
+      stderr=log,
+      preexec_fn=None if run.all_cores else _pinned(cores),
+    )
     running[slot] = (run, proc, time.perf_counter(), cores, log)
     if quiet:
       where = f"core{'s' if len(cores) > 1 else ''} {','.join(map(str, cores))}"
@@ -143,13 +157,17 @@ def run_plan(plan: Sequence[Run], *, python: str, jobs: int, cores_per_run: int 
           stop_all()
           where = os.path.join(log_dir, f"{run.name}.log") if quiet else "the output above"
           detail = _tail(where) if quiet else ""
-          raise RunFailed(f"{run.name} exited with status {code} after {seconds:.0f} s "
-                          f"(log: {where}){': ' + detail if detail else ''}")
+          raise RunFailed(
+            f"{run.name} exited with status {code} after {seconds:.0f} s "
+            f"(log: {where}){': ' + detail if detail else ''}"
+          )
         done.add(run.name)
         timings.append(Timing(run.name, round(seconds, 1), round(began - t0, 1), cores))
         if quiet:
-          report(f"[{time.perf_counter() - t0:6.0f} s] {run.name}: done in {seconds:.0f} s"
-                 f"{' — ' + _tail(os.path.join(log_dir, run.name + '.log'), 1)}")
+          report(
+            f"[{time.perf_counter() - t0:6.0f} s] {run.name}: done in {seconds:.0f} s"
+            f"{' — ' + _tail(os.path.join(log_dir, run.name + '.log'), 1)}"
+          )
   except BaseException:
     stop_all()
     raise

@@ -10,8 +10,9 @@ from duojax.parallel import distributed, sharding
 from duojax.train import checkpoint, steps
 
 
-def accuracy_of_workdirs(workdirs: Sequence[str], split_name: str, data_dir: str | None,
-                         batch_size: int) -> dict[str, dict]:
+def accuracy_of_workdirs(
+  workdirs: Sequence[str], split_name: str, data_dir: str | None, batch_size: int
+) -> dict[str, dict]:
   """{workdir: model name, step, accuracy, NLL, count} on `split_name` of its own data."""
   mesh = sharding.make_mesh()
   results = {}
@@ -22,13 +23,19 @@ def accuracy_of_workdirs(workdirs: Sequence[str], split_name: str, data_dir: str
     graphdef, params, batch_stats = functional.split_model(model)
     # The model's own normalisation (older checkpoints: the data set's).
     inputs = meta.get("input", {"mean": dataset.mean, "std": dataset.std})
-    eval_step = steps.make_eval_step(graphdef, mesh=mesh,
-                                     image_stats=(inputs["mean"], inputs["std"]))
-    batches = data.eval_batches(getattr(dataset, split_name), global_batch_size=batch_size,
-                                sharding=sharding.batch_sharding(mesh))
+    eval_step = steps.make_eval_step(
+      graphdef, mesh=mesh, image_stats=(inputs["mean"], inputs["std"])
+    )
+    batches = data.eval_batches(
+      getattr(dataset, split_name),
+      global_batch_size=batch_size,
+      sharding=sharding.batch_sharding(mesh),
+    )
     result = steps.evaluate_batches(eval_step, params, batch_stats, batches)
     results[workdir] = {"model_name": meta["model_name"], "step": meta["step"], **result}
     if distributed.is_main_process():
-      print(f"{workdir}: {meta['model_name']} step {meta['step']}: {split_name} accuracy "
-            f"{result['accuracy']:.4f}, NLL {result['nll']:.4f} ({result['count']} images)")
+      print(
+        f"{workdir}: {meta['model_name']} step {meta['step']}: {split_name} accuracy "
+        f"{result['accuracy']:.4f}, NLL {result['nll']:.4f} ({result['count']} images)"
+      )
   return results

@@ -27,6 +27,7 @@ from duojax.parallel import sharding
 @dataclasses.dataclass
 class LogitsBank:
   """Per split: labels [N] and logits [m, N, C] in `member_names` order."""
+
   member_names: tuple[str, ...]
   labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   logits: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
@@ -54,16 +55,24 @@ def _to_host(x) -> np.ndarray:
   return np.asarray(x)
 
 
-def split_logits(forward: Callable, states, batches: Iterable[dict], *, desc: str = "",
-                 total: int | None = None, with_features: bool = False):
+def split_logits(
+  forward: Callable,
+  states,
+  batches: Iterable[dict],
+  *,
+  desc: str = "",
+  total: int | None = None,
+  with_features: bool = False,
+):
   """Runs the fused forward over masked batches.
 
   Returns (logits [m, N, C], labels [N]), plus member 0's features [N, D]
   when `with_features` (the forward must have been built with them).
   """
   logits, labels, features = [], [], []
-  for batch in tqdm.tqdm(batches, desc=desc, total=total, leave=False, mininterval=2.0,
-                         disable=jax.process_index() != 0):
+  for batch in tqdm.tqdm(
+    batches, desc=desc, total=total, leave=False, mininterval=2.0, disable=jax.process_index() != 0
+  ):
     out = forward(states, batch["image"])
     mask = _to_host(batch["mask"])
     if with_features:
@@ -82,12 +91,21 @@ def preprocessing(members: Sequence[Member]) -> tuple[Callable, ...]:
   `InputSpec`); members with one spec share one callable, so the fused
   forward prepares their input once."""
   by_spec = {}
-  return tuple(by_spec.setdefault(m.inputs, functools.partial(data.prepare, spec=m.inputs))
-               for m in members)
+  return tuple(
+    by_spec.setdefault(m.inputs, functools.partial(data.prepare, spec=m.inputs)) for m in members
+  )
 
 
-def collect(members: Sequence[Member], dataset: data.Dataset, splits: dict[str, data.Split], *,
-            mesh, batch_size: int, with_features: bool = False, forward=None) -> LogitsBank:
+def collect(
+  members: Sequence[Member],
+  dataset: data.Dataset,
+  splits: dict[str, data.Split],
+  *,
+  mesh,
+  batch_size: int,
+  with_features: bool = False,
+  forward=None,
+) -> LogitsBank:
   """Logits of every member on every split (one fused forward per batch).
 
   Batches are uint8 at the splits' size; each member's resize and
@@ -111,22 +129,30 @@ def collect(members: Sequence[Member], dataset: data.Dataset, splits: dict[str, 
   graphdefs, states = duo.split_members(unique)
   if forward is None:
     forward = duo.make_fused_forward(
-        graphdefs, mesh=mesh, with_features=with_features,
-        preprocess=preprocessing([first_member[row] for row in range(len(unique))]))
+      graphdefs,
+      mesh=mesh,
+      with_features=with_features,
+      preprocess=preprocessing([first_member[row] for row in range(len(unique))]),
+    )
   states = jax.device_put(states, sharding.replicated(mesh))
   bank = LogitsBank(tuple(m.name for m in members))
   for name, split in splits.items():
-    batches = data.eval_batches(split, global_batch_size=batch_size,
-                                sharding=sharding.batch_sharding(mesh))
-    out = split_logits(forward, states, batches, desc=name,
-                       total=-(-len(split) // batch_size), with_features=with_features)
+    batches = data.eval_batches(
+      split, global_batch_size=batch_size, sharding=sharding.batch_sharding(mesh)
+    )
+    out = split_logits(
+      forward,
+      states,
+      batches,
+      desc=name,
+      total=-(-len(split) // batch_size),
+      with_features=with_features,
+    )
     logits = out[0] if len(unique) == len(members) else out[0][rows]
     bank.logits[name], bank.labels[name] = logits, out[1]
     if with_features:
       bank.features[name] = out[2]
   return bank
-
-
 
 
 def with_files(bank: LogitsBank, files: dict, splits: Iterable[str]) -> LogitsBank:
@@ -144,14 +170,17 @@ def with_files(bank: LogitsBank, files: dict, splits: Iterable[str]) -> LogitsBa
     stack = [f.logits[split] for f in files.values()]
     if split in bank.logits:
       if any(z.shape != bank.logits[split].shape[1:] for z in stack):
-        raise ValueError(f"the logits files' {split} logits are {[z.shape for z in stack]}, "
-                         f"the models' {bank.logits[split].shape[1:]}: not the same rows and "
-                         "classes")
+        raise ValueError(
+          f"the logits files' {split} logits are {[z.shape for z in stack]}, "
+          f"the models' {bank.logits[split].shape[1:]}: not the same rows and "
+          "classes"
+        )
       out.labels[split] = bank.labels[split]
       out.logits[split] = np.concatenate([bank.logits[split], np.stack(stack)])
     else:
-      out.labels[split] = (first.labels[split] if split in first.labels
-                           else np.zeros(len(stack[0]), np.int32))
+      out.labels[split] = (
+        first.labels[split] if split in first.labels else np.zeros(len(stack[0]), np.int32)
+      )
       out.logits[split] = np.stack(stack)
   out.features = bank.features
   return out

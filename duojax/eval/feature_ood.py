@@ -25,8 +25,17 @@ NAME = "mahalanobis"
 SPLIT = "train"
 
 
-def mahalanobis_scores(large: Member, dataset: data.Dataset, features: dict[str, np.ndarray], *,
-                       max_rows: int, seed: int, mesh, batch_size: int, skipped: dict) -> dict:
+def mahalanobis_scores(
+  large: Member,
+  dataset: data.Dataset,
+  features: dict[str, np.ndarray],
+  *,
+  max_rows: int,
+  seed: int,
+  mesh,
+  batch_size: int,
+  skipped: dict,
+) -> dict:
   """{NAME: {"scores": {test, ood: [N]}, "fit": what the report says of it}}, or {}.
 
   `features`: the large model's pre-logit features [N, D] per split (the
@@ -34,15 +43,22 @@ def mahalanobis_scores(large: Member, dataset: data.Dataset, features: dict[str,
   (a class without rows has no mean; more rows, or all, give it one).
   """
   train = dataset.train.sample(max_rows, seed)  # -1: all rows
-  fit_bank = bank_lib.collect([large], dataset, {SPLIT: train}, mesh=mesh,
-                              batch_size=batch_size, with_features=True)
+  fit_bank = bank_lib.collect(
+    [large], dataset, {SPLIT: train}, mesh=mesh, batch_size=batch_size, with_features=True
+  )
   rows, labels = fit_bank.features[SPLIT], fit_bank.labels[SPLIT]
   missing = int(np.sum(np.bincount(labels, minlength=dataset.num_classes) == 0))
   if missing:
-    skipped["Mahalanobis"] = (f"the {len(labels)} training rows drawn hold no row of {missing} "
-                              "classes: raise config.mahalanobis_train_rows (-1: all rows)")
+    skipped["Mahalanobis"] = (
+      f"the {len(labels)} training rows drawn hold no row of {missing} "
+      "classes: raise config.mahalanobis_train_rows (-1: all rows)"
+    )
     return {}
   model = mahalanobis.fit(rows, labels, dataset.num_classes)
   scores = {split: np.asarray(mahalanobis.score(model, features[split])) for split in (TEST, OOD)}
-  return {NAME: {"scores": scores, "fit": {"train_rows": int(len(labels)),
-                                            "rank": int(model.rank), "dim": int(rows.shape[1])}}}
+  return {
+    NAME: {
+      "scores": scores,
+      "fit": {"train_rows": int(len(labels)), "rank": int(model.rank), "dim": int(rows.shape[1])},
+    }
+  }

@@ -39,6 +39,7 @@ class EvalInputs:
     feature_scores: OOD scores of the large model's pre-logit features by
       name (`duojax.eval.feature_ood`): {"scores": {split: [N]}, "fit": {...}}.
   """
+
   config: ml_collections.ConfigDict
   bank: LogitsBank
   members: dict[str, Member]
@@ -67,8 +68,9 @@ class EvalInputs:
   def fitted(self, method: Method) -> dict:
     """What `method` learns from val (temperatures, duo weights), fitted once."""
     if method.name not in self._fits:
-      self._fits[method.name] = methods_lib.fit(method, self.bank, solver=self.config.solver,
-                                                mesh=self.mesh)
+      self._fits[method.name] = methods_lib.fit(
+        method, self.bank, solver=self.config.solver, mesh=self.mesh
+      )
     return self._fits[method.name]
 
   def outputs(self, method: Method, split: str) -> tuple[jax.Array, jax.Array]:
@@ -80,6 +82,5 @@ class EvalInputs:
     if split != TEST:
       return methods_lib.apply(method, self.fitted(method), self.bank, split)
     if method.name not in self._outputs:
-      self._outputs[method.name] = methods_lib.apply(method, self.fitted(method), self.bank,
-                                                     TEST)
+      self._outputs[method.name] = methods_lib.apply(method, self.fitted(method), self.bank, TEST)
     return self._outputs[method.name]

@@ -32,12 +32,13 @@ def is_logits(spec: str) -> bool:
 
 
 def path_of(spec: str) -> str:
-  return os.path.expanduser(spec[len(PREFIX):])
+  return os.path.expanduser(spec[len(PREFIX) :])
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LogitsFile:
   """One member's logits, labels and ids per split, and its cost (NaN: unknown)."""
+
   path: str
   logits: dict[str, np.ndarray]
   labels: dict[str, np.ndarray]
@@ -58,38 +59,46 @@ def load(spec: str) -> LogitsFile:
     with np.load(path, allow_pickle=False) as archive:
       arrays = {key: archive[key] for key in archive.files}
   except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-    raise ValueError(f"cannot read logits file {path!r} as an .npz without pickles "
-                     f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    raise ValueError(
+      f"cannot read logits file {path!r} as an .npz without pickles "
+      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    ) from None
   need = ("val_logits", "val_labels", "test_logits", "test_labels")
   missing = [k for k in need if k not in arrays]
   if missing:
-    raise ValueError(f"logits file {path!r} lacks {', '.join(missing)} (it has "
-                     f"{', '.join(sorted(arrays)) or 'nothing'})")
+    raise ValueError(
+      f"logits file {path!r} lacks {', '.join(missing)} (it has "
+      f"{', '.join(sorted(arrays)) or 'nothing'})"
+    )
   logits, labels, ids = {}, {}, {}
   for split in SPLITS:
     if f"{split}_logits" not in arrays:
       continue
     z = arrays[f"{split}_logits"]
     if z.ndim != 2 or not np.issubdtype(z.dtype, np.number) or z.shape[0] == 0:
-      raise ValueError(f"{path!r}: {split}_logits must be a non-empty number array [N, C], "
-                       f"got {z.dtype} {z.shape}")
+      raise ValueError(
+        f"{path!r}: {split}_logits must be a non-empty number array [N, C], got {z.dtype} {z.shape}"
+      )
     if not np.all(np.isfinite(z)):
       raise ValueError(f"{path!r}: {split}_logits holds NaN or inf")
     logits[split] = z.astype(np.float32)
     if split != "ood":
       y = arrays[f"{split}_labels"]
       if y.shape != (z.shape[0],) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{path!r}: {split}_labels must be int [{z.shape[0]}], got "
-                         f"{y.dtype} {y.shape}")
+        raise ValueError(
+          f"{path!r}: {split}_labels must be int [{z.shape[0]}], got {y.dtype} {y.shape}"
+        )
       if y.min() < 0 or y.max() >= z.shape[1]:
-        raise ValueError(f"{path!r}: {split}_labels must lie in [0, {z.shape[1]}), got "
-                         f"[{y.min()}, {y.max()}]")
+        raise ValueError(
+          f"{path!r}: {split}_labels must lie in [0, {z.shape[1]}), got [{y.min()}, {y.max()}]"
+        )
       labels[split] = y.astype(np.int32)
     if f"{split}_ids" in arrays:
       row_ids = arrays[f"{split}_ids"]
       if row_ids.shape != (z.shape[0],):
-        raise ValueError(f"{path!r}: {split}_ids must have one id per row ({z.shape[0]}), got "
-                         f"{row_ids.shape}")
+        raise ValueError(
+          f"{path!r}: {split}_ids must have one id per row ({z.shape[0]}), got {row_ids.shape}"
+        )
       ids[split] = row_ids
   classes = {s: z.shape[1] for s, z in logits.items()}
   if len(set(classes.values())) > 1:
@@ -103,8 +112,10 @@ def load(spec: str) -> LogitsFile:
   return LogitsFile(path, logits, labels, ids, flops)
 
 
-def check_rows_agree(files: dict[str, LogitsFile], labels: dict[str, np.ndarray] | None = None,
-                     ) -> None:
+def check_rows_agree(
+  files: dict[str, LogitsFile],
+  labels: dict[str, np.ndarray] | None = None,
+) -> None:
   """Members must hold the same images: equal ids where all have them, else labels.
 
   `labels`: the data set's labels per split when model members are evaluated too.
@@ -116,8 +127,10 @@ def check_rows_agree(files: dict[str, LogitsFile], labels: dict[str, np.ndarray]
       first = files[names[0]].ids[split]
       for name in names[1:]:
         if not np.array_equal(files[name].ids[split], first):
-          raise ValueError(f"members {names[0]!r} and {name!r} hold different {split} rows "
-                           f"(their {split}_ids differ)")
+          raise ValueError(
+            f"members {names[0]!r} and {name!r} hold different {split} rows "
+            f"(their {split}_ids differ)"
+          )
     reference = (labels or {}).get(split)
     ref_name = "the data set" if reference is not None else names[0]
     if reference is None:
@@ -125,9 +138,11 @@ def check_rows_agree(files: dict[str, LogitsFile], labels: dict[str, np.ndarray]
     for name in names:
       mine = files[name].labels[split]
       if mine.shape != reference.shape or not np.array_equal(mine, reference):
-        raise ValueError(f"member {name!r}'s {split} labels differ from {ref_name}'s "
-                         f"({mine.shape[0]} vs {reference.shape[0]} rows): the members must "
-                         "hold the same images in the same order")
+        raise ValueError(
+          f"member {name!r}'s {split} labels differ from {ref_name}'s "
+          f"({mine.shape[0]} vs {reference.shape[0]} rows): the members must "
+          "hold the same images in the same order"
+        )
   classes = {n: f.num_classes for n, f in files.items()}
   if len(set(classes.values())) > 1:
     raise ValueError(f"members disagree on the class count: {classes}")

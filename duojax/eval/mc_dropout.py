@@ -10,9 +10,15 @@ import numpy as np
 from flax import nnx
 
 
-def mc_dropout_logits(head: nnx.Module, features: dict[str, np.ndarray], *, rate: float,
-                      num_samples: int, seed: int = 0,
-                      chunk: int = 4096) -> dict[str, np.ndarray]:
+def mc_dropout_logits(
+  head: nnx.Module,
+  features: dict[str, np.ndarray],
+  *,
+  rate: float,
+  num_samples: int,
+  seed: int = 0,
+  chunk: int = 4096,
+) -> dict[str, np.ndarray]:
   """log of the mean softmax over `num_samples` dropout masks on the pre-logits.
 
   Dropout is applied to the features the head sees (last-layer MC dropout):
@@ -47,10 +53,11 @@ def mc_dropout_logits(head: nnx.Module, features: dict[str, np.ndarray], *, rate
     split_key = jax.random.fold_in(key, zlib.crc32(name.encode()))
     parts = []
     for i, start in enumerate(range(0, len(rows), chunk)):
-      block = rows[start:start + chunk]
+      block = rows[start : start + chunk]
       padded = np.zeros((chunk, rows.shape[1]), np.float32)  # one shape: one compile
-      padded[:len(block)] = block
-      parts.append(np.asarray(mc_head(head_state, padded,
-                                      jax.random.fold_in(split_key, i)))[:len(block)])
+      padded[: len(block)] = block
+      parts.append(
+        np.asarray(mc_head(head_state, padded, jax.random.fold_in(split_key, i)))[: len(block)]
+      )
     out[name] = np.concatenate(parts)
   return out

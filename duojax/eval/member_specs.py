@@ -37,12 +37,21 @@ from duojax.train import checkpoint
 LOGITS_KEYS = ("large", "sidekick", "ensemble")
 PRETRAINED_KEYS = ("large", "sidekick", "ensemble", "sidekicks", "sidekick_pool")
 # Config keys that name members, checked before any work.
-MEMBER_KEYS = ("large", "sidekick", "sidekicks", "sidekick_pool", "ensemble",
-               "soup_ingredients", "gatekeeper", "hydra", "hydra_ensemble")
+MEMBER_KEYS = (
+  "large",
+  "sidekick",
+  "sidekicks",
+  "sidekick_pool",
+  "ensemble",
+  "soup_ingredients",
+  "gatekeeper",
+  "hydra",
+  "hydra_ensemble",
+)
 
 
 def kind(spec: str) -> str:
-  """"logits", "pretrained" or "workdir"."""
+  """ "logits", "pretrained" or "workdir"."""
   if logits_files.is_logits(spec):
     return "logits"
   return "pretrained" if pretrained.is_pretrained(spec) else "workdir"
@@ -58,15 +67,18 @@ def check(config: ml_collections.ConfigDict) -> None:
       kinds.add(kind(spec))
       if kind(spec) == "logits":
         if key not in LOGITS_KEYS:
-          raise ValueError(f"config.{key}: {spec!r}: only {', '.join(LOGITS_KEYS)} may be "
-                           "logits files")
+          raise ValueError(
+            f"config.{key}: {spec!r}: only {', '.join(LOGITS_KEYS)} may be logits files"
+          )
         if not os.path.isfile(logits_files.path_of(spec)):
-          raise ValueError(f"config.{key}: logits file {logits_files.path_of(spec)!r} "
-                           "does not exist")
+          raise ValueError(
+            f"config.{key}: logits file {logits_files.path_of(spec)!r} does not exist"
+          )
       elif kind(spec) == "pretrained":
         if key not in PRETRAINED_KEYS:
-          raise ValueError(f"config.{key}: {spec!r}: only {', '.join(PRETRAINED_KEYS)} may be "
-                           "pretrained files")
+          raise ValueError(
+            f"config.{key}: {spec!r}: only {', '.join(PRETRAINED_KEYS)} may be pretrained files"
+          )
         try:
           parsed = pretrained.parse(spec)
         except ValueError as e:
@@ -77,11 +89,15 @@ def check(config: ml_collections.ConfigDict) -> None:
       elif not os.path.isdir(os.path.expanduser(spec)):
         raise ValueError(f"config.{key}: workdir {spec!r} does not exist")
   if "pretrained" in kinds and "workdir" not in kinds and not config.dataset:
-    raise ConfigError("config.dataset is empty: with no training workdir among the members, "
-                      "it names the data set whose images the pretrained files read")
+    raise ConfigError(
+      "config.dataset is empty: with no training workdir among the members, "
+      "it names the data set whose images the pretrained files read"
+    )
   if config.dataset and kinds == {"logits"}:
-    raise ConfigError(f"config.dataset={config.dataset!r}: every member is a logits file, "
-                      "which reads no images; leave it empty")
+    raise ConfigError(
+      f"config.dataset={config.dataset!r}: every member is a logits file, "
+      "which reads no images; leave it empty"
+    )
 
 
 def load(name: str, spec: str, *, mesh=None) -> Member:
@@ -93,16 +109,21 @@ def load(name: str, spec: str, *, mesh=None) -> Member:
 
 def summary(member: Member) -> dict:
   """What results.json says of a model member: its model, cost and where it came from."""
-  row = {"model_name": member.meta["model_name"], "flops": member.flops,
-         "params": functional.count_params(functional.split_model(member.model)[1]),
-         "step": member.meta.get("step")}
+  row = {
+    "model_name": member.meta["model_name"],
+    "flops": member.flops,
+    "params": functional.count_params(functional.split_model(member.model)[1]),
+    "step": member.meta.get("step"),
+  }
   if pretrained.is_pretrained_member(member):  # and the preprocessing its library used
     row["pretrained"] = {**member.meta["pretrained"], "input": member.meta["input"]}
   return row
 
 
-def data_source(config: ml_collections.ConfigDict, members: Sequence[Member],
-                ) -> tuple[ml_collections.ConfigDict, Member | None]:
+def data_source(
+  config: ml_collections.ConfigDict,
+  members: Sequence[Member],
+) -> tuple[ml_collections.ConfigDict, Member | None]:
   """(a training config naming the evaluation's data set, the workdir member it is that
   member's; None: the evaluation config's own data keys).
 
@@ -115,11 +136,13 @@ def data_source(config: ml_collections.ConfigDict, members: Sequence[Member],
   train_config = config_lib.complete_config(source.meta["config"])
   defaults = eval_config_lib.base_eval_config()
   for key in eval_config_lib.EVAL_DATA_KEYS:
-    if config[key] != defaults[key] and not (key == "dataset" and
-                                             config[key] == train_config.dataset):
+    if config[key] != defaults[key] and not (
+      key == "dataset" and config[key] == train_config.dataset
+    ):
       raise ConfigError(
-          f"config.{key}={config[key]!r}: the data set is the one member {source.name!r} was "
-          f"trained on ({train_config.dataset}, with its splits); leave the data keys unset")
+        f"config.{key}={config[key]!r}: the data set is the one member {source.name!r} was "
+        f"trained on ({train_config.dataset}, with its splits); leave the data keys unset"
+      )
   return train_config, source
 
 
@@ -134,12 +157,16 @@ def _check_file_fits(member: Member, dataset_name: str, num_classes: int, channe
   """A pretrained file's head and stem against the data set's classes and channels."""
   path = member.meta["pretrained"]["path"]
   if member.meta["num_classes"] != num_classes:
-    raise ValueError(f"member {member.name!r}: {path!r} has a {member.meta['num_classes']}-"
-                     f"class head, the data set {dataset_name} has {num_classes} classes")
+    raise ValueError(
+      f"member {member.name!r}: {path!r} has a {member.meta['num_classes']}-"
+      f"class head, the data set {dataset_name} has {num_classes} classes"
+    )
   if member.meta["image_shape"][2] != channels:
-    raise ValueError(f"member {member.name!r}: {path!r} takes "
-                     f"{member.meta['image_shape'][2]}-channel images, the data set "
-                     f"{dataset_name} has {channels}-channel ones")
+    raise ValueError(
+      f"member {member.name!r}: {path!r} takes "
+      f"{member.meta['image_shape'][2]}-channel images, the data set "
+      f"{dataset_name} has {channels}-channel ones"
+    )
 
 
 def check_files_fit_source(members: Sequence[Member], source: Member | None) -> None:
@@ -152,20 +179,26 @@ def check_files_fit_source(members: Sequence[Member], source: Member | None) -> 
     return
   for member in members:
     if pretrained.is_pretrained_member(member):
-      _check_file_fits(member, source.meta.get("dataset"), source.meta["num_classes"],
-                       source.meta["image_shape"][2])
+      _check_file_fits(
+        member,
+        source.meta.get("dataset"),
+        source.meta["num_classes"],
+        source.meta["image_shape"][2],
+      )
 
 
-def check_fits_data(members: Sequence[Member], source: Member | None,
-                    dataset: data.Dataset) -> None:
+def check_fits_data(
+  members: Sequence[Member], source: Member | None, dataset: data.Dataset
+) -> None:
   """Every model member predicts the data set's classes from images of its channels.
 
   The workdir `source` is checked as training checks a checkpoint; pretrained
   files by their head and stem (one line naming both numbers).
   """
   if source is not None:
-    checkpoint.check_fits_data(source.meta, dataset.image_shape, dataset.num_classes,
-                               where=source.name, same_size=False)
+    checkpoint.check_fits_data(
+      source.meta, dataset.image_shape, dataset.num_classes, where=source.name, same_size=False
+    )
   for member in members:
     if pretrained.is_pretrained_member(member):
       _check_file_fits(member, dataset.name, dataset.num_classes, dataset.image_shape[2])

@@ -30,11 +30,12 @@ class Method:
   methods are the ones compared with the reference (large+TS) by paired
   bootstrap intervals and drawn in the curve plots.
   """
+
   name: str
-  kind: str                    # one of KINDS
-  members: tuple[str, ...]     # bank member names; for duos, the large model first
-  mode: str = ""               # duo mode (duo.MODES) for kind "duo"
-  label: str = ""              # longer description for tables
+  kind: str  # one of KINDS
+  members: tuple[str, ...]  # bank member names; for duos, the large model first
+  mode: str = ""  # duo mode (duo.MODES) for kind "duo"
+  label: str = ""  # longer description for tables
   headline: bool = False
 
 
@@ -44,8 +45,9 @@ def log_mean_softmax(logits_stack) -> jax.Array:
   return jax.nn.logsumexp(log_probs, axis=0) - jnp.log(log_probs.shape[0])
 
 
-def fit(method: Method, bank: LogitsBank, *, solver: str = "jaxopt",
-        mesh=None) -> dict[str, np.ndarray]:
+def fit(
+  method: Method, bank: LogitsBank, *, solver: str = "jaxopt", mesh=None
+) -> dict[str, np.ndarray]:
   """What `method` learns from the validation split (possibly nothing).
 
   With a mesh, the validation logits are split by rows over its devices
@@ -86,14 +88,22 @@ def apply(method: Method, fitted: dict, bank: LogitsBank, split: str):
       logits = logits * fitted["weights"][0]
     return logits, duo.msp_confidence(logits)
   if method.kind == "duo":
-    return duo.combine_mode(bank.stack(split, method.members), method.mode,
-                            joint_weights=fitted["weights"],
-                            single_weights=fitted["single_weights"])
+    return duo.combine_mode(
+      bank.stack(split, method.members),
+      method.mode,
+      joint_weights=fitted["weights"],
+      single_weights=fitted["single_weights"],
+    )
   raise ValueError(f"unknown method kind {method.kind!r}; valid: {', '.join(KINDS)}")
 
 
-def standard_methods(*, large: str, sidekick: str | None, ensemble: tuple[str, ...] = (),
-                     extra_singles: tuple[str, ...] = ()) -> list[Method]:
+def standard_methods(
+  *,
+  large: str,
+  sidekick: str | None,
+  ensemble: tuple[str, ...] = (),
+  extra_singles: tuple[str, ...] = (),
+) -> list[Method]:
   """The duo and every baseline the members in the bank allow.
 
   `ensemble` lists the independently trained large models (the first being
@@ -102,27 +112,60 @@ def standard_methods(*, large: str, sidekick: str | None, ensemble: tuple[str, .
   without temperature scaling (soups, MC dropout averages). Headline
   methods: the sidekick, the duos, the 2-member ensembles and the extras.
   """
-  methods = [Method("large", "single", (large,), label="large model alone"),
-             Method("large+TS", "ts", (large,), label="large model, temperature-scaled")]
+  methods = [
+    Method("large", "single", (large,), label="large model alone"),
+    Method("large+TS", "ts", (large,), label="large model, temperature-scaled"),
+  ]
   if sidekick is not None:
     methods += [
-        Method("sidekick+TS", "ts", (sidekick,), label="sidekick, temperature-scaled",
-               headline=True),
-        Method("duo (unweighted)", "duo", (large, sidekick), "unweighted",
-               label="each member TS'd alone, logits averaged", headline=True),
-        Method("duo (weighted)", "duo", (large, sidekick), "weighted",
-               label="weights fit jointly on val (the method)", headline=True),
-        Method("duo (UQ only)", "duo", (large, sidekick), "uq_only",
-               label="large model's prediction, duo's confidence in it", headline=True),
+      Method("sidekick+TS", "ts", (sidekick,), label="sidekick, temperature-scaled", headline=True),
+      Method(
+        "duo (unweighted)",
+        "duo",
+        (large, sidekick),
+        "unweighted",
+        label="each member TS'd alone, logits averaged",
+        headline=True,
+      ),
+      Method(
+        "duo (weighted)",
+        "duo",
+        (large, sidekick),
+        "weighted",
+        label="weights fit jointly on val (the method)",
+        headline=True,
+      ),
+      Method(
+        "duo (UQ only)",
+        "duo",
+        (large, sidekick),
+        "uq_only",
+        label="large model's prediction, duo's confidence in it",
+        headline=True,
+      ),
     ]
   for m in range(2, len(ensemble) + 1):
-    methods += [Method(f"ensemble m={m}", "ensemble", tuple(ensemble[:m]),
-                       label=f"deep ensemble of {m} large models", headline=m == 2),
-                Method(f"ensemble m={m}+TS", "ensemble_ts", tuple(ensemble[:m]),
-                       label=f"deep ensemble of {m}, temperature-scaled", headline=m == 2)]
+    methods += [
+      Method(
+        f"ensemble m={m}",
+        "ensemble",
+        tuple(ensemble[:m]),
+        label=f"deep ensemble of {m} large models",
+        headline=m == 2,
+      ),
+      Method(
+        f"ensemble m={m}+TS",
+        "ensemble_ts",
+        tuple(ensemble[:m]),
+        label=f"deep ensemble of {m}, temperature-scaled",
+        headline=m == 2,
+      ),
+    ]
   for name in extra_singles:
-    methods += [Method(name, "single", (name,), headline=True),
-                Method(f"{name}+TS", "ts", (name,), headline=True)]
+    methods += [
+      Method(name, "single", (name,), headline=True),
+      Method(f"{name}+TS", "ts", (name,), headline=True),
+    ]
   return methods
 
 

@@ -21,8 +21,11 @@ from duojax.eval import sections as sections_lib
 
 def json_part(results: dict) -> dict:
   """`results` without its in-memory keys (those starting with "_"), at any depth."""
-  return {k: json_part(v) if isinstance(v, dict) else v for k, v in results.items()
-          if not k.startswith("_")}
+  return {
+    k: json_part(v) if isinstance(v, dict) else v
+    for k, v in results.items()
+    if not k.startswith("_")
+  }
 
 
 def write(results: dict, out_dir: str, sections: Sequence) -> dict[str, str]:
@@ -45,8 +48,10 @@ def write(results: dict, out_dir: str, sections: Sequence) -> dict[str, str]:
 
 def _write_files(results: dict, out_dir: str, sections: Sequence) -> dict[str, str]:
   os.makedirs(out_dir, exist_ok=True)
-  paths = {"json": os.path.join(out_dir, "results.json"),
-           "markdown": os.path.join(out_dir, "results.md")}
+  paths = {
+    "json": os.path.join(out_dir, "results.json"),
+    "markdown": os.path.join(out_dir, "results.md"),
+  }
   files.write_atomically(paths["json"], json.dumps(json_part(results), indent=2))
   files.write_atomically(paths["markdown"], render.markdown(results, sections))
   for section in sections:

@@ -26,11 +26,10 @@ from duojax import data, eval_config_lib
 from duojax.config_lib import split_list
 from duojax.core import duo
 from duojax.eval import bank as bank_lib
-from duojax.eval import feature_ood
+from duojax.eval import feature_ood, logits_files, member_specs, pretrained_members
 from duojax.eval import members as members_lib
 from duojax.eval import methods as methods_lib
 from duojax.eval import sections as sections_lib
-from duojax.eval import logits_files, member_specs, pretrained_members
 from duojax.eval import splits as splits_lib
 from duojax.eval.inputs import LARGE, SIDEKICK, EvalInputs
 from duojax.eval.mc_dropout import mc_dropout_logits
@@ -40,8 +39,9 @@ from duojax.timing import PhaseClock
 
 def active_sections(config) -> list:
   """The section modules `config.sections` lists whose inputs the config gives."""
-  return [s for s in sections_lib.load(split_list(config.sections))
-          if sections_lib.is_enabled(s, config)]
+  return [
+    s for s in sections_lib.load(split_list(config.sections)) if sections_lib.is_enabled(s, config)
+  ]
 
 
 def run(config) -> dict:
@@ -56,8 +56,11 @@ def run(config) -> dict:
   ensemble = [LARGE] + [f"large#{i}" for i in range(2, len(split_list(config.ensemble)) + 2)]
   specs += list(zip(ensemble[1:], split_list(config.ensemble)))
   files = {name: logits_files.load(spec) for name, spec in specs if logits_files.is_logits(spec)}
-  members = [member_specs.load(name, spec, mesh=mesh) for name, spec in specs
-             if not logits_files.is_logits(spec)]
+  members = [
+    member_specs.load(name, spec, mesh=mesh)
+    for name, spec in specs
+    if not logits_files.is_logits(spec)
+  ]
   added = {}
   for section in sections:
     extra = sections_lib.added_members(section, config, mesh)
@@ -70,18 +73,25 @@ def run(config) -> dict:
     member_specs.adopt_dataset(members, data_config.dataset)
     member_specs.check_files_fit_source(members, source)
     members_lib.check_members_agree(members)
-    dataset, splits = _data_and_splits(config, members, data_config, source, skipped,
-                                       with_files=bool(files))
+    dataset, splits = _data_and_splits(
+      config, members, data_config, source, skipped, with_files=bool(files)
+    )
   if files and dataset is not None:
     wrong = {n: f.num_classes for n, f in files.items() if f.num_classes != dataset.num_classes}
     if wrong:
-      raise ValueError(f"logits files with other class counts than the data set's "
-                       f"{dataset.num_classes}: {wrong}")
+      raise ValueError(
+        f"logits files with other class counts than the data set's {dataset.num_classes}: {wrong}"
+      )
   if files:
     logits_files.check_rows_agree(
-        files, labels=None if dataset is None else {
-            name: data.read_examples(split, np.arange(len(split)))[1]
-            for name, split in (("val", dataset.val), ("test", dataset.test))})
+      files,
+      labels=None
+      if dataset is None
+      else {
+        name: data.read_examples(split, np.arange(len(split)))[1]
+        for name, split in (("val", dataset.val), ("test", dataset.test))
+      },
+    )
     splits = _splits_with_files(config, files, splits, skipped)
   clock.end("members_and_data")
   extra_singles = []
@@ -89,17 +99,29 @@ def run(config) -> dict:
   large_model = LARGE not in files
   trained_large = large_model and not pretrained_members.is_pretrained_member(members[0])
   if ingredients and not trained_large:
-    skipped["soups"] = ("the large model is a logits file: no weights to average" if not
-                        large_model else "the large model is a pretrained file: soups average "
-                        "fine-tunes of a large model trained here")
+    skipped["soups"] = (
+      "the large model is a logits file: no weights to average"
+      if not large_model
+      else "the large model is a pretrained file: soups average "
+      "fine-tunes of a large model trained here"
+    )
   if ingredients and trained_large:
     # One program for every candidate soup: they share the large model's graphdef.
-    soup_forward = duo.make_fused_forward(duo.split_members([members[0].model])[0], mesh=mesh,
-                                          preprocess=bank_lib.preprocessing(members[:1]))
+    soup_forward = duo.make_fused_forward(
+      duo.split_members([members[0].model])[0],
+      mesh=mesh,
+      preprocess=bank_lib.preprocessing(members[:1]),
+    )
 
     def val_accuracy(member):
-      val = bank_lib.collect([member], dataset, {"val": dataset.val}, mesh=mesh,
-                             batch_size=config.batch_size, forward=soup_forward)
+      val = bank_lib.collect(
+        [member],
+        dataset,
+        {"val": dataset.val},
+        mesh=mesh,
+        batch_size=config.batch_size,
+        forward=soup_forward,
+      )
       return float(np.mean(val.logits["val"][0].argmax(-1) == val.labels["val"]))
 
     members += members_lib.soup_members(ingredients, members[0], val_accuracy, mesh=mesh)
@@ -116,17 +138,31 @@ def run(config) -> dict:
   mahalanobis = mahalanobis and large_model
   bank = bank_lib.LogitsBank(())
   if members:
-    bank = bank_lib.collect(members, dataset, {k: v for k, v in splits.items() if v is not None},
-                            mesh=mesh, batch_size=config.batch_size,
-                            with_features=mc_dropout or mahalanobis)
+    bank = bank_lib.collect(
+      members,
+      dataset,
+      {k: v for k, v in splits.items() if v is not None},
+      mesh=mesh,
+      batch_size=config.batch_size,
+      with_features=mc_dropout or mahalanobis,
+    )
   bank = bank_lib.with_files(bank, files, splits)
-  member_flops = {**{m.name: m.flops for m in members},
-                  **{name: f.flops for name, f in files.items()}}
+  member_flops = {
+    **{m.name: m.flops for m in members},
+    **{name: f.flops for name, f in files.items()},
+  }
   if mc_dropout:
     name = f"MC dropout K={config.mc_dropout_samples}"
-    bank.add_member(name, mc_dropout_logits(
-        members[0].model.head, bank.features, rate=config.mc_dropout_rate,
-        num_samples=config.mc_dropout_samples, seed=config.seed))
+    bank.add_member(
+      name,
+      mc_dropout_logits(
+        members[0].model.head,
+        bank.features,
+        rate=config.mc_dropout_rate,
+        num_samples=config.mc_dropout_samples,
+        seed=config.seed,
+      ),
+    )
     kernel = np.shape(members[0].model.head.kernel[...])
     member_flops[name] = members[0].flops + config.mc_dropout_samples * 2 * kernel[0] * kernel[1]
     extra_singles.append(name)
@@ -135,29 +171,51 @@ def run(config) -> dict:
   feature_scores = {}
   if mahalanobis:  # one more forward, of the large model alone, over the training rows
     feature_scores = feature_ood.mahalanobis_scores(
-        members[0], dataset, bank.features, max_rows=config.mahalanobis_train_rows,
-        seed=config.seed, mesh=mesh, batch_size=config.batch_size, skipped=skipped)
+      members[0],
+      dataset,
+      bank.features,
+      max_rows=config.mahalanobis_train_rows,
+      seed=config.seed,
+      mesh=mesh,
+      batch_size=config.batch_size,
+      skipped=skipped,
+    )
     clock.end("mahalanobis")
   method_list = methods_lib.standard_methods(
-      large=LARGE, sidekick=SIDEKICK if config.sidekick else None, ensemble=tuple(ensemble),
-      extra_singles=tuple(extra_singles))
+    large=LARGE,
+    sidekick=SIDEKICK if config.sidekick else None,
+    ensemble=tuple(ensemble),
+    extra_singles=tuple(extra_singles),
+  )
   for section in sections:
     method_list += sections_lib.added_methods(section, config, added[sections_lib.name(section)])
-  inputs = EvalInputs(config=config, bank=bank, members={m.name: m for m in members},
-                      member_flops=member_flops, methods=method_list, added=added, mesh=mesh,
-                      feature_scores=feature_scores)
+  inputs = EvalInputs(
+    config=config,
+    bank=bank,
+    members={m.name: m for m in members},
+    member_flops=member_flops,
+    methods=method_list,
+    added=added,
+    mesh=mesh,
+    feature_scores=feature_scores,
+  )
   results = {}
   for section in sections:
     results.update(section.build(inputs, results))
     clock.end(f"section {sections_lib.name(section)}")
   results["members"] = {
-      **{m.name: member_specs.summary(m) for m in members},
-      **{name: {"logits_file": f.path, "flops": f.flops} for name, f in files.items()}}
+    **{m.name: member_specs.summary(m) for m in members},
+    **{name: {"logits_file": f.path, "flops": f.flops} for name, f in files.items()},
+  }
   results["skipped"] = skipped
   results["splits"] = {name: int(len(bank.labels[name])) for name in bank.labels}
-  results["ood_set"] = (None if "ood" not in bank.labels else
-                        splits_lib.ood_caption(config.ood) if config.ood else
-                        "the logits files' ood_logits")
+  results["ood_set"] = (
+    None
+    if "ood" not in bank.labels
+    else splits_lib.ood_caption(config.ood)
+    if config.ood
+    else "the logits files' ood_logits"
+  )
   # Wall seconds in all and per phase; the sections' include the temperature
   # fits and method outputs they are the first to ask for (cached after).
   results["seconds"] = {"total": round(time.perf_counter() - t_start, 1), **clock.rounded()}
@@ -178,16 +236,18 @@ def _data_and_splits(config, members, train_config, source, skipped: dict, *, wi
   members_lib.with_inputs(members, dataset)
   splits = {"val": dataset.val, "test": dataset.test}
   if config.ood:
-    splits["ood"] = splits_lib.ood_split(config.ood, dataset,
-                                         os.path.expanduser(config.data_dir or
-                                                            train_config.data_dir))
+    splits["ood"] = splits_lib.ood_split(
+      config.ood, dataset, os.path.expanduser(config.data_dir or train_config.data_dir)
+    )
   kinds = split_list(config.shifts)
   if kinds and with_files:
     skipped["shifts"] = "a member is a logits file: no images to corrupt"
   elif kinds:
-    splits.update(splits_lib.shifted_splits(dataset.test, kinds=kinds,
-                                            max_images=config.shift_max_images,
-                                            seed=config.seed))
+    splits.update(
+      splits_lib.shifted_splits(
+        dataset.test, kinds=kinds, max_images=config.shift_max_images, seed=config.seed
+      )
+    )
   return dataset, splits
 
 

@@ -35,7 +35,7 @@ def method_colors(names: Sequence[str]) -> dict[str, tuple]:
 def family(name: str) -> str:
   """The method a temperature-scaled twin scales: "X" for "X+TS", else `name` itself."""
   if name.endswith(TWIN_SUFFIX) and len(name) > len(TWIN_SUFFIX):
-    return name[:-len(TWIN_SUFFIX)]
+    return name[: -len(TWIN_SUFFIX)]
   return name
 
 
@@ -54,20 +54,31 @@ class Style:
     """Keyword arguments of `Axes.plot` for a marker of about `size` points; a
     twin's is larger with `ring`, to surround its base's dot where they coincide."""
     if self.twin:
-      return dict(marker=self.marker, ms=size * (1.45 if ring else 1.0), mfc="none",
-                  mec=self.color, mew=1.6)
+      return dict(
+        marker=self.marker, ms=size * (1.45 if ring else 1.0), mfc="none", mec=self.color, mew=1.6
+      )
     return dict(marker=self.marker, ms=size, mfc=self.color, mec="white", mew=0.7)
 
   def line(self, markevery=None) -> dict:
     """Keyword arguments of `Axes.plot` for a curve, markers at the `markevery` indices."""
-    return dict(color=self.color, ls="--" if self.twin else "-", lw=1.5, markevery=markevery,
-                **self.markers(4.5, ring=False))
+    return dict(
+      color=self.color,
+      ls="--" if self.twin else "-",
+      lw=1.5,
+      markevery=markevery,
+      **self.markers(4.5, ring=False),
+    )
 
   def handle(self, label: str, *, curve: bool = False) -> Line2D:
     """A legend entry: the marker alone, or with `curve` on a short stretch of line."""
     line = dict(color=self.color, ls="--" if self.twin else "-", lw=1.5) if curve else {}
-    return Line2D([], [], label=label, **{"ls": "none", **line},
-                  **self.markers(5.5 if curve else 7.0, ring=False))
+    return Line2D(
+      [],
+      [],
+      label=label,
+      **{"ls": "none", **line},
+      **self.markers(5.5 if curve else 7.0, ring=False),
+    )
 
 
 def method_styles(names: Sequence[str], colors: Mapping | None = None) -> dict[str, Style]:

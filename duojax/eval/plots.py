@@ -54,8 +54,9 @@ def _check_directory(path) -> str:
 
 def save_figure(fig: Figure, path: str) -> str:
   """Writes `fig` to `path` atomically: a temporary file in the same directory, then a rename."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-",
-                             suffix=".png")
+  fd, tmp = tempfile.mkstemp(
+    dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".png"
+  )
   os.close(fd)
   try:
     # "tight" grows the canvas to anything drawn past its edge (long labels).
@@ -90,8 +91,10 @@ def _curve(name: str, coverage, risk) -> tuple[np.ndarray, np.ndarray]:
   coverage = np.asarray(coverage, np.float64)
   risk = np.asarray(risk, np.float64)
   if coverage.ndim != 1 or coverage.shape != risk.shape or coverage.size == 0:
-    raise ValueError(f"risk_coverage: {name!r} needs coverage and risk of the same non-zero "
-                     f"length, got shapes {coverage.shape} and {risk.shape}")
+    raise ValueError(
+      f"risk_coverage: {name!r} needs coverage and risk of the same non-zero "
+      f"length, got shapes {coverage.shape} and {risk.shape}"
+    )
   if not np.all(np.isfinite(coverage)) or coverage.min() < 0 or coverage.max() > 1:
     raise ValueError(f"risk_coverage: {name!r} has coverage outside [0, 1]")
   order = np.argsort(coverage, kind="stable")
@@ -110,9 +113,14 @@ def _fitted(ax, values) -> None:
     ax.set_ylim(low - pad, high + pad)
 
 
-def risk_coverage(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, *,
-                  title: str = "Risk–coverage", colors: Mapping | None = None,
-                  reference: str | None = None) -> str:
+def risk_coverage(
+  curves: dict[str, tuple[np.ndarray, np.ndarray]],
+  path,
+  *,
+  title: str = "Risk–coverage",
+  colors: Mapping | None = None,
+  reference: str | None = None,
+) -> str:
   """Selective risk against coverage, one line per method; returns `path`.
 
   Panels: all coverages; coverage ≥ ZOOM_COVERAGE with the y axis fitted to
@@ -135,13 +143,16 @@ def risk_coverage(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, *,
   diffs = {}
   if reference is not None:  # each risk minus the reference's, at the curve's coverages
     ref_coverage, ref_risk = data[reference]
-    diffs = {n: r - (ref_risk if np.array_equal(c, ref_coverage) else
-                     np.interp(c, ref_coverage, ref_risk)) for n, (c, r) in data.items()}
+    diffs = {
+      n: r - (ref_risk if np.array_equal(c, ref_coverage) else np.interp(c, ref_coverage, ref_risk))
+      for n, (c, r) in data.items()
+    }
   for i, (name, (coverage, risk)) in enumerate(data.items()):
     # Markers every 0.1 of coverage (0.05 zoomed in), staggered from curve to curve.
-    marks = [np.unique(np.searchsorted(coverage[:-1], np.arange(start, 1, step)
-                                       + step * i / len(data)))
-             for start, step in ((0.0, 0.1), (ZOOM_COVERAGE, 0.05))]
+    marks = [
+      np.unique(np.searchsorted(coverage[:-1], np.arange(start, 1, step) + step * i / len(data)))
+      for start, step in ((0.0, 0.1), (ZOOM_COVERAGE, 0.05))
+    ]
     full.plot(coverage, risk, label=name, **styles[name].line(marks[0]))
     for ax, values in zip(axes[1:], (risk, diffs.get(name))):
       ax.plot(coverage, values, label=name, **styles[name].line(marks[1]))
@@ -155,16 +166,22 @@ def risk_coverage(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, *,
   zoom.set_ylim(bottom=max(0.0, zoom.get_ylim()[0]))  # no negative risks
   if diffs:
     axes[2].axhline(0.0, color="0.3", lw=0.8, zorder=0)
-    axes[2].set(title=f"Risk minus {reference}'s risk",
-                ylabel=f"Risk − risk of {reference} (> 0: worse)")
+    axes[2].set(
+      title=f"Risk minus {reference}'s risk", ylabel=f"Risk − risk of {reference} (> 0: worse)"
+    )
     _fitted(axes[2], [diffs[n][c >= ZOOM_COVERAGE] for n, (c, _) in data.items()])
   for ax in axes:
     ax.title.set_fontsize("medium")
     ax.grid(alpha=0.3)
   for ax in axes[1:]:
     ax.set_xlim(ZOOM_COVERAGE, 1)
-  fig.legend(handles=[styles[n].handle(n, curve=True) for n in data],  # long enough for dashes
-             loc="outside right upper", fontsize="small", frameon=False, handlelength=4)
+  fig.legend(
+    handles=[styles[n].handle(n, curve=True) for n in data],  # long enough for dashes
+    loc="outside right upper",
+    fontsize="small",
+    frameon=False,
+    handlelength=4,
+  )
   fig.supxlabel("Coverage (fraction of images kept, most confident first)")
   fig.suptitle(title)
   return save_figure(fig, path)
@@ -177,19 +194,23 @@ def _diagram(name: str, diagram) -> dict[str, np.ndarray]:
     raise ValueError(f"reliability: {name!r} lacks {', '.join(missing)}")
   out = {k: np.asarray(diagram[k], np.float64) for k in keys}
   # Without edges, the bins are taken to be equal-width on [0, 1] (the ECE bins).
-  out["edges"] = np.asarray(diagram.get("edges", np.linspace(0, 1, out["accuracy"].size + 1)),
-                            np.float64)
+  out["edges"] = np.asarray(
+    diagram.get("edges", np.linspace(0, 1, out["accuracy"].size + 1)), np.float64
+  )
   keys += ("edges",)
   shapes = [out[k].shape for k in keys]
   bins = shapes[0][0] if len(shapes[0]) == 1 else 0
   if bins == 0 or shapes != [(bins,)] * 3 + [(bins + 1,)]:
-    raise ValueError(f"reliability: {name!r} needs B confidences, accuracies and counts and "
-                     f"B + 1 edges, got shapes {shapes}")
+    raise ValueError(
+      f"reliability: {name!r} needs B confidences, accuracies and counts and "
+      f"B + 1 edges, got shapes {shapes}"
+    )
   return out
 
 
-def reliability(diagrams: dict[str, dict], path, *, title: str = "Reliability",
-                colors: Mapping | None = None) -> str:
+def reliability(
+  diagrams: dict[str, dict], path, *, title: str = "Reliability", colors: Mapping | None = None
+) -> str:
   """One reliability diagram per method, in a grid of panels; returns `path`.
 
   Each diagram: "confidence" (mean per bin, NaN if empty), "accuracy" and
@@ -210,11 +231,28 @@ def reliability(diagrams: dict[str, dict], path, *, title: str = "Reliability",
     filled = (d["count"] > 0) & np.isfinite(d["accuracy"]) & np.isfinite(d["confidence"])
     accuracy = np.where(filled, d["accuracy"], 0.0)
     gap = np.where(filled, d["confidence"] - accuracy, 0.0)
-    ax.bar(left, accuracy, width=width, align="edge", color=colors[name], alpha=0.85,
-           edgecolor="white", linewidth=0.6)
+    ax.bar(
+      left,
+      accuracy,
+      width=width,
+      align="edge",
+      color=colors[name],
+      alpha=0.85,
+      edgecolor="white",
+      linewidth=0.6,
+    )
     # Hatch only, no fill: readable both above a bar and over it.
-    ax.bar(left, gap, bottom=accuracy, width=width, align="edge", facecolor="none",
-           edgecolor=_GAP_COLOR, hatch="////", linewidth=0.6)
+    ax.bar(
+      left,
+      gap,
+      bottom=accuracy,
+      width=width,
+      align="edge",
+      facecolor="none",
+      edgecolor=_GAP_COLOR,
+      hatch="////",
+      linewidth=0.6,
+    )
     ax.plot([0, 1], [0, 1], ls="--", color="0.25", lw=1.0)
     ece = diagrams[name].get("ece")
     heading = name if ece is None else f"{name}\nECE = {float(ece):.4f}"
@@ -223,12 +261,17 @@ def reliability(diagrams: dict[str, dict], path, *, title: str = "Reliability",
     ax.grid(alpha=0.3)
   for ax in fig.axes[::columns]:
     ax.set_ylabel("Accuracy")
-  fig.legend(handles=[Patch(facecolor="0.6", label="accuracy in bin"),
-                      Patch(facecolor="none", edgecolor=_GAP_COLOR, hatch="////",
-                            label="gap to mean confidence"),
-                      Line2D([], [], ls="--", color="0.25", label="perfect calibration")],
-             loc="outside lower center", ncols=3 if columns > 1 else 1, fontsize="small",
-             frameon=False)
+  fig.legend(
+    handles=[
+      Patch(facecolor="0.6", label="accuracy in bin"),
+      Patch(facecolor="none", edgecolor=_GAP_COLOR, hatch="////", label="gap to mean confidence"),
+      Line2D([], [], ls="--", color="0.25", label="perfect calibration"),
+    ],
+    loc="outside lower center",
+    ncols=3 if columns > 1 else 1,
+    fontsize="small",
+    frameon=False,
+  )
   fig.suptitle(title)
   return save_figure(fig, path)
 
@@ -245,8 +288,9 @@ def _finite_points(points) -> dict[str, tuple[float, float]]:
   return out
 
 
-def pareto_front(points: dict[str, tuple[float, float]], *,
-                 lower_is_better: bool = True) -> list[str]:
+def pareto_front(
+  points: dict[str, tuple[float, float]], *, lower_is_better: bool = True
+) -> list[str]:
   """Methods no other method beats on both cost and metric, by increasing cost.
 
   Lower cost is always better; the metric is better lower or higher as told.
@@ -264,9 +308,16 @@ def pareto_front(points: dict[str, tuple[float, float]], *,
   return sorted(front, key=lambda name: scored[name])
 
 
-def pareto(points: dict[str, tuple[float, float]], path, *, y_label: str,
-           x_label: str = "GFLOPs / image", lower_is_better: bool = True,
-           title: str | None = None, colors: Mapping | None = None) -> str:
+def pareto(
+  points: dict[str, tuple[float, float]],
+  path,
+  *,
+  y_label: str,
+  x_label: str = "GFLOPs / image",
+  lower_is_better: bool = True,
+  title: str | None = None,
+  colors: Mapping | None = None,
+) -> str:
   """Cost against a metric, one marker per method, front as a step line; returns `path`.
 
   Methods are named in a legend beside the axes, never in text next to their
@@ -289,25 +340,44 @@ def pareto(points: dict[str, tuple[float, float]], path, *, y_label: str,
       ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
       ax.xaxis.set_minor_formatter(NullFormatter())
     fx, fy = [finite[n][0] for n in front], [finite[n][1] for n in front]
-    handles = ax.step(fx, fy, where="post", color="0.35", lw=1.3, ls="--", zorder=1,
-                       label="Pareto front")
-    handles += ax.plot(fx, fy, ls="none", marker="o", ms=17, color="0.82", zorder=2,
-                       label="on the front (bold)")
+    handles = ax.step(
+      fx, fy, where="post", color="0.35", lw=1.3, ls="--", zorder=1, label="Pareto front"
+    )
+    handles += ax.plot(
+      fx, fy, ls="none", marker="o", ms=17, color="0.82", zorder=2, label="on the front (bold)"
+    )
     for name, (x, y) in finite.items():  # twins on top: their rings go around the dots
-      ax.plot([x], [y], ls="none", label=name, zorder=4 if styles[name].twin else 3,
-              **styles[name].markers(7.5))
+      ax.plot(
+        [x],
+        [y],
+        ls="none",
+        label=name,
+        zorder=4 if styles[name].twin else 3,
+        **styles[name].markers(7.5),
+      )
     ax.margins(x=0.08, y=0.1)
-    legend = fig.legend(handles=handles + [styles[n].handle(n) for n in finite],
-                        loc="outside right upper", fontsize="small", frameon=False)
-    for name, text in zip(finite, legend.get_texts()[len(handles):]):
+    legend = fig.legend(
+      handles=handles + [styles[n].handle(n) for n in finite],
+      loc="outside right upper",
+      fontsize="small",
+      frameon=False,
+    )
+    for name, text in zip(finite, legend.get_texts()[len(handles) :]):
       text.set_fontweight("bold" if name in front else "normal")
   hidden = [n for n in points if n not in finite]
   if hidden:
-    fig.text(0.01, 0.0, "not shown (non-finite value): " + ", ".join(hidden), fontsize=7,
-             color="0.4", va="bottom")
+    fig.text(
+      0.01,
+      0.0,
+      "not shown (non-finite value): " + ", ".join(hidden),
+      fontsize=7,
+      color="0.4",
+      va="bottom",
+    )
   better = "lower" if lower_is_better else "higher"
-  ax.set(xlabel=x_label, ylabel=f"{y_label} ({better} is better)",
-         title=title or f"Cost vs {y_label}")
+  ax.set(
+    xlabel=x_label, ylabel=f"{y_label} ({better} is better)", title=title or f"Cost vs {y_label}"
+  )
   ax.grid(alpha=0.3, which="both")
   return save_figure(fig, path)
 
@@ -320,14 +390,22 @@ def _check_series(series) -> list[str]:
     _require_items(by_method, f"shift_curves[{kind!r}]")
     lengths = {name: len(values) for name, values in by_method.items()}
     if len(set(lengths.values())) != 1 or 0 in lengths.values():
-      raise ValueError(f"shift_curves: methods under {kind!r} need the same non-zero number "
-                       f"of values, got {lengths}")
+      raise ValueError(
+        f"shift_curves: methods under {kind!r} need the same non-zero number "
+        f"of values, got {lengths}"
+      )
     methods.update(dict.fromkeys(by_method))
   return list(methods)
 
 
-def shift_curves(series: dict[str, dict[str, list[float]]], path, *, metric_label: str,
-                 title: str | None = None, colors: Mapping | None = None) -> str:
+def shift_curves(
+  series: dict[str, dict[str, list[float]]],
+  path,
+  *,
+  metric_label: str,
+  title: str | None = None,
+  colors: Mapping | None = None,
+) -> str:
   """A metric against severity (0 = clean), one panel per shift kind; returns `path`."""
   methods = _check_series(series)
   path = _check_directory(path)
@@ -339,8 +417,9 @@ def shift_curves(series: dict[str, dict[str, list[float]]], path, *, metric_labe
   for ax, (kind, by_method) in zip(axes, series.items()):
     for name, values in by_method.items():
       values = np.asarray(values, np.float64)
-      ax.plot(np.arange(values.size), values, color=colors[name], marker="o", ms=3.5, lw=1.6,
-              label=name)
+      ax.plot(
+        np.arange(values.size), values, color=colors[name], marker="o", ms=3.5, lw=1.6, label=name
+      )
     severities = len(next(iter(by_method.values())))
     ax.set_xticks(range(severities), ["clean", *map(str, range(1, severities))])
     ax.set_title(kind.replace("_", " "), fontsize="medium")
@@ -354,8 +433,9 @@ def shift_curves(series: dict[str, dict[str, list[float]]], path, *, metric_labe
   return save_figure(fig, path)
 
 
-def deferral_curves(curves: dict[str, dict], path, *, title: str = "Deferral curves (test)",
-                    columns: int = 3) -> str:
+def deferral_curves(
+  curves: dict[str, dict], path, *, title: str = "Deferral curves (test)", columns: int = 3
+) -> str:
   """Cascade accuracy against deferral ratio, one panel per gate; returns `path`.
 
   Each panel: the realized curve of the gate (`cascade.deferral_curve`), the
@@ -379,8 +459,15 @@ def deferral_curves(curves: dict[str, dict], path, *, title: str = "Deferral cur
   return save_figure(fig, path)
 
 
-def cost_curves(curves: dict[str, tuple], points: dict[str, tuple[float, float]], path, *,
-                x_label: str, y_label: str, title: str) -> str:
+def cost_curves(
+  curves: dict[str, tuple],
+  points: dict[str, tuple[float, float]],
+  path,
+  *,
+  x_label: str,
+  y_label: str,
+  title: str,
+) -> str:
   """Metric against cost: lines for swept methods, markers for fixed ones."""
   _require_items(curves, "cost_curves")
   path = _check_directory(path)
@@ -388,8 +475,15 @@ def cost_curves(curves: dict[str, tuple], points: dict[str, tuple[float, float]]
   fig = new_figure(6.4, 4.4)
   ax = fig.add_subplot()
   for name, (xs, ys) in curves.items():
-    ax.plot(np.asarray(xs, np.float64), np.asarray(ys, np.float64), color=colors[name], lw=1.8,
-            marker="o", ms=2.5, label=name)
+    ax.plot(
+      np.asarray(xs, np.float64),
+      np.asarray(ys, np.float64),
+      color=colors[name],
+      lw=1.8,
+      marker="o",
+      ms=2.5,
+      label=name,
+    )
   for name, (x, y) in _finite_points(points).items():
     ax.plot([x], [y], color=colors[name], marker="*", ms=12, ls="none", label=name)
   ax.set(xlabel=x_label, ylabel=y_label, title=title)

@@ -42,6 +42,7 @@ FORM = "pretrained:MODEL[@SIZE]:PATH or pretrained:MODEL[@SIZE]:LAYOUT:PATH"
 @dataclasses.dataclass(frozen=True)
 class PretrainedSpec:
   """A parsed `pretrained:` member: duojax model name, layout ("auto": detected), file."""
+
   model_name: str
   layout: str
   path: str
@@ -58,16 +59,16 @@ def parse(spec: str) -> PretrainedSpec:
   A path may hold colons: only a first part after MODEL that is a layout name
   is taken as the layout.
   """
-  model, _, rest = spec[len(PREFIX):].partition(":")
+  model, _, rest = spec[len(PREFIX) :].partition(":")
   first, sep, after = rest.partition(":")
-  layout, path = ((first, after) if sep and first in (*layouts.LAYOUTS, "auto")
-                  else ("auto", rest))
+  layout, path = (first, after) if sep and first in (*layouts.LAYOUTS, "auto") else ("auto", rest)
   name, at, size = model.partition("@")
   if not name or not path:
     raise ValueError(f"member {spec!r} is not {FORM}")
   if at and not (size.isdigit() and int(size) > 0):
-    raise ValueError(f"member {spec!r}: @{size} must be the image side in pixels, a positive "
-                     "integer")
+    raise ValueError(
+      f"member {spec!r}: @{size} must be the image side in pixels, a positive integer"
+    )
   return PretrainedSpec(name, layout, os.path.expanduser(path), int(size) if at else None)
 
 
@@ -82,9 +83,10 @@ def inspect(spec: PretrainedSpec, *, where: str) -> tuple[str, int, dict]:
   layout = spec.layout if spec.layout != "auto" else layouts.detect(list(shapes))
   if layout is None:
     raise WeightsMismatchError(
-        f"{where}: cannot tell the layout of {spec.path!r} from its tensor names; name it: "
-        f"pretrained:{spec.model_name}:LAYOUT:PATH with LAYOUT one of "
-        f"{', '.join(layouts.LAYOUTS)}")
+      f"{where}: cannot tell the layout of {spec.path!r} from its tensor names; name it: "
+      f"pretrained:{spec.model_name}:LAYOUT:PATH with LAYOUT one of "
+      f"{', '.join(layouts.LAYOUTS)}"
+    )
   size = {} if spec.image_size is None else {"image_size": spec.image_size}
   try:
     # Shapes only: the entries and sizes of the model, no weights made.
@@ -95,16 +97,18 @@ def inspect(spec: PretrainedSpec, *, where: str) -> tuple[str, int, dict]:
   missing = [k for entry in entries for k in entry.file_keys if k not in shapes]
   if missing:
     raise WeightsMismatchError(
-        f"{where}: {spec.path!r} does not hold a {model.name} in layout {layout}: it lacks "
-        f"{len(missing)} of its tensors ({', '.join(missing[:3])}"
-        f"{', …' if len(missing) > 3 else ''})")
+      f"{where}: {spec.path!r} does not hold a {model.name} in layout {layout}: it lacks "
+      f"{len(missing)} of its tensors ({', '.join(missing[:3])}"
+      f"{', …' if len(missing) > 3 else ''})"
+    )
   by_path = {entry.paths[0]: entry for entry in entries}
   head = shapes[by_path["head.kernel"].file_keys[0]]  # PyTorch [classes, features]
   stem = shapes[(by_path.get("stem_conv.kernel") or by_path["patch_embed.kernel"]).file_keys[0]]
   if len(head) != 2 or len(stem) != 4 or min(*head, stem[1]) < 1:
     raise WeightsMismatchError(
-        f"{where}: {spec.path!r} has a head of shape {head} and a stem of shape {stem}; "
-        "expected [classes, features] and [out, channels, height, width]")
+      f"{where}: {spec.path!r} has a head of shape {head} and a stem of shape {stem}; "
+      "expected [classes, features] and [out, channels, height, width]"
+    )
   side = spec.image_size or _nominal_size(model, entries, shapes)
   return layout, int(head[0]), {"image_size": side, "in_channels": int(stem[1])}
 
@@ -146,9 +150,15 @@ def load_member(name: str, spec_text: str, *, where: str | None = None, mesh=Non
   flops = functional.flops_per_image(graphdef, params, batch_stats, (side, side, channels))
   if mesh is not None:
     nnx.update(model, jax.device_put(nnx.state(model), sharding.replicated(mesh)))
-  meta = {"model_name": model.name, "model_overrides": overrides, "num_classes": num_classes,
-          "image_shape": [side, side, channels], "dataset": None, "step": None,
-          "pretrained": {"path": os.path.abspath(spec.path), "layout": layout}}
+  meta = {
+    "model_name": model.name,
+    "model_overrides": overrides,
+    "num_classes": num_classes,
+    "image_shape": [side, side, channels],
+    "dataset": None,
+    "step": None,
+    "pretrained": {"path": os.path.abspath(spec.path), "layout": layout},
+  }
   if len(mean) == channels:
     meta["input"] = inputs.as_meta()
   # else the libraries' statistics (RGB) do not apply: the evaluation gives it

@@ -27,10 +27,17 @@ def markdown(results: dict, sections: Sequence) -> str:
   """The report: each section's tables in order, separated by blank lines."""
   parts = [lines for lines in (section.markdown(results) for section in sections) if lines]
   if results.get("skipped"):  # what the members could not give (logits files)
-    parts.insert(0, ["Not evaluated: " + "; ".join(f"{what} ({why})" for what, why in
-                                                   results["skipped"].items()) + "."])
-  return "\n".join(line for i, lines in enumerate(parts)
-                   for line in ([""] if i else []) + lines) + "\n"
+    parts.insert(
+      0,
+      [
+        "Not evaluated: "
+        + "; ".join(f"{what} ({why})" for what, why in results["skipped"].items())
+        + "."
+      ],
+    )
+  return (
+    "\n".join(line for i, lines in enumerate(parts) for line in ([""] if i else []) + lines) + "\n"
+  )
 
 
 def embed_in_readme(block: str, readme: str) -> None:

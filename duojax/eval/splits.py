@@ -12,17 +12,26 @@ from duojax.data import shifts
 
 def array_split(images: np.ndarray, labels: np.ndarray) -> data.Split:
   """A `data.Split` over in-memory uint8 images (OOD sets, shifted test sets)."""
-  return data.Split(data.ArraySource(images, labels.astype(np.int32)),
-                    np.arange(len(labels), dtype=np.int64))
+  return data.Split(
+    data.ArraySource(images, labels.astype(np.int32)), np.arange(len(labels), dtype=np.int64)
+  )
 
 
-def shifted_splits(test: data.Split, *, kinds=shifts.SHIFTS, severities=shifts.SEVERITIES,
-                   max_images: int | None = None, seed: int = 0) -> dict[str, data.Split]:
+def shifted_splits(
+  test: data.Split,
+  *,
+  kinds=shifts.SHIFTS,
+  severities=shifts.SEVERITIES,
+  max_images: int | None = None,
+  seed: int = 0,
+) -> dict[str, data.Split]:
   """Corrupted copies of (a seeded subset of) the test split, named 'kind/severity'."""
   images, labels = data.read_examples(test, test.sample_positions(max_images, seed))
-  return {f"{kind}/{severity}": array_split(shifts.corrupt(images, kind, severity, seed=seed),
-                                            labels)
-          for kind in kinds for severity in severities}
+  return {
+    f"{kind}/{severity}": array_split(shifts.corrupt(images, kind, severity, seed=seed), labels)
+    for kind in kinds
+    for severity in severities
+  }
 
 
 def ood_caption(name: str) -> str:
@@ -50,19 +59,20 @@ def ood_split(name: str, dataset: data.Dataset, data_dir: str) -> data.Split:
   kind, _, rest = name.partition(":")
   if kind == "tfds" and rest:
     tfds_name, _, split = rest.partition(":")
-    return data.load_split(tfds_name, data_dir, split or "test", image_size=height,
-                           channels=channels, crop_fraction=crop)
+    return data.load_split(
+      tfds_name, data_dir, split or "test", image_size=height, channels=channels, crop_fraction=crop
+    )
   if kind == "folder" and rest:
     return data.folder_split(rest, image_size=height, channels=channels, crop_fraction=crop)
   if name != "mnist":
-    raise ValueError(f"config.ood={name!r}; valid: 'mnist', 'tfds:NAME[:SPLIT]', "
-                     "'folder:PATH' ('' for none)")
+    raise ValueError(
+      f"config.ood={name!r}; valid: 'mnist', 'tfds:NAME[:SPLIT]', 'folder:PATH' ('' for none)"
+    )
   images, labels = data.load_mnist_ood("test")
   if tuple(images.shape[1:]) == tuple(dataset.image_shape):
     return array_split(images, labels)
   # Grayscale digits as the models' images: resized (the centre crop of
   # evaluation, as any other OOD set) and repeated over the channels.
   split = array_split(images, labels)
-  split = dataclasses.replace(split, image_size=height, crop_fraction=crop,
-                              channels=channels)
+  split = dataclasses.replace(split, image_size=height, crop_fraction=crop, channels=channels)
   return split

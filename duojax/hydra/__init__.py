@@ -23,15 +23,26 @@ ensemble of the fine-tuned members.
 """
 
 from duojax.hydra.heads import (
-                                check_vit,
-                                head_importance,
-                                mask_gradients,
-                                member_masks,
-                                num_kept,
-                                prune,
-                                select_heads,
+  check_vit,
+  head_importance,
+  mask_gradients,
+  member_masks,
+  num_kept,
+  prune,
+  select_heads,
 )
 from duojax.hydra.merge import MLP_MODES, HydraViT, cost, merge
 
-__all__ = ["MLP_MODES", "HydraViT", "check_vit", "cost", "head_importance", "mask_gradients",
-           "member_masks", "merge", "num_kept", "prune", "select_heads"]
+__all__ = [
+  "MLP_MODES",
+  "HydraViT",
+  "check_vit",
+  "cost",
+  "head_importance",
+  "mask_gradients",
+  "member_masks",
+  "merge",
+  "num_kept",
+  "prune",
+  "select_heads",
+]

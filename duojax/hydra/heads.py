@@ -20,17 +20,18 @@ from duojax.models import vit
 
 def check_vit(model, what="model"):
   if not isinstance(model, vit.VisionTransformer):
-    raise ValueError(f"{what} must be a VisionTransformer, got "
-                     f"{type(model).__name__}")
+    raise ValueError(f"{what} must be a VisionTransformer, got {type(model).__name__}")
 
 
 def _mask_grad_step(graphdef):
   """Jitted (loss, dL/dmask) of one batch; built once per call of the public
   functions, so every batch (and every member's sample) reuses one compile."""
+
   def batch_loss(mask, params, image, label):
     m = nnx.merge(graphdef, nnx.State(params))
     logits, _ = m(image, train=False, head_mask=mask)
     return cross_entropy(logits, label).mean()
+
   return jax.jit(jax.value_and_grad(batch_loss))
 
 
@@ -51,8 +52,7 @@ def _gradient_sums(model, step, batches: Iterable[dict]):
   mask = jnp.ones((model.depth, model.num_heads), jnp.float32)
   total, grads, n = 0.0, np.zeros(mask.shape, np.float64), 0
   for batch in batches:
-    value, g = step(mask, params, jnp.asarray(batch["image"]),
-                    jnp.asarray(batch["label"]))
+    value, g = step(mask, params, jnp.asarray(batch["image"]), jnp.asarray(batch["label"]))
     total += float(value)
     grads += np.asarray(g, np.float64)
     n += 1
@@ -61,8 +61,7 @@ def _gradient_sums(model, step, batches: Iterable[dict]):
   return total, grads
 
 
-def head_importance(model, batches: Iterable[dict], *,
-                    loss: str = "ce") -> np.ndarray:
+def head_importance(model, batches: Iterable[dict], *, loss: str = "ce") -> np.ndarray:
   """First-order Taylor importance [depth, num_heads] of every head.
 
   |sum over batches of dL/dm_h * m_h| at m = 1, L the mean cross-entropy of
@@ -94,8 +93,7 @@ def select_heads(importance, keep) -> np.ndarray:
   """
   importance = np.asarray(importance)
   if importance.ndim != 2:
-    raise ValueError(f"importance must be [depth, num_heads], got shape "
-                     f"{importance.shape}")
+    raise ValueError(f"importance must be [depth, num_heads], got shape {importance.shape}")
   k = num_kept(keep, importance.shape[1])
   order = np.argsort(-importance, axis=1, kind="stable")[:, :k]
   mask = np.zeros(importance.shape, bool)
@@ -115,15 +113,23 @@ def architecture(model) -> dict:
   """VisionTransformer kwargs that rebuild `model`'s architecture."""
   block = model.blocks[0]
   return dict(
-      num_classes=model.head.out_features, patch_size=model.patch_size,
-      width=model.num_features, depth=model.depth,
-      mlp_dim=block.mlp.fc1.out_features, num_heads=model.num_heads,
-      head_dim=model.head_dim, image_size=model.image_size,
-      in_channels=model.input_shape[2], pool=model.pool,
-      dropout=model.dropout_rate, drop_path=model.drop_path_rate,
-      pre_norm=model.norm_pre is not None,
-      patch_bias=model.patch_embed.bias is not None, dtype=model.dtype,
-      name=model.name)
+    num_classes=model.head.out_features,
+    patch_size=model.patch_size,
+    width=model.num_features,
+    depth=model.depth,
+    mlp_dim=block.mlp.fc1.out_features,
+    num_heads=model.num_heads,
+    head_dim=model.head_dim,
+    image_size=model.image_size,
+    in_channels=model.input_shape[2],
+    pool=model.pool,
+    dropout=model.dropout_rate,
+    drop_path=model.drop_path_rate,
+    pre_norm=model.norm_pre is not None,
+    patch_bias=model.patch_embed.bias is not None,
+    dtype=model.dtype,
+    name=model.name,
+  )
 
 
 def prune(model, keep_mask) -> vit.VisionTransformer:
@@ -137,20 +143,21 @@ def prune(model, keep_mask) -> vit.VisionTransformer:
   keep_mask = np.asarray(keep_mask)
   shape = (model.depth, model.num_heads)
   if keep_mask.shape != shape:
-    raise ValueError(f"keep_mask must have shape {shape} (depth, num_heads), "
-                     f"got {keep_mask.shape}")
+    raise ValueError(f"keep_mask must have shape {shape} (depth, num_heads), got {keep_mask.shape}")
   keep_mask = keep_mask.astype(bool)
   counts = keep_mask.sum(axis=1)
   if counts.min() < 1 or counts.min() != counts.max():
-    raise ValueError(f"keep_mask must keep the same number (>= 1) of heads "
-                     f"in every layer, got {counts.tolist()}")
+    raise ValueError(
+      f"keep_mask must keep the same number (>= 1) of heads in every layer, got {counts.tolist()}"
+    )
   config = architecture(model)
   config["num_heads"] = int(counts[0])
   name = config.pop("name")
   num_classes = config.pop("num_classes")
   # Built abstractly: every parameter is overwritten below.
-  pruned = nnx.eval_shape(lambda: vit.VisionTransformer(
-      num_classes, name=name, rngs=nnx.Rngs(0), **config))
+  pruned = nnx.eval_shape(
+    lambda: vit.VisionTransformer(num_classes, name=name, rngs=nnx.Rngs(0), **config)
+  )
   graphdef, abstract = nnx.split(pruned)
   params = nnx.to_pure_dict(nnx.state(model))
   for i in range(model.depth):
@@ -162,5 +169,3 @@ def prune(model, keep_mask) -> vit.VisionTransformer:
     attn["out"]["kernel"] = attn["out"]["kernel"][idx]
   nnx.replace_by_pure_dict(abstract, params)
   return nnx.merge(graphdef, abstract)
-
-

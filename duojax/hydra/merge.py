@@ -42,11 +42,9 @@ class HydraViT(nnx.Module):
   or mixing across members.
   """
 
-  def __init__(self, members: Sequence[vit.VisionTransformer],
-               mlp: str = "grouped"):
+  def __init__(self, members: Sequence[vit.VisionTransformer], mlp: str = "grouped"):
     if mlp not in MLP_MODES:
-      raise ValueError(f"unknown mlp mode {mlp!r}; valid: "
-                       f"{', '.join(MLP_MODES)}")
+      raise ValueError(f"unknown mlp mode {mlp!r}; valid: {', '.join(MLP_MODES)}")
     if not members:
       raise ValueError("a Hydra ensemble needs at least one member")
     for j, m in enumerate(members):
@@ -55,11 +53,12 @@ class HydraViT(nnx.Module):
     for j, m in enumerate(members[1:], 1):
       shapes = _leaf_shapes(m)
       if shapes != ref or architecture(m) != architecture(members[0]):
-        diff = sorted(k for k in ref.keys() | shapes.keys()
-                      if ref.get(k) != shapes.get(k))
-        raise ValueError(f"member {j} differs from member 0 in shape or "
-                         f"config (first: {diff[:1] or 'config'}); prune all "
-                         "members to the same heads per layer")
+        diff = sorted(k for k in ref.keys() | shapes.keys() if ref.get(k) != shapes.get(k))
+        raise ValueError(
+          f"member {j} differs from member 0 in shape or "
+          f"config (first: {diff[:1] or 'config'}); prune all "
+          "members to the same heads per layer"
+        )
     graphdef, _ = nnx.split(members[0])
     states = [nnx.state(m) for m in members]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
@@ -84,9 +83,15 @@ class HydraViT(nnx.Module):
     graphdef, state = nnx.split(self.members)
     params = nnx.to_pure_dict(state)
     axes = jax.tree_util.tree_map_with_path(
-        lambda path, _: None if (self.mlp == "average" and _is_mlp(
-            [getattr(k, "key", getattr(k, "idx", k)) for k in path])) else 0,
-        params)
+      lambda path, _: (
+        None
+        if (
+          self.mlp == "average" and _is_mlp([getattr(k, "key", getattr(k, "idx", k)) for k in path])
+        )
+        else 0
+      ),
+      params,
+    )
     keys = None
     if rngs is not None:
       key = rngs.dropout() if isinstance(rngs, nnx.Rngs) else rngs
@@ -96,15 +101,13 @@ class HydraViT(nnx.Module):
       logits, out = nnx.merge(graphdef, nnx.State(p))(x, train=train, rngs=k)
       return logits, out["pre_logits"]
 
-    logits, pre = jax.vmap(member, in_axes=(axes, None if keys is None else 0))(
-        params, keys)
+    logits, pre = jax.vmap(member, in_axes=(axes, None if keys is None else 0))(params, keys)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     mean = jax.nn.logsumexp(log_probs, axis=0) - np.log(self.num_members)
     return mean, {"member_logits": logits, "pre_logits": pre}
 
 
-def merge(members: Sequence[vit.VisionTransformer],
-          mlp: str = "grouped") -> HydraViT:
+def merge(members: Sequence[vit.VisionTransformer], mlp: str = "grouped") -> HydraViT:
   """Merges same-shaped pruned members into one HydraViT."""
   return HydraViT(members, mlp=mlp)
 
@@ -113,5 +116,7 @@ def cost(model, image_shape=None, batch: int = 8) -> dict:
   """{"params": count, "flops": XLA forward FLOPs per image} in eval mode."""
   graphdef, params, batch_stats = functional.split_model(model)
   image_shape = tuple(image_shape or model.input_shape)
-  return {"params": functional.count_params(params),
-          "flops": functional.flops_per_image(graphdef, params, batch_stats, image_shape, batch)}
+  return {
+    "params": functional.count_params(params),
+    "flops": functional.flops_per_image(graphdef, params, batch_stats, image_shape, batch),
+  }

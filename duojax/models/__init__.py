@@ -16,10 +16,19 @@ from flax import nnx
 from duojax.models import cnn, resnet, vit
 
 # Representative ViT names; any vit_{mu,mi,ti,s,m,b,l,h}{patch} is accepted.
-_VIT_EXAMPLES = ("vit_mu4", "vit_mi4", "vit_ti16", "vit_s16", "vit_s32",
-                 "vit_m16", "vit_b16", "vit_b32", "vit_l16", "vit_h14")
-_VIT_PATTERN = ("vit_{" + ",".join(v.lower() for v in vit.VARIANTS)
-                + "}{patch}")
+_VIT_EXAMPLES = (
+  "vit_mu4",
+  "vit_mi4",
+  "vit_ti16",
+  "vit_s16",
+  "vit_s32",
+  "vit_m16",
+  "vit_b16",
+  "vit_b32",
+  "vit_l16",
+  "vit_h14",
+)
+_VIT_PATTERN = "vit_{" + ",".join(v.lower() for v in vit.VARIANTS) + "}{patch}"
 
 
 def list_models() -> list[str]:
@@ -44,21 +53,22 @@ def _compute_dtype(value, name: str):
   except TypeError:
     dtype = None
   if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f"{name}: dtype must be a float dtype such as 'float32' "
-                     f"or 'bfloat16', got {value!r}")
+    raise ValueError(
+      f"{name}: dtype must be a float dtype such as 'float32' or 'bfloat16', got {value!r}"
+    )
   return dtype
 
 
 def _image_size(value, name: str) -> tuple[int, int]:
   size = (value, value) if isinstance(value, int) else tuple(value)
   if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-    raise ValueError(f"{name}: image_size must be a positive int or an "
-                     f"(H, W) pair, got {value!r}")
+    raise ValueError(f"{name}: image_size must be a positive int or an (H, W) pair, got {value!r}")
   return size
 
 
-def get_model(name: str, num_classes: int = 1000, *,
-              rngs: nnx.Rngs | int | None = None, **overrides) -> nnx.Module:
+def get_model(
+  name: str, num_classes: int = 1000, *, rngs: nnx.Rngs | int | None = None, **overrides
+) -> nnx.Module:
   """Builds model `name` with `num_classes` outputs.
 
   Args:
@@ -75,15 +85,16 @@ def get_model(name: str, num_classes: int = 1000, *,
   key = name.lower() if isinstance(name, str) else None
   family = _family(key) if key is not None else None
   if family is None:
-    raise ValueError(f"unknown model {name!r}; known models: "
-                     f"{', '.join(list_models())} (and any {_VIT_PATTERN})")
+    raise ValueError(
+      f"unknown model {name!r}; known models: {', '.join(list_models())} (and any {_VIT_PATTERN})"
+    )
   for k in overrides:
     if k not in family.OVERRIDES:
-      raise ValueError(f"unknown override {k!r} for {key}; valid: "
-                       f"{', '.join(sorted(family.OVERRIDES))}")
+      raise ValueError(
+        f"unknown override {k!r} for {key}; valid: {', '.join(sorted(family.OVERRIDES))}"
+      )
   if not isinstance(num_classes, int) or num_classes < 1:
-    raise ValueError(f"{key}: num_classes must be a positive int, got "
-                     f"{num_classes!r}")
+    raise ValueError(f"{key}: num_classes must be a positive int, got {num_classes!r}")
   if "dtype" in overrides:
     overrides["dtype"] = _compute_dtype(overrides["dtype"], key)
   if "image_size" in overrides:

@@ -15,8 +15,8 @@ from duojax.models import common
 
 # name -> (conv widths, hidden units)
 CONFIGS = {
-    "cnn_s": ((16, 32), 64),
-    "cnn_xs": ((8, 16), 32),
+  "cnn_s": ((16, 32), 64),
+  "cnn_xs": ((8, 16), 32),
 }
 
 OVERRIDES = ("image_size", "in_channels", "dtype", "widths", "hidden", "dropout")
@@ -31,24 +31,24 @@ class CNN(nnx.Module):
   """Conv stack with 'SAME' convs and 2x2 'VALID' max pools (floor)."""
 
   def __init__(
-      self,
-      num_classes: int = 1000,
-      *,
-      widths: Sequence[int] = (16, 32),
-      hidden: int = 64,
-      image_size: int | tuple[int, int] = 224,
-      in_channels: int = 3,
-      dtype="float32",
-      dropout: float = 0.0,
-      name: str = "cnn",
-      rngs: nnx.Rngs,
+    self,
+    num_classes: int = 1000,
+    *,
+    widths: Sequence[int] = (16, 32),
+    hidden: int = 64,
+    image_size: int | tuple[int, int] = 224,
+    in_channels: int = 3,
+    dtype="float32",
+    dropout: float = 0.0,
+    name: str = "cnn",
+    rngs: nnx.Rngs,
   ):
-    h, w = ((image_size, image_size) if isinstance(image_size, int)
-            else image_size)
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     widths = tuple(int(c) for c in widths)
     if not widths or min(widths) < 1 or hidden < 1:
-      raise ValueError(f"{name}: widths and hidden must be positive, got "
-                       f"widths={widths}, hidden={hidden}")
+      raise ValueError(
+        f"{name}: widths and hidden must be positive, got widths={widths}, hidden={hidden}"
+      )
     dtype = jnp.dtype(dtype)
     self.name = name
     self.dtype = dtype
@@ -60,22 +60,41 @@ class CNN(nnx.Module):
 
     convs, in_ch = [], in_channels
     for ch in widths:
-      convs.append(nnx.Conv(in_ch, ch, (3, 3), padding="SAME",
-                            kernel_init=_kernel_init, dtype=dtype,
-                            param_dtype=jnp.float32, rngs=rngs))
+      convs.append(
+        nnx.Conv(
+          in_ch,
+          ch,
+          (3, 3),
+          padding="SAME",
+          kernel_init=_kernel_init,
+          dtype=dtype,
+          param_dtype=jnp.float32,
+          rngs=rngs,
+        )
+      )
       in_ch = ch
     self.convs = nnx.List(convs)
-    fh, fw = h // 2**len(widths), w // 2**len(widths)
+    fh, fw = h // 2 ** len(widths), w // 2 ** len(widths)
     if fh < 1 or fw < 1:
-      raise ValueError(f"{name}: image size {(h, w)} is too small for "
-                       f"{len(widths)} 2x2 poolings")
-    self.fc = nnx.Linear(fh * fw * in_ch, hidden, kernel_init=_kernel_init,
-                         dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+      raise ValueError(f"{name}: image size {(h, w)} is too small for {len(widths)} 2x2 poolings")
+    self.fc = nnx.Linear(
+      fh * fw * in_ch,
+      hidden,
+      kernel_init=_kernel_init,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      rngs=rngs,
+    )
     self.num_features = hidden
     # float32 head, as for the other families.
-    self.head = nnx.Linear(hidden, num_classes, kernel_init=_kernel_init,
-                           dtype=jnp.float32, param_dtype=jnp.float32,
-                           rngs=rngs)
+    self.head = nnx.Linear(
+      hidden,
+      num_classes,
+      kernel_init=_kernel_init,
+      dtype=jnp.float32,
+      param_dtype=jnp.float32,
+      rngs=rngs,
+    )
 
   def _check_input(self, x):
     common.check_fixed_input(self.name, self.input_shape, x)
@@ -98,11 +117,9 @@ class CNN(nnx.Module):
     return logits, {"pre_logits": pre_logits}
 
 
-def create(name: str, num_classes: int = 1000, *, rngs: nnx.Rngs,
-           **overrides) -> CNN:
+def create(name: str, num_classes: int = 1000, *, rngs: nnx.Rngs, **overrides) -> CNN:
   """Builds a CNN from its name in CONFIGS plus validated overrides."""
   widths, hidden = CONFIGS[name]
   kwargs = dict(widths=widths, hidden=hidden)
   kwargs.update(overrides)
   return CNN(num_classes, name=name, rngs=rngs, **kwargs)
-

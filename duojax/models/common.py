@@ -14,11 +14,13 @@ def normal_init(std_of_shape):
   cutting them to size lets parameters of similar size share one compiled
   sampler, which makes building a model several times faster.
   """
+
   def init(key, shape, dtype=jnp.float32):
     size = math.prod(shape)
     rows = 1 << max(0, math.ceil(math.log2(size / 4096)))
     flat = jax.random.normal(key, (rows, 4096), dtype).reshape(-1)[:size]
     return (flat * std_of_shape(shape)).reshape(shape)
+
   return init
 
 
@@ -31,18 +33,21 @@ def check_dropout(name: str, rate: float) -> float:
 def check_rngs(name: str, rate: float, train: bool, rngs) -> None:
   """Training with dropout needs keys: fail with a message, not a trace error."""
   if train and rate > 0 and rngs is None:
-    raise ValueError(f"{name}: train=True with dropout={rate} needs rngs, e.g. "
-                     "nnx.Rngs(dropout=key); got rngs=None")
+    raise ValueError(
+      f"{name}: train=True with dropout={rate} needs rngs, e.g. "
+      "nnx.Rngs(dropout=key); got rngs=None"
+    )
 
 
 def check_fixed_input(name: str, input_shape: tuple, x) -> None:
   """One-line errors for images a fixed-size model cannot take (static shapes)."""
   if x.ndim != 4:
-    raise ValueError(f"{name} expects images of shape {input_shape} batched as "
-                     f"[B, H, W, C], got an array of shape {tuple(x.shape)}")
+    raise ValueError(
+      f"{name} expects images of shape {input_shape} batched as "
+      f"[B, H, W, C], got an array of shape {tuple(x.shape)}"
+    )
   if tuple(x.shape[1:]) != tuple(input_shape):
-    raise ValueError(f"{name} expects images of shape {input_shape}, "
-                     f"got {tuple(x.shape[1:])}")
+    raise ValueError(f"{name} expects images of shape {input_shape}, got {tuple(x.shape[1:])}")
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise ValueError(f"{name} expects float images, got {x.dtype}")
 
@@ -60,5 +65,5 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   ReLU, all-zero windows pass no gradient either way).
   """
   b, h, w, c = x.shape
-  x = x[:, :h - h % 2, :w - w % 2]
+  x = x[:, : h - h % 2, : w - w % 2]
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))

@@ -24,11 +24,13 @@ def split_model(model: nnx.Module):
 
 def make_apply(graphdef) -> Callable:
   """apply(params, batch_stats, images, train, rngs) -> (logits, out, batch_stats)."""
+
   def apply(params, batch_stats, images, train=False, rngs=None):
     model = nnx.merge(graphdef, nnx.State(params), nnx.State(batch_stats))
     logits, out = model(images, train=train, rngs=rngs)
     new_batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
     return logits, out, new_batch_stats
+
   return apply
 
 

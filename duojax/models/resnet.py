@@ -19,26 +19,24 @@ from duojax.models import common
 
 # name -> (block kind, blocks per stage, base width, stem)
 CONFIGS = {
-    "resnet18": ("basic", (2, 2, 2, 2), 64, "imagenet"),
-    "resnet34": ("basic", (3, 4, 6, 3), 64, "imagenet"),
-    "resnet50": ("bottleneck", (3, 4, 6, 3), 64, "imagenet"),
-    "resnet101": ("bottleneck", (3, 4, 23, 3), 64, "imagenet"),
-    "resnet152": ("bottleneck", (3, 8, 36, 3), 64, "imagenet"),
-    "resnet8": ("basic", (1, 1, 1), 16, "small"),
-    "resnet14": ("basic", (2, 2, 2), 16, "small"),
-    "resnet20": ("basic", (3, 3, 3), 16, "small"),
-    "resnet32": ("basic", (5, 5, 5), 16, "small"),
+  "resnet18": ("basic", (2, 2, 2, 2), 64, "imagenet"),
+  "resnet34": ("basic", (3, 4, 6, 3), 64, "imagenet"),
+  "resnet50": ("bottleneck", (3, 4, 6, 3), 64, "imagenet"),
+  "resnet101": ("bottleneck", (3, 4, 23, 3), 64, "imagenet"),
+  "resnet152": ("bottleneck", (3, 8, 36, 3), 64, "imagenet"),
+  "resnet8": ("basic", (1, 1, 1), 16, "small"),
+  "resnet14": ("basic", (2, 2, 2), 16, "small"),
+  "resnet20": ("basic", (3, 3, 3), 16, "small"),
+  "resnet32": ("basic", (5, 5, 5), 16, "small"),
 }
 
-OVERRIDES = ("width", "stem", "in_channels", "image_size", "dtype", "dropout",
-             "zero_init_residual")
+OVERRIDES = ("width", "stem", "in_channels", "image_size", "dtype", "dropout", "zero_init_residual")
 
 STEMS = ("imagenet", "small")
 
 
 # torchvision: kaiming_normal_(mode="fan_out") convs, N(0, 2 / (kh*kw*out)).
-_conv_init = common.normal_init(
-    lambda s: math.sqrt(2.0 / (math.prod(s[:-2]) * s[-1])))
+_conv_init = common.normal_init(lambda s: math.sqrt(2.0 / (math.prod(s[:-2]) * s[-1])))
 # LeCun normal head, N(0, 1 / in_features).
 _head_init = common.normal_init(lambda s: s[0] ** -0.5)
 
@@ -51,9 +49,17 @@ def _conv(in_ch, out_ch, kernel, stride, *, dtype, rngs):
   """
   pad = kernel // 2
   return nnx.Conv(
-      in_ch, out_ch, (kernel, kernel), strides=stride,
-      padding=((pad, pad), (pad, pad)), use_bias=False,
-      kernel_init=_conv_init, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    in_ch,
+    out_ch,
+    (kernel, kernel),
+    strides=stride,
+    padding=((pad, pad), (pad, pad)),
+    use_bias=False,
+    kernel_init=_conv_init,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    rngs=rngs,
+  )
 
 
 def _bn(ch, *, zero_scale=False, dtype, rngs):
@@ -61,8 +67,14 @@ def _bn(ch, *, zero_scale=False, dtype, rngs):
   # Statistics are computed and stored in float32 whatever `dtype` is.
   scale_init = nnx.initializers.zeros if zero_scale else nnx.initializers.ones
   return nnx.BatchNorm(
-      ch, momentum=0.9, epsilon=1e-5, scale_init=scale_init,
-      dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    ch,
+    momentum=0.9,
+    epsilon=1e-5,
+    scale_init=scale_init,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    rngs=rngs,
+  )
 
 
 class Projection(nnx.Module):
@@ -81,16 +93,17 @@ class BasicBlock(nnx.Module):
 
   expansion = 1
 
-  def __init__(self, in_ch, ch, stride, *, zero_init_residual=False, dtype,
-               rngs):
+  def __init__(self, in_ch, ch, stride, *, zero_init_residual=False, dtype, rngs):
     out_ch = ch * self.expansion
     self.conv1 = _conv(in_ch, ch, 3, stride, dtype=dtype, rngs=rngs)
     self.bn1 = _bn(ch, dtype=dtype, rngs=rngs)
     self.conv2 = _conv(ch, out_ch, 3, 1, dtype=dtype, rngs=rngs)
-    self.bn2 = _bn(out_ch, zero_scale=zero_init_residual, dtype=dtype,
-                   rngs=rngs)
-    self.shortcut = (Projection(in_ch, out_ch, stride, dtype=dtype, rngs=rngs)
-                     if stride != 1 or in_ch != out_ch else None)
+    self.bn2 = _bn(out_ch, zero_scale=zero_init_residual, dtype=dtype, rngs=rngs)
+    self.shortcut = (
+      Projection(in_ch, out_ch, stride, dtype=dtype, rngs=rngs)
+      if stride != 1 or in_ch != out_ch
+      else None
+    )
 
   def __call__(self, x, train: bool):
     ura = not train
@@ -105,18 +118,19 @@ class Bottleneck(nnx.Module):
 
   expansion = 4
 
-  def __init__(self, in_ch, ch, stride, *, zero_init_residual=False, dtype,
-               rngs):
+  def __init__(self, in_ch, ch, stride, *, zero_init_residual=False, dtype, rngs):
     out_ch = ch * self.expansion
     self.conv1 = _conv(in_ch, ch, 1, 1, dtype=dtype, rngs=rngs)
     self.bn1 = _bn(ch, dtype=dtype, rngs=rngs)
     self.conv2 = _conv(ch, ch, 3, stride, dtype=dtype, rngs=rngs)
     self.bn2 = _bn(ch, dtype=dtype, rngs=rngs)
     self.conv3 = _conv(ch, out_ch, 1, 1, dtype=dtype, rngs=rngs)
-    self.bn3 = _bn(out_ch, zero_scale=zero_init_residual, dtype=dtype,
-                   rngs=rngs)
-    self.shortcut = (Projection(in_ch, out_ch, stride, dtype=dtype, rngs=rngs)
-                     if stride != 1 or in_ch != out_ch else None)
+    self.bn3 = _bn(out_ch, zero_scale=zero_init_residual, dtype=dtype, rngs=rngs)
+    self.shortcut = (
+      Projection(in_ch, out_ch, stride, dtype=dtype, rngs=rngs)
+      if stride != 1 or in_ch != out_ch
+      else None
+    )
 
   def __call__(self, x, train: bool):
     ura = not train
@@ -138,30 +152,30 @@ class ResNet(nnx.Module):
   """
 
   def __init__(
-      self,
-      stage_sizes: Sequence[int],
-      block: str = "basic",
-      num_classes: int = 1000,
-      *,
-      width: int = 64,
-      stem: str = "imagenet",
-      in_channels: int = 3,
-      image_size: int | tuple[int, int] = 224,
-      dtype="float32",
-      zero_init_residual: bool = False,
-      dropout: float = 0.0,
-      name: str = "resnet",
-      rngs: nnx.Rngs,
+    self,
+    stage_sizes: Sequence[int],
+    block: str = "basic",
+    num_classes: int = 1000,
+    *,
+    width: int = 64,
+    stem: str = "imagenet",
+    in_channels: int = 3,
+    image_size: int | tuple[int, int] = 224,
+    dtype="float32",
+    zero_init_residual: bool = False,
+    dropout: float = 0.0,
+    name: str = "resnet",
+    rngs: nnx.Rngs,
   ):
     if block not in BLOCKS:
-      raise ValueError(f"{name}: unknown block {block!r}; valid: "
-                       f"{', '.join(BLOCKS)}")
+      raise ValueError(f"{name}: unknown block {block!r}; valid: {', '.join(BLOCKS)}")
     if stem not in STEMS:
-      raise ValueError(f"{name}: unknown stem {stem!r}; valid: "
-                       f"{', '.join(STEMS)}")
+      raise ValueError(f"{name}: unknown stem {stem!r}; valid: {', '.join(STEMS)}")
     if width < 1 or in_channels < 1 or num_classes < 1:
-      raise ValueError(f"{name}: width, in_channels and num_classes must be "
-                       f"positive, got {width}, {in_channels}, {num_classes}")
+      raise ValueError(
+        f"{name}: width, in_channels and num_classes must be "
+        f"positive, got {width}, {in_channels}, {num_classes}"
+      )
     dtype = jnp.dtype(dtype)
     self.name = name
     self.dtype = dtype
@@ -169,8 +183,7 @@ class ResNet(nnx.Module):
     # Dropout on the pre-logit features only (stateless: keys come at call time).
     self.head_dropout = nnx.Dropout(self.dropout_rate, rngs=None)
     self.stem = stem
-    h, w = ((image_size, image_size) if isinstance(image_size, int)
-            else image_size)
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     # Nominal resolution only: global pooling makes the network size-agnostic.
     self.image_size = (int(h), int(w))
     self.input_shape = (None, None, in_channels)
@@ -188,28 +201,36 @@ class ResNet(nnx.Module):
       blocks = []
       for j in range(num_blocks):
         stride = 2 if (i > 0 and j == 0) else 1
-        blocks.append(block_cls(in_ch, ch, stride,
-                                zero_init_residual=zero_init_residual,
-                                dtype=dtype, rngs=rngs))
+        blocks.append(
+          block_cls(
+            in_ch, ch, stride, zero_init_residual=zero_init_residual, dtype=dtype, rngs=rngs
+          )
+        )
         in_ch = ch * block_cls.expansion
       stages.append(nnx.List(blocks))
     self.stages = nnx.List(stages)
     self.num_features = in_ch
     # The head runs in float32 even under bfloat16 compute: it is tiny, and
     # calibrated probabilities are the point of this library.
-    self.head = nnx.Linear(in_ch, num_classes, kernel_init=_head_init,
-                           dtype=jnp.float32, param_dtype=jnp.float32,
-                           rngs=rngs)
+    self.head = nnx.Linear(
+      in_ch,
+      num_classes,
+      kernel_init=_head_init,
+      dtype=jnp.float32,
+      param_dtype=jnp.float32,
+      rngs=rngs,
+    )
 
   def _check_input(self, x):
     c = self.input_shape[-1]
     if x.ndim != 4:
-      raise ValueError(f"{self.name} expects images of shape (H, W, {c}) "
-                       f"batched as [B, H, W, C], got an array of shape "
-                       f"{tuple(x.shape)}")
+      raise ValueError(
+        f"{self.name} expects images of shape (H, W, {c}) "
+        f"batched as [B, H, W, C], got an array of shape "
+        f"{tuple(x.shape)}"
+      )
     if x.shape[-1] != c:
-      raise ValueError(f"{self.name} expects images of shape (H, W, {c}), "
-                       f"got {tuple(x.shape[1:])}")
+      raise ValueError(f"{self.name} expects images of shape (H, W, {c}), got {tuple(x.shape[1:])}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
       raise ValueError(f"{self.name} expects float images, got {x.dtype}")
 
@@ -238,12 +259,9 @@ class ResNet(nnx.Module):
     return logits, {"pre_logits": pre_logits}
 
 
-def create(name: str, num_classes: int = 1000, *, rngs: nnx.Rngs,
-           **overrides) -> ResNet:
+def create(name: str, num_classes: int = 1000, *, rngs: nnx.Rngs, **overrides) -> ResNet:
   """Builds a ResNet from its name in CONFIGS plus validated overrides."""
   block, stage_sizes, width, stem = CONFIGS[name]
   kwargs = dict(width=width, stem=stem)
   kwargs.update(overrides)
-  return ResNet(stage_sizes, block, num_classes, name=name, rngs=rngs,
-                **kwargs)
-
+  return ResNet(stage_sizes, block, num_classes, name=name, rngs=rngs, **kwargs)

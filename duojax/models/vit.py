@@ -29,22 +29,34 @@ from duojax.models import common
 
 # variant -> (width, depth, mlp_dim, num_heads)
 VARIANTS = {
-    "mu": (32, 2, 64, 2),  # unit tests
-    "mi": (128, 4, 256, 4),  # CPU-sized experiments
-    "Ti": (192, 12, 768, 3),
-    "S": (384, 12, 1536, 6),
-    "M": (512, 12, 2048, 8),
-    "B": (768, 12, 3072, 12),
-    "L": (1024, 24, 4096, 16),
-    "H": (1280, 32, 5120, 16),
+  "mu": (32, 2, 64, 2),  # unit tests
+  "mi": (128, 4, 256, 4),  # CPU-sized experiments
+  "Ti": (192, 12, 768, 3),
+  "S": (384, 12, 1536, 6),
+  "M": (512, 12, 2048, 8),
+  "B": (768, 12, 3072, 12),
+  "L": (1024, 24, 4096, 16),
+  "H": (1280, 32, 5120, 16),
 }
 
 # "vit_b16" -> variant "b", patch 16; the variant is matched case-insensitively.
 NAME_RE = re.compile(r"^vit_([a-z]+)(\d+)$")
 
-OVERRIDES = ("image_size", "in_channels", "pool", "dropout", "drop_path",
-             "dtype", "width", "depth", "mlp_dim", "num_heads", "pre_norm",
-             "patch_bias", "head_dim")
+OVERRIDES = (
+  "image_size",
+  "in_channels",
+  "pool",
+  "dropout",
+  "drop_path",
+  "dtype",
+  "width",
+  "depth",
+  "mlp_dim",
+  "num_heads",
+  "pre_norm",
+  "patch_bias",
+  "head_dim",
+)
 
 POOLS = ("tok", "gap")
 
@@ -74,16 +86,21 @@ def parse_name(name: str) -> tuple[str, int] | None:
 class SelfAttention(nnx.Module):
   """Multi-head self-attention with separate per-head q/k/v/out kernels."""
 
-  def __init__(self, width: int, num_heads: int, *, dtype, rngs,
-               head_dim: int | None = None):
+  def __init__(self, width: int, num_heads: int, *, dtype, rngs, head_dim: int | None = None):
     head_dim = width // num_heads if head_dim is None else head_dim
     self.num_heads = num_heads
     self.head_dim = head_dim
 
     def proj(in_features, out_features, axis=-1):
       return nnx.LinearGeneral(
-          in_features, out_features, axis=axis, kernel_init=_dense_init,
-          dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        in_features,
+        out_features,
+        axis=axis,
+        kernel_init=_dense_init,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        rngs=rngs,
+      )
 
     self.query = proj(width, (num_heads, head_dim))
     self.key = proj(width, (num_heads, head_dim))
@@ -124,10 +141,12 @@ class MlpBlock(nnx.Module):
   """Linear -> GELU -> dropout -> Linear -> dropout."""
 
   def __init__(self, width: int, mlp_dim: int, dropout: float, *, dtype, rngs):
-    self.fc1 = nnx.Linear(width, mlp_dim, kernel_init=_dense_init,
-                          dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-    self.fc2 = nnx.Linear(mlp_dim, width, kernel_init=_dense_init,
-                          dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    self.fc1 = nnx.Linear(
+      width, mlp_dim, kernel_init=_dense_init, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
+    )
+    self.fc2 = nnx.Linear(
+      mlp_dim, width, kernel_init=_dense_init, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
+    )
     self.drop = nnx.Dropout(dropout, rngs=None)
 
   def __call__(self, x, deterministic: bool, rngs):
@@ -141,13 +160,12 @@ class MlpBlock(nnx.Module):
 class EncoderBlock(nnx.Module):
   """x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
 
-  def __init__(self, width, mlp_dim, num_heads, dropout, drop_path, *, dtype,
-               rngs, head_dim=None):
-    norm = lambda: nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype,
-                                 param_dtype=jnp.float32, rngs=rngs)
+  def __init__(self, width, mlp_dim, num_heads, dropout, drop_path, *, dtype, rngs, head_dim=None):
+    norm = lambda: nnx.LayerNorm(
+      width, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
+    )
     self.norm1 = norm()
-    self.attn = SelfAttention(width, num_heads, dtype=dtype, rngs=rngs,
-                              head_dim=head_dim)
+    self.attn = SelfAttention(width, num_heads, dtype=dtype, rngs=rngs, head_dim=head_dim)
     self.attn_drop = nnx.Dropout(dropout, rngs=None)
     self.norm2 = norm()
     self.mlp = MlpBlock(width, mlp_dim, dropout, dtype=dtype, rngs=rngs)
@@ -167,40 +185,36 @@ class VisionTransformer(nnx.Module):
   """Patch embedding, encoder, final LayerNorm, pooling, linear head."""
 
   def __init__(
-      self,
-      num_classes: int = 1000,
-      *,
-      patch_size: int = 16,
-      width: int = 768,
-      depth: int = 12,
-      mlp_dim: int = 3072,
-      num_heads: int = 12,
-      head_dim: int | None = None,
-      image_size: int | tuple[int, int] = 224,
-      in_channels: int = 3,
-      pool: str = "tok",
-      dropout: float = 0.0,
-      drop_path: float = 0.0,
-      pre_norm: bool = False,
-      patch_bias: bool = True,
-      dtype="float32",
-      name: str = "vit",
-      rngs: nnx.Rngs,
+    self,
+    num_classes: int = 1000,
+    *,
+    patch_size: int = 16,
+    width: int = 768,
+    depth: int = 12,
+    mlp_dim: int = 3072,
+    num_heads: int = 12,
+    head_dim: int | None = None,
+    image_size: int | tuple[int, int] = 224,
+    in_channels: int = 3,
+    pool: str = "tok",
+    dropout: float = 0.0,
+    drop_path: float = 0.0,
+    pre_norm: bool = False,
+    patch_bias: bool = True,
+    dtype="float32",
+    name: str = "vit",
+    rngs: nnx.Rngs,
   ):
-    h, w = ((image_size, image_size) if isinstance(image_size, int)
-            else image_size)
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     if pool not in POOLS:
-      raise ValueError(f"{name}: unknown pool {pool!r}; valid: "
-                       f"{', '.join(POOLS)}")
+      raise ValueError(f"{name}: unknown pool {pool!r}; valid: {', '.join(POOLS)}")
     if patch_size < 1 or h % patch_size or w % patch_size:
-      raise ValueError(f"{name}: patch size {patch_size} does not divide "
-                       f"image size {(h, w)}")
+      raise ValueError(f"{name}: patch size {patch_size} does not divide image size {(h, w)}")
     if num_heads < 1:
       raise ValueError(f"{name}: num_heads must be >= 1, got {num_heads}")
     # An explicit head_dim (pruned models) frees width from heads * head_dim.
     if head_dim is None and width % num_heads:
-      raise ValueError(f"{name}: num_heads {num_heads} does not divide "
-                       f"width {width}")
+      raise ValueError(f"{name}: num_heads {num_heads} does not divide width {width}")
     if head_dim is not None and head_dim < 1:
       raise ValueError(f"{name}: head_dim must be >= 1, got {head_dim}")
     for what, rate in (("dropout", dropout), ("drop_path", drop_path)):
@@ -221,35 +235,52 @@ class VisionTransformer(nnx.Module):
     self.input_shape = (int(h), int(w), in_channels)
 
     self.patch_embed = nnx.Conv(
-        in_channels, width, (patch_size, patch_size), strides=patch_size,
-        padding="VALID", kernel_init=_patch_init, use_bias=patch_bias,
-        dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+      in_channels,
+      width,
+      (patch_size, patch_size),
+      strides=patch_size,
+      padding="VALID",
+      kernel_init=_patch_init,
+      use_bias=patch_bias,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      rngs=rngs,
+    )
     num_tokens = (h // patch_size) * (w // patch_size)
     if pool == "tok":
       self.cls_token = nnx.Param(jnp.zeros((1, 1, width), jnp.float32))
       num_tokens += 1
     else:
       self.cls_token = None
-    self.pos_embedding = nnx.Param(
-        _posemb_init(rngs.params(), (1, num_tokens, width), jnp.float32))
+    self.pos_embedding = nnx.Param(_posemb_init(rngs.params(), (1, num_tokens, width), jnp.float32))
     self.pos_drop = nnx.Dropout(dropout, rngs=None)
     # CLIP-style encoders normalise the embedded tokens before the first block.
-    self.norm_pre = (nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype,
-                                   param_dtype=jnp.float32, rngs=rngs)
-                     if pre_norm else None)
+    self.norm_pre = (
+      nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+      if pre_norm
+      else None
+    )
     # Stochastic depth grows linearly from 0 at the first block (timm).
     rates = np.linspace(0.0, drop_path, depth)
-    self.blocks = nnx.List([
-        EncoderBlock(width, mlp_dim, num_heads, dropout, float(r),
-                     dtype=dtype, rngs=rngs, head_dim=head_dim)
-        for r in rates])
-    self.norm = nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype,
-                              param_dtype=jnp.float32, rngs=rngs)
+    self.blocks = nnx.List(
+      [
+        EncoderBlock(
+          width, mlp_dim, num_heads, dropout, float(r), dtype=dtype, rngs=rngs, head_dim=head_dim
+        )
+        for r in rates
+      ]
+    )
+    self.norm = nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
     self.num_features = width
     # float32 head: cheap, and keeps the logits' precision for calibration.
     self.head = nnx.Linear(
-        width, num_classes, kernel_init=_head_init,
-        dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+      width,
+      num_classes,
+      kernel_init=_head_init,
+      dtype=jnp.float32,
+      param_dtype=jnp.float32,
+      rngs=rngs,
+    )
 
   def _check_input(self, x):
     common.check_fixed_input(self.name, self.input_shape, x)
@@ -266,15 +297,18 @@ class VisionTransformer(nnx.Module):
     if head_mask is not None:
       shape = (self.depth, self.num_heads)
       if tuple(jnp.shape(head_mask)) != shape:
-        raise ValueError(f"{self.name}: head_mask must have shape {shape} "
-                         f"(depth, num_heads), got {jnp.shape(head_mask)}")
+        raise ValueError(
+          f"{self.name}: head_mask must have shape {shape} "
+          f"(depth, num_heads), got {jnp.shape(head_mask)}"
+        )
       head_mask = jnp.asarray(head_mask, jnp.float32)
     stochastic = train and (self.dropout_rate > 0 or self.drop_path_rate > 0)
     if stochastic and rngs is None:
       raise ValueError(
-          f"{self.name}: train=True with dropout={self.dropout_rate}, "
-          f"drop_path={self.drop_path_rate} needs rngs, e.g. "
-          "nnx.Rngs(dropout=key); got rngs=None")
+        f"{self.name}: train=True with dropout={self.dropout_rate}, "
+        f"drop_path={self.drop_path_rate} needs rngs, e.g. "
+        "nnx.Rngs(dropout=key); got rngs=None"
+      )
     if isinstance(rngs, jax.Array):
       rngs = nnx.Rngs(dropout=rngs)
     deterministic = not train
@@ -290,8 +324,7 @@ class VisionTransformer(nnx.Module):
     if self.norm_pre is not None:
       x = self.norm_pre(x)
     for i, block in enumerate(self.blocks):
-      x = block(x, deterministic, rngs,
-                None if head_mask is None else head_mask[i])
+      x = block(x, deterministic, rngs, None if head_mask is None else head_mask[i])
     x = self.norm(x)
     if self.pool == "tok":
       pre_logits = x[:, 0].astype(jnp.float32)
@@ -301,8 +334,7 @@ class VisionTransformer(nnx.Module):
     return logits, {"pre_logits": pre_logits}
 
 
-def create(name: str, num_classes: int = 1000, *, rngs: nnx.Rngs,
-           **overrides) -> VisionTransformer:
+def create(name: str, num_classes: int = 1000, *, rngs: nnx.Rngs, **overrides) -> VisionTransformer:
   """Builds a ViT from a name like 'vit_b16' plus validated overrides."""
   parsed = parse_name(name)
   if parsed is None:
@@ -311,5 +343,4 @@ def create(name: str, num_classes: int = 1000, *, rngs: nnx.Rngs,
   width, depth, mlp_dim, num_heads = VARIANTS[variant]
   kwargs = dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads)
   kwargs.update(overrides)
-  return VisionTransformer(num_classes, patch_size=patch, name=name, rngs=rngs,
-                           **kwargs)
+  return VisionTransformer(num_classes, patch_size=patch, name=name, rngs=rngs, **kwargs)

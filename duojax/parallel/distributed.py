@@ -31,19 +31,27 @@ MODES = ("auto", "on", "off")
 @dataclasses.dataclass(frozen=True)
 class Settings:
   mode: str = "auto"
-  coordinator_address: str = ""   # host:port of process 0
+  coordinator_address: str = ""  # host:port of process 0
   num_processes: int | None = None
   process_id: int | None = None
   local_device_ids: tuple[int, ...] | None = None  # e.g. one GPU per process
 
   def explicit(self) -> bool:
-    return bool(self.coordinator_address) or self.num_processes is not None \
-        or self.process_id is not None
+    return (
+      bool(self.coordinator_address)
+      or self.num_processes is not None
+      or self.process_id is not None
+    )
 
 
-def settings_from(mode: str = "auto", coordinator_address: str = "",
-                  num_processes: int | None = None, process_id: int | None = None,
-                  local_device_ids=None, env: Mapping[str, str] | None = None) -> Settings:
+def settings_from(
+  mode: str = "auto",
+  coordinator_address: str = "",
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  local_device_ids=None,
+  env: Mapping[str, str] | None = None,
+) -> Settings:
   """Settings from command-line values, completed from the JAX_* variables."""
   env = os.environ if env is None else env
   if mode not in MODES:
@@ -64,9 +72,12 @@ def settings_from(mode: str = "auto", coordinator_address: str = "",
     try:
       local_device_ids = tuple(int(i) for i in local_device_ids)
     except ValueError:
-      raise DistributedError(f"local_device_ids={list(local_device_ids)} must be integers") from None
-  settings = Settings(mode, coordinator_address or "", num_processes, process_id,
-                      local_device_ids or None)
+      raise DistributedError(
+        f"local_device_ids={list(local_device_ids)} must be integers"
+      ) from None
+  settings = Settings(
+    mode, coordinator_address or "", num_processes, process_id, local_device_ids or None
+  )
   _check(settings)
   return settings
 
@@ -76,17 +87,25 @@ def _check(settings: Settings) -> None:
     return
   if settings.num_processes is not None and settings.num_processes < 1:
     raise DistributedError(f"num_processes must be >= 1, got {settings.num_processes}")
-  if settings.process_id is not None and settings.num_processes is not None and \
-      not 0 <= settings.process_id < settings.num_processes:
-    raise DistributedError(f"process_id={settings.process_id} is not in "
-                           f"[0, {settings.num_processes})")
+  if (
+    settings.process_id is not None
+    and settings.num_processes is not None
+    and not 0 <= settings.process_id < settings.num_processes
+  ):
+    raise DistributedError(
+      f"process_id={settings.process_id} is not in [0, {settings.num_processes})"
+    )
   if settings.coordinator_address and ":" not in settings.coordinator_address:
-    raise DistributedError(f"coordinator_address={settings.coordinator_address!r} needs the "
-                           "form host:port")
-  if settings.coordinator_address and (settings.num_processes is None or
-                                       settings.process_id is None):
-    raise DistributedError("coordinator_address needs num_processes and process_id too "
-                           "(or none of them, to let JAX detect the cluster)")
+    raise DistributedError(
+      f"coordinator_address={settings.coordinator_address!r} needs the form host:port"
+    )
+  if settings.coordinator_address and (
+    settings.num_processes is None or settings.process_id is None
+  ):
+    raise DistributedError(
+      "coordinator_address needs num_processes and process_id too "
+      "(or none of them, to let JAX detect the cluster)"
+    )
 
 
 def detected_cluster(env: Mapping[str, str] | None = None) -> str | None:
@@ -99,8 +118,9 @@ def detected_cluster(env: Mapping[str, str] | None = None) -> str | None:
     except ValueError:
       return False
 
-  if "SLURM_PROCID" in env and (more_than_one("SLURM_STEP_NUM_TASKS")
-                                or more_than_one("SLURM_NTASKS")):
+  if "SLURM_PROCID" in env and (
+    more_than_one("SLURM_STEP_NUM_TASKS") or more_than_one("SLURM_NTASKS")
+  ):
     return "slurm"
   if "OMPI_COMM_WORLD_RANK" in env and more_than_one("OMPI_COMM_WORLD_SIZE"):
     return "openmpi"
@@ -126,8 +146,11 @@ def initialize(settings: Settings) -> bool:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   kwargs = {}
   if settings.explicit():
-    kwargs = dict(coordinator_address=settings.coordinator_address or None,
-                  num_processes=settings.num_processes, process_id=settings.process_id)
+    kwargs = dict(
+      coordinator_address=settings.coordinator_address or None,
+      num_processes=settings.num_processes,
+      process_id=settings.process_id,
+    )
   if settings.local_device_ids is not None:
     kwargs["local_device_ids"] = list(settings.local_device_ids)
   try:

@@ -47,10 +47,13 @@ def make_mesh(num_devices: int = -1, fsdp: int = 1) -> Mesh:
   if fsdp < 1 or n % fsdp:
     raise ValueError(f"fsdp={fsdp} must be a positive divisor of the {n} devices in the mesh")
   if n < len(devices) and jax.process_count() > 1:
-    raise ValueError(f"num_devices={num_devices}: a multi-process run uses all "
-                     f"{len(devices)} devices (num_devices=-1)")
-  return jax.make_mesh((n // fsdp, fsdp), (DATA, FSDP),
-                       axis_types=(AxisType.Auto, AxisType.Auto), devices=devices[:n])
+    raise ValueError(
+      f"num_devices={num_devices}: a multi-process run uses all "
+      f"{len(devices)} devices (num_devices=-1)"
+    )
+  return jax.make_mesh(
+    (n // fsdp, fsdp), (DATA, FSDP), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices[:n]
+  )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -72,8 +75,7 @@ def num_batch_shards(mesh: Mesh) -> int:
   return int(mesh.size)
 
 
-def fsdp_spec(shape: tuple[int, ...], fsdp: int,
-              min_elements: int = MIN_SHARDED_ELEMENTS) -> P:
+def fsdp_spec(shape: tuple[int, ...], fsdp: int, min_elements: int = MIN_SHARDED_ELEMENTS) -> P:
   """The PartitionSpec of one parameter: its largest dimension that `fsdp` divides.
 
   Ties go to the later dimension (the output features of a kernel), which
@@ -89,8 +91,7 @@ def fsdp_spec(shape: tuple[int, ...], fsdp: int,
   return P(*([None] * dim), FSDP)
 
 
-def state_shardings(tree: Any, mesh: Mesh, *,
-                    min_elements: int = MIN_SHARDED_ELEMENTS) -> Any:
+def state_shardings(tree: Any, mesh: Mesh, *, min_elements: int = MIN_SHARDED_ELEMENTS) -> Any:
   """NamedShardings for a train state (params, batch stats, optimizer state).
 
   The rule looks at shapes only, so optimizer moments (which have their
@@ -100,7 +101,8 @@ def state_shardings(tree: Any, mesh: Mesh, *,
   """
   fsdp = int(dict(mesh.shape).get(FSDP, 1))
   return jax.tree.map(
-      lambda x: NamedSharding(mesh, fsdp_spec(tuple(np.shape(x)), fsdp, min_elements)), tree)
+    lambda x: NamedSharding(mesh, fsdp_spec(tuple(np.shape(x)), fsdp, min_elements)), tree
+  )
 
 
 def bytes_per_device(tree: Any) -> int:
@@ -128,6 +130,5 @@ def shard_rows(array: np.ndarray, mesh: Mesh, *, fill=0) -> tuple[jax.Array, jax
     array = np.concatenate([array, np.full((pad, *array.shape[1:]), fill, array.dtype)])
   mask = np.arange(padded_n) < padded_n - pad
   rows = batch_sharding(mesh)
-  to_global = lambda host: jax.make_array_from_callback(host.shape, rows,
-                                                        lambda index: host[index])
+  to_global = lambda host: jax.make_array_from_callback(host.shape, rows, lambda index: host[index])
   return to_global(array), to_global(mask)

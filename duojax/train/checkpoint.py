@@ -44,21 +44,27 @@ from duojax.train.steps import init_state
 COMPATIBILITY_KEYS = ("model_name", "model_overrides", "num_classes", "image_shape")
 
 
-def make_manager(workdir: str, *, keep: int = 3, create: bool = True,
-                 cleanup_tmp: bool = False) -> ocp.CheckpointManager:
+def make_manager(
+  workdir: str, *, keep: int = 3, create: bool = True, cleanup_tmp: bool = False
+) -> ocp.CheckpointManager:
   """`cleanup_tmp` deletes unfinished saves; only the run writing `workdir` may
   ask for it (a reader would delete the save a running training is writing)."""
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
-                                         cleanup_tmp_directories=cleanup_tmp)
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep, create=create, cleanup_tmp_directories=cleanup_tmp
+  )
   return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
-         *, wait: bool = True) -> None:
+def save(
+  manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, *, wait: bool = True
+) -> None:
   meta = {**meta, "checksums": checksums(state)}
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+  manager.save(
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+    force=True,
+  )
   if wait:
     manager.wait_until_finished()
 
@@ -68,15 +74,21 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> t
 
   Raises CheckpointError when the arrays differ from what was saved.
   """
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+    ),
+  )
   state, meta = restored["state"], restored["meta"]
   if "checksums" in meta:  # checkpoints written before checksums existed have none
     have = checksums(state)
     bad = [k for k in meta["checksums"] if have.get(k) != meta["checksums"][k]]
     if bad or set(have) != set(meta["checksums"]):
-      raise CheckpointError(f"checksum mismatch in {(bad or ['the list of arrays'])[0]}: "
-                            "its bytes changed after the checkpoint was written")
+      raise CheckpointError(
+        f"checksum mismatch in {(bad or ['the list of arrays'])[0]}: "
+        "its bytes changed after the checkpoint was written"
+      )
   return state, meta
 
 
@@ -93,6 +105,7 @@ def _leaf_sums(tree):
     # does swapping two different words.
     weights = jnp.arange(words.size, dtype=jnp.uint32) * 2 + 1
     return jnp.sum(words * weights, dtype=jnp.uint32)
+
   return jax.tree.map(one, tree)
 
 
@@ -103,8 +116,10 @@ def checksums(state: Any) -> dict[str, int]:
   without gathering it; the sums are scalars, replicated on every process.
   """
   sums = jax.device_get(_leaf_sums(state))
-  return {jax.tree_util.keystr(path): int(value)
-          for path, value in jax.tree_util.tree_flatten_with_path(sums)[0]}
+  return {
+    jax.tree_util.keystr(path): int(value)
+    for path, value in jax.tree_util.tree_flatten_with_path(sums)[0]
+  }
 
 
 def describe(error: BaseException, limit: int = 200) -> str:
@@ -112,7 +127,7 @@ def describe(error: BaseException, limit: int = 200) -> str:
   text = " ".join(str(error).split())
   text = text.split(" See full TensorStore details")[0]  # the rest is a repr of a method
   text = f"{type(error).__name__}: {text}" if text else type(error).__name__
-  return text if len(text) <= limit else text[:limit - 3] + "..."
+  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def newest_meta(workdir: str) -> tuple[int, dict] | None:
@@ -125,8 +140,9 @@ def newest_meta(workdir: str) -> tuple[int, dict] | None:
     failures = []
     for step in sorted(manager.all_steps(), reverse=True):
       try:
-        return step, manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))["meta"]
+        return step, manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+          "meta"
+        ]
       except Exception as e:  # orbax raises many types for a broken step
         failures.append((step, describe(e)))
   finally:
@@ -136,8 +152,13 @@ def newest_meta(workdir: str) -> tuple[int, dict] | None:
   return None
 
 
-def restore_newest(manager: ocp.CheckpointManager, abstract_state: Any, *, where: str,
-                   expected_meta: dict | None = None):
+def restore_newest(
+  manager: ocp.CheckpointManager,
+  abstract_state: Any,
+  *,
+  where: str,
+  expected_meta: dict | None = None,
+):
   """(step, state, meta, skipped): the newest step of `manager` that restores.
 
   `skipped` lists (step, reason, set-aside path) for each newer step that did
@@ -158,6 +179,7 @@ def restore_newest(manager: ocp.CheckpointManager, abstract_state: Any, *, where
     if skipped:
       if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices("duojax.checkpoint.set_aside")
       manager.reload()
     return step, state, meta, skipped
@@ -180,9 +202,10 @@ def _set_aside(directory, step: int) -> str:
 def _all_unreadable(where: str, failures) -> CheckpointError:
   steps = "; ".join(f"step {step} ({reason})" for step, reason in failures)
   return CheckpointError(
-      f"every checkpoint in {where!r} is unreadable: {steps}; move the checkpoints "
-      "directory away to train from scratch (or, if the config changed since, rerun "
-      "with the one that wrote them)")
+    f"every checkpoint in {where!r} is unreadable: {steps}; move the checkpoints "
+    "directory away to train from scratch (or, if the config changed since, rerun "
+    "with the one that wrote them)"
+  )
 
 
 def read_meta(workdir: str, step: int | None = None) -> tuple[int, dict]:
@@ -199,13 +222,15 @@ def read_meta(workdir: str, step: int | None = None) -> tuple[int, dict]:
     if step is None:
       step = max(steps)
     elif step not in steps:
-      raise CheckpointError(f"workdir {workdir!r} has no checkpoint at step {step}; "
-                            f"available: {sorted(steps)}")
+      raise CheckpointError(
+        f"workdir {workdir!r} has no checkpoint at step {step}; available: {sorted(steps)}"
+      )
     try:
       meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # orbax raises many types; the user needs one line
-      raise CheckpointError(f"checkpoint step {step} in {workdir!r} is unreadable "
-                            f"({describe(e)})") from e
+      raise CheckpointError(
+        f"checkpoint step {step} in {workdir!r} is unreadable ({describe(e)})"
+      ) from e
   finally:
     manager.close()
   return step, meta
@@ -217,23 +242,29 @@ def check_compatible(meta: dict, expected: dict, *, where: str) -> None:
     have, want = _jsonish(meta.get(key)), _jsonish(expected.get(key))
     if have != want:
       raise CheckpointError(
-          f"checkpoint in {where!r} has {key}={have!r} but the config asks for {want!r}; "
-          "use another workdir or the matching config")
+        f"checkpoint in {where!r} has {key}={have!r} but the config asks for {want!r}; "
+        "use another workdir or the matching config"
+      )
 
 
-def check_fits_data(meta: dict, image_shape, num_classes: int, *, where: str,
-                    same_size: bool = True) -> None:
+def check_fits_data(
+  meta: dict, image_shape, num_classes: int, *, where: str, same_size: bool = True
+) -> None:
   """Raises CheckpointError when a checkpoint's model cannot take this data.
 
   `same_size=False`: only the channels must match (evaluation resizes each
   model's images to its own size on the device).
   """
-  shapes_fit = (list(image_shape) == list(meta["image_shape"]) if same_size
-                else image_shape[2] == meta["image_shape"][2])
+  shapes_fit = (
+    list(image_shape) == list(meta["image_shape"])
+    if same_size
+    else image_shape[2] == meta["image_shape"][2]
+  )
   if not shapes_fit or num_classes != meta["num_classes"]:
     raise CheckpointError(
-        f"{where!r} was trained on {meta['image_shape']} images with {meta['num_classes']} "
-        f"classes, the data has {list(image_shape)} and {num_classes}")
+      f"{where!r} was trained on {meta['image_shape']} images with {meta['num_classes']} "
+      f"classes, the data has {list(image_shape)} and {num_classes}"
+    )
 
 
 def abstract_like(tree: Any) -> Any:
@@ -270,17 +301,20 @@ def load_model(workdir: str, step: int | None = None, *, sharding=None):
   if sharding is None:
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-      jax.eval_shape(lambda: init_state(params, batch_stats, optimizer)))
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+    jax.eval_shape(lambda: init_state(params, batch_stats, optimizer)),
+  )
   manager = make_manager(workdir, create=False)
   try:
     state, meta = restore(manager, step, abstract)
   except Exception as e:  # orbax raises many types; the user needs one line
     # No fallback to an older step: evaluating another model than the one
     # asked for would be a silent wrong answer. Training falls back instead.
-    raise CheckpointError(f"checkpoint step {step} in {workdir!r} is unreadable ({describe(e)}); "
-                          "rerunning train.py with its config resumes from the newest "
-                          "readable step") from e
+    raise CheckpointError(
+      f"checkpoint step {step} in {workdir!r} is unreadable ({describe(e)}); "
+      "rerunning train.py with its config resumes from the newest "
+      "readable step"
+    ) from e
   finally:
     manager.close()
   model = nnx.merge(graphdef, nnx.State(state["params"]), nnx.State(state["batch_stats"]))

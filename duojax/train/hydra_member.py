@@ -32,21 +32,27 @@ def pruned_spec(source_workdir: str, keep: float, model_name: str):
   _, meta = checkpoint.read_meta(source_workdir)
   if meta["model_name"] != model_name:
     raise CheckpointError(
-        f"prune_from {source_workdir!r} holds a {meta['model_name']!r}, the config asks "
-        f"for {model_name!r}")
+      f"prune_from {source_workdir!r} holds a {meta['model_name']!r}, the config asks "
+      f"for {model_name!r}"
+    )
   source = ModelSpec.from_meta(meta)
   shape = nnx.eval_shape(source.build)  # no weights: only the architecture
   if not isinstance(shape, vit.VisionTransformer):
     raise CheckpointError(
-        f"prune_from {source_workdir!r} holds a {meta['model_name']!r}, not a Vision "
-        "Transformer: Hydra members are pruned from a ViT's attention heads")
-  overrides = {**source.model_overrides, "num_heads": heads.num_kept(keep, shape.num_heads),
-               "head_dim": shape.head_dim}
+      f"prune_from {source_workdir!r} holds a {meta['model_name']!r}, not a Vision "
+      "Transformer: Hydra members are pruned from a ViT's attention heads"
+    )
+  overrides = {
+    **source.model_overrides,
+    "num_heads": heads.num_kept(keep, shape.num_heads),
+    "head_dim": shape.head_dim,
+  }
   return dataclasses.replace(source, model_overrides=overrides), meta
 
 
-def importance_sample(dataset: data.Dataset, *, num_images: int, seed: int,
-                      batch_size: int = 256, stats=None) -> Iterator[dict]:
+def importance_sample(
+  dataset: data.Dataset, *, num_images: int, seed: int, batch_size: int = 256, stats=None
+) -> Iterator[dict]:
   """Host batches of `num_images` training images drawn without replacement,
   normalised with `stats=(mean, std)` (default: the data set's).
 
@@ -60,14 +66,20 @@ def importance_sample(dataset: data.Dataset, *, num_images: int, seed: int,
     raise ValueError("head importance needs at least one training image")
   rows = np.sort(np.random.default_rng(seed).choice(len(train), n, replace=False))
   sample = dataclasses.replace(train, indices=train.indices[rows])
-  for batch in data.eval_batches(sample, global_batch_size=min(batch_size, n),
-                                 mean=mean, std=std):
+  for batch in data.eval_batches(sample, global_batch_size=min(batch_size, n), mean=mean, std=std):
     valid = batch["mask"]
     yield {"image": batch["image"][valid], "label": batch["label"][valid]}
 
 
-def prune_checkpoint(source_workdir: str, dataset: data.Dataset, *, keep: float,
-                     num_images: int, seed: int, sharding=None):
+def prune_checkpoint(
+  source_workdir: str,
+  dataset: data.Dataset,
+  *,
+  keep: float,
+  num_images: int,
+  seed: int,
+  sharding=None,
+):
   """(pruned member, info): the source ViT scored on its sample and pruned.
 
   info holds the importance [depth, heads] and the kept-heads mask as lists.
@@ -76,8 +88,11 @@ def prune_checkpoint(source_workdir: str, dataset: data.Dataset, *, keep: float,
   # The source's own normalisation (older checkpoints: the data set's).
   inputs = meta.get("input")
   stats = None if inputs is None else (inputs["mean"], inputs["std"])
-  importance = heads.head_importance(model, importance_sample(
-      dataset, num_images=num_images, seed=seed, stats=stats))
+  importance = heads.head_importance(
+    model, importance_sample(dataset, num_images=num_images, seed=seed, stats=stats)
+  )
   keep_mask = heads.select_heads(importance, keep)
-  return heads.prune(model, keep_mask), {"importance": importance.round(8).tolist(),
-                                   "kept_heads": keep_mask.astype(int).tolist()}
+  return heads.prune(model, keep_mask), {
+    "importance": importance.round(8).tolist(),
+    "kept_heads": keep_mask.astype(int).tolist(),
+  }

@@ -26,11 +26,11 @@ import numpy as np
 import tqdm
 
 from duojax import config_lib, convert, data, files
-from duojax.timing import PhaseClock
 from duojax.errors import CheckpointError, ConfigError, TrainingDiverged
 from duojax.models import functional
 from duojax.models.spec import ModelSpec
 from duojax.parallel import sharding
+from duojax.timing import PhaseClock
 from duojax.train import checkpoint, hydra_member, optim, steps
 
 METRICS_FILE = "metrics.jsonl"
@@ -64,8 +64,9 @@ class MetricsLog:
 # Kubernetes and pre-emptible cloud VMs send some seconds before killing a job;
 # SIGUSR1 is the early warning SLURM sends with `--signal=USR1@<seconds>`.
 # SIGINT (Ctrl-C) is left alone: a person at the terminal wants it to stop now.
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1")
-                     if hasattr(signal, name))
+STOP_SIGNALS = tuple(
+  getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name)
+)
 
 
 class Preempted(Exception):
@@ -77,8 +78,10 @@ class Preempted(Exception):
 
   def __init__(self, signum: int, step: int):
     self.signum, self.step, self.exit_code = signum, step, 128 + signum
-    super().__init__(f"pre-empted by {signal.Signals(signum).name} at step {step}; "
-                     "checkpoint saved, rerun the same command to resume")
+    super().__init__(
+      f"pre-empted by {signal.Signals(signum).name} at step {step}; "
+      "checkpoint saved, rerun the same command to resume"
+    )
 
 
 class _StopSignals:
@@ -119,6 +122,7 @@ class _StopSignals:
     # the next step's collectives) and a signal reaches hosts at different
     # times: they agree at steps every process passes, on any one's signal.
     from jax.experimental import multihost_utils
+
     signums = multihost_utils.process_allgather(np.int32(self.signum or 0))
     return int(np.max(signums)) or None
 
@@ -148,45 +152,62 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
   config_lib.validate(config)
   process = jax.process_index()
   dataset = data.load_dataset_of(config)
-  spec = ModelSpec(config.model_name, config_lib.model_overrides(config), dataset.num_classes,
-                             tuple(dataset.image_shape))
+  spec = ModelSpec(
+    config.model_name,
+    config_lib.model_overrides(config),
+    dataset.num_classes,
+    tuple(dataset.image_shape),
+  )
   if config.prune_from:  # a Hydra member: the pruned source ViT's architecture
     if config_lib.model_overrides(config):
-      raise ConfigError("config.model overrides must stay unset with "
-                                   "config.prune_from: the architecture is the source's")
-    spec, source_meta = hydra_member.pruned_spec(config.prune_from, config.prune_keep, config.model_name)
-    checkpoint.check_fits_data(source_meta, dataset.image_shape, dataset.num_classes,
-                               where=config.prune_from)
+      raise ConfigError(
+        "config.model overrides must stay unset with "
+        "config.prune_from: the architecture is the source's"
+      )
+    spec, source_meta = hydra_member.pruned_spec(
+      config.prune_from, config.prune_keep, config.model_name
+    )
+    checkpoint.check_fits_data(
+      source_meta, dataset.image_shape, dataset.num_classes, where=config.prune_from
+    )
   model = spec.build(seed=config.seed)
   mesh = sharding.make_mesh(config.num_devices, config.fsdp)
   for key in ("batch_size", "eval_batch_size"):
     if config[key] % sharding.num_batch_shards(mesh):
       raise ConfigError(
-          f"config.{key}={config[key]} is not divisible by the {mesh.size} devices "
-          f"(mesh {dict(mesh.shape)})")
+        f"config.{key}={config[key]} is not divisible by the {mesh.size} devices "
+        f"(mesh {dict(mesh.shape)})"
+      )
   num_steps = optim.total_steps(config, len(dataset.train.indices))
   steps_per_epoch = max(1, data.steps_per_epoch(len(dataset.train), config.batch_size))
   meta = {**spec.as_meta(), "dataset": config.dataset, "config": config.to_dict()}
 
   existing, saved_meta = _existing_checkpoint(workdir, meta)
   if require_resume and existing is None:
-    raise CheckpointError(
-        f"--resume was given but workdir {workdir!r} holds no checkpoint")
+    raise CheckpointError(f"--resume was given but workdir {workdir!r} holds no checkpoint")
 
   if config.init_from and existing is None:
     model = _init_from(config.init_from, meta, sharding.replicated(mesh))
   if config.prune_from and existing is None:
     model, heads = hydra_member.prune_checkpoint(
-        config.prune_from, dataset, keep=config.prune_keep, num_images=config.prune_images,
-        seed=config.prune_seed, sharding=sharding.replicated(mesh))
+      config.prune_from,
+      dataset,
+      keep=config.prune_keep,
+      num_images=config.prune_images,
+      seed=config.prune_seed,
+      sharding=sharding.replicated(mesh),
+    )
     if process == 0:
       os.makedirs(workdir, exist_ok=True)
-      _atomic_json(os.path.join(workdir, HYDRA_HEADS_FILE),
-                   {"prune_from": os.path.abspath(config.prune_from), **heads})
+      _atomic_json(
+        os.path.join(workdir, HYDRA_HEADS_FILE),
+        {"prune_from": os.path.abspath(config.prune_from), **heads},
+      )
   info = None
   if config.init_weights and existing is None:
-    info = convert.load_pretrained(model, config.init_weights, config.init_layout,
-                                   head=config.init_head)
+    info = convert.load_pretrained(
+      model, config.init_weights, config.init_layout, head=config.init_head
+    )
     if process == 0:
       _report_init(config.init_weights, info)
   inputs = _input_spec(config, dataset, saved_meta, info)
@@ -198,7 +219,8 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
   # The optimizer state is created already split (under FSDP it never exists
   # whole on one device); the parameters are split as they are placed.
   params, batch_stats = jax.device_put(
-      (params, batch_stats), (state_sharding["params"], state_sharding["batch_stats"]))
+    (params, batch_stats), (state_sharding["params"], state_sharding["batch_stats"])
+  )
   state = jax.jit(init, out_shardings=state_sharding)(params, batch_stats)
 
   os.makedirs(workdir, exist_ok=True)
@@ -215,24 +237,40 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
     _atomic_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   image_stats = (inputs.mean, inputs.std)
-  train_step = steps.make_train_step(graphdef, optimizer, mesh=mesh, seed=config.seed,
-                                     loss_fn=steps.make_loss(config),
-                                     frozen_stats_steps=config.linear_probe_steps,
-                                     state_sharding=state_sharding, image_stats=image_stats)
-  eval_step = steps.make_eval_step(graphdef, mesh=mesh, state_sharding=state_sharding,
-                                   image_stats=image_stats)
+  train_step = steps.make_train_step(
+    graphdef,
+    optimizer,
+    mesh=mesh,
+    seed=config.seed,
+    loss_fn=steps.make_loss(config),
+    frozen_stats_steps=config.linear_probe_steps,
+    state_sharding=state_sharding,
+    image_stats=image_stats,
+  )
+  eval_step = steps.make_eval_step(
+    graphdef, mesh=mesh, state_sharding=state_sharding, image_stats=image_stats
+  )
   # uint8 batches; the steps normalise them on the device.
   pipeline = dict(sharding=sharding.batch_sharding(mesh), workers=config.data_workers)
   batches = data.train_batches(
-      dataset.train, global_batch_size=config.batch_size, seed=config.seed,
-      start_step=start_step, augment=config_lib.augmentations(config),
-      crop_padding=config.crop_padding, rrc_scale=tuple(config.rrc_scale),
-      rrc_ratio=tuple(config.rrc_ratio), **pipeline)
+    dataset.train,
+    global_batch_size=config.batch_size,
+    seed=config.seed,
+    start_step=start_step,
+    augment=config_lib.augmentations(config),
+    crop_padding=config.crop_padding,
+    rrc_scale=tuple(config.rrc_scale),
+    rrc_ratio=tuple(config.rrc_ratio),
+    **pipeline,
+  )
 
   def evaluate(split):
-    return steps.evaluate_batches(eval_step, state["params"], state["batch_stats"],
-                                  data.eval_batches(split, global_batch_size=config.eval_batch_size,
-                                                    **pipeline))
+    return steps.evaluate_batches(
+      eval_step,
+      state["params"],
+      state["batch_stats"],
+      data.eval_batches(split, global_batch_size=config.eval_batch_size, **pipeline),
+    )
 
   def check_finite(step):
     bad = int(state["nonfinite"])
@@ -240,16 +278,23 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
       last = manager.latest_step()
       manager.close()
       raise TrainingDiverged(
-          f"loss became NaN/inf ({bad} step(s)) before step {step}; "
-          f"last good checkpoint: {'none' if last is None else f'step {last}'} in {workdir!r}")
+        f"loss became NaN/inf ({bad} step(s)) before step {step}; "
+        f"last good checkpoint: {'none' if last is None else f'step {last}'} in {workdir!r}"
+      )
 
   def save(step):
     check_finite(step)
     checkpoint.save(manager, step, state, {**meta, "step": step, "data_step": step})
 
   pending, t_log, final_val = [], time.perf_counter(), None
-  bar = tqdm.tqdm(total=num_steps, initial=start_step, disable=process != 0,
-                  desc=config.model_name, mininterval=2.0, dynamic_ncols=True)
+  bar = tqdm.tqdm(
+    total=num_steps,
+    initial=start_step,
+    disable=process != 0,
+    desc=config.model_name,
+    mininterval=2.0,
+    dynamic_ncols=True,
+  )
   t_start = time.perf_counter()
   clock.end("setup", wait=state)
   with _StopSignals() as stop_signals:
@@ -263,12 +308,18 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
       # since the last record: the log then covers every step exactly once.
       stop = stop_signals.requested(at_sync_point=step % config.log_every == 0)
       if step % config.log_every == 0 or step == num_steps or stop:
-        means = {k: float(np.mean(v)) for k, v in jax.device_get(
-            jax.tree.map(lambda *xs: np.stack(xs), *pending)).items()}
+        means = {
+          k: float(np.mean(v))
+          for k, v in jax.device_get(jax.tree.map(lambda *xs: np.stack(xs), *pending)).items()
+        }
         now = time.perf_counter()
-        record = {"step": step, "train_loss": means["loss"],
-                  "train_accuracy": means["accuracy"], "grad_norm": means["grad_norm"],
-                  "images_per_s": len(pending) * config.batch_size / (now - t_log)}
+        record = {
+          "step": step,
+          "train_loss": means["loss"],
+          "train_accuracy": means["accuracy"],
+          "grad_norm": means["grad_norm"],
+          "images_per_s": len(pending) * config.batch_size / (now - t_log),
+        }
         pending, t_log = [], now
         check_finite(step)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record['train_accuracy']:.3f}")
@@ -276,8 +327,14 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
       if step % steps_per_epoch == 0 or step == num_steps:
         clock.end("steps", wait=state)
         val = evaluate(dataset.val)
-        log.write({"step": step, "epoch": step / steps_per_epoch,
-                   "val_accuracy": val["accuracy"], "val_nll": val["nll"]})
+        log.write(
+          {
+            "step": step,
+            "epoch": step / steps_per_epoch,
+            "val_accuracy": val["accuracy"],
+            "val_nll": val["nll"],
+          }
+        )
         final_val = val if step == num_steps else None
         clock.end("validation")
       if step % config.checkpoint_every == 0 or step == num_steps or stop:
@@ -300,16 +357,22 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
   val = final_val or evaluate(dataset.val)
   test = evaluate(dataset.test) if config.final_test else {"accuracy": None, "nll": None}
   summary = {
-      "model_name": config.model_name, "dataset": config.dataset, "steps": num_steps,
-      "resumed_from": start_step, "train_seconds": round(train_seconds, 1),
-      "params": functional.count_params(state["params"]),
-      # Parameters + optimizer state on the fullest device (FSDP shrinks it).
-      "state_bytes_per_device": sharding.bytes_per_device(state),
-      "flops_per_image": functional.flops_per_image(graphdef, state["params"],
-                                                    state["batch_stats"], spec.image_shape),
-      "val_accuracy": val["accuracy"], "val_nll": val["nll"],
-      "test_accuracy": test["accuracy"], "test_nll": test["nll"],
-      "checkpoint": os.path.join(os.path.abspath(workdir), "checkpoints", str(num_steps)),
+    "model_name": config.model_name,
+    "dataset": config.dataset,
+    "steps": num_steps,
+    "resumed_from": start_step,
+    "train_seconds": round(train_seconds, 1),
+    "params": functional.count_params(state["params"]),
+    # Parameters + optimizer state on the fullest device (FSDP shrinks it).
+    "state_bytes_per_device": sharding.bytes_per_device(state),
+    "flops_per_image": functional.flops_per_image(
+      graphdef, state["params"], state["batch_stats"], spec.image_shape
+    ),
+    "val_accuracy": val["accuracy"],
+    "val_nll": val["nll"],
+    "test_accuracy": test["accuracy"],
+    "test_nll": test["nll"],
+    "checkpoint": os.path.join(os.path.abspath(workdir), "checkpoints", str(num_steps)),
   }
   clock.end("final_eval")
   summary["seconds"] = clock.rounded()
@@ -372,8 +435,12 @@ def _input_spec(config, dataset, saved_meta: dict | None, pretrained: dict | Non
     if source is not None:
       spec = dataclasses.replace(data.InputSpec.from_meta(source), image_size=size)
     else:  # (also a pretrained RGB file fine-tuned on images of other channels)
-      spec = data.InputSpec(size, tuple(float(v) for v in dataset.mean),
-                            tuple(float(v) for v in dataset.std), "data set")
+      spec = data.InputSpec(
+        size,
+        tuple(float(v) for v in dataset.mean),
+        tuple(float(v) for v in dataset.std),
+        "data set",
+      )
   try:
     spec.check(int(dataset.image_shape[2]))
   except ValueError as e:
@@ -384,9 +451,14 @@ def _input_spec(config, dataset, saved_meta: dict | None, pretrained: dict | Non
 def _restore_newest(manager, state, meta: dict, workdir: str, *, warn: bool):
   """(state, step) of the newest checkpoint that restores into `state`'s layout."""
   step, state, _, skipped = checkpoint.restore_newest(
-      manager, checkpoint.abstract_like(state), where=workdir, expected_meta=meta)
+    manager, checkpoint.abstract_like(state), where=workdir, expected_meta=meta
+  )
   if warn:
     for bad, reason, aside in skipped:
-      print(f"warning: checkpoint step {bad} in {workdir!r} is unreadable ({reason}); "
-            f"moved it to {aside!r}, resuming from step {step}", file=sys.stderr, flush=True)
+      print(
+        f"warning: checkpoint step {bad} in {workdir!r} is unreadable ({reason}); "
+        f"moved it to {aside!r}, resuming from step {step}",
+        file=sys.stderr,
+        flush=True,
+      )
   return state, int(state["step"])

@@ -24,8 +24,8 @@ def total_steps(config, num_train: int) -> int:
 def make_schedule(config, num_steps: int) -> optax.Schedule:
   warmup = min(config.warmup_steps, max(num_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=config.lr, warmup_steps=warmup,
-      decay_steps=num_steps, end_value=0.0)
+    init_value=0.0, peak_value=config.lr, warmup_steps=warmup, decay_steps=num_steps, end_value=0.0
+  )
 
 
 def make_optimizer(config, num_steps: int) -> optax.GradientTransformation:
@@ -39,17 +39,26 @@ def make_optimizer(config, num_steps: int) -> optax.GradientTransformation:
   if probe <= 0:
     return _base_optimizer(config, num_steps)
   if probe >= num_steps:
-    raise ValueError(f"config.linear_probe_steps={probe} leaves no fine-tuning steps "
-                     f"of the {num_steps} in this run")
-  labels = lambda params: {k: jax.tree.map(lambda _: "head" if k == "head" else "backbone", v)
-                           for k, v in params.items()}
+    raise ValueError(
+      f"config.linear_probe_steps={probe} leaves no fine-tuning steps "
+      f"of the {num_steps} in this run"
+    )
+  labels = lambda params: {
+    k: jax.tree.map(lambda _, part="head" if k == "head" else "backbone": part, v)
+    for k, v in params.items()
+  }
   return optax.multi_transform(
-      {"head": _base_optimizer(config, num_steps),
-       "backbone": hold_until(_base_optimizer(config, num_steps - probe), probe)}, labels)
+    {
+      "head": _base_optimizer(config, num_steps),
+      "backbone": hold_until(_base_optimizer(config, num_steps - probe), probe),
+    },
+    labels,
+  )
 
 
 def hold_until(inner: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
   """`inner`, frozen for its first `steps` updates: zero updates, state unchanged."""
+
   def init(params):
     return inner.init(params), jnp.zeros((), jnp.int32)
 
@@ -71,8 +80,10 @@ def _base_optimizer(config, num_steps: int) -> optax.GradientTransformation:
   if config.optimizer == "adamw":
     opt = optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask)
   elif config.optimizer == "sgd":
-    opt = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
-                      optax.sgd(schedule, momentum=config.momentum, nesterov=True))
+    opt = optax.chain(
+      optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+      optax.sgd(schedule, momentum=config.momentum, nesterov=True),
+    )
   else:
     raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: adamw, sgd")
   if config.grad_clip_norm > 0:

@@ -48,15 +48,27 @@ def make_loss(config) -> Callable:
 
 
 def init_state(params, batch_stats, optimizer) -> TrainState:
-  return {"params": params, "batch_stats": batch_stats,
-          "opt_state": optimizer.init(params),
-          "step": jnp.zeros((), jnp.int32), "nonfinite": jnp.zeros((), jnp.int32)}
+  return {
+    "params": params,
+    "batch_stats": batch_stats,
+    "opt_state": optimizer.init(params),
+    "step": jnp.zeros((), jnp.int32),
+    "nonfinite": jnp.zeros((), jnp.int32),
+  }
 
 
-def make_train_step(graphdef, optimizer, *, mesh: Mesh, seed: int,
-                    label_smoothing: float = 0.0, frozen_stats_steps: int = 0,
-                    state_sharding=None, loss_fn: Callable | None = None,
-                    image_stats=None) -> Callable:
+def make_train_step(
+  graphdef,
+  optimizer,
+  *,
+  mesh: Mesh,
+  seed: int,
+  label_smoothing: float = 0.0,
+  frozen_stats_steps: int = 0,
+  state_sharding=None,
+  loss_fn: Callable | None = None,
+  image_stats=None,
+) -> Callable:
   """Jitted (state, batch) -> (state, metrics) over `mesh`; state is donated.
 
   `image_stats=(mean, std)`: uint8 batch images are normalised on the device
@@ -83,40 +95,55 @@ def make_train_step(graphdef, optimizer, *, mesh: Mesh, seed: int,
       # Built inside the differentiated function: NNX RNG streams count their
       # draws, and may only be mutated at the trace level that created them.
       rngs = nnx.Rngs(dropout=step_key)
-      logits, _, batch_stats = apply(params, state["batch_stats"], _images(batch, image_stats),
-                                     train=True, rngs=rngs)
-      loss = (cross_entropy(logits, batch["label"], label_smoothing).mean() if loss_fn is None
-              else loss_fn(logits, batch["label"]))
+      logits, _, batch_stats = apply(
+        params, state["batch_stats"], _images(batch, image_stats), train=True, rngs=rngs
+      )
+      loss = (
+        cross_entropy(logits, batch["label"], label_smoothing).mean()
+        if loss_fn is None
+        else loss_fn(logits, batch["label"])
+      )
       return loss, (logits, batch_stats)
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
-        state["params"])
+      state["params"]
+    )
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     if frozen_stats_steps > 0:
       frozen = state["step"] < frozen_stats_steps
-      batch_stats = jax.tree.map(lambda new, old: jnp.where(frozen, old, new),
-                                 batch_stats, state["batch_stats"])
+      batch_stats = jax.tree.map(
+        lambda new, old: jnp.where(frozen, old, new), batch_stats, state["batch_stats"]
+      )
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(params))
-    new_state = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state,
-                 "step": state["step"] + 1,
-                 # Counted on device so the host only looks at log/save time. The
-                 # new parameters are checked too: a finite loss can still come
-                 # with an update that overflows them.
-                 "nonfinite": state["nonfinite"] + (~finite).astype(jnp.int32)}
+    new_state = {
+      "params": params,
+      "batch_stats": batch_stats,
+      "opt_state": opt_state,
+      "step": state["step"] + 1,
+      # Counted on device so the host only looks at log/save time. The
+      # new parameters are checked too: a finite loss can still come
+      # with an update that overflows them.
+      "nonfinite": state["nonfinite"] + (~finite).astype(jnp.int32),
+    }
     metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
     return new_state, metrics
 
   rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   state_sharding = rep if state_sharding is None else state_sharding
-  return jax.jit(train_step, in_shardings=(state_sharding, data),
-                 out_shardings=(state_sharding, rep), donate_argnums=0)
+  return jax.jit(
+    train_step,
+    in_shardings=(state_sharding, data),
+    out_shardings=(state_sharding, rep),
+    donate_argnums=0,
+  )
 
 
 def _images(batch, image_stats):
-  return (batch["image"] if image_stats is None
-          else normalize_on_device(batch["image"], *image_stats))
+  return (
+    batch["image"] if image_stats is None else normalize_on_device(batch["image"], *image_stats)
+  )
 
 
 def make_eval_step(graphdef, *, mesh: Mesh, state_sharding=None, image_stats=None) -> Callable:
@@ -132,12 +159,14 @@ def make_eval_step(graphdef, *, mesh: Mesh, state_sharding=None, image_stats=Non
     mask = batch["mask"].astype(jnp.float32)
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
     nll = cross_entropy(logits, batch["label"])
-    return {"correct": jnp.sum(correct * mask), "nll": jnp.sum(nll * mask),
-            "count": jnp.sum(mask)}
+    return {"correct": jnp.sum(correct * mask), "nll": jnp.sum(nll * mask), "count": jnp.sum(mask)}
 
   rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  params, stats = ((rep, rep) if state_sharding is None else
-                   (state_sharding["params"], state_sharding["batch_stats"]))
+  params, stats = (
+    (rep, rep)
+    if state_sharding is None
+    else (state_sharding["params"], state_sharding["batch_stats"])
+  )
   return jax.jit(eval_step, in_shardings=(params, stats, data), out_shardings=rep)
 
 
@@ -151,7 +180,8 @@ def evaluate_batches(eval_step, params, batch_stats, batches) -> dict[str, float
     raise ValueError("evaluation split is empty")
   totals = jax.device_get(totals)
   count = float(totals["count"])
-  return {"accuracy": float(totals["correct"]) / count,
-          "nll": float(totals["nll"]) / count, "count": int(count)}
-
-
+  return {
+    "accuracy": float(totals["correct"]) / count,
+    "nll": float(totals["nll"]) / count,
+    "count": int(count),
+  }

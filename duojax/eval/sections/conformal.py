@@ -52,30 +52,41 @@ def build(inputs: EvalInputs, results: dict) -> dict:
   kinds = split_list(config.conformal_methods)
   y_val, y_test = bank.labels[FIT_SPLIT], bank.labels[TEST]
   order = np.random.default_rng([config.seed, _SPLIT_STREAM]).permutation(len(y_val))
-  fit_rows, cal_rows = np.sort(order[:len(order) // 2]), np.sort(order[len(order) // 2:])
+  fit_rows, cal_rows = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
   if len(fit_rows) < 1 or len(cal_rows) < 1:
     raise ValueError(f"the conformal section needs at least 2 validation rows, got {len(y_val)}")
   names = [m.name for m in inputs.methods]
-  out = {"alphas": alphas, "methods": kinds, "fit_rows": int(len(fit_rows)),
-         "calibration_rows": int(len(cal_rows)), "models": {}}
+  out = {
+    "alphas": alphas,
+    "methods": kinds,
+    "fit_rows": int(len(fit_rows)),
+    "calibration_rows": int(len(cal_rows)),
+    "models": {},
+  }
   for name in (n for n in MODELS if n in names):
     method = inputs.method(name)
     val, test = _logits(method, bank, FIT_SPLIT), _logits(method, bank, TEST)
-    weights = np.asarray(temperature.fit_temperatures(list(val[:, fit_rows]), y_val[fit_rows],
-                                                      solver=config.solver))
-    probs = {split: np.asarray(jax.nn.softmax(duo.combine(z, weights), axis=-1), np.float64)
-             for split, z in (("cal", val[:, cal_rows]), ("test", test))}
+    weights = np.asarray(
+      temperature.fit_temperatures(list(val[:, fit_rows]), y_val[fit_rows], solver=config.solver)
+    )
+    probs = {
+      split: np.asarray(jax.nn.softmax(duo.combine(z, weights), axis=-1), np.float64)
+      for split, z in (("cal", val[:, cal_rows]), ("test", test))
+    }
     entry = {}
     for kind in kinds:
       for alpha in alphas:
-        predictor = conformal.calibrate(probs["cal"], y_val[cal_rows], alpha=alpha, method=kind,
-                                        seed=config.seed)
+        predictor = conformal.calibrate(
+          probs["cal"], y_val[cal_rows], alpha=alpha, method=kind, seed=config.seed
+        )
         sets = predictor.sets(probs["test"], seed=config.seed)
         sizes = conformal.set_sizes(sets)
         entry[f"{kind}@{1 - alpha:g}"] = {
-            "coverage": conformal.coverage(sets, y_test), "mean_size": float(sizes.mean()),
-            "size_counts": np.bincount(sizes, minlength=sets.shape[1] + 1).tolist(),
-            "threshold": float(predictor.threshold)}
+          "coverage": conformal.coverage(sets, y_test),
+          "mean_size": float(sizes.mean()),
+          "size_counts": np.bincount(sizes, minlength=sets.shape[1] + 1).tolist(),
+          "threshold": float(predictor.threshold),
+        }
     out["models"][name] = entry
   return {"conformal": out}
 
@@ -85,18 +96,25 @@ def markdown(results: dict) -> list[str]:
     return []
   section = results["conformal"]
   levels = [f"{1 - a:g}" for a in section["alphas"]]
-  lines = ["### Conformal prediction sets (test split)", "",
-           f"Split conformal: temperatures and duo weights fit on {section['fit_rows']} "
-           f"validation rows, the threshold calibrated on the other "
-           f"{section['calibration_rows']}. Each cell: empirical coverage / mean set size "
-           "(smaller sets at the target coverage are better).", "",
-           "| model | score | " + " | ".join(f"1−α = {level}" for level in levels) + " |",
-           "|---|---|" + "---|" * len(levels)]
+  lines = [
+    "### Conformal prediction sets (test split)",
+    "",
+    f"Split conformal: temperatures and duo weights fit on {section['fit_rows']} "
+    f"validation rows, the threshold calibrated on the other "
+    f"{section['calibration_rows']}. Each cell: empirical coverage / mean set size "
+    "(smaller sets at the target coverage are better).",
+    "",
+    "| model | score | " + " | ".join(f"1−α = {level}" for level in levels) + " |",
+    "|---|---|" + "---|" * len(levels),
+  ]
   for name, entry in section["models"].items():
     for kind in section["methods"]:
       cells = [entry[f"{kind}@{level}"] for level in levels]
-      lines.append(f"| {name} | {kind.upper()} | " + " | ".join(
-          f"{c['coverage']:.4f} / {c['mean_size']:.2f}" for c in cells) + " |")
+      lines.append(
+        f"| {name} | {kind.upper()} | "
+        + " | ".join(f"{c['coverage']:.4f} / {c['mean_size']:.2f}" for c in cells)
+        + " |"
+      )
   return lines
 
 
@@ -115,11 +133,11 @@ def write_plots(results: dict, out_dir: str) -> dict[str, str]:
     for i, name in enumerate(models):
       counts = np.asarray(section["models"][name][f"{kind}@{level}"]["size_counts"], float)
       sizes = np.arange(len(counts))
-      ax.bar(sizes + (i - (len(models) - 1) / 2) * width, counts / counts.sum(), width,
-             label=name)
+      ax.bar(sizes + (i - (len(models) - 1) / 2) * width, counts / counts.sum(), width, label=name)
     ax.set_xlabel("set size")
     ax.set_title(f"{kind.upper()}, 1−α = {level}")
   axes[0].set_ylabel("fraction of test images")
   axes[-1].legend(frameon=False)
-  return {"conformal_set_sizes": plots.save_figure(
-      fig, os.path.join(out_dir, "conformal_set_sizes.png"))}
+  return {
+    "conformal_set_sizes": plots.save_figure(fig, os.path.join(out_dir, "conformal_set_sizes.png"))
+  }

@@ -63,24 +63,31 @@ def members(config, mesh) -> list[Member]:
   parts = [load_member(f"Hydra member {j}", w, mesh=mesh) for j, w in enumerate(workdirs)]
   for workdir, part in zip(workdirs, parts):
     if not part.meta["config"]["prune_from"]:
-      raise ValueError(f"config.hydra: {workdir!r} is not a pruned Hydra member (train it "
-                       "with configs/hydra_member.py)")
+      raise ValueError(
+        f"config.hydra: {workdir!r} is not a pruned Hydra member (train it "
+        "with configs/hydra_member.py)"
+      )
   sources = {_pruned_from(w, p.meta) for w, p in zip(workdirs, parts)}
   source = config.hydra_vit or _pruned_from(workdirs[0], parts[0].meta)
   if not os.path.isdir(source):
     raise ValueError(f"config.hydra_vit: workdir {source!r} does not exist")
   if len(sources) > 1 or os.path.abspath(source) not in sources:
-    raise ValueError(f"config.hydra: the members were pruned from {sorted(sources)}, "
-                     f"not all from the ViT {source!r}")
-  vits = [load_member(name, workdir, mesh=mesh) for name, workdir in
-          zip(_vit_names(config), [source, *split_list(config.hydra_ensemble)])]
+    raise ValueError(
+      f"config.hydra: the members were pruned from {sorted(sources)}, "
+      f"not all from the ViT {source!r}"
+    )
+  vits = [
+    load_member(name, workdir, mesh=mesh)
+    for name, workdir in zip(_vit_names(config), [source, *split_list(config.hydra_ensemble)])
+  ]
   check_members_agree([*vits, *parts])
   merged = []
   for name, mlp in zip(_merged_names(config), split_list(config.hydra_mlp)):
     model = hydra.merge([p.model for p in parts], mlp=mlp)
     graphdef, params, batch_stats = functional.split_model(model)
-    flops = functional.flops_per_image(graphdef, params, batch_stats,
-                                       tuple(parts[0].meta["image_shape"]))
+    flops = functional.flops_per_image(
+      graphdef, params, batch_stats, tuple(parts[0].meta["image_shape"])
+    )
     merged.append(Member(name, model, parts[0].meta, flops))
   return [*vits, *merged]
 
@@ -102,20 +109,38 @@ def methods(config, added: list[str]) -> list[Method]:
   """Hydra rows and the rows they are compared with."""
   del added
   vit_names = _vit_names(config)
-  rows = [Method(VIT, "single", (VIT,), label="the ViT the members were pruned from"),
-          Method(f"{VIT}+TS", "ts", (VIT,), label="ViT, temperature-scaled")]
+  rows = [
+    Method(VIT, "single", (VIT,), label="the ViT the members were pruned from"),
+    Method(f"{VIT}+TS", "ts", (VIT,), label="ViT, temperature-scaled"),
+  ]
   if len(vit_names) > 1:
     m = len(vit_names)
-    rows += [Method(f"{VIT} ensemble m={m}", "ensemble", vit_names,
-                    label=f"deep ensemble of {m} full ViTs"),
-             Method(f"{VIT} ensemble m={m}+TS", "ensemble_ts", vit_names,
-                    label=f"deep ensemble of {m} full ViTs, temperature-scaled")]
+    rows += [
+      Method(
+        f"{VIT} ensemble m={m}", "ensemble", vit_names, label=f"deep ensemble of {m} full ViTs"
+      ),
+      Method(
+        f"{VIT} ensemble m={m}+TS",
+        "ensemble_ts",
+        vit_names,
+        label=f"deep ensemble of {m} full ViTs, temperature-scaled",
+      ),
+    ]
   for name in _merged_names(config):
-    rows += [Method(name, "single", (name,), label="mean of member probabilities"),
-             Method(f"{name}+TS", "ts", (name,), label="Hydra, temperature-scaled")]
+    rows += [
+      Method(name, "single", (name,), label="mean of member probabilities"),
+      Method(f"{name}+TS", "ts", (name,), label="Hydra, temperature-scaled"),
+    ]
   if config.sidekick:
-    rows.append(Method(f"{VIT} duo (weighted)", "duo", (VIT, SIDEKICK), "weighted",
-                       label="ViT + sidekick, weights fit jointly on val"))
+    rows.append(
+      Method(
+        f"{VIT} duo (weighted)",
+        "duo",
+        (VIT, SIDEKICK),
+        "weighted",
+        label="ViT + sidekick, weights fit jointly on val",
+      )
+    )
   return rows
 
 
@@ -125,8 +150,9 @@ def forward_seconds(models, image_shape, *, batch_size: int, mesh, repeats: int 
   forward = duo.make_fused_forward(graphdefs, mesh=mesh)
   states = jax.device_put(states, sharding.replicated(mesh))
   images = jax.device_put(
-      np.random.default_rng(0).normal(size=(batch_size, *image_shape)).astype(np.float32),
-      sharding.batch_sharding(mesh))
+    np.random.default_rng(0).normal(size=(batch_size, *image_shape)).astype(np.float32),
+    sharding.batch_sharding(mesh),
+  )
   forward(states, images).block_until_ready()  # compile outside the clock
   times = []
   for _ in range(repeats):
@@ -139,8 +165,9 @@ def forward_seconds(models, image_shape, *, batch_size: int, mesh, repeats: int 
 def build(inputs: EvalInputs, results: dict, repeats: int = 5) -> dict:
   """Cost and quality of every Hydra-section row, from the methods section's scores."""
   if "methods" not in results:
-    raise ValueError("config.sections: 'hydra' reads the scores of 'methods', which must "
-                     "come first")
+    raise ValueError(
+      "config.sections: 'hydra' reads the scores of 'methods', which must come first"
+    )
   config = inputs.config
   merged = inputs.members[_merged_names(config)[0]]
   image_shape = tuple(merged.meta["image_shape"])
@@ -151,17 +178,25 @@ def build(inputs: EvalInputs, results: dict, repeats: int = 5) -> dict:
     params = sum(functional.count_params(functional.split_model(m)[1]) for m in models)
     # One timing per forward: a temperature-scaled row runs its plain row's forward.
     if method.members not in seconds:
-      seconds[method.members] = forward_seconds(models, image_shape,
-                                                batch_size=config.batch_size,
-                                                mesh=inputs.mesh, repeats=repeats)
-    rows[method.name] = {"params": params, "flops": entry["flops"],
-                         "seconds_per_batch": seconds[method.members], "test": entry["test"],
-                         "ood": entry.get("ood", {}).get("msp", {})}
-  return {"hydra": {"rows": rows, "members": len(split_list(config.hydra)),
-                    "keep": merged.meta["config"]["prune_keep"],
-                    "source": config.hydra_vit or _pruned_from(split_list(config.hydra)[0],
-                                                               merged.meta),
-                    "batch_size": config.batch_size}}
+      seconds[method.members] = forward_seconds(
+        models, image_shape, batch_size=config.batch_size, mesh=inputs.mesh, repeats=repeats
+      )
+    rows[method.name] = {
+      "params": params,
+      "flops": entry["flops"],
+      "seconds_per_batch": seconds[method.members],
+      "test": entry["test"],
+      "ood": entry.get("ood", {}).get("msp", {}),
+    }
+  return {
+    "hydra": {
+      "rows": rows,
+      "members": len(split_list(config.hydra)),
+      "keep": merged.meta["config"]["prune_keep"],
+      "source": config.hydra_vit or _pruned_from(split_list(config.hydra)[0], merged.meta),
+      "batch_size": config.batch_size,
+    }
+  }
 
 
 def markdown(results: dict) -> list[str]:
@@ -170,25 +205,32 @@ def markdown(results: dict) -> list[str]:
     return []
   section = results["hydra"]
   vit = section["rows"][VIT]
-  lines = [f"### Hydra ensembles (M = {section['members']} members, "
-           f"{section['keep']:.0%} of the heads each)", "",
-           "Cost relative to the single ViT: parameters, XLA forward FLOPs per image, and the "
-           f"median wall time of one jitted forward on a batch of {section['batch_size']}. "
-           "AURC in thousandths; "
-           + (f"OOD = {results['ood_set']}, by MSP." if results.get("ood_set") else "no OOD set.")
-           + "", "",
-           "| method | params ×ViT | FLOPs ×ViT | time ×ViT | acc | NLL | ECE | AUROC | "
-           "AURC‰ | SAC@98 | OOD AUROC | OOD FPR95 |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    f"### Hydra ensembles (M = {section['members']} members, "
+    f"{section['keep']:.0%} of the heads each)",
+    "",
+    "Cost relative to the single ViT: parameters, XLA forward FLOPs per image, and the "
+    f"median wall time of one jitted forward on a batch of {section['batch_size']}. "
+    "AURC in thousandths; "
+    + (f"OOD = {results['ood_set']}, by MSP." if results.get("ood_set") else "no OOD set.")
+    + "",
+    "",
+    "| method | params ×ViT | FLOPs ×ViT | time ×ViT | acc | NLL | ECE | AUROC | "
+    "AURC‰ | SAC@98 | OOD AUROC | OOD FPR95 |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for name, r in section["rows"].items():
     t, o = r["test"], r["ood"]
     lines.append(
-        f"| {name} | {r['params'] / vit['params']:.2f} | {r['flops'] / vit['flops']:.2f} | "
-        f"{r['seconds_per_batch'] / vit['seconds_per_batch']:.2f} | {fmt(t['acc'])} | "
-        f"{fmt(t['nll'])} | {fmt(t['ece'])} | {fmt(t['auroc'])} | "
-        f"{fmt(t['aurc'], 1e3, 2)} | {fmt(t['sac98'])} | {fmt(o.get('auroc'))} | "
-        f"{fmt(o.get('fpr95'))} |")
-  lines += ["", f"The single ViT: {vit['params']:,} parameters, {vit['flops'] / 1e6:.1f} "
-            f"MFLOPs/image, {vit['seconds_per_batch'] * 1e3:.1f} ms per batch."]
+      f"| {name} | {r['params'] / vit['params']:.2f} | {r['flops'] / vit['flops']:.2f} | "
+      f"{r['seconds_per_batch'] / vit['seconds_per_batch']:.2f} | {fmt(t['acc'])} | "
+      f"{fmt(t['nll'])} | {fmt(t['ece'])} | {fmt(t['auroc'])} | "
+      f"{fmt(t['aurc'], 1e3, 2)} | {fmt(t['sac98'])} | {fmt(o.get('auroc'))} | "
+      f"{fmt(o.get('fpr95'))} |"
+    )
+  lines += [
+    "",
+    f"The single ViT: {vit['params']:,} parameters, {vit['flops'] / 1e6:.1f} "
+    f"MFLOPs/image, {vit['seconds_per_batch'] * 1e3:.1f} ms per batch.",
+  ]
   return lines
-

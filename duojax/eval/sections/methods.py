@@ -16,7 +16,6 @@ feature scores "feature_ood".
 from __future__ import annotations
 
 import math
-
 import os
 
 import jax
@@ -32,8 +31,13 @@ from duojax.eval.render import fmt
 REFERENCE = "large+TS"
 SINGLE = "large"  # the large model alone, whose OOD scores the feature scores join
 # How the OOD table names the scores of `_ood_scores` and of `feature_ood`.
-OOD_SCORE_NAMES = {"msp": "max softmax", "neg_entropy": "−entropy", "energy": "energy",
-                   "max_logit": "max logit", "mahalanobis": "Mahalanobis (pre-logit features)"}
+OOD_SCORE_NAMES = {
+  "msp": "max softmax",
+  "neg_entropy": "−entropy",
+  "energy": "energy",
+  "max_logit": "max logit",
+  "mahalanobis": "Mahalanobis (pre-logit features)",
+}
 SHIFT_METRICS = ("acc", "auroc", "aurc")
 
 
@@ -48,15 +52,21 @@ def build(inputs: EvalInputs, results: dict) -> dict:
   labels = bank.labels[TEST]
   shift_splits = [s for s in bank.logits if "/" in s]
   rows, curves = {}, {}
-  for method in tqdm.tqdm(inputs.methods, desc="methods", leave=False, mininterval=2.0,
-                          disable=jax.process_index() != 0):
+  for method in tqdm.tqdm(
+    inputs.methods, desc="methods", leave=False, mininterval=2.0, disable=jax.process_index() != 0
+  ):
     fitted = inputs.fitted(method)
     logits, confidence = inputs.outputs(method, TEST)
     flops = methods_lib.method_flops(method, inputs.member_flops)
-    entry = {"label": method.label, "kind": method.kind, "members": list(method.members),
-             "flops": flops, "relative_flops": flops / inputs.member_flops[large],
-             "fitted": {k: np.asarray(v).round(6).tolist() for k, v in fitted.items()},
-             "test": _floats(metrics.evaluate(logits, labels, confidence))}
+    entry = {
+      "label": method.label,
+      "kind": method.kind,
+      "members": list(method.members),
+      "flops": flops,
+      "relative_flops": flops / inputs.member_flops[large],
+      "fitted": {k: np.asarray(v).round(6).tolist() for k, v in fitted.items()},
+      "test": _floats(metrics.evaluate(logits, labels, confidence)),
+    }
     if OOD in bank.logits:
       entry["ood"] = _ood_scores(logits, confidence, *inputs.outputs(method, OOD))
     shifted = {}
@@ -66,18 +76,27 @@ def build(inputs: EvalInputs, results: dict) -> dict:
       shifted[split] = {k: float(scores[k]) for k in SHIFT_METRICS}
     if shifted:
       entry["shifts"] = shifted
-      entry["shift_mean"] = {k: float(np.mean([v[k] for v in shifted.values()]))
-                             for k in SHIFT_METRICS}
+      entry["shift_mean"] = {
+        k: float(np.mean([v[k] for v in shifted.values()])) for k in SHIFT_METRICS
+      }
     rows[method.name] = entry
     if method.headline or method.name == REFERENCE:
       curves[method.name] = _curves(logits, confidence, labels)
-  out = {"methods": rows, "reference": REFERENCE,
-         "large_flops": inputs.member_flops[large], "_curves": curves}
+  out = {
+    "methods": rows,
+    "reference": REFERENCE,
+    "large_flops": inputs.member_flops[large],
+    "_curves": curves,
+  }
   if OOD in bank.logits and inputs.feature_scores:
     out["feature_ood"] = {
-        name: {"member": large, **feature["fit"],
-               **_floats(metrics.ood(feature["scores"][TEST], feature["scores"][OOD]))}
-        for name, feature in inputs.feature_scores.items()}
+      name: {
+        "member": large,
+        **feature["fit"],
+        **_floats(metrics.ood(feature["scores"][TEST], feature["scores"][OOD])),
+      }
+      for name, feature in inputs.feature_scores.items()
+    }
   return out
 
 
@@ -94,34 +113,45 @@ def _curves(logits, confidence, labels) -> dict:
   correct = np.asarray(np.argmax(np.asarray(logits), -1)) == np.asarray(labels)
   coverage, risk = metrics.risk_coverage_curve(correct, confidence)
   diagram = metrics.reliability_diagram(confidence, correct)
-  return {"coverage": np.asarray(coverage), "risk": np.asarray(risk),
-          "reliability": {k: np.asarray(v) for k, v in diagram.items()}}
+  return {
+    "coverage": np.asarray(coverage),
+    "risk": np.asarray(risk),
+    "reliability": {k: np.asarray(v) for k, v in diagram.items()},
+  }
 
 
 def markdown(results: dict) -> list[str]:
   """The clean test table, the duo's fitted weights and the shifted-test table."""
   rows = results["methods"]
   ood = results.get("ood_set")
-  cost = (f"Large model: {results['large_flops'] / 1e6:.1f} MFLOPs/image (XLA cost analysis). "
-          if math.isfinite(results["large_flops"]) else
-          "Large model: FLOPs unknown (a logits file without flops_per_image). ")
-  lines = ["### Test split (clean)", "",
-           cost + "AURC, E-AURC, AUGRC in thousandths; "
-           + (f"OOD = {ood} vs the test split, by MSP." if ood else "no OOD set."),
-           "",
-           "| method | FLOPs ×large | acc | NLL | Brier | ECE | AUROC | AURC‰ | E-AURC‰ | "
-           "AUGRC‰ | SAC@95 | SAC@98 | OOD AUROC | OOD FPR95 |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  cost = (
+    f"Large model: {results['large_flops'] / 1e6:.1f} MFLOPs/image (XLA cost analysis). "
+    if math.isfinite(results["large_flops"])
+    else "Large model: FLOPs unknown (a logits file without flops_per_image). "
+  )
+  lines = [
+    "### Test split (clean)",
+    "",
+    cost
+    + "AURC, E-AURC, AUGRC in thousandths; "
+    + (f"OOD = {ood} vs the test split, by MSP." if ood else "no OOD set."),
+    "",
+    "| method | FLOPs ×large | acc | NLL | Brier | ECE | AUROC | AURC‰ | E-AURC‰ | "
+    "AUGRC‰ | SAC@95 | SAC@98 | OOD AUROC | OOD FPR95 |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for name, r in rows.items():
     t, o = r["test"], r.get("ood", {}).get("msp", {})
     lines.append(
-        f"| {name} | {fmt(r['relative_flops'], digits=3)} | {fmt(t['acc'])} | {fmt(t['nll'])} | "
-        f"{fmt(t['brier'])} | {fmt(t['ece'])} | {fmt(t['auroc'])} | "
-        f"{fmt(t['aurc'], 1e3, 2)} | {fmt(t['eaurc'], 1e3, 2)} | {fmt(t['augrc'], 1e3, 2)} | "
-        f"{fmt(t['sac95'])} | {fmt(t['sac98'])} | {fmt(o.get('auroc'))} | "
-        f"{fmt(o.get('fpr95'))} |")
-  duo_weights = [r["fitted"]["weights"] for r in rows.values()
-                 if r["kind"] == "duo" and "weights" in r["fitted"]]
+      f"| {name} | {fmt(r['relative_flops'], digits=3)} | {fmt(t['acc'])} | {fmt(t['nll'])} | "
+      f"{fmt(t['brier'])} | {fmt(t['ece'])} | {fmt(t['auroc'])} | "
+      f"{fmt(t['aurc'], 1e3, 2)} | {fmt(t['eaurc'], 1e3, 2)} | {fmt(t['augrc'], 1e3, 2)} | "
+      f"{fmt(t['sac95'])} | {fmt(t['sac98'])} | {fmt(o.get('auroc'))} | "
+      f"{fmt(o.get('fpr95'))} |"
+    )
+  duo_weights = [
+    r["fitted"]["weights"] for r in rows.values() if r["kind"] == "duo" and "weights" in r["fitted"]
+  ]
   if duo_weights:
     w = duo_weights[0]
     lines += ["", f"Duo weights fit on val: w_L = {w[0]:.4f}, w_S = {w[1]:.4f}."]
@@ -130,14 +160,17 @@ def markdown(results: dict) -> list[str]:
   if any("shift_mean" in r for r in rows.values()):
     kinds = {s.split("/")[0] for r in rows.values() for s in r.get("shifts", {})}
     severities = {s.split("/")[1] for r in rows.values() for s in r.get("shifts", {})}
-    lines += ["", f"### Shifted test sets (mean over {len(kinds)} corruptions × "
-              f"{len(severities)} severities)", "",
-              "| method | acc | AUROC | AURC‰ |", "|---|---|---|---|"]
+    lines += [
+      "",
+      f"### Shifted test sets (mean over {len(kinds)} corruptions × {len(severities)} severities)",
+      "",
+      "| method | acc | AUROC | AURC‰ |",
+      "|---|---|---|---|",
+    ]
     for name, r in rows.items():
       s = r.get("shift_mean")
       if s:
-        lines.append(f"| {name} | {fmt(s['acc'])} | {fmt(s['auroc'])} | "
-                     f"{fmt(s['aurc'], 1e3, 2)} |")
+        lines.append(f"| {name} | {fmt(s['acc'])} | {fmt(s['auroc'])} | {fmt(s['aurc'], 1e3, 2)} |")
   return lines
 
 
@@ -146,16 +179,24 @@ def _ood_table(results: dict) -> list[str]:
   own = results["methods"].get(SINGLE, {}).get("ood", {})
   features = results["feature_ood"]
   fits = " ".join(
-      f"{OOD_SCORE_NAMES.get(name, name)}: class means and shared covariance (rank "
-      f"{f['rank']} of {f['dim']}) of its features on {f['train_rows']} training rows."
-      for name, f in features.items())
-  lines = ["### OOD detection by the large model's scores", "",
-           f"OOD = {results.get('ood_set')} vs the test split; the large model alone. {fits} "
-           "Feature scores read no logits: they are large+TS's too.", "",
-           "| score | AUROC | AUPR | FPR95 |", "|---|---|---|---|"]
+    f"{OOD_SCORE_NAMES.get(name, name)}: class means and shared covariance (rank "
+    f"{f['rank']} of {f['dim']}) of its features on {f['train_rows']} training rows."
+    for name, f in features.items()
+  )
+  lines = [
+    "### OOD detection by the large model's scores",
+    "",
+    f"OOD = {results.get('ood_set')} vs the test split; the large model alone. {fits} "
+    "Feature scores read no logits: they are large+TS's too.",
+    "",
+    "| score | AUROC | AUPR | FPR95 |",
+    "|---|---|---|---|",
+  ]
   for name, r in {**own, **features}.items():
-    lines.append(f"| {OOD_SCORE_NAMES.get(name, name)} | {fmt(r['auroc'])} | {fmt(r['aupr'])} | "
-                 f"{fmt(r['fpr95'])} |")
+    lines.append(
+      f"| {OOD_SCORE_NAMES.get(name, name)} | {fmt(r['auroc'])} | {fmt(r['aupr'])} | "
+      f"{fmt(r['fpr95'])} |"
+    )
   return lines
 
 
@@ -165,27 +206,46 @@ def write_plots(results: dict, out_dir: str) -> dict[str, str]:
   paths = {}
   if curves:
     paths["risk_coverage"] = plots.risk_coverage(
-        {n: (c["coverage"], c["risk"]) for n, c in curves.items()},
-        os.path.join(out_dir, "risk_coverage.png"), title="Risk–coverage (test)",
-        reference=results["reference"] if results.get("reference") in curves else None)
+      {n: (c["coverage"], c["risk"]) for n, c in curves.items()},
+      os.path.join(out_dir, "risk_coverage.png"),
+      title="Risk–coverage (test)",
+      reference=results["reference"] if results.get("reference") in curves else None,
+    )
     paths["reliability"] = plots.reliability(
-        {n: {**c["reliability"], "ece": rows[n]["test"]["ece"]} for n, c in curves.items()},
-        os.path.join(out_dir, "reliability.png"))
+      {n: {**c["reliability"], "ece": rows[n]["test"]["ece"]} for n, c in curves.items()},
+      os.path.join(out_dir, "reliability.png"),
+    )
   gflops = {n: r["flops"] / 1e9 for n, r in rows.items()}
   for key, label, lower in (("aurc", "AURC (test)", True), ("sac98", "SAC@98 (test)", False)):
     paths[f"pareto_{key}"] = plots.pareto(
-        {n: (gflops[n], r["test"][key]) for n, r in rows.items()},
-        os.path.join(out_dir, f"pareto_{key}.png"), y_label=label, lower_is_better=lower,
-        title=f"Cost vs {label}")
+      {n: (gflops[n], r["test"][key]) for n, r in rows.items()},
+      os.path.join(out_dir, f"pareto_{key}.png"),
+      y_label=label,
+      lower_is_better=lower,
+      title=f"Cost vs {label}",
+    )
   shifted = [n for n, r in rows.items() if "shifts" in r and n in curves]
   if shifted:
     kinds = sorted({s.split("/")[0] for s in rows[shifted[0]]["shifts"]})
     for key, label in (("acc", "accuracy"), ("aurc", "AURC")):
-      series = {kind: {n: [rows[n]["test"][key]] + [
-          value[key] for split, value in sorted(rows[n]["shifts"].items(),
-                                                key=lambda kv: int(kv[0].split("/")[1]))
-          if split.split("/")[0] == kind] for n in shifted} for kind in kinds}
+      series = {
+        kind: {
+          n: [rows[n]["test"][key]]
+          + [
+            value[key]
+            for split, value in sorted(
+              rows[n]["shifts"].items(), key=lambda kv: int(kv[0].split("/")[1])
+            )
+            if split.split("/")[0] == kind
+          ]
+          for n in shifted
+        }
+        for kind in kinds
+      }
       paths[f"shift_{key}"] = plots.shift_curves(
-          series, os.path.join(out_dir, f"shift_{key}.png"), metric_label=label,
-          title=f"{label} under distribution shift")
+        series,
+        os.path.join(out_dir, f"shift_{key}.png"),
+        metric_label=label,
+        title=f"{label} under distribution shift",
+      )
   return paths

@@ -34,10 +34,15 @@ def build(inputs: EvalInputs, results: dict) -> dict:
   labels = inputs.bank.labels[TEST]
   rows = resample_rows(len(labels), inputs.config.bootstrap, inputs.config.seed)
   reference = _scores(inputs.outputs(inputs.method(REFERENCE), TEST), labels, rows)
-  return {"paired_vs_reference": {
-      method.name: paired_differences(_scores(inputs.outputs(method, TEST), labels, rows),
-                                      reference)
-      for method in inputs.methods if method.headline and method.name != REFERENCE}}
+  return {
+    "paired_vs_reference": {
+      method.name: paired_differences(
+        _scores(inputs.outputs(method, TEST), labels, rows), reference
+      )
+      for method in inputs.methods
+      if method.headline and method.name != REFERENCE
+    }
+  }
 
 
 def resample_rows(num: int, rounds: int, seed: int) -> np.ndarray:
@@ -51,8 +56,9 @@ def _scores(output, labels, rows) -> tuple[dict, dict]:
   a (logits [N, C], confidence [N]) pair."""
   logits, confidence = output
   full = metrics.evaluate(logits, labels, confidence)
-  resampled = metrics.evaluate_resamples(logits, labels, confidence, rows=rows,
-                                         names=PAIRED_METRICS)
+  resampled = metrics.evaluate_resamples(
+    logits, labels, confidence, rows=rows, names=PAIRED_METRICS
+  )
   return full, resampled
 
 
@@ -60,26 +66,32 @@ def paired_differences(ours: tuple[dict, dict], theirs: tuple[dict, dict]) -> di
   """Method − reference, both scored by `_scores` on the same resamples: the
   difference on the full split and the 95% percentile interval of the resampled
   differences (NaN rounds, e.g. an AUROC with no errors, left out)."""
-  return {k: {"diff": ours[0][k] - theirs[0][k],
-              "ci95": [float(np.nanpercentile(ours[1][k] - theirs[1][k], q)) for q in (2.5, 97.5)]}
-          for k in PAIRED_METRICS}
+  return {
+    k: {
+      "diff": ours[0][k] - theirs[0][k],
+      "ci95": [float(np.nanpercentile(ours[1][k] - theirs[1][k], q)) for q in (2.5, 97.5)],
+    }
+    for k in PAIRED_METRICS
+  }
 
 
 def markdown(results: dict) -> list[str]:
   paired = results.get("paired_vs_reference")
   if not paired:
     return []
-  lines = [f"### Paired differences vs {results['reference']} on the test split "
-           "(bootstrap 95% interval)", "",
-           "| method | Δacc | ΔNLL | ΔECE | ΔAUROC | ΔAURC‰ | ΔSAC@98 |",
-           "|---|---|---|---|---|---|---|"]
+  lines = [
+    f"### Paired differences vs {results['reference']} on the test split (bootstrap 95% interval)",
+    "",
+    "| method | Δacc | ΔNLL | ΔECE | ΔAUROC | ΔAURC‰ | ΔSAC@98 |",
+    "|---|---|---|---|---|---|---|",
+  ]
   for name, d in paired.items():
     cells = []
     for k in PAIRED_METRICS:
       scale, digits = (1e3, 2) if k == "aurc" else (1.0, 4)
       lo, hi = d[k]["ci95"]
-      cells.append(f"{d[k]['diff'] * scale:+.{digits}f} "
-                   f"[{lo * scale:+.{digits}f}, {hi * scale:+.{digits}f}]")
+      cells.append(
+        f"{d[k]['diff'] * scale:+.{digits}f} [{lo * scale:+.{digits}f}, {hi * scale:+.{digits}f}]"
+      )
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return lines
-

@@ -48,8 +48,9 @@ def _extra_names(config) -> list[str]:
 
 
 def _pool_names(config) -> list[str]:
-  return [f"candidate {os.path.basename(os.path.normpath(w))}"
-          for w in split_list(config.sidekick_pool)]
+  return [
+    f"candidate {os.path.basename(os.path.normpath(w))}" for w in split_list(config.sidekick_pool)
+  ]
 
 
 def members(config, mesh) -> list[Member]:
@@ -58,8 +59,10 @@ def members(config, mesh) -> list[Member]:
   names = _extra_names(config) + _pool_names(config)
   workdirs = split_list(config.sidekicks) + split_list(config.sidekick_pool)
   if len(set(names)) != len(names):
-    raise ValueError("config.sidekick_pool: two candidates share a folder name: "
-                     f"{sorted(n for n in names if names.count(n) > 1)[0]!r}")
+    raise ValueError(
+      "config.sidekick_pool: two candidates share a folder name: "
+      f"{sorted(n for n in names if names.count(n) > 1)[0]!r}"
+    )
   return [member_specs.load(name, w, mesh=mesh) for name, w in zip(names, workdirs)]
 
 
@@ -69,27 +72,60 @@ def methods(config, added: list[str]) -> list[Method]:
   if not extra:
     return []
   large = "large"
-  return [Method(f"duo k={1 + len(extra)} (weighted)", "duo", (large, SIDEKICK, *extra),
-                 "weighted", label=f"large model + {1 + len(extra)} sidekicks, weights fit "
-                 "jointly on val", headline=True),
-          *(Method(f"duo (weighted) with {name}", "duo", (large, name), "weighted",
-                   label=f"large model + {name}") for name in extra)]
+  return [
+    Method(
+      f"duo k={1 + len(extra)} (weighted)",
+      "duo",
+      (large, SIDEKICK, *extra),
+      "weighted",
+      label=f"large model + {1 + len(extra)} sidekicks, weights fit jointly on val",
+      headline=True,
+    ),
+    *(
+      Method(
+        f"duo (weighted) with {name}",
+        "duo",
+        (large, name),
+        "weighted",
+        label=f"large model + {name}",
+      )
+      for name in extra
+    ),
+  ]
 
 
 def build(inputs: EvalInputs, results: dict) -> dict:
   del results
   bank = inputs.bank
-  candidates = [SIDEKICK, *inputs.added.get("cascade", []),
-                *([VIT] if VIT in bank.member_names else []),
-                *_extra_names(inputs.config), *_pool_names(inputs.config)]
+  candidates = [
+    SIDEKICK,
+    *inputs.added.get("cascade", []),
+    *([VIT] if VIT in bank.member_names else []),
+    *_extra_names(inputs.config),
+    *_pool_names(inputs.config),
+  ]
   candidates = [c for c in dict.fromkeys(candidates) if c in bank.member_names]
-  return {"sidekicks": rank_sidekicks(
-      bank, large=inputs.large, candidates=candidates, member_flops=inputs.member_flops,
-      budget=float(inputs.config.sidekick_budget), solver=inputs.config.solver)}
+  return {
+    "sidekicks": rank_sidekicks(
+      bank,
+      large=inputs.large,
+      candidates=candidates,
+      member_flops=inputs.member_flops,
+      budget=float(inputs.config.sidekick_budget),
+      solver=inputs.config.solver,
+    )
+  }
 
 
-def rank_sidekicks(bank: LogitsBank, *, large: str, candidates, member_flops: dict,
-                   budget: float = 0.0, solver: str = "jaxopt") -> dict:
+def rank_sidekicks(
+  bank: LogitsBank,
+  *,
+  large: str,
+  candidates,
+  member_flops: dict,
+  budget: float = 0.0,
+  solver: str = "jaxopt",
+) -> dict:
   """Each candidate's duo with `large`, ranked by validation NLL (see the module doc)."""
   y_val, y_test = bank.labels[FIT_SPLIT], bank.labels[TEST]
   large_val, large_test = bank.member(FIT_SPLIT, large), bank.member(TEST, large)
@@ -105,39 +141,60 @@ def rank_sidekicks(bank: LogitsBank, *, large: str, candidates, member_flops: di
     relative = member_flops.get(name, float("nan")) / flops_large
     val_nll = float(temperature.nll(weights, val, y_val))
     rows[name] = {
-        "relative_flops": relative if math.isfinite(relative) else None,
-        "w_large": float(weights[0]), "w_sidekick": float(weights[1]),
-        "val_nll": val_nll, "test_nll": float(scores["nll"]), "test_aurc": float(scores["aurc"]),
-        "val_nll_gain_per_flop": ((reference - val_nll) / relative
-                                  if math.isfinite(relative) and relative > 0 else None)}
+      "relative_flops": relative if math.isfinite(relative) else None,
+      "w_large": float(weights[0]),
+      "w_sidekick": float(weights[1]),
+      "val_nll": val_nll,
+      "test_nll": float(scores["nll"]),
+      "test_aurc": float(scores["aurc"]),
+      "val_nll_gain_per_flop": (
+        (reference - val_nll) / relative if math.isfinite(relative) and relative > 0 else None
+      ),
+    }
   order = sorted(rows, key=lambda n: rows[n]["val_nll"])
-  within = [n for n in order if budget <= 0 or rows[n]["relative_flops"] is None
-            or rows[n]["relative_flops"] <= budget]
-  return {"reference_val_nll": reference, "budget": budget, "ranking": order,
-          "chosen": within[0] if within else None, "rows": rows}
+  within = [
+    n
+    for n in order
+    if budget <= 0 or rows[n]["relative_flops"] is None or rows[n]["relative_flops"] <= budget
+  ]
+  return {
+    "reference_val_nll": reference,
+    "budget": budget,
+    "ranking": order,
+    "chosen": within[0] if within else None,
+    "rows": rows,
+  }
 
 
 def markdown(results: dict) -> list[str]:
   if "sidekicks" not in results:
     return []
   section = results["sidekicks"]
-  budget = (f"within {section['budget']:.0%} of the large model's FLOPs"
-            if section["budget"] > 0 else "with no FLOPs budget")
-  lines = ["### Choosing the sidekick (each candidate's duo with the large model)", "",
-           "Weights fit jointly on val; ranked by the duo's validation NLL (the large model "
-           f"alone, temperature-scaled: {fmt(section['reference_val_nll'])}). Chosen "
-           f"{budget}: **{section['chosen']}**. Gain per FLOP: validation NLL gained per unit "
-           "of the candidate's FLOPs relative to the large model's (– where its FLOPs are "
-           "unknown: ranked by NLL alone). AURC in thousandths.", "",
-           "| rank | candidate | FLOPs ×large | w_L | w_S | val NLL | test NLL | test AURC‰ | "
-           "gain per FLOP |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  budget = (
+    f"within {section['budget']:.0%} of the large model's FLOPs"
+    if section["budget"] > 0
+    else "with no FLOPs budget"
+  )
+  lines = [
+    "### Choosing the sidekick (each candidate's duo with the large model)",
+    "",
+    "Weights fit jointly on val; ranked by the duo's validation NLL (the large model "
+    f"alone, temperature-scaled: {fmt(section['reference_val_nll'])}). Chosen "
+    f"{budget}: **{section['chosen']}**. Gain per FLOP: validation NLL gained per unit "
+    "of the candidate's FLOPs relative to the large model's (– where its FLOPs are "
+    "unknown: ranked by NLL alone). AURC in thousandths.",
+    "",
+    "| rank | candidate | FLOPs ×large | w_L | w_S | val NLL | test NLL | test AURC‰ | "
+    "gain per FLOP |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
   for rank, name in enumerate(section["ranking"], start=1):
     r = section["rows"][name]
     flops = "–" if r["relative_flops"] is None else f"{r['relative_flops']:.3f}"
-    gain = ("–" if r["val_nll_gain_per_flop"] is None
-            else f"{r['val_nll_gain_per_flop']:.4f}")
-    lines.append(f"| {rank} | {name} | {flops} | {r['w_large']:.3f} | {r['w_sidekick']:.3f} | "
-                 f"{fmt(r['val_nll'])} | {fmt(r['test_nll'])} | {1000 * r['test_aurc']:.2f} | "
-                 f"{gain} |")
+    gain = "–" if r["val_nll_gain_per_flop"] is None else f"{r['val_nll_gain_per_flop']:.4f}"
+    lines.append(
+      f"| {rank} | {name} | {flops} | {r['w_large']:.3f} | {r['w_sidekick']:.3f} | "
+      f"{fmt(r['val_nll'])} | {fmt(r['test_nll'])} | {1000 * r['test_aurc']:.2f} | "
+      f"{gain} |"
+    )
   return lines
