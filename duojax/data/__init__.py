@@ -18,22 +18,46 @@ package imports nothing of training or evaluation.
 from duojax.data.embedded import fetch_fashion_mnist, load_mnist_ood, prepare_fashion_mnist
 from duojax.data.ood_sources import folder_split, load_split
 from duojax.data.pipeline import eval_batches, steps_per_epoch, train_batches
-from duojax.data.preprocess import (InputSpec, normalize, normalize_on_device, prepare,
-                                    pretrained_stats)
+from duojax.data.preprocess import (
+  InputSpec,
+  normalize,
+  normalize_on_device,
+  prepare,
+  pretrained_stats,
+)
 from duojax.data.sources import (
-                                 ArraySource,
-                                 Dataset,
-                                 Split,
-                                 channel_stats,
-                                 load_dataset,
-                                 load_dataset_of,
-                                 materialize,
-                                 read_examples,
+  ArraySource,
+  Dataset,
+  Split,
+  channel_stats,
+  load_dataset,
+  load_dataset_of,
+  materialize,
+  read_examples,
 )
 from duojax.errors import DataError
 
-__all__ = ["ArraySource", "DataError", "Dataset", "InputSpec", "Split", "channel_stats",
-           "eval_batches", "fetch_fashion_mnist", "folder_split", "load_dataset", "load_dataset_of",
-           "load_split",
-           "load_mnist_ood", "materialize", "normalize", "normalize_on_device", "prepare", "pretrained_stats",
-           "prepare_fashion_mnist", "read_examples", "steps_per_epoch", "train_batches"]
+__all__ = [
+  "ArraySource",
+  "DataError",
+  "Dataset",
+  "InputSpec",
+  "Split",
+  "channel_stats",
+  "eval_batches",
+  "fetch_fashion_mnist",
+  "folder_split",
+  "load_dataset",
+  "load_dataset_of",
+  "load_split",
+  "load_mnist_ood",
+  "materialize",
+  "normalize",
+  "normalize_on_device",
+  "prepare",
+  "pretrained_stats",
+  "prepare_fashion_mnist",
+  "read_examples",
+  "steps_per_epoch",
+  "train_batches",
+]

@@ -34,6 +34,7 @@ AUGMENTATIONS = ("crop", "rrc", "flip")
 @dataclasses.dataclass(frozen=True)
 class Transform:
   """How training images are augmented (evaluation crops the centre)."""
+
   augment: tuple[str, ...] = ()
   crop_padding: int = 2
   rrc_scale: tuple[float, float] = images_lib.RRC_SCALE
@@ -52,7 +53,7 @@ def pad_crop(images: np.ndarray, offsets: np.ndarray, padding: int) -> np.ndarra
     return images
   h, w = images.shape[1:3]
   padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  return np.stack([padded[i, y:y + h, x:x + w] for i, (y, x) in enumerate(offsets)])
+  return np.stack([padded[i, y : y + h, x : x + w] for i, (y, x) in enumerate(offsets)])
 
 
 def flip(images: np.ndarray, flips: np.ndarray) -> np.ndarray:
@@ -60,8 +61,9 @@ def flip(images: np.ndarray, flips: np.ndarray) -> np.ndarray:
   return np.where(flips[:, None, None, None], images[:, :, ::-1], images)
 
 
-def cut_images(split: Split, rows: np.ndarray, boxes, flips: np.ndarray | None = None, *,
-               draft: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def cut_images(
+  split: Split, rows: np.ndarray, boxes, flips: np.ndarray | None = None, *, draft: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
   """Images uint8 [n, S, S, C] and labels of source `rows`, one PIL crop each.
 
   `boxes(i, width, height)` gives row i's box in its image's pixels; rows
@@ -73,9 +75,14 @@ def cut_images(split: Split, rows: np.ndarray, boxes, flips: np.ndarray | None =
   labels = np.zeros(len(rows), np.int32)
   for i, (example, row) in enumerate(zip(read_raw(split, rows), rows)):
     image, labels[i] = read_record(split, example, int(row))
-    out[i] = images_lib.crop_resize(image, boxes(i, image.width, image.height), size,
-                                    split.channels, draft=draft,
-                                    flip=flips is not None and bool(flips[i]))
+    out[i] = images_lib.crop_resize(
+      image,
+      boxes(i, image.width, image.height),
+      size,
+      split.channels,
+      draft=draft,
+      flip=flips is not None and bool(flips[i]),
+    )
   return out, labels
 
 
@@ -86,8 +93,9 @@ class TrainBatch:
   to end (each epoch less its last len % B positions), B the global batch.
   """
 
-  def __init__(self, split: Split, *, global_batch_size: int, seed: int, rows: slice,
-               transform: Transform):
+  def __init__(
+    self, split: Split, *, global_batch_size: int, seed: int, rows: slice, transform: Transform
+  ):
     self.split, self.global_batch_size, self.seed = split, global_batch_size, seed
     self.rows, self.transform = rows, transform
     self.steps_per_epoch = len(split) // global_batch_size
@@ -104,7 +112,7 @@ class TrainBatch:
     if self._order[0] != epoch:
       self._order = (epoch, epoch_order(self.seed, epoch, len(self.split)))
     start = (step % self.steps_per_epoch) * self.global_batch_size
-    return self._order[1][start:start + self.global_batch_size][self.rows]
+    return self._order[1][start : start + self.global_batch_size][self.rows]
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     step, t = int(step), self.transform
@@ -121,14 +129,16 @@ class TrainBatch:
       def box(i, width, height):
         if "rrc" in t.augment:
           row_rng = np.random.default_rng([self.seed, step, RRC_STREAM, first + i])
-          return images_lib.random_resized_crop_box(row_rng, width, height,
-                                                    scale=t.rrc_scale, ratio=t.rrc_ratio)
+          return images_lib.random_resized_crop_box(
+            row_rng, width, height, scale=t.rrc_scale, ratio=t.rrc_ratio
+          )
         return images_lib.center_crop_box(width, height, self.split.crop_fraction)
 
       # Flipped as they are cut, unless a pad-and-crop comes between.
       flip_now = flips if "flip" in t.augment and "crop" not in t.augment else None
-      images, labels = cut_images(self.split, self.split.indices[positions], box, flip_now,
-                                  draft=t.draft)
+      images, labels = cut_images(
+        self.split, self.split.indices[positions], box, flip_now, draft=t.draft
+      )
       if flip_now is not None:
         return {"image": images, "label": labels}
     if "crop" in t.augment:
@@ -149,6 +159,7 @@ class EvalBatch:
 
   The last batch is padded with zero images; `mask` (bool) is False there.
   """
+
   split: Split
   global_batch_size: int
   rows: slice

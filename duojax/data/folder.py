@@ -67,6 +67,7 @@ FILES_PER_WORKER = 500
 @dataclasses.dataclass(frozen=True, slots=True)
 class ImageFile:
   """One file of a split: where it is, its name in the data set, its class."""
+
   path: str  # absolute
   name: str  # relative to the split's folder, "/"-separated: the stored file_name
   label: int
@@ -75,6 +76,7 @@ class ImageFile:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Verdict:
   """What the check found: `reason` is None for a file that decodes."""
+
   reason: str | None
   reencode: bool  # not JPEG/PNG: stored as a PNG
   size: int  # bytes; the write step sees whether the file changed since
@@ -83,6 +85,7 @@ class Verdict:
 @dataclasses.dataclass(frozen=True)
 class ImportReport:
   """What an import wrote, and what it left out; `summary()` is the CLI's report line."""
+
   name: str
   path: str  # the prepared version folder
   class_names: tuple[str, ...]
@@ -94,22 +97,28 @@ class ImportReport:
     counts = " and ".join(f"{n:,} {split}" for split, n in self.counts.items())
     left_out = sum(map(len, self.skipped.values()))
     note = f"; {left_out} left out, see {SKIPPED_FILE}" if left_out else ""
-    return (f"imported {self.name}: {counts} images of {len(self.class_names)} classes into "
-            f"{self.path} in {self.seconds:.1f} s{note}")
+    return (
+      f"imported {self.name}: {counts} images of {len(self.class_names)} classes into "
+      f"{self.path} in {self.seconds:.1f} s{note}"
+    )
 
 
 def check_dataset_name(name: str) -> None:
   """Raises a DataError unless tfds can find a data set of this name from its files."""
   if not _NAME.fullmatch(name or ""):
-    raise DataError(f"dataset name {name!r} is not lowercase snake_case (letters, digits and "
-                    "single underscores, starting with a letter): e.g. my_pets")
+    raise DataError(
+      f"dataset name {name!r} is not lowercase snake_case (letters, digits and "
+      "single underscores, starting with a letter): e.g. my_pets"
+    )
   try:
     tfds.builder_cls(name)
   except tfds.core.registered.DatasetNotFoundError:
     return
   # tfds.builder prefers a catalogue builder's code to prepared files of the same name.
-  raise DataError(f"dataset name {name!r} belongs to a tfds catalogue data set, which tfds "
-                  f"would load instead of the import: choose another, e.g. {name}_folder")
+  raise DataError(
+    f"dataset name {name!r} belongs to a tfds catalogue data set, which tfds "
+    f"would load instead of the import: choose another, e.g. {name}_folder"
+  )
 
 
 # ------------------------------------------------------------------------ scanning
@@ -120,6 +129,7 @@ def _readable(name: str) -> str:
 
 def _files_below(folder: str) -> Iterator[str]:
   """Non-hidden files anywhere below `folder`, through links, each directory once."""
+
   def unlistable(error: OSError):
     raise DataError(f"cannot list {error.filename}: {error.strerror}: fix its permissions")
 
@@ -134,8 +144,9 @@ def _files_below(folder: str) -> Iterator[str]:
     yield from (os.path.join(here, n) for n in names if not n.startswith("."))
 
 
-def scan_folder(root: str | os.PathLike, class_names: Iterable[str] | None = None
-                ) -> tuple[tuple[str, ...], list[ImageFile]]:
+def scan_folder(
+  root: str | os.PathLike, class_names: Iterable[str] | None = None
+) -> tuple[tuple[str, ...], list[ImageFile]]:
   """(class folder names, files sorted by label then name) of an image folder.
 
   Without `class_names`, the classes are `root`'s subfolders in sorted order;
@@ -152,18 +163,26 @@ def scan_folder(root: str | os.PathLike, class_names: Iterable[str] | None = Non
     raise DataError(f"cannot list {root}: {e.strerror}") from None
   folders = sorted(e.name for e in entries if e.is_dir())
   if not folders:
-    raise DataError(f"{root} has no class subfolders: put each class's images in a subfolder "
-                    "named after the class (e.g. cat/1.jpg, dog/2.jpg)")
+    raise DataError(
+      f"{root} has no class subfolders: put each class's images in a subfolder "
+      "named after the class (e.g. cat/1.jpg, dog/2.jpg)"
+    )
   loose = sorted(e.name for e in entries if not e.is_dir())
   if loose:
-    print(f"warning: {len(loose)} files directly in {root} are in no class folder and were "
-          f"left out: {', '.join(map(_readable, loose[:_WARN_NAMES]))}"
-          f"{', ...' if len(loose) > _WARN_NAMES else ''}", file=sys.stderr, flush=True)
+    print(
+      f"warning: {len(loose)} files directly in {root} are in no class folder and were "
+      f"left out: {', '.join(map(_readable, loose[:_WARN_NAMES]))}"
+      f"{', ...' if len(loose) > _WARN_NAMES else ''}",
+      file=sys.stderr,
+      flush=True,
+    )
   names = tuple(folders) if class_names is None else tuple(class_names)
   unknown = [f for f in folders if f not in names]
   if unknown:
-    raise DataError(f"class folder {_readable(unknown[0])!r} of {root} is not a class of the "
-                    f"train folder ({len(names)} classes): rename or remove it")
+    raise DataError(
+      f"class folder {_readable(unknown[0])!r} of {root} is not a class of the "
+      f"train folder ({len(names)} classes): rename or remove it"
+    )
   for name in folders:
     if any(c in name for c in "\n\r"):  # tfds keeps class names one a line
       raise DataError(f"class folder {_readable(name)!r} in {root} has a line break in its name")
@@ -173,8 +192,10 @@ def scan_folder(root: str | os.PathLike, class_names: Iterable[str] | None = Non
     if not found:
       raise DataError(f"class folder {os.path.join(root, _readable(name))} has no files")
     label = names.index(name)
-    files += [ImageFile(os.path.join(root, rel), _readable(rel).replace(os.sep, "/"), label)
-              for rel in found]
+    files += [
+      ImageFile(os.path.join(root, rel), _readable(rel).replace(os.sep, "/"), label)
+      for rel in found
+    ]
   return names, files
 
 
@@ -195,8 +216,9 @@ def check_file(path: str) -> Verdict:
   except Exception as e:  # noqa: BLE001
     # PIL's plugins raise more than images.DECODE_ERRORS on hostile input; such
     # a file is one more bad file, not a reason to stop an import of millions.
-    return Verdict(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", False,
-                   len(data))
+    return Verdict(
+      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", False, len(data)
+    )
 
 
 def _check_chunk(paths: list[str]) -> list[Verdict]:
@@ -244,12 +266,15 @@ def _executor(workers: int):
   # Spawned, not forked: the parent may run threads (JAX's, tfds's), whose
   # locks a forked child would inherit held.
   pool = concurrent.futures.ProcessPoolExecutor(
-      workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_interrupts)
+    workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_interrupts
+  )
   try:
     yield pool
   except concurrent.futures.process.BrokenProcessPool:
-    raise DataError("a worker process died while reading images (out of memory, or a decoder "
-                    "crashed on a file): run again with --workers=1 to see which") from None
+    raise DataError(
+      "a worker process died while reading images (out of memory, or a decoder "
+      "crashed on a file): run again with --workers=1 to see which"
+    ) from None
   finally:
     pool.shutdown(wait=True, cancel_futures=True)
 
@@ -268,7 +293,7 @@ def _in_order(pool, fn, items: Iterable, window: int) -> Iterator:
 def check_files(files: list[ImageFile], pool, workers: int, desc: str = "") -> list[Verdict]:
   """`check_file` of every file, in chunks spread over `pool`'s `workers`."""
   chunk = max(1, min(256, len(files) // (16 * workers)))
-  chunks = [[f.path for f in files[i:i + chunk]] for i in range(0, len(files), chunk)]
+  chunks = [[f.path for f in files[i : i + chunk]] for i in range(0, len(files), chunk)]
   verdicts = []
   with tqdm.tqdm(total=len(files), desc=desc, unit=" files", leave=False, mininterval=2.0) as bar:
     for result in _in_order(pool, _check_chunk, chunks, 4 * workers):
@@ -291,18 +316,20 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=f"Images imported from {self._source} by duojax.import_folder.",
-        features=tfds.features.FeaturesDict({
-            # Stored encoded as found (JPEG/PNG, any mode); the declared shape is
-            # what the reader makes of them: RGB.
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format=None),
-            "label": tfds.features.ClassLabel(names=self._class_names),
-            "file_name": tfds.features.Text(),
-        }),
-        supervised_keys=("image", "label"),
-        # Row i of a split is its i-th file by (label, file name).
-        disable_shuffling=True,
+      builder=self,
+      description=f"Images imported from {self._source} by duojax.import_folder.",
+      features=tfds.features.FeaturesDict(
+        {
+          # Stored encoded as found (JPEG/PNG, any mode); the declared shape is
+          # what the reader makes of them: RGB.
+          "image": tfds.features.Image(shape=(None, None, 3), encoding_format=None),
+          "label": tfds.features.ClassLabel(names=self._class_names),
+          "file_name": tfds.features.Text(),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      # Row i of a split is its i-th file by (label, file name).
+      disable_shuffling=True,
     )
 
   def _split_generators(self, dl_manager):
@@ -311,8 +338,9 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, split):
     checked = self._plan[split]
-    pngs = _in_order(self._pool, png_bytes, (f.path for f, v in checked if v.reencode),
-                     4 * self._workers)
+    pngs = _in_order(
+      self._pool, png_bytes, (f.path for f, v in checked if v.reencode), 4 * self._workers
+    )
     for i, (file, verdict) in enumerate(checked):
       if verdict.reencode:
         data = next(pngs)
@@ -327,8 +355,10 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     super()._download_and_prepare(dl_manager, download_config)
     # Still the incomplete folder: the list appears with the data, or not at all.
     lines = ["split\tfile_name\treason"] + [
-        f"{split}\t{_escaped(name)}\t{reason}"
-        for split, files in self._skipped.items() for name, reason in files]
+      f"{split}\t{_escaped(name)}\t{reason}"
+      for split, files in self._skipped.items()
+      for name, reason in files
+    ]
     with open(os.path.join(self.data_dir, SKIPPED_FILE), "w") as f:
       f.write("\n".join(lines) + "\n")
 
@@ -344,16 +374,21 @@ def _leftovers(target: str) -> list[str]:
   entries = os.listdir(target) if os.path.isdir(target) else [""]
   others = [e for e in entries if not e.startswith(tfds.core.constants.INCOMPLETE_PREFIX)]
   if others:
-    raise DataError(f"{target} already exists: delete it to import again, or choose another "
-                    "--dataset name")
+    raise DataError(
+      f"{target} already exists: delete it to import again, or choose another --dataset name"
+    )
   return [os.path.join(target, e) for e in entries]
 
 
 def _warn_skipped(split: str, skipped: list[tuple[str, str]], total: int, listing: str) -> None:
   shown = ", ".join(f"{name} ({reason[:80]})" for name, reason in skipped[:_WARN_NAMES])
   more = ", ..." if len(skipped) > _WARN_NAMES else ""
-  print(f"warning: {len(skipped)} of {total} {split} files cannot be decoded and were left out: "
-        f"{shown}{more}; the full list goes to {listing}", file=sys.stderr, flush=True)
+  print(
+    f"warning: {len(skipped)} of {total} {split} files cannot be decoded and were left out: "
+    f"{shown}{more}; the full list goes to {listing}",
+    file=sys.stderr,
+    flush=True,
+  )
 
 
 @contextlib.contextmanager
@@ -368,9 +403,14 @@ def _quiet_absl():
     logger.setLevel(level)
 
 
-def import_folder(src: str | os.PathLike, *, dataset: str, data_dir: str | os.PathLike,
-                  test_folder: str | os.PathLike | None = None,
-                  workers: int | None = None) -> ImportReport:
+def import_folder(
+  src: str | os.PathLike,
+  *,
+  dataset: str,
+  data_dir: str | os.PathLike,
+  test_folder: str | os.PathLike | None = None,
+  workers: int | None = None,
+) -> ImportReport:
   """Imports `src` (and `test_folder`) as tfds data set `dataset` in `data_dir`.
 
   Split "train" comes from `src`, "test" from `test_folder`. Everything is
@@ -392,8 +432,10 @@ def import_folder(src: str | os.PathLike, *, dataset: str, data_dir: str | os.Pa
     folders["test"] = os.path.abspath(os.path.expanduser(os.fspath(test_folder)))
   for folder in folders.values():
     if os.path.realpath(data_dir).startswith(os.path.join(os.path.realpath(folder), "")):
-      raise DataError(f"--data_dir {data_dir} is inside the image folder {folder}: the import "
-                      "would become a class of a later import; choose a folder outside it")
+      raise DataError(
+        f"--data_dir {data_dir} is inside the image folder {folder}: the import "
+        "would become a class of a later import; choose a folder outside it"
+      )
   class_names, scanned = None, {}
   for split, folder in folders.items():
     class_names, scanned[split] = scan_folder(folder, class_names)
@@ -401,9 +443,12 @@ def import_folder(src: str | os.PathLike, *, dataset: str, data_dir: str | os.Pa
     total = sum(map(len, scanned.values()))
     workers = max(1, min(usable_cores(), total // FILES_PER_WORKER))
   if leftovers:
-    print(f"warning: {target} holds what interrupted imports left "
-          f"({', '.join(map(os.path.basename, leftovers))}): ignored; delete it to free the space",
-          file=sys.stderr, flush=True)
+    print(
+      f"warning: {target} holds what interrupted imports left "
+      f"({', '.join(map(os.path.basename, leftovers))}): ignored; delete it to free the space",
+      file=sys.stderr,
+      flush=True,
+    )
   labels = tuple(map(_readable, class_names))
   listing = os.path.join(target, VERSION, SKIPPED_FILE)
   with _executor(workers) as pool:
@@ -414,16 +459,26 @@ def import_folder(src: str | os.PathLike, *, dataset: str, data_dir: str | os.Pa
       skipped[split] = [(f.name, v.reason) for f, v in zip(files, verdicts) if v.reason]
       if not plan[split]:
         name, reason = skipped[split][0]
-        raise DataError(f"none of the {len(files)} files in {folders[split]} decodes as an "
-                        f"image (e.g. {name}: {reason})")
+        raise DataError(
+          f"none of the {len(files)} files in {folders[split]} decodes as an "
+          f"image (e.g. {name}: {reason})"
+        )
       if skipped[split]:
         _warn_skipped(split, skipped[split], len(files), listing)
     with _quiet_absl():
-      builder_cls = type(f"ImageFolder_{dataset}", (_FolderBuilder,), {"name": dataset},
-                         skip_registration=True)
-      builder = builder_cls(data_dir=data_dir, file_format="array_record",
-                            class_names=labels, plan=plan, skipped=skipped, pool=pool,
-                            workers=workers, source=folders["train"])
+      builder_cls = type(
+        f"ImageFolder_{dataset}", (_FolderBuilder,), {"name": dataset}, skip_registration=True
+      )
+      builder = builder_cls(
+        data_dir=data_dir,
+        file_format="array_record",
+        class_names=labels,
+        plan=plan,
+        skipped=skipped,
+        pool=pool,
+        workers=workers,
+        source=folders["train"],
+      )
     # What a failed write leaves: the folders tfds made on the way (it removes
     # its incomplete.* folder itself), deepest first.
     made, folder = [], target
@@ -432,16 +487,24 @@ def import_folder(src: str | os.PathLike, *, dataset: str, data_dir: str | os.Pa
       folder = os.path.dirname(folder)
     try:
       # tfds's own messages go to stderr with its progress bars: stdout is the report.
-      with tempfile.TemporaryDirectory(prefix=".import-downloads-") as downloads, \
-          contextlib.redirect_stdout(sys.stderr):
+      with (
+        tempfile.TemporaryDirectory(prefix=".import-downloads-") as downloads,
+        contextlib.redirect_stdout(sys.stderr),
+      ):
         builder.download_and_prepare(
-            download_dir=downloads,  # tfds makes one even with nothing to download
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+          download_dir=downloads,  # tfds makes one even with nothing to download
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+        )
     except BaseException:
       for folder in made:
         with contextlib.suppress(OSError):  # not empty: not only ours
           os.rmdir(folder)
       raise
-  return ImportReport(dataset, os.fspath(builder.data_dir), labels,
-                      {split: len(files) for split, files in plan.items()}, skipped,
-                      time.perf_counter() - start)
+  return ImportReport(
+    dataset,
+    os.fspath(builder.data_dir),
+    labels,
+    {split: len(files) for split, files in plan.items()},
+    skipped,
+    time.perf_counter() - start,
+  )

@@ -31,7 +31,13 @@ RRC_ATTEMPTS = 10
 # (224 of a 256 resize), resized to the output.
 CROP_FRACTION = 0.875
 # Decode errors PIL raises for bytes that are not a whole image.
-DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+DECODE_ERRORS = (
+  UnidentifiedImageError,
+  OSError,
+  SyntaxError,
+  ValueError,
+  Image.DecompressionBombError,
+)
 # Modes resampled as they are; every other mode is made 8-bit RGB (or L) first,
 # since PIL resamples palette and 16-bit images poorly or not at all.
 _RESAMPLE_MODES = ("RGB", "L", "RGBA", "LA")
@@ -83,9 +89,14 @@ def to_channels(image: Image.Image, channels: int) -> np.ndarray:
   return np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, channels)
 
 
-def random_resized_crop_box(rng: np.random.Generator, width: int, height: int, *,
-                            scale: tuple[float, float] = RRC_SCALE,
-                            ratio: tuple[float, float] = RRC_RATIO) -> Box:
+def random_resized_crop_box(
+  rng: np.random.Generator,
+  width: int,
+  height: int,
+  *,
+  scale: tuple[float, float] = RRC_SCALE,
+  ratio: tuple[float, float] = RRC_RATIO,
+) -> Box:
   """An Inception-style random crop of a `width`×`height` image.
 
   Area fraction ~ U(scale), aspect ratio log-uniform in `ratio`; up to 10
@@ -137,8 +148,15 @@ def _draft(image: Image.Image, box: Box, size: int) -> tuple[Image.Image, Box]:
   return image, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 
 
-def crop_resize(image: Image.Image, box: Box, size: int, channels: int = 3, *,
-                draft: bool = True, flip: bool = False) -> np.ndarray:
+def crop_resize(
+  image: Image.Image,
+  box: Box,
+  size: int,
+  channels: int = 3,
+  *,
+  draft: bool = True,
+  flip: bool = False,
+) -> np.ndarray:
   """uint8 [size, size, channels]: `box` of `image` resized to size×size.
 
   `image` is a PIL image not yet decoded (`open_encoded`) or a decoded one

@@ -21,24 +21,31 @@ from typing import Any, Iterator
 
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from duojax.config_lib import split_list
 from duojax.data import images as images_lib
-from duojax.data.preprocess import normalize
 from duojax.data.batches import AUGMENTATIONS, EvalBatch, TrainBatch, Transform
+from duojax.data.preprocess import normalize
 from duojax.data.sources import ArraySource, Split
 from duojax.errors import DataError
 
 # Batch indices run to here: "endless" for any training run.
 _ENDLESS = 1 << 40
 # Launchers' names for the number of processes on this host.
-_LOCAL_PROCESS_COUNT_VARS = ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE",
-                             "OMPI_COMM_WORLD_LOCAL_SIZE")
+_LOCAL_PROCESS_COUNT_VARS = (
+  "LOCAL_WORLD_SIZE",
+  "SLURM_NTASKS_PER_NODE",
+  "OMPI_COMM_WORLD_LOCAL_SIZE",
+)
 
-def _local_rows(global_batch_size: int, process_index: int, process_count: int,
-                sharding: jax.sharding.Sharding | None) -> slice:
+
+def _local_rows(
+  global_batch_size: int,
+  process_index: int,
+  process_count: int,
+  sharding: jax.sharding.Sharding | None,
+) -> slice:
   """This process's rows of every global batch.
 
   With a sharding, the rows are the ones its devices in this process hold
@@ -52,8 +59,9 @@ def _local_rows(global_batch_size: int, process_index: int, process_count: int,
   if not 0 <= process_index < process_count:
     raise DataError(f"process_index={process_index} is not in [0, {process_count})")
   if global_batch_size % process_count:
-    raise DataError(f"global_batch_size={global_batch_size} is not divisible by "
-                    f"process_count={process_count}")
+    raise DataError(
+      f"global_batch_size={global_batch_size} is not divisible by process_count={process_count}"
+    )
   local = global_batch_size // process_count
   return slice(process_index * local, (process_index + 1) * local)
 
@@ -67,27 +75,37 @@ def _rows_of_sharding(global_batch_size: int, sharding: jax.sharding.Sharding) -
       axes = sharding.spec[0]
       axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
       ways = int(np.prod([sharding.mesh.shape[a] for a in axes], dtype=np.int64))
-    raise DataError(f"global_batch_size={global_batch_size} is not divisible by the {ways} "
-                    "devices the batch is split over") from None
-  slices = sorted({(index[0].start or 0, index[0].stop or global_batch_size)
-                   for index in sharding.addressable_devices_indices_map(
-                       (global_batch_size,)).values()})
+    raise DataError(
+      f"global_batch_size={global_batch_size} is not divisible by the {ways} "
+      "devices the batch is split over"
+    ) from None
+  slices = sorted(
+    {
+      (index[0].start or 0, index[0].stop or global_batch_size)
+      for index in sharding.addressable_devices_indices_map((global_batch_size,)).values()
+    }
+  )
   start, stop = slices[0][0], slices[-1][1]
   if sum(b - a for a, b in slices) != stop - start:
-    raise DataError("this process's devices hold non-adjacent rows of the batch; build the "
-                    "mesh with duojax.parallel.sharding.make_mesh")
+    raise DataError(
+      "this process's devices hold non-adjacent rows of the batch; build the "
+      "mesh with duojax.parallel.sharding.make_mesh"
+    )
   return slice(start, stop)
 
 
 def _output(batch: dict[str, np.ndarray], sharding, global_batch_size: int) -> dict[str, Any]:
   if sharding is None:
     return batch
-  return {k: jax.make_array_from_process_local_data(sharding, v, (global_batch_size, *v.shape[1:]))
-          for k, v in batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, v, (global_batch_size, *v.shape[1:]))
+    for k, v in batch.items()
+  }
 
 
-def _on_device_ahead(batches: Iterator[dict], sharding, global_batch_size: int,
-                     size: int = 2) -> Iterator[dict]:
+def _on_device_ahead(
+  batches: Iterator[dict], sharding, global_batch_size: int, size: int = 2
+) -> Iterator[dict]:
   """Places each batch `size` − 1 batches before it is used.
 
   Device transfers are asynchronous, so the next batch's copy overlaps the
@@ -148,23 +166,27 @@ def _exit_with_parent(worker_index: int, worker_count: int) -> None:
   threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
-def _grain_batches(make_batch, start: int, stop: int, workers: int, threads: int,
-                   prefetch: int):
+def _grain_batches(make_batch, start: int, stop: int, workers: int, threads: int, prefetch: int):
   """A grain iterator over make_batch(start), ..., make_batch(stop − 1), in order."""
   dataset = grain.MapDataset.range(start, stop).map(make_batch)
   if workers == 0:
-    return iter(dataset.to_iter_dataset(
-        grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)))
+    return iter(
+      dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
+    )
   # grain reads some of its settings from absl flags; a library caller (a
   # notebook, a test) may not have parsed any.
   from absl import flags
+
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
   # In a worker one thread builds one batch at a time: the workers are the parallelism.
   per_worker = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
-  return iter(per_worker.mp_prefetch(
+  return iter(
+    per_worker.mp_prefetch(
       grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch),
-      worker_init_fn=_exit_with_parent))
+      worker_init_fn=_exit_with_parent,
+    )
+  )
 
 
 def _batches(iterator, mean, std, sharding, global_batch_size: int) -> Iterator[dict]:
@@ -172,6 +194,7 @@ def _batches(iterator, mean, std, sharding, global_batch_size: int) -> Iterator[
 
   Closing this generator stops grain's threads and worker processes.
   """
+
   def host():
     for batch in iterator:
       # Out of grain's shared memory at once: a device array on the CPU may
@@ -198,13 +221,24 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   return num_examples // global_batch_size
 
 
-def train_batches(split: Split, *, global_batch_size: int, seed: int, start_step: int = 0,
-                  augment: tuple[str, ...] | str = ("crop", "flip"), crop_padding: int = 2,
-                  rrc_scale: tuple[float, float] | None = None,
-                  rrc_ratio: tuple[float, float] | None = None,
-                  mean=None, std=None, sharding: jax.sharding.NamedSharding | None = None,
-                  process_index: int = 0, process_count: int = 1, workers: int = -1,
-                  prefetch: int = 2) -> Iterator[dict[str, Any]]:
+def train_batches(
+  split: Split,
+  *,
+  global_batch_size: int,
+  seed: int,
+  start_step: int = 0,
+  augment: tuple[str, ...] | str = ("crop", "flip"),
+  crop_padding: int = 2,
+  rrc_scale: tuple[float, float] | None = None,
+  rrc_ratio: tuple[float, float] | None = None,
+  mean=None,
+  std=None,
+  sharding: jax.sharding.NamedSharding | None = None,
+  process_index: int = 0,
+  process_count: int = 1,
+  workers: int = -1,
+  prefetch: int = 2,
+) -> Iterator[dict[str, Any]]:
   """Endless training batches {"image": uint8 [B,H,W,C], "label": int32 [B]}.
 
   Step s holds positions [s*B, (s+1)*B) of the epochs' permutations laid end
@@ -224,23 +258,37 @@ def train_batches(split: Split, *, global_batch_size: int, seed: int, start_step
     raise DataError(f"seed={seed} and start_step={start_step} must be non-negative")
   rows = _local_rows(global_batch_size, process_index, process_count, sharding)
   if steps_per_epoch(len(split), global_batch_size) == 0:
-    raise DataError(f"global_batch_size={global_batch_size} exceeds the {len(split)} "
-                    "examples of the split")
-  transform = Transform(tuple(augment), crop_padding,
-                        tuple(rrc_scale or images_lib.RRC_SCALE),
-                        tuple(rrc_ratio or images_lib.RRC_RATIO))
-  make_batch = TrainBatch(split, global_batch_size=global_batch_size, seed=seed, rows=rows,
-                          transform=transform)
+    raise DataError(
+      f"global_batch_size={global_batch_size} exceeds the {len(split)} examples of the split"
+    )
+  transform = Transform(
+    tuple(augment),
+    crop_padding,
+    tuple(rrc_scale or images_lib.RRC_SCALE),
+    tuple(rrc_ratio or images_lib.RRC_RATIO),
+  )
+  make_batch = TrainBatch(
+    split, global_batch_size=global_batch_size, seed=seed, rows=rows, transform=transform
+  )
   threads = 1 if isinstance(split.source, ArraySource) else usable_cores()
-  iterator = _grain_batches(make_batch, start_step, start_step + _ENDLESS,
-                            worker_count(workers, split), threads, prefetch)
+  iterator = _grain_batches(
+    make_batch, start_step, start_step + _ENDLESS, worker_count(workers, split), threads, prefetch
+  )
   return _batches(iterator, mean, std, sharding, global_batch_size)
 
 
-def eval_batches(split: Split, *, global_batch_size: int, mean=None, std=None,
-                 sharding: jax.sharding.NamedSharding | None = None,
-                 process_index: int = 0, process_count: int = 1, workers: int = -1,
-                 prefetch: int = 2) -> Iterator[dict[str, Any]]:
+def eval_batches(
+  split: Split,
+  *,
+  global_batch_size: int,
+  mean=None,
+  std=None,
+  sharding: jax.sharding.NamedSharding | None = None,
+  process_index: int = 0,
+  process_count: int = 1,
+  workers: int = -1,
+  prefetch: int = 2,
+) -> Iterator[dict[str, Any]]:
   """One pass over `split` in order, as batches of one shape (uint8 images,
   or normalised float32 with `mean` and `std`).
 
@@ -250,6 +298,7 @@ def eval_batches(split: Split, *, global_batch_size: int, mean=None, std=None,
   num_batches = -(-len(split) // global_batch_size)
   workers = min(worker_count(workers, split), num_batches)
   threads = 1 if isinstance(split.source, ArraySource) else usable_cores()
-  iterator = _grain_batches(EvalBatch(split, global_batch_size, rows), 0, num_batches,
-                            workers, threads, prefetch)
+  iterator = _grain_batches(
+    EvalBatch(split, global_batch_size, rows), 0, num_batches, workers, threads, prefetch
+  )
   return _batches(iterator, mean, std, sharding, global_batch_size)

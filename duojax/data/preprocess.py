@@ -31,11 +31,11 @@ HALF = (0.5, 0.5, 0.5)
 # timm's ViTs from the AugReg / original JAX releases use 0.5/0.5 (DeiT-style
 # ones use ImageNet's: override with config.input_mean / input_std).
 PRETRAINED_STATS = {
-    ("timm", "vit"): (HALF, HALF),
-    ("hf", "vit"): (HALF, HALF),
-    ("timm", "resnet"): (IMAGENET_MEAN, IMAGENET_STD),
-    ("torchvision", "resnet"): (IMAGENET_MEAN, IMAGENET_STD),
-    ("hf", "resnet"): (IMAGENET_MEAN, IMAGENET_STD),
+  ("timm", "vit"): (HALF, HALF),
+  ("hf", "vit"): (HALF, HALF),
+  ("timm", "resnet"): (IMAGENET_MEAN, IMAGENET_STD),
+  ("torchvision", "resnet"): (IMAGENET_MEAN, IMAGENET_STD),
+  ("hf", "resnet"): (IMAGENET_MEAN, IMAGENET_STD),
 }
 # Hugging Face repositories keep the preprocessing next to the weights.
 HF_PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -74,25 +74,36 @@ def normalize_on_device(images: jax.Array, mean, std) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
   """A model's input: side (pixels, square) and per-channel mean/std of x/255."""
+
   image_size: int
   mean: tuple[float, ...]
   std: tuple[float, ...]
   source: str = "data set"  # where the statistics came from, for reports
 
   def as_meta(self) -> dict:
-    return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
-            "source": self.source}
+    return {
+      "image_size": self.image_size,
+      "mean": list(self.mean),
+      "std": list(self.std),
+      "source": self.source,
+    }
 
   @classmethod
   def from_meta(cls, meta: dict) -> InputSpec:
-    return cls(int(meta["image_size"]), tuple(float(v) for v in meta["mean"]),
-               tuple(float(v) for v in meta["std"]), str(meta.get("source", "data set")))
+    return cls(
+      int(meta["image_size"]),
+      tuple(float(v) for v in meta["mean"]),
+      tuple(float(v) for v in meta["std"]),
+      str(meta.get("source", "data set")),
+    )
 
   def check(self, channels: int) -> None:
     """Raises ValueError unless the statistics fit `channels` and std > 0."""
     if len(self.mean) != channels or len(self.std) != channels:
-      raise ValueError(f"input statistics {list(self.mean)} / {list(self.std)} are not one "
-                       f"value per channel of {channels}-channel images")
+      raise ValueError(
+        f"input statistics {list(self.mean)} / {list(self.std)} are not one "
+        f"value per channel of {channels}-channel images"
+      )
     if min(self.std) <= 0:
       raise ValueError(f"input std {list(self.std)} must be positive")
 
@@ -132,8 +143,8 @@ def prepare(images: jax.Array, spec: InputSpec) -> jax.Array:
   size = spec.image_size
   if (h, w) == (size, size):
     return normalize_on_device(images, spec.mean, spec.std)
-  pixels = jax.image.resize(images.astype(jnp.float32), (b, size, size, c), "linear",
-                            antialias=True)
+  pixels = jax.image.resize(
+    images.astype(jnp.float32), (b, size, size, c), "linear", antialias=True
+  )
   shift, scale = _affine(spec.mean, spec.std)
   return (pixels - shift) * scale
-

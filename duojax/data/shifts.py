@@ -46,10 +46,10 @@ SEVERITIES = (1, 2, 3, 4, 5)
 #                   systematic tilt;
 #   contrast        c in x -> (x - m) c + m, m the image's own mean.
 SEVERITY_TABLE = {
-    "gaussian_noise": (0.05, 0.10, 0.15, 0.20, 0.30),
-    "blur": (0.5, 0.75, 1.0, 1.25, 1.5),
-    "rotation": (6.0, 12.0, 18.0, 24.0, 30.0),
-    "contrast": (0.7, 0.5, 0.4, 0.3, 0.2),
+  "gaussian_noise": (0.05, 0.10, 0.15, 0.20, 0.30),
+  "blur": (0.5, 0.75, 1.0, 1.25, 1.5),
+  "rotation": (6.0, 12.0, 18.0, 24.0, 30.0),
+  "contrast": (0.7, 0.5, 0.4, 0.3, 0.2),
 }
 
 CHUNK = 4096  # most images per jitted call
@@ -76,7 +76,8 @@ def image_random_bits(seed, indices, num_words: int):
   """
   counter = jnp.arange(num_words, dtype=jnp.uint32)
   return jax.vmap(lambda index: threefry_2x32(jnp.stack([seed, index]), counter))(
-      indices.astype(jnp.uint32))
+    indices.astype(jnp.uint32)
+  )
 
 
 def standard_normal16(words, count: int):
@@ -150,8 +151,9 @@ def rotate_image(image, degrees):
   """
   height, width = image.shape[:2]
   centre_y, centre_x = (height - 1) / 2.0, (width - 1) / 2.0
-  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
-                            jnp.arange(width, dtype=jnp.float32), indexing="ij")
+  rows, cols = jnp.meshgrid(
+    jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij"
+  )
   theta = jnp.deg2rad(degrees)
   cos, sin = jnp.cos(theta), jnp.sin(theta)
   # Inverse mapping: each output pixel reads the input at the point that the
@@ -179,10 +181,10 @@ def _contrast(x, factor, seed, indices):
 
 
 _CORRUPTIONS = {
-    "gaussian_noise": _gaussian_noise,
-    "blur": _blur,
-    "rotation": _rotation,
-    "contrast": _contrast,
+  "gaussian_noise": _gaussian_noise,
+  "blur": _blur,
+  "rotation": _rotation,
+  "contrast": _contrast,
 }
 
 
@@ -201,8 +203,11 @@ def _corrupt_chunk(images, param, seed, indices, *, kind: str):
 def _check(images, kind, severity, seed) -> np.ndarray:
   if kind not in SHIFTS:
     raise ValueError(f"unknown shift kind {kind!r}; expected one of {SHIFTS}")
-  if (isinstance(severity, bool) or not isinstance(severity, (int, np.integer))
-      or severity not in SEVERITIES):
+  if (
+    isinstance(severity, bool)
+    or not isinstance(severity, (int, np.integer))
+    or severity not in SEVERITIES
+  ):
     raise ValueError(f"severity must be an int in {SEVERITIES}, got {severity!r}")
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
     raise ValueError(f"seed must be an int, got {seed!r}")
@@ -232,11 +237,19 @@ def corrupt(images, kind: str, severity: int, *, seed: int = 0) -> np.ndarray:
   per_chunk = min(CHUNK, max(1, CHUNK_VALUES // int(np.prod(images.shape[1:]))))
   num_chunks = -(-count // per_chunk)
   chunk = -(-count // num_chunks)
-  padded = np.concatenate([images, np.zeros((num_chunks * chunk - count, *images.shape[1:]),
-                                            np.uint8)])
+  padded = np.concatenate(
+    [images, np.zeros((num_chunks * chunk - count, *images.shape[1:]), np.uint8)]
+  )
   # Dispatch every chunk before reading any back, so the device keeps working
   # while the host copies results out.
-  results = [_corrupt_chunk(padded[start:start + chunk], param, seed,
-                            np.arange(start, start + chunk, dtype=np.int32), kind=kind)
-             for start in range(0, count, chunk)]
+  results = [
+    _corrupt_chunk(
+      padded[start : start + chunk],
+      param,
+      seed,
+      np.arange(start, start + chunk, dtype=np.int32),
+      kind=kind,
+    )
+    for start in range(0, count, chunk)
+  ]
   return np.concatenate([np.asarray(r) for r in results])[:count]

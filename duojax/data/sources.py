@@ -37,6 +37,7 @@ _STATS_STREAM = 2
 @dataclasses.dataclass(frozen=True, eq=False)
 class ArraySource:
   """A tfds split held in memory: images uint8 [N,H,W,C], labels int32 [N]."""
+
   images: np.ndarray
   labels: np.ndarray
 
@@ -56,6 +57,7 @@ class Split:
   read for evaluation, the centre square of `crop_fraction` of its shorter
   side, resized (`duojax.data.images.center_crop_box`).
   """
+
   source: Any
   indices: np.ndarray
   image_key: str = "image"
@@ -84,6 +86,7 @@ class Split:
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
   """Splits of a classification data set and what a model needs to know of it."""
+
   name: str
   train: Split
   val: Split
@@ -115,17 +118,21 @@ def read_record(split: Split, example: dict, key: int):
       image = image[..., 0]
     return Image.fromarray(image), example[split.label_key]
   except images_lib.DECODE_ERRORS as e:
-    raise DataError(f"record {key} of the data set cannot be decoded ({_first_line(e)}): "
-                    "prepare it again, or import its folder with duojax.import_folder, "
-                    "which leaves such files out") from None
+    raise DataError(
+      f"record {key} of the data set cannot be decoded ({_first_line(e)}): "
+      "prepare it again, or import its folder with duojax.import_folder, "
+      "which leaves such files out"
+    ) from None
 
 
 def read_raw(split: Split, rows: np.ndarray) -> list[dict]:
   """The tfds examples (or in-memory rows) of source rows `rows`, in order."""
   keys = [int(r) for r in rows]
   if isinstance(split.source, ArraySource):
-    return [{split.image_key: split.source.images[k], split.label_key: split.source.labels[k]}
-            for k in keys]
+    return [
+      {split.image_key: split.source.images[k], split.label_key: split.source.labels[k]}
+      for k in keys
+    ]
   # tfds sources read a batch of records in one call; plain sequences do not.
   get_many = getattr(split.source, "__getitems__", None)
   return get_many(keys) if get_many else [split.source[k] for k in keys]
@@ -158,8 +165,10 @@ def read_examples(split: Split, positions: np.ndarray) -> tuple[np.ndarray, np.n
 def materialize(split: Split, chunk: int = 4096) -> ArraySource:
   """Reads all rows of `split.source` into memory, in `split`'s coordinates."""
   everything = dataclasses.replace(split, indices=np.arange(len(split.source), dtype=np.int64))
-  parts = [read_examples(everything, np.arange(i, min(i + chunk, len(everything))))
-           for i in range(0, len(everything), chunk)]
+  parts = [
+    read_examples(everything, np.arange(i, min(i + chunk, len(everything))))
+    for i in range(0, len(everything), chunk)
+  ]
   return ArraySource(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
 
@@ -176,7 +185,7 @@ def channel_stats(split: Split, max_examples: int = 10_000, chunk: int = 4096):
     positions = np.sort(rng.choice(len(split), max_examples, replace=False))
   total = total_sq = count = 0
   for i in range(0, len(positions), chunk):
-    images, _ = read_examples(split, positions[i:i + chunk])
+    images, _ = read_examples(split, positions[i : i + chunk])
     pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
     total, total_sq = total + pixels.sum(0), total_sq + (pixels**2).sum(0)
     count += len(pixels)
@@ -202,8 +211,10 @@ def _first_line(error: BaseException) -> str:
 
 
 def _corrupt_cache(path: Path, error: BaseException) -> DataError:
-  return DataError(f"cache file {path} is corrupt ({_first_line(error)}): delete it and it "
-                   "is rebuilt from the prepared data")
+  return DataError(
+    f"cache file {path} is corrupt ({_first_line(error)}): delete it and it "
+    "is rebuilt from the prepared data"
+  )
 
 
 def _read_prepared(folder: Path, read):
@@ -216,8 +227,10 @@ def _read_prepared(folder: Path, read):
   except DataError:
     raise
   except (RuntimeError, OSError) as e:
-    raise DataError(f"cannot read the prepared data in {folder} ({_first_line(e)}): the "
-                    "files are damaged; delete the folder and prepare the dataset again") from None
+    raise DataError(
+      f"cannot read the prepared data in {folder} ({_first_line(e)}): the "
+      "files are damaged; delete the folder and prepare the dataset again"
+    ) from None
 
 
 def _cached_stats(split: Split, folder: Path, split_name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -266,18 +279,24 @@ def open_builder(name: str, data_dir: str, prepare: bool):
     except ValueError:  # tfds's DatasetNotFoundError, or a malformed name.
       builder = None
   except json_format.ParseError as e:  # a damaged dataset_info.json, deep in tfds
-    raise DataError(f"dataset {name!r} in {data_dir} has unreadable metadata "
-                    f"({_first_line(e)}): delete {os.path.join(data_dir, tfds_name)} and "
-                    "prepare it again") from None
+    raise DataError(
+      f"dataset {name!r} in {data_dir} has unreadable metadata "
+      f"({_first_line(e)}): delete {os.path.join(data_dir, tfds_name)} and "
+      "prepare it again"
+    ) from None
   if builder is not None and builder.is_prepared():
     return builder
   if name in EMBEDDED_DATASETS:
     raise DataError(f"dataset {name!r} is not prepared in {data_dir}: use prepare=True")
   if builder is None:
-    raise DataError(f"unknown dataset {name!r}: neither embedded ({', '.join(EMBEDDED_DATASETS)}) "
-                    f"nor prepared in {data_dir}; prepare it there with tfds first")
-  raise DataError(f"dataset {name!r} is not prepared in {data_dir}: run "
-                  f"`tfds build {name} --data_dir={data_dir} --file_format=array_record`")
+    raise DataError(
+      f"unknown dataset {name!r}: neither embedded ({', '.join(EMBEDDED_DATASETS)}) "
+      f"nor prepared in {data_dir}; prepare it there with tfds first"
+    )
+  raise DataError(
+    f"dataset {name!r} is not prepared in {data_dir}: run "
+    f"`tfds build {name} --data_dir={data_dir} --file_format=array_record`"
+  )
 
 
 def check_random_access(builder, name: str, data_dir: str) -> None:
@@ -285,18 +304,29 @@ def check_random_access(builder, name: str, data_dir: str) -> None:
   file_format = getattr(builder.info.file_format, "value", builder.info.file_format)
   if file_format and file_format != "array_record":
     raise DataError(
-        f"{name} in {data_dir} is prepared as {file_format}, which only TensorFlow reads: "
-        f"convert it where TensorFlow is installed with `tfds convert_format "
-        f"--dataset_version_dir={builder.data_dir} --out_file_format=array_record`, or "
-        f"rebuild it with `tfds build {name} --data_dir={data_dir} --file_format=array_record`")
+      f"{name} in {data_dir} is prepared as {file_format}, which only TensorFlow reads: "
+      f"convert it where TensorFlow is installed with `tfds convert_format "
+      f"--dataset_version_dir={builder.data_dir} --out_file_format=array_record`, or "
+      f"rebuild it with `tfds build {name} --data_dir={data_dir} --file_format=array_record`"
+    )
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike, *, val_size: int = 5000,
-                 split_seed: int = 0, prepare: bool = True, train_split: str = "train",
-                 test_split: str = "test", val_split: str | None = None,
-                 image_key: str = "image", label_key: str = "label",
-                 image_size: int | None = None, crop_fraction: float = images_lib.CROP_FRACTION,
-                 cache: bool | None = None) -> Dataset:
+def load_dataset(
+  name: str,
+  data_dir: str | os.PathLike,
+  *,
+  val_size: int = 5000,
+  split_seed: int = 0,
+  prepare: bool = True,
+  train_split: str = "train",
+  test_split: str = "test",
+  val_split: str | None = None,
+  image_key: str = "image",
+  label_key: str = "label",
+  image_size: int | None = None,
+  crop_fraction: float = images_lib.CROP_FRACTION,
+  cache: bool | None = None,
+) -> Dataset:
   """Train/val/test splits of a tfds array_record dataset.
 
   val is the first `val_size` rows of the tfds split `train_split` under the
@@ -315,24 +345,30 @@ def load_dataset(name: str, data_dir: str | os.PathLike, *, val_size: int = 5000
   features = builder.info.features
   for key in (image_key, label_key):
     if key not in features:
-      raise DataError(f"{name} has no feature {key!r} (it has {', '.join(features)}): "
-                      "set config.image_key / config.label_key")
+      raise DataError(
+        f"{name} has no feature {key!r} (it has {', '.join(features)}): "
+        "set config.image_key / config.label_key"
+      )
   label = features[label_key]
   if not isinstance(label, tfds.features.ClassLabel):
     raise DataError(f"{name}'s feature {label_key!r} is not a ClassLabel: set config.label_key")
   needed = list(dict.fromkeys([train_split, test_split] + ([val_split] if val_split else [])))
   missing = [s for s in needed if s not in builder.info.splits]
   if missing:
-    raise DataError(f"{name} in {data_dir} has no split {missing[0]!r} "
-                    f"(it has {', '.join(builder.info.splits)}): set config.train_split, "
-                    "config.val_split and config.test_split")
+    raise DataError(
+      f"{name} in {data_dir} has no split {missing[0]!r} "
+      f"(it has {', '.join(builder.info.splits)}): set config.train_split, "
+      "config.val_split and config.test_split"
+    )
   check_random_access(builder, name, data_dir)
   image_feature = features[image_key]
   encoded = isinstance(image_feature, tfds.features.Image)
   shape = tuple(image_feature.shape)
   if len(shape) != 3:
-    raise DataError(f"{name}'s feature {image_key!r} has shape {shape}, not (height, width, "
-                    "channels): set config.image_key")
+    raise DataError(
+      f"{name}'s feature {image_key!r} has shape {shape}, not (height, width, "
+      "channels): set config.image_key"
+    )
   channels = 3 if encoded else int(shape[2])
   if image_size is None and (encoded or None in shape[:2]):
     if None in shape[:2]:
@@ -340,43 +376,70 @@ def load_dataset(name: str, data_dir: str | os.PathLike, *, val_size: int = 5000
     image_size = int(shape[0])
   if image_size is not None and not encoded and tuple(shape[:2]) == (image_size, image_size):
     image_size = None  # stored at the size asked for: read as they are
-  image_shape = ((image_size, image_size, channels) if image_size else (*shape[:2], channels))
+  image_shape = (image_size, image_size, channels) if image_size else (*shape[:2], channels)
   decoders = {image_key: tfds.decode.SkipDecoding()} if encoded else None
   try:
     sources = builder.as_data_source(split=needed, decoders=decoders)
   except NotImplementedError:  # Prepared, but not in a random-access format.
-    raise DataError(f"{name} in {data_dir} is not in array_record format: rebuild it with `tfds "
-                    f"build {name} --data_dir={data_dir} --file_format=array_record`") from None
-  whole = {s: Split(src, np.arange(len(src), dtype=np.int64), image_key, label_key, image_size,
-                    encoded, channels, crop_fraction)
-           for s, src in zip(needed, sources)}
+    raise DataError(
+      f"{name} in {data_dir} is not in array_record format: rebuild it with `tfds "
+      f"build {name} --data_dir={data_dir} --file_format=array_record`"
+    ) from None
+  whole = {
+    s: Split(
+      src,
+      np.arange(len(src), dtype=np.int64),
+      image_key,
+      label_key,
+      image_size,
+      encoded,
+      channels,
+      crop_fraction,
+    )
+    for s, src in zip(needed, sources)
+  }
   # Inside the prepared version folder: tfds never changes it, only deletes
   # it to rebuild, so the caches cannot outlive the data they were made from.
   cache_dir = Path(builder.data_dir) / "duojax_cache"
   n = len(whole[train_split])
   if not val_split and not 0 < val_size < n:
-    raise DataError(f"val_size={val_size} must be in [1, {n - 1}] for the {n} training "
-                    f"examples of {name}")
+    raise DataError(
+      f"val_size={val_size} must be in [1, {n - 1}] for the {n} training examples of {name}"
+    )
   if cache is None:
     # Only images stored at the delivered size: a cached resize would fix the
     # crop that training draws at random from the whole image.
     cache = fixed_size(whole[train_split]) and (
-        sum(len(s) for s in whole.values()) * int(np.prod(image_shape)) < CACHE_LIMIT_BYTES)
+      sum(len(s) for s in whole.values()) * int(np.prod(image_shape)) < CACHE_LIMIT_BYTES
+    )
   if cache:
     # Cached images are decoded at the delivered size: read them as they are.
-    whole = {s: dataclasses.replace(split, source=_cached_arrays(split, cache_dir, s),
-                                    image_size=None, encoded=False)
-             for s, split in whole.items()}
+    whole = {
+      s: dataclasses.replace(
+        split, source=_cached_arrays(split, cache_dir, s), image_size=None, encoded=False
+      )
+      for s, split in whole.items()
+    }
   mean, std = _cached_stats(whole[train_split], cache_dir, train_split)
   if val_split:
     train, val = whole[train_split], whole[val_split]
   else:
     perm = np.random.default_rng(split_seed).permutation(n)
-    train = dataclasses.replace(whole[train_split],
-                                indices=np.sort(perm[val_size:]).astype(np.int64))
+    train = dataclasses.replace(
+      whole[train_split], indices=np.sort(perm[val_size:]).astype(np.int64)
+    )
     val = dataclasses.replace(whole[train_split], indices=np.sort(perm[:val_size]).astype(np.int64))
-  return Dataset(name, train, val, whole[test_split], int(label.num_classes),
-                 tuple(label.names), image_shape, mean, std)
+  return Dataset(
+    name,
+    train,
+    val,
+    whole[test_split],
+    int(label.num_classes),
+    tuple(label.names),
+    image_shape,
+    mean,
+    std,
+  )
 
 
 def load_dataset_of(config, data_dir: str | os.PathLike | None = None) -> Dataset:
@@ -384,10 +447,15 @@ def load_dataset_of(config, data_dir: str | os.PathLike | None = None) -> Datase
   data keys, and `config.model.image_size` for the images' side); `data_dir`
   overrides the config's (a checkpoint read on another machine)."""
   return load_dataset(
-      config.dataset, os.path.expanduser(data_dir or config.data_dir),
-      val_size=config.val_size, split_seed=config.split_seed,
-      train_split=config.train_split, test_split=config.test_split,
-      val_split=config.val_split or None, image_key=config.image_key,
-      label_key=config.label_key, image_size=config.model.image_size,
-      crop_fraction=config.crop_fraction)
-
+    config.dataset,
+    os.path.expanduser(data_dir or config.data_dir),
+    val_size=config.val_size,
+    split_seed=config.split_seed,
+    train_split=config.train_split,
+    test_split=config.test_split,
+    val_split=config.val_split or None,
+    image_key=config.image_key,
+    label_key=config.label_key,
+    image_size=config.model.image_size,
+    crop_fraction=config.crop_fraction,
+  )
