@@ -1,21 +1,15 @@
 """duojax: cheap, strong uncertainty for large image classifiers in JAX/Flax.
 
-The package is layered; each layer imports only from the ones below it
-(README, "Code map"):
-
-  errors, files, config_lib   leaves: error classes, atomic writes, config schemas
-  parallel                    device mesh and shardings, jax.distributed
-  core, models, data          array maths (duo, temperatures, metrics, losses),
-                              NNX models, datasets and the input pipeline
-  convert, cascade, hydra     pretrained-file layouts, cascades, Hydra ensembles
-  train                       optimizer, jitted steps, the loop, checkpoints
-  eval                        logits bank, methods, report sections, outputs
-  cli, __main__ modules       what train.py, evaluate.py and `python -m` run
+The package is layered: a module imports only from its own package and from
+the layers below it. The layers are listed, bottom up, in `duojax.layers`
+(README's "Code map" shows the same table; `python -m duojax.layers` prints it).
 
 The Python API for a duo of models you already have (`duojax.api`):
 `fit_duo`, `load_duo`, `Duo`, `score`, `score_ood`, `fused_forward`,
 `fit_mahalanobis`, `mahalanobis_score`, resolved on first use
-so that `import duojax` stays light.
+so that `import duojax` stays light. Conformal prediction sets are
+`duojax.conformal` (`calibrate`, `ConformalPredictor`, `coverage`, `set_sizes`),
+also imported on first use.
 
 `from duojax import duo, temperature, metrics` keeps working: those modules
 moved into `duojax.core` and are resolved here on first use.
@@ -51,7 +45,14 @@ _API = (
 )
 
 
+# Submodules imported on first use, so that `import duojax; duojax.conformal`
+# works without `import duojax.conformal`.
+_SUBMODULES = ("conformal",)
+
+
 def __getattr__(name):
+  if name in _SUBMODULES:
+    return importlib.import_module(f"duojax.{name}")
   if name in _API:
     return getattr(importlib.import_module("duojax.api"), name)
   if name in _MOVED:

@@ -65,7 +65,8 @@ class Duo:
     """Confidence in [0, 1], float32 [N].
 
     "max_prob": the duo's max softmax probability (the paper's score, its
-    uncertainty 1 − max softmax(z)); "large_prediction": the duo's probability
+    uncertainty 1 − max softmax(z); `duo.msp_confidence`, "msp" in the
+    report); "large_prediction": the duo's probability
     of the large model's (member 0's) prediction, the reference code's variant.
     """
     if score not in SCORES:

@@ -4,6 +4,9 @@ import decimal
 import math
 import pathlib
 import re
+import subprocess
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -313,3 +316,36 @@ def test_the_readme_example_runs(capsys):
   exec(compile(code, "README", "exec"), {})
   coverage, mean_size = map(float, capsys.readouterr().out.split())
   assert coverage >= 0.85 and 1 <= mean_size < 10
+
+
+def test_duojax_conformal_is_the_core_module_under_the_top_level():
+  import duojax.conformal
+  from duojax import conformal as top
+
+  assert top is duojax.conformal
+  public = {
+    name
+    for name, value in vars(conformal).items()
+    if not name.startswith("_")
+    and not isinstance(value, types.ModuleType)
+    and getattr(value, "__module__", conformal.__name__) == conformal.__name__
+  }
+  public.discard("annotations")  # `from __future__ import annotations`
+  assert set(top.__all__) == public
+  assert all(getattr(top, name) is getattr(conformal, name) for name in public)
+
+  rng = np.random.default_rng(3)
+  logits = 2.0 * rng.standard_normal((300, 6))
+  probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+  labels = rng.integers(0, 6, 300)
+  for method in conformal.METHODS:
+    ours = top.calibrate(probs[:200], labels[:200], alpha=0.2, method=method, seed=1)
+    core = conformal.calibrate(probs[:200], labels[:200], alpha=0.2, method=method, seed=1)
+    assert ours == core
+    np.testing.assert_array_equal(ours.sets(probs[200:]), core.sets(probs[200:]))
+
+
+def test_duojax_conformal_resolves_after_a_plain_import_duojax():
+  code = "import duojax; print(duojax.conformal.calibrate.__module__)"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "duojax.core.conformal"

@@ -13,36 +13,22 @@ from __future__ import annotations
 import ast
 import importlib
 import pathlib
+import subprocess
 import sys
 
 import pytest
 
+from duojax import layers
+
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "duojax"
 
-# Layers from the bottom up (README, "Code map"). A module may import from its
-# own package and from lower layers; packages that share a layer are
-# independent of each other. `python -m` entry points (`__main__`) sit on top.
-LAYERS = {
-  "errors": 0,
-  "files": 0,
-  "timing": 0,
-  "config_lib": 1,
-  "parallel": 1,
-  "core": 2,
-  "models": 2,
-  "data": 2,
-  "eval_config_lib": 2,
-  "convert": 3,
-  "cascade": 3,
-  "hydra": 3,
-  "api": 3,
-  "train": 4,
-  "eval": 5,
-  "cli": 6,
-  "demo": 6,
-  "import_folder": 7,  # a `python -m` entry point on top of cli, as the __main__ modules
-}
-ENTRY_POINT_LAYER = 7
+# Layers from the bottom up, by top-level module or package (duojax/layers.py,
+# shown in README's "Code map"). A module may import from its own package and
+# from lower layers; packages that share a layer are independent of each other.
+# `python -m` entry points (`__main__`) sit on top.
+LAYERS = layers.by_name()
+ENTRY_POINT_LAYER = LAYERS["__main__"]
+README = PACKAGE.parent / "README.md"
 
 
 def module_name(path: pathlib.Path, root: pathlib.Path) -> str:
@@ -123,7 +109,7 @@ def fold(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 def test_every_module_has_a_layer():
   graph = import_graph()
   loose = [m for m in graph if m != "duojax" and layer_of(m) is None]
-  assert not loose, f"modules outside every layer (add them to LAYERS): {loose}"
+  assert not loose, f"modules outside every layer (add them to duojax/layers.py): {loose}"
 
 
 def test_no_import_cycles():
@@ -141,6 +127,56 @@ def test_no_module_imports_from_a_layer_above_or_beside_it():
       if layer_of(dep) >= layer_of(module):
         bad.append(f"{module} (layer {layer_of(module)}) imports {dep} (layer {layer_of(dep)})")
   assert not bad, "\n".join(bad)
+
+
+def _readme_table() -> str:
+  text = README.read_text()
+  start = text.index("## Code map")
+  section = text[start : text.find("\n## ", start + 1)]
+  lines = section.splitlines()
+  first = next(i for i, line in enumerate(lines) if line.startswith("| layer |"))
+  table = []
+  for line in lines[first:]:
+    if not line.startswith("|"):
+      break
+    table.append(line)
+  return "\n".join(table) + "\n"
+
+
+def test_the_readme_table_is_the_layers_module():
+  assert _readme_table() == layers.markdown(), (
+    "README's Code map table and duojax/layers.py differ: edit ROWS there, then paste "
+    "the output of `.venv/bin/python -m duojax.layers` into the README"
+  )
+
+
+def test_python_m_duojax_layers_prints_the_table():
+  printed = subprocess.run(
+    [sys.executable, "-m", "duojax.layers"],
+    cwd=PACKAGE.parent,
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
+  assert printed == layers.markdown()
+
+
+def test_every_row_names_something_that_exists_once():
+  names = [key for row in layers.ROWS for key in map(layers.key, row.names)]
+  assert len(names) == len(set(names)), names
+  missing = [
+    name
+    for row in layers.ROWS
+    for name in row.names
+    if not name.startswith("*/") and not (PACKAGE / name).exists()
+  ]
+  assert not missing, f"rows of duojax/layers.py name what is not in duojax/: {missing}"
+  assert [row.layer for row in layers.ROWS] == sorted(row.layer for row in layers.ROWS)
+
+
+def test_the_layers_module_is_in_the_lowest_layer():
+  assert LAYERS["layers"] == min(LAYERS.values())
+  assert import_graph()["duojax.layers"] == set()
 
 
 def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path):

@@ -1,0 +1,175 @@
+"""The package's layers, from the bottom up: the one table of them.
+
+A module imports only from its own package and from the layers below it, never
+from one beside or above it, and the import graph has no cycles.
+tests/test_layers.py checks the import graph against `ROWS`, and the table in
+README's "Code map" is `markdown()`, which a test compares with the README.
+After editing `ROWS`, print the table to paste into the README with
+
+    .venv/bin/python -m duojax.layers
+
+A row names top-level modules (`errors.py`) and packages (`core/`) of duojax,
+so a new module inside a package needs no row; `*/__main__.py` stands for every
+package's `python -m` entry point. This module imports nothing of duojax and
+sits in the lowest layer.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Row(NamedTuple):
+  layer: int
+  names: tuple[str, ...]  # under duojax/: "module.py", "package/", "*/__main__.py"
+  what: str  # what they hold, one line of markdown
+
+
+ROWS = (
+  Row(
+    0,
+    ("errors.py", "files.py", "timing.py", "layers.py"),
+    "every user-facing error class (`ConfigError`, `DataError`, `CheckpointError`, …), the "
+    "atomic file writer, the per-phase wall clock of runs and evaluations, this table",
+  ),
+  Row(
+    1,
+    ("config_lib.py",),
+    "the training config schema: `base_config()` + `validate()`, and the `file.py:key=value` "
+    "parser",
+  ),
+  Row(
+    1,
+    ("parallel/",),
+    '`sharding` (the `("data", "fsdp")` mesh, batch/replicated/FSDP shardings), `distributed` '
+    "(joining multi-process jobs)",
+  ),
+  Row(
+    2,
+    ("core/",),
+    "pure maths on arrays: `duo` (combination, modes, the fused forward), `temperature` (the "
+    "joint fit; its input checks in `temperature_inputs`), `solvers` (L-BFGS), `metrics` (with "
+    "`ranking`: ranks with ties), `losses` (cross-entropy, Gatekeeper), `soups`, `conformal` "
+    "(split conformal prediction sets: LAC, APS, RAPS), `mahalanobis` (the feature OOD score: "
+    "class means, tied covariance)",
+  ),
+  Row(
+    2,
+    ("eval_config_lib.py",),
+    "the evaluation config schema: `base_eval_config()` + `validate_eval()` (its data keys are "
+    "the training schema's)",
+  ),
+  Row(
+    2,
+    ("models/",),
+    "the NNX ResNets, ViTs and CNNs (`get_model`), `functional` (modules ↔ pure pytrees, "
+    "parameter and FLOP counts), `spec` (what a checkpoint rebuilds a model from)",
+  ),
+  Row(
+    2,
+    ("data/",),
+    "`sources` (tfds array_record sets and splits, encoded images read as bytes), `images` "
+    "(decode, random-resized and centre crops of one image), `batches` (one batch from its "
+    "index: order, draws, crops), `pipeline` (grain: batches in worker processes, uint8, on the "
+    "devices; normalisation on the device), `folder` (an image folder imported), `ood_sources` "
+    "(OOD sets from other tfds sets and image folders), `embedded` (Fashion-MNIST, MNIST), "
+    "`shifts` (corruptions); `python -m duojax.data DIR` prepares the embedded set",
+  ),
+  Row(
+    3,
+    ("api.py",),
+    "the Python API for a duo of models you already have: `fit_duo`, `load_duo`, `Duo`, "
+    "`score`, `score_ood`, `fused_forward`, `fit_mahalanobis`, `mahalanobis_score` (also as "
+    "`duojax.fit_duo`, …)",
+  ),
+  Row(
+    3,
+    ("conformal.py",),
+    "`duojax.conformal`: the public names of `core/conformal` (`calibrate`, "
+    "`ConformalPredictor`, `coverage`, `set_sizes`, …)",
+  ),
+  Row(
+    3,
+    ("convert/",),
+    "PyTorch-layout safetensors in and out (timm, torchvision, Hugging Face); "
+    "`python -m duojax.convert`",
+  ),
+  Row(
+    3,
+    ("cascade/",),
+    "`deferral` (gate quality s_d/s_o, cascade sweeps), `forward` (the bucketed batched cascade)",
+  ),
+  Row(
+    3,
+    ("hydra/",),
+    "`heads` (Taylor head importance, selection, pruning), `merge` (the merged Hydra model)",
+  ),
+  Row(
+    4,
+    ("train/",),
+    "`optim`, `steps` (jitted train/eval steps), `loop` (`train_and_evaluate`), `checkpoint`, "
+    "`hydra_member` (a run started from a pruned ViT)",
+  ),
+  Row(
+    5,
+    ("eval/",),
+    "`member_specs` (a member of any kind: workdir, `pretrained:` file via "
+    "`pretrained_members`, `logits:` file via `logits_files`), `members` → `bank` (every "
+    "member's logits on every split, once) → `methods` (post-hoc methods as data), "
+    "`feature_ood` (the large model's Mahalanobis score, fit on training rows) → `sections/` "
+    "(`methods`, `paired`, `sidekicks`, `conformal`, `cascade`, `hydra`: each "
+    "`build(inputs, results) → dict` and `markdown(dict) → lines`) → `render`, `outputs`, "
+    "`plots`; `pipeline.run(config)` ties them together",
+  ),
+  Row(
+    6,
+    ("cli.py",),
+    "flags, one-line errors and exit codes; the repository's `train.py` and `evaluate.py` are "
+    "thin absl mains on it",
+  ),
+  Row(
+    6,
+    ("demo/",),
+    "`make demo` as a program: `plan` (the runs and what each needs), `runner` (independent "
+    "runs side by side, each pinned to its cores), `timings` (the wall-time report); "
+    "`python -m duojax.demo`",
+  ),
+  Row(
+    7,
+    ("import_folder.py",),
+    "`python -m duojax.import_folder`: an image folder as a tfds array_record set; the work is "
+    "in `data/folder.py` (scan the class folders, decode-check every file in worker processes, "
+    "write with a per-import tfds builder)",
+  ),
+  Row(
+    7,
+    ("*/__main__.py",),
+    "the other `python -m duojax.PACKAGE` entry points (`data`, `convert`, `demo`): each may "
+    "import from every layer below",
+  ),
+)
+
+
+def key(name: str) -> str:
+  """A row's name as the import graph's: "core/" → "core", "errors.py" → "errors",
+  "*/__main__.py" → "__main__"."""
+  return name.rstrip("/").removesuffix(".py").rpartition("/")[2]
+
+
+def by_name() -> dict[str, int]:
+  """{"errors": 0, "core": 2, …, "__main__": 7}: the layer of each top-level
+  module and package, and of the entry points."""
+  return {key(name): row.layer for row in ROWS for name in row.names}
+
+
+def markdown() -> str:
+  """README's "Code map" table."""
+  lines = ["| layer | package | what it holds |", "|---|---|---|"]
+  for row in ROWS:
+    names = ", ".join(f"`{name}`" for name in row.names)
+    lines.append(f"| {row.layer} | {names} | {row.what} |")
+  return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+  print(markdown(), end="")
