@@ -185,110 +185,135 @@ _INIT_HEADS = ("load", "fresh")
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError (one line) for values that cannot work."""
+  _check_optimisation(config)
+  _check_data(config)
+  _check_training(config)
+  _check_init(config)
+  _check_augment(config)
 
-  def need(condition, message):
-    if not condition:
-      raise ConfigError(message)
 
-  need(
+def _need(condition, message: str) -> None:
+  if not condition:
+    raise ConfigError(message)
+
+
+def _check_optimisation(config: ml_collections.ConfigDict) -> None:
+  """The optimizer, learning rate, batch sizes and length of training."""
+  _need(
     config.optimizer in _OPTIMIZERS,
     f"config.optimizer={config.optimizer!r}; valid: {', '.join(_OPTIMIZERS)}",
   )
-  need(config.lr > 0, f"config.lr must be > 0, got {config.lr}")
-  need(config.batch_size > 0, f"config.batch_size must be > 0, got {config.batch_size}")
-  need(
+  _need(config.lr > 0, f"config.lr must be > 0, got {config.lr}")
+  _need(config.batch_size > 0, f"config.batch_size must be > 0, got {config.batch_size}")
+  _need(
     config.eval_batch_size > 0, f"config.eval_batch_size must be > 0, got {config.eval_batch_size}"
   )
-  need(
+  _need(
     config.epochs > 0 or config.total_steps > 0, "config.epochs or config.total_steps must be > 0"
   )
-  need(config.val_size > 0, f"config.val_size must be > 0, got {config.val_size}")
+
+
+def _check_data(config: ml_collections.ConfigDict) -> None:
+  """The data set's splits and features, the host pipeline and the input statistics."""
+  _need(config.val_size > 0, f"config.val_size must be > 0, got {config.val_size}")
   for key in ("train_split", "test_split", "image_key", "label_key"):
-    need(bool(config[key]), f"config.{key} must name a tfds split or feature, got ''")
-  need(
+    _need(bool(config[key]), f"config.{key} must name a tfds split or feature, got ''")
+  _need(
     config.val_split not in (config.train_split, config.test_split),
     f"config.val_split={config.val_split!r} must differ from train_split and test_split "
     '("" carves val from train)',
   )
-  need(
+  _need(
     config.data_workers >= -1,
     f"config.data_workers must be -1 (automatic), 0 (in this process) or more, "
     f"got {config.data_workers}",
   )
   for key in ("rrc_scale", "rrc_ratio"):
     value = tuple(config[key])
-    need(
+    _need(
       len(value) == 2 and 0 < value[0] <= value[1],
       f"config.{key} must be (low, high) with 0 < low <= high, got {value}",
     )
-  need(
+  _need(
     tuple(config.rrc_scale)[1] <= 1.0,
     f"config.rrc_scale's high end must be <= 1 (a fraction of the area), "
     f"got {tuple(config.rrc_scale)}",
   )
-  need(
+  _need(
     len(tuple(config.input_mean)) == len(tuple(config.input_std)),
     f"config.input_mean {tuple(config.input_mean)} and config.input_std "
     f"{tuple(config.input_std)} must be given together, one value per channel",
   )
-  need(
+  _need(
     all(v > 0 for v in tuple(config.input_std)),
     f"config.input_std must be positive, got {tuple(config.input_std)}",
   )
-  need(
+  _need(
     0.0 < config.crop_fraction <= 1.0,
     f"config.crop_fraction must be in (0, 1], got {config.crop_fraction}",
   )
-  need(
+
+
+def _check_training(config: ml_collections.ConfigDict) -> None:
+  """The loss, the logging and checkpointing cadence, and the FSDP groups."""
+  _need(
     0.0 <= config.label_smoothing < 1.0,
     f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}",
   )
-  need(
+  _need(
     config.checkpoint_every > 0,
     f"config.checkpoint_every must be > 0, got {config.checkpoint_every}",
   )
-  need(
+  _need(
     config.keep_checkpoints > 0,
     f"config.keep_checkpoints must be > 0, got {config.keep_checkpoints}",
   )
-  need(config.log_every > 0, f"config.log_every must be > 0, got {config.log_every}")
-  need(config.fsdp >= 1, f"config.fsdp must be >= 1, got {config.fsdp}")
-  need(config.loss in _LOSSES, f"config.loss={config.loss!r}; valid: {', '.join(_LOSSES)}")
-  need(
+  _need(config.log_every > 0, f"config.log_every must be > 0, got {config.log_every}")
+  _need(config.fsdp >= 1, f"config.fsdp must be >= 1, got {config.fsdp}")
+  _need(config.loss in _LOSSES, f"config.loss={config.loss!r}; valid: {', '.join(_LOSSES)}")
+  _need(
     0.0 <= config.gatekeeper_alpha <= 1.0,
     f"config.gatekeeper_alpha must be in [0, 1], got {config.gatekeeper_alpha}",
   )
-  need(
+
+
+def _check_init(config: ml_collections.ConfigDict) -> None:
+  """Where the weights start: at most one source, and its settings."""
+  _need(
     not (config.init_from and config.init_weights),
     "config.init_from and config.init_weights are exclusive: start from one of them",
   )
-  need(
+  _need(
     not (config.prune_from and (config.init_from or config.init_weights)),
     "config.prune_from starts from its own checkpoint: leave init_from and init_weights empty",
   )
-  need(
+  _need(
     0.0 < config.prune_keep <= 1.0,
     f"config.prune_keep must be a fraction of heads in (0, 1], got {config.prune_keep}",
   )
-  need(config.prune_images > 0, f"config.prune_images must be > 0, got {config.prune_images}")
-  need(
+  _need(config.prune_images > 0, f"config.prune_images must be > 0, got {config.prune_images}")
+  _need(
     config.init_layout in _INIT_LAYOUTS,
     f"config.init_layout={config.init_layout!r}; valid: {', '.join(_INIT_LAYOUTS)}",
   )
-  need(
+  _need(
     config.init_head in _INIT_HEADS,
     f"config.init_head={config.init_head!r}; valid: {', '.join(_INIT_HEADS)}",
   )
-  need(
+  _need(
     config.linear_probe_steps >= 0,
     f"config.linear_probe_steps must be >= 0, got {config.linear_probe_steps}",
   )
+
+
+def _check_augment(config: ml_collections.ConfigDict) -> None:
+  """The training augmentations: known names, at most one way of cropping."""
   for name in augmentations(config):
-    need(
+    _need(
       name in _AUGMENTATIONS,
       f"config.augment has unknown {name!r}; valid: {', '.join(_AUGMENTATIONS)}",
     )
-  need(
+  _need(
     not {"crop", "rrc"} <= set(augmentations(config)),
     "config.augment: 'crop' and 'rrc' are two ways of cropping, choose one",
   )
