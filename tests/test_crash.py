@@ -31,7 +31,7 @@ from helpers import ROOT, assert_one_line_error, final_state
 
 from duojax import data
 from duojax.data import embedded
-from duojax.train import checkpoint, loop
+from duojax.train import checkpoint, loop, preemption
 
 # Slow as a whole (kills and crashes of train.py subprocesses):
 # `make test-fast` leaves it out.
@@ -325,16 +325,16 @@ def test_sigterm_saves_the_current_step_and_exits_143(reference, tmp_path, learn
 
 
 def test_stop_signals_only_set_a_flag_and_are_put_back():
-  before = {s: signal.getsignal(s) for s in loop.STOP_SIGNALS}
-  with loop._StopSignals() as stop:
+  before = {s: signal.getsignal(s) for s in preemption.STOP_SIGNALS}
+  with preemption.StopSignals() as stop:
     os.kill(os.getpid(), signal.SIGUSR1)
     os.kill(os.getpid(), signal.SIGTERM)
     deadline = time.monotonic() + 10
     while stop.signum is None and time.monotonic() < deadline:
       time.sleep(0.01)  # Python runs the handler in the main thread, soon
     assert stop.requested(at_sync_point=False) == signal.SIGUSR1  # the first one counts
-  assert {s: signal.getsignal(s) for s in loop.STOP_SIGNALS} == before
-  stopped = loop.Preempted(signal.SIGUSR1, 7)
+  assert {s: signal.getsignal(s) for s in preemption.STOP_SIGNALS} == before
+  stopped = preemption.Preempted(signal.SIGUSR1, 7)
   assert stopped.exit_code == 138 and str(stopped).startswith("pre-empted by SIGUSR1 at step 7;")
 
   # Outside the main thread nothing can be installed, and nothing fails.
@@ -342,7 +342,7 @@ def test_stop_signals_only_set_a_flag_and_are_put_back():
 
   def in_thread():
     try:
-      with loop._StopSignals() as stop:
+      with preemption.StopSignals() as stop:
         assert stop.requested(at_sync_point=True) is None
     except Exception as e:  # reported below, in the main thread
       errors.append(e)
@@ -350,7 +350,7 @@ def test_stop_signals_only_set_a_flag_and_are_put_back():
   thread = threading.Thread(target=in_thread)
   thread.start()
   thread.join()
-  assert errors == [] and {s: signal.getsignal(s) for s in loop.STOP_SIGNALS} == before
+  assert errors == [] and {s: signal.getsignal(s) for s in preemption.STOP_SIGNALS} == before
 
 
 def test_metrics_log_drops_a_line_torn_by_a_kill(tmp_path):
