@@ -15,8 +15,9 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from duojax import cli, eval_config_lib, files
-from duojax.eval import outputs, pipeline, render
+from duojax import cli, files
+from duojax.errors import ConfigError, FileError
+from duojax.eval import outputs, pipeline, render, schema
 from duojax.eval.accuracy import accuracy_of_workdirs
 from duojax.parallel import distributed
 
@@ -30,12 +31,12 @@ _OUTPUT = flags.DEFINE_string("output", None, "JSON file for the --workdirs resu
 
 def main(argv):
   if len(argv) > 1:
-    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+    raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
   if (_CONFIG.value is None) == (_WORKDIRS.value is None):
-    raise ValueError("give exactly one of --config (full evaluation) or --workdirs (accuracy)")
+    raise ConfigError("give exactly one of --config (full evaluation) or --workdirs (accuracy)")
   if _CONFIG.value is not None:
-    config = eval_config_lib.complete_eval_config(_CONFIG.value)
-    eval_config_lib.validate_eval(config)
+    config = schema.complete_eval_config(_CONFIG.value)
+    schema.validate_eval(config)
     # Checked before the evaluation, which can take hours, rather than after it.
     cli.check_output_dir(config.output_dir, "config.output_dir")
     sections = pipeline.active_sections(config)
@@ -47,15 +48,15 @@ def main(argv):
     print(f"results: {paths['json']}, {paths['markdown']} and plots in {config.output_dir}")
     return
   if _BATCH.value <= 0:
-    raise ValueError(f"--batch_size must be > 0, got {_BATCH.value}")
+    raise ConfigError(f"--batch_size must be > 0, got {_BATCH.value}")
   if _OUTPUT.value:
     # Checked before evaluating, not when the results are written.
     output = os.path.abspath(os.path.expanduser(_OUTPUT.value))
     if os.path.isdir(output):
-      raise ValueError(f"--output {_OUTPUT.value!r} is a directory; give a JSON file path")
+      raise FileError(f"--output {_OUTPUT.value!r} is a directory; give a JSON file path")
     cli.check_output_dir(os.path.dirname(output), "--output's folder")
     if not os.path.isdir(os.path.dirname(output)):
-      raise ValueError(
+      raise FileError(
         f"--output {_OUTPUT.value!r}: folder {os.path.dirname(output)!r} does not exist"
       )
   results = accuracy_of_workdirs(_WORKDIRS.value, _SPLIT.value, _DATA_DIR.value, _BATCH.value)

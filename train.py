@@ -15,6 +15,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from duojax import cli
+from duojax.errors import ConfigError
 from duojax.parallel import distributed
 from duojax.train import loop
 
@@ -28,7 +29,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   if len(argv) > 1:
-    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+    raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
   # Before loading data and building the model: a typo'd path fails at once.
   cli.check_output_dir(_WORKDIR.value, "--workdir")
   try:

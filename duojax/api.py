@@ -35,6 +35,7 @@ import numpy as np
 from duojax import files
 from duojax.core import duo as duo_lib
 from duojax.core import mahalanobis, metrics, temperature
+from duojax.errors import ConfigError, FileError, InputError
 
 FORMAT = "duojax.duo"
 VERSION = 1
@@ -70,7 +71,7 @@ class Duo:
     of the large model's (member 0's) prediction, the reference code's variant.
     """
     if score not in SCORES:
-      raise ValueError(f"score={score!r}; valid: {', '.join(SCORES)}")
+      raise ConfigError(f"score={score!r}; valid: {', '.join(SCORES)}")
     stack = _stack(member_logits, len(self.weights))
     combined = duo_lib.combine(stack, self.weights)
     if score == "max_prob":
@@ -95,7 +96,7 @@ class Duo:
 def _stack(member_logits, m: int) -> jax.Array:
   stack = duo_lib.as_stack(member_logits)  # shape and dtype checks, one-line errors
   if stack.shape[0] != m:
-    raise ValueError(f"the duo has {m} members but {stack.shape[0]} logits arrays were given")
+    raise InputError(f"the duo has {m} members but {stack.shape[0]} logits arrays were given")
   return stack
 
 
@@ -112,23 +113,23 @@ def fit_duo(
   """
   stack = duo_lib.as_stack(member_logits)
   if names and len(names) != stack.shape[0]:
-    raise ValueError(f"{len(names)} names for {stack.shape[0]} members")
+    raise InputError(f"{len(names)} names for {stack.shape[0]} members")
   weights = temperature.fit_temperatures(stack, np.asarray(labels), solver=solver)
   return Duo(np.asarray(weights, np.float32), tuple(names))
 
 
 def load_duo(path: str | os.PathLike) -> Duo:
-  """A duo written by `Duo.save`; a damaged or foreign file is a one-line ValueError."""
+  """A duo written by `Duo.save`; a missing, damaged or foreign file is a one-line FileError."""
   path = os.fspath(path)
   try:
     with open(path) as f:
       record = json.load(f)
   except (OSError, ValueError) as e:
-    raise ValueError(f"cannot read duo file {path!r}: {str(e).splitlines()[0]}") from None
+    raise FileError(f"cannot read duo file {path!r}: {str(e).splitlines()[0]}") from None
   if not isinstance(record, dict) or record.get("format") != FORMAT:
-    raise ValueError(f'{path!r} is not a duo file (no "format": "{FORMAT}")')
+    raise FileError(f'{path!r} is not a duo file (no "format": "{FORMAT}")')
   if record.get("version") != VERSION:
-    raise ValueError(
+    raise FileError(
       f"{path!r} is duo file version {record.get('version')!r}; this duojax reads version {VERSION}"
     )
   weights, names = record.get("weights"), record.get("names", [])
@@ -138,13 +139,13 @@ def load_duo(path: str | os.PathLike) -> Duo:
     or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
     or not np.all(np.isfinite(weights))
   ):
-    raise ValueError(f'{path!r}: "weights" must be a non-empty list of finite numbers')
+    raise FileError(f'{path!r}: "weights" must be a non-empty list of finite numbers')
   if (
     not isinstance(names, list)
     or not all(isinstance(n, str) for n in names)
     or (names and len(names) != len(weights))
   ):
-    raise ValueError(f'{path!r}: "names" must be one string per weight')
+    raise FileError(f'{path!r}: "names" must be one string per weight')
   return Duo(np.asarray(weights, np.float32), tuple(names))
 
 

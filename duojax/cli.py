@@ -1,4 +1,9 @@
-"""What train.py and evaluate.py share: one-line errors, non-zero exits, multi-process flags."""
+"""What the command-line programs share: one-line errors, non-zero exits, multi-process flags.
+
+A user error (a class of `duojax.errors.USER_ERRORS`) is one `error:` line on
+stderr and exit 1 (2 for a bad command line). Anything else is a bug: its
+traceback stays, followed by `BUG_LINE`, and the exit status is 1.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,12 @@ import logging
 import os
 import re
 import sys
+import traceback
 import warnings
 
 from absl import app, flags
 
-from duojax.errors import USER_ERRORS
+from duojax.errors import USER_ERRORS, FileError
 from duojax.parallel import distributed
 
 # Multi-process settings shared by train.py and evaluate.py (duojax.distributed).
@@ -33,6 +39,10 @@ _PROCESS_ID = flags.DEFINE_integer(
 _LOCAL_DEVICES = flags.DEFINE_list(
   "local_device_ids", None, "Devices this process drives, e.g. one GPU each: 0 or 0,1."
 )
+
+
+# The last stderr line of a program that stopped on a bug rather than on bad input.
+BUG_LINE = "duojax: internal error (a bug, please report it with the traceback above)"
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -78,14 +88,14 @@ def check_output_dir(path: str, what: str) -> None:
   """
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.exists(path) and not os.path.isdir(path):
-    raise ValueError(f"{what} {path!r} is a file, not a directory")
+    raise FileError(f"{what} {path!r} is a file, not a directory")
   existing = path
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)
   if not os.path.isdir(existing):
-    raise ValueError(f"{what} {path!r} cannot be created: {existing!r} is a file, not a directory")
+    raise FileError(f"{what} {path!r} cannot be created: {existing!r} is a file, not a directory")
   if not os.access(existing, os.W_OK | os.X_OK):
-    raise PermissionError(f"{what} {path!r} cannot be written: {existing!r} is not writable")
+    raise FileError(f"{what} {path!r} cannot be written: {existing!r} is not writable")
 
 
 def quiet_libraries() -> None:
@@ -120,24 +130,37 @@ def _without_damaged_restore_leftovers(hook):
   return filtered
 
 
+def report_errors(main, argv: list[str]) -> None:
+  """`main(argv)`; a user error becomes one `error:` line and exit 1, a bug its
+  traceback and `BUG_LINE` (exit 1)."""
+  try:
+    main(argv)
+  except USER_ERRORS as e:
+    fail(" ".join(str(e).split()) or type(e).__name__)
+  except Exception:
+    # Not one line: whoever reads the report needs where it happened.
+    traceback.print_exc()
+    print(BUG_LINE, file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
 def run(main) -> None:
-  """`app.run(main)` that turns user errors into one line and exit code 1."""
+  """`app.run(main)` after joining a multi-process job, with `report_errors`."""
+
+  def joined(argv):
+    distributed.initialize(
+      distributed.settings_from(
+        _DISTRIBUTED.value,
+        _COORDINATOR.value,
+        _NUM_PROCESSES.value,
+        _PROCESS_ID.value,
+        _LOCAL_DEVICES.value,
+      )
+    )
+    main(argv)
 
   def wrapped(argv):
     quiet_libraries()
-    try:
-      distributed.initialize(
-        distributed.settings_from(
-          _DISTRIBUTED.value,
-          _COORDINATOR.value,
-          _NUM_PROCESSES.value,
-          _PROCESS_ID.value,
-          _LOCAL_DEVICES.value,
-        )
-      )
-      main(argv)
-    except USER_ERRORS as e:
-      message = " ".join(str(e).split()) or type(e).__name__
-      fail(message)
+    report_errors(joined, argv)
 
   app.run(wrapped, flags_parser=parse_flags)

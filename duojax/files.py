@@ -8,18 +8,22 @@ def write_atomically(path: str, text: str) -> None:
   """Writes `text` to `path` through a temporary file renamed over it.
 
   Readers see the old file or the new one, never a part. A failed write (a
-  full disk) removes the temporary file and raises an OSError naming `path`.
+  full disk, a missing or read-only folder) removes the temporary file and
+  raises an OSError naming `path`.
   """
   folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-  os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are for sharing
+  tmp = None
   try:
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are for sharing
     with os.fdopen(fd, "w") as f:
       f.write(text)
     os.replace(tmp, path)
   except BaseException as e:
-    if os.path.exists(tmp):
+    if tmp is not None and os.path.exists(tmp):
       os.unlink(tmp)
-    if isinstance(e, OSError) and e.errno is not None:  # say which file, not just why
+    # Say which file, not just why. TODO(errors): raise errors.FileError here
+    # (a user error, not a bug) once errors.py sits in a layer below this module.
+    if isinstance(e, OSError) and e.errno is not None:
       raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from e
     raise

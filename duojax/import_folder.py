@@ -16,7 +16,7 @@ from absl import app, flags
 
 from duojax import cli
 from duojax.data import folder
-from duojax.errors import USER_ERRORS
+from duojax.errors import ConfigError
 
 _TEST_FOLDER = flags.DEFINE_string(
   "test_folder", None, "Image folder of the 'test' split: class subfolders among SRC's."
@@ -39,7 +39,7 @@ _USAGE = "python -m duojax.import_folder SRC --dataset NAME --data_dir DIR"
 def main(argv: list[str]) -> None:
   if len(argv) != 2:
     got = "got " + " ".join(argv[1:]) if len(argv) > 2 else "none given"
-    raise ValueError(f"give one image folder SRC ({got}): {_USAGE}")
+    raise ConfigError(f"give one image folder SRC ({got}): {_USAGE}")
   cli.check_output_dir(_DATA_DIR.value, "--data_dir")
   # tfds renames the whole version folder into place: if it is there, it is complete.
   prepared = os.path.join(os.path.expanduser(_DATA_DIR.value), _DATASET.value, folder.VERSION)
@@ -68,10 +68,7 @@ def main(argv: list[str]) -> None:
 
 def _main(argv: list[str]) -> None:
   cli.quiet_libraries()
-  try:
-    main(argv)
-  except USER_ERRORS as e:
-    cli.fail(" ".join(str(e).split()) or type(e).__name__)
+  cli.report_errors(main, argv)
 
 
 if __name__ == "__main__":

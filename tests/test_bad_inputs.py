@@ -2,10 +2,12 @@
 
 Together with the bad-input tests of test_trainer, test_evaluate, test_temperature,
 test_metrics, test_data, test_duo, test_cascade* and test_distributed, this covers
-the inputs listed in README's "Troubleshooting" section. Cases already tested there
-are not repeated; the CLI is used where only the CLI shows the behaviour (exit
-status, one line on stderr, the workdir or output left alone), the Python API
-elsewhere, since each CLI run costs seconds of imports.
+the inputs listed in README's "Troubleshooting" section; test_error_catalogue walks
+that list row by row and checks each error is one of the typed classes of
+`duojax.errors`. Cases already tested there are not repeated; the CLI is used where
+only the CLI shows the behaviour (exit status, one line on stderr, the workdir or
+output left alone), the Python API elsewhere, since each CLI run costs seconds of
+imports.
 """
 
 import errno
@@ -19,7 +21,7 @@ import numpy as np
 import pytest
 from helpers import ROOT, assert_one_line_error, cli_train_args, run_script, tiny_train_config
 
-from duojax import cascade, config_lib, data
+from duojax import cascade, config_lib, data, errors
 from duojax.core import duo, metrics, temperature
 from duojax.eval import outputs
 from duojax.eval import sections as eval_sections
@@ -173,6 +175,18 @@ def test_cli_train_config_argument_typo_is_one_line_without_traceback(tmp_path):
     f"--workdir={workdir}",
   )
   assert_one_line_error(result, 2, "unknown config argument 'modle'; valid: ")
+  assert not workdir.exists()
+
+
+@pytest.mark.slow
+def test_cli_train_config_override_of_the_wrong_type(tmp_path, learnable_data_dir):
+  workdir = tmp_path / "run"
+  result = run_script(
+    "train.py", *cli_train_args(learnable_data_dir, workdir, "--config.batch_size=abc")
+  )
+  assert_one_line_error(
+    result, 2, "bad command line: flag --config.batch_size=abc: invalid literal for int()"
+  )
   assert not workdir.exists()
 
 
@@ -433,7 +447,7 @@ def test_results_on_a_full_disk_leave_no_partial_output(tmp_path, monkeypatch, f
   ],
 )
 def test_bad_batch_sizes_and_empty_validation_splits(call, message):
-  with pytest.raises(ValueError) as error:
+  with pytest.raises((errors.ConfigError, errors.DataError)) as error:
     call()
   assert message in _one_line(error)
 
@@ -514,7 +528,7 @@ def _logits(n=40, c=10, seed=0):
 def test_mismatched_logits_and_labels(call, message):
   a, y = _logits()
   b, _ = _logits(c=5, seed=1)
-  with pytest.raises(ValueError) as error:
+  with pytest.raises(errors.InputError) as error:
     call(a, b, y)
   assert message in _one_line(error)
 

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from duojax.core import duo, metrics
+from duojax.errors import ConfigError, InputError
 
 # Data × grid elements of one chunk of the KDE sum (32 MB in float64).
 _KDE_CHUNK_ELEMENTS = 1 << 22
@@ -53,11 +54,11 @@ _KDE_TAIL_BANDWIDTHS = 4.0
 def _check_logits_pair(small_logits, other_logits, other: str):
   small_logits, other_logits = jnp.asarray(small_logits), jnp.asarray(other_logits)
   if small_logits.ndim != 2 or 0 in small_logits.shape:
-    raise ValueError(
+    raise InputError(
       f"small_logits must be non-empty 2-D [N, C], got shape {tuple(small_logits.shape)}"
     )
   if other_logits.shape != small_logits.shape:
-    raise ValueError(
+    raise InputError(
       f"{other} shape {tuple(other_logits.shape)} does not match small_logits "
       f"shape {tuple(small_logits.shape)}"
     )
@@ -68,25 +69,25 @@ def _check_confidence(confidence) -> np.ndarray:
   # float32 like the MSPs: a threshold taken from these values splits them exactly.
   confidence = np.asarray(confidence, np.float32)
   if confidence.ndim != 1 or confidence.size == 0:
-    raise ValueError(f"confidence must be a non-empty 1-D array, got shape {confidence.shape}")
+    raise InputError(f"confidence must be a non-empty 1-D array, got shape {confidence.shape}")
   if bad := int(np.sum(~np.isfinite(confidence))):
-    raise ValueError(f"confidence has {bad} non-finite values (NaN or inf)")
+    raise InputError(f"confidence has {bad} non-finite values (NaN or inf)")
   return confidence
 
 
 def _check_correct(correct, what: str, num_rows: int) -> np.ndarray:
   correct = np.asarray(correct)
   if correct.shape != (num_rows,):
-    raise ValueError(f"{what} shape {correct.shape} does not match the {num_rows} confidences")
+    raise InputError(f"{what} shape {correct.shape} does not match the {num_rows} confidences")
   if correct.dtype != bool and not np.isin(correct, (0, 1)).all():
-    raise ValueError(f"{what} must be bool (or 0/1), got values outside {{0, 1}}")
+    raise InputError(f"{what} must be bool (or 0/1), got values outside {{0, 1}}")
   return correct.astype(bool)
 
 
 def _check_ratio(ratio, what: str = "ratio") -> float:
   ratio = float(ratio)
   if not 0.0 <= ratio <= 1.0:
-    raise ValueError(f"{what} must be in [0, 1], got {ratio}")
+    raise ConfigError(f"{what} must be in [0, 1], got {ratio}")
   return ratio
 
 
@@ -150,12 +151,12 @@ def deferral_performance(curve, acc_small, acc_large) -> float:
   ratio = np.asarray(curve["ratio"], np.float64)
   accuracy = np.asarray(curve["accuracy"], np.float64)
   if ratio.ndim != 1 or ratio.shape != accuracy.shape or ratio.size < 2:
-    raise ValueError(
+    raise InputError(
       f"curve ratio {ratio.shape} and accuracy {accuracy.shape} must be 1-D "
       "of the same length (at least 2)"
     )
   if ratio[0] != 0.0 or ratio[-1] != 1.0 or np.any(np.diff(ratio) < 0):
-    raise ValueError("curve ratio must increase from 0 to 1")
+    raise InputError("curve ratio must increase from 0 to 1")
   acc_small = _check_ratio(acc_small, "acc_small")
   acc_large = _check_ratio(acc_large, "acc_large")
   gap = acc_small * (acc_large - acc_small) / 2.0
@@ -196,7 +197,7 @@ def distributional_overlap(confidence, correct, *, grid: int = 1000) -> float:
   confidence = _check_confidence(confidence).astype(np.float64)
   correct = _check_correct(correct, "correct", confidence.size)
   if int(grid) < 2:
-    raise ValueError(f"grid must be at least 2 points, got {grid}")
+    raise ConfigError(f"grid must be at least 2 points, got {grid}")
   groups = confidence[correct], confidence[~correct]
   if min(g.size for g in groups) < 2:
     return math.nan
@@ -235,7 +236,7 @@ def cascade_outputs(small_logits, answer_logits, threshold):
   """
   small_logits, answer_logits = _check_logits_pair(small_logits, answer_logits, "answer_logits")
   if isinstance(threshold, (int, float, np.number)) and math.isnan(threshold):
-    raise ValueError("threshold is NaN")
+    raise ConfigError("threshold is NaN")
   # Each MSP from its own jitted program, as in `cascade_sweep`: the same
   # values its thresholds were picked from, so a split never moves by an ulp.
   return _select(
@@ -286,7 +287,7 @@ def cascade_sweep(
   """
   small_logits, answer_logits = _check_logits_pair(small_logits, answer_logits, "answer_logits")
   if not (flops_small >= 0 and flops_answer_extra >= 0):
-    raise ValueError(
+    raise ConfigError(
       f"flops must be non-negative, got flops_small={flops_small}, "
       f"flops_answer_extra={flops_answer_extra}"
     )

@@ -36,6 +36,7 @@ import numpy as np
 from flax import nnx
 
 from duojax.core.duo import msp_confidence
+from duojax.errors import ConfigError, InputError
 
 
 def default_buckets(batch_size: int) -> tuple[int, ...]:
@@ -48,7 +49,7 @@ def default_buckets(batch_size: int) -> tuple[int, ...]:
   if (
     isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
   ):
-    raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
   b = int(batch_size)
   return tuple(sorted({max(1, -(-b * k // 8)) for k in range(1, 9)}))
 
@@ -57,9 +58,9 @@ def _check_buckets(buckets) -> tuple[int, ...]:
   try:
     sizes = tuple(int(s) for s in buckets)
   except (TypeError, ValueError):
-    raise ValueError(f"buckets must be a sequence of positive ints, got {buckets!r}") from None
+    raise ConfigError(f"buckets must be a sequence of positive ints, got {buckets!r}") from None
   if not sizes or min(sizes) < 1:
-    raise ValueError(f"buckets must be a non-empty sequence of positive ints, got {buckets!r}")
+    raise ConfigError(f"buckets must be a non-empty sequence of positive ints, got {buckets!r}")
   return tuple(sorted(set(sizes)))
 
 
@@ -71,21 +72,21 @@ def _check_weights(weights) -> tuple[float, float] | None:
   except (TypeError, ValueError):
     w = ()
   if len(w) != 2 or not all(math.isfinite(x) for x in w):
-    raise ValueError(f"weights must be two finite numbers (w_L, w_S), got {weights!r}")
+    raise ConfigError(f"weights must be two finite numbers (w_L, w_S), got {weights!r}")
   return w
 
 
 def _check_scale(small_scale) -> float:
   scale = float(small_scale)
   if not (math.isfinite(scale) and scale > 0):
-    raise ValueError(f"small_scale must be a positive finite number, got {small_scale!r}")
+    raise ConfigError(f"small_scale must be a positive finite number, got {small_scale!r}")
   return scale
 
 
 def _check_threshold(threshold) -> float:
   t = float(threshold)
   if math.isnan(t):
-    raise ValueError("threshold must be a number, got NaN")
+    raise ConfigError("threshold must be a number, got NaN")
   return t
 
 
@@ -144,7 +145,7 @@ def make_cascade_forward(
     images = jnp.asarray(images)
     batch = images.shape[0]
     if batch > buckets[-1]:
-      raise ValueError(
+      raise InputError(
         f"batch of {batch} rows exceeds the largest bucket {buckets[-1]}; "
         "pass buckets ending in the batch size"
       )

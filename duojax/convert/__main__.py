@@ -12,6 +12,7 @@ import os
 from absl import flags
 
 from duojax import cli, convert
+from duojax.errors import ConfigError
 from duojax.train import checkpoint
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoint.")
@@ -23,9 +24,9 @@ flags.mark_flags_as_required(["workdir", "out"])
 
 def main(argv):
   if len(argv) > 1:
-    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+    raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not _OUT.value.endswith(".safetensors"):
-    raise ValueError(f"--out={_OUT.value!r} must end in .safetensors")
+    raise ConfigError(f"--out={_OUT.value!r} must end in .safetensors")
   model, meta = checkpoint.load_model(_WORKDIR.value, _STEP.value)
   convert.export_pretrained(model, _OUT.value, _LAYOUT.value)
   print(

@@ -25,6 +25,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from duojax.errors import ConfigError
+
 LAYOUTS = ("timm", "torchvision", "hf")
 
 Arrays = Sequence[np.ndarray]
@@ -173,11 +175,11 @@ def vit_entries(names: Sequence[str], layout: str, *, hf_modules: str = "hub") -
   files on the Hugging Face hub, which every transformers version loads) or "v5"
   (`layers.N.attention.q_proj`, what transformers 5 itself names the modules)."""
   if layout == "torchvision":
-    raise ValueError("layout 'torchvision' holds ResNets only; ViT layouts: timm, hf")
+    raise ConfigError("layout 'torchvision' holds ResNets only; ViT layouts: timm, hf")
   depth = 1 + max(int(m.group(1)) for m in map(_VIT_BLOCK_RE.match, names) if m)
   hf = layout == "hf"
   if hf and "norm_pre.scale" in names:
-    raise ValueError("Hugging Face ViTs have no pre-norm: build the model with pre_norm=False")
+    raise ConfigError("Hugging Face ViTs have no pre-norm: build the model with pre_norm=False")
   entries = []
   patch = "vit.embeddings.patch_embeddings.projection" if hf else "patch_embed.proj"
   entries.append(Entry((f"{patch}.weight",), ("patch_embed.kernel",), **_conv()))

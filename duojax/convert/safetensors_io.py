@@ -50,7 +50,7 @@ import tempfile
 import ml_dtypes
 import numpy as np
 
-from duojax.errors import WeightsFileError
+from duojax.errors import FileError, WeightsFileError
 
 _DTYPES = {
   "F64": np.dtype("<f8"),
@@ -454,16 +454,19 @@ def write(
   encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
   encoded += b" " * (-len(encoded) % 8)  # data starts 8-byte aligned
   directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".safetensors")
+  tmp = None
   try:
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".safetensors")
     with os.fdopen(fd, "wb") as f:
       f.write(struct.pack("<Q", len(encoded)))
       f.write(encoded)
       for data in chunks:
         f.write(data)
     os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
+  except BaseException as e:
+    if tmp is not None and os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError) and e.errno is not None:  # a folder under a file, a full disk
+      raise FileError(e.errno, f"cannot write {path}: {e.strerror}") from e
     raise

@@ -71,7 +71,8 @@ ranks first), so the scores, and hence the sets, are deterministic.
 
 Everything is numpy in float64 (inputs are upcast once); calibration and test
 scores go through the same code, so a test row equal to a calibration row gets
-bit-identical scores. Bad inputs raise a one-line ValueError.
+bit-identical scores. Bad inputs raise a one-line InputError, bad options a
+ConfigError.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ import fractions
 import math
 
 import numpy as np
+
+from duojax.errors import ConfigError, InputError
 
 METHODS = ("lac", "aps", "raps")
 RAPS_LAM = 0.01
@@ -99,24 +102,24 @@ def _check_probs(probs, what: str = "probs") -> np.ndarray:
   try:
     probs = np.asarray(probs)
   except ValueError:  # numpy's message does not say which input is ragged
-    raise ValueError(f"{what} must be a rectangular array (rows of equal length)") from None
+    raise InputError(f"{what} must be a rectangular array (rows of equal length)") from None
   # bfloat16 (from a jax array) is no numpy floating type but converts exactly.
   real = probs.dtype.name == "bfloat16" or any(
     np.issubdtype(probs.dtype, kind) for kind in (np.floating, np.integer)
   )
   if not real:
-    raise ValueError(f"{what} must be real numbers, got dtype {probs.dtype}")
+    raise InputError(f"{what} must be real numbers, got dtype {probs.dtype}")
   if probs.ndim != 2:
-    raise ValueError(f"{what} must be 2-D [N, C], got shape {probs.shape}")
+    raise InputError(f"{what} must be 2-D [N, C], got shape {probs.shape}")
   if 0 in probs.shape:
-    raise ValueError(f"{what} are empty (shape {probs.shape})")
+    raise InputError(f"{what} are empty (shape {probs.shape})")
   probs = probs.astype(np.float64)
   if bad := int(np.sum(~np.isfinite(probs))):
-    raise ValueError(f"{what} has {bad} non-finite values (NaN or inf)")
+    raise InputError(f"{what} has {bad} non-finite values (NaN or inf)")
   if bad := int(np.sum(probs < 0)):
-    raise ValueError(f"{what} has {bad} negative values; pass probabilities, not logits")
+    raise InputError(f"{what} has {bad} negative values; pass probabilities, not logits")
   if bad := int(np.sum(np.abs(probs.sum(axis=1) - 1.0) > ROW_SUM_TOLERANCE)):
-    raise ValueError(
+    raise InputError(
       f"{what} has {bad} rows whose sum is not 1 (within "
       f"{ROW_SUM_TOLERANCE}); pass softmax probabilities, not logits"
     )
@@ -126,25 +129,25 @@ def _check_probs(probs, what: str = "probs") -> np.ndarray:
 def _check_labels(labels, num_rows: int, num_classes: int, of: str = "probs") -> np.ndarray:
   labels = np.asarray(labels)
   if labels.shape != (num_rows,):
-    raise ValueError(f"labels shape {labels.shape} does not match the {num_rows} rows of {of}")
+    raise InputError(f"labels shape {labels.shape} does not match the {num_rows} rows of {of}")
   if not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    raise InputError(f"labels must be integers, got dtype {labels.dtype}")
   if bad := int(np.sum((labels < 0) | (labels >= num_classes))):
-    raise ValueError(f"labels have {bad} values outside [0, {num_classes})")
+    raise InputError(f"labels have {bad} values outside [0, {num_classes})")
   return labels.astype(np.int64)
 
 
 def _check_options(method: str, randomized, lam, k_reg):
-  """(randomized, lam, k_reg) resolved to the method's defaults, or a ValueError."""
+  """(randomized, lam, k_reg) resolved to the method's defaults, or a ConfigError."""
   if method not in METHODS:
-    raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
   if randomized is None:
     randomized = method != "lac"
   elif randomized and method == "lac":
-    raise ValueError("randomized=True applies to 'aps' and 'raps' only; LAC scores are 1 - p_y")
+    raise ConfigError("randomized=True applies to 'aps' and 'raps' only; LAC scores are 1 - p_y")
   if method != "raps":
     if lam is not None or k_reg is not None:
-      raise ValueError(f"lam and k_reg are RAPS parameters; method {method!r} takes neither")
+      raise ConfigError(f"lam and k_reg are RAPS parameters; method {method!r} takes neither")
     return bool(randomized), None, None
   lam = RAPS_LAM if lam is None else lam
   k_reg = RAPS_K_REG if k_reg is None else k_reg
@@ -153,15 +156,15 @@ def _check_options(method: str, randomized, lam, k_reg):
     or not isinstance(lam, (int, float, np.floating, np.integer))
     or not 0 <= lam < math.inf
   ):
-    raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    raise ConfigError(f"lam must be a finite number >= 0, got {lam!r}")
   if isinstance(k_reg, bool) or not isinstance(k_reg, (int, np.integer)) or k_reg < 0:
-    raise ValueError(f"k_reg must be an integer >= 0, got {k_reg!r}")
+    raise ConfigError(f"k_reg must be an integer >= 0, got {k_reg!r}")
   return bool(randomized), float(lam), int(k_reg)
 
 
 def _check_seed(seed) -> int:
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-    raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
   return int(seed)
 
 
@@ -186,12 +189,12 @@ def scores(probs, method: str, *, labels=None, uniforms=None, lam=None, k_reg=No
     labels = _check_labels(labels, num_rows, num_classes)
   if uniforms is not None:
     if method == "lac":
-      raise ValueError("uniforms apply to 'aps' and 'raps' only; LAC scores are 1 - p_y")
+      raise ConfigError("uniforms apply to 'aps' and 'raps' only; LAC scores are 1 - p_y")
     uniforms = np.asarray(uniforms, np.float64)
     if uniforms.shape != (num_rows,):
-      raise ValueError(f"uniforms shape {uniforms.shape} does not match the {num_rows} rows")
+      raise InputError(f"uniforms shape {uniforms.shape} does not match the {num_rows} rows")
     if bad := int(np.sum(~((uniforms >= 0) & (uniforms <= 1)))):
-      raise ValueError(f"uniforms have {bad} values outside [0, 1] (NaN included)")
+      raise InputError(f"uniforms have {bad} values outside [0, 1] (NaN included)")
   return _scores(probs, method, labels, uniforms, lam, k_reg)
 
 
@@ -237,9 +240,9 @@ def quantile_index(num_scores: int, alpha: float) -> int:
 
 def _check_alpha(alpha) -> float:
   if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)):
-    raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
+    raise ConfigError(f"alpha must be a number in (0, 1), got {alpha!r}")
   if not 0 < alpha < 1:  # NaN fails too
-    raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
   return float(alpha)
 
 
@@ -265,7 +268,7 @@ class ConformalPredictor:
     with the test stream of `seed` (default: the predictor's)."""
     probs = _check_probs(probs)
     if probs.shape[1] != self.num_classes:
-      raise ValueError(
+      raise InputError(
         f"probs have {probs.shape[1]} classes; the predictor was calibrated on {self.num_classes}"
       )
     seed = self.seed if seed is None else _check_seed(seed)
@@ -328,7 +331,7 @@ def calibrate(
 def _check_sets(sets) -> np.ndarray:
   sets = np.asarray(sets)
   if sets.dtype != bool or sets.ndim != 2:
-    raise ValueError(f"sets must be a bool [N, C] array, got {sets.dtype} of shape {sets.shape}")
+    raise InputError(f"sets must be a bool [N, C] array, got {sets.dtype} of shape {sets.shape}")
   return sets
 
 
@@ -341,6 +344,6 @@ def coverage(sets, labels) -> float:
   """Fraction of rows whose set holds their label."""
   sets = _check_sets(sets)
   if sets.shape[0] == 0:
-    raise ValueError("sets are empty: coverage of no rows is undefined")
+    raise InputError("sets are empty: coverage of no rows is undefined")
   labels = _check_labels(labels, *sets.shape, of="sets")
   return float(np.mean(sets[np.arange(sets.shape[0]), labels]))

@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from duojax.errors import ConfigError, InputError
 from duojax.parallel import sharding
 
 MODES = ("weighted", "unweighted", "uq_only")
@@ -89,16 +90,16 @@ def _as_stack(logits_stack) -> jax.Array:
   if isinstance(logits_stack, (list, tuple)):
     shapes = [tuple(np.shape(z)) for z in logits_stack]
     if not shapes:
-      raise ValueError("no members: give at least one [N, C] logits array")
+      raise InputError("no members: give at least one [N, C] logits array")
     for i, shape in enumerate(shapes):
       if len(shape) != 2:
-        raise ValueError(f"member {i}'s logits have shape {shape}; expected [N, C]")
+        raise InputError(f"member {i}'s logits have shape {shape}; expected [N, C]")
       if shape[1] != shapes[0][1]:
-        raise ValueError(
+        raise InputError(
           f"member {i}'s logits have {shape[1]} classes but member 0's have {shapes[0][1]}"
         )
       if shape[0] != shapes[0][0]:
-        raise ValueError(
+        raise InputError(
           f"member {i}'s logits have {shape[0]} rows but member 0's have {shapes[0][0]}"
         )
   dtypes = [
@@ -108,10 +109,10 @@ def _as_stack(logits_stack) -> jax.Array:
   for dtype in dtypes:
     # Integer logits are accepted (cast to float32), as metrics.evaluate does.
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
-      raise ValueError(f"logits must be real numbers, got dtype {dtype}")
+      raise InputError(f"logits must be real numbers, got dtype {dtype}")
   logits_stack = jnp.asarray(logits_stack, jnp.float32)
   if logits_stack.ndim != 3:
-    raise ValueError(
+    raise InputError(
       f"logits must be stacked [m, N, C] (one [N, C] array per member), got "
       f"shape {tuple(logits_stack.shape)}"
     )
@@ -130,9 +131,9 @@ def _as_weights(weights, m: int, what: str) -> jax.Array:
   host = None if isinstance(weights, jax.Array) else np.asarray(weights, np.float32)
   weights = jnp.asarray(weights, jnp.float32)
   if weights.shape != (m,):
-    raise ValueError(f"{what} have shape {tuple(weights.shape)}; expected ({m},), one per member")
+    raise InputError(f"{what} have shape {tuple(weights.shape)}; expected ({m},), one per member")
   if host is not None and not np.isfinite(host).all():
-    raise ValueError(f"{what} must be finite, got {host.tolist()} (a fit on no valid rows?)")
+    raise InputError(f"{what} must be finite, got {host.tolist()} (a fit on no valid rows?)")
   return weights
 
 
@@ -168,7 +169,7 @@ def combine_mode(logits_stack, mode: str, *, joint_weights=None, single_weights=
     (1 − confidence is the uncertainty score).
   """
   if mode not in MODES:
-    raise ValueError(f"unknown duo mode {mode!r}; valid: {', '.join(MODES)}")
+    raise ConfigError(f"unknown duo mode {mode!r}; valid: {', '.join(MODES)}")
   logits_stack = _as_stack(logits_stack)
   m = logits_stack.shape[0]
   if single_weights is not None:
@@ -177,11 +178,11 @@ def combine_mode(logits_stack, mode: str, *, joint_weights=None, single_weights=
     joint_weights = _as_weights(joint_weights, m, "joint_weights")
   if mode == "unweighted":
     if single_weights is None:
-      raise ValueError("mode 'unweighted' needs single_weights (per-member temperatures)")
+      raise ConfigError("mode 'unweighted' needs single_weights (per-member temperatures)")
     z = combine(logits_stack, single_weights / m)
     return z, msp_confidence(z)
   if joint_weights is None:
-    raise ValueError(f"mode {mode!r} needs joint_weights (fit on validation data)")
+    raise ConfigError(f"mode {mode!r} needs joint_weights (fit on validation data)")
   z = combine(logits_stack, joint_weights)
   if mode == "weighted":
     return z, msp_confidence(z)

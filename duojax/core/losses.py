@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from duojax.errors import ConfigError, InputError
+
 
 def cross_entropy(logits, labels, label_smoothing: float = 0.0):
   """Per-example softmax cross-entropy with optional label smoothing."""
@@ -58,31 +60,31 @@ def gatekeeper_loss(logits, labels, alpha, mask=None) -> jax.Array:
   KL(p ‖ u) = Σ_c p_c log p_c + log C. Differentiable and jittable.
   """
   if isinstance(alpha, (int, float, np.number)) and not 0.0 <= alpha <= 1.0:
-    raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
   # Host (numpy) labels, not device or traced ones, have their range checked
   # below: free, where a device array would need a sync inside training.
   host_labels = None if isinstance(labels, jax.Array) else np.asarray(labels)
   if host_labels is not None and not jnp.issubdtype(host_labels.dtype, jnp.integer):
-    raise ValueError(f"labels must be integers, got dtype {host_labels.dtype}")
+    raise InputError(f"labels must be integers, got dtype {host_labels.dtype}")
   logits, labels = jnp.asarray(logits), jnp.asarray(labels)
   if logits.ndim != 2 or 0 in logits.shape:
-    raise ValueError(f"logits must be non-empty 2-D [N, C], got shape {tuple(logits.shape)}")
+    raise InputError(f"logits must be non-empty 2-D [N, C], got shape {tuple(logits.shape)}")
   if labels.shape != logits.shape[:1]:
-    raise ValueError(
+    raise InputError(
       f"labels shape {tuple(labels.shape)} does not match the {logits.shape[0]} rows of logits"
     )
   if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    raise InputError(f"labels must be integers, got dtype {labels.dtype}")
   valid = jnp.ones(logits.shape[0], bool) if mask is None else jnp.asarray(mask)
   if valid.shape != logits.shape[:1]:
-    raise ValueError(
+    raise InputError(
       f"mask shape {tuple(valid.shape)} does not match the {logits.shape[0]} rows of logits"
     )
   if host_labels is not None and (mask is None or not isinstance(mask, jax.Array)):
     # An out-of-range label would gather a fill value: a silent NaN loss.
     rows = host_labels if mask is None else host_labels[np.asarray(mask, bool)]
     if bad := int(np.sum((rows < 0) | (rows >= logits.shape[1]))):
-      raise ValueError(f"labels have {bad} values outside [0, {logits.shape[1]})")
+      raise InputError(f"labels have {bad} values outside [0, {logits.shape[1]})")
   return _gatekeeper_loss(
     logits, labels.astype(jnp.int32), jnp.asarray(alpha, jnp.float32), valid.astype(bool)
   )

@@ -58,6 +58,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from duojax.errors import InputError
+
 # Relative cutoff for spreads and eigenvalues: about 100 float32 eps (1.2e-7).
 RCOND = 1e-5
 # Rows per block of the covariance's sums, and per chunk of the scores.
@@ -87,13 +89,13 @@ def _check_features(features, what: str, dim: int | None = None):
   if not (hasattr(features, "shape") and hasattr(features, "dtype")):
     features = np.asarray(features)
   if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] == 0:
-    raise ValueError(f"{what} must be a non-empty [N, D] array, got shape {tuple(features.shape)}")
+    raise InputError(f"{what} must be a non-empty [N, D] array, got shape {tuple(features.shape)}")
   if not (
     jnp.issubdtype(features.dtype, jnp.floating) or jnp.issubdtype(features.dtype, jnp.integer)
   ):
-    raise ValueError(f"{what} must be real numbers, got dtype {features.dtype}")
+    raise InputError(f"{what} must be real numbers, got dtype {features.dtype}")
   if dim is not None and features.shape[1] != dim:
-    raise ValueError(f"{what} have {features.shape[1]} dimensions, the model's means {dim}")
+    raise InputError(f"{what} have {features.shape[1]} dimensions, the model's means {dim}")
   return features
 
 
@@ -164,7 +166,7 @@ def fit(features, labels, num_classes: int) -> MahalanobisModel:
     labels: [N] integer classes in [0, num_classes).
     num_classes: C; every class needs at least one row.
 
-  Raises a one-line ValueError for bad shapes, labels out of range, a class
+  Raises a one-line InputError for bad shapes, labels out of range, a class
   without rows, NaN or inf features, or features with no spread around
   their class means (every class a single row, or constant features).
   N − C < D rows leave the covariance rank-deficient: the score is then
@@ -174,23 +176,23 @@ def fit(features, labels, num_classes: int) -> MahalanobisModel:
   features = _check_features(features, "training features")
   labels = np.asarray(labels)
   if labels.shape != (features.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(
+    raise InputError(
       f"labels must be [N] = [{features.shape[0]}] integers, got "
       f"{labels.dtype} {tuple(labels.shape)}"
     )
   if num_classes < 1 or labels.min() < 0 or labels.max() >= num_classes:
-    raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
+    raise InputError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
   model, counts, nonfinite = _fit(features, labels, num_classes)
   if bad := int(nonfinite):
-    raise ValueError(f"training features have {bad} non-finite values (NaN or inf)")
+    raise InputError(f"training features have {bad} non-finite values (NaN or inf)")
   empty = np.flatnonzero(np.asarray(counts) == 0)
   if len(empty):
-    raise ValueError(
+    raise InputError(
       f"{len(empty)} of {num_classes} classes have no training rows (first: "
       f"{empty[:5].tolist()}): every class needs a mean"
     )
   if int(model.rank) == 0:
-    raise ValueError(
+    raise InputError(
       f"the {features.shape[0]} training features do not vary around their "
       "class means: no covariance to measure distances with"
     )
@@ -225,7 +227,7 @@ def score(model: MahalanobisModel, features, *, chunk: int = _SCORE_CHUNK) -> ja
 
   Runs over chunks of `chunk` rows (the last one zero-padded, so one
   compiled program serves every chunk); memory is chunk × (C + D) floats.
-  NaN or inf features are a one-line ValueError.
+  NaN or inf features are a one-line InputError.
   """
   features = _check_features(features, "features", dim=int(model.means.shape[1]))
   n = features.shape[0]
@@ -240,5 +242,5 @@ def score(model: MahalanobisModel, features, *, chunk: int = _SCORE_CHUNK) -> ja
     parts.append(scores[:rows])
     nonfinite = nonfinite + bad
   if bad := int(nonfinite):
-    raise ValueError(f"features have {bad} non-finite values (NaN or inf)")
+    raise InputError(f"features have {bad} non-finite values (NaN or inf)")
   return jnp.concatenate(parts)

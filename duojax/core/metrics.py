@@ -18,7 +18,8 @@ confidence accepts whole tie groups, so sac looks at group ends k = b only.
 No result depends on the order of the samples.
 
 The heavy parts (the pass over the logits, sorting, cumulative sums) are jitted;
-inputs are checked on the host first, and bad ones raise a one-line ValueError.
+inputs are checked on the host first, and bad ones raise a one-line InputError
+(ConfigError for a bad option).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from duojax.core import ranking
+from duojax.errors import ConfigError, InputError
 
 ECE_BINS = 15
 SAC_TARGETS = (90, 95, 98, 99)  # accuracy (%) the selective classifier must reach
@@ -59,18 +61,18 @@ def _as_array(x, what: str):
     try:
       x = np.asarray(x)
     except ValueError:  # numpy's message does not say which input is ragged
-      raise ValueError(f"{what} must be a rectangular array (rows of equal length)") from None
+      raise InputError(f"{what} must be a rectangular array (rows of equal length)") from None
   if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
-    raise ValueError(f"{what} must be real numbers, got dtype {x.dtype}")
+    raise InputError(f"{what} must be real numbers, got dtype {x.dtype}")
   return x
 
 
 def _check_logits(logits):
   logits = _as_array(logits, "logits")
   if logits.ndim != 2:
-    raise ValueError(f"logits must be 2-D [N, C], got shape {tuple(logits.shape)}")
+    raise InputError(f"logits must be 2-D [N, C], got shape {tuple(logits.shape)}")
   if 0 in logits.shape:
-    raise ValueError(f"logits are empty (shape {tuple(logits.shape)})")
+    raise InputError(f"logits are empty (shape {tuple(logits.shape)})")
   return logits
 
 
@@ -80,28 +82,28 @@ def _check_scores(
   """1-D float scores: [num_rows] if given, finite, and in [0, 1] if asked."""
   scores = _as_array(scores, what)
   if num_rows is None and (scores.ndim != 1 or scores.shape[0] == 0):
-    raise ValueError(f"{what} must be a non-empty 1-D array, got shape {tuple(scores.shape)}")
+    raise InputError(f"{what} must be a non-empty 1-D array, got shape {tuple(scores.shape)}")
   if num_rows is not None and tuple(scores.shape) != (num_rows,):
-    raise ValueError(f"{what} shape {tuple(scores.shape)} does not match the {num_rows} rows")
+    raise InputError(f"{what} shape {tuple(scores.shape)} does not match the {num_rows} rows")
   host = np.asarray(scores, np.float64)[slice(None) if valid is None else valid]
   if unit_interval and (bad := int(np.sum(~((host >= 0) & (host <= 1))))):
-    raise ValueError(f"{what} has {bad} values outside [0, 1] (NaN included)")
+    raise InputError(f"{what} has {bad} values outside [0, 1] (NaN included)")
   if not unit_interval and (bad := int(np.sum(~np.isfinite(host)))):
-    raise ValueError(f"{what} has {bad} non-finite values (NaN or inf)")
+    raise InputError(f"{what} has {bad} non-finite values (NaN or inf)")
   return jnp.asarray(scores, jnp.float32)
 
 
 def _check_labels(labels, num_rows: int, num_classes: int, valid=None) -> jax.Array:
   labels = _as_array(labels, "labels")
   if tuple(labels.shape) != (num_rows,):
-    raise ValueError(
+    raise InputError(
       f"labels shape {tuple(labels.shape)} does not match the {num_rows} rows of logits"
     )
   if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    raise InputError(f"labels must be integers, got dtype {labels.dtype}")
   host = np.asarray(labels)[slice(None) if valid is None else valid]
   if bad := int(np.sum((host < 0) | (host >= num_classes))):
-    raise ValueError(f"labels have {bad} values outside [0, {num_classes})")
+    raise InputError(f"labels have {bad} values outside [0, {num_classes})")
   return jnp.asarray(labels, jnp.int32)
 
 
@@ -177,7 +179,7 @@ def _checked_per_sample(logits, labels, confidence, valid: np.ndarray | None):
   valid = jnp.ones(num_rows, bool) if valid is None else jnp.asarray(valid)
   rows, suspect_rows = _row_statistics(logits, labels, valid)
   if int(suspect_rows) and (bad := int(_count_nonfinite(logits, valid))):
-    raise ValueError(f"logits have {bad} non-finite values (NaN or inf)")
+    raise InputError(f"logits have {bad} non-finite values (NaN or inf)")
   per_sample = _per_sample(*rows, labels)
   return per_sample, per_sample.msp if confidence is None else confidence
 
@@ -279,12 +281,12 @@ def evaluate_resamples(
   per_sample, confidence = _checked_per_sample(logits, labels, confidence, valid=None)
   rows = np.asarray(rows)
   if rows.ndim != 2 or rows.shape[1] == 0 or not np.issubdtype(rows.dtype, np.integer):
-    raise ValueError(
+    raise InputError(
       f"rows must be a non-empty 2-D integer array [R, N], got shape "
       f"{rows.shape} and dtype {rows.dtype}"
     )
   if rows.size and (rows.min() < 0 or rows.max() >= confidence.shape[0]):
-    raise ValueError(f"rows must index the {confidence.shape[0]} samples")
+    raise InputError(f"rows must index the {confidence.shape[0]} samples")
   chunk = max(1, RESAMPLE_CHUNK_SAMPLES // rows.shape[1])
   parts = [
     jax.device_get(
@@ -359,7 +361,7 @@ def confidence_scores(logits) -> dict[str, jax.Array]:
   """
   scores, nonfinite = _confidence_scores(_check_logits(logits))
   if bad := int(nonfinite):
-    raise ValueError(f"logits have {bad} non-finite values (NaN or inf)")
+    raise InputError(f"logits have {bad} non-finite values (NaN or inf)")
   return scores
 
 
@@ -372,7 +374,7 @@ def _risk_coverage(correct, confidence):
 def _check_correct(correct) -> jax.Array:
   correct = np.asarray(correct)
   if correct.ndim != 1 or correct.shape[0] == 0:
-    raise ValueError(f"correct must be a non-empty 1-D array, got shape {correct.shape}")
+    raise InputError(f"correct must be a non-empty 1-D array, got shape {correct.shape}")
   return jnp.asarray(correct.astype(bool))
 
 
@@ -418,7 +420,7 @@ def reliability_diagram(
   "accuracy", "count"}, each [num_bins]; empty bins have NaN means.
   """
   if num_bins < 1:
-    raise ValueError(f"num_bins must be at least 1, got {num_bins}")
+    raise ConfigError(f"num_bins must be at least 1, got {num_bins}")
   if np.ndim(scores) == 2:
     scores = _check_logits(scores)
     targets = _check_labels(targets, *scores.shape)
@@ -427,7 +429,7 @@ def reliability_diagram(
     scores = _check_scores(scores, "confidence", targets.shape[0], unit_interval=True)
   diagram, nonfinite = _reliability(scores, targets, num_bins, from_logits)
   if bad := int(nonfinite):
-    raise ValueError(f"scores have {bad} non-finite values (NaN or inf)")
+    raise InputError(f"scores have {bad} non-finite values (NaN or inf)")
   return diagram
 
 
@@ -459,12 +461,12 @@ class MetricsAccumulator:
     are neither checked nor counted."""
     num_rows, num_classes = _check_logits(logits).shape
     if self._num_classes not in (None, num_classes):
-      raise ValueError(
+      raise InputError(
         f"logits have {num_classes} classes, earlier batches had {self._num_classes}"
       )
     valid = np.ones(num_rows, bool) if mask is None else np.asarray(mask).astype(bool)
     if valid.shape != (num_rows,):
-      raise ValueError(f"mask shape {valid.shape} does not match the {num_rows} rows of logits")
+      raise InputError(f"mask shape {valid.shape} does not match the {num_rows} rows of logits")
     per_sample, confidence = _checked_per_sample(logits, labels, confidence, valid)
     self._num_classes = num_classes
     self._batches.append((per_sample, confidence, valid))
@@ -472,13 +474,13 @@ class MetricsAccumulator:
   def result(self) -> dict[str, float]:
     """The `evaluate` dict over every valid row added so far."""
     if not self._batches:
-      raise ValueError("no samples to evaluate: no batches were added")
+      raise InputError("no samples to evaluate: no batches were added")
     # The vectors are small (4 numbers a sample): joining them on the host is
     # one transfer and compiles nothing per number or size of batches.
     batches = jax.device_get(self._batches)
     valid = np.concatenate([v for _, _, v in batches])
     if not valid.any():
-      raise ValueError("no samples to evaluate: every row is masked out")
+      raise InputError("no samples to evaluate: every row is masked out")
     join = lambda parts: np.concatenate(parts)[valid]
     per_sample = _PerSample(*map(join, zip(*(p for p, _, _ in batches))))
     confidence = join([c for _, c, _ in batches])

@@ -15,17 +15,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from duojax.errors import InputError
+
 
 def average(models: Sequence[nnx.Module], weights: Sequence[float] | None = None) -> nnx.Module:
   """A model whose every variable is the (weighted) mean of the ingredients'."""
   if not models:
-    raise ValueError("a soup needs at least one ingredient")
+    raise InputError("a soup needs at least one ingredient")
   graphdef, first = nnx.split(models[0])
   states = [first]
   for i, model in enumerate(models[1:], start=1):
     other_graphdef, state = nnx.split(model)
     if other_graphdef != graphdef:
-      raise ValueError(f"soup ingredient {i} has another architecture than ingredient 0")
+      raise InputError(f"soup ingredient {i} has another architecture than ingredient 0")
     states.append(state)
   weights = (
     jnp.full(len(models), 1.0 / len(models))
@@ -45,7 +47,7 @@ def greedy(
   Returns the soup and the indices of the ingredients it kept.
   """
   if not models:
-    raise ValueError("a soup needs at least one ingredient")
+    raise InputError("a soup needs at least one ingredient")
   scores = [score(m) for m in models]
   order = sorted(range(len(models)), key=lambda i: -scores[i])
   kept, best = [order[0]], scores[order[0]]

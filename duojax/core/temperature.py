@@ -44,6 +44,7 @@ import numpy as np
 
 from duojax.core import duo, solvers
 from duojax.core import temperature_inputs as inputs
+from duojax.errors import ConfigError
 
 SOLVERS = solvers.SOLVERS
 
@@ -149,9 +150,10 @@ def fit_temperatures(
     float32 [m]: the weights, unconstrained in sign (see the module doc).
 
   Raises:
-    ValueError: bad inputs (non-finite logits, mismatched members, labels out
+    InputError: bad inputs (non-finite logits, mismatched members, labels out
       of range, empty split; all checked on unmasked rows only; a mask that
-      is not bool [N] or has no True row), or an unknown solver.
+      is not bool [N] or has no True row).
+    ConfigError: an unknown solver, max_iter < 1 or tol < 0.
 
   Eager calls check values (finite logits, label range, a True row in the
   mask). Under an outer `jax.jit` only shapes are checked, and non-finite
@@ -222,11 +224,11 @@ def _fit(
   logits_list, labels, *, solver, init, max_iter, tol, mask=None, sample_logits=_SAMPLE_LOGITS
 ):
   if solver not in SOLVERS:
-    raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(map(repr, SOLVERS))}")
+    raise ConfigError(f"unknown solver {solver!r}; valid: {', '.join(map(repr, SOLVERS))}")
   if int(max_iter) < 1:
-    raise ValueError(f"max_iter must be ≥ 1, got {max_iter}")
+    raise ConfigError(f"max_iter must be ≥ 1, got {max_iter}")
   if not float(tol) >= 0:
-    raise ValueError(f"tol must be ≥ 0, got {tol}")
+    raise ConfigError(f"tol must be ≥ 0, got {tol}")
   members = inputs.as_members(logits_list)
   n, c = members[0].shape
   mask = None if mask is None else inputs.as_mask(mask, n)

@@ -4,7 +4,7 @@ Members become a tuple of float32 [N, C] arrays, labels int32 [N], the mask
 bool [N]; shapes are checked always (they are static under jit), values
 (label range, non-finite logits) only where the arrays are concrete, so no
 check adds a host sync to a jitted fit. Each failure is a one-line
-ValueError that says what is wrong and how many.
+InputError that says what is wrong and how many.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from duojax.errors import InputError
+
 
 def is_array(x) -> bool:
   return hasattr(x, "ndim") and hasattr(x, "shape")
@@ -24,7 +26,7 @@ def as_members(logits_list) -> tuple[jax.Array, ...]:
   """m float32 arrays [N, C], shapes validated."""
   if is_array(logits_list):
     if logits_list.ndim != 3:
-      raise ValueError(
+      raise InputError(
         f"a single logits array must be stacked [m, N, C], got shape "
         f"{tuple(logits_list.shape)}; pass one [N, C] member as [logits]"
       )
@@ -35,24 +37,24 @@ def as_members(logits_list) -> tuple[jax.Array, ...]:
   # and a string array's TypeError would print the whole array.
   members = [z if is_array(z) else np.asarray(z) for z in logits_list]
   if not members:
-    raise ValueError("no members: logits_list must hold at least one [N, C] array (m ≥ 1)")
+    raise InputError("no members: logits_list must hold at least one [N, C] array (m ≥ 1)")
   shapes = [tuple(np.shape(z)) for z in members]
   for i, shape in enumerate(shapes):
     if len(shape) != 2:
-      raise ValueError(f"member {i} has shape {shape}; expected [N, C]")
+      raise InputError(f"member {i} has shape {shape}; expected [N, C]")
   n, c = shapes[0]
   for i, (n_i, c_i) in enumerate(shapes[1:], start=1):
     if c_i != c:
-      raise ValueError(f"member {i} has {c_i} classes but member 0 has {c}")
+      raise InputError(f"member {i} has {c_i} classes but member 0 has {c}")
     if n_i != n:
-      raise ValueError(f"member {i} has {n_i} examples but member 0 has {n}")
+      raise InputError(f"member {i} has {n_i} examples but member 0 has {n}")
   if n == 0:
-    raise ValueError("empty validation split (N = 0)")
+    raise InputError("empty validation split (N = 0)")
   if c < 2:
-    raise ValueError(f"need at least 2 classes, got C = {c}")
+    raise InputError(f"need at least 2 classes, got C = {c}")
   for i, z in enumerate(members):
     if not jnp.issubdtype(z.dtype, jnp.floating):
-      raise ValueError(f"member {i} has dtype {z.dtype}; expected floating logits")
+      raise InputError(f"member {i} has dtype {z.dtype}; expected floating logits")
   # The one upcast: bfloat16/float16 members become float32 here, once.
   return tuple(jnp.asarray(z, jnp.float32) for z in members)
 
@@ -62,9 +64,9 @@ def as_labels(labels, n: int, c: int, mask: Optional[jax.Array]) -> jax.Array:
     labels = np.asarray(labels)
   shape = tuple(labels.shape)
   if shape != (n,):
-    raise ValueError(f"labels have shape {shape}; expected ({n},) to match the logits")
+    raise InputError(f"labels have shape {shape}; expected ({n},) to match the logits")
   if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    raise InputError(f"labels must be integers, got dtype {labels.dtype}")
   if isinstance(labels, np.ndarray) and labels.dtype.itemsize > 4:
     # Saturate rather than wrap: int32 would turn 2**32 into a valid 0.
     bounds = np.iinfo(np.int32)
@@ -74,7 +76,7 @@ def as_labels(labels, n: int, c: int, mask: Optional[jax.Array]) -> jax.Array:
     # On device: sharded labels cannot be fetched whole, their range can.
     low, high = map(int, _label_range(labels, mask))
     if low < 0 or high >= c:
-      raise ValueError(f"labels must lie in [0, {c}); found min {low}, max {high}")
+      raise InputError(f"labels must lie in [0, {c}); found min {low}, max {high}")
   return labels
 
 
@@ -82,13 +84,13 @@ def as_mask(mask, n: int) -> jax.Array:
   if not is_array(mask):
     mask = np.asarray(mask)
   if tuple(mask.shape) != (n,) or jnp.result_type(mask) != jnp.bool_:
-    raise ValueError(
+    raise InputError(
       f"mask must be a bool array of shape ({n},) (True for rows to use), got "
       f"{jnp.result_type(mask)} of shape {tuple(mask.shape)}"
     )
   mask = jnp.asarray(mask)
   if not is_traced(mask) and not int(_count_true(mask)):
-    raise ValueError(f"mask has no valid rows: all {n} rows are False")
+    raise InputError(f"mask has no valid rows: all {n} rows are False")
   return mask
 
 
@@ -99,9 +101,9 @@ def is_traced(*arrays) -> bool:
 def as_init(init, m: int) -> jax.Array:
   init = jnp.asarray(init, jnp.float32)
   if init.shape != (m,):
-    raise ValueError(f"init has shape {init.shape}; expected ({m},), one weight per member")
+    raise InputError(f"init has shape {init.shape}; expected ({m},), one weight per member")
   if not isinstance(init, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(init))):
-    raise ValueError(f"init must be finite, got {np.asarray(init)}")
+    raise InputError(f"init must be finite, got {np.asarray(init)}")
   return init
 
 
@@ -127,7 +129,7 @@ def check_finite(members: tuple[jax.Array, ...], info: dict, mask: Optional[jax.
       "although every logit is finite; try a smaller init"
     )
   where = ", ".join(f"member {i}: {k}" for i, k in enumerate(counts) if k)
-  raise ValueError(f"logits contain {sum(counts)} non-finite values (NaN or inf) ({where})")
+  raise InputError(f"logits contain {sum(counts)} non-finite values (NaN or inf) ({where})")
 
 
 @jax.jit

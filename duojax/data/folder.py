@@ -46,7 +46,7 @@ from PIL import Image
 
 from duojax.data import images
 from duojax.data.pipeline import usable_cores
-from duojax.errors import DataError
+from duojax.errors import DataError, FileError
 
 VERSION = "1.0.0"  # of the stored layout: the folder name under NAME
 SKIPPED_FILE = "skipped_files.txt"
@@ -495,10 +495,13 @@ def import_folder(
           download_dir=downloads,  # tfds makes one even with nothing to download
           download_config=tfds.download.DownloadConfig(try_download_gcs=False),
         )
-    except BaseException:
+    except BaseException as e:
       for folder in made:
         with contextlib.suppress(OSError):  # not empty: not only ours
           os.rmdir(folder)
+      if isinstance(e, OSError) and e.errno is not None and not isinstance(e, FileError):
+        # A full disk, or a folder made read-only during the import.
+        raise FileError(e.errno, f"cannot write {dataset} in {data_dir}: {e.strerror}") from e
       raise
   return ImportReport(
     dataset,

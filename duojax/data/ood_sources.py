@@ -99,7 +99,10 @@ def folder_split(
   )
   examples, bad = [], []
   for path in paths:
-    encoded = path.read_bytes()
+    try:
+      encoded = path.read_bytes()
+    except OSError as e:  # unreadable (permissions), or gone since the listing
+      raise DataError(f"cannot read {path}: {e.strerror or type(e).__name__}") from None
     reason = images_lib.check_decodes(encoded)
     if reason is None:
       examples.append({"image": encoded, "label": 0})

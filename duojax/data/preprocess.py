@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from duojax.errors import ConfigError
+
 # Channel statistics of x/255 that pretrained checkpoints were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -98,14 +100,14 @@ class InputSpec:
     )
 
   def check(self, channels: int) -> None:
-    """Raises ValueError unless the statistics fit `channels` and std > 0."""
+    """Raises ConfigError unless the statistics fit `channels` and std > 0."""
     if len(self.mean) != channels or len(self.std) != channels:
-      raise ValueError(
+      raise ConfigError(
         f"input statistics {list(self.mean)} / {list(self.std)} are not one "
         f"value per channel of {channels}-channel images"
       )
     if min(self.std) <= 0:
-      raise ValueError(f"input std {list(self.std)} must be positive")
+      raise ConfigError(f"input std {list(self.std)} must be positive")
 
 
 def hf_preprocessor_stats(weights_path: str) -> tuple[tuple, tuple] | None:

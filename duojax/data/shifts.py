@@ -32,6 +32,8 @@ import numpy as np
 from jax.extend.random import threefry_2x32
 from jax.scipy import ndimage as jnd
 
+from duojax.errors import ConfigError, InputError
+
 SHIFTS = ("gaussian_noise", "blur", "rotation", "contrast")
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -202,20 +204,20 @@ def _corrupt_chunk(images, param, seed, indices, *, kind: str):
 
 def _check(images, kind, severity, seed) -> np.ndarray:
   if kind not in SHIFTS:
-    raise ValueError(f"unknown shift kind {kind!r}; expected one of {SHIFTS}")
+    raise ConfigError(f"unknown shift kind {kind!r}; expected one of {SHIFTS}")
   if (
     isinstance(severity, bool)
     or not isinstance(severity, (int, np.integer))
     or severity not in SEVERITIES
   ):
-    raise ValueError(f"severity must be an int in {SEVERITIES}, got {severity!r}")
+    raise ConfigError(f"severity must be an int in {SEVERITIES}, got {severity!r}")
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-    raise ValueError(f"seed must be an int, got {seed!r}")
+    raise ConfigError(f"seed must be an int, got {seed!r}")
   images = np.asarray(images)
   if images.dtype != np.uint8:
-    raise ValueError(f"images must be uint8, got {images.dtype}")
+    raise InputError(f"images must be uint8, got {images.dtype}")
   if images.ndim != 4:
-    raise ValueError(f"images must be [N, H, W, C], got shape {images.shape}")
+    raise InputError(f"images must be [N, H, W, C], got shape {images.shape}")
   return images
 
 

@@ -27,6 +27,7 @@ from absl import app, flags
 from duojax import files
 from duojax.demo import runner, timings
 from duojax.demo.plan import demo_runs
+from duojax.errors import ConfigError
 from duojax.eval import render
 
 _RUNS = flags.DEFINE_string("runs", "runs/demo", "Folder for the workdirs and results.")
@@ -96,7 +97,7 @@ def main(argv: list[str]) -> None:
   jobs = _JOBS.value or max(1, len(runner.usable_cores()) // max(1, per_run))
   try:
     runner.core_slots(jobs, per_run)
-  except ValueError as e:
+  except ConfigError as e:
     sys.exit(f"error: --jobs/--cores_per_run: {e}")
   if _README.value and not os.path.isfile(_README.value):
     sys.exit(f"error: --readme {_README.value!r} does not exist")
@@ -138,7 +139,7 @@ def main(argv: list[str]) -> None:
       log_dir=os.path.join(runs, "logs"),
       env=_child_env(cache),
     )
-  except runner.RunFailed as e:
+  except (runner.RunFailed, ConfigError) as e:  # a run that failed; a plan that cannot run
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:
     sys.exit("interrupted: rerun the same command to resume")

@@ -16,6 +16,8 @@ import dataclasses
 import os
 from typing import Sequence
 
+from duojax.errors import ConfigError
+
 # Settings of every demo training, before `train_overrides` (which win):
 # evaluate.py scores every member on the test split, so the runs skip their own
 # test pass; and on a CPU, validation batches of 128 run 1.1-1.4x faster than
@@ -98,8 +100,8 @@ def check_plan(plan: Sequence[Run]) -> None:
   seen = set()
   for run in plan:
     if run.name in seen:
-      raise ValueError(f"run {run.name!r} is in the plan twice")
+      raise ConfigError(f"run {run.name!r} is in the plan twice")
     missing = [name for name in run.after if name not in seen]
     if missing:
-      raise ValueError(f"run {run.name!r} needs {missing}, which no earlier run provides")
+      raise ConfigError(f"run {run.name!r} needs {missing}, which no earlier run provides")
     seen.add(run.name)

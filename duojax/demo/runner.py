@@ -35,6 +35,7 @@ import time
 from typing import Callable, Sequence
 
 from duojax.demo.plan import Run, check_plan
+from duojax.errors import ConfigError
 
 
 class RunFailed(Exception):
@@ -57,12 +58,12 @@ def usable_cores() -> list[int]:
 def core_slots(jobs: int, cores_per_run: int = 1) -> list[list[int]]:
   """`jobs` disjoint sets of `cores_per_run` cores each ([[]] * jobs without affinity)."""
   if jobs < 1 or cores_per_run < 1:
-    raise ValueError(f"jobs={jobs} and cores_per_run={cores_per_run} must be >= 1")
+    raise ConfigError(f"jobs={jobs} and cores_per_run={cores_per_run} must be >= 1")
   cores = usable_cores()
   if not cores:  # macOS, Windows: no pinning
     return [[] for _ in range(jobs)]
   if jobs * cores_per_run > len(cores):
-    raise ValueError(
+    raise ConfigError(
       f"{jobs} job(s) of {cores_per_run} core(s) need more than the "
       f"{len(cores)} cores this process may use"
     )

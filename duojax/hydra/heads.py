@@ -15,12 +15,13 @@ import numpy as np
 from flax import nnx
 
 from duojax.core.losses import cross_entropy
+from duojax.errors import ConfigError, InputError
 from duojax.models import vit
 
 
 def check_vit(model, what="model"):
   if not isinstance(model, vit.VisionTransformer):
-    raise ValueError(f"{what} must be a VisionTransformer, got {type(model).__name__}")
+    raise InputError(f"{what} must be a VisionTransformer, got {type(model).__name__}")
 
 
 def _mask_grad_step(graphdef):
@@ -43,7 +44,7 @@ def mask_gradients(model, batches: Iterable[dict], *, loss: str = "ce"):
 def _step_for(model, loss: str):
   check_vit(model)
   if loss != "ce":
-    raise ValueError(f"unknown loss {loss!r}; valid: ce")
+    raise ConfigError(f"unknown loss {loss!r}; valid: ce")
   return _mask_grad_step(nnx.graphdef(model))
 
 
@@ -57,7 +58,7 @@ def _gradient_sums(model, step, batches: Iterable[dict]):
     grads += np.asarray(g, np.float64)
     n += 1
   if n == 0:
-    raise ValueError("head importance needs at least one batch")
+    raise InputError("head importance needs at least one batch")
   return total, grads
 
 
@@ -73,14 +74,14 @@ def head_importance(model, batches: Iterable[dict], *, loss: str = "ce") -> np.n
 def num_kept(keep, num_heads: int) -> int:
   # bool is an int subclass; True/False as a head count is surely a mistake.
   if isinstance(keep, (bool, np.bool_)):
-    raise ValueError(f"keep must be a head count or a fraction, got {keep!r}")
+    raise ConfigError(f"keep must be a head count or a fraction, got {keep!r}")
   if isinstance(keep, (int, np.integer)):
     if not 1 <= keep <= num_heads:
-      raise ValueError(f"keep={keep} heads must be in [1, {num_heads}]")
+      raise ConfigError(f"keep={keep} heads must be in [1, {num_heads}]")
     return int(keep)
   keep = float(keep)
   if not 0.0 < keep <= 1.0:
-    raise ValueError(f"keep fraction must be in (0, 1], got {keep}")
+    raise ConfigError(f"keep fraction must be in (0, 1], got {keep}")
   # At least one head per layer: a layer without heads has no attention.
   return max(1, int(round(keep * num_heads)))
 
@@ -93,7 +94,7 @@ def select_heads(importance, keep) -> np.ndarray:
   """
   importance = np.asarray(importance)
   if importance.ndim != 2:
-    raise ValueError(f"importance must be [depth, num_heads], got shape {importance.shape}")
+    raise InputError(f"importance must be [depth, num_heads], got shape {importance.shape}")
   k = num_kept(keep, importance.shape[1])
   order = np.argsort(-importance, axis=1, kind="stable")[:, :k]
   mask = np.zeros(importance.shape, bool)
@@ -104,7 +105,7 @@ def select_heads(importance, keep) -> np.ndarray:
 def member_masks(model, samples: Sequence[Iterable[dict]], keep) -> list:
   """One keep mask per member, each from the importance on its own sample."""
   if not samples:
-    raise ValueError("member_masks needs at least one member sample")
+    raise InputError("member_masks needs at least one member sample")
   step = _step_for(model, "ce")
   return [select_heads(np.abs(_gradient_sums(model, step, s)[1]), keep) for s in samples]
 
@@ -143,11 +144,11 @@ def prune(model, keep_mask) -> vit.VisionTransformer:
   keep_mask = np.asarray(keep_mask)
   shape = (model.depth, model.num_heads)
   if keep_mask.shape != shape:
-    raise ValueError(f"keep_mask must have shape {shape} (depth, num_heads), got {keep_mask.shape}")
+    raise InputError(f"keep_mask must have shape {shape} (depth, num_heads), got {keep_mask.shape}")
   keep_mask = keep_mask.astype(bool)
   counts = keep_mask.sum(axis=1)
   if counts.min() < 1 or counts.min() != counts.max():
-    raise ValueError(
+    raise InputError(
       f"keep_mask must keep the same number (>= 1) of heads in every layer, got {counts.tolist()}"
     )
   config = architecture(model)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from duojax.errors import ConfigError, InputError
 from duojax.hydra.heads import architecture, check_vit
 from duojax.models import functional, vit
 
@@ -44,9 +45,9 @@ class HydraViT(nnx.Module):
 
   def __init__(self, members: Sequence[vit.VisionTransformer], mlp: str = "grouped"):
     if mlp not in MLP_MODES:
-      raise ValueError(f"unknown mlp mode {mlp!r}; valid: {', '.join(MLP_MODES)}")
+      raise ConfigError(f"unknown mlp mode {mlp!r}; valid: {', '.join(MLP_MODES)}")
     if not members:
-      raise ValueError("a Hydra ensemble needs at least one member")
+      raise InputError("a Hydra ensemble needs at least one member")
     for j, m in enumerate(members):
       check_vit(m, f"member {j}")
     ref = _leaf_shapes(members[0])
@@ -54,7 +55,7 @@ class HydraViT(nnx.Module):
       shapes = _leaf_shapes(m)
       if shapes != ref or architecture(m) != architecture(members[0]):
         diff = sorted(k for k in ref.keys() | shapes.keys() if ref.get(k) != shapes.get(k))
-        raise ValueError(
+        raise InputError(
           f"member {j} differs from member 0 in shape or "
           f"config (first: {diff[:1] or 'config'}); prune all "
           "members to the same heads per layer"

@@ -13,6 +13,7 @@ float32 parameters, returns float32 logits, and exposes `name`,
 import jax.numpy as jnp
 from flax import nnx
 
+from duojax.errors import ConfigError
 from duojax.models import cnn, resnet, vit
 
 # Representative ViT names; any vit_{mu,mi,ti,s,m,b,l,h}{patch} is accepted.
@@ -53,7 +54,7 @@ def _compute_dtype(value, name: str):
   except TypeError:
     dtype = None
   if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(
+    raise ConfigError(
       f"{name}: dtype must be a float dtype such as 'float32' or 'bfloat16', got {value!r}"
     )
   return dtype
@@ -62,7 +63,7 @@ def _compute_dtype(value, name: str):
 def _image_size(value, name: str) -> tuple[int, int]:
   size = (value, value) if isinstance(value, int) else tuple(value)
   if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-    raise ValueError(f"{name}: image_size must be a positive int or an (H, W) pair, got {value!r}")
+    raise ConfigError(f"{name}: image_size must be a positive int or an (H, W) pair, got {value!r}")
   return size
 
 
@@ -77,7 +78,7 @@ def get_model(
     rngs: parameter initialisation randomness (an nnx.Rngs or an int seed);
       None means nnx.Rngs(0). Pass distinct seeds for ensemble members.
     **overrides: family-specific options (e.g. width, dtype, image_size);
-      unknown keys raise ValueError listing the valid ones.
+      unknown keys raise ConfigError listing the valid ones.
 
   Returns:
     An nnx.Module called as `logits, out = model(x, train=False, rngs=None)`.
@@ -85,16 +86,16 @@ def get_model(
   key = name.lower() if isinstance(name, str) else None
   family = _family(key) if key is not None else None
   if family is None:
-    raise ValueError(
+    raise ConfigError(
       f"unknown model {name!r}; known models: {', '.join(list_models())} (and any {_VIT_PATTERN})"
     )
   for k in overrides:
     if k not in family.OVERRIDES:
-      raise ValueError(
+      raise ConfigError(
         f"unknown override {k!r} for {key}; valid: {', '.join(sorted(family.OVERRIDES))}"
       )
   if not isinstance(num_classes, int) or num_classes < 1:
-    raise ValueError(f"{key}: num_classes must be a positive int, got {num_classes!r}")
+    raise ConfigError(f"{key}: num_classes must be a positive int, got {num_classes!r}")
   if "dtype" in overrides:
     overrides["dtype"] = _compute_dtype(overrides["dtype"], key)
   if "image_size" in overrides:

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from duojax.errors import ConfigError
 from duojax.models import common
 
 # name -> (conv widths, hidden units)
@@ -46,7 +47,7 @@ class CNN(nnx.Module):
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     widths = tuple(int(c) for c in widths)
     if not widths or min(widths) < 1 or hidden < 1:
-      raise ValueError(
+      raise ConfigError(
         f"{name}: widths and hidden must be positive, got widths={widths}, hidden={hidden}"
       )
     dtype = jnp.dtype(dtype)
@@ -76,7 +77,7 @@ class CNN(nnx.Module):
     self.convs = nnx.List(convs)
     fh, fw = h // 2 ** len(widths), w // 2 ** len(widths)
     if fh < 1 or fw < 1:
-      raise ValueError(f"{name}: image size {(h, w)} is too small for {len(widths)} 2x2 poolings")
+      raise ConfigError(f"{name}: image size {(h, w)} is too small for {len(widths)} 2x2 poolings")
     self.fc = nnx.Linear(
       fh * fw * in_ch,
       hidden,

@@ -5,6 +5,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from duojax.errors import ConfigError, InputError
+
 
 def normal_init(std_of_shape):
   """Initializer N(0, std_of_shape(shape)**2) with a shared sampler program.
@@ -26,14 +28,14 @@ def normal_init(std_of_shape):
 
 def check_dropout(name: str, rate: float) -> float:
   if not 0.0 <= rate < 1.0:
-    raise ValueError(f"{name}: dropout must be in [0, 1), got {rate}")
+    raise ConfigError(f"{name}: dropout must be in [0, 1), got {rate}")
   return float(rate)
 
 
 def check_rngs(name: str, rate: float, train: bool, rngs) -> None:
   """Training with dropout needs keys: fail with a message, not a trace error."""
   if train and rate > 0 and rngs is None:
-    raise ValueError(
+    raise ConfigError(
       f"{name}: train=True with dropout={rate} needs rngs, e.g. "
       "nnx.Rngs(dropout=key); got rngs=None"
     )
@@ -42,14 +44,14 @@ def check_rngs(name: str, rate: float, train: bool, rngs) -> None:
 def check_fixed_input(name: str, input_shape: tuple, x) -> None:
   """One-line errors for images a fixed-size model cannot take (static shapes)."""
   if x.ndim != 4:
-    raise ValueError(
+    raise InputError(
       f"{name} expects images of shape {input_shape} batched as "
       f"[B, H, W, C], got an array of shape {tuple(x.shape)}"
     )
   if tuple(x.shape[1:]) != tuple(input_shape):
-    raise ValueError(f"{name} expects images of shape {input_shape}, got {tuple(x.shape[1:])}")
+    raise InputError(f"{name} expects images of shape {input_shape}, got {tuple(x.shape[1:])}")
   if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise ValueError(f"{name} expects float images, got {x.dtype}")
+    raise InputError(f"{name} expects float images, got {x.dtype}")
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from duojax.errors import ConfigError, InputError
 from duojax.models import common
 
 # name -> (block kind, blocks per stage, base width, stem)
@@ -168,11 +169,11 @@ class ResNet(nnx.Module):
     rngs: nnx.Rngs,
   ):
     if block not in BLOCKS:
-      raise ValueError(f"{name}: unknown block {block!r}; valid: {', '.join(BLOCKS)}")
+      raise ConfigError(f"{name}: unknown block {block!r}; valid: {', '.join(BLOCKS)}")
     if stem not in STEMS:
-      raise ValueError(f"{name}: unknown stem {stem!r}; valid: {', '.join(STEMS)}")
+      raise ConfigError(f"{name}: unknown stem {stem!r}; valid: {', '.join(STEMS)}")
     if width < 1 or in_channels < 1 or num_classes < 1:
-      raise ValueError(
+      raise ConfigError(
         f"{name}: width, in_channels and num_classes must be "
         f"positive, got {width}, {in_channels}, {num_classes}"
       )
@@ -224,15 +225,15 @@ class ResNet(nnx.Module):
   def _check_input(self, x):
     c = self.input_shape[-1]
     if x.ndim != 4:
-      raise ValueError(
+      raise InputError(
         f"{self.name} expects images of shape (H, W, {c}) "
         f"batched as [B, H, W, C], got an array of shape "
         f"{tuple(x.shape)}"
       )
     if x.shape[-1] != c:
-      raise ValueError(f"{self.name} expects images of shape (H, W, {c}), got {tuple(x.shape[1:])}")
+      raise InputError(f"{self.name} expects images of shape (H, W, {c}), got {tuple(x.shape[1:])}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
-      raise ValueError(f"{self.name} expects float images, got {x.dtype}")
+      raise InputError(f"{self.name} expects float images, got {x.dtype}")
 
   def __call__(self, x, train: bool = False, rngs=None):
     """Returns (float32 logits [B, classes], {"pre_logits": [B, D]}).

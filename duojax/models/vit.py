@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from duojax.errors import ConfigError, InputError
 from duojax.models import common
 
 # variant -> (width, depth, mlp_dim, num_heads)
@@ -207,19 +208,19 @@ class VisionTransformer(nnx.Module):
   ):
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     if pool not in POOLS:
-      raise ValueError(f"{name}: unknown pool {pool!r}; valid: {', '.join(POOLS)}")
+      raise ConfigError(f"{name}: unknown pool {pool!r}; valid: {', '.join(POOLS)}")
     if patch_size < 1 or h % patch_size or w % patch_size:
-      raise ValueError(f"{name}: patch size {patch_size} does not divide image size {(h, w)}")
+      raise ConfigError(f"{name}: patch size {patch_size} does not divide image size {(h, w)}")
     if num_heads < 1:
-      raise ValueError(f"{name}: num_heads must be >= 1, got {num_heads}")
+      raise ConfigError(f"{name}: num_heads must be >= 1, got {num_heads}")
     # An explicit head_dim (pruned models) frees width from heads * head_dim.
     if head_dim is None and width % num_heads:
-      raise ValueError(f"{name}: num_heads {num_heads} does not divide width {width}")
+      raise ConfigError(f"{name}: num_heads {num_heads} does not divide width {width}")
     if head_dim is not None and head_dim < 1:
-      raise ValueError(f"{name}: head_dim must be >= 1, got {head_dim}")
+      raise ConfigError(f"{name}: head_dim must be >= 1, got {head_dim}")
     for what, rate in (("dropout", dropout), ("drop_path", drop_path)):
       if not 0.0 <= rate < 1.0:
-        raise ValueError(f"{name}: {what} must be in [0, 1), got {rate}")
+        raise ConfigError(f"{name}: {what} must be in [0, 1), got {rate}")
     dtype = jnp.dtype(dtype)
     self.name = name
     self.dtype = dtype
@@ -297,14 +298,14 @@ class VisionTransformer(nnx.Module):
     if head_mask is not None:
       shape = (self.depth, self.num_heads)
       if tuple(jnp.shape(head_mask)) != shape:
-        raise ValueError(
+        raise InputError(
           f"{self.name}: head_mask must have shape {shape} "
           f"(depth, num_heads), got {jnp.shape(head_mask)}"
         )
       head_mask = jnp.asarray(head_mask, jnp.float32)
     stochastic = train and (self.dropout_rate > 0 or self.drop_path_rate > 0)
     if stochastic and rngs is None:
-      raise ValueError(
+      raise ConfigError(
         f"{self.name}: train=True with dropout={self.dropout_rate}, "
         f"drop_path={self.drop_path_rate} needs rngs, e.g. "
         "nnx.Rngs(dropout=key); got rngs=None"
@@ -338,7 +339,7 @@ def create(name: str, num_classes: int = 1000, *, rngs: nnx.Rngs, **overrides) -
   """Builds a ViT from a name like 'vit_b16' plus validated overrides."""
   parsed = parse_name(name)
   if parsed is None:
-    raise ValueError(f"not a ViT name: {name!r}")
+    raise ConfigError(f"not a ViT name: {name!r}")
   variant, patch = parsed
   width, depth, mlp_dim, num_heads = VARIANTS[variant]
   kwargs = dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads)

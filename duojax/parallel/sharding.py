@@ -27,6 +27,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from duojax.errors import ConfigError
+
 DATA, FSDP = "data", "fsdp"
 # Parameters smaller than this stay replicated under FSDP: splitting a bias or
 # a norm scale saves no memory worth a collective per use.
@@ -43,11 +45,11 @@ def make_mesh(num_devices: int = -1, fsdp: int = 1) -> Mesh:
   devices = jax.devices()
   n = len(devices) if num_devices in (-1, None) else num_devices
   if not 1 <= n <= len(devices):
-    raise ValueError(f"num_devices={num_devices} but {len(devices)} devices are available")
+    raise ConfigError(f"num_devices={num_devices} but {len(devices)} devices are available")
   if fsdp < 1 or n % fsdp:
-    raise ValueError(f"fsdp={fsdp} must be a positive divisor of the {n} devices in the mesh")
+    raise ConfigError(f"fsdp={fsdp} must be a positive divisor of the {n} devices in the mesh")
   if n < len(devices) and jax.process_count() > 1:
-    raise ValueError(
+    raise ConfigError(
       f"num_devices={num_devices}: a multi-process run uses all "
       f"{len(devices)} devices (num_devices=-1)"
     )

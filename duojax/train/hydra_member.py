@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from duojax import data
-from duojax.errors import CheckpointError
+from duojax.errors import CheckpointError, ConfigError
 from duojax.hydra import heads
 from duojax.models import vit
 from duojax.models.spec import ModelSpec
@@ -63,7 +63,7 @@ def importance_sample(
   train = dataset.train
   n = min(num_images, len(train))
   if n < 1:
-    raise ValueError("head importance needs at least one training image")
+    raise ConfigError("head importance needs at least one training image")
   rows = np.sort(np.random.default_rng(seed).choice(len(train), n, replace=False))
   sample = dataclasses.replace(train, indices=train.indices[rows])
   for batch in data.eval_batches(sample, global_batch_size=min(batch_size, n), mean=mean, std=std):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from duojax.data.pipeline import steps_per_epoch
+from duojax.errors import ConfigError
 
 
 def total_steps(config, num_train: int) -> int:
@@ -17,7 +18,7 @@ def total_steps(config, num_train: int) -> int:
     return int(config.total_steps)
   per_epoch = steps_per_epoch(num_train, config.batch_size)
   if per_epoch == 0:
-    raise ValueError(f"batch_size {config.batch_size} exceeds the {num_train} training examples")
+    raise ConfigError(f"batch_size {config.batch_size} exceeds the {num_train} training examples")
   return max(1, math.ceil(config.epochs * per_epoch))
 
 
@@ -39,7 +40,7 @@ def make_optimizer(config, num_steps: int) -> optax.GradientTransformation:
   if probe <= 0:
     return _base_optimizer(config, num_steps)
   if probe >= num_steps:
-    raise ValueError(
+    raise ConfigError(
       f"config.linear_probe_steps={probe} leaves no fine-tuning steps "
       f"of the {num_steps} in this run"
     )
@@ -85,7 +86,7 @@ def _base_optimizer(config, num_steps: int) -> optax.GradientTransformation:
       optax.sgd(schedule, momentum=config.momentum, nesterov=True),
     )
   else:
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: adamw, sgd")
+    raise ConfigError(f"unknown optimizer {config.optimizer!r}; valid: adamw, sgd")
   if config.grad_clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
   return opt

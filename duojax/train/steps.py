@@ -23,6 +23,7 @@ from jax.sharding import Mesh
 
 from duojax.core.losses import cross_entropy, gatekeeper_loss
 from duojax.data.preprocess import normalize_on_device
+from duojax.errors import ConfigError, DataError
 from duojax.models.functional import make_apply
 from duojax.parallel import sharding
 
@@ -44,7 +45,7 @@ def make_loss(config) -> Callable:
   if loss == "gatekeeper":
     alpha = float(config.gatekeeper_alpha)
     return lambda logits, labels: gatekeeper_loss(logits, labels, alpha)
-  raise ValueError(f"unknown loss {loss!r}; valid: ce, gatekeeper")
+  raise ConfigError(f"unknown loss {loss!r}; valid: ce, gatekeeper")
 
 
 def init_state(params, batch_stats, optimizer) -> TrainState:
@@ -177,7 +178,7 @@ def evaluate_batches(eval_step, params, batch_stats, batches) -> dict[str, float
     sums = eval_step(params, batch_stats, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if totals is None:
-    raise ValueError("evaluation split is empty")
+    raise DataError("evaluation split is empty")
   totals = jax.device_get(totals)
   count = float(totals["count"])
   return {
