@@ -55,12 +55,6 @@ ROWS = (
   ),
   Row(
     2,
-    ("eval_config_lib.py",),
-    "the evaluation config schema: `base_eval_config()` + `validate_eval()` (its data keys are "
-    "the training schema's)",
-  ),
-  Row(
-    2,
     ("models/",),
     "the NNX ResNets, ViTs and CNNs (`get_model`), `functional` (modules ↔ pure pytrees, "
     "parameter and FLOP counts), `spec` (what a checkpoint rebuilds a model from)",
@@ -107,19 +101,27 @@ ROWS = (
   Row(
     4,
     ("train/",),
-    "`optim`, `steps` (jitted train/eval steps), `loop` (`train_and_evaluate`), `checkpoint`, "
-    "`hydra_member` (a run started from a pruned ViT)",
+    "`optim`, `steps` (jitted train/eval steps), `loop` (`train_and_evaluate`: `model_init`, "
+    "then the steps inside a `run_context` that owns the checkpoint manager, batches and "
+    "progress bar; `preemption`), `checkpoint`, `hydra_member` (a run started from a pruned ViT)",
   ),
   Row(
     5,
     ("eval/",),
-    "`member_specs` (a member of any kind: workdir, `pretrained:` file via "
-    "`pretrained_members`, `logits:` file via `logits_files`), `members` → `bank` (every "
-    "member's logits on every split, once) → `methods` (post-hoc methods as data), "
-    "`feature_ood` (the large model's Mahalanobis score, fit on training rows) → `sections/` "
-    "(`methods`, `paired`, `sidekicks`, `conformal`, `cascade`, `hydra`: each "
-    "`build(inputs, results) → dict` and `markdown(dict) → lines`) → `render`, `outputs`, "
-    "`plots`; `pipeline.run(config)` ties them together",
+    "`schema` (the evaluation config: core keys plus each section's own), `member_specs` "
+    "(members parsed once: workdir, `pretrained:` file via `pretrained_members`, `logits:` file "
+    "via `logits_files`) → `members` (one `Member` of any kind), `data_spec` (the data set they "
+    "read) → `bank` (every member's logits on every split, once) → `methods` (post-hoc methods "
+    "as data), `feature_ood` (the large model's Mahalanobis score, fit on training rows) → "
+    "`sections/` (`methods`, `paired`, `sidekicks`, `conformal`, `cascade`, `hydra`: each "
+    "declares its keys, checks and members, `build(inputs, results) → dict` and "
+    "`markdown(dict) → lines`) → `render`, `outputs`, `plots`; `pipeline.run(config)` ties them "
+    "together",
+  ),
+  Row(
+    6,
+    ("eval_config_lib.py",),
+    "the evaluation schema under its first name (`eval/schema`), for config files that import it",
   ),
   Row(
     6,

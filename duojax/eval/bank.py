@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 
 from duojax import data
 from duojax.core import duo
+from duojax.errors import ConfigError, DataError
 from duojax.eval.members import Member, check_members_agree, with_inputs
 from duojax.parallel import sharding
 
@@ -81,7 +82,7 @@ def split_logits(
     logits.append(_to_host(out)[:, mask])
     labels.append(_to_host(batch["label"])[mask])
   if not logits:
-    raise ValueError(f"split {desc!r} is empty")
+    raise DataError(f"split {desc!r} is empty")
   result = (np.concatenate(logits, axis=1), np.concatenate(labels))
   return (*result, np.concatenate(features)) if with_features else result
 
@@ -117,7 +118,7 @@ def collect(
   Members whose checkpoints predate per-model inputs take `dataset`'s statistics.
   """
   check_members_agree(members)
-  with_inputs(members, dataset)
+  members = [with_inputs(m, dataset) for m in members]
   # Members that are one model object (a greedy soup that kept every ingredient
   # is the uniform soup) run once; their rows of the bank are copies.
   models = {}  # id -> (row among the unique models, model)
@@ -170,7 +171,7 @@ def with_files(bank: LogitsBank, files: dict, splits: Iterable[str]) -> LogitsBa
     stack = [f.logits[split] for f in files.values()]
     if split in bank.logits:
       if any(z.shape != bank.logits[split].shape[1:] for z in stack):
-        raise ValueError(
+        raise ConfigError(
           f"the logits files' {split} logits are {[z.shape for z in stack]}, "
           f"the models' {bank.logits[split].shape[1:]}: not the same rows and "
           "classes"

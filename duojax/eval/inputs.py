@@ -20,7 +20,7 @@ from duojax.eval.members import Member
 from duojax.eval.methods import Method
 
 LARGE, SIDEKICK = "large", "sidekick"
-FIT, TEST, OOD = "val", "test", "ood"
+TEST, OOD = "test", "ood"  # and methods.FIT_SPLIT, the one split methods fit on
 
 
 @dataclasses.dataclass

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from duojax.errors import ConfigError
+
 
 def mc_dropout_logits(
   head: nnx.Module,
@@ -28,9 +30,9 @@ def mc_dropout_logits(
   dropout inside their blocks.
   """
   if not 0.0 < rate < 1.0:
-    raise ValueError(f"MC dropout rate must be in (0, 1), got {rate}")
+    raise ConfigError(f"MC dropout rate must be in (0, 1), got {rate}")
   if num_samples < 1:
-    raise ValueError(f"MC dropout needs num_samples >= 1, got {num_samples}")
+    raise ConfigError(f"MC dropout needs num_samples >= 1, got {num_samples}")
   head_graphdef, head_state = nnx.split(head)
 
   @jax.jit

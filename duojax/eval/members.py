@@ -1,39 +1,87 @@
-"""The trained models an evaluation compares: restored, checked, and their cost.
+"""The members an evaluation compares, of every kind, behind one interface.
 
-A `Member` is one model the logits bank runs: restored from a training
-workdir (`load_member`), or built from others (the soups). Members must see
-the same data set and predict the same label set (`check_members_agree`);
-each takes the images at its own size and normalisation (`Member.inputs`,
-from its checkpoint), made so on the device inside the fused forward.
+A `Member` is one row of the logits bank: a model restored from a training
+workdir or built from a pretrained file (it gives logits and pre-logit
+features on any images), a logits file (logits on its stored splits only),
+or a model derived from others (the soups, Hydra's merged models). Whatever
+its kind, it has a name, a cost (forward FLOPs per image, NaN when unknown)
+and, for models, its input spec; `gives_images` and `stored` say what it can
+give, and the evaluation derives from them what cannot run and why
+(`why_not`). Model members must see the same data set and predict the same
+label set (`check_members_agree`); each takes the images at its own size and
+normalisation, made so on the device inside the fused forward.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from flax import nnx
 
 from duojax import data
 from duojax.core import soups
+from duojax.errors import ConfigError
 from duojax.models import functional
 from duojax.parallel import sharding
 from duojax.train import checkpoint
 
+# Member kinds: how the config names them (`member_specs`), plus "derived".
+WORKDIR, PRETRAINED, LOGITS, DERIVED = "workdir", "pretrained", "logits", "derived"
 
-@dataclasses.dataclass
+
+@dataclasses.dataclass(frozen=True)
 class Member:
-  """A trained model to evaluate, with its cost."""
+  """One member of the evaluation: a model, or the logits a file stores.
+
+  Attributes:
+    name: its name in the bank and the report.
+    model: the NNX model; None for a logits file.
+    meta: what its checkpoint or file records (read only: members are
+      replaced, never changed in place): model name, class count, image
+      shape, data set, training step and config, "input" (size and
+      normalisation), "pretrained" (file and layout).
+    flops: forward FLOPs per image (XLA's count; NaN: unknown).
+    kind: WORKDIR, PRETRAINED, LOGITS or DERIVED.
+    stored: a logits file's logits per split (`logits_files.LogitsFile`).
+  """
 
   name: str
-  model: nnx.Module
+  model: nnx.Module | None
   meta: dict
-  flops: float = float("nan")  # forward FLOPs per image (XLA cost analysis)
+  flops: float = float("nan")
+  kind: str = WORKDIR
+  stored: Any = None
+
+  @property
+  def gives_images(self) -> bool:
+    """Whether it computes logits (and pre-logit features) on any images."""
+    return self.model is not None
 
   @property
   def inputs(self) -> data.InputSpec:
     """Its input size and normalisation (`with_inputs` fills in older checkpoints')."""
     return data.InputSpec.from_meta(self.meta["input"])
+
+  @property
+  def num_classes(self) -> int:
+    return int(self.meta["num_classes"])
+
+
+def why_not(large: Member, what: str, *, trained_here: bool = False) -> str | None:
+  """Why the large model `large` cannot give `what` ("weights to average",
+  "features to fit", ...), for the report's "skipped" line; None if it can.
+
+  `trained_here`: `what` needs a large model trained by duojax (soups average
+  its fine-tunes), not one from a pretrained file.
+  """
+  if not large.gives_images:
+    return f"the large model is a logits file: no {what}"
+  if trained_here and large.kind == PRETRAINED:
+    return (
+      "the large model is a pretrained file: soups average fine-tunes of a large model trained here"
+    )
+  return None
 
 
 def input_size(member: Member) -> int:
@@ -41,32 +89,37 @@ def input_size(member: Member) -> int:
   return int(member.meta.get("input", {}).get("image_size", member.meta["image_shape"][0]))
 
 
-def with_inputs(members: Sequence[Member], dataset: data.Dataset) -> None:
-  """Gives members whose checkpoints predate per-model inputs the data set's
-  statistics, which is what they were trained with."""
-  for member in members:
-    if "input" not in member.meta:
-      spec = data.InputSpec(
-        input_size(member),
-        tuple(float(v) for v in dataset.mean),
-        tuple(float(v) for v in dataset.std),
-        "data set",
-      )
-      member.meta = {**member.meta, "input": spec.as_meta()}
+def with_inputs(member: Member, dataset: data.Dataset) -> Member:
+  """`member`, with the data set's statistics if its checkpoint predates
+  per-model inputs (what it was trained with) or its file's library's do not
+  apply (a pretrained file of other than RGB images)."""
+  if not member.gives_images or "input" in member.meta:
+    return member
+  spec = data.InputSpec(
+    input_size(member),
+    tuple(float(v) for v in dataset.mean),
+    tuple(float(v) for v in dataset.std),
+    "data set",
+  )
+  return dataclasses.replace(member, meta={**member.meta, "input": spec.as_meta()})
 
 
-def load_member(name: str, workdir: str, *, mesh=None) -> Member:
-  """A trained model, replicated over `mesh` when given (needed across hosts)."""
+def load_workdir_member(name: str, workdir: str, *, mesh=None) -> Member:
+  """A model trained here, replicated over `mesh` when given (needed across hosts)."""
   model, meta = checkpoint.load_model(
     workdir, sharding=None if mesh is None else sharding.replicated(mesh)
   )
+  return Member(name, model, meta, model_flops(model, meta["image_shape"]))
+
+
+def model_flops(model: nnx.Module, image_shape) -> float:
+  """Forward FLOPs per image of `model` on images of `image_shape` (H, W, C)."""
   graphdef, params, batch_stats = functional.split_model(model)
-  flops = functional.flops_per_image(graphdef, params, batch_stats, tuple(meta["image_shape"]))
-  return Member(name, model, meta, flops)
+  return functional.flops_per_image(graphdef, params, batch_stats, tuple(image_shape))
 
 
 def check_members_agree(members: Sequence[Member]) -> None:
-  """All members must read the same data set and predict the same label set.
+  """All model members must read the same data set and predict the same label set.
 
   Their input sizes may differ: each member's images are resized to its own.
   """
@@ -79,7 +132,7 @@ def check_members_agree(members: Sequence[Member]) -> None:
       ("image channels", channels),
     ):
       if value(member) != value(first):
-        raise ValueError(
+        raise ConfigError(
           f"members disagree on {key}: {first.name!r} has {value(first)!r}, "
           f"{member.name!r} has {value(member)!r}"
         )
@@ -93,7 +146,9 @@ def soup_members(
   `val_accuracy(member)` scores a candidate soup for the greedy recipe
   (`core.soups.greedy`); both soups cost what the large model costs.
   """
-  ingredients = [load_member(f"ingredient#{i}", w, mesh=mesh) for i, w in enumerate(workdirs)]
+  ingredients = [
+    load_workdir_member(f"ingredient#{i}", w, mesh=mesh) for i, w in enumerate(workdirs)
+  ]
   check_members_agree([large, *ingredients])
   models = [m.model for m in ingredients]
   uniform = soups.average(models)
@@ -102,6 +157,6 @@ def soup_members(
   if kept == list(range(len(models))):
     greedy = uniform  # the same average: one model, so its logits are computed once
   return [
-    Member("soup (uniform)", uniform, large.meta, large.flops),
-    Member("soup (greedy)", greedy, large.meta, large.flops),
+    Member("soup (uniform)", uniform, large.meta, large.flops, DERIVED),
+    Member("soup (greedy)", greedy, large.meta, large.flops, DERIVED),
   ]

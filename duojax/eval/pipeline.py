@@ -1,32 +1,32 @@
-"""What `evaluate.py --config` runs: members -> logits bank -> sections.
+"""What `evaluate.py --config` runs: check -> members -> logits bank -> sections.
 
-1. restore the large model, the sidekick and the extra ensemble members from
-   their training workdirs or pretrained files (logits files join the bank
-   as they are; `member_specs`), plus the members each listed section adds
-   (Gatekeeper sidekicks, Hydra models), and check they agree on data,
-   classes and image shape;
-2. build the soups (uniform, greedy on val accuracy);
-3. compute every member's logits ONCE per split (val, test, the OOD set,
-   corrupted test sets) with one fused jitted forward per batch, plus the
-   large model's MC-dropout average and its Mahalanobis OOD score (class
-   means and covariance of its features on training rows: `feature_ood`);
+1. check the config and parse every member it names (`member_specs`), so a
+   member that cannot load fails before any work;
+2. load the members, of every kind (`members.Member`): the large model, the
+   sidekick and the extra ensemble members, plus the members each listed
+   section adds (Gatekeeper sidekicks, Hydra models); read the data set
+   their images come from (`data_spec`) and check they agree on it;
+3. derive the members built from others (the soups), compute every member's
+   logits ONCE per split (val, test, the OOD set, corrupted test sets) with
+   one fused jitted forward per batch, and the large model's MC-dropout
+   average and Mahalanobis OOD score from its features (`feature_ood`);
+   what the members cannot give (a logits file has no weights, features or
+   images) is skipped, and the report says why;
 4. run the sections the config lists (`duojax.eval.sections`), each fitting
    on val only through the shared `EvalInputs`, and gather their results.
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
 import numpy as np
 
-from duojax import data, eval_config_lib
 from duojax.config_lib import split_list
 from duojax.core import duo
 from duojax.eval import bank as bank_lib
-from duojax.eval import feature_ood, logits_files, member_specs, pretrained_members
+from duojax.eval import data_spec, feature_ood, member_specs, schema
 from duojax.eval import members as members_lib
 from duojax.eval import methods as methods_lib
 from duojax.eval import sections as sections_lib
@@ -39,139 +39,41 @@ from duojax.timing import PhaseClock
 
 def active_sections(config) -> list:
   """The section modules `config.sections` lists whose inputs the config gives."""
-  return [
-    s for s in sections_lib.load(split_list(config.sections)) if sections_lib.is_enabled(s, config)
-  ]
+  listed = sections_lib.load(split_list(config.sections))
+  return [s for s in listed if sections_lib.is_enabled(s, config)]
 
 
 def run(config) -> dict:
-  """The full results dict of evaluation `config` (see `eval_config_lib.base_eval_config`)."""
-  config = eval_config_lib.complete_eval_config(config)
-  eval_config_lib.validate_eval(config)
+  """The full results dict of evaluation `config` (see `schema.base_eval_config`)."""
+  config = schema.complete_eval_config(config)
+  schema.validate_eval(config)
   sections = active_sections(config)
-  member_specs.check(config)  # every member loads: fail now, not after an hour
+  specs = member_specs.parse_config(config)  # every member loads: fail now, not after an hour
   t_start, clock = time.perf_counter(), PhaseClock()
   mesh = sharding.make_mesh(config.num_devices)
-  specs = [(LARGE, config.large)] + ([(SIDEKICK, config.sidekick)] if config.sidekick else [])
-  ensemble = [LARGE] + [f"large#{i}" for i in range(2, len(split_list(config.ensemble)) + 2)]
-  specs += list(zip(ensemble[1:], split_list(config.ensemble)))
-  files = {name: logits_files.load(spec) for name, spec in specs if logits_files.is_logits(spec)}
-  members = [
-    member_specs.load(name, spec, mesh=mesh)
-    for name, spec in specs
-    if not logits_files.is_logits(spec)
-  ]
-  added = {}
-  for section in sections:
-    extra = sections_lib.added_members(section, config, mesh)
-    added[sections_lib.name(section)] = [m.name for m in extra]
-    members += extra
-  skipped = {}  # what could not run, and why (members given as files)
-  dataset, splits = None, {}
-  if members:
-    data_config, source = member_specs.data_source(config, members)
-    member_specs.adopt_dataset(members, data_config.dataset)
-    member_specs.check_files_fit_source(members, source)
-    members_lib.check_members_agree(members)
-    dataset, splits = _data_and_splits(
-      config, members, data_config, source, skipped, with_files=bool(files)
-    )
-  if files and dataset is not None:
-    wrong = {n: f.num_classes for n, f in files.items() if f.num_classes != dataset.num_classes}
-    if wrong:
-      raise ValueError(
-        f"logits files with other class counts than the data set's {dataset.num_classes}: {wrong}"
-      )
-  if files:
-    logits_files.check_rows_agree(
-      files,
-      labels=None
-      if dataset is None
-      else {
-        name: data.read_examples(split, np.arange(len(split)))[1]
-        for name, split in (("val", dataset.val), ("test", dataset.test))
-      },
-    )
-    splits = _splits_with_files(config, files, splits, skipped)
+  members, added = _load_members(config, specs, sections, mesh)
+  skipped = {}  # what could not run, and why
+  dataset, splits, members = _read_data(config, members, skipped)
   clock.end("members_and_data")
-  extra_singles = []
-  ingredients = split_list(config.soup_ingredients)
-  large_model = LARGE not in files
-  trained_large = large_model and not pretrained_members.is_pretrained_member(members[0])
-  if ingredients and not trained_large:
-    skipped["soups"] = (
-      "the large model is a logits file: no weights to average"
-      if not large_model
-      else "the large model is a pretrained file: soups average "
-      "fine-tunes of a large model trained here"
-    )
-  if ingredients and trained_large:
-    # One program for every candidate soup: they share the large model's graphdef.
-    soup_forward = duo.make_fused_forward(
-      duo.split_members([members[0].model])[0],
-      mesh=mesh,
-      preprocess=bank_lib.preprocessing(members[:1]),
-    )
-
-    def val_accuracy(member):
-      val = bank_lib.collect(
-        [member],
-        dataset,
-        {"val": dataset.val},
-        mesh=mesh,
-        batch_size=config.batch_size,
-        forward=soup_forward,
-      )
-      return float(np.mean(val.logits["val"][0].argmax(-1) == val.labels["val"]))
-
-    members += members_lib.soup_members(ingredients, members[0], val_accuracy, mesh=mesh)
-    extra_singles += ["soup (uniform)", "soup (greedy)"]
-
+  large = members[[m.name for m in members].index(LARGE)]
+  soups = _soups(config, specs, large, dataset, mesh, skipped)
   clock.end("soups")
-  mc_dropout = config.mc_dropout_samples > 0 and large_model
-  if config.mc_dropout_samples > 0 and not large_model:
-    skipped["MC dropout"] = "the large model is a logits file: no features to drop out"
-  # The Mahalanobis OOD score reads the large model's features: test and OOD from this pass.
+  mc_dropout = config.mc_dropout_samples > 0 and _can(
+    large, "features to drop out", "MC dropout", skipped
+  )
   mahalanobis = config.mahalanobis_train_rows != 0 and "ood" in splits
-  if mahalanobis and not large_model:
-    skipped["Mahalanobis"] = "the large model is a logits file: no features to fit"
-  mahalanobis = mahalanobis and large_model
-  bank = bank_lib.LogitsBank(())
-  if members:
-    bank = bank_lib.collect(
-      members,
-      dataset,
-      {k: v for k, v in splits.items() if v is not None},
-      mesh=mesh,
-      batch_size=config.batch_size,
-      with_features=mc_dropout or mahalanobis,
-    )
-  bank = bank_lib.with_files(bank, files, splits)
-  member_flops = {
-    **{m.name: m.flops for m in members},
-    **{name: f.flops for name, f in files.items()},
-  }
+  mahalanobis = mahalanobis and _can(large, "features to fit", "Mahalanobis", skipped)
+  members = _models_first(members[:1] + members[1:] + soups)
+  bank = _logits_bank(config, members, dataset, splits, mesh, mc_dropout or mahalanobis)
+  member_flops = {m.name: m.flops for m in members}
+  extra_singles = [m.name for m in soups]
   if mc_dropout:
-    name = f"MC dropout K={config.mc_dropout_samples}"
-    bank.add_member(
-      name,
-      mc_dropout_logits(
-        members[0].model.head,
-        bank.features,
-        rate=config.mc_dropout_rate,
-        num_samples=config.mc_dropout_samples,
-        seed=config.seed,
-      ),
-    )
-    kernel = np.shape(members[0].model.head.kernel[...])
-    member_flops[name] = members[0].flops + config.mc_dropout_samples * 2 * kernel[0] * kernel[1]
-    extra_singles.append(name)
-
+    extra_singles.append(_add_mc_dropout(config, large, bank, member_flops))
   clock.end("logits")
   feature_scores = {}
   if mahalanobis:  # one more forward, of the large model alone, over the training rows
     feature_scores = feature_ood.mahalanobis_scores(
-      members[0],
+      large,
       dataset,
       bank.features,
       max_rows=config.mahalanobis_train_rows,
@@ -181,20 +83,12 @@ def run(config) -> dict:
       skipped=skipped,
     )
     clock.end("mahalanobis")
-  method_list = methods_lib.standard_methods(
-    large=LARGE,
-    sidekick=SIDEKICK if config.sidekick else None,
-    ensemble=tuple(ensemble),
-    extra_singles=tuple(extra_singles),
-  )
-  for section in sections:
-    method_list += sections_lib.added_methods(section, config, added[sections_lib.name(section)])
   inputs = EvalInputs(
     config=config,
     bank=bank,
     members={m.name: m for m in members},
     member_flops=member_flops,
-    methods=method_list,
+    methods=_methods(config, sections, added, extra_singles),
     added=added,
     mesh=mesh,
     feature_scores=feature_scores,
@@ -203,10 +97,132 @@ def run(config) -> dict:
   for section in sections:
     results.update(section.build(inputs, results))
     clock.end(f"section {sections_lib.name(section)}")
-  results["members"] = {
-    **{m.name: member_specs.summary(m) for m in members},
-    **{name: {"logits_file": f.path, "flops": f.flops} for name, f in files.items()},
-  }
+  return _with_report_notes(results, config, members, bank, skipped, t_start, clock)
+
+
+def _can(large: members_lib.Member, what: str, method: str, skipped: dict) -> bool:
+  """Whether the large model gives `what`; if not, `method` is skipped, saying why."""
+  reason = members_lib.why_not(large, what)
+  if reason:
+    skipped[method] = reason
+  return reason is None
+
+
+def _models_first(members: list) -> list:
+  """Model members in their order, then the logits files: the bank's row order."""
+  return [m for m in members if m.gives_images] + [m for m in members if not m.gives_images]
+
+
+def _load_members(config, specs: dict, sections, mesh) -> tuple[list, dict[str, list[str]]]:
+  """The core members (the large model first) and each section's, by section name."""
+  named = [(LARGE, specs["large"][0])] + [(SIDEKICK, s) for s in specs["sidekick"]]
+  named += [(f"large#{i}", s) for i, s in enumerate(specs["ensemble"], start=2)]
+  members = [member_specs.load(name, spec, mesh=mesh) for name, spec in named]
+  added = {}
+  for section in sections:
+    extra = sections_lib.added_members(section, config, specs, mesh)
+    added[sections_lib.name(section)] = [m.name for m in extra]
+    members += extra
+  return members, added
+
+
+def _read_data(config, members: list, skipped: dict) -> tuple:
+  """(the model members' data set or None, the splits every member can give,
+  the members checked against it and given their inputs)."""
+  models = [m for m in members if m.gives_images]
+  stored = [m for m in members if not m.gives_images]
+  dataset, splits = None, {}
+  if models:
+    spec = data_spec.data_spec(config, models)
+    models = data_spec.adopt_dataset(models, spec)
+    members_lib.check_members_agree(models)
+    dataset, models = data_spec.load_eval_data(spec, models)
+    splits = data_spec.eval_splits(config, spec, dataset, images_only=not stored, skipped=skipped)
+  if stored:
+    data_spec.check_stored(stored, dataset)
+    splits = data_spec.stored_splits(config, stored, splits, skipped)
+  by_name = {m.name: m for m in models + stored}
+  return dataset, splits, [by_name[m.name] for m in members]
+
+
+def _soups(config, specs: dict, large, dataset, mesh, skipped: dict) -> list:
+  """The uniform and greedy soups of `config.soup_ingredients`, when the large
+  model is one trained here (else skipped, saying why)."""
+  if not specs["soup_ingredients"]:
+    return []
+  reason = members_lib.why_not(large, "weights to average", trained_here=True)
+  if reason:
+    skipped["soups"] = reason
+    return []
+  # One program for every candidate soup: they share the large model's graphdef.
+  forward = duo.make_fused_forward(
+    duo.split_members([large.model])[0],
+    mesh=mesh,
+    preprocess=bank_lib.preprocessing([large]),
+  )
+
+  def val_accuracy(member):
+    val = bank_lib.collect(
+      [member],
+      dataset,
+      {"val": dataset.val},
+      mesh=mesh,
+      batch_size=config.batch_size,
+      forward=forward,
+    )
+    return float(np.mean(val.logits["val"][0].argmax(-1) == val.labels["val"]))
+
+  workdirs = [spec.path for spec in specs["soup_ingredients"]]
+  return members_lib.soup_members(workdirs, large, val_accuracy, mesh=mesh)
+
+
+def _logits_bank(config, members, dataset, splits, mesh, with_features: bool):
+  """Every member's logits on every split: the models' by one fused forward
+  per batch (with the large model's features when asked), the files' as stored."""
+  models = [m for m in members if m.gives_images]
+  bank = bank_lib.LogitsBank(())
+  if models:
+    images = {k: v for k, v in splits.items() if v is not None}
+    bank = bank_lib.collect(
+      models, dataset, images, mesh=mesh, batch_size=config.batch_size, with_features=with_features
+    )
+  files = {m.name: m.stored for m in members if not m.gives_images}
+  return bank_lib.with_files(bank, files, splits)
+
+
+def _add_mc_dropout(config, large, bank, member_flops: dict) -> str:
+  """The large model's MC-dropout average, appended to the bank; its name."""
+  name = f"MC dropout K={config.mc_dropout_samples}"
+  logits = mc_dropout_logits(
+    large.model.head,
+    bank.features,
+    rate=config.mc_dropout_rate,
+    num_samples=config.mc_dropout_samples,
+    seed=config.seed,
+  )
+  bank.add_member(name, logits)
+  kernel = np.shape(large.model.head.kernel[...])
+  member_flops[name] = large.flops + config.mc_dropout_samples * 2 * kernel[0] * kernel[1]
+  return name
+
+
+def _methods(config, sections, added: dict, extra_singles: list) -> list:
+  """The standard methods the members allow, then each section's."""
+  ensemble = [LARGE] + [f"large#{i}" for i in range(2, len(split_list(config.ensemble)) + 2)]
+  methods = methods_lib.standard_methods(
+    large=LARGE,
+    sidekick=SIDEKICK if config.sidekick else None,
+    ensemble=tuple(ensemble),
+    extra_singles=tuple(extra_singles),
+  )
+  for section in sections:
+    methods += sections_lib.added_methods(section, config, added[sections_lib.name(section)])
+  return methods
+
+
+def _with_report_notes(results, config, members, bank, skipped, t_start, clock) -> dict:
+  """`results` with what the report says of the run: members, skips, splits, time."""
+  results["members"] = {m.name: member_specs.summary(m) for m in members}
   results["skipped"] = skipped
   results["splits"] = {name: int(len(bank.labels[name])) for name in bank.labels}
   results["ood_set"] = (
@@ -221,46 +237,3 @@ def run(config) -> dict:
   results["seconds"] = {"total": round(time.perf_counter() - t_start, 1), **clock.rounded()}
   results["devices"] = f"{jax.device_count()} × {jax.devices()[0].device_kind}"
   return results
-
-
-def _data_and_splits(config, members, train_config, source, skipped: dict, *, with_files: bool):
-  """The model members' data set (at the largest member's size) and its splits.
-
-  `train_config` names it, the data keys of workdir member `source` or of the
-  evaluation config (`member_specs.data_source`).
-  """
-  # One batch at the largest member's size; each member resizes it to its own.
-  train_config.model.image_size = max(members_lib.input_size(m) for m in members)
-  dataset = data.load_dataset_of(train_config, config.data_dir)
-  member_specs.check_fits_data(members, source, dataset)
-  members_lib.with_inputs(members, dataset)
-  splits = {"val": dataset.val, "test": dataset.test}
-  if config.ood:
-    splits["ood"] = splits_lib.ood_split(
-      config.ood, dataset, os.path.expanduser(config.data_dir or train_config.data_dir)
-    )
-  kinds = split_list(config.shifts)
-  if kinds and with_files:
-    skipped["shifts"] = "a member is a logits file: no images to corrupt"
-  elif kinds:
-    splits.update(
-      splits_lib.shifted_splits(
-        dataset.test, kinds=kinds, max_images=config.shift_max_images, seed=config.seed
-      )
-    )
-  return dataset, splits
-
-
-def _splits_with_files(config, files, splits: dict, skipped: dict) -> dict:
-  """The splits every member can give: val, test, and OOD where each file has it."""
-  names = {"val": None, "test": None, **{k: v for k, v in splits.items()}}
-  without_ood = [n for n, f in files.items() if "ood" not in f.logits]
-  if without_ood and (config.ood or len(without_ood) < len(files)):
-    skipped["OOD"] = f"logits file of {without_ood[0]!r} has no ood_logits"
-    names.pop("ood", None)
-  elif not without_ood and "ood" not in names:
-    if splits:  # model members read images, the files' OOD rows are not theirs
-      skipped["OOD"] = "the logits files' ood_logits need config.ood for the model members"
-    else:
-      names["ood"] = None
-  return names

@@ -26,6 +26,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from duojax.errors import ConfigError
 from duojax.eval.plot_style import PALETTE, method_colors, method_styles
 
 DPI = 120
@@ -48,7 +49,7 @@ def _check_directory(path) -> str:
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(folder):
-    raise ValueError(f"output directory {folder} does not exist; create it first")
+    raise ConfigError(f"output directory {folder} does not exist; create it first")
   return path
 
 

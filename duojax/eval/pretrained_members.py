@@ -15,7 +15,8 @@ told from the tensor names), with that library's preprocessing:
 
 Its class count and image channels are the file's (its head and its stem), so
 the evaluation can check them against the data set's. `inspect` reads only the
-file's header, for checks before any work; `load_member` reads the weights.
+file's header, for checks before any work; `load_pretrained_member` reads
+the weights.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from flax import nnx
 from duojax import data, models
 from duojax.convert import layouts, safetensors_io
 from duojax.convert import pretrained as convert
-from duojax.errors import WeightsMismatchError
-from duojax.eval.members import Member
-from duojax.models import functional, vit
+from duojax.errors import ConfigError, WeightsMismatchError
+from duojax.eval.members import PRETRAINED, Member, model_flops
+from duojax.models import vit
 from duojax.parallel import sharding
 
 PREFIX = "pretrained:"
@@ -54,7 +55,7 @@ def is_pretrained(spec: str) -> bool:
 
 
 def parse(spec: str) -> PretrainedSpec:
-  """The parts of a `pretrained:` member spec; ValueError (one line) if malformed.
+  """The parts of a `pretrained:` member spec; ConfigError (one line) if malformed.
 
   A path may hold colons: only a first part after MODEL that is a layout name
   is taken as the layout.
@@ -64,9 +65,9 @@ def parse(spec: str) -> PretrainedSpec:
   layout, path = (first, after) if sep and first in (*layouts.LAYOUTS, "auto") else ("auto", rest)
   name, at, size = model.partition("@")
   if not name or not path:
-    raise ValueError(f"member {spec!r} is not {FORM}")
+    raise ConfigError(f"member {spec!r} is not {FORM}")
   if at and not (size.isdigit() and int(size) > 0):
-    raise ValueError(
+    raise ConfigError(
       f"member {spec!r}: @{size} must be the image side in pixels, a positive integer"
     )
   return PretrainedSpec(name, layout, os.path.expanduser(path), int(size) if at else None)
@@ -124,16 +125,17 @@ def _nominal_size(model, entries, shapes) -> int:
   return int(model.image_size[0])
 
 
-def load_member(name: str, spec_text: str, *, where: str | None = None, mesh=None) -> Member:
-  """The member `spec_text` names, its weights loaded, replicated over `mesh` when given.
+def load_pretrained_member(
+  name: str, spec: PretrainedSpec, *, where: str | None = None, mesh=None
+) -> Member:
+  """The member `spec` names, its weights loaded, replicated over `mesh` when given.
 
   Its meta carries what the evaluation reads of a member (model name, class
   count, image shape, input size and normalisation) and "pretrained" (the
-  file and layout); "dataset" is None until the evaluation sets the one it
-  reads (`member_specs.adopt_dataset`), and there is no training "config".
+  file and layout); "dataset" is None until the evaluation names the one it
+  reads (`data_spec.adopt_dataset`), and there is no training "config".
   """
   where = where or f"member {name!r}"
-  spec = parse(spec_text)
   layout, num_classes, overrides = inspect(spec, where=where)
   model = models.get_model(spec.model_name, num_classes, rngs=0, **overrides)
   convert.load_pretrained(model, spec.path, layout)
@@ -145,9 +147,8 @@ def load_member(name: str, spec_text: str, *, where: str | None = None, mesh=Non
     try:
       inputs.check(channels)
     except ValueError as e:
-      raise ValueError(f"{where}: {spec.path!r}: {e}") from None
-  graphdef, params, batch_stats = functional.split_model(model)
-  flops = functional.flops_per_image(graphdef, params, batch_stats, (side, side, channels))
+      raise WeightsMismatchError(f"{where}: {spec.path!r}: {e}") from None
+  flops = model_flops(model, (side, side, channels))
   if mesh is not None:
     nnx.update(model, jax.device_put(nnx.state(model), sharding.replicated(mesh)))
   meta = {
@@ -163,8 +164,4 @@ def load_member(name: str, spec_text: str, *, where: str | None = None, mesh=Non
     meta["input"] = inputs.as_meta()
   # else the libraries' statistics (RGB) do not apply: the evaluation gives it
   # the data set's (`members.with_inputs`), as training does such a file.
-  return Member(name, model, meta, flops)
-
-
-def is_pretrained_member(member: Member) -> bool:
-  return "pretrained" in member.meta
+  return Member(name, model, meta, flops, PRETRAINED)

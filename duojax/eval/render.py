@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from duojax import files
+from duojax.errors import ConfigError
 
 README_START = "<!-- results:start (written by `make demo`; do not edit by hand) -->"
 README_END = "<!-- results:end -->"
@@ -45,7 +46,7 @@ def embed_in_readme(block: str, readme: str) -> None:
   with open(readme) as f:
     text = f.read()
   if README_START not in text or README_END not in text:
-    raise ValueError(f"{readme} has no results markers ({README_START!r} ... {README_END!r})")
+    raise ConfigError(f"{readme} has no results markers ({README_START!r} ... {README_END!r})")
   before, rest = text.split(README_START, 1)
   _, after = rest.split(README_END, 1)
   files.write_atomically(readme, f"{before}{README_START}\n{block}{README_END}{after}")

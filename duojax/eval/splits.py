@@ -8,6 +8,7 @@ import numpy as np
 
 from duojax import data
 from duojax.data import shifts
+from duojax.errors import ConfigError
 
 
 def array_split(images: np.ndarray, labels: np.ndarray) -> data.Split:
@@ -65,7 +66,7 @@ def ood_split(name: str, dataset: data.Dataset, data_dir: str) -> data.Split:
   if kind == "folder" and rest:
     return data.folder_split(rest, image_size=height, channels=channels, crop_fraction=crop)
   if name != "mnist":
-    raise ValueError(
+    raise ConfigError(
       f"config.ood={name!r}; valid: 'mnist', 'tfds:NAME[:SPLIT]', 'folder:PATH' ('' for none)"
     )
   images, labels = data.load_mnist_ood("test")

@@ -22,6 +22,7 @@ lists the Gatekeeper fine-tunes. Results key: "cascade".
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -29,11 +30,12 @@ import numpy as np
 from duojax import cascade
 from duojax.config_lib import split_list
 from duojax.core import duo, metrics, temperature
-from duojax.eval import plots
+from duojax.errors import ConfigError
+from duojax.eval import member_specs, plots
 from duojax.eval.bank import LogitsBank
-from duojax.eval.inputs import FIT as FIT_SPLIT
 from duojax.eval.inputs import TEST, EvalInputs
-from duojax.eval.members import Member, load_member
+from duojax.eval.members import WORKDIR, Member
+from duojax.eval.methods import FIT_SPLIT
 from duojax.eval.render import fmt
 
 TABLE_RATIOS = (0.1, 0.2, 0.3, 0.5)
@@ -41,29 +43,47 @@ SWEEP_RATIOS = tuple(np.round(np.linspace(0.0, 1.0, 51), 4))
 SCORES = ("acc", "nll", "auroc", "aurc", "sac98")
 
 
+MEMBER_KEYS = {"gatekeeper": (WORKDIR,)}
+
+
+def defaults() -> dict:
+  # Cascades (needs a sidekick): the untuned sidekick and the Gatekeeper
+  # fine-tunes in `gatekeeper` (workdirs) as gates into the large model and the duo.
+  return {"cascade": False, "gatekeeper": ""}
+
+
+def validate(config) -> None:
+  if split_list(config.gatekeeper) and not config.sidekick:
+    raise ConfigError(
+      "config.gatekeeper: Gatekeeper sidekicks are compared with the untuned "
+      "config.sidekick, which is empty"
+    )
+
+
 def enabled(config) -> bool:
   return bool(config.cascade and config.sidekick)
 
 
-def members(config, mesh) -> list[Member]:
-  return gatekeeper_members(split_list(config.gatekeeper), mesh)
+def members(config, specs: dict, mesh) -> list[Member]:
+  del config
+  return gatekeeper_members(specs["gatekeeper"], mesh)
 
 
-def gatekeeper_members(workdirs, mesh) -> list[Member]:
+def gatekeeper_members(specs, mesh) -> list[Member]:
   """Gatekeeper-tuned sidekicks, named by their alpha ("gatekeeper α=0.3")."""
   loaded = []
-  for workdir in workdirs:
-    member = load_member("gatekeeper", workdir, mesh=mesh)
+  for spec in specs:
+    member = member_specs.load("gatekeeper", spec, mesh=mesh)
     train_config = member.meta["config"]
     if train_config["loss"] != "gatekeeper":
-      raise ValueError(
-        f"config.gatekeeper: {workdir!r} was trained with "
+      raise ConfigError(
+        f"config.gatekeeper: {spec.text!r} was trained with "
         f"loss={train_config['loss']!r}, not 'gatekeeper'"
       )
     name = f"gatekeeper α={float(train_config['gatekeeper_alpha']):g}"
     taken = {m.name for m in loaded}
-    member.name = name if name not in taken else f"{name} #{len(loaded) + 1}"
-    loaded.append(member)
+    name = name if name not in taken else f"{name} #{len(loaded) + 1}"
+    loaded.append(dataclasses.replace(member, name=name))
   return loaded
 
 

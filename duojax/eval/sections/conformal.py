@@ -24,13 +24,36 @@ import numpy as np
 
 from duojax.config_lib import split_list
 from duojax.core import conformal, duo, temperature
+from duojax.errors import ConfigError, DataError
 from duojax.eval import plots
-from duojax.eval.inputs import FIT as FIT_SPLIT
 from duojax.eval.inputs import TEST, EvalInputs
-from duojax.eval.methods import log_mean_softmax
+from duojax.eval.methods import FIT_SPLIT, log_mean_softmax
 
 MODELS = ("large+TS", "duo (weighted)", "ensemble m=2+TS")
 _SPLIT_STREAM = 7  # the seed stream of the val permutation (others use 0-3)
+
+
+def defaults() -> dict:
+  # Target miscoverages α (comma list; "" for none) and the scores (lac, aps,
+  # raps), calibrated on half of val.
+  return {"conformal_alphas": "0.1,0.05,0.01", "conformal_methods": "lac,raps"}
+
+
+def validate(config) -> None:
+  try:
+    alphas = [float(a) for a in split_list(config.conformal_alphas)]
+  except ValueError:
+    alphas = [-1.0]
+  if not all(0 < a < 1 for a in alphas):
+    raise ConfigError(
+      f"config.conformal_alphas must be numbers in (0, 1), got {config.conformal_alphas!r}"
+    )
+  kinds = split_list(config.conformal_methods)
+  if set(kinds) - set(conformal.METHODS) or not (kinds or not alphas):
+    raise ConfigError(
+      f"config.conformal_methods={config.conformal_methods!r}; valid: a comma list of "
+      f"{', '.join(conformal.METHODS)}"
+    )
 
 
 def enabled(config) -> bool:
@@ -54,7 +77,7 @@ def build(inputs: EvalInputs, results: dict) -> dict:
   order = np.random.default_rng([config.seed, _SPLIT_STREAM]).permutation(len(y_val))
   fit_rows, cal_rows = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
   if len(fit_rows) < 1 or len(cal_rows) < 1:
-    raise ValueError(f"the conformal section needs at least 2 validation rows, got {len(y_val)}")
+    raise DataError(f"the conformal section needs at least 2 validation rows, got {len(y_val)}")
   names = [m.name for m in inputs.methods]
   out = {
     "alphas": alphas,

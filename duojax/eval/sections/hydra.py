@@ -28,8 +28,17 @@ import numpy as np
 from duojax import hydra
 from duojax.config_lib import split_list
 from duojax.core import duo
+from duojax.errors import ConfigError
+from duojax.eval import member_specs
 from duojax.eval.inputs import SIDEKICK, EvalInputs
-from duojax.eval.members import Member, check_members_agree, load_member
+from duojax.eval.members import (
+  DERIVED,
+  WORKDIR,
+  Member,
+  check_members_agree,
+  load_workdir_member,
+  model_flops,
+)
 from duojax.eval.methods import Method
 from duojax.eval.render import fmt
 from duojax.models import functional
@@ -53,42 +62,62 @@ def _merged_names(config) -> list[str]:
   return [hydra_name(count, mlp) for mlp in split_list(config.hydra_mlp)]
 
 
+READS = ("methods",)
+MEMBER_KEYS = {"hydra": (WORKDIR,), "hydra_vit": (WORKDIR,), "hydra_ensemble": (WORKDIR,)}
+
+
+def defaults() -> dict:
+  # Hydra ensembles: member workdirs (configs/hydra_member.py), the ViT they
+  # were pruned from ("" = their prune_from), extra full ViTs for the deep
+  # ensemble they are compared with, and the merge modes ("grouped": exact;
+  # "average": one shared MLP per layer, cheaper).
+  return {"hydra": "", "hydra_vit": "", "hydra_ensemble": "", "hydra_mlp": "grouped"}
+
+
+def validate(config) -> None:
+  modes = split_list(config.hydra_mlp)
+  if not modes or set(modes) - set(hydra.MLP_MODES):
+    raise ConfigError(
+      f"config.hydra_mlp={config.hydra_mlp!r}; valid: a comma list of {', '.join(hydra.MLP_MODES)}"
+    )
+
+
 def enabled(config) -> bool:
   return bool(split_list(config.hydra))
 
 
-def members(config, mesh) -> list[Member]:
+def members(config, specs: dict, mesh) -> list[Member]:
   """The source ViT, the extra full ViTs and one merged model per MLP mode."""
-  workdirs = split_list(config.hydra)
-  parts = [load_member(f"Hydra member {j}", w, mesh=mesh) for j, w in enumerate(workdirs)]
+  workdirs = [spec.path for spec in specs["hydra"]]
+  parts = [
+    member_specs.load(f"Hydra member {j}", s, mesh=mesh) for j, s in enumerate(specs["hydra"])
+  ]
   for workdir, part in zip(workdirs, parts):
     if not part.meta["config"]["prune_from"]:
-      raise ValueError(
+      raise ConfigError(
         f"config.hydra: {workdir!r} is not a pruned Hydra member (train it "
         "with configs/hydra_member.py)"
       )
   sources = {_pruned_from(w, p.meta) for w, p in zip(workdirs, parts)}
-  source = config.hydra_vit or _pruned_from(workdirs[0], parts[0].meta)
+  given = specs["hydra_vit"]
+  source = given[0].path if given else _pruned_from(workdirs[0], parts[0].meta)
   if not os.path.isdir(source):
-    raise ValueError(f"config.hydra_vit: workdir {source!r} does not exist")
+    raise ConfigError(f"config.hydra_vit: workdir {source!r} does not exist")
   if len(sources) > 1 or os.path.abspath(source) not in sources:
-    raise ValueError(
+    raise ConfigError(
       f"config.hydra: the members were pruned from {sorted(sources)}, "
       f"not all from the ViT {source!r}"
     )
-  vits = [
-    load_member(name, workdir, mesh=mesh)
-    for name, workdir in zip(_vit_names(config), [source, *split_list(config.hydra_ensemble)])
+  vits = [load_workdir_member(_vit_names(config)[0], source, mesh=mesh)] + [
+    member_specs.load(name, spec, mesh=mesh)
+    for name, spec in zip(_vit_names(config)[1:], specs["hydra_ensemble"])
   ]
   check_members_agree([*vits, *parts])
   merged = []
   for name, mlp in zip(_merged_names(config), split_list(config.hydra_mlp)):
     model = hydra.merge([p.model for p in parts], mlp=mlp)
-    graphdef, params, batch_stats = functional.split_model(model)
-    flops = functional.flops_per_image(
-      graphdef, params, batch_stats, tuple(parts[0].meta["image_shape"])
-    )
-    merged.append(Member(name, model, parts[0].meta, flops))
+    flops = model_flops(model, parts[0].meta["image_shape"])
+    merged.append(Member(name, model, parts[0].meta, flops, DERIVED))
   return [*vits, *merged]
 
 

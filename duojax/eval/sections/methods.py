@@ -25,11 +25,10 @@ import tqdm
 from duojax.core import metrics
 from duojax.eval import methods as methods_lib
 from duojax.eval import plots
-from duojax.eval.inputs import OOD, TEST, EvalInputs
+from duojax.eval.inputs import LARGE, OOD, TEST, EvalInputs
 from duojax.eval.render import fmt
 
 REFERENCE = "large+TS"
-SINGLE = "large"  # the large model alone, whose OOD scores the feature scores join
 # How the OOD table names the scores of `_ood_scores` and of `feature_ood`.
 OOD_SCORE_NAMES = {
   "msp": "max softmax",
@@ -176,7 +175,7 @@ def markdown(results: dict) -> list[str]:
 
 def _ood_table(results: dict) -> list[str]:
   """The large model's OOD scores by its logits and by its features, one row each."""
-  own = results["methods"].get(SINGLE, {}).get("ood", {})
+  own = results["methods"].get(LARGE, {}).get("ood", {})
   features = results["feature_ood"]
   fits = " ".join(
     f"{OOD_SCORE_NAMES.get(name, name)}: class means and shared covariance (rank "

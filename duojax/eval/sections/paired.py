@@ -16,10 +16,20 @@ from __future__ import annotations
 import numpy as np
 
 from duojax.core import metrics
+from duojax.errors import ConfigError
 from duojax.eval.inputs import TEST, EvalInputs
 from duojax.eval.sections.methods import REFERENCE
 
 PAIRED_METRICS = ("acc", "nll", "ece", "auroc", "aurc", "sac98")
+
+
+def defaults() -> dict:
+  return {"bootstrap": 200}  # paired bootstrap rounds (0: no paired section)
+
+
+def validate(config) -> None:
+  if config.bootstrap < 0:
+    raise ConfigError(f"config.bootstrap must be >= 0, got {config.bootstrap}")
 
 
 def enabled(config) -> bool:

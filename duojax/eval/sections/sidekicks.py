@@ -28,15 +28,39 @@ import numpy as np
 
 from duojax.config_lib import split_list
 from duojax.core import duo, metrics, temperature
+from duojax.errors import ConfigError
 from duojax.eval import member_specs
 from duojax.eval.bank import LogitsBank
-from duojax.eval.inputs import FIT as FIT_SPLIT
 from duojax.eval.inputs import SIDEKICK, TEST, EvalInputs
 from duojax.eval.members import Member
-from duojax.eval.methods import Method
+from duojax.eval.methods import FIT_SPLIT, Method
 from duojax.eval.render import fmt
 
 VIT = "ViT"  # the Hydra section's source ViT, a candidate when it is in the bank
+
+
+MEMBER_KEYS = {"sidekicks": member_specs.MODELS, "sidekick_pool": member_specs.MODELS}
+
+
+def defaults() -> dict:
+  # More sidekicks: `sidekicks` (a comma list of workdirs or pretrained files)
+  # joins `sidekick` in one weighted duo of the large model and k sidekicks;
+  # this section ranks every candidate (the sidekick, the Gatekeeper
+  # fine-tunes, the Hydra ViT, the members of `sidekick_pool`) by its duo's
+  # validation NLL and picks the best within `sidekick_budget` (FLOPs as a
+  # fraction of the large model's; 0: no limit).
+  return {"sidekicks": "", "sidekick_pool": "", "sidekick_budget": 0.0}
+
+
+def validate(config) -> None:
+  if config.sidekick_budget < 0:
+    raise ConfigError(
+      f"config.sidekick_budget must be >= 0 (0: no limit), got {config.sidekick_budget}"
+    )
+  if (split_list(config.sidekicks) or split_list(config.sidekick_pool)) and not config.sidekick:
+    raise ConfigError(
+      "config.sidekicks / config.sidekick_pool need config.sidekick, which is empty"
+    )
 
 
 def enabled(config) -> bool:
@@ -53,13 +77,13 @@ def _pool_names(config) -> list[str]:
   ]
 
 
-def members(config, mesh) -> list[Member]:
+def members(config, specs: dict, mesh) -> list[Member]:
   """The extra sidekicks (sidekick#2, ...) and the pool's candidates: workdirs or
   pretrained files."""
   names = _extra_names(config) + _pool_names(config)
-  workdirs = split_list(config.sidekicks) + split_list(config.sidekick_pool)
+  workdirs = specs["sidekicks"] + specs["sidekick_pool"]
   if len(set(names)) != len(names):
-    raise ValueError(
+    raise ConfigError(
       "config.sidekick_pool: two candidates share a folder name: "
       f"{sorted(n for n in names if names.count(n) > 1)[0]!r}"
     )

@@ -1,0 +1,217 @@
+"""The data set an evaluation reads, described by a small typed value.
+
+The data set is the one the first workdir member was trained on, with its
+splits; with no workdir member the evaluation config's data keys name it
+(pretrained-file members need it for their images; logits files read none).
+`data_spec` gives that `DataSpec`; `load_eval_data` reads it at the largest
+member's side and checks every member against it, and `eval_splits` adds the
+OOD set and the corrupted test sets the config asks for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import ml_collections
+import numpy as np
+
+from duojax import config_lib, data
+from duojax.config_lib import split_list
+from duojax.errors import ConfigError
+from duojax.eval import logits_files, schema
+from duojax.eval import splits as splits_lib
+from duojax.eval.members import PRETRAINED, WORKDIR, Member, input_size, with_inputs
+from duojax.train import checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """A data set and how it is split, as training's data keys name it.
+
+  Attributes:
+    name: the tfds (or embedded) data set.
+    data_dir: the folder it is prepared in.
+    source: the workdir member whose training named it; None: the
+      evaluation config's own data keys.
+  """
+
+  name: str
+  data_dir: str
+  train_split: str
+  val_split: str
+  test_split: str
+  val_size: int
+  split_seed: int
+  image_key: str
+  label_key: str
+  crop_fraction: float
+  source: Member | None = None
+
+  @classmethod
+  def of(cls, keys, data_dir: str, source: Member | None = None) -> DataSpec:
+    """From a config holding the training config's data keys (`schema.EVAL_DATA_KEYS`)."""
+    return cls(
+      keys.dataset,
+      os.path.expanduser(data_dir),
+      keys.train_split,
+      keys.val_split,
+      keys.test_split,
+      keys.val_size,
+      keys.split_seed,
+      keys.image_key,
+      keys.label_key,
+      keys.crop_fraction,
+      source,
+    )
+
+  def load(self, image_size: int) -> data.Dataset:
+    """Its splits, the images read at `image_size`."""
+    return data.load_dataset(
+      self.name,
+      self.data_dir,
+      val_size=self.val_size,
+      split_seed=self.split_seed,
+      train_split=self.train_split,
+      test_split=self.test_split,
+      val_split=self.val_split or None,
+      image_key=self.image_key,
+      label_key=self.label_key,
+      image_size=image_size,
+      crop_fraction=self.crop_fraction,
+    )
+
+
+def data_spec(config: ml_collections.ConfigDict, members: Sequence[Member]) -> DataSpec:
+  """The data set of model `members`: the first workdir member's, else the config's.
+
+  A workdir member's data set and splits are the ones it was trained on; the
+  evaluation's data keys then stay unset (`dataset` may repeat its name).
+  """
+  source = next((m for m in members if m.kind == WORKDIR), None)
+  if source is None:
+    keys = schema.eval_data_config(config)
+    return DataSpec.of(keys, config.data_dir or keys.data_dir)
+  trained = config_lib.complete_config(source.meta["config"])
+  defaults = schema.base_eval_config()
+  for key in schema.EVAL_DATA_KEYS:
+    if config[key] != defaults[key] and not (key == "dataset" and config[key] == trained.dataset):
+      raise ConfigError(
+        f"config.{key}={config[key]!r}: the data set is the one member {source.name!r} was "
+        f"trained on ({trained.dataset}, with its splits); leave the data keys unset"
+      )
+  return DataSpec.of(trained, config.data_dir or trained.data_dir, source)
+
+
+def _check_file_fits(member: Member, dataset_name: str, num_classes: int, channels: int):
+  """A pretrained file's head and stem against the data set's classes and channels."""
+  path = member.meta["pretrained"]["path"]
+  if member.num_classes != num_classes:
+    raise ConfigError(
+      f"member {member.name!r}: {path!r} has a {member.num_classes}-class head, the data set "
+      f"{dataset_name} has {num_classes} classes"
+    )
+  if member.meta["image_shape"][2] != channels:
+    raise ConfigError(
+      f"member {member.name!r}: {path!r} takes {member.meta['image_shape'][2]}-channel images, "
+      f"the data set {dataset_name} has {channels}-channel ones"
+    )
+
+
+def adopt_dataset(members: Sequence[Member], spec: DataSpec) -> list[Member]:
+  """`members`, the pretrained files among them reading the data set `spec`
+  (checked, when a workdir member names it, against its classes and
+  channels first, so a mismatch names the file and the data set rather than
+  two members' numbers)."""
+  adopted = []
+  for member in members:
+    if member.kind == PRETRAINED:
+      if spec.source is not None:
+        source = spec.source.meta
+        _check_file_fits(
+          member, source.get("dataset"), source["num_classes"], source["image_shape"][2]
+        )
+      member = dataclasses.replace(member, meta={**member.meta, "dataset": spec.name})
+    adopted.append(member)
+  return adopted
+
+
+def load_eval_data(spec: DataSpec, members: Sequence[Member]) -> tuple[data.Dataset, list[Member]]:
+  """The data set at the largest member's side (each member resizes the batch
+  to its own), and `members` checked against it and given their inputs.
+
+  The workdir source is checked as training checks a checkpoint; pretrained
+  files by their head and stem (one line naming both numbers).
+  """
+  dataset = spec.load(max(input_size(m) for m in members))
+  if spec.source is not None:
+    checkpoint.check_fits_data(
+      spec.source.meta,
+      dataset.image_shape,
+      dataset.num_classes,
+      where=spec.source.name,
+      same_size=False,
+    )
+  for member in members:
+    if member.kind == PRETRAINED:
+      _check_file_fits(member, dataset.name, dataset.num_classes, dataset.image_shape[2])
+  return dataset, [with_inputs(m, dataset) for m in members]
+
+
+def eval_splits(
+  config, spec: DataSpec, dataset: data.Dataset, *, images_only: bool, skipped: dict
+) -> dict[str, data.Split]:
+  """val, test, the OOD set and the corrupted test sets the config asks for.
+
+  `images_only`: every member reads images (none is a logits file), which
+  corrupting the test images needs; else said in `skipped`.
+  """
+  splits = {"val": dataset.val, "test": dataset.test}
+  if config.ood:
+    splits["ood"] = splits_lib.ood_split(config.ood, dataset, spec.data_dir)
+  kinds = split_list(config.shifts)
+  if kinds and not images_only:
+    skipped["shifts"] = "a member is a logits file: no images to corrupt"
+  elif kinds:
+    splits.update(
+      splits_lib.shifted_splits(
+        dataset.test, kinds=kinds, max_images=config.shift_max_images, seed=config.seed
+      )
+    )
+  return splits
+
+
+def check_stored(stored: Sequence[Member], dataset: data.Dataset | None) -> None:
+  """Logits-file members hold the data set's classes and rows (its labels, in
+  order), or, without model members, the same rows as each other."""
+  files = {m.name: m.stored for m in stored}
+  if dataset is not None:
+    wrong = {n: f.num_classes for n, f in files.items() if f.num_classes != dataset.num_classes}
+    if wrong:
+      raise ConfigError(
+        f"logits files with other class counts than the data set's {dataset.num_classes}: {wrong}"
+      )
+  labels = None
+  if dataset is not None:
+    labels = {
+      name: data.read_examples(split, np.arange(len(split)))[1]
+      for name, split in (("val", dataset.val), ("test", dataset.test))
+    }
+  logits_files.check_rows_agree(files, labels=labels)
+
+
+def stored_splits(config, stored: Sequence[Member], splits: dict, skipped: dict) -> dict:
+  """The splits every member can give, with logits files among them: val,
+  test, and OOD where each file has it (split name -> images, or None)."""
+  names = {"val": None, "test": None, **splits}
+  without_ood = [m.name for m in stored if "ood" not in m.stored.logits]
+  if without_ood and (config.ood or len(without_ood) < len(stored)):
+    skipped["OOD"] = f"logits file of {without_ood[0]!r} has no ood_logits"
+    names.pop("ood", None)
+  elif not without_ood and "ood" not in names:
+    if splits:  # model members read images, the files' OOD rows are not theirs
+      skipped["OOD"] = "the logits files' ood_logits need config.ood for the model members"
+    else:
+      names["ood"] = None
+  return names
