@@ -14,12 +14,13 @@ ensemble of vit, vit_seed1 .. vit_seed{M-1} (`configs/demo_vit.py`; 0 for none).
 
 
 def get_config(arg=None):
-  from duojax import config_lib, eval_config_lib
+  from duojax import config_lib
+  from duojax.eval import schema
 
   arg = config_lib.parse_arg(
     arg, runs="runs/demo", ensemble=1, soups=2, gatekeeper="0.1 0.3 0.5 0.7 0.9", hydra=2
   )
-  c = eval_config_lib.base_eval_config()
+  c = schema.base_eval_config()
   c.large = f"{arg.runs}/large"
   c.sidekick = f"{arg.runs}/sidekick"
   # Extra independently trained large models (deep ensembles m = 2..1+k).

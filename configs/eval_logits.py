@@ -13,10 +13,11 @@ OOD metrics use the files' ood_logits when every member has them.
 
 
 def get_config(arg=None):
-  from duojax import config_lib, eval_config_lib
+  from duojax import config_lib
+  from duojax.eval import schema
 
   arg = config_lib.parse_arg(arg, large="", sidekick="", output="results_logits")
-  c = eval_config_lib.base_eval_config()
+  c = schema.base_eval_config()
   c.large = arg.large
   c.sidekick = arg.sidekick
   c.sections = "methods,paired,sidekicks,conformal"

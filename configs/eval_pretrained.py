@@ -22,7 +22,8 @@ out, and the report says so.
 
 
 def get_config(arg=None):
-  from duojax import config_lib, eval_config_lib
+  from duojax import config_lib
+  from duojax.eval import schema
 
   arg = config_lib.parse_arg(
     arg,
@@ -37,7 +38,7 @@ def get_config(arg=None):
     output="results_pretrained",
     batch_size=256,
   )
-  c = eval_config_lib.base_eval_config()
+  c = schema.base_eval_config()
   c.large = arg.large
   c.sidekick = arg.sidekick
   c.dataset = arg.dataset

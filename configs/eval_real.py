@@ -18,7 +18,8 @@ temperature-scaled large model, the cascades and the choice of sidekick.
 
 
 def get_config(arg=None):
-  from duojax import config_lib, eval_config_lib
+  from duojax import config_lib
+  from duojax.eval import schema
 
   arg = config_lib.parse_arg(
     arg,
@@ -33,7 +34,7 @@ def get_config(arg=None):
     output="",
     batch_size=256,
   )
-  c = eval_config_lib.base_eval_config()
+  c = schema.base_eval_config()
   c.large = arg.large
   c.sidekick = arg.sidekick
   c.ensemble = arg.ensemble.replace(" ", ",")

@@ -74,12 +74,4 @@ USER_ERRORS = (
   WeightsMismatchError,
   DistributedError,
   TrainingDiverged,
-  # TODO(errors): drop once duojax/eval raises only typed errors (its member
-  # specs, logits files, plots and sections still raise plain ValueError).
-  ValueError,
-  # TODO(errors): drop once every write raises FileError on a full disk:
-  # files.write_atomically (errors.py must first move to a layer below
-  # files.py, see duojax/layers.py), eval/outputs.py's os.makedirs,
-  # eval/plots.py's savefig and train/loop.py's MetricsLog.write.
-  OSError,
 )

@@ -3,13 +3,15 @@
 import os
 import tempfile
 
+from duojax.errors import FileError
+
 
 def write_atomically(path: str, text: str) -> None:
   """Writes `text` to `path` through a temporary file renamed over it.
 
   Readers see the old file or the new one, never a part. A failed write (a
   full disk, a missing or read-only folder) removes the temporary file and
-  raises an OSError naming `path`.
+  raises a `FileError` (an OSError keeping the errno) naming `path`.
   """
   folder = os.path.dirname(os.path.abspath(path))
   tmp = None
@@ -22,8 +24,7 @@ def write_atomically(path: str, text: str) -> None:
   except BaseException as e:
     if tmp is not None and os.path.exists(tmp):
       os.unlink(tmp)
-    # Say which file, not just why. TODO(errors): raise errors.FileError here
-    # (a user error, not a bug) once errors.py sits in a layer below this module.
+    # Say which file, not just why: a user's disk or folder, not a bug.
     if isinstance(e, OSError) and e.errno is not None:
-      raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from e
+      raise FileError(e.errno, f"cannot write {path}: {e.strerror}") from e
     raise

@@ -403,7 +403,7 @@ def test_results_on_a_full_disk_leave_no_partial_output(tmp_path, monkeypatch, f
   out = tmp_path / "new" / "results"
   with pytest.raises(OSError) as error:
     outputs.write(dict(_MINIMAL_RESULTS), str(out), _SECTIONS)
-  assert error.value.errno == errno.ENOSPC
+  assert isinstance(error.value, errors.FileError) and error.value.errno == errno.ENOSPC
   assert _one_line(error).startswith("[Errno 28] cannot write ")
   assert os.listdir(tmp_path) == []  # the folders it made are gone again
 

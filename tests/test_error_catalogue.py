@@ -426,7 +426,7 @@ _ELSEWHERE = {
   "Gatekeeper member not trained with `loss=gatekeeper`": (
     "test_evaluate.py::test_evaluate_gatekeeper_member_must_be_gatekeeper_tuned"
   ),
-  # TODO(errors): a FileError row in _API once files.write_atomically raises one.
+  # A FileError: the test checks its class and errno.
   "disk full while writing results": (
     "test_bad_inputs.py::test_results_on_a_full_disk_leave_no_partial_output"
   ),
@@ -501,10 +501,10 @@ def test_data_set_rows(tmp_path, learnable_data_dir):
 
 
 def test_user_errors_are_value_errors_or_runtime_errors():
-  # TODO(errors): drop once USER_ERRORS holds the typed classes only.
-  interim = (OSError,)
   for kind in errors.USER_ERRORS:
-    assert kind in interim or issubclass(kind, (ValueError, RuntimeError)), kind
+    assert issubclass(kind, (ValueError, RuntimeError)), kind
+  # Plain standard errors are bugs: they keep their traceback.
+  assert not {ValueError, OSError, KeyError, IndexError, TypeError} & set(errors.USER_ERRORS)
   # Every class the module defines is a user error the CLIs print as one line.
   defined = [
     v for v in vars(errors).values() if isinstance(v, type) and v.__module__ == errors.__name__
@@ -552,11 +552,9 @@ _BUGS = {
   "KeyError": lambda: {}["missing"],
   "TypeError": lambda: len(3),
   "AttributeError": lambda: None.shape,
+  # A plain ValueError (numpy's, here) is a bug too: only the typed classes are user errors.
+  "numpy ValueError": lambda: np.zeros(3).reshape(2, 2),
 }
-# TODO(errors): once ValueError leaves USER_ERRORS this runs: a plain ValueError
-# (numpy's, here) is a bug too.
-if ValueError not in errors.USER_ERRORS:
-  _BUGS["numpy ValueError"] = lambda: np.zeros(3).reshape(2, 2)
 
 
 @pytest.mark.parametrize("bug", list(_BUGS.values()), ids=list(_BUGS))
@@ -602,19 +600,13 @@ def test_library_raises_no_plain_value_or_os_errors():
   allowed = {
     # A parse that raises ValueError to its own `except ValueError` a line below.
     "duojax/config_lib.py": 1,
-    # TODO(errors): a FileError once errors.py sits in a layer below files.py.
-    "duojax/files.py": 1,
   }
-  # TODO(errors): drop once duojax/eval raises only typed errors.
-  pending = ("duojax/eval/", "duojax/eval_config_lib.py")
   plain = {"ValueError", "OSError", "IOError", "FileNotFoundError", "PermissionError"}
   paths = sorted(glob.glob(os.path.join(ROOT, "duojax", "**", "*.py"), recursive=True))
   paths += [os.path.join(ROOT, "train.py"), os.path.join(ROOT, "evaluate.py")]
   found = {}
   for path in paths:
     where = os.path.relpath(path, ROOT)
-    if where.startswith(pending):
-      continue
     with open(path) as f:
       tree = ast.parse(f.read())
     for node in ast.walk(tree):

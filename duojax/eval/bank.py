@@ -20,7 +20,7 @@ from jax.experimental import multihost_utils
 
 from duojax import data
 from duojax.core import duo
-from duojax.errors import ConfigError, DataError
+from duojax.errors import ConfigError, DataError, InputError
 from duojax.eval.members import Member, check_members_agree, with_inputs
 from duojax.parallel import sharding
 
@@ -44,7 +44,7 @@ class LogitsBank:
   def add_member(self, name: str, logits_by_split: dict[str, np.ndarray]) -> None:
     """Appends a derived member (e.g. MC-dropout averages) to every split."""
     if set(logits_by_split) != set(self.logits):
-      raise ValueError(f"member {name!r} needs logits for splits {sorted(self.logits)}")
+      raise InputError(f"member {name!r} needs logits for splits {sorted(self.logits)}")
     self.member_names = (*self.member_names, name)
     for split, logits in logits_by_split.items():
       self.logits[split] = np.concatenate([self.logits[split], logits[None]], axis=0)

@@ -53,7 +53,7 @@ class LogitsFile:
 
 
 def load(spec: str) -> LogitsFile:
-  """Reads and checks a `logits:PATH` member; raises ValueError (one line)."""
+  """Reads and checks a `logits:PATH` member; raises DataError (one line)."""
   path = path_of(spec)
   if not os.path.isfile(path):
     raise DataError(f"logits file {path!r} does not exist")

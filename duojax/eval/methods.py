@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from duojax.core import duo, temperature
+from duojax.errors import ConfigError
 from duojax.eval.bank import LogitsBank
 from duojax.parallel import sharding
 
@@ -72,7 +73,7 @@ def fit(
     return {"weights": fit_weights(stack), "single_weights": np.asarray(single)}
   if method.kind in ("single", "ensemble"):
     return {}
-  raise ValueError(f"unknown method kind {method.kind!r}; valid: {', '.join(KINDS)}")
+  raise ConfigError(f"unknown method kind {method.kind!r}; valid: {', '.join(KINDS)}")
 
 
 def apply(method: Method, fitted: dict, bank: LogitsBank, split: str):
@@ -94,7 +95,7 @@ def apply(method: Method, fitted: dict, bank: LogitsBank, split: str):
       joint_weights=fitted["weights"],
       single_weights=fitted["single_weights"],
     )
-  raise ValueError(f"unknown method kind {method.kind!r}; valid: {', '.join(KINDS)}")
+  raise ConfigError(f"unknown method kind {method.kind!r}; valid: {', '.join(KINDS)}")
 
 
 def standard_methods(

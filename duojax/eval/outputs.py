@@ -15,6 +15,7 @@ import shutil
 from typing import Sequence
 
 from duojax import files
+from duojax.errors import FileError
 from duojax.eval import render
 from duojax.eval import sections as sections_lib
 
@@ -47,7 +48,10 @@ def write(results: dict, out_dir: str, sections: Sequence) -> dict[str, str]:
 
 
 def _write_files(results: dict, out_dir: str, sections: Sequence) -> dict[str, str]:
-  os.makedirs(out_dir, exist_ok=True)
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise FileError(e.errno, f"cannot make the output folder {out_dir}: {e.strerror}") from e
   paths = {
     "json": os.path.join(out_dir, "results.json"),
     "markdown": os.path.join(out_dir, "results.md"),

@@ -26,7 +26,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from duojax.errors import ConfigError
+from duojax.errors import ConfigError, FileError, InputError
 from duojax.eval.plot_style import PALETTE, method_colors, method_styles
 
 DPI = 120
@@ -42,7 +42,7 @@ def _colors(names, given: Mapping | None) -> dict:
 
 def _require_items(mapping, what: str) -> None:
   if not isinstance(mapping, Mapping) or not mapping:
-    raise ValueError(f"{what}: expected a non-empty dict, got {mapping!r:.80}")
+    raise InputError(f"{what}: expected a non-empty dict, got {mapping!r:.80}")
 
 
 def _check_directory(path) -> str:
@@ -64,8 +64,10 @@ def save_figure(fig: Figure, path: str) -> str:
     fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1)
     os.chmod(tmp, 0o644)  # mkstemp makes it private; the report is for reading
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     os.unlink(tmp)
+    if isinstance(e, OSError) and e.errno is not None:  # the user's disk, not a bug
+      raise FileError(e.errno, f"cannot write {path}: {e.strerror}") from e
     raise
   finally:
     fig.clear()  # frees the artists now rather than at garbage collection
@@ -92,12 +94,12 @@ def _curve(name: str, coverage, risk) -> tuple[np.ndarray, np.ndarray]:
   coverage = np.asarray(coverage, np.float64)
   risk = np.asarray(risk, np.float64)
   if coverage.ndim != 1 or coverage.shape != risk.shape or coverage.size == 0:
-    raise ValueError(
+    raise InputError(
       f"risk_coverage: {name!r} needs coverage and risk of the same non-zero "
       f"length, got shapes {coverage.shape} and {risk.shape}"
     )
   if not np.all(np.isfinite(coverage)) or coverage.min() < 0 or coverage.max() > 1:
-    raise ValueError(f"risk_coverage: {name!r} has coverage outside [0, 1]")
+    raise InputError(f"risk_coverage: {name!r} has coverage outside [0, 1]")
   order = np.argsort(coverage, kind="stable")
   step = max(1, math.ceil(coverage.size / MAX_LINE_POINTS))
   keep = np.unique(np.r_[np.arange(0, coverage.size, step), coverage.size - 1])
@@ -133,7 +135,7 @@ def risk_coverage(
   """
   _require_items(curves, "risk_coverage")
   if reference is not None and reference not in curves:
-    raise ValueError(f"risk_coverage: reference {reference!r} is not among the curves")
+    raise InputError(f"risk_coverage: reference {reference!r} is not among the curves")
   path = _check_directory(path)
   styles = method_styles(list(curves), colors)
   data = {name: _curve(name, *pair) for name, pair in curves.items()}
@@ -192,7 +194,7 @@ def _diagram(name: str, diagram) -> dict[str, np.ndarray]:
   keys = ("confidence", "accuracy", "count")
   missing = [k for k in keys if k not in diagram] if isinstance(diagram, Mapping) else keys
   if missing:
-    raise ValueError(f"reliability: {name!r} lacks {', '.join(missing)}")
+    raise InputError(f"reliability: {name!r} lacks {', '.join(missing)}")
   out = {k: np.asarray(diagram[k], np.float64) for k in keys}
   # Without edges, the bins are taken to be equal-width on [0, 1] (the ECE bins).
   out["edges"] = np.asarray(
@@ -202,7 +204,7 @@ def _diagram(name: str, diagram) -> dict[str, np.ndarray]:
   shapes = [out[k].shape for k in keys]
   bins = shapes[0][0] if len(shapes[0]) == 1 else 0
   if bins == 0 or shapes != [(bins,)] * 3 + [(bins + 1,)]:
-    raise ValueError(
+    raise InputError(
       f"reliability: {name!r} needs B confidences, accuracies and counts and "
       f"B + 1 edges, got shapes {shapes}"
     )
@@ -282,7 +284,7 @@ def _finite_points(points) -> dict[str, tuple[float, float]]:
   out = {}
   for name, point in points.items():
     if np.ndim(point) != 1 or np.shape(point) != (2,):
-      raise ValueError(f"pareto: {name!r} must be a (cost, metric) pair, got {point!r:.80}")
+      raise InputError(f"pareto: {name!r} must be a (cost, metric) pair, got {point!r:.80}")
     cost, metric = (float(v) for v in point)
     if math.isfinite(cost) and math.isfinite(metric):
       out[name] = (cost, metric)
@@ -391,7 +393,7 @@ def _check_series(series) -> list[str]:
     _require_items(by_method, f"shift_curves[{kind!r}]")
     lengths = {name: len(values) for name, values in by_method.items()}
     if len(set(lengths.values())) != 1 or 0 in lengths.values():
-      raise ValueError(
+      raise InputError(
         f"shift_curves: methods under {kind!r} need the same non-zero number "
         f"of values, got {lengths}"
       )

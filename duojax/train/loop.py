@@ -30,7 +30,7 @@ import numpy as np
 import tqdm
 
 from duojax import config_lib, data, files
-from duojax.errors import CheckpointError, ConfigError, TrainingDiverged
+from duojax.errors import CheckpointError, ConfigError, FileError, TrainingDiverged
 from duojax.models import functional
 from duojax.models.spec import ModelSpec
 from duojax.parallel import sharding
@@ -62,8 +62,11 @@ class MetricsLog:
 
   def write(self, record: dict) -> None:
     if self.enabled:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+      try:
+        with open(self.path, "a") as f:
+          f.write(json.dumps(record) + "\n")
+      except OSError as e:  # a full disk: the user's to fix, not a bug
+        raise FileError(e.errno, f"cannot write {self.path}: {e.strerror}") from e
 
 
 def _record_step(line: str) -> float:

@@ -194,7 +194,7 @@ def forward_seconds(models, image_shape, *, batch_size: int, mesh, repeats: int 
 def build(inputs: EvalInputs, results: dict, repeats: int = 5) -> dict:
   """Cost and quality of every Hydra-section row, from the methods section's scores."""
   if "methods" not in results:
-    raise ValueError(
+    raise ConfigError(
       "config.sections: 'hydra' reads the scores of 'methods', which must come first"
     )
   config = inputs.config
