@@ -403,6 +403,108 @@ def _quiet_absl():
     logger.setLevel(level)
 
 
+def _data_dir(data_dir: str | os.PathLike) -> str:
+  """`data_dir` as an absolute path, checked to be a folder if it exists."""
+  data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+  if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    raise DataError(f"--data_dir {data_dir} is a file, not a folder")
+  return data_dir
+
+
+def _image_folders(
+  src: str | os.PathLike, test_folder: str | os.PathLike | None, data_dir: str
+) -> dict[str, str]:
+  """Split -> absolute image folder, none of them holding `data_dir`."""
+  folders = {"train": os.path.abspath(os.path.expanduser(os.fspath(src)))}
+  if test_folder is not None:
+    folders["test"] = os.path.abspath(os.path.expanduser(os.fspath(test_folder)))
+  for folder in folders.values():
+    if os.path.realpath(data_dir).startswith(os.path.join(os.path.realpath(folder), "")):
+      raise DataError(
+        f"--data_dir {data_dir} is inside the image folder {folder}: the import "
+        "would become a class of a later import; choose a folder outside it"
+      )
+  return folders
+
+
+def _scan(folders: dict[str, str]) -> tuple[tuple[str, ...], dict[str, list[ImageFile]]]:
+  """(the train folder's class names, split -> its files): later splits keep the
+  train folder's labels."""
+  class_names, scanned = None, {}
+  for split, folder in folders.items():
+    class_names, scanned[split] = scan_folder(folder, class_names)
+  return class_names, scanned
+
+
+def _warn_leftovers(target: str, leftovers: list[str]) -> None:
+  print(
+    f"warning: {target} holds what interrupted imports left "
+    f"({', '.join(map(os.path.basename, leftovers))}): ignored; delete it to free the space",
+    file=sys.stderr,
+    flush=True,
+  )
+
+
+def _check_splits(
+  scanned: dict[str, list[ImageFile]], folders: dict[str, str], pool, workers: int, listing: str
+) -> tuple[dict[str, list[tuple[ImageFile, Verdict]]], dict[str, list[tuple[str, str]]]]:
+  """(split -> the files that decode with their verdicts, split -> [(file_name,
+  reason)] of those left out); a DataError for a split where none decodes."""
+  plan, skipped = {}, {}
+  for split, files in scanned.items():
+    verdicts = check_files(files, pool, workers, desc=f"checking {split} images")
+    plan[split] = [(f, v) for f, v in zip(files, verdicts) if v.reason is None]
+    skipped[split] = [(f.name, v.reason) for f, v in zip(files, verdicts) if v.reason]
+    if not plan[split]:
+      name, reason = skipped[split][0]
+      raise DataError(
+        f"none of the {len(files)} files in {folders[split]} decodes as an "
+        f"image (e.g. {name}: {reason})"
+      )
+    if skipped[split]:
+      _warn_skipped(split, skipped[split], len(files), listing)
+  return plan, skipped
+
+
+def _builder(dataset: str, data_dir: str, **kwargs) -> _FolderBuilder:
+  """A `_FolderBuilder` named `dataset` (never registered), writing array_record
+  into `data_dir`; `kwargs` are its own arguments."""
+  with _quiet_absl():
+    builder_cls = type(
+      f"ImageFolder_{dataset}", (_FolderBuilder,), {"name": dataset}, skip_registration=True
+    )
+    return builder_cls(data_dir=data_dir, file_format="array_record", **kwargs)
+
+
+def _write(builder: _FolderBuilder, target: str, dataset: str, data_dir: str) -> None:
+  """Prepares `builder`'s data set in `target`; a failed write leaves no folder
+  it made, and an OSError of the file system is a FileError."""
+  # What a failed write leaves: the folders tfds made on the way (it removes
+  # its incomplete.* folder itself), deepest first.
+  made, folder = [], target
+  while not os.path.exists(folder):
+    made.append(folder)
+    folder = os.path.dirname(folder)
+  try:
+    # tfds's own messages go to stderr with its progress bars: stdout is the report.
+    with (
+      tempfile.TemporaryDirectory(prefix=".import-downloads-") as downloads,
+      contextlib.redirect_stdout(sys.stderr),
+    ):
+      builder.download_and_prepare(
+        download_dir=downloads,  # tfds makes one even with nothing to download
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+      )
+  except BaseException as e:
+    for folder in made:
+      with contextlib.suppress(OSError):  # not empty: not only ours
+        os.rmdir(folder)
+    if isinstance(e, OSError) and e.errno is not None and not isinstance(e, FileError):
+      # A full disk, or a folder made read-only during the import.
+      raise FileError(e.errno, f"cannot write {dataset} in {data_dir}: {e.strerror}") from e
+    raise
+
+
 def import_folder(
   src: str | os.PathLike,
   *,
@@ -422,87 +524,31 @@ def import_folder(
   check_dataset_name(dataset)
   if workers is not None and workers < 1:
     raise DataError(f"--workers must be >= 1, got {workers}")
-  data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
-  if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-    raise DataError(f"--data_dir {data_dir} is a file, not a folder")
+  data_dir = _data_dir(data_dir)
   target = os.path.join(data_dir, dataset)
   leftovers = _leftovers(target)
-  folders = {"train": os.path.abspath(os.path.expanduser(os.fspath(src)))}
-  if test_folder is not None:
-    folders["test"] = os.path.abspath(os.path.expanduser(os.fspath(test_folder)))
-  for folder in folders.values():
-    if os.path.realpath(data_dir).startswith(os.path.join(os.path.realpath(folder), "")):
-      raise DataError(
-        f"--data_dir {data_dir} is inside the image folder {folder}: the import "
-        "would become a class of a later import; choose a folder outside it"
-      )
-  class_names, scanned = None, {}
-  for split, folder in folders.items():
-    class_names, scanned[split] = scan_folder(folder, class_names)
+  folders = _image_folders(src, test_folder, data_dir)
+  class_names, scanned = _scan(folders)
   if workers is None:
     total = sum(map(len, scanned.values()))
     workers = max(1, min(usable_cores(), total // FILES_PER_WORKER))
   if leftovers:
-    print(
-      f"warning: {target} holds what interrupted imports left "
-      f"({', '.join(map(os.path.basename, leftovers))}): ignored; delete it to free the space",
-      file=sys.stderr,
-      flush=True,
-    )
+    _warn_leftovers(target, leftovers)
   labels = tuple(map(_readable, class_names))
   listing = os.path.join(target, VERSION, SKIPPED_FILE)
   with _executor(workers) as pool:
-    plan, skipped = {}, {}
-    for split, files in scanned.items():
-      verdicts = check_files(files, pool, workers, desc=f"checking {split} images")
-      plan[split] = [(f, v) for f, v in zip(files, verdicts) if v.reason is None]
-      skipped[split] = [(f.name, v.reason) for f, v in zip(files, verdicts) if v.reason]
-      if not plan[split]:
-        name, reason = skipped[split][0]
-        raise DataError(
-          f"none of the {len(files)} files in {folders[split]} decodes as an "
-          f"image (e.g. {name}: {reason})"
-        )
-      if skipped[split]:
-        _warn_skipped(split, skipped[split], len(files), listing)
-    with _quiet_absl():
-      builder_cls = type(
-        f"ImageFolder_{dataset}", (_FolderBuilder,), {"name": dataset}, skip_registration=True
-      )
-      builder = builder_cls(
-        data_dir=data_dir,
-        file_format="array_record",
-        class_names=labels,
-        plan=plan,
-        skipped=skipped,
-        pool=pool,
-        workers=workers,
-        source=folders["train"],
-      )
-    # What a failed write leaves: the folders tfds made on the way (it removes
-    # its incomplete.* folder itself), deepest first.
-    made, folder = [], target
-    while not os.path.exists(folder):
-      made.append(folder)
-      folder = os.path.dirname(folder)
-    try:
-      # tfds's own messages go to stderr with its progress bars: stdout is the report.
-      with (
-        tempfile.TemporaryDirectory(prefix=".import-downloads-") as downloads,
-        contextlib.redirect_stdout(sys.stderr),
-      ):
-        builder.download_and_prepare(
-          download_dir=downloads,  # tfds makes one even with nothing to download
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-        )
-    except BaseException as e:
-      for folder in made:
-        with contextlib.suppress(OSError):  # not empty: not only ours
-          os.rmdir(folder)
-      if isinstance(e, OSError) and e.errno is not None and not isinstance(e, FileError):
-        # A full disk, or a folder made read-only during the import.
-        raise FileError(e.errno, f"cannot write {dataset} in {data_dir}: {e.strerror}") from e
-      raise
+    plan, skipped = _check_splits(scanned, folders, pool, workers, listing)
+    builder = _builder(
+      dataset,
+      data_dir,
+      class_names=labels,
+      plan=plan,
+      skipped=skipped,
+      pool=pool,
+      workers=workers,
+      source=folders["train"],
+    )
+    _write(builder, target, dataset, data_dir)
   return ImportReport(
     dataset,
     os.fspath(builder.data_dir),

@@ -311,6 +311,133 @@ def check_random_access(builder, name: str, data_dir: str) -> None:
     )
 
 
+def _class_label(builder, name: str, image_key: str, label_key: str):
+  """The `ClassLabel` feature under `label_key`, once both keys are features."""
+  features = builder.info.features
+  for key in (image_key, label_key):
+    if key not in features:
+      raise DataError(
+        f"{name} has no feature {key!r} (it has {', '.join(features)}): "
+        "set config.image_key / config.label_key"
+      )
+  label = features[label_key]
+  if not isinstance(label, tfds.features.ClassLabel):
+    raise DataError(f"{name}'s feature {label_key!r} is not a ClassLabel: set config.label_key")
+  return label
+
+
+def _needed_splits(
+  builder, name: str, data_dir: str, train_split: str, test_split: str, val_split: str | None
+) -> list[str]:
+  """The tfds splits to read, each once, all of them in the prepared data set."""
+  needed = list(dict.fromkeys([train_split, test_split] + ([val_split] if val_split else [])))
+  missing = [s for s in needed if s not in builder.info.splits]
+  if missing:
+    raise DataError(
+      f"{name} in {data_dir} has no split {missing[0]!r} "
+      f"(it has {', '.join(builder.info.splits)}): set config.train_split, "
+      "config.val_split and config.test_split"
+    )
+  return needed
+
+
+def _read_as(
+  features, name: str, image_key: str, label_key: str, image_size: int | None, crop_fraction: float
+) -> tuple[Split, tuple[int, int, int]]:
+  """(how every split is read: a `Split` with no source or rows yet, the shape
+  (H, W, C) of the images delivered).
+
+  Encoded images are decoded to RGB. Without `image_size`, images are
+  delivered at their stored size, which must then be fixed; images stored at
+  the size asked for are read as they are.
+  """
+  feature = features[image_key]
+  encoded = isinstance(feature, tfds.features.Image)
+  shape = tuple(feature.shape)
+  if len(shape) != 3:
+    raise DataError(
+      f"{name}'s feature {image_key!r} has shape {shape}, not (height, width, "
+      "channels): set config.image_key"
+    )
+  channels = 3 if encoded else int(shape[2])
+  if image_size is None and (encoded or None in shape[:2]):
+    if None in shape[:2]:
+      raise DataError(f"{name} has images of varying size {shape}: set config.model.image_size")
+    image_size = int(shape[0])
+  if image_size is not None and not encoded and tuple(shape[:2]) == (image_size, image_size):
+    image_size = None  # stored at the size asked for: read as they are
+  image_shape = (image_size, image_size, channels) if image_size else (*shape[:2], channels)
+  like = Split(
+    None, np.zeros(0, np.int64), image_key, label_key, image_size, encoded, channels, crop_fraction
+  )
+  return like, image_shape
+
+
+def _open_splits(
+  builder, name: str, data_dir: str, needed: list[str], like: Split
+) -> dict[str, Split]:
+  """Every row of each tfds split in `needed`, read as `like` says (its source and
+  indices aside), from the prepared array_record files."""
+  decoders = {like.image_key: tfds.decode.SkipDecoding()} if like.encoded else None
+  try:
+    sources = builder.as_data_source(split=needed, decoders=decoders)
+  except NotImplementedError:  # Prepared, but not in a random-access format.
+    raise DataError(
+      f"{name} in {data_dir} is not in array_record format: rebuild it with `tfds "
+      f"build {name} --data_dir={data_dir} --file_format=array_record`"
+    ) from None
+  return {
+    s: dataclasses.replace(like, source=src, indices=np.arange(len(src), dtype=np.int64))
+    for s, src in zip(needed, sources)
+  }
+
+
+def _check_val_size(val_size: int, n: int, name: str) -> None:
+  """The val carve-out must leave both val and train at least one row."""
+  if not 0 < val_size < n:
+    raise DataError(
+      f"val_size={val_size} must be in [1, {n - 1}] for the {n} training examples of {name}"
+    )
+
+
+def _in_memory(
+  whole: dict[str, Split],
+  train_split: str,
+  image_shape: tuple[int, int, int],
+  cache: bool | None,
+  cache_dir: Path,
+) -> dict[str, Split]:
+  """`whole`, its splits held in memory (cached as .npz in `cache_dir`) if `cache`.
+
+  `cache=None`: if the train split is stored at the delivered size and all
+  splits together are under CACHE_LIMIT_BYTES.
+  """
+  if cache is None:
+    # Only images stored at the delivered size: a cached resize would fix the
+    # crop that training draws at random from the whole image.
+    cache = fixed_size(whole[train_split]) and (
+      sum(len(s) for s in whole.values()) * int(np.prod(image_shape)) < CACHE_LIMIT_BYTES
+    )
+  if not cache:
+    return whole
+  # Cached images are decoded at the delivered size: read them as they are.
+  return {
+    s: dataclasses.replace(
+      split, source=_cached_arrays(split, cache_dir, s), image_size=None, encoded=False
+    )
+    for s, split in whole.items()
+  }
+
+
+def _carve_val(whole: Split, val_size: int, split_seed: int) -> tuple[Split, Split]:
+  """(train, val) of `whole`: val is the first `val_size` rows under the
+  permutation `default_rng(split_seed)`, train the remaining rows, each sorted."""
+  perm = np.random.default_rng(split_seed).permutation(len(whole))
+  train = dataclasses.replace(whole, indices=np.sort(perm[val_size:]).astype(np.int64))
+  val = dataclasses.replace(whole, indices=np.sort(perm[:val_size]).astype(np.int64))
+  return train, val
+
+
 def load_dataset(
   name: str,
   data_dir: str | os.PathLike,
@@ -342,93 +469,24 @@ def load_dataset(
   """
   data_dir = os.fspath(Path(data_dir).expanduser())
   builder = open_builder(name, data_dir, prepare)
-  features = builder.info.features
-  for key in (image_key, label_key):
-    if key not in features:
-      raise DataError(
-        f"{name} has no feature {key!r} (it has {', '.join(features)}): "
-        "set config.image_key / config.label_key"
-      )
-  label = features[label_key]
-  if not isinstance(label, tfds.features.ClassLabel):
-    raise DataError(f"{name}'s feature {label_key!r} is not a ClassLabel: set config.label_key")
-  needed = list(dict.fromkeys([train_split, test_split] + ([val_split] if val_split else [])))
-  missing = [s for s in needed if s not in builder.info.splits]
-  if missing:
-    raise DataError(
-      f"{name} in {data_dir} has no split {missing[0]!r} "
-      f"(it has {', '.join(builder.info.splits)}): set config.train_split, "
-      "config.val_split and config.test_split"
-    )
+  label = _class_label(builder, name, image_key, label_key)
+  needed = _needed_splits(builder, name, data_dir, train_split, test_split, val_split)
   check_random_access(builder, name, data_dir)
-  image_feature = features[image_key]
-  encoded = isinstance(image_feature, tfds.features.Image)
-  shape = tuple(image_feature.shape)
-  if len(shape) != 3:
-    raise DataError(
-      f"{name}'s feature {image_key!r} has shape {shape}, not (height, width, "
-      "channels): set config.image_key"
-    )
-  channels = 3 if encoded else int(shape[2])
-  if image_size is None and (encoded or None in shape[:2]):
-    if None in shape[:2]:
-      raise DataError(f"{name} has images of varying size {shape}: set config.model.image_size")
-    image_size = int(shape[0])
-  if image_size is not None and not encoded and tuple(shape[:2]) == (image_size, image_size):
-    image_size = None  # stored at the size asked for: read as they are
-  image_shape = (image_size, image_size, channels) if image_size else (*shape[:2], channels)
-  decoders = {image_key: tfds.decode.SkipDecoding()} if encoded else None
-  try:
-    sources = builder.as_data_source(split=needed, decoders=decoders)
-  except NotImplementedError:  # Prepared, but not in a random-access format.
-    raise DataError(
-      f"{name} in {data_dir} is not in array_record format: rebuild it with `tfds "
-      f"build {name} --data_dir={data_dir} --file_format=array_record`"
-    ) from None
-  whole = {
-    s: Split(
-      src,
-      np.arange(len(src), dtype=np.int64),
-      image_key,
-      label_key,
-      image_size,
-      encoded,
-      channels,
-      crop_fraction,
-    )
-    for s, src in zip(needed, sources)
-  }
+  like, image_shape = _read_as(
+    builder.info.features, name, image_key, label_key, image_size, crop_fraction
+  )
+  whole = _open_splits(builder, name, data_dir, needed, like)
+  if not val_split:
+    _check_val_size(val_size, len(whole[train_split]), name)
   # Inside the prepared version folder: tfds never changes it, only deletes
   # it to rebuild, so the caches cannot outlive the data they were made from.
   cache_dir = Path(builder.data_dir) / "duojax_cache"
-  n = len(whole[train_split])
-  if not val_split and not 0 < val_size < n:
-    raise DataError(
-      f"val_size={val_size} must be in [1, {n - 1}] for the {n} training examples of {name}"
-    )
-  if cache is None:
-    # Only images stored at the delivered size: a cached resize would fix the
-    # crop that training draws at random from the whole image.
-    cache = fixed_size(whole[train_split]) and (
-      sum(len(s) for s in whole.values()) * int(np.prod(image_shape)) < CACHE_LIMIT_BYTES
-    )
-  if cache:
-    # Cached images are decoded at the delivered size: read them as they are.
-    whole = {
-      s: dataclasses.replace(
-        split, source=_cached_arrays(split, cache_dir, s), image_size=None, encoded=False
-      )
-      for s, split in whole.items()
-    }
+  whole = _in_memory(whole, train_split, image_shape, cache, cache_dir)
   mean, std = _cached_stats(whole[train_split], cache_dir, train_split)
   if val_split:
     train, val = whole[train_split], whole[val_split]
   else:
-    perm = np.random.default_rng(split_seed).permutation(n)
-    train = dataclasses.replace(
-      whole[train_split], indices=np.sort(perm[val_size:]).astype(np.int64)
-    )
-    val = dataclasses.replace(whole[train_split], indices=np.sort(perm[:val_size]).astype(np.int64))
+    train, val = _carve_val(whole[train_split], val_size, split_seed)
   return Dataset(
     name,
     train,
