@@ -5,7 +5,8 @@
     # uint8 images; a jitted step normalises them:
     x = data.normalize_on_device(batch["image"], dataset.mean, dataset.std)
 
-`sources` (data sets and splits), `images` (decoding and crops of one
+`sources` (data sets and splits), `dataset_spec` (a data set named by
+training's data keys, as a typed value), `images` (decoding and crops of one
 image), `batches` (one batch from its index), `pipeline` (grain: batches in
 order, in worker processes, onto the devices), `folder` (an image folder
 imported as a data set), `embedded` (Fashion-MNIST and MNIST, prepared
@@ -15,6 +16,7 @@ size and statistics, and the device-side resize and normalisation). This
 package imports nothing of training or evaluation.
 """
 
+from duojax.data.dataset_spec import DatasetSpec, load_dataset_of
 from duojax.data.embedded import fetch_fashion_mnist, load_mnist_ood, prepare_fashion_mnist
 from duojax.data.ood_sources import folder_split, load_split
 from duojax.data.pipeline import eval_batches, steps_per_epoch, train_batches
@@ -31,7 +33,6 @@ from duojax.data.sources import (
   Split,
   channel_stats,
   load_dataset,
-  load_dataset_of,
   materialize,
   read_examples,
 )
@@ -41,6 +42,7 @@ __all__ = [
   "ArraySource",
   "DataError",
   "Dataset",
+  "DatasetSpec",
   "InputSpec",
   "Split",
   "channel_stats",

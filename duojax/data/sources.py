@@ -498,22 +498,3 @@ def load_dataset(
     mean,
     std,
   )
-
-
-def load_dataset_of(config, data_dir: str | os.PathLike | None = None) -> Dataset:
-  """The data set a complete training config names (`config_lib.base_config`'s
-  data keys, and `config.model.image_size` for the images' side); `data_dir`
-  overrides the config's (a checkpoint read on another machine)."""
-  return load_dataset(
-    config.dataset,
-    os.path.expanduser(data_dir or config.data_dir),
-    val_size=config.val_size,
-    split_seed=config.split_seed,
-    train_split=config.train_split,
-    test_split=config.test_split,
-    val_split=config.val_split or None,
-    image_key=config.image_key,
-    label_key=config.label_key,
-    image_size=config.model.image_size,
-    crop_fraction=config.crop_fraction,
-  )

@@ -3,7 +3,7 @@
 The data set is the one the first workdir member was trained on, with its
 splits; with no workdir member the evaluation config's data keys name it
 (pretrained-file members need it for their images; logits files read none).
-`data_spec` gives that `DataSpec`; `load_eval_data` reads it at the largest
+`data_of` gives that `data.DatasetSpec` (with the member it came from); `load_eval_data` reads it at the largest
 member's side and checks every member against it, and `eval_splits` adds the
 OOD set and the corrupted test sets the config asks for.
 """
@@ -11,7 +11,6 @@ OOD set and the corrupted test sets the config asks for.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Sequence
 
 import ml_collections
@@ -27,63 +26,15 @@ from duojax.train import checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
-class DataSpec:
-  """A data set and how it is split, as training's data keys name it.
+class EvalData:
+  """The evaluation's data set (`data.DatasetSpec`) and the workdir member
+  whose training named it (None: the evaluation config's own data keys)."""
 
-  Attributes:
-    name: the tfds (or embedded) data set.
-    data_dir: the folder it is prepared in.
-    source: the workdir member whose training named it; None: the
-      evaluation config's own data keys.
-  """
-
-  name: str
-  data_dir: str
-  train_split: str
-  val_split: str
-  test_split: str
-  val_size: int
-  split_seed: int
-  image_key: str
-  label_key: str
-  crop_fraction: float
+  spec: data.DatasetSpec
   source: Member | None = None
 
-  @classmethod
-  def of(cls, keys, data_dir: str, source: Member | None = None) -> DataSpec:
-    """From a config holding the training config's data keys (`schema.EVAL_DATA_KEYS`)."""
-    return cls(
-      keys.dataset,
-      os.path.expanduser(data_dir),
-      keys.train_split,
-      keys.val_split,
-      keys.test_split,
-      keys.val_size,
-      keys.split_seed,
-      keys.image_key,
-      keys.label_key,
-      keys.crop_fraction,
-      source,
-    )
 
-  def load(self, image_size: int) -> data.Dataset:
-    """Its splits, the images read at `image_size`."""
-    return data.load_dataset(
-      self.name,
-      self.data_dir,
-      val_size=self.val_size,
-      split_seed=self.split_seed,
-      train_split=self.train_split,
-      test_split=self.test_split,
-      val_split=self.val_split or None,
-      image_key=self.image_key,
-      label_key=self.label_key,
-      image_size=image_size,
-      crop_fraction=self.crop_fraction,
-    )
-
-
-def data_spec(config: ml_collections.ConfigDict, members: Sequence[Member]) -> DataSpec:
+def data_of(config: ml_collections.ConfigDict, members: Sequence[Member]) -> EvalData:
   """The data set of model `members`: the first workdir member's, else the config's.
 
   A workdir member's data set and splits are the ones it was trained on; the
@@ -91,8 +42,7 @@ def data_spec(config: ml_collections.ConfigDict, members: Sequence[Member]) -> D
   """
   source = next((m for m in members if m.kind == WORKDIR), None)
   if source is None:
-    keys = schema.eval_data_config(config)
-    return DataSpec.of(keys, config.data_dir or keys.data_dir)
+    return EvalData(data.DatasetSpec.from_config(schema.eval_data_config(config)))
   trained = config_lib.complete_config(source.meta["config"])
   defaults = schema.base_eval_config()
   for key in schema.EVAL_DATA_KEYS:
@@ -101,7 +51,7 @@ def data_spec(config: ml_collections.ConfigDict, members: Sequence[Member]) -> D
         f"config.{key}={config[key]!r}: the data set is the one member {source.name!r} was "
         f"trained on ({trained.dataset}, with its splits); leave the data keys unset"
       )
-  return DataSpec.of(trained, config.data_dir or trained.data_dir, source)
+  return EvalData(data.DatasetSpec.from_config(trained, config.data_dir), source)
 
 
 def _check_file_fits(member: Member, dataset_name: str, num_classes: int, channels: int):
@@ -119,38 +69,40 @@ def _check_file_fits(member: Member, dataset_name: str, num_classes: int, channe
     )
 
 
-def adopt_dataset(members: Sequence[Member], spec: DataSpec) -> list[Member]:
-  """`members`, the pretrained files among them reading the data set `spec`
+def adopt_dataset(members: Sequence[Member], eval_data: EvalData) -> list[Member]:
+  """`members`, the pretrained files among them reading the data set `eval_data`
   (checked, when a workdir member names it, against its classes and
   channels first, so a mismatch names the file and the data set rather than
   two members' numbers)."""
   adopted = []
   for member in members:
     if member.kind == PRETRAINED:
-      if spec.source is not None:
-        source = spec.source.meta
+      if eval_data.source is not None:
+        source = eval_data.source.meta
         _check_file_fits(
           member, source.get("dataset"), source["num_classes"], source["image_shape"][2]
         )
-      member = dataclasses.replace(member, meta={**member.meta, "dataset": spec.name})
+      member = dataclasses.replace(member, meta={**member.meta, "dataset": eval_data.spec.name})
     adopted.append(member)
   return adopted
 
 
-def load_eval_data(spec: DataSpec, members: Sequence[Member]) -> tuple[data.Dataset, list[Member]]:
+def load_eval_data(
+  eval_data: EvalData, members: Sequence[Member]
+) -> tuple[data.Dataset, list[Member]]:
   """The data set at the largest member's side (each member resizes the batch
   to its own), and `members` checked against it and given their inputs.
 
   The workdir source is checked as training checks a checkpoint; pretrained
   files by their head and stem (one line naming both numbers).
   """
-  dataset = spec.load(max(input_size(m) for m in members))
-  if spec.source is not None:
+  dataset = eval_data.spec.load(max(input_size(m) for m in members))
+  if eval_data.source is not None:
     checkpoint.check_fits_data(
-      spec.source.meta,
+      eval_data.source.meta,
       dataset.image_shape,
       dataset.num_classes,
-      where=spec.source.name,
+      where=eval_data.source.name,
       same_size=False,
     )
   for member in members:
@@ -160,7 +112,7 @@ def load_eval_data(spec: DataSpec, members: Sequence[Member]) -> tuple[data.Data
 
 
 def eval_splits(
-  config, spec: DataSpec, dataset: data.Dataset, *, images_only: bool, skipped: dict
+  config, eval_data: EvalData, dataset: data.Dataset, *, images_only: bool, skipped: dict
 ) -> dict[str, data.Split]:
   """val, test, the OOD set and the corrupted test sets the config asks for.
 
@@ -169,7 +121,7 @@ def eval_splits(
   """
   splits = {"val": dataset.val, "test": dataset.test}
   if config.ood:
-    splits["ood"] = splits_lib.ood_split(config.ood, dataset, spec.data_dir)
+    splits["ood"] = splits_lib.ood_split(config.ood, dataset, eval_data.spec.data_dir)
   kinds = split_list(config.shifts)
   if kinds and not images_only:
     skipped["shifts"] = "a member is a logits file: no images to corrupt"

@@ -133,11 +133,11 @@ def _read_data(config, members: list, skipped: dict) -> tuple:
   stored = [m for m in members if not m.gives_images]
   dataset, splits = None, {}
   if models:
-    spec = data_spec.data_spec(config, models)
-    models = data_spec.adopt_dataset(models, spec)
+    found = data_spec.data_of(config, models)
+    models = data_spec.adopt_dataset(models, found)
     members_lib.check_members_agree(models)
-    dataset, models = data_spec.load_eval_data(spec, models)
-    splits = data_spec.eval_splits(config, spec, dataset, images_only=not stored, skipped=skipped)
+    dataset, models = data_spec.load_eval_data(found, models)
+    splits = data_spec.eval_splits(config, found, dataset, images_only=not stored, skipped=skipped)
   if stored:
     data_spec.check_stored(stored, dataset)
     splits = data_spec.stored_splits(config, stored, splits, skipped)

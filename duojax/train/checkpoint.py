@@ -34,7 +34,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from duojax import config_lib
-from duojax.errors import CheckpointError
+from duojax.errors import CheckpointError, FileError
 from duojax.models import functional
 from duojax.models.spec import ModelSpec
 from duojax.train import optim
@@ -60,13 +60,18 @@ def save(
   manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, *, wait: bool = True
 ) -> None:
   meta = {**meta, "checksums": checksums(state)}
-  manager.save(
-    step,
-    args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-    force=True,
-  )
-  if wait:
-    manager.wait_until_finished()
+  try:
+    manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+      force=True,
+    )
+    if wait:
+      manager.wait_until_finished()
+  except OSError as e:  # a full disk or a read-only workdir: the user's to fix, not a bug
+    raise FileError(
+      e.errno, f"cannot write the checkpoint of step {step} in {manager.directory}: {e.strerror}"
+    ) from e
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict]:
