@@ -56,6 +56,8 @@ def test_an_unknown_eval_key_is_a_one_line_error():
   "overrides, message",
   [
     ({"large": ""}, "config.large must name the large model's training workdir"),
+    ({"large": "runs/a,runs/b"}, "config.large='runs/a,runs/b' names 2 members; it takes one"),
+    ({"sidekick": "runs/a,runs/b"}, "(more go in config.sidekicks)"),
     ({"solver": "bfgs"}, "config.solver='bfgs'; valid: jaxopt, optax"),
     ({"batch_size": 0}, "config.batch_size must be > 0, got 0"),
     ({"bootstrap": -1}, "config.bootstrap must be >= 0, got -1"),

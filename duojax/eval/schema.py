@@ -132,6 +132,12 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
     "config.large must name the large model's training workdir (or "
     "pretrained:MODEL:PATH, logits:PATH)",
   )
+  for key, most in (("large", 1), ("sidekick", 1)):  # the duo's two roles: one member each
+    _need(
+      len(split_list(config[key])) <= most,
+      f"config.{key}={config[key]!r} names {len(split_list(config[key]))} members; it takes one "
+      f"(more go in config.{'ensemble' if key == 'large' else 'sidekicks'})",
+    )
   if config.dataset:  # checked as a training config's data keys are
     validate(eval_data_config(config))
   _need(
