@@ -15,13 +15,14 @@ normalisation, made so on the device inside the fused forward.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from flax import nnx
 
 from duojax import data
 from duojax.core import soups
 from duojax.errors import ConfigError
+from duojax.eval import logits_files
 from duojax.models import functional
 from duojax.parallel import sharding
 from duojax.train import checkpoint
@@ -43,7 +44,7 @@ class Member:
       normalisation), "pretrained" (file and layout).
     flops: forward FLOPs per image (XLA's count; NaN: unknown).
     kind: WORKDIR, PRETRAINED, LOGITS or DERIVED.
-    stored: a logits file's logits per split (`logits_files.LogitsFile`).
+    stored: a logits file's logits per split.
   """
 
   name: str
@@ -51,7 +52,7 @@ class Member:
   meta: dict
   flops: float = float("nan")
   kind: str = WORKDIR
-  stored: Any = None
+  stored: logits_files.LogitsFile | None = None
 
   @property
   def gives_images(self) -> bool:

@@ -55,7 +55,7 @@ def run(config) -> dict:
   skipped = {}  # what could not run, and why
   dataset, splits, members = _read_data(config, members, skipped)
   clock.end("members_and_data")
-  large = members[[m.name for m in members].index(LARGE)]
+  large = members[0]  # `_load_members` puts it first, `_read_data` keeps the order
   soups = _soups(config, specs, large, dataset, mesh, skipped)
   clock.end("soups")
   mc_dropout = config.mc_dropout_samples > 0 and _can(
