@@ -63,7 +63,8 @@ ROWS = (
     2,
     ("models/",),
     "the NNX ResNets, ViTs and CNNs (`get_model`), `functional` (modules ↔ pure pytrees, "
-    "parameter and FLOP counts), `spec` (what a checkpoint rebuilds a model from)",
+    "parameter and FLOP counts), `flops` (2 × multiply-adds from the traced program, the same "
+    "on every backend), `spec` (what a checkpoint rebuilds a model from)",
   ),
   Row(
     2,

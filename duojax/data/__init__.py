@@ -16,50 +16,46 @@ size and statistics, and the device-side resize and normalisation). This
 package imports nothing of training or evaluation.
 """
 
-from duojax.data.dataset_spec import DatasetSpec, load_dataset_of
-from duojax.data.embedded import fetch_fashion_mnist, load_mnist_ood, prepare_fashion_mnist
-from duojax.data.ood_sources import folder_split, load_split
-from duojax.data.pipeline import eval_batches, steps_per_epoch, train_batches
-from duojax.data.preprocess import (
-  InputSpec,
-  normalize,
-  normalize_on_device,
-  prepare,
-  pretrained_stats,
-)
-from duojax.data.sources import (
-  ArraySource,
-  Dataset,
-  Split,
-  channel_stats,
-  load_dataset,
-  materialize,
-  read_examples,
-)
-from duojax.errors import DataError
+import importlib
 
-__all__ = [
-  "ArraySource",
-  "DataError",
-  "Dataset",
-  "DatasetSpec",
-  "InputSpec",
-  "Split",
-  "channel_stats",
-  "eval_batches",
-  "fetch_fashion_mnist",
-  "folder_split",
-  "load_dataset",
-  "load_dataset_of",
-  "load_split",
-  "load_mnist_ood",
-  "materialize",
-  "normalize",
-  "normalize_on_device",
-  "prepare",
-  "pretrained_stats",
-  "prepare_fashion_mnist",
-  "read_examples",
-  "steps_per_epoch",
-  "train_batches",
-]
+from duojax.errors import DataError  # noqa: F401  (re-exported)
+
+# Each public name and the submodule that holds it, imported on first use: the
+# device-side pieces (`preprocess`) then load without grain or
+# tensorflow-datasets, as an accelerator host or a serving process needs.
+_HOME = {
+  "DatasetSpec": "dataset_spec",
+  "load_dataset_of": "dataset_spec",
+  "fetch_fashion_mnist": "embedded",
+  "load_mnist_ood": "embedded",
+  "prepare_fashion_mnist": "embedded",
+  "folder_split": "ood_sources",
+  "load_split": "ood_sources",
+  "eval_batches": "pipeline",
+  "steps_per_epoch": "pipeline",
+  "train_batches": "pipeline",
+  "InputSpec": "preprocess",
+  "normalize": "preprocess",
+  "normalize_on_device": "preprocess",
+  "prepare": "preprocess",
+  "pretrained_stats": "preprocess",
+  "ArraySource": "sources",
+  "Dataset": "sources",
+  "Split": "sources",
+  "channel_stats": "sources",
+  "load_dataset": "sources",
+  "materialize": "sources",
+  "read_examples": "sources",
+}
+
+__all__ = sorted([*_HOME, "DataError"])
+
+
+def __getattr__(name):
+  if name in _HOME:
+    return getattr(importlib.import_module(f"duojax.data.{_HOME[name]}"), name)
+  raise AttributeError(f"module 'duojax.data' has no attribute {name!r}")
+
+
+def __dir__():
+  return __all__

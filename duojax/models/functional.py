@@ -3,7 +3,7 @@
 Inside `jax.jit` a model is rebuilt with `nnx.merge` from a static graphdef
 and plain dicts of arrays, so train states, optimizer states and checkpoints
 are ordinary pytrees. Also the two costs every report quotes: the parameter
-count and XLA's forward FLOPs per image.
+count and the forward FLOPs per image (`duojax.models.flops`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from duojax.models import flops
 
 
 def split_model(model: nnx.Module):
@@ -39,15 +41,14 @@ def count_params(params) -> int:
 
 
 def flops_per_image(graphdef, params, batch_stats, image_shape, batch: int = 8) -> float:
-  """Forward FLOPs per image in eval mode, as counted by XLA's cost analysis."""
+  """Eval-forward FLOPs per image: 2 × multiply-adds, counted from the traced program.
+
+  Shapes only (`duojax.models.flops`): the same figure on every backend, and
+  for an FSDP-split or multi-host state, the whole model's rather than one
+  device's share.
+  """
   apply = make_apply(graphdef)
-  fwd = jax.jit(lambda p, b, x: apply(p, b, x)[0])
-  # Shapes only, without the arrays' shardings: an FSDP-split or multi-host
-  # state would otherwise compile a partitioned program and count one
-  # device's share.
   abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
   x = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
-  cost = fwd.lower(abstract(params), abstract(batch_stats), x).compile().cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older jax returned one dict per device
-    cost = cost[0]
-  return float(cost.get("flops", float("nan"))) / batch
+  forward = lambda p, b, images: apply(p, b, images)[0]
+  return flops.count_flops(forward, abstract(params), abstract(batch_stats), x) / batch

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from duojax.data.pipeline import steps_per_epoch
 from duojax.errors import ConfigError
 
 
@@ -16,6 +15,10 @@ def total_steps(config, num_train: int) -> int:
   """`config.total_steps`, else `config.epochs` of full batches (at least one step)."""
   if config.total_steps > 0:
     return int(config.total_steps)
+  # Imported here: the rest of this module is needed where grain is not (a
+  # train step timed on an accelerator host).
+  from duojax.data.pipeline import steps_per_epoch
+
   per_epoch = steps_per_epoch(num_train, config.batch_size)
   if per_epoch == 0:
     raise ConfigError(f"batch_size {config.batch_size} exceeds the {num_train} training examples")
