@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
@@ -173,53 +172,3 @@ def test_bench_input_quick(tmp_path):
   ):
     assert row in rates
   assert "host cores per accelerator" in text.lower()
-
-
-@pytest.mark.slow  # the script's quick run, as a subprocess (spawns loader workers)
-def test_bench_accelerator_quick(tmp_path):
-  out = tmp_path / "B.md"
-  result = run_script(
-    "bench_accelerator.py", "--quick", "--cache_dir", str(tmp_path / "cache"), "--out", str(out)
-  )
-  text = out.read_text()
-  assert "<!-- bench:accelerator:start -->" in text and "<!-- bench:accelerator:end -->" in text
-  assert "Command: `python bench/bench_accelerator.py --quick" in text
-  for heading in (
-    "1. Fused duo eval throughput",
-    "2. Train step and model FLOP utilisation",
-    "3. Input pipeline against the train step",
-    "4. Hydra merged model latency",
-  ):
-    assert f"### {heading}" in text and heading in result.stdout, heading
-  assert "Failed:" not in text
-
-  def cells(prefix):
-    rows = [l for l in text.splitlines() if l.startswith(prefix)]
-    assert len(rows) == 1, (prefix, rows)
-    return [c.strip() for c in rows[0].strip(" |").split("|")]
-
-  # Images/s: column 3 of the duo and loader tables, column 4 of the train-step table.
-  rates = [
-    float(cells(prefix)[column].replace(",", ""))
-    for prefix, column in (
-      ("| vit_mu4 alone |", 2),
-      ("| resnet8 alone |", 2),
-      ("| duo, one fused program |", 2),
-      ("| vit_mu4 | 8 |", 3),
-      ("| resnet8 | 8 |", 3),
-      ("| `train_batches`, workers=-1 |", 2),
-    )
-  ]
-  assert all(rate > 0 for rate in rates), rates
-  for model in (
-    "vit_mu4",
-    "Hydra M=3, 2/4 heads, grouped MLP",
-    "Hydra M=3, 2/4 heads, average MLP",
-  ):
-    assert float(cells(f"| {model} | 1 |")[2]) > 0  # latency ms at batch 1
-  assert "MFU (measured matmul)" in text and "Host cores per accelerator" in text
-  if jax.default_backend() == "cpu":
-    # Full mode without an accelerator measures nothing and writes nothing.
-    full = tmp_path / "full.md"
-    result = run_script("bench_accelerator.py", "--out", str(full), timeout=120)
-    assert "no accelerator: skipped" in result.stdout and not full.exists()
