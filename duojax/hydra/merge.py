@@ -114,7 +114,7 @@ def merge(members: Sequence[vit.VisionTransformer], mlp: str = "grouped") -> Hyd
 
 
 def cost(model, image_shape=None, batch: int = 8) -> dict:
-  """{"params": count, "flops": XLA forward FLOPs per image} in eval mode."""
+  """{"params": count, "flops": forward FLOPs per image (`duojax.models.flops`)} in eval mode."""
   graphdef, params, batch_stats = functional.split_model(model)
   image_shape = tuple(image_shape or model.input_shape)
   return {

@@ -6,7 +6,7 @@ A Hydra ensemble (`duojax.hydra`) is compared on the same splits with
     imitates at about the cost of one network);
   * the ViT paired with the sidekick as a weighted duo (the other cheap route
     to uncertainty);
-and each of these rows carries its cost: parameters, XLA forward FLOPs per
+and each of these rows carries its cost: parameters, forward FLOPs per
 image and the measured wall time of its jitted forward on one batch.
 
 Runs when `config.hydra` lists member workdirs (configs/hydra_member.py);
@@ -238,7 +238,7 @@ def markdown(results: dict) -> list[str]:
     f"### Hydra ensembles (M = {section['members']} members, "
     f"{section['keep']:.0%} of the heads each)",
     "",
-    "Cost relative to the single ViT: parameters, XLA forward FLOPs per image, and the "
+    "Cost relative to the single ViT: parameters, forward FLOPs per image, and the "
     f"median wall time of one jitted forward on a batch of {section['batch_size']}. "
     "AURC in thousandths; "
     + (f"OOD = {results['ood_set']}, by MSP." if results.get("ood_set") else "no OOD set.")

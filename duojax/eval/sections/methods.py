@@ -124,7 +124,7 @@ def markdown(results: dict) -> list[str]:
   rows = results["methods"]
   ood = results.get("ood_set")
   cost = (
-    f"Large model: {results['large_flops'] / 1e6:.1f} MFLOPs/image (XLA cost analysis). "
+    f"Large model: {results['large_flops'] / 1e6:.1f} MFLOPs/image (2 × multiply-adds). "
     if math.isfinite(results["large_flops"])
     else "Large model: FLOPs unknown (a logits file without flops_per_image). "
   )
