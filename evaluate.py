@@ -4,7 +4,7 @@
   python evaluate.py --workdirs DIR[,DIR2...] --split test  # accuracy of single checkpoints
 
 With --config: restores the checkpoints the config names, computes logits once
-per split (val, test, MNIST as OOD, corrupted test sets), fits temperatures
+per split (val, test, the OOD set of config.ood, corrupted test sets), fits temperatures
 and duo weights on val only, and writes results.json, results.md and plots to
 config.output_dir.
 """
@@ -21,12 +21,19 @@ from duojax.eval import outputs, pipeline, render, schema
 from duojax.eval.accuracy import accuracy_of_workdirs
 from duojax.parallel import distributed
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config (configs/*_eval.py).")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config",
+  None,
+  "Evaluation config: configs/eval_real.py (your training workdirs), eval_pretrained.py "
+  "(pretrained safetensors files), eval_logits.py (logits files), demo_eval.py (the demo).",
+)
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Training workdirs: report their accuracy.")
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split for --workdirs.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir (default: the training one).")
 _BATCH = flags.DEFINE_integer("batch_size", 500, "Global evaluation batch size (--workdirs).")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON file for the --workdirs results.")
+# The multi-process flags live in duojax/cli.py; shown in --help, not only --helpfull.
+flags.adopt_module_key_flags(cli)
 
 
 def main(argv):

@@ -25,6 +25,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
 _RESUME = flags.DEFINE_bool("resume", False, "Fail unless WORKDIR holds a checkpoint to resume.")
 flags.mark_flags_as_required(["config", "workdir"])
+# The multi-process flags live in duojax/cli.py; shown in --help, not only --helpfull.
+flags.adopt_module_key_flags(cli)
 
 
 def main(argv):

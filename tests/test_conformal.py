@@ -309,11 +309,12 @@ def test_bad_input_is_a_one_line_error(case):
   assert "\n" not in str(error.value)
 
 
-def test_the_readme_example_runs(capsys):
-  text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-  section = text[text.index("### Conformal prediction sets") :]
+def test_the_documented_example_runs(capsys):
+  page = pathlib.Path(__file__).resolve().parents[1] / "docs" / "evaluation.md"
+  text = page.read_text()
+  section = text[text.index("## Conformal prediction sets") :]
   code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-  exec(compile(code, "README", "exec"), {})
+  exec(compile(code, "docs/evaluation.md", "exec"), {})
   coverage, mean_size = map(float, capsys.readouterr().out.split())
   assert coverage >= 0.85 and 1 <= mean_size < 10
 

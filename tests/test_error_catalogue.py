@@ -1,10 +1,10 @@
-"""User errors versus bugs: README's catalogue of bad inputs, row by row, and the CLIs' report.
+"""User errors versus bugs: the catalogue of bad inputs, row by row, and the CLIs' report.
 
-Every row of README's "Catalogue of bad inputs" is either exercised here
+Every row of docs/troubleshooting.md's "Catalogue of bad inputs" is either exercised here
 through the Python API (cheap: no CLI start-up), checking that the error is
 one of the typed classes of `duojax.errors` with the catalogue's one line,
 or named with the test elsewhere that covers it (a CLI exit status, an
-evaluation config). A row added to the README without a test fails
+evaluation config). A row added to the catalogue without a test fails
 `test_every_catalogue_row_is_tested`.
 
 The second half checks `cli.report_errors`, which every command-line
@@ -27,20 +27,22 @@ import numpy as np
 import pytest
 from helpers import ROOT, assert_one_line_error, cli_train_args
 
-from duojax import cascade, cli, config_lib, data, errors, models
+import duojax
+from duojax import cascade, cli, config_lib, convert, data, errors, models
 from duojax.core import duo, metrics, temperature
 from duojax.data import embedded
 from duojax.parallel import distributed, sharding
 from duojax.train import checkpoint
 
-_CATALOGUE_HEADING = "### Catalogue of bad inputs"
+_CATALOGUE = os.path.join(ROOT, "docs", "troubleshooting.md")
+_CATALOGUE_HEADING = "## Catalogue of bad inputs"
 
 
 def _catalogue_rows() -> list[str]:
-  """The first cell ("input") of every row of README's catalogue table."""
-  with open(os.path.join(ROOT, "README.md")) as f:
+  """The first cell ("input") of every row of the catalogue table."""
+  with open(_CATALOGUE) as f:
     text = f.read()
-  assert _CATALOGUE_HEADING in text, "README's catalogue moved: update this test"
+  assert _CATALOGUE_HEADING in text, "the catalogue moved: update this test"
   section = text.split(_CATALOGUE_HEADING, 1)[1].split("\n#", 1)[0]
   rows = [line for line in section.splitlines() if line.startswith("|")]
   # rows[0] is the header, rows[1] the |---| line.
@@ -62,7 +64,7 @@ def _gzipped(path, payload: bytes):
   return path
 
 
-# Rows exercised here: README's input cell -> [(call, typed class, what the message says)].
+# Rows exercised here: the catalogue's input cell -> [(call, typed class, what the message says)].
 # `call` takes pytest's tmp_path.
 _A, _Y = _logits()
 _B, _ = _logits(c=5, seed=1)
@@ -400,6 +402,25 @@ _API = {
       "unknown solver 'bfgs'; valid: 'jaxopt', 'optax'",
     )
   ],
+  "a pretrained file of another family, layout or class count": [
+    (
+      lambda tmp: convert.load_pretrained(models.get_model("resnet8", 10), _vit_file(tmp)),
+      errors.WeightsMismatchError,
+      "holds a ViT, but the model resnet8 is a ResNet",
+    )
+  ],
+  "a damaged or foreign duo file": [
+    (
+      lambda tmp: duojax.load_duo(helpers_write(tmp / "duo.json", b"{}")),
+      errors.FileError,
+      'is not a duo file (no "format": ',
+    ),
+    (
+      lambda tmp: duojax.load_duo(helpers_write(tmp / "duo.json", b"{not json")),
+      errors.FileError,
+      "cannot read duo file ",
+    ),
+  ],
 }
 
 # Rows whose behaviour only a CLI run, a prepared data set or an evaluation
@@ -426,11 +447,23 @@ _ELSEWHERE = {
   "Gatekeeper member not trained with `loss=gatekeeper`": (
     "test_evaluate.py::test_evaluate_gatekeeper_member_must_be_gatekeeper_tuned"
   ),
+  "image files that do not decode (truncated, empty, not an image)": (
+    "test_import_folder.py::test_bad_files_are_left_out_warned_about_and_listed"
+  ),
+  "logits files of different images or row orders": (
+    "test_logits_members.py::test_members_must_hold_the_same_rows"
+  ),
   # A FileError: the test checks its class and errno.
   "disk full while writing results": (
     "test_bad_inputs.py::test_results_on_a_full_disk_leave_no_partial_output"
   ),
 }
+
+
+def _vit_file(tmp):
+  path = str(tmp / "vit.safetensors")
+  convert.export_pretrained(models.get_model("vit_mu4", 10, rngs=0, image_size=16), path, "timm")
+  return path
 
 
 def helpers_write(path, payload: bytes):
@@ -453,7 +486,7 @@ def test_every_catalogue_row_is_tested():
   untested = [row for row in rows if row not in _API and row not in _ELSEWHERE]
   assert untested == [], "catalogue rows without a test: add them to _API or _ELSEWHERE"
   gone = sorted((set(_API) | set(_ELSEWHERE)) - set(rows))
-  assert gone == [], "rows no longer in README's catalogue"
+  assert gone == [], "rows no longer in the catalogue"
   for where in _ELSEWHERE.values():
     path, name = where.split("::")
     with open(os.path.join(ROOT, "tests", path)) as f:

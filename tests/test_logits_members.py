@@ -197,13 +197,13 @@ def test_a_logits_sidekick_beside_a_trained_large_model(tmp_path, learnable_data
   assert abs(results["methods"]["duo (weighted)"]["fitted"]["weights"][1]) < 0.2  # noise
 
 
-def test_the_readmes_pytorch_writer_makes_a_file_duojax_reads(tmp_path):
+def test_the_documented_pytorch_writer_makes_a_file_duojax_reads(tmp_path):
   torch = pytest.importorskip("torch")
-  text = open(os.path.join(ROOT, "README.md")).read()
+  text = open(os.path.join(ROOT, "docs", "evaluation.md")).read()
   section = text[text.index("**Members from anywhere: logits files.**") :]
   code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
   namespace = {}
-  exec(compile(code, "README", "exec"), namespace)
+  exec(compile(code, "docs/evaluation.md", "exec"), namespace)
   data_set = torch.utils.data.TensorDataset(torch.randn(64, 3, 8, 8), torch.randint(0, 5, (64,)))
   loader = torch.utils.data.DataLoader(data_set, batch_size=16)
   model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
