@@ -140,8 +140,8 @@ ROWS = (
     6,
     ("demo/",),
     "`make demo` as a program: `plan` (the runs and what each needs), `runner` (independent "
-    "runs side by side, each pinned to its cores), `timings` (the wall-time report); "
-    "`python -m duojax.demo`",
+    "runs side by side, each pinned to its cores), `timings` (the wall-time report), `pages` "
+    "(the results into docs/demo_results.md and the README's headline); `python -m duojax.demo`",
   ),
   Row(
     7,

@@ -23,7 +23,13 @@ TRAIN = (
 EVAL = ("batch_size=100", "bootstrap=20", "shift_max_images=50", "mc_dropout_samples=2")
 
 
+MARKED = "<!-- results:start (written by `make demo`; do not edit by hand) -->\n<!-- results:end -->\n"
+
+
 def _demo(tmp_path, data_dir, readme, *extra):
+  page = tmp_path / "demo_results.md"
+  if not page.exists():
+    page.write_text("# Results\n" + MARKED)
   args = [
     sys.executable,
     "-m",
@@ -38,6 +44,8 @@ def _demo(tmp_path, data_dir, readme, *extra):
     "2",
     "--readme",
     str(readme),
+    "--results_page",
+    str(page),
     "--compile_cache",
     str(tmp_path / "cache"),
     *(f"--train_override={kv}" for kv in TRAIN + (f"data_dir={data_dir}",)),
@@ -93,8 +101,12 @@ def test_demo_runs_every_stage_side_by_side_and_reports_its_time(tmp_path, learn
   assert set(results["seconds"]) >= {"total", "logits", "section methods", "section paired"}
   text = readme.read_text()
   assert text.startswith("intro\n") and text.endswith("after\n") and "\nold\n" not in text
-  assert "### Wall time of this `make demo`" in text and "| hydra_1 |" in text
-  assert "| duo (weighted) |" in text
+  # The README: the paired differences and the total wall time; the page: every table.
+  assert "### Paired differences vs large+TS" in text and "| duo (weighted) |" in text
+  assert "after the install" in text and "| hydra_1 |" not in text
+  page = (tmp_path / "demo_results.md").read_text()
+  assert page.startswith("# Results\n") and "### Wall time of this `make demo`" in page
+  assert "| hydra_1 |" in page and "### Test split (clean)" in page and "| duo (weighted) |" in page
   assert (runs / "logs" / "large.log").exists()
   # The runs shared one compilation cache.
   assert any((tmp_path / "cache").iterdir())

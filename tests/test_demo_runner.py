@@ -149,6 +149,7 @@ def test_timing_report_and_markdown(tmp_path):
     (["--cores_per_run", "0"], "error: --jobs/--cores_per_run: jobs="),
     (["--train_override", "lr"], "error: override 'lr' is not KEY=VALUE"),
     (["--readme", "no/such/README.md"], "error: --readme 'no/such/README.md' does not exist"),
+    (["--results_page", "no/such.md"], "error: --results_page 'no/such.md' does not exist"),
   ],
 )
 def test_demo_bad_command_lines_fail_at_once_with_one_line(tmp_path, args, message):

@@ -11,7 +11,9 @@ a failure or a Ctrl-C continues where it stopped.
 
 Outputs: `{runs}/results/` (results.json with a `demo_seconds` entry,
 results.md, plots, timings.json), `{runs}/logs/` (one log per run when
-jobs > 1), and the README's results block (`--readme`, empty to leave it).
+jobs > 1), the results page's block (`--results_page`, every table) and the
+README's (`--readme`, the paired differences and the wall time); empty leaves
+either alone.
 """
 
 from __future__ import annotations
@@ -25,10 +27,9 @@ import time
 from absl import app, flags
 
 from duojax import files
-from duojax.demo import runner, timings
+from duojax.demo import pages, runner, timings
 from duojax.demo.plan import demo_runs
 from duojax.errors import ConfigError
-from duojax.eval import render
 
 _RUNS = flags.DEFINE_string("runs", "runs/demo", "Folder for the workdirs and results.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data", "Where the embedded data are prepared.")
@@ -59,7 +60,12 @@ _EVAL_OVERRIDES = flags.DEFINE_multi_string(
   "eval_override", [], "KEY=VALUE: --config.KEY=VALUE for the evaluation (repeatable)."
 )
 _README = flags.DEFINE_string(
-  "readme", "README.md", "README whose results block is rewritten (empty: none)."
+  "readme", "README.md", "README whose results block gets the headline (empty: none)."
+)
+_RESULTS_PAGE = flags.DEFINE_string(
+  "results_page",
+  "docs/demo_results.md",
+  "Page whose results block gets every table and the wall times (empty: none).",
 )
 
 
@@ -99,8 +105,9 @@ def main(argv: list[str]) -> None:
     runner.core_slots(jobs, per_run)
   except ConfigError as e:
     sys.exit(f"error: --jobs/--cores_per_run: {e}")
-  if _README.value and not os.path.isfile(_README.value):
-    sys.exit(f"error: --readme {_README.value!r} does not exist")
+  for name, path in (("--readme", _README.value), ("--results_page", _RESULTS_PAGE.value)):
+    if path and not os.path.isfile(path):
+      sys.exit(f"error: {name} {path!r} does not exist")
   for kv in _TRAIN_OVERRIDES.value + _EVAL_OVERRIDES.value:
     if "=" not in kv:
       sys.exit(f"error: override {kv!r} is not KEY=VALUE")
@@ -163,13 +170,11 @@ def main(argv: list[str]) -> None:
   files.write_atomically(results_json, json.dumps(results, indent=2))
   block = timings.markdown(report)
   print("\n".join(block), flush=True)
-  if _README.value:
-    with open(os.path.join(results_dir, "results.md")) as f:
-      tables = f.read()
-    render.embed_in_readme(tables + "\n" + "\n".join(block) + "\n", _README.value)
+  pages.write(results_dir, report, readme=_README.value, page=_RESULTS_PAGE.value)
+  updated = [p for p in (_RESULTS_PAGE.value, _README.value) if p]
   print(
     f"demo finished in {report['total']:.0f} s after install; results in {results_dir}/"
-    + (f", {_README.value} updated" if _README.value else ""),
+    + (f", {' and '.join(updated)} updated" if updated else ""),
     flush=True,
   )
 
