@@ -159,6 +159,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.epochs = 2.0
   c.total_steps = -1  # > 0 overrides epochs
   c.seed = 0
+  # Device-side fine-tune recipe (duojax.train.recipe, docs/training_options.md);
+  # every key's default leaves the train step as it is without them.
+  # Mixup / CutMix as timm's batch mode: each row mixed with the batch reversed,
+  # lambda ~ Beta(alpha, alpha), 0 turns one off; mix_prob is the share of
+  # batches mixed, mix_switch_prob CutMix's share of them when both are on.
+  c.mixup_alpha = 0.0
+  c.cutmix_alpha = 0.0
+  c.mix_prob = 1.0
+  c.mix_switch_prob = 0.5
+  # Weight EMA (0: off; e.g. 0.9998), of the parameters and BatchNorm
+  # statistics; when on, evaluation and the saved model's weights are the
+  # EMA's. ema_warmup: timm's warm-up, decay min(ema_decay, 1 - t^(-2/3)).
+  c.ema_decay = 0.0
+  c.ema_warmup = False
+  # Gradient accumulation: the global batch_size in this many micro-batches
+  # (batch_size divisible by it times the devices), one update per step.
+  c.grad_accum_steps = 1
   # Bookkeeping.
   c.log_every = 50
   c.checkpoint_every = 200
@@ -190,6 +207,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_training(config)
   _check_init(config)
   _check_augment(config)
+  _check_recipe(config)
 
 
 def _need(condition, message: str) -> None:
@@ -316,6 +334,40 @@ def _check_augment(config: ml_collections.ConfigDict) -> None:
   _need(
     not {"crop", "rrc"} <= set(augmentations(config)),
     "config.augment: 'crop' and 'rrc' are two ways of cropping, choose one",
+  )
+
+
+def _check_recipe(config: ml_collections.ConfigDict) -> None:
+  """Mixup/CutMix, the weight EMA and gradient accumulation (duojax.train.recipe)."""
+  for key in ("mixup_alpha", "cutmix_alpha"):
+    _need(
+      0.0 <= config[key] < float("inf"), f"config.{key} must be >= 0 (0: off), got {config[key]}"
+    )
+  for key in ("mix_prob", "mix_switch_prob"):
+    _need(0.0 <= config[key] <= 1.0, f"config.{key} must be in [0, 1], got {config[key]}")
+  mixing = config.mixup_alpha > 0 or config.cutmix_alpha > 0
+  # The Gatekeeper loss splits rows by whether the prediction is right, which a
+  # mixed row with two labels has no answer to.
+  _need(
+    not mixing or config.loss == "ce",
+    f"config.mixup_alpha / cutmix_alpha need config.loss='ce', got {config.loss!r}",
+  )
+  _need(
+    0.0 <= config.ema_decay < 1.0,
+    f"config.ema_decay must be in [0, 1) (0: off), got {config.ema_decay}",
+  )
+  _need(
+    not config.ema_warmup or config.ema_decay > 0,
+    "config.ema_warmup needs config.ema_decay > 0 (the decay it warms up to)",
+  )
+  _need(
+    config.grad_accum_steps >= 1,
+    f"config.grad_accum_steps must be >= 1 (1: off), got {config.grad_accum_steps}",
+  )
+  _need(
+    config.batch_size % config.grad_accum_steps == 0,
+    f"config.batch_size={config.batch_size} is not divisible by "
+    f"config.grad_accum_steps={config.grad_accum_steps}",
   )
 
 

@@ -57,7 +57,7 @@ ROWS = (
     "joint fit; its input checks in `temperature_inputs`), `solvers` (L-BFGS), `metrics` (with "
     "`ranking`: ranks with ties), `losses` (cross-entropy, Gatekeeper), `soups`, `conformal` "
     "(split conformal prediction sets: LAC, APS, RAPS), `mahalanobis` (the feature OOD score: "
-    "class means, tied covariance)",
+    "class means, tied covariance), `mixing` (Mixup and CutMix of a batch with itself flipped)",
   ),
   Row(
     2,
@@ -108,7 +108,8 @@ ROWS = (
   Row(
     4,
     ("train/",),
-    "`optim`, `steps` (jitted train/eval steps), `loop` (`train_and_evaluate`: `model_init`, "
+    "`optim`, `steps` (jitted train/eval steps), `recipe` (their Mixup/CutMix, weight EMA and "
+    "gradient accumulation), `loop` (`train_and_evaluate`: `model_init`, "
     "then the steps inside a `run_context` that owns the checkpoint manager, batches and "
     "progress bar; `preemption`), `checkpoint`, `hydra_member` (a run started from a pruned ViT)",
   ),

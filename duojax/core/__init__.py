@@ -15,4 +15,5 @@ the same code.
   soups        uniform and greedy weight averages of fine-tunes
   conformal    split conformal prediction sets (LAC, APS, RAPS) from probabilities
   mahalanobis  the Mahalanobis OOD score of features: class means, one tied covariance
+  mixing       Mixup and CutMix of a batch with itself flipped, and their targets
 """

@@ -2,6 +2,7 @@
 
 optim          the optimizer and learning-rate schedule of a config
 steps          the jitted train/eval steps and the training loss
+recipe         the steps' Mixup/CutMix, weight EMA and gradient accumulation
 loop           `train_and_evaluate(config, workdir)`: what train.py runs, in parts:
 model_init     where a run's weights start (fresh, resumed, a workdir, a file, pruned)
 run_context    the checkpoint manager, batches and progress bar, closed once

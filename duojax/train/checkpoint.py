@@ -2,7 +2,9 @@
 
 A checkpoint holds two items:
   * `state`: {"params", "batch_stats", "opt_state", "step"} as plain pytrees
-    (pure dicts, not NNX objects), so they restore without Flax internals;
+    (pure dicts, not NNX objects), so they restore without Flax internals,
+    plus "ema" (the averaged params and batch_stats) when the run keeps a
+    weight EMA (`duojax.train.recipe`);
   * `meta`: JSON with what is needed to rebuild the model and to check that a
     checkpoint fits a config (model name and overrides, classes, image shape,
     dataset) plus the data position (the pipeline is a pure function of
@@ -37,7 +39,7 @@ from duojax import config_lib
 from duojax.errors import CheckpointError, FileError
 from duojax.models import functional
 from duojax.models.spec import ModelSpec
-from duojax.train import optim
+from duojax.train import optim, recipe
 from duojax.train.steps import init_state
 
 # Keys of `meta` that must agree between a checkpoint and the run resuming it.
@@ -252,6 +254,19 @@ def check_compatible(meta: dict, expected: dict, *, where: str) -> None:
       )
 
 
+def check_resumable(meta: dict, expected: dict, *, where: str) -> None:
+  """`check_compatible`, and that the train state has the checkpoint's layout:
+  a run keeps or lacks a weight EMA from start to end (read from each config)."""
+  check_compatible(meta, expected, where=where)
+  have, want = (float(m.get("config", {}).get("ema_decay", 0.0)) > 0 for m in (meta, expected))
+  if have != want:
+    raise CheckpointError(
+      f"checkpoint in {where!r} was trained {'with' if have else 'without'} a weight EMA but "
+      f"the config asks for {'one' if want else 'none'} (config.ema_decay); resume with the "
+      "config that wrote it, or use another workdir"
+    )
+
+
 def check_fits_data(
   meta: dict, image_shape, num_classes: int, *, where: str, same_size: bool = True
 ) -> None:
@@ -286,8 +301,12 @@ def _jsonish(value):
   return value
 
 
-def load_model(workdir: str, step: int | None = None, *, sharding=None):
+def load_model(workdir: str, step: int | None = None, *, sharding=None, use_ema: bool = True):
   """(model, meta): the NNX model of a checkpoint, with its trained weights.
+
+  A run with a weight EMA (`config.ema_decay` > 0) keeps both weights; its
+  model is the EMA's (what its training validated), the optimizer's own
+  weights with `use_ema=False`.
 
   The abstract train state is rebuilt from the checkpoint's own config, so the
   optimizer state restores with the right structure (and is then dropped).
@@ -307,7 +326,9 @@ def load_model(workdir: str, step: int | None = None, *, sharding=None):
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-    jax.eval_shape(lambda: init_state(params, batch_stats, optimizer)),
+    jax.eval_shape(
+      lambda: init_state(params, batch_stats, optimizer, recipe.Recipe.from_config(config))
+    ),
   )
   manager = make_manager(workdir, create=False)
   try:
@@ -322,5 +343,8 @@ def load_model(workdir: str, step: int | None = None, *, sharding=None):
     ) from e
   finally:
     manager.close()
-  model = nnx.merge(graphdef, nnx.State(state["params"]), nnx.State(state["batch_stats"]))
+  params, batch_stats = (
+    recipe.eval_weights(state) if use_ema else (state["params"], state["batch_stats"])
+  )
+  model = nnx.merge(graphdef, nnx.State(params), nnx.State(batch_stats))
   return model, {**meta, "config": config.to_dict()}

@@ -35,7 +35,7 @@ from duojax.models import functional
 from duojax.models.spec import ModelSpec
 from duojax.parallel import sharding
 from duojax.timing import PhaseClock
-from duojax.train import checkpoint, hydra_member, model_init, optim, steps
+from duojax.train import checkpoint, hydra_member, model_init, optim, recipe, steps
 from duojax.train.model_init import HYDRA_HEADS_FILE  # noqa: F401  (read by duojax.eval)
 from duojax.train.preemption import Preempted, StopSignals
 from duojax.train.run_context import RunContext
@@ -154,6 +154,7 @@ def _plan(config, workdir: str, require_resume: bool):
         f"config.{key}={config[key]} is not divisible by the {mesh.size} devices "
         f"(mesh {dict(mesh.shape)})"
       )
+  recipe.check_batch_size(config.batch_size, config.grad_accum_steps, mesh.size)
   num_steps = optim.total_steps(config, len(dataset.train.indices))
   steps_per_epoch = max(1, data.steps_per_epoch(len(dataset.train), config.batch_size))
   meta = {**spec.as_meta(), "dataset": config.dataset, "config": config.to_dict()}
@@ -188,7 +189,8 @@ def _initial_state(config, plan: _Plan, model, inputs) -> tuple[_Steps, dict]:
   """(the jitted steps, the train state of `model` placed on the mesh)."""
   graphdef, params, batch_stats = functional.split_model(model)
   optimizer = optim.make_optimizer(config, plan.num_steps)
-  init = lambda p, b: steps.init_state(p, b, optimizer)
+  options = recipe.Recipe.from_config(config)  # Mixup/CutMix, EMA, gradient accumulation
+  init = lambda p, b: steps.init_state(p, b, optimizer, options)
   state_sharding = sharding.state_shardings(jax.eval_shape(init, params, batch_stats), plan.mesh)
   # The optimizer state is created already split (under FSDP it never exists
   # whole on one device); the parameters are split as they are placed.
@@ -206,6 +208,7 @@ def _initial_state(config, plan: _Plan, model, inputs) -> tuple[_Steps, dict]:
     frozen_stats_steps=config.linear_probe_steps,
     state_sharding=state_sharding,
     image_stats=image_stats,
+    recipe=options,
   )
   eval_step = steps.make_eval_step(
     graphdef, mesh=plan.mesh, state_sharding=state_sharding, image_stats=image_stats
@@ -329,8 +332,7 @@ class _Trainer:
   def evaluate(self, split) -> dict:
     return steps.evaluate_batches(
       self.jitted.eval,
-      self.state["params"],
-      self.state["batch_stats"],
+      *recipe.eval_weights(self.state),  # the EMA's, when the run keeps one
       data.eval_batches(split, global_batch_size=self.config.eval_batch_size, **self.pipeline),
     )
 
@@ -388,7 +390,7 @@ def _existing_checkpoint(workdir: str, meta: dict) -> tuple[int | None, dict | N
   if found is None:
     return None, None
   step, saved = found
-  checkpoint.check_compatible(saved, meta, where=workdir)
+  checkpoint.check_resumable(saved, meta, where=workdir)
   return step, saved
 
 

@@ -21,13 +21,16 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from duojax.core import mixing
 from duojax.core.losses import cross_entropy, gatekeeper_loss
 from duojax.data.preprocess import normalize_on_device
 from duojax.errors import ConfigError, DataError
 from duojax.models.functional import make_apply
 from duojax.parallel import sharding
+from duojax.train import recipe as recipe_lib
+from duojax.train.recipe import Recipe
 
-TrainState = dict[str, Any]  # {"params", "batch_stats", "opt_state", "step", "nonfinite"}
+TrainState = dict[str, Any]  # {"params", "batch_stats", "opt_state", "step", "nonfinite"[, "ema"]}
 
 
 def make_loss(config) -> Callable:
@@ -48,14 +51,18 @@ def make_loss(config) -> Callable:
   raise ConfigError(f"unknown loss {loss!r}; valid: ce, gatekeeper")
 
 
-def init_state(params, batch_stats, optimizer) -> TrainState:
-  return {
+def init_state(params, batch_stats, optimizer, recipe: Recipe | None = None) -> TrainState:
+  """The train state at step 0; with `recipe.ema`, also the average's start ("ema")."""
+  state = {
     "params": params,
     "batch_stats": batch_stats,
     "opt_state": optimizer.init(params),
     "step": jnp.zeros((), jnp.int32),
     "nonfinite": jnp.zeros((), jnp.int32),
   }
+  if recipe is not None and recipe.ema:
+    state["ema"] = recipe_lib.init_ema(params, batch_stats)
+  return state
 
 
 def make_train_step(
@@ -69,6 +76,7 @@ def make_train_step(
   state_sharding=None,
   loss_fn: Callable | None = None,
   image_stats=None,
+  recipe: Recipe | None = None,
 ) -> Callable:
   """Jitted (state, batch) -> (state, metrics) over `mesh`; state is donated.
 
@@ -84,31 +92,60 @@ def make_train_step(
 
   For the first `frozen_stats_steps` steps (a linear probe) BatchNorm running
   statistics keep their loaded values, as the frozen backbone's weights do.
+
+  `recipe` (`duojax.train.recipe`) adds Mixup/CutMix of the normalised batch,
+  gradient accumulation over micro-batches and the weight EMA (the state must
+  then come from `init_state` with the same recipe); the default adds none.
+  With mixing, the logged accuracy compares with each row's own label.
   """
+  recipe = Recipe() if recipe is None else recipe
   apply = make_apply(graphdef)
   # Dropout keys are a pure function of (seed, step): resuming needs no RNG state.
   dropout_key = jax.random.fold_in(jax.random.key(seed), 0x0D0)
+  mix_key = recipe_lib.mix_key(seed)  # the same for the mixing draws
+  if loss_fn is None:
+    loss_fn = lambda logits, labels: cross_entropy(logits, labels, label_smoothing).mean()
 
   def train_step(state: TrainState, batch):
     step_key = jax.random.fold_in(dropout_key, state["step"])
+    images, labels = _images(batch, image_stats), batch["label"]
+    partner, lam = None, None
+    if recipe.mixing:
+      # Drawn for the global batch: the same mix on any number of devices.
+      mix = recipe_lib.draw_mix(recipe, jax.random.fold_in(mix_key, state["step"]), images.shape)
+      images, partner, lam = mixing.mix_images(images, mix), labels[::-1], mix.lam
 
-    def objective(params):
+    def objective(params, batch_stats, images, labels, partner, key):
       # Built inside the differentiated function: NNX RNG streams count their
       # draws, and may only be mutated at the trace level that created them.
-      rngs = nnx.Rngs(dropout=step_key)
-      logits, _, batch_stats = apply(
-        params, state["batch_stats"], _images(batch, image_stats), train=True, rngs=rngs
-      )
+      rngs = nnx.Rngs(dropout=key)
+      logits, _, batch_stats = apply(params, batch_stats, images, train=True, rngs=rngs)
       loss = (
-        cross_entropy(logits, batch["label"], label_smoothing).mean()
-        if loss_fn is None
-        else loss_fn(logits, batch["label"])
+        loss_fn(logits, labels)
+        if partner is None
+        else mixing.mixed_loss(loss_fn, logits, labels, partner, lam)
       )
       return loss, (logits, batch_stats)
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
-      state["params"]
-    )
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
+    if recipe.grad_accum_steps == 1:
+      (loss, (logits, batch_stats)), grads = grad_fn(
+        state["params"], state["batch_stats"], images, labels, partner, step_key
+      )
+      accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    else:
+      recipe_lib.check_batch_size(
+        labels.shape[0], recipe.grad_accum_steps, sharding.num_batch_shards(mesh)
+      )
+      loss, accuracy, batch_stats, grads = recipe_lib.accumulate(
+        grad_fn,
+        state["params"],
+        state["batch_stats"],
+        (images, labels, partner),
+        step_key,
+        recipe.grad_accum_steps,
+        mesh,
+      )
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     if frozen_stats_steps > 0:
@@ -116,7 +153,6 @@ def make_train_step(
       batch_stats = jax.tree.map(
         lambda new, old: jnp.where(frozen, old, new), batch_stats, state["batch_stats"]
       )
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(params))
     new_state = {
       "params": params,
@@ -128,6 +164,9 @@ def make_train_step(
       # with an update that overflows them.
       "nonfinite": state["nonfinite"] + (~finite).astype(jnp.int32),
     }
+    if recipe.ema:
+      decay = recipe_lib.ema_decay_at(recipe, state["step"] + 1)
+      new_state["ema"] = recipe_lib.update_ema(state["ema"], params, batch_stats, decay)
     metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
     return new_state, metrics
 
