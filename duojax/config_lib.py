@@ -102,6 +102,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.rrc_scale = (0.08, 1.0)
   c.rrc_ratio = (3 / 4, 4 / 3)
   c.crop_fraction = 0.875
+  # RandAugment ("randaugment" in augment; docs/augmentation.md): (ops per
+  # image, magnitude on timm's 0..10 scale), after the crop, before the flip.
+  # The filter every resize uses, host crops and device resizes alike:
+  # "bilinear" or "bicubic". A pretrained file's own crop_pct and
+  # interpolation (a config.json or preprocessor_config.json beside it) win
+  # over crop_fraction and interpolation; the model's checkpoint keeps them.
+  c.randaugment = (2, 9.0)
+  c.interpolation = "bilinear"
   # Host processes that decode and augment images (grain workers); -1: none
   # for data held in memory, else the host's cores divided among the
   # processes that share it.
@@ -194,7 +202,9 @@ def base_config() -> ml_collections.ConfigDict:
 
 _OPTIMIZERS = ("adamw", "sgd")
 _LOSSES = ("ce", "gatekeeper")
-_AUGMENTATIONS = ("crop", "rrc", "flip")
+_AUGMENTATIONS = ("crop", "rrc", "flip", "randaugment")
+# Mirrors duojax.data.images.INTERPOLATIONS.
+_INTERPOLATIONS = ("bilinear", "bicubic")
 # Mirrors duojax.convert (not imported here: this module stays light).
 _INIT_LAYOUTS = ("auto", "timm", "torchvision", "hf")
 _INIT_HEADS = ("load", "fresh")
@@ -334,6 +344,21 @@ def _check_augment(config: ml_collections.ConfigDict) -> None:
   _need(
     not {"crop", "rrc"} <= set(augmentations(config)),
     "config.augment: 'crop' and 'rrc' are two ways of cropping, choose one",
+  )
+  _check_randaugment(config)
+
+
+def _check_randaugment(config: ml_collections.ConfigDict) -> None:
+  """RandAugment's (ops per image, magnitude) and the resize filter."""
+  value = tuple(config.randaugment)
+  _need(
+    len(value) == 2 and float(value[0]).is_integer() and value[0] >= 0 and 0 <= value[1] <= 10,
+    "config.randaugment must be (ops per image >= 0, magnitude in [0, 10] on timm's scale), "
+    f"got {value}",
+  )
+  _need(
+    config.interpolation in _INTERPOLATIONS,
+    f"config.interpolation={config.interpolation!r}; valid: {', '.join(_INTERPOLATIONS)}",
   )
 
 

@@ -69,12 +69,13 @@ ROWS = (
   Row(
     2,
     ("data/",),
-    "`sources` (tfds array_record sets and splits, encoded images read as bytes), `images` "
-    "(decode, random-resized and centre crops of one image), `batches` (one batch from its "
-    "index: order, draws, crops), `pipeline` (grain: batches in worker processes, uint8, on the "
-    "devices; normalisation on the device), `folder` (an image folder imported), `ood_sources` "
-    "(OOD sets from other tfds sets and image folders), `embedded` (Fashion-MNIST, MNIST), "
-    "`shifts` (corruptions); `python -m duojax.data DIR` prepares the embedded set",
+    "`sources` (tfds array_record sets and splits, encoded images read as bytes), `images` (decode,"
+    " random-resized and centre crops of one image), `randaugment` (RandAugment of one image), "
+    "`batches` (one batch from its index: order, draws, crops), `pipeline` (grain: batches in "
+    "worker processes, uint8, on the devices; normalisation on the device), `folder` (an image "
+    "folder imported), `ood_sources` (OOD sets from other tfds sets and image folders), `embedded` "
+    "(Fashion-MNIST, MNIST), `shifts` (corruptions); `python -m duojax.data DIR` prepares the "
+    "embedded set",
   ),
   Row(
     3,

@@ -7,13 +7,14 @@
 
 `sources` (data sets and splits), `dataset_spec` (a data set named by
 training's data keys, as a typed value), `images` (decoding and crops of one
-image), `batches` (one batch from its index), `pipeline` (grain: batches in
-order, in worker processes, onto the devices), `folder` (an image folder
-imported as a data set), `embedded` (Fashion-MNIST and MNIST, prepared
-without TensorFlow), `ood_sources` (OOD sets from other tfds sets and image
-folders), `shifts` (image corruptions), `preprocess` (a model's input
-size and statistics, and the device-side resize and normalisation). This
-package imports nothing of training or evaluation.
+image), `randaugment` (RandAugment of one image), `batches` (one batch from
+its index), `pipeline` (grain: batches in order, in worker processes, onto
+the devices), `folder` (an image folder imported as a data set), `embedded`
+(Fashion-MNIST and MNIST, prepared without TensorFlow), `ood_sources` (OOD
+sets from other tfds sets and image folders), `shifts` (image corruptions),
+`preprocess` (a model's input size, statistics, crop and filter, and the
+device-side cut, resize and normalisation). This package imports nothing of
+training or evaluation.
 """
 
 import importlib
@@ -26,6 +27,7 @@ from duojax.errors import DataError  # noqa: F401  (re-exported)
 _HOME = {
   "DatasetSpec": "dataset_spec",
   "load_dataset_of": "dataset_spec",
+  "read_as": "dataset_spec",
   "fetch_fashion_mnist": "embedded",
   "load_mnist_ood": "embedded",
   "prepare_fashion_mnist": "embedded",
@@ -39,6 +41,7 @@ _HOME = {
   "normalize_on_device": "preprocess",
   "prepare": "preprocess",
   "pretrained_stats": "preprocess",
+  "pretrained_view": "preprocess",
   "ArraySource": "sources",
   "Dataset": "sources",
   "Split": "sources",

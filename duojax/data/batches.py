@@ -12,8 +12,15 @@ Draws, all from numpy Generators seeded [seed, counter, stream]:
   do not depend on how many processes share the batch);
 - stream 3, counter = step, and the row's index in the global batch as a
   fourth word: that row's random-resized crop (each row its own Generator,
-  since rows are cut one by one and the tries a crop takes vary).
+  since rows are cut one by one and the tries a crop takes vary);
+- stream 4, counter = step, and the row's index as a fourth word: that row's
+  RandAugment ops and their signs (`duojax.data.randaugment`).
 Stream 2 is the statistics sample of `duojax.data.sources`.
+
+Training images are cut (pad-and-crop, a random-resized crop, or the centre
+crop for images of another size), then RandAugmented, then flipped. (timm
+flips first; a flip turns each signed op into its mirror, of the same
+probability, so the two orders give the same distribution of images.)
 """
 
 from __future__ import annotations
@@ -23,12 +30,13 @@ import dataclasses
 import numpy as np
 
 from duojax.data import images as images_lib
+from duojax.data import randaugment
 from duojax.data.sources import Split, fixed_size, read_examples, read_raw, read_record
 
 # numpy ignores trailing zero words: [s, e] = [s, e, 0], so the order is the
 # same as that of the pipeline before the streams were named.
-SHUFFLE_STREAM, AUGMENT_STREAM, RRC_STREAM = 0, 1, 3
-AUGMENTATIONS = ("crop", "rrc", "flip")
+SHUFFLE_STREAM, AUGMENT_STREAM, RRC_STREAM, RANDAUGMENT_STREAM = 0, 1, 3, 4
+AUGMENTATIONS = ("crop", "rrc", "flip", "randaugment")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +48,7 @@ class Transform:
   rrc_scale: tuple[float, float] = images_lib.RRC_SCALE
   rrc_ratio: tuple[float, float] = images_lib.RRC_RATIO
   draft: bool = True  # JPEG DCT-scaled decoding when the crop allows it
+  randaugment: tuple[int, float] = randaugment.DEFAULT  # (ops per image, magnitude 0..10)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -61,6 +70,19 @@ def flip(images: np.ndarray, flips: np.ndarray) -> np.ndarray:
   return np.where(flips[:, None, None, None], images[:, :, ::-1], images)
 
 
+def rand_augment(
+  images: np.ndarray, seed: int, step: int, first: int, num_ops: int, magnitude: float
+) -> np.ndarray:
+  """RandAugment of each row, row i of the batch from its Generator
+  [seed, step, RANDAUGMENT_STREAM, first + i] (`first`: this process's first
+  row in the global batch)."""
+  out = np.empty_like(images)
+  for i, image in enumerate(images):
+    rng = np.random.default_rng([seed, step, RANDAUGMENT_STREAM, first + i])
+    out[i] = randaugment.rand_augment(image, rng, num_ops, magnitude)
+  return out
+
+
 def cut_images(
   split: Split, rows: np.ndarray, boxes, flips: np.ndarray | None = None, *, draft: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +90,7 @@ def cut_images(
 
   `boxes(i, width, height)` gives row i's box in its image's pixels; rows
   where `flips` is True are mirrored as they are cut (cheaper than a second
-  pass over the whole batch).
+  pass over the whole batch). Resized with the split's interpolation.
   """
   size = split.image_size
   out = np.zeros((len(rows), size, size, split.channels), np.uint8)
@@ -82,6 +104,7 @@ def cut_images(
       split.channels,
       draft=draft,
       flip=flips is not None and bool(flips[i]),
+      interpolation=split.interpolation,
     )
   return out, labels
 
@@ -121,10 +144,10 @@ class TrainBatch:
     rng = np.random.default_rng([self.seed, step, AUGMENT_STREAM])
     offsets = rng.integers(0, 2 * t.crop_padding + 1, size=(B, 2))[rows]
     flips = (rng.random(B) < 0.5)[rows]
+    first = rows.start or 0
     if fixed_size(self.split) and "rrc" not in t.augment:
       images, labels = read_examples(self.split, positions)
     else:
-      first = rows.start or 0
 
       def box(i, width, height):
         if "rrc" in t.augment:
@@ -134,8 +157,9 @@ class TrainBatch:
           )
         return images_lib.center_crop_box(width, height, self.split.crop_fraction)
 
-      # Flipped as they are cut, unless a pad-and-crop comes between.
-      flip_now = flips if "flip" in t.augment and "crop" not in t.augment else None
+      # Flipped as they are cut, unless a pad-and-crop or RandAugment comes between.
+      between = {"crop", "randaugment"} & set(t.augment)
+      flip_now = flips if "flip" in t.augment and not between else None
       images, labels = cut_images(
         self.split, self.split.indices[positions], box, flip_now, draft=t.draft
       )
@@ -143,6 +167,8 @@ class TrainBatch:
         return {"image": images, "label": labels}
     if "crop" in t.augment:
       images = pad_crop(images, offsets, t.crop_padding)
+    if "randaugment" in t.augment:
+      images = rand_augment(images, self.seed, step, first, *t.randaugment)
     if "flip" in t.augment:
       images = flip(images, flips)
     return {"image": images, "label": labels}

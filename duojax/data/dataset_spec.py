@@ -31,6 +31,7 @@ class DatasetSpec:
   image_key: str
   label_key: str
   crop_fraction: float
+  interpolation: str = "bilinear"
 
   @classmethod
   def from_config(cls, config, data_dir: str | os.PathLike | None = None) -> DatasetSpec:
@@ -47,6 +48,7 @@ class DatasetSpec:
       config.image_key,
       config.label_key,
       config.crop_fraction,
+      config.interpolation,
     )
 
   def load(self, image_size: int | None = None) -> Dataset:
@@ -63,7 +65,20 @@ class DatasetSpec:
       label_key=self.label_key,
       image_size=image_size,
       crop_fraction=self.crop_fraction,
+      interpolation=self.interpolation,
     )
+
+
+def read_as(dataset: Dataset, crop_fraction: float, interpolation: str) -> Dataset:
+  """`dataset`, its splits cutting images of another size at `crop_fraction`
+  and resizing with `interpolation` (a model's own, `preprocess.InputSpec`)."""
+  view = dict(crop_fraction=crop_fraction, interpolation=interpolation)
+  return dataclasses.replace(
+    dataset,
+    train=dataclasses.replace(dataset.train, **view),
+    val=dataclasses.replace(dataset.val, **view),
+    test=dataclasses.replace(dataset.test, **view),
+  )
 
 
 def load_dataset_of(config, data_dir: str | os.PathLike | None = None) -> Dataset:

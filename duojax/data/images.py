@@ -7,8 +7,9 @@ numpy Generator the caller seeds from (seed, step, row).
 
 Geometry is expressed as a box (left, top, width, height) in the source
 image's pixels, cut and resized to the output in one resampling step
-(`PIL.Image.resize(box=...)`, bilinear with antialiasing when shrinking, as
-torchvision's `antialias=True`). A JPEG whose box is much larger than the
+(`PIL.Image.resize(box=...)`, bilinear, or bicubic as timm's ViTs were
+evaluated, with antialiasing when shrinking, as torchvision's
+`antialias=True`). A JPEG whose box is much larger than the
 output is decoded at 1/2, 1/4 or 1/8 scale first (the decoder's DCT scaling,
 `Image.draft`), which skips most of the decoding work; the box is scaled with
 it, so the result differs from a full decode only by resampling error
@@ -30,6 +31,8 @@ RRC_ATTEMPTS = 10
 # Evaluation: the centre square covering this fraction of the shorter side
 # (224 of a 256 resize), resized to the output.
 CROP_FRACTION = 0.875
+# Resampling filters by the names configs and pretrained files use.
+INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 # Decode errors PIL raises for bytes that are not a whole image.
 DECODE_ERRORS = (
   UnidentifiedImageError,
@@ -156,18 +159,21 @@ def crop_resize(
   *,
   draft: bool = True,
   flip: bool = False,
+  interpolation: str = "bilinear",
 ) -> np.ndarray:
   """uint8 [size, size, channels]: `box` of `image` resized to size×size.
 
   `image` is a PIL image not yet decoded (`open_encoded`) or a decoded one
   (`Image.fromarray`); `draft=False` always decodes at full scale; `flip`
-  mirrors the result left to right (in PIL, cheaper than a numpy copy).
+  mirrors the result left to right (in PIL, cheaper than a numpy copy);
+  `interpolation` is a name of INTERPOLATIONS.
   """
   if draft:
     image, box = _draft(image, box, size)
   image = _to_8bit(image)
   left, top, w, h = box
-  out = image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+  resample = INTERPOLATIONS[interpolation]
+  out = image.resize((size, size), resample, box=(left, top, left + w, top + h))
   if flip:
     out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
   return to_channels(out, channels)

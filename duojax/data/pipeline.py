@@ -25,6 +25,7 @@ import numpy as np
 
 from duojax.config_lib import split_list
 from duojax.data import images as images_lib
+from duojax.data import randaugment as randaugment_lib
 from duojax.data.batches import AUGMENTATIONS, EvalBatch, TrainBatch, Transform
 from duojax.data.preprocess import normalize
 from duojax.data.sources import ArraySource, Split
@@ -231,6 +232,7 @@ def train_batches(
   crop_padding: int = 2,
   rrc_scale: tuple[float, float] | None = None,
   rrc_ratio: tuple[float, float] | None = None,
+  randaugment: tuple[int, float] = randaugment_lib.DEFAULT,
   mean=None,
   std=None,
   sharding: jax.sharding.NamedSharding | None = None,
@@ -249,11 +251,18 @@ def train_batches(
   (global jax Arrays if `sharding` is given). `workers` processes decode and
   augment (-1: see `worker_count`), `prefetch` batches ahead each. With
   `mean` and `std` the images come normalised to float32 instead.
+  `randaugment` is (ops per image, magnitude 0..10) when `augment` has it
+  (`duojax.data.randaugment`).
   """
   if isinstance(augment, str):
     augment = tuple(split_list(augment))
   if set(augment) - set(AUGMENTATIONS):
     raise DataError(f"unknown augmentation in {augment}: use {', '.join(AUGMENTATIONS)}")
+  num_ops, magnitude = randaugment
+  if not (int(num_ops) == num_ops >= 0 and 0 <= magnitude <= randaugment_lib.MAX_MAGNITUDE):
+    raise DataError(
+      f"randaugment={tuple(randaugment)} must be (ops per image >= 0, magnitude in [0, 10])"
+    )
   if seed < 0 or start_step < 0:
     raise DataError(f"seed={seed} and start_step={start_step} must be non-negative")
   rows = _local_rows(global_batch_size, process_index, process_count, sharding)
@@ -266,6 +275,7 @@ def train_batches(
     crop_padding,
     tuple(rrc_scale or images_lib.RRC_SCALE),
     tuple(rrc_ratio or images_lib.RRC_RATIO),
+    randaugment=(int(num_ops), float(magnitude)),
   )
   make_batch = TrainBatch(
     split, global_batch_size=global_batch_size, seed=seed, rows=rows, transform=transform

@@ -3,14 +3,19 @@
 Every member of a duo keeps its own `InputSpec` in its checkpoint metadata, so
 models trained elsewhere can sit beside one another: a timm ViT expects pixels
 scaled to mean 0.5 / std 0.5, a torchvision ResNet the ImageNet statistics, a
-model trained here the statistics of its data set; and each at its own size.
-The input pipeline delivers one uint8 batch at the largest member's size;
-`prepare` resizes and normalises it for one member on the device, inside the
+model trained here the statistics of its data set; each at its own size, cut
+from the centre `crop_fraction` of the shorter side and resized with its own
+filter (timm's ViTs: 0.9, bicubic; ResNets: 0.875 to 0.95, bilinear or
+bicubic; `pretrained_view` reads them from the files beside the weights).
+The input pipeline delivers one uint8 batch, cut at the widest member crop
+and at a side no member needs to enlarge (`duojax.eval.data_spec`); `prepare`
+cuts, resizes and normalises it for one member on the device, inside the
 jitted program that runs the model (`duojax.core.duo.make_fused_forward`).
 
-Resizing is bilinear with antialiasing when shrinking (`jax.image.resize`), as
-the host's crops are (PIL's bilinear filter). Normalisation is written so that
-the host (`normalize`) and the device (`normalize_on_device`) agree to the bit.
+Resizing is bilinear or bicubic with antialiasing when shrinking
+(`jax.image.scale_and_translate`), as the host's crops are (PIL's filters).
+Normalisation is written so that the host (`normalize`) and the device
+(`normalize_on_device`) agree to the bit.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from duojax.data.images import CROP_FRACTION, INTERPOLATIONS
 from duojax.errors import ConfigError
 
 # Channel statistics of x/255 that pretrained checkpoints were trained with.
@@ -39,8 +45,12 @@ PRETRAINED_STATS = {
   ("torchvision", "resnet"): (IMAGENET_MEAN, IMAGENET_STD),
   ("hf", "resnet"): (IMAGENET_MEAN, IMAGENET_STD),
 }
-# Hugging Face repositories keep the preprocessing next to the weights.
+# Hugging Face repositories keep the preprocessing next to the weights; timm's
+# (on the Hugging Face hub) a config.json holding its `pretrained_cfg`.
 HF_PREPROCESSOR_FILE = "preprocessor_config.json"
+TIMM_CONFIG_FILE = "config.json"
+# jax.image's names of the filters (Keys' cubic with a = −0.5, as PIL's).
+_JAX_METHODS = {"bilinear": "linear", "bicubic": "cubic"}
 
 
 def _affine(mean, std) -> tuple[np.ndarray, np.ndarray]:
@@ -75,12 +85,16 @@ def normalize_on_device(images: jax.Array, mean, std) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
-  """A model's input: side (pixels, square) and per-channel mean/std of x/255."""
+  """A model's input: side (pixels, square), per-channel mean/std of x/255, and
+  how its images are cut and resized: the centre square of `crop_fraction` of
+  the shorter side, resized with `interpolation` ("bilinear" | "bicubic")."""
 
   image_size: int
   mean: tuple[float, ...]
   std: tuple[float, ...]
   source: str = "data set"  # where the statistics came from, for reports
+  crop_fraction: float = CROP_FRACTION
+  interpolation: str = "bilinear"
 
   def as_meta(self) -> dict:
     return {
@@ -88,19 +102,28 @@ class InputSpec:
       "mean": list(self.mean),
       "std": list(self.std),
       "source": self.source,
+      "crop_fraction": self.crop_fraction,
+      "interpolation": self.interpolation,
     }
 
   @classmethod
-  def from_meta(cls, meta: dict) -> InputSpec:
+  def from_meta(
+    cls, meta: dict, *, crop_fraction: float = CROP_FRACTION, interpolation: str = "bilinear"
+  ) -> InputSpec:
+    """The spec of checkpoint meta; `crop_fraction` and `interpolation` stand
+    in where it predates them (older checkpoints: their training config's)."""
     return cls(
       int(meta["image_size"]),
       tuple(float(v) for v in meta["mean"]),
       tuple(float(v) for v in meta["std"]),
       str(meta.get("source", "data set")),
+      float(meta.get("crop_fraction", crop_fraction)),
+      str(meta.get("interpolation", interpolation)),
     )
 
   def check(self, channels: int) -> None:
-    """Raises ConfigError unless the statistics fit `channels` and std > 0."""
+    """Raises ConfigError unless the statistics fit `channels` and std > 0, and
+    the crop and filter are ones the pipeline has (`check_view`)."""
     if len(self.mean) != channels or len(self.std) != channels:
       raise ConfigError(
         f"input statistics {list(self.mean)} / {list(self.std)} are not one "
@@ -108,6 +131,16 @@ class InputSpec:
       )
     if min(self.std) <= 0:
       raise ConfigError(f"input std {list(self.std)} must be positive")
+    self.check_view()
+
+  def check_view(self) -> None:
+    """Raises ConfigError unless the crop and filter are ones the pipeline has."""
+    if not 0 < self.crop_fraction <= 1:
+      raise ConfigError(f"input crop fraction {self.crop_fraction} must be in (0, 1]")
+    if self.interpolation not in INTERPOLATIONS:
+      raise ConfigError(
+        f"input interpolation {self.interpolation!r}; valid: {', '.join(INTERPOLATIONS)}"
+      )
 
 
 def hf_preprocessor_stats(weights_path: str) -> tuple[tuple, tuple] | None:
@@ -122,6 +155,76 @@ def hf_preprocessor_stats(weights_path: str) -> tuple[tuple, tuple] | None:
     return None
 
 
+def _sidecar(weights_path: str, name: str) -> dict:
+  """The JSON object in file `name` beside the weights; {} if it is absent or unreadable."""
+  path = os.path.join(os.path.dirname(os.path.abspath(weights_path)), name)
+  try:
+    with open(path) as f:
+      found = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return found if isinstance(found, dict) else {}
+
+
+def _side(value) -> float | None:
+  """A Hugging Face size: an int, or {"shortest_edge" | "height": n, ...}."""
+  if isinstance(value, dict):
+    value = value.get("shortest_edge", value.get("height"))
+  return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def _hf_view(config: dict) -> dict:
+  """What a `preprocessor_config.json` says of the crop and filter.
+
+  `crop_pct` where the processor has one (ConvNeXt's, which Hugging Face's
+  ResNets use; it crops only below 384 pixels); else crop_size / size for a
+  resize then a centre crop; 1.0 for a resize to height × width with no crop
+  (ViT's: the whole image, which the centre square of the whole shorter side
+  comes closest to). `resample` is PIL's filter number: 2 bilinear, 3
+  bicubic (others are not said).
+  """
+  view = {}
+  crop = config.get("crop_pct")
+  convnext = "ConvNext" in str(config.get("image_processor_type", ""))
+  if crop is not None and convnext and (_side(config.get("size")) or 0) >= 384:
+    crop = 1.0
+  if crop is None and config.get("do_center_crop"):
+    side, cut = _side(config.get("size")), _side(config.get("crop_size"))
+    crop = cut / side if side and cut else None
+  elif crop is None and config.get("do_resize") and isinstance(config.get("size"), dict):
+    crop = 1.0 if "height" in config["size"] else None
+  if isinstance(crop, (int, float)) and not isinstance(crop, bool):
+    view["crop_fraction"] = float(crop)
+  resample = {2: "bilinear", 3: "bicubic"}.get(config.get("resample"))
+  if resample:
+    view["interpolation"] = resample
+  return view
+
+
+def pretrained_view(weights_path: str) -> tuple[dict, str]:
+  """({"crop_fraction", "interpolation"}: what the files beside the weights say,
+  either or both or neither; where it was read, for reports).
+
+  A Hugging Face `preprocessor_config.json` (`_hf_view`), else a timm
+  `config.json`, whose `pretrained_cfg` (or top level) holds timm's
+  `crop_pct` and `interpolation`. A crop outside (0, 1] or a filter other
+  than bilinear and bicubic is kept, for `InputSpec.check` to refuse: a
+  silent substitute would score the model on other inputs than its own.
+  """
+  view = _hf_view(_sidecar(weights_path, HF_PREPROCESSOR_FILE))
+  if view:
+    return view, HF_PREPROCESSOR_FILE
+  timm = _sidecar(weights_path, TIMM_CONFIG_FILE)
+  if isinstance(timm.get("pretrained_cfg"), dict):
+    timm = timm["pretrained_cfg"]
+  crop, interpolation = timm.get("crop_pct"), timm.get("interpolation")
+  if isinstance(crop, (int, float)) and not isinstance(crop, bool):
+    view["crop_fraction"] = float(crop)
+  if isinstance(interpolation, str) and interpolation:
+    view["interpolation"] = interpolation
+  return view, TIMM_CONFIG_FILE if view else ""
+
+
 def pretrained_stats(layout: str, family: str, weights_path: str) -> tuple[tuple, tuple, str]:
   """(mean, std, source) a pretrained file of `layout` was trained with."""
   if layout == "hf":
@@ -132,21 +235,37 @@ def pretrained_stats(layout: str, family: str, weights_path: str) -> tuple[tuple
   return mean, std, f"{layout} {family} default"
 
 
-def prepare(images: jax.Array, spec: InputSpec) -> jax.Array:
+def prepare(images: jax.Array, spec: InputSpec, source_crop: float | None = None) -> jax.Array:
   """uint8 [B, H, W, C] -> float32 [B, S, S, C] for the model of `spec`.
 
-  Resizing (if H, W differ from S) works on pixel values, then the same
-  normalisation as the pipeline's; float images pass through unchanged (they
-  are normalised already).
+  `source_crop`: the crop fraction the host cut the batch at (None: none, or
+  the model's own). A batch of side H covering `source_crop` of each image's
+  shorter side holds the model's crop as its centre r·H pixels, r =
+  spec.crop_fraction / source_crop (≤ 1 when the host cuts the widest crop).
+  Output pixel o (centre o + ½) reads input x with o + ½ = k·(x + ½) + t, k =
+  S / (r·H) and t = S/2 − k·H/2, which puts the two centres together; one
+  resampling (`jax.image.scale_and_translate`, antialiased when shrinking)
+  cuts and resizes at once. Then the same normalisation as the pipeline's;
+  float images pass through unchanged (they are normalised already).
   """
   if images.dtype != jnp.uint8:
     return images
   b, h, w, c = images.shape
   size = spec.image_size
-  if (h, w) == (size, size):
+  ratio = 1.0 if source_crop is None else spec.crop_fraction / source_crop
+  if (h, w) == (size, size) and ratio == 1.0:
     return normalize_on_device(images, spec.mean, spec.std)
-  pixels = jax.image.resize(
-    images.astype(jnp.float32), (b, size, size, c), "linear", antialias=True
-  )
+  method = _JAX_METHODS[spec.interpolation]
+  pixels = images.astype(jnp.float32)
+  if ratio == 1.0:
+    pixels = jax.image.resize(pixels, (b, size, size, c), method, antialias=True)
+  else:
+    k = jnp.array([size / (ratio * h), size / (ratio * w)], jnp.float32)
+    t = jnp.array([size / 2, size / 2], jnp.float32) - k * jnp.array([h / 2, w / 2], jnp.float32)
+    pixels = jax.image.scale_and_translate(
+      pixels, (b, size, size, c), (1, 2), k, t, method, antialias=True
+    )
+  if method == "cubic":  # the cubic filter overshoots; PIL's uint8 output clips
+    pixels = jnp.clip(pixels, 0, 255)
   shift, scale = _affine(spec.mean, spec.std)
   return (pixels - shift) * scale

@@ -55,7 +55,8 @@ class Split:
   here with PIL into `channels` channels. `image_size` is the side every image
   is brought to (None: the stored size, which must then be fixed): as it is
   read for evaluation, the centre square of `crop_fraction` of its shorter
-  side, resized (`duojax.data.images.center_crop_box`).
+  side, resized (`duojax.data.images.center_crop_box`) with `interpolation`
+  (training's crops too).
   """
 
   source: Any
@@ -66,6 +67,7 @@ class Split:
   encoded: bool = False
   channels: int = 3
   crop_fraction: float = images_lib.CROP_FRACTION
+  interpolation: str = "bilinear"
 
   def __len__(self) -> int:
     return len(self.indices)
@@ -156,7 +158,11 @@ def read_examples(split: Split, positions: np.ndarray) -> tuple[np.ndarray, np.n
     for i, (ex, row) in enumerate(zip(examples, rows)):
       image, labels[i] = read_record(split, ex, int(row))
       box = images_lib.center_crop_box(image.width, image.height, split.crop_fraction)
-      images.append(images_lib.crop_resize(image, box, split.image_size, split.channels))
+      images.append(
+        images_lib.crop_resize(
+          image, box, split.image_size, split.channels, interpolation=split.interpolation
+        )
+      )
   if not images:
     return np.zeros((0, 0, 0, 0), np.uint8), labels
   return np.stack(images), labels
@@ -238,6 +244,7 @@ def _cached_stats(split: Split, folder: Path, split_name: str) -> tuple[np.ndarr
   tag = "" if split_name == "train" else f"_{split_name}"
   if split.image_size:  # the crop changes which pixels are counted
     tag += f"_{split.crop_fraction}"
+    tag += "" if split.interpolation == "bilinear" else f"_{split.interpolation}"
   path = folder / f"stats_{split.image_key}_{split.image_size}{tag}.json"
   if path.is_file():
     try:
@@ -452,6 +459,7 @@ def load_dataset(
   label_key: str = "label",
   image_size: int | None = None,
   crop_fraction: float = images_lib.CROP_FRACTION,
+  interpolation: str = "bilinear",
   cache: bool | None = None,
 ) -> Dataset:
   """Train/val/test splits of a tfds array_record dataset.
@@ -465,7 +473,8 @@ def load_dataset(
   by the pipeline; `image_size` (required when images vary in size) is the
   side it delivers. `cache=None` holds decoded fixed-size data in memory when
   it is under 2 GiB; encoded images are never cached decoded, since training
-  crops them at random from the full image.
+  crops them at random from the full image. `crop_fraction` and
+  `interpolation` say how images of another size are cut and resized.
   """
   data_dir = os.fspath(Path(data_dir).expanduser())
   builder = open_builder(name, data_dir, prepare)
@@ -475,6 +484,7 @@ def load_dataset(
   like, image_shape = _read_as(
     builder.info.features, name, image_key, label_key, image_size, crop_fraction
   )
+  like = dataclasses.replace(like, interpolation=interpolation)
   whole = _open_splits(builder, name, data_dir, needed, like)
   if not val_split:
     _check_val_size(val_size, len(whole[train_split]), name)

@@ -21,8 +21,11 @@ def accuracy_of_workdirs(
     dataset = data.load_dataset_of(config_lib.complete_config(meta["config"]), data_dir)
     checkpoint.check_fits_data(meta, dataset.image_shape, dataset.num_classes, where=workdir)
     graphdef, params, batch_stats = functional.split_model(model)
-    # The model's own normalisation (older checkpoints: the data set's).
+    # The model's own normalisation, crop and filter (older checkpoints: the
+    # data set's statistics; `load_model` gives their config's crop and filter).
     inputs = meta.get("input", {"mean": dataset.mean, "std": dataset.std})
+    if "crop_fraction" in inputs:
+      dataset = data.read_as(dataset, inputs["crop_fraction"], inputs["interpolation"])
     eval_step = steps.make_eval_step(
       graphdef, mesh=mesh, image_stats=(inputs["mean"], inputs["std"])
     )

@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 
 from duojax import data
 from duojax.core import duo
+from duojax.data.sources import fixed_size
 from duojax.errors import ConfigError, DataError, InputError
 from duojax.eval.members import Member, check_members_agree, with_inputs
 from duojax.parallel import sharding
@@ -87,13 +88,19 @@ def split_logits(
   return (*result, np.concatenate(features)) if with_features else result
 
 
-def preprocessing(members: Sequence[Member]) -> tuple[Callable, ...]:
+def preprocessing(members: Sequence[Member], dataset: data.Dataset) -> tuple[Callable, ...]:
   """Each member's device-side input preparation (`data.prepare` with its
-  `InputSpec`); members with one spec share one callable, so the fused
-  forward prepares their input once."""
+  `InputSpec`, cutting its crop from the batch `dataset` delivers); members
+  with one spec share one callable, so the fused forward prepares their
+  input once."""
+  # Images stored at the size read are delivered whole: no crop to correct.
+  source_crop = None if fixed_size(dataset.test) else dataset.test.crop_fraction
   by_spec = {}
   return tuple(
-    by_spec.setdefault(m.inputs, functools.partial(data.prepare, spec=m.inputs)) for m in members
+    by_spec.setdefault(
+      m.inputs, functools.partial(data.prepare, spec=m.inputs, source_crop=source_crop)
+    )
+    for m in members
   )
 
 
@@ -133,7 +140,7 @@ def collect(
       graphdefs,
       mesh=mesh,
       with_features=with_features,
-      preprocess=preprocessing([first_member[row] for row in range(len(unique))]),
+      preprocess=preprocessing([first_member[row] for row in range(len(unique))], dataset),
     )
   states = jax.device_put(states, sharding.replicated(mesh))
   bank = LogitsBank(tuple(m.name for m in members))

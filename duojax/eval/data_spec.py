@@ -3,14 +3,16 @@
 The data set is the one the first workdir member was trained on, with its
 splits; with no workdir member the evaluation config's data keys name it
 (pretrained-file members need it for their images; logits files read none).
-`data_of` gives that `data.DatasetSpec` (with the member it came from); `load_eval_data` reads it at the largest
-member's side and checks every member against it, and `eval_splits` adds the
+`data_of` gives that `data.DatasetSpec` (with the member it came from);
+`load_eval_data` reads it at the side and widest crop the members need
+(`host_view`) and checks every member against it, and `eval_splits` adds the
 OOD set and the corrupted test sets the config asks for.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 import ml_collections
@@ -21,7 +23,7 @@ from duojax.config_lib import split_list
 from duojax.errors import ConfigError
 from duojax.eval import logits_files, schema
 from duojax.eval import splits as splits_lib
-from duojax.eval.members import PRETRAINED, WORKDIR, Member, input_size, with_inputs
+from duojax.eval.members import PRETRAINED, WORKDIR, Member, input_view, with_inputs
 from duojax.train import checkpoint
 
 
@@ -87,16 +89,39 @@ def adopt_dataset(members: Sequence[Member], eval_data: EvalData) -> list[Member
   return adopted
 
 
+def host_view(views: Sequence[tuple[int, float, str]]) -> tuple[int, float, str]:
+  """(side, crop fraction, filter) the host reads the images at for members
+  that take them at `views` (each's side, crop and filter, `input_view`).
+
+  The crop is the widest, c = max cᵢ: member i's own crop is then the centre
+  cᵢ / c of the batch (`data.prepare` cuts it on the device), which spans
+  S·cᵢ / c of a side S; so S = max ⌈sᵢ·c / cᵢ⌉ lets no member enlarge its
+  crop. With one crop among the members (every checkpoint written before
+  members had their own), that is the largest side, read as before. The
+  filter is that of the member that sets S, the first of them.
+  """
+  crop = max(c for _, c, _ in views)
+  needs = [math.ceil(side * crop / c - 1e-9) for side, c, _ in views]
+  side = max(needs)
+  return side, crop, views[needs.index(side)][2]
+
+
 def load_eval_data(
   eval_data: EvalData, members: Sequence[Member]
 ) -> tuple[data.Dataset, list[Member]]:
-  """The data set at the largest member's side (each member resizes the batch
-  to its own), and `members` checked against it and given their inputs.
+  """The data set at the side and crop `host_view` gives (each member cuts
+  and resizes the batch to its own), and `members` checked against it and
+  given their inputs (the crop and filter the evaluation's data keys give,
+  where a member's meta does not say them).
 
   The workdir source is checked as training checks a checkpoint; pretrained
   files by their head and stem (one line naming both numbers).
   """
-  dataset = eval_data.spec.load(max(input_size(m) for m in members))
+  spec = eval_data.spec
+  default = dict(crop_fraction=spec.crop_fraction, interpolation=spec.interpolation)
+  views = [input_view(m, **default) for m in members]
+  side, crop, interpolation = host_view(views)
+  dataset = dataclasses.replace(spec, crop_fraction=crop, interpolation=interpolation).load(side)
   if eval_data.source is not None:
     checkpoint.check_fits_data(
       eval_data.source.meta,
@@ -108,7 +133,7 @@ def load_eval_data(
   for member in members:
     if member.kind == PRETRAINED:
       _check_file_fits(member, dataset.name, dataset.num_classes, dataset.image_shape[2])
-  return dataset, [with_inputs(m, dataset) for m in members]
+  return dataset, [with_inputs(m, dataset, **default) for m in members]
 
 
 def eval_splits(

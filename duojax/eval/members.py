@@ -90,19 +90,45 @@ def input_size(member: Member) -> int:
   return int(member.meta.get("input", {}).get("image_size", member.meta["image_shape"][0]))
 
 
-def with_inputs(member: Member, dataset: data.Dataset) -> Member:
-  """`member`, with the data set's statistics if its checkpoint predates
-  per-model inputs (what it was trained with) or its file's library's do not
-  apply (a pretrained file of other than RGB images)."""
-  if not member.gives_images or "input" in member.meta:
+def input_view(member: Member, crop_fraction: float, interpolation: str) -> tuple[int, float, str]:
+  """(side, crop fraction, filter) `member` takes its images at; where its
+  meta does not say the crop or filter, `crop_fraction` and `interpolation`."""
+  have = member.meta.get("input", {})
+  crop = float(have.get("crop_fraction", crop_fraction))
+  return input_size(member), crop, str(have.get("interpolation", interpolation))
+
+
+def with_inputs(
+  member: Member,
+  dataset: data.Dataset,
+  *,
+  crop_fraction: float | None = None,
+  interpolation: str | None = None,
+) -> Member:
+  """`member`, its input spec complete: the data set's statistics if its
+  checkpoint predates per-model inputs (what it was trained with) or its
+  file's library's do not apply (a pretrained file of other than RGB
+  images); the crop and filter, where its meta does not say them,
+  `crop_fraction` and `interpolation` (default: the data set's test split's)."""
+  if not member.gives_images:
     return member
-  spec = data.InputSpec(
-    input_size(member),
-    tuple(float(v) for v in dataset.mean),
-    tuple(float(v) for v in dataset.std),
-    "data set",
-  )
-  return dataclasses.replace(member, meta={**member.meta, "input": spec.as_meta()})
+  crop = dataset.test.crop_fraction if crop_fraction is None else crop_fraction
+  interpolation = interpolation or dataset.test.interpolation
+  view = {"crop_fraction": crop, "interpolation": interpolation}
+  if "input" in member.meta:
+    if view.keys() <= member.meta["input"].keys():
+      return member
+    spec = {**view, **member.meta["input"]}
+  else:
+    spec = data.InputSpec(
+      input_size(member),
+      tuple(float(v) for v in dataset.mean),
+      tuple(float(v) for v in dataset.std),
+      "data set",
+      crop,
+      interpolation,
+    ).as_meta()
+  return dataclasses.replace(member, meta={**member.meta, "input": spec})
 
 
 def load_workdir_member(name: str, workdir: str, *, mesh=None) -> Member:

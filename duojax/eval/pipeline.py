@@ -158,7 +158,7 @@ def _soups(config, specs: dict, large, dataset, mesh, skipped: dict) -> list:
   forward = duo.make_fused_forward(
     duo.split_members([large.model])[0],
     mesh=mesh,
-    preprocess=bank_lib.preprocessing([large]),
+    preprocess=bank_lib.preprocessing([large], dataset),
   )
 
   def val_accuracy(member):

@@ -11,7 +11,11 @@ told from the tensor names), with that library's preprocessing:
     (`data.pretrained_stats`: timm and Hugging Face ViTs 0.5 / 0.5, ResNets
     ImageNet's; a Hugging Face `preprocessor_config.json` beside the file
     wins); a file of other than RGB images takes the data set's statistics,
-    as training does.
+    as training does;
+  * their crop and resize filter are what a `preprocessor_config.json` or a
+    timm `config.json` beside the file says (`data.pretrained_view`: timm's
+    `crop_pct` and `interpolation`); what they do not say, the evaluation
+    config's `crop_fraction` and `interpolation` give.
 
 Its class count and image channels are the file's (its head and its stem), so
 the evaluation can check them against the data set's. `inspect` reads only the
@@ -141,13 +145,15 @@ def load_pretrained_member(
   convert.load_pretrained(model, spec.path, layout)
   family = "vit" if isinstance(model, vit.VisionTransformer) else "resnet"
   mean, std, source = data.pretrained_stats(layout, family, spec.path)
+  view, view_file = data.pretrained_view(spec.path)
   side, channels = overrides["image_size"], overrides["in_channels"]
-  inputs = data.InputSpec(side, tuple(mean), tuple(std), source)
+  inputs = data.InputSpec(side, tuple(mean), tuple(std), source, **view)
   if len(mean) == channels:
     try:
       inputs.check(channels)
     except ValueError as e:
-      raise WeightsMismatchError(f"{where}: {spec.path!r}: {e}") from None
+      beside = f" (from the {view_file} beside it)" if view_file else ""
+      raise WeightsMismatchError(f"{where}: {spec.path!r}: {e}{beside}") from None
   flops = model_flops(model, (side, side, channels))
   if mesh is not None:
     nnx.update(model, jax.device_put(nnx.state(model), sharding.replicated(mesh)))
@@ -161,7 +167,10 @@ def load_pretrained_member(
     "pretrained": {"path": os.path.abspath(spec.path), "layout": layout},
   }
   if len(mean) == channels:
-    meta["input"] = inputs.as_meta()
+    # Keys the files do not say are left out: the evaluation fills them from
+    # its config (`members.with_inputs`).
+    unsaid = {"crop_fraction", "interpolation"} - set(view)
+    meta["input"] = {k: v for k, v in inputs.as_meta().items() if k not in unsaid}
   # else the libraries' statistics (RGB) do not apply: the evaluation gives it
   # the data set's (`members.with_inputs`), as training does such a file.
   return Member(name, model, meta, flops, PRETRAINED)

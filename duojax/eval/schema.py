@@ -33,6 +33,7 @@ EVAL_DATA_KEYS = (
   "image_key",
   "label_key",
   "crop_fraction",
+  "interpolation",
 )
 
 

@@ -53,18 +53,20 @@ def ood_split(name: str, dataset: data.Dataset, data_dir: str) -> data.Split:
   over 3 channels for RGB models); "tfds:NAME" or "tfds:NAME:SPLIT" (default
   split "test"): a tfds data set prepared in `data_dir` in array_record format;
   "folder:PATH": every image file below PATH. Images of another size are read
-  as evaluation reads them: the centre crop, resized.
+  as evaluation reads them: the centre crop, resized, as the test split's.
   """
   height, width, channels = dataset.image_shape
-  crop = dataset.test.crop_fraction
+  crop, interpolation = dataset.test.crop_fraction, dataset.test.interpolation
   kind, _, rest = name.partition(":")
   if kind == "tfds" and rest:
     tfds_name, _, split = rest.partition(":")
-    return data.load_split(
+    found = data.load_split(
       tfds_name, data_dir, split or "test", image_size=height, channels=channels, crop_fraction=crop
     )
+    return dataclasses.replace(found, interpolation=interpolation)
   if kind == "folder" and rest:
-    return data.folder_split(rest, image_size=height, channels=channels, crop_fraction=crop)
+    found = data.folder_split(rest, image_size=height, channels=channels, crop_fraction=crop)
+    return dataclasses.replace(found, interpolation=interpolation)
   if name != "mnist":
     raise ConfigError(
       f"config.ood={name!r}; valid: 'mnist', 'tfds:NAME[:SPLIT]', 'folder:PATH' ('' for none)"
@@ -75,5 +77,6 @@ def ood_split(name: str, dataset: data.Dataset, data_dir: str) -> data.Split:
   # Grayscale digits as the models' images: resized (the centre crop of
   # evaluation, as any other OOD set) and repeated over the channels.
   split = array_split(images, labels)
-  split = dataclasses.replace(split, image_size=height, crop_fraction=crop, channels=channels)
-  return split
+  return dataclasses.replace(
+    split, image_size=height, crop_fraction=crop, channels=channels, interpolation=interpolation
+  )

@@ -347,4 +347,14 @@ def load_model(workdir: str, step: int | None = None, *, sharding=None, use_ema:
     recipe.eval_weights(state) if use_ema else (state["params"], state["batch_stats"])
   )
   model = nnx.merge(graphdef, nnx.State(params), nnx.State(batch_stats))
-  return model, {**meta, "config": config.to_dict()}
+  return model, {**meta, **full_input(meta, config), "config": config.to_dict()}
+
+
+def full_input(meta: dict, config) -> dict:
+  """{"input": meta's input spec} ({} if it has none), with the crop and
+  filter of a checkpoint written before the spec held them: its training
+  config's, which it was trained and validated with."""
+  if "input" not in meta:
+    return {}
+  view = {"crop_fraction": config.crop_fraction, "interpolation": config.interpolation}
+  return {"input": {**view, **meta["input"]}}

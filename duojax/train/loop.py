@@ -125,6 +125,10 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
     replicated=sharding.replicated(plan.mesh),
   )
   meta = {**plan.meta, "input": inputs.as_meta()}
+  # Images cut and resized as the model's spec says (a pretrained file's own
+  # crop and filter may differ from the config's).
+  read_as = data.read_as(plan.dataset, inputs.crop_fraction, inputs.interpolation)
+  plan = dataclasses.replace(plan, dataset=read_as)
   jitted, state = _initial_state(config, plan, model, inputs)
 
   os.makedirs(workdir, exist_ok=True)
@@ -246,6 +250,7 @@ class _Trainer:
       crop_padding=config.crop_padding,
       rrc_scale=tuple(config.rrc_scale),
       rrc_ratio=tuple(config.rrc_ratio),
+      randaugment=tuple(config.randaugment),
       **self.pipeline,
     )
     pending, t_log, final_val = [], time.perf_counter(), None

@@ -84,14 +84,21 @@ def _report_init(path: str, info: dict) -> None:
 
 
 def _input_spec(config, dataset, saved_meta: dict | None, pretrained: dict | None):
-  """The model's input size and normalisation (see config.input_mean).
+  """The model's input size, normalisation (see config.input_mean), crop and filter.
 
   A resumed run keeps the one it started with; a fine-tune of a duojax
-  checkpoint (init_from, prune_from) inherits its source's.
+  checkpoint (init_from, prune_from) inherits its source's normalisation.
+  The crop and filter are a pretrained file's where the files beside it say
+  them (`data.pretrained_view`), else the config's.
   """
   size = int(dataset.image_shape[0])
   if saved_meta is not None and "input" in saved_meta:
-    return data.InputSpec.from_meta(saved_meta["input"])
+    return data.InputSpec.from_meta(
+      saved_meta["input"], crop_fraction=config.crop_fraction, interpolation=config.interpolation
+    )
+  view = {"crop_fraction": config.crop_fraction, "interpolation": config.interpolation}
+  found, beside = ({}, "") if pretrained is None else data.pretrained_view(config.init_weights)
+  view.update(found)
   if tuple(config.input_mean):
     spec = data.InputSpec(size, tuple(config.input_mean), tuple(config.input_std), "config")
   elif pretrained is not None and int(dataset.image_shape[2]) == 3:
@@ -110,6 +117,11 @@ def _input_spec(config, dataset, saved_meta: dict | None, pretrained: dict | Non
         tuple(float(v) for v in dataset.std),
         "data set",
       )
+  spec = dataclasses.replace(spec, **view)
+  try:
+    spec.check_view()  # the config's are checked: only a file's can be wrong
+  except ValueError as e:
+    raise ConfigError(f"{e} (the {beside} beside {config.init_weights!r})") from None
   try:
     spec.check(int(dataset.image_shape[2]))
   except ValueError as e:
