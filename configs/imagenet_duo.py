@@ -1,35 +1,50 @@
-"""The duo's members on ImageNet-style data, for accelerators: a pretrained
-ViT-B/16 (large) and ResNet-18 (sidekick) fine-tuned, or trained from scratch.
+"""The duo's members on ImageNet or an imported image folder, for accelerators:
+a pretrained ViT-B/16 (large) and ResNet-18 (sidekick) fine-tuned, or trained
+from scratch. Sizes fit the data set (docs/recipes.md).
 
   # Fine-tune from PyTorch-layout safetensors files (timm, torchvision, Hugging Face):
   python train.py --config configs/imagenet_duo.py:model=vit_b16,weights=vit_b16.safetensors \\
       --workdir runs/vit_b16
   python train.py --config configs/imagenet_duo.py:model=resnet18,weights=resnet18.safetensors \\
       --workdir runs/resnet18
-  # On an imported image folder (python -m duojax.import_folder ... --dataset my_set):
+  # On an imported image folder (python -m duojax.import_folder SRC --test_folder TEST
+  # --dataset my_set; both default to the data directory `data`):
   python train.py --config configs/imagenet_duo.py:model=vit_b16,weights=...,dataset=my_set,\\
 test_split=test --workdir runs/my_vit
   # From scratch (no weights=): the ViT and ResNet ImageNet recipes, 300 / 90 epochs.
 
-Data: `imagenet2012` prepared by tfds in array_record format in `data_dir`, or
-an imported folder. tfds's labelled held-out split is "validation": it is the
-test split here, and val (for temperatures and the duo's weights) is carved
-from train. Images are cut at the size the checkpoint was trained at (224
-for both; `size=` to change it, the ViT's position embeddings are resampled),
-Inception-style random-resized crops and flips for training, the centre 87.5%
-for evaluation; each model is normalised with its pretrained file's statistics
-(timm ViT 0.5/0.5, ResNets ImageNet's), kept in its checkpoints.
+Sizes: val_size, batch_size, eval_batch_size, warmup and steps are "auto"
+unless given (e.g. `batch_size=128`, `steps=2000`, `epochs=5`): the training
+loop chooses them from the data set's size and the device count
+(`duojax.train.sizing`), prints one line saying what it chose, and saves them
+with the run. On ImageNet that is this recipe's ImageNet sizes (val 10,000,
+batch 512, 20,000 fine-tune steps of 10 epochs' ~24,800, warmup 500, eval
+batch 1,024); a folder of 5,000 images gets val 500, batch 256, 10 epochs =
+170 steps, warmup 17, eval batch 512, not 20,000 steps of batch 512.
+
+Data: `imagenet2012` prepared by tfds in array_record format in `data_dir`
+(`data`, as for every config and the folder import; tfds's own default is
+`data_dir=~/tensorflow_datasets`), or an imported folder. tfds's labelled
+held-out split is "validation": it is the test split here, and val (for
+temperatures and the duo's weights) is carved from train. Images are cut at
+the size the checkpoint was trained at (224 for both; `size=` to change it,
+the ViT's position embeddings are resampled), Inception-style random-resized
+crops and flips for training, the centre 87.5% for evaluation; each model is
+normalised with its pretrained file's statistics (timm ViT 0.5/0.5, ResNets
+ImageNet's), kept in its checkpoints.
 
 The fine-tune is a transfer recipe in the spirit of big_vision's transfer
 configs and the Asymmetric Duo paper's fine-tunes: SGD with momentum 0.9, no
-weight decay, a short warmup, cosine decay, gradient clipping at 1, batch 512,
-bfloat16 compute; `probe=N` first trains the classifier head alone for N steps
-(a linear probe; with `head=fresh`, the default, for data sets whose classes
-are not ImageNet's -- `head=load` keeps an ImageNet head for imagenet2012).
+weight decay, a short warmup, cosine decay, gradient clipping at 1, batch (at
+most) 512, 10 epochs (at most 20,000 steps), bfloat16 compute; `probe=N`
+first trains the classifier head alone for N steps (a linear probe; with
+`head=fresh`, the default, for data sets whose classes are not ImageNet's --
+`head=load` keeps an ImageNet head for imagenet2012).
 """
 
 from duojax import config_lib
 
+# Each recipe's warmup_steps is the most an "auto" warm-up takes.
 _SCRATCH = {
   "vit": dict(
     optimizer="adamw",
@@ -57,6 +72,7 @@ _TRANSFER = {
     momentum=0.9,
     weight_decay=0.0,
     warmup_steps=500,
+    epochs=10.0,
     grad_clip_norm=1.0,
     label_smoothing=0.0,
   ),
@@ -66,13 +82,33 @@ _TRANSFER = {
     momentum=0.9,
     weight_decay=0.0,
     warmup_steps=500,
+    epochs=10.0,
     grad_clip_norm=1.0,
     label_smoothing=0.0,
   ),
 }
+# The sizes on ImageNet: the most an "auto" size takes (config.auto_max).
+_MOST = dict(val_size=10_000, batch_size=512, eval_batch_size=1024)
+_MOST_FINE_TUNE_STEPS = 20_000
+
+
+def _size(key: str, value: str) -> int:
+  """A size argument: "auto" (config_lib.AUTO, chosen from the data) or a positive int."""
+  if value == "auto":
+    return config_lib.AUTO
+  try:
+    number = int(value)
+  except ValueError:
+    number = 0
+  if number <= 0:
+    raise config_lib.ConfigError(
+      f"config argument {key}={value!r} must be 'auto' or a positive integer"
+    )
+  return number
 
 
 def get_config(arg=None):
+  config = config_lib.base_config()
   arg = config_lib.parse_arg(
     arg,
     model="vit_b16",
@@ -80,22 +116,24 @@ def get_config(arg=None):
     layout="auto",
     head="fresh",
     probe=0,
-    steps=20_000,
-    batch_size=512,
+    epochs=0.0,  # 0: the recipe's (10 for a fine-tune, 300 / 90 from scratch)
+    steps="auto",
+    batch_size="auto",
+    eval_batch_size="auto",
+    val_size="auto",
+    warmup="auto",
     lr=-1.0,
     size=224,
     dtype="bfloat16",
     dataset="imagenet2012",
-    data_dir="~/tensorflow_datasets",
+    data_dir=config.data_dir,
     test_split="validation",
   )
   family = "vit" if arg.model.startswith("vit") else "resnet"
-  config = config_lib.base_config()
   config.dataset = arg.dataset
   config.data_dir = arg.data_dir
   config.train_split = "train"
   config.test_split = arg.test_split
-  config.val_size = 10_000
   # Variable-size JPEGs: Inception-style crops for training, the centre
   # 87.5% of the shorter side for evaluation.
   config.augment = "rrc,flip"
@@ -103,8 +141,6 @@ def get_config(arg=None):
   config.model_name = arg.model
   config.model.dtype = arg.dtype
   config.model.image_size = arg.size
-  config.batch_size = arg.batch_size
-  config.eval_batch_size = 1024
   config.log_every = 100
   config.checkpoint_every = 2_000
   if arg.weights:
@@ -112,14 +148,26 @@ def get_config(arg=None):
     config.init_layout = arg.layout
     config.init_head = arg.head
     config.linear_probe_steps = arg.probe
-    config.total_steps = arg.steps
-    recipe = _TRANSFER[family]
+    recipe = dict(_TRANSFER[family])
+    # A fine-tune runs its epochs on a small set, and no longer than this on ImageNet.
+    config.auto_max.total_steps = _MOST_FINE_TUNE_STEPS
   else:
-    recipe = _SCRATCH[family]
+    recipe = dict(_SCRATCH[family])
     if family == "vit":
       config.model.drop_path = 0.1
+  config.auto_max.warmup_steps = recipe.pop("warmup_steps")
   for key, value in recipe.items():
     config[key] = value
+  for key, most in _MOST.items():
+    config.auto_max[key] = most
+  config.val_size = _size("val_size", arg.val_size)
+  config.batch_size = _size("batch_size", arg.batch_size)
+  config.eval_batch_size = _size("eval_batch_size", arg.eval_batch_size)
+  config.warmup_steps = _size("warmup", arg.warmup)
+  # "auto": the recipe's epochs, within auto_max.total_steps.
+  config.total_steps = -1 if arg.steps == "auto" else _size("steps", arg.steps)
+  if arg.epochs > 0:
+    config.epochs = arg.epochs
   if arg.lr > 0:
     config.lr = arg.lr
   return config

@@ -72,6 +72,10 @@ MODEL_OVERRIDE_TYPES = {
 }
 
 
+# A size left to the data: see base_config's auto_max and duojax.train.sizing.
+AUTO = -1
+
+
 def model_overrides(config: ml_collections.ConfigDict) -> dict:
   """The overrides a config sets for `get_model` (None values dropped)."""
   return {k: v for k, v in config.model.to_dict().items() if v is not None}
@@ -197,6 +201,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_devices = -1  # -1: all devices (a multi-process run needs -1)
   c.fsdp = 1  # > 1: split params and optimizer state over
   # groups of this many devices (FSDP-style)
+  # Sizes chosen from the data (duojax.train.sizing), for recipes meant for
+  # data sets of any size: AUTO (-1) in val_size, batch_size, eval_batch_size
+  # or warmup_steps is resolved once the training split's size and the device
+  # count are known, to at most its bound here; total_steps -1 (from epochs)
+  # then stops at auto_max.total_steps (0: no bound). The run saves the
+  # resolved values, so a resume and an evaluation read the same numbers.
+  c.auto_max = ml_collections.ConfigDict(
+    dict(val_size=10_000, batch_size=512, eval_batch_size=1024, warmup_steps=500, total_steps=0)
+  )
   return c
 
 
@@ -218,6 +231,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_init(config)
   _check_augment(config)
   _check_recipe(config)
+  _check_sizes(config)
 
 
 def _need(condition, message: str) -> None:
@@ -232,10 +246,6 @@ def _check_optimisation(config: ml_collections.ConfigDict) -> None:
     f"config.optimizer={config.optimizer!r}; valid: {', '.join(_OPTIMIZERS)}",
   )
   _need(config.lr > 0, f"config.lr must be > 0, got {config.lr}")
-  _need(config.batch_size > 0, f"config.batch_size must be > 0, got {config.batch_size}")
-  _need(
-    config.eval_batch_size > 0, f"config.eval_batch_size must be > 0, got {config.eval_batch_size}"
-  )
   _need(
     config.epochs > 0 or config.total_steps > 0, "config.epochs or config.total_steps must be > 0"
   )
@@ -243,7 +253,6 @@ def _check_optimisation(config: ml_collections.ConfigDict) -> None:
 
 def _check_data(config: ml_collections.ConfigDict) -> None:
   """The data set's splits and features, the host pipeline and the input statistics."""
-  _need(config.val_size > 0, f"config.val_size must be > 0, got {config.val_size}")
   for key in ("train_split", "test_split", "image_key", "label_key"):
     _need(bool(config[key]), f"config.{key} must name a tfds split or feature, got ''")
   _need(
@@ -390,10 +399,28 @@ def _check_recipe(config: ml_collections.ConfigDict) -> None:
     f"config.grad_accum_steps must be >= 1 (1: off), got {config.grad_accum_steps}",
   )
   _need(
-    config.batch_size % config.grad_accum_steps == 0,
+    config.batch_size == AUTO or config.batch_size % config.grad_accum_steps == 0,
     f"config.batch_size={config.batch_size} is not divisible by "
     f"config.grad_accum_steps={config.grad_accum_steps}",
   )
+
+
+def _check_sizes(config: ml_collections.ConfigDict) -> None:
+  """The sizes, each given or AUTO (duojax.train.sizing), and the bounds of the AUTO ones."""
+  for key in ("val_size", "batch_size", "eval_batch_size"):
+    _need(
+      config[key] > 0 or config[key] == AUTO,
+      f"config.{key} must be > 0, got {config[key]} (-1: chosen from the data)",
+    )
+  _need(
+    config.warmup_steps >= 0 or config.warmup_steps == AUTO,
+    f"config.warmup_steps must be >= 0, got {config.warmup_steps} (-1: chosen from the data)",
+  )
+  for key, bound in config.auto_max.items():
+    _need(
+      bound > 0 or (key == "total_steps" and bound == 0),
+      f"config.auto_max.{key} must be > 0, got {bound}",
+    )
 
 
 def complete_config(saved: dict) -> ml_collections.ConfigDict:

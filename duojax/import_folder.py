@@ -1,10 +1,12 @@
-"""`python -m duojax.import_folder SRC [--test_folder SRC_TEST] --dataset NAME --data_dir DIR`.
+"""`python -m duojax.import_folder SRC [--test_folder SRC_TEST] --dataset NAME [--data_dir DIR]`.
 
 Imports an image folder (one subfolder per class) as the tfds array_record
-data set NAME in DIR (`duojax.data.folder`); train on it with
-`--config.dataset=NAME --config.data_dir=DIR`. Files that do not decode are
-left out with a warning on stderr; bad input is one `error:` line and exit 1
-(2 for a bad command line), with nothing written. stdout is the one-line report.
+data set NAME in DIR (`duojax.data.folder`). DIR defaults to the training
+configs' own `data_dir` (`data`), so `configs/imagenet_duo.py:...,dataset=NAME`
+finds it; another DIR is named to training as `data_dir=DIR` (or
+`--config.data_dir=DIR`). Files that do not decode are left out with a
+warning on stderr; bad input is one `error:` line and exit 1 (2 for a bad
+command line), with nothing written. stdout is the one-line report.
 
 This entry point does not use `cli.run`: an import joins no multi-process job.
 """
@@ -14,7 +16,7 @@ import sys
 
 from absl import app, flags
 
-from duojax import cli
+from duojax import cli, config_lib
 from duojax.data import folder
 from duojax.errors import ConfigError
 
@@ -24,7 +26,10 @@ _TEST_FOLDER = flags.DEFINE_string(
 _DATASET = flags.DEFINE_string(
   "dataset", None, "Name of the tfds data set to write (lowercase snake_case)."
 )
-_DATA_DIR = flags.DEFINE_string("data_dir", "data", "tfds data_dir to write it into.")
+# The training configs' default, so that a recipe finds what was imported with no data_dir.
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir", config_lib.base_config().data_dir, "tfds data_dir to write it into."
+)
 _WORKERS = flags.DEFINE_integer(
   "workers",
   None,
@@ -33,7 +38,7 @@ _WORKERS = flags.DEFINE_integer(
 )
 flags.mark_flags_as_required(["dataset"])
 
-_USAGE = "python -m duojax.import_folder SRC --dataset NAME --data_dir DIR"
+_USAGE = "python -m duojax.import_folder SRC --dataset NAME [--data_dir DIR]"
 
 
 def main(argv: list[str]) -> None:

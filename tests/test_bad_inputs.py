@@ -426,8 +426,9 @@ def test_results_on_a_full_disk_leave_no_partial_output(tmp_path, monkeypatch, f
   "call, message",
   [
     (
-      lambda: config_lib.validate(_tiny_config("data", eval_batch_size=-1)),
-      "config.eval_batch_size must be > 0, got -1",
+      # -1 is AUTO (chosen from the data, duojax.train.sizing): -2 is the bad one.
+      lambda: config_lib.validate(_tiny_config("data", eval_batch_size=-2)),
+      "config.eval_batch_size must be > 0, got -2",
     ),
     (
       lambda: config_lib.validate(_tiny_config("data", val_size=0)),

@@ -147,7 +147,12 @@ def test_imagenet_recipe_names_the_labelled_held_out_split_and_a_crop_size():
     assert config.model.image_size == 224 and config.augment == "rrc,flip"
     if "weights" in arg:  # the transfer recipe: SGD, no decay, a fresh head
       assert config.init_weights == "w.safetensors" and config.init_head == "fresh"
-      assert config.optimizer == "sgd" and config.weight_decay == 0 and config.total_steps > 0
+      assert config.optimizer == "sgd" and config.weight_decay == 0
+    # Sizes are chosen from the data (duojax.train.sizing), within the ImageNet ones.
+    assert config.batch_size == config.val_size == config.warmup_steps == config_lib.AUTO
+    assert config.auto_max.batch_size == 512 and config.auto_max.val_size == 10_000
+    fine_tune = "weights" in arg
+    assert config.auto_max.total_steps == (20_000 if fine_tune else 0) and config.total_steps == -1
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,7 @@ from duojax.train import checkpoint, hydra_member, model_init, optim, recipe, st
 from duojax.train.model_init import HYDRA_HEADS_FILE  # noqa: F401  (read by duojax.eval)
 from duojax.train.preemption import Preempted, StopSignals
 from duojax.train.run_context import RunContext
+from duojax.train.sizing import sizes_for_run
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -85,6 +86,7 @@ def _atomic_json(path: str, obj) -> None:
 class _Plan:
   """What a config and its data imply, all checked before the workdir is touched."""
 
+  config: Any  # the run's config, its sizes chosen from the data (duojax.train.sizing)
   dataset: data.Dataset
   spec: ModelSpec
   mesh: jax.sharding.Mesh
@@ -115,6 +117,7 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
   clock = PhaseClock()
   config_lib.validate(config)
   plan, fresh = _plan(config, workdir, require_resume)
+  config = plan.config  # what the run trains with and saves
   model, inputs = model_init.init_model(
     config,
     workdir,
@@ -148,16 +151,13 @@ def train_and_evaluate(config, workdir: str, *, require_resume: bool = False) ->
 
 def _plan(config, workdir: str, require_resume: bool):
   """(the run's `_Plan`, the model of its spec freshly built); reads but never writes."""
+  mesh = sharding.make_mesh(config.num_devices, config.fsdp)
+  # Sizes left to the data (AUTO) chosen, and every size checked, knowing the devices.
+  devices, first = sharding.num_batch_shards(mesh), jax.process_index() == 0
+  config, _ = sizes_for_run(config, devices, verbose=first)
   dataset = data.load_dataset_of(config)
   spec = _model_spec(config, dataset)
   fresh = spec.build(seed=config.seed)  # fails here if the data's images do not fit the model
-  mesh = sharding.make_mesh(config.num_devices, config.fsdp)
-  for key in ("batch_size", "eval_batch_size"):
-    if config[key] % sharding.num_batch_shards(mesh):
-      raise ConfigError(
-        f"config.{key}={config[key]} is not divisible by the {mesh.size} devices "
-        f"(mesh {dict(mesh.shape)})"
-      )
   recipe.check_batch_size(config.batch_size, config.grad_accum_steps, mesh.size)
   num_steps = optim.total_steps(config, len(dataset.train.indices))
   steps_per_epoch = max(1, data.steps_per_epoch(len(dataset.train), config.batch_size))
@@ -165,7 +165,7 @@ def _plan(config, workdir: str, require_resume: bool):
   existing, saved_meta = _existing_checkpoint(workdir, meta)
   if require_resume and existing is None:
     raise CheckpointError(f"--resume was given but workdir {workdir!r} holds no checkpoint")
-  plan = _Plan(dataset, spec, mesh, num_steps, steps_per_epoch, meta, saved_meta)
+  plan = _Plan(config, dataset, spec, mesh, num_steps, steps_per_epoch, meta, saved_meta)
   return plan, fresh
 
 
