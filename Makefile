@@ -14,7 +14,7 @@ RUNS ?= runs/demo
 GATEKEEPER_ALPHAS ?= 0.1 0.3 0.5 0.7 0.9
 HYDRA_MEMBERS ?= 2
 
-.PHONY: install install-dev data demo lint format test test-fast bench device-kit clean-demo
+.PHONY: install install-dev check-accel-deps data demo lint format test test-fast bench device-kit clean-demo
 
 $(CORE_STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,9 +27,77 @@ $(DEV_STAMP): $(CORE_STAMP)
 	$(PIP) -e '.[test,torch]'
 	touch $@
 
-install: $(CORE_STAMP)
+# GPUs and TPUs: `make install ACCEL=cuda13` (an NVIDIA driver >= 580), `ACCEL=cuda12`
+# (older drivers, >= 525) or `ACCEL=tpu` (a Cloud TPU VM) adds JAX's packages for it, the
+# pyproject extra of that name with the NVIDIA libraries as wheels (no system CUDA), pinned
+# in constraints.txt, on top of the core; `make install-dev ACCEL=...` likewise. Each has
+# its own stamp, and installing one first removes the other extras' JAX plugins (two would
+# both claim the GPU), so switching ACCEL reinstalls. Without ACCEL nothing changes: JAX
+# runs on the CPU, and train.py/evaluate.py warn in one line if a GPU or TPU is visible.
+ACCELS := cuda12 cuda13 tpu
+ACCEL ?=
+ifneq ($(ACCEL),)
+ifneq ($(words $(ACCEL))$(filter $(ACCELS),$(ACCEL)),1$(ACCEL))
+$(error ACCEL=$(ACCEL): one of $(ACCELS), or none for the CPU)
+endif
+endif
+ACCEL_PLUGINS_cuda12 := jax-cuda12-plugin jax-cuda12-pjrt
+ACCEL_PLUGINS_cuda13 := jax-cuda13-plugin jax-cuda13-pjrt
+ACCEL_PLUGINS_tpu := libtpu
+ACCEL_STAMP := $(if $(ACCEL),$(VENV)/.installed-accel-$(ACCEL))
 
-install-dev: $(DEV_STAMP)
+$(VENV)/.installed-accel-%: $(CORE_STAMP)
+	rm -f $(VENV)/.installed-accel-*
+	$(PY) -m pip uninstall --yes --quiet --quiet $(foreach a,$(filter-out $*,$(ACCELS)),$(ACCEL_PLUGINS_$(a)))
+	$(PIP) -e '.[$*]'
+	touch $@
+
+install: $(CORE_STAMP) $(ACCEL_STAMP)
+
+install-dev: $(DEV_STAMP) $(ACCEL_STAMP)
+
+# Whether pip can still install each accelerator extra at the pinned versions (wheels come
+# and go on the index): it resolves `-e .[EXTRA]` against constraints.txt from scratch
+# (--dry-run --ignore-installed: nothing is installed, and only metadata is downloaded where
+# the index serves it), then `.[EXTRA,test,torch]` (what `make install-dev ACCEL=EXTRA`
+# installs: torch brings CUDA wheels of its own), one line each: resolved, or the conflict.
+# It asks the package index, so it is not part of `make test`. ACCEL_CHECK_PIP_ARGS=--isolated
+# ignores this machine's pip configuration (local wheel folders) to resolve as a fresh one does.
+ACCEL_CHECK_PIP_ARGS ?=
+COMMA := ,
+# The line for one resolution, from pip's JSON report: JAX's packages as resolved, how many
+# NVIDIA wheels, and what constraints.txt leaves unpinned.
+define ACCEL_SUMMARY
+import json, re, sys
+extras, report, constraints = sys.argv[1:]
+norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+pinned = {norm(l.split("==")[0]) for l in open(constraints) if "==" in l and l[0] != "#"}
+got = {norm(p["metadata"]["name"]): p["metadata"]["version"] for p in json.load(open(report))["install"]}
+jax = [f"{n} {v}" for n, v in sorted(got.items()) if re.match(r"jax(lib)?$$|jax-cuda|libtpu", n)]
+nvidia = sum(n.startswith("nvidia-") for n in got)
+loose = sorted(n for n in got if n not in pinned and n != "duojax")
+line = f"{extras}: resolved, {len(got)} packages: {', '.join(jax)}"
+line += f" + {nvidia} nvidia-* wheels" if nvidia else ""
+line += f"; not pinned in constraints.txt: {', '.join(loose)}" if loose else "; all pinned in constraints.txt"
+print(line)
+endef
+export ACCEL_SUMMARY
+check-accel-deps:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; status=0; \
+	for extras in $(ACCELS) $(addsuffix $(COMMA)test$(COMMA)torch,$(ACCELS)); do \
+	  if $(PY) -m pip install $(ACCEL_CHECK_PIP_ARGS) --dry-run --disable-pip-version-check \
+	      --ignore-installed --report "$$tmp/report.json" -c constraints.txt -e ".[$$extras]" \
+	      >"$$tmp/log" 2>&1; then \
+	    $(PY) -c "$$ACCEL_SUMMARY" "$$extras" "$$tmp/report.json" constraints.txt; \
+	  else \
+	    why=$$(sed -n '/conflict is caused by/,/^To fix/{/conflict is caused by/d;/^To fix/d;/^ *$$/d;p;}' \
+	      "$$tmp/log" | sed 's/^ *//' | paste -sd '|' - | sed 's/|/ | /g'); \
+	    [ -n "$$why" ] || why=$$(grep '^ERROR' "$$tmp/log" | head -n 2 | paste -sd ' ' -); \
+	    echo "$$extras: conflict: $$why" | cut -c1-500; \
+	    status=1; \
+	  fi; \
+	done; exit $$status
 
 data: $(CORE_STAMP)
 	$(PY) -m duojax.data $(DATA_DIR)

@@ -2,7 +2,9 @@
 
 A user error (a class of `duojax.errors.USER_ERRORS`) is one `error:` line on
 stderr and exit 1 (2 for a bad command line). Anything else is a bug: its
-traceback stays, followed by `BUG_LINE`, and the exit status is 1.
+traceback stays, followed by `BUG_LINE`, and the exit status is 1. Before
+the work starts, a GPU or TPU that JAX leaves unused gets one `warning:` line
+(`duojax.parallel.accelerator`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import warnings
 from absl import app, flags
 
 from duojax.errors import USER_ERRORS, FileError
-from duojax.parallel import distributed
+from duojax.parallel import accelerator, distributed
 
 # Multi-process settings shared by train.py and evaluate.py (duojax.distributed).
 _DISTRIBUTED = flags.DEFINE_enum(
@@ -102,10 +104,24 @@ def quiet_libraries() -> None:
   """Keeps library chatter (orbax, absl INFO logs) out of the CLI output."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.getLogger("absl").setLevel(logging.WARNING)
-  for name in ("orbax", "orbax.checkpoint", "jax._src.xla_bridge", "jax._src.distributed"):
+  for name in ("orbax", "orbax.checkpoint", "jax._src.distributed"):
     logging.getLogger(name).setLevel(logging.ERROR)
+  # JAX's backend set-up keeps one warning: a CUDA plugin that is installed but
+  # failed to start, after which JAX runs on the CPU (`accelerator.check_backend`
+  # covers the case of no plugin at all, and says it in one line of its own).
+  bridge = logging.getLogger("jax._src.xla_bridge")
+  bridge.setLevel(logging.WARNING)
+  if not any(isinstance(f, _OnlyFailedBackends) for f in bridge.filters):
+    bridge.addFilter(_OnlyFailedBackends())
   warnings.filterwarnings("ignore", message=".*jaxopt.*", category=DeprecationWarning)
   sys.unraisablehook = _without_damaged_restore_leftovers(sys.unraisablehook)
+
+
+class _OnlyFailedBackends(logging.Filter):
+  """Errors, and the warning of a backend that failed to start; nothing else."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or "backend failed to initialize" in record.getMessage()
 
 
 def _without_damaged_restore_leftovers(hook):
@@ -157,6 +173,9 @@ def run(main) -> None:
         _LOCAL_DEVICES.value,
       )
     )
+    # After joining (which must come before any backend starts) and before the
+    # work: a GPU or TPU left unused is worth knowing before hours on the CPU.
+    accelerator.check_backend()
     main(argv)
 
   def wrapped(argv):

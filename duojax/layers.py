@@ -48,7 +48,8 @@ ROWS = (
     1,
     ("parallel/",),
     '`sharding` (the `("data", "fsdp")` mesh, batch/replicated/FSDP shardings), `distributed` '
-    "(joining multi-process jobs)",
+    "(joining multi-process jobs), `accelerator` (the start-up warning when JAX runs on the CPU "
+    "of a machine with a GPU or TPU, and the install that fixes it)",
   ),
   Row(
     2,

@@ -30,6 +30,7 @@ from duojax import files
 from duojax.demo import pages, runner, timings
 from duojax.demo.plan import demo_runs
 from duojax.errors import ConfigError
+from duojax.parallel import accelerator
 
 _RUNS = flags.DEFINE_string("runs", "runs/demo", "Folder for the workdirs and results.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data", "Where the embedded data are prepared.")
@@ -112,6 +113,8 @@ def main(argv: list[str]) -> None:
     if "=" not in kv:
       sys.exit(f"error: override {kv!r} is not KEY=VALUE")
   cache = os.path.join(runs, ".jax_cache") if _CACHE.value is None else _CACHE.value
+  # Once here, from files and the installed packages: this process imports no JAX.
+  accelerator.check_backend()
   t0 = time.perf_counter()
   # JAX runs in child processes only: this one starts the trainings with a
   # CPU affinity set between fork and exec, which is safe only in a process
