@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import tomllib
+import types
 
 import pytest
 from packaging.requirements import Requirement
@@ -202,6 +203,25 @@ def test_the_backend_is_found_without_starting_one(monkeypatch, started, plugin,
   assert accelerator.jax_backend(seen, env) == expected
 
 
+def test_by_default_the_process_environment_and_jax_config_tell_the_choice(monkeypatch):
+  def jax_with_platforms(value):
+    # Only what is read of it: the config the program (or JAX_PLATFORMS at import) set.
+    return types.SimpleNamespace(config=types.SimpleNamespace(jax_platforms=value))
+
+  monkeypatch.setattr(accelerator, "_started_backend", lambda: None)
+  monkeypatch.setattr(accelerator, "plugin_installed", lambda kind: False)
+  monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+  seen = accelerator.Accelerator("tpu", "a Cloud TPU", "/dev/vfio/0", "tpu")
+  monkeypatch.setitem(sys.modules, "jax", jax_with_platforms(None))
+  assert accelerator.jax_backend(seen) == "cpu"
+  monkeypatch.setitem(sys.modules, "jax", jax_with_platforms("cpu"))
+  assert accelerator.jax_backend(seen) is None
+  monkeypatch.delitem(sys.modules, "jax")
+  assert accelerator.jax_backend(seen) == "cpu"
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  assert accelerator.jax_backend(seen) is None
+
+
 @pytest.mark.slow
 def test_the_check_starts_no_backend_and_runs_before_the_cli_main(tmp_path):
   """In a fresh process (this one has started its backends long ago): the check
@@ -215,7 +235,7 @@ from jax._src import xla_bridge
 from duojax import cli
 from duojax.parallel import accelerator, distributed
 
-line = accelerator.check_backend(root={str(tmp_path)!r}, env={{}})
+line = accelerator.check_backend(root={str(tmp_path)!r})
 print("warned" if line else "silent", xla_bridge.backends_are_initialized())
 order = []
 distributed.initialize = lambda settings: order.append("join")

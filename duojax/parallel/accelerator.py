@@ -152,7 +152,7 @@ def jax_backend(seen: Accelerator, env: Mapping[str, str] | None = None) -> str 
   platforms (JAX_PLATFORMS)."""
   if env is None:  # the process's own: JAX may have read it already, or been told in code
     jax = sys.modules.get("jax")
-    chosen = os.environ.get("JAX_PLATFORMS") or (jax.config.jax_platforms.value if jax else None)
+    chosen = os.environ.get("JAX_PLATFORMS") or (jax.config.jax_platforms if jax else None)
   else:
     chosen = env.get("JAX_PLATFORMS")
   if chosen:
