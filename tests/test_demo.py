@@ -23,7 +23,9 @@ TRAIN = (
 EVAL = ("batch_size=100", "bootstrap=20", "shift_max_images=50", "mc_dropout_samples=2")
 
 
-MARKED = "<!-- results:start (written by `make demo`; do not edit by hand) -->\n<!-- results:end -->\n"
+MARKED = (
+  "<!-- results:start (written by `make demo`; do not edit by hand) -->\n<!-- results:end -->\n"
+)
 
 
 def _demo(tmp_path, data_dir, readme, *extra):
