@@ -235,3 +235,15 @@ def make_image_folder(root, classes=("cat", "dog", "fish"), per_class=10, seed=0
     empty.write_bytes(b"")
     bad_files = [truncated, empty]
   return {"root": root, "classes": classes, "good": good, "bad": bad_files, "special": special}
+
+
+def spread_head_model(name, classes, seed, **overrides):
+  """A model whose head is far from its small initial one, so its logits tell rows apart."""
+  from duojax import models
+
+  model = models.get_model(name, classes, rngs=seed, **overrides)
+  kernel = model.head.kernel[...]
+  model.head.kernel[...] = (
+    3 * np.random.default_rng(seed).normal(size=kernel.shape) / (kernel.shape[0] ** 0.5)
+  )
+  return model

@@ -11,10 +11,10 @@ import types
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import make_image_folder, tiny_train_config
+from helpers import make_image_folder, spread_head_model, tiny_train_config
 from PIL import Image
 
-from duojax import config_lib, data, eval_config_lib, models
+from duojax import config_lib, data, eval_config_lib
 from duojax.convert import export_pretrained
 from duojax.data import folder, preprocess
 from duojax.data import images as images_lib
@@ -252,15 +252,6 @@ def test_the_host_reads_the_widest_crop_at_a_side_no_member_enlarges():
   )
 
 
-def _model(name, classes, seed, **overrides):
-  model = models.get_model(name, classes, rngs=seed, **overrides)
-  kernel = model.head.kernel[...]
-  model.head.kernel[...] = (
-    3 * np.random.default_rng(seed).normal(size=kernel.shape) / (kernel.shape[0] ** 0.5)
-  )
-  return model
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("input_view")
@@ -275,12 +266,12 @@ def setup(tmp_path_factory):
   )
   os.makedirs(root / "vit")
   export_pretrained(
-    _model("vit_mu4", 3, 1, image_size=16), str(root / "vit" / "w.safetensors"), "timm"
+    spread_head_model("vit_mu4", 3, 1, image_size=16), str(root / "vit" / "w.safetensors"), "timm"
   )
   (root / "vit" / "config.json").write_text(
     json.dumps({"pretrained_cfg": {"crop_pct": 0.75, "interpolation": "bicubic"}})
   )
-  export_pretrained(_model("resnet8", 3, 2), str(root / "rn.safetensors"), "torchvision")
+  export_pretrained(spread_head_model("resnet8", 3, 2), str(root / "rn.safetensors"), "torchvision")
   return root
 
 
@@ -322,8 +313,8 @@ def test_each_member_is_evaluated_on_its_own_crop_and_filter(setup, monkeypatch)
   )
   rn = data.InputSpec(24, preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD)
   for name, model, spec in (
-    ("large", _model("vit_mu4", 3, 1, image_size=16), vit),
-    ("sidekick", _model("resnet8", 3, 2), rn),
+    ("large", spread_head_model("vit_mu4", 3, 1, image_size=16), vit),
+    ("sidekick", spread_head_model("resnet8", 3, 2), rn),
   ):
     alone = model(data.prepare(jnp.asarray(images), spec, source_crop=0.875))[0]
     np.testing.assert_allclose(banks[0].member("test", name), alone, atol=1e-5, err_msg=name)
@@ -346,8 +337,9 @@ def _strip_view(workdir):
         json.dump(meta, f)
 
 
-def test_a_checkpoint_written_before_the_crop_was_in_its_spec_loads_as_before(setup, tmp_path):
-  config = tiny_train_config(
+def _view_config(setup, **overrides):
+  """A two-step run on the imported folder, random-resized crops at 16 px."""
+  return tiny_train_config(
     setup / "tfds",
     dataset="view_folder",
     val_size=6,
@@ -356,9 +348,13 @@ def test_a_checkpoint_written_before_the_crop_was_in_its_spec_loads_as_before(se
     total_steps=2,
     checkpoint_every=2,
     augment="rrc,flip",
-    crop_fraction=0.8,
     data_workers=0,
+    **overrides,
   )
+
+
+def test_a_checkpoint_written_before_the_crop_was_in_its_spec_loads_as_before(setup, tmp_path):
+  config = _view_config(setup, crop_fraction=0.8)
   config.model.image_size = 16
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(config, workdir)
@@ -380,24 +376,16 @@ def test_a_checkpoint_written_before_the_crop_was_in_its_spec_loads_as_before(se
 def test_a_fine_tune_reads_its_images_as_its_pretrained_file_says(setup, tmp_path, monkeypatch):
   os.makedirs(tmp_path / "rn")
   weights = str(tmp_path / "rn" / "w.safetensors")
-  export_pretrained(_model("resnet8", 3, 5, width=4), weights, "torchvision")
+  export_pretrained(spread_head_model("resnet8", 3, 5, width=4), weights, "torchvision")
   (tmp_path / "rn" / "config.json").write_text(
     json.dumps({"pretrained_cfg": {"crop_pct": 0.95, "interpolation": "bicubic"}})
   )
   read = []
   read_as = data.read_as
   monkeypatch.setattr(data, "read_as", lambda *a: read.append(read_as(*a)) or read[-1])
-  config = tiny_train_config(
-    setup / "tfds",
-    dataset="view_folder",
-    val_size=6,
-    batch_size=6,
-    eval_batch_size=6,
-    total_steps=2,
-    checkpoint_every=2,
-    augment="rrc,flip",
+  config = _view_config(
+    setup,
     init_weights=weights,
-    data_workers=0,
   )
   config.model.image_size = 16
   loop.train_and_evaluate(config, str(tmp_path / "run"))

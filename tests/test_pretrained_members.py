@@ -11,25 +11,21 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_one_line_error, make_image_folder, run_script, tiny_train_config
+from helpers import (
+  assert_one_line_error,
+  make_image_folder,
+  run_script,
+  spread_head_model,
+  tiny_train_config,
+)
 
-from duojax import config_lib, data, eval_config_lib, models
+from duojax import config_lib, data, eval_config_lib
 from duojax.convert import export_pretrained
 from duojax.data import folder, preprocess
 from duojax.eval import member_specs, pipeline
 from duojax.eval import pretrained_members as pm
 
 CROP = config_lib.base_config().crop_fraction
-
-
-def _model(name, classes, seed, **overrides):
-  """A model whose head is far from its small initial one, so its logits tell rows apart."""
-  model = models.get_model(name, classes, rngs=seed, **overrides)
-  kernel = model.head.kernel[...]
-  model.head.kernel[...] = (
-    3 * np.random.default_rng(seed).normal(size=kernel.shape) / (kernel.shape[0] ** 0.5)
-  )
-  return model
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +41,15 @@ def setup(tmp_path_factory):
     test_folder=root / "test",
     workers=1,
   )
-  export_pretrained(_model("vit_mu4", 3, 1, image_size=16), str(root / "vit.safetensors"), "timm")
-  export_pretrained(_model("resnet8", 3, 2), str(root / "rn.safetensors"), "torchvision")
-  export_pretrained(_model("vit_mu4", 5, 3, image_size=16), str(root / "vit5.safetensors"), "timm")
   export_pretrained(
-    _model("resnet8", 3, 4, in_channels=1), str(root / "gray.safetensors"), "torchvision"
+    spread_head_model("vit_mu4", 3, 1, image_size=16), str(root / "vit.safetensors"), "timm"
+  )
+  export_pretrained(spread_head_model("resnet8", 3, 2), str(root / "rn.safetensors"), "torchvision")
+  export_pretrained(
+    spread_head_model("vit_mu4", 5, 3, image_size=16), str(root / "vit5.safetensors"), "timm"
+  )
+  export_pretrained(
+    spread_head_model("resnet8", 3, 4, in_channels=1), str(root / "gray.safetensors"), "torchvision"
   )
   (root / "notes.safetensors").write_text("not a weights file")
   return root
@@ -182,12 +182,12 @@ def test_each_members_logits_are_its_model_alone_on_its_own_preprocessing(setup,
   for name, model, spec in (
     (
       "large",
-      _model("vit_mu4", 3, 1, image_size=16),
+      spread_head_model("vit_mu4", 3, 1, image_size=16),
       data.InputSpec(16, preprocess.HALF, preprocess.HALF),
     ),
     (
       "sidekick",
-      _model("resnet8", 3, 2),
+      spread_head_model("resnet8", 3, 2),
       data.InputSpec(24, preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD),
     ),
   ):
@@ -255,7 +255,7 @@ def test_evaluate_py_on_two_pretrained_files_and_no_workdir(setup, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_pretrained_sidekick_beside_a_trained_large_model(setup, tmp_path):
+def test_a_pretrained_sidekick_beside_a_trained_largespread_head_model(setup, tmp_path):
   from duojax.train import loop  # noqa: PLC0415
 
   train = tiny_train_config(
