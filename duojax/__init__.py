@@ -9,7 +9,8 @@ The Python API for a duo of models you already have (`duojax.api`):
 `fit_mahalanobis`, `mahalanobis_score`, resolved on first use
 so that `import duojax` stays light. Conformal prediction sets are
 `duojax.conformal` (`calibrate`, `ConformalPredictor`, `coverage`, `set_sizes`),
-also imported on first use.
+also imported on first use. `load_bundle` reads a fitted duo written as a
+folder (`duojax.bundle`).
 
 `from duojax import duo, temperature, metrics` keeps working: those modules
 moved into `duojax.core` and are resolved here on first use.
@@ -49,12 +50,17 @@ _API = (
 # works without `import duojax.conformal`.
 _SUBMODULES = ("conformal",)
 
+# Bundles (`duojax.bundle`): a fitted duo as a folder that runs on new images.
+_BUNDLE = ("load_bundle",)
+
 
 def __getattr__(name):
   if name in _SUBMODULES:
     return importlib.import_module(f"duojax.{name}")
   if name in _API:
     return getattr(importlib.import_module("duojax.api"), name)
+  if name in _BUNDLE:
+    return getattr(importlib.import_module("duojax.bundle"), name)
   if name in _MOVED:
     return importlib.import_module(_MOVED[name])
   raise AttributeError(f"module 'duojax' has no attribute {name!r}")

@@ -116,6 +116,14 @@ ROWS = (
     "progress bar; `preemption`), `checkpoint`, `hydra_member` (a run started from a pruned ViT)",
   ),
   Row(
+    4,
+    ("bundle/",),
+    "a fitted duo as one folder that runs on new images: `format` (manifest, member "
+    "safetensors, duo weights, validation confidences; `write_bundle`), `exported` (the fused "
+    "duo as `jax.export` programs, weights as arguments), `loaded` (`load_bundle`), `threshold` "
+    "(the default abstention threshold), `serve` (the exported program with jax alone)",
+  ),
+  Row(
     5,
     ("eval/",),
     "`schema` (the evaluation config: core keys plus each section's own), `member_specs` "

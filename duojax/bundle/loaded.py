@@ -1,0 +1,131 @@
+"""A bundle read back into duojax: its members rebuilt, the fused duo on new images.
+
+`Bundle.predict` runs the library's own path (`make_fused_forward` and the
+duo's weights), so it needs duojax; `duojax.bundle.serve` runs the bundle's
+exported program instead, with jax and numpy alone. The two agree to float32
+rounding (a test checks it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+
+from duojax import api
+from duojax.bundle import format as bundle_format
+from duojax.bundle.exported import member_arrays
+from duojax.core import duo as duo_lib
+from duojax.data.preprocess import InputSpec, prepare
+from duojax.errors import FileError, InputError
+from duojax.models.spec import ModelSpec
+
+
+@dataclasses.dataclass
+class Bundle:
+  """A loaded bundle. `threshold` may be changed (e.g. from `validation`)."""
+
+  path: str
+  manifest: dict
+  models: list
+  inputs: list
+  duo: api.Duo
+  threshold: float
+  validation: tuple[np.ndarray, np.ndarray]
+
+  @property
+  def class_names(self) -> list[str]:
+    return list(self.manifest["class_names"])
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    """(S, S, C): the batch's side and channels (the widest member's crop, resized)."""
+    geometry = self.manifest["input"]
+    return int(geometry["image_size"]), int(geometry["image_size"]), int(geometry["channels"])
+
+  @functools.cached_property
+  def _forward(self):
+    graphdefs, states = duo_lib.split_members(self.models)
+    crop = float(self.manifest["input"]["crop_fraction"])
+    preprocess = [functools.partial(prepare, spec=s, source_crop=crop) for s in self.inputs]
+    return duo_lib.make_fused_forward(graphdefs, preprocess=preprocess), states
+
+  def predict(self, images) -> dict[str, np.ndarray]:
+    """The duo on uint8 images [B, S, S, C] (`image_shape`): class_index [B],
+    probabilities [B, C], confidence [B], abstain [B] (confidence < threshold),
+    disagree [B] (the large model's class is not its first sidekick's)."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != self.image_shape:
+      raise InputError(
+        f"images must be uint8 [B, {', '.join(map(str, self.image_shape))}], got "
+        f"{images.dtype} {list(images.shape)}"
+      )
+    forward, states = self._forward
+    stack = np.asarray(forward(states, images))  # [m, B, C]
+    probabilities = self.duo.probabilities(stack)
+    confidence = probabilities.max(-1)
+    classes = stack.argmax(-1)
+    return {
+      "class_index": probabilities.argmax(-1),
+      "probabilities": probabilities,
+      "confidence": confidence,
+      "abstain": confidence < np.float32(self.threshold),
+      "disagree": classes[0] != classes[min(1, len(classes) - 1)],
+    }
+
+
+def load_bundle(path) -> Bundle:
+  """The bundle folder `path`; a damaged or foreign one is a one-line FileError."""
+  path = os.fspath(path)
+  manifest = bundle_format.read_manifest(path)
+  duo = _read_duo(path, manifest)
+  if len(duo.weights) != len(manifest["members"]):
+    raise FileError(
+      f"bundle {path!r}: {len(duo.weights)} duo weights for {len(manifest['members'])} members"
+    )
+  models, inputs = [], []
+  for i, entry in enumerate(manifest["members"]):
+    spec = ModelSpec.from_meta(entry["model"])
+    if spec.num_classes != len(manifest["class_names"]):
+      raise FileError(f"bundle {path!r}: member {i} does not predict the bundle's classes")
+    try:
+      model = spec.build()
+    except Exception as e:  # a model this duojax does not have, options it refuses
+      raise FileError(f"bundle {path!r}: member {i} cannot be built ({e})") from None
+    _set_weights(path, i, model, bundle_format.read_member(path, manifest, i))
+    models.append(model)
+    inputs.append(InputSpec.from_meta(entry["input"]))
+  validation = bundle_format.read_validation(path, manifest)
+  return Bundle(path, manifest, models, inputs, duo, float(manifest["threshold"]), validation)
+
+
+def _read_duo(path: str, manifest: dict) -> api.Duo:
+  try:
+    return api.load_duo(os.path.join(path, manifest["duo"]))
+  except FileError as e:
+    raise FileError(f"bundle {path!r}: {e}") from None
+
+
+def _set_weights(path: str, i: int, model: nnx.Module, arrays: dict) -> None:
+  """Puts the file's arrays into `model`, every name and shape checked first."""
+  names, current = member_arrays(model)
+  if sorted(names) != sorted(arrays):
+    missing = sorted(set(names) - set(arrays))[:3]
+    extra = sorted(set(arrays) - set(names))[:3]
+    raise FileError(
+      f"bundle {path!r}: member {i}'s arrays do not fit (missing {missing}, extra {extra})"
+    )
+  for name, have in zip(names, current):
+    if arrays[name].shape != have.shape:
+      raise FileError(
+        f"bundle {path!r}: member {i}'s {name} has shape {list(arrays[name].shape)}, "
+        f"the model's {list(have.shape)}"
+      )
+  _, state, _ = nnx.split(model, (nnx.Param, nnx.BatchStat), ...)
+  leaves, treedef = jax.tree.flatten(state)
+  new = [jax.numpy.asarray(arrays[n], dtype=leaf.dtype) for n, leaf in zip(names, leaves)]
+  nnx.update(model, jax.tree.unflatten(treedef, new))
