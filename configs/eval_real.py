@@ -13,8 +13,8 @@ subset), "folder:PATH" (every image file below PATH), "mnist" or "" (none).
 The shifts are the demo's four corruptions at five severities, scaled to the
 images' resolution, on a seeded subset of `shift_images` test images. The
 sections are the demo's: every method, the paired bootstrap against the
-temperature-scaled large model, the cascades, the choice of sidekick and the
-conformal prediction sets. Results (results.json, results.md and the plots) go
+temperature-scaled large model, the cascades, the choice of sidekick, the
+conformal prediction sets and abstention with a guaranteed risk. Results (results.json, results.md and the plots) go
 to `output`, by default the large model's workdir with `_duo_results` added
 (runs/vit_b16 -> runs/vit_b16_duo_results).
 """
@@ -41,7 +41,7 @@ def get_config(arg=None):
   c.large = arg.large
   c.sidekick = arg.sidekick
   c.ensemble = arg.ensemble.replace(" ", ",")
-  c.sections = "methods,paired,cascade,sidekicks,conformal"
+  c.sections = "methods,paired,cascade,sidekicks,conformal,abstention"
   c.cascade = bool(arg.sidekick)
   c.mc_dropout_samples = arg.mc_dropout
   c.ood = arg.ood

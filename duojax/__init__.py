@@ -6,7 +6,8 @@ the layers below it. The layers are listed, bottom up, in `duojax.layers`
 
 The Python API for a duo of models you already have (`duojax.api`):
 `fit_duo`, `load_duo`, `Duo`, `score`, `score_ood`, `fused_forward`,
-`fit_mahalanobis`, `mahalanobis_score`, resolved on first use
+`fit_mahalanobis`, `mahalanobis_score`, `guaranteed_threshold` (a confidence
+threshold with a guaranteed selective risk) and its `Selection`, resolved on first use
 so that `import duojax` stays light. Conformal prediction sets are
 `duojax.conformal` (`calibrate`, `ConformalPredictor`, `coverage`, `set_sizes`),
 also imported on first use. `load_bundle` reads a fitted duo written as a
@@ -43,6 +44,8 @@ _API = (
   "fused_forward",
   "fit_mahalanobis",
   "mahalanobis_score",
+  "guaranteed_threshold",
+  "Selection",
 )
 
 

@@ -9,6 +9,8 @@
     detector = duojax.fit_mahalanobis(train_features, train_labels)
     duojax.score_ood(duojax.mahalanobis_score(detector, test_features),
                      duojax.mahalanobis_score(detector, ood_features))
+    selection = duojax.guaranteed_threshold(duo.confidence(val), val_correct, risk=0.02)
+    accept = duo.confidence(test) >= selection.threshold  # risk ≤ 2% w.p. ≥ 95%
 
 A thin layer over `duojax.core` (`temperature.fit_temperatures` for the joint
 fit, `duo` for the combination, `metrics` for the scores): every function
@@ -35,11 +37,25 @@ import numpy as np
 from duojax import files
 from duojax.core import duo as duo_lib
 from duojax.core import mahalanobis, metrics, temperature
+from duojax.core.selective import Selection, guaranteed_threshold
 from duojax.errors import ConfigError, FileError, InputError
 
 FORMAT = "duojax.duo"
 VERSION = 1
 SCORES = ("max_prob", "large_prediction")
+# Re-exported: abstention with a guaranteed selective risk (`duojax.core.selective`).
+__all__ = [
+  "Duo",
+  "Selection",
+  "fit_duo",
+  "fused_forward",
+  "fit_mahalanobis",
+  "guaranteed_threshold",
+  "load_duo",
+  "mahalanobis_score",
+  "score",
+  "score_ood",
+]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,7 +58,8 @@ ROWS = (
     "joint fit; its input checks in `temperature_inputs`), `solvers` (L-BFGS), `metrics` (with "
     "`ranking`: ranks with ties), `losses` (cross-entropy, Gatekeeper), `soups`, `conformal` "
     "(split conformal prediction sets: LAC, APS, RAPS), `mahalanobis` (the feature OOD score: "
-    "class means, tied covariance), `mixing` (Mixup and CutMix of a batch with itself flipped)",
+    "class means, tied covariance), `mixing` (Mixup and CutMix of a batch with itself flipped), "
+    "`selective` (a confidence threshold with a guaranteed selective risk: SGR)",
   ),
   Row(
     2,
@@ -82,7 +83,8 @@ ROWS = (
     3,
     ("api.py",),
     "the Python API for a duo of models you already have: `fit_duo`, `load_duo`, `Duo`, "
-    "`score`, `score_ood`, `fused_forward`, `fit_mahalanobis`, `mahalanobis_score` (also as "
+    "`score`, `score_ood`, `fused_forward`, `fit_mahalanobis`, `mahalanobis_score`, "
+    "`guaranteed_threshold` (also as "
     "`duojax.fit_duo`, …)",
   ),
   Row(
@@ -131,7 +133,8 @@ ROWS = (
     "via `logits_files`) → `members` (one `Member` of any kind), `data_spec` (the data set they "
     "read) → `bank` (every member's logits on every split, once) → `methods` (post-hoc methods "
     "as data), `feature_ood` (the large model's Mahalanobis score, fit on training rows) → "
-    "`sections/` (`methods`, `paired`, `sidekicks`, `conformal`, `cascade`, `hydra`: each "
+    "`sections/` (`methods`, `paired`, `sidekicks`, `conformal`, `abstention`, `cascade`, "
+    "`hydra`: each "
     "declares its keys, checks and members, `build(inputs, results) → dict` and "
     "`markdown(dict) → lines`) → `render`, `outputs`, `plots`; `pipeline.run(config)` ties them "
     "together",

@@ -77,6 +77,9 @@ def test_an_unknown_eval_key_is_a_one_line_error():
     ({"conformal_alphas": "0.1,1.5"}, "config.conformal_alphas must be numbers in (0, 1)"),
     ({"conformal_alphas": "x"}, "config.conformal_alphas must be numbers in (0, 1)"),
     ({"conformal_methods": "lac,cqr"}, "config.conformal_methods='lac,cqr'; valid"),
+    ({"abstention_risks": "0.01,2"}, "config.abstention_risks must be numbers in (0, 1)"),
+    ({"abstention_risks": "x"}, "config.abstention_risks must be numbers in (0, 1)"),
+    ({"abstention_delta": 0.0}, "config.abstention_delta must be a number in (0, 1)"),
     ({"sidekick_budget": -1.0}, "config.sidekick_budget must be >= 0"),
     ({"sidekicks": "runs/s2"}, "config.sidekicks / config.sidekick_pool need config.sidekick"),
   ],
@@ -90,14 +93,15 @@ def test_eval_validation_names_the_problem(overrides, message):
 
 def test_sections_run_only_when_the_config_gives_their_inputs():
   names = lambda config: [eval_sections.name(s) for s in pipeline.active_sections(config)]
-  assert names(_eval_config()) == ["methods", "paired", "conformal"]
-  assert names(_eval_config(bootstrap=0, conformal_alphas="")) == ["methods"]
+  assert names(_eval_config()) == ["methods", "paired", "conformal", "abstention"]
+  assert names(_eval_config(bootstrap=0, conformal_alphas="", abstention_risks="")) == ["methods"]
   assert names(_eval_config(sidekick="s", cascade=True)) == [
     "methods",
     "paired",
     "cascade",
     "sidekicks",
     "conformal",
+    "abstention",
   ]
   assert names(_eval_config(sidekick="s", hydra="h0,h1")) == [
     "methods",
@@ -105,6 +109,7 @@ def test_sections_run_only_when_the_config_gives_their_inputs():
     "hydra",
     "sidekicks",
     "conformal",
+    "abstention",
   ]
   assert names(_eval_config(sidekick="s", cascade=True, hydra="h", sections="methods,hydra")) == [
     "methods",

@@ -421,6 +421,13 @@ _API = {
       "cannot read duo file ",
     ),
   ],
+  "a risk the validation rows cannot guarantee (r below what N rows reach)": [
+    (
+      lambda tmp: duojax.guaranteed_threshold(np.linspace(0, 1, 100), np.ones(100, bool), 0.01),
+      errors.InputError,
+      "the smallest risk any 100 rows can reach at delta=0.05 is 0.09411",
+    )
+  ],
 }
 
 # Rows whose behaviour only a CLI run, a prepared data set or an evaluation

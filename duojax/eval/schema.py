@@ -52,9 +52,10 @@ def _core_keys() -> ml_collections.ConfigDict:
   c.soup_ingredients = ""
   # The report's sections, in order (duojax/eval/sections/): every method's
   # scores, the paired bootstrap against large+TS, cascades, Hydra ensembles,
-  # the choice of sidekick, conformal sets. A listed section runs when the
-  # keys give it its inputs; each section's own keys follow below.
-  c.sections = "methods,paired,cascade,hydra,sidekicks,conformal"
+  # the choice of sidekick, conformal sets, abstention with a guaranteed risk.
+  # A listed section runs when the keys give it its inputs; each section's own
+  # keys follow below.
+  c.sections = "methods,paired,cascade,hydra,sidekicks,conformal,abstention"
   # MC dropout on the large model's pre-logits: samples (0 disables) and rate.
   c.mc_dropout_samples = 0
   c.mc_dropout_rate = 0.1
@@ -76,6 +77,9 @@ def _core_keys() -> ml_collections.ConfigDict:
   train = base_config()
   c.update({key: train[key] for key in EVAL_DATA_KEYS}, dataset="")
   c.output_dir = "results"
+  # evaluate.py also writes the fitted duo (large model + sidekick) as a bundle in
+  # output_dir/bundle (`duojax.bundle`: `duojax.load_bundle(path).predict(images)`).
+  c.bundle = True
   c.batch_size = 500  # global, split over the devices
   c.solver = "jaxopt"  # L-BFGS for temperatures and duo weights; or "optax"
   c.num_devices = -1
