@@ -47,7 +47,9 @@ def main(argv):
     # Checked before the evaluation, which can take hours, rather than after it.
     cli.check_output_dir(config.output_dir, "config.output_dir")
     sections = pipeline.active_sections(config)
-    results = pipeline.run(config)
+    # The fitted duo as a bundle beside the results (`config.bundle`), by the main process.
+    bundle_dir = os.path.join(config.output_dir, "bundle")
+    results = pipeline.run(config, bundle_dir=bundle_dir if distributed.is_main_process() else None)
     if not distributed.is_main_process():  # every process computed the same results
       return
     paths = outputs.write(results, config.output_dir, sections)

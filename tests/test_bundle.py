@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import types
 
 import jax
 import numpy as np
@@ -270,3 +271,19 @@ def test_the_bundle_layout(written):
   assert jax.export.deserialize(
     bytearray(open(os.path.join(path, "exported", "cpu.bin"), "rb").read())
   ).platforms == ("cpu",)
+
+
+def test_an_evaluation_with_a_logits_file_member_writes_no_bundle_and_says_why(capsys, tmp_path):
+  from duojax.eval import bundle_output
+
+  member = lambda kind: types.SimpleNamespace(kind=kind)
+  inputs = types.SimpleNamespace(
+    sidekick="sidekick", members={"large": member("workdir"), "sidekick": member("logits")}
+  )
+  assert bundle_output.write(inputs, None, str(tmp_path / "bundle")) is None
+  assert capsys.readouterr().out == (
+    "bundle: not written: the sidekick is a logits file, not a model with weights\n"
+  )
+  assert not os.path.exists(tmp_path / "bundle")
+  inputs.sidekick = None
+  assert bundle_output.why_not(inputs) == "no sidekick, so no duo"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import duojax
 from duojax import config_lib, data, eval_config_lib
 from duojax.core import metrics
 from duojax.eval import pipeline
@@ -98,6 +99,11 @@ def test_evaluate_config_reports_every_method(runs):
   assert result.returncode == 0, result.stderr[-3000:]
   out = runs / "results"
   results = json.loads((out / "results.json").read_text())
+  # The fitted duo as a bundle beside the results, with the duo's val weights.
+  bundle = duojax.load_bundle(out / "bundle")
+  assert bundle.manifest["provenance"]["split"] == "val"
+  assert [m["model"]["model_name"] for m in bundle.manifest["members"]] == ["resnet8", "cnn_xs"]
+  assert bundle.predict(np.zeros((2, *bundle.image_shape), np.uint8))["confidence"].shape == (2,)
   names = set(results["methods"])
   assert {
     "large",

@@ -116,8 +116,10 @@ def write_bundle(
     raise InputError(f"the bundle's manifest is not JSON: {e}") from None
   arrays = [a for m in members for a in exported.member_arrays(m.model)[1]]
   parent = os.path.dirname(path)
-  if not os.path.isdir(parent):
-    raise FileError(f"cannot write bundle {path}: folder {parent} does not exist")
+  try:
+    os.makedirs(parent, exist_ok=True)
+  except OSError as e:
+    raise FileError(e.errno, f"cannot write bundle {path}: {e.strerror}") from None
   if os.path.exists(path) and not os.path.isfile(os.path.join(path, MANIFEST)):
     raise FileError(f"cannot write bundle {path}: it exists and is not a bundle")
   tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-bundle-")

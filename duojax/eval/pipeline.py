@@ -26,7 +26,7 @@ import numpy as np
 from duojax.config_lib import split_list
 from duojax.core import duo
 from duojax.eval import bank as bank_lib
-from duojax.eval import data_spec, feature_ood, member_specs, schema
+from duojax.eval import bundle_output, data_spec, feature_ood, member_specs, schema
 from duojax.eval import members as members_lib
 from duojax.eval import methods as methods_lib
 from duojax.eval import sections as sections_lib
@@ -43,8 +43,12 @@ def active_sections(config) -> list:
   return [s for s in listed if sections_lib.is_enabled(s, config)]
 
 
-def run(config) -> dict:
-  """The full results dict of evaluation `config` (see `schema.base_eval_config`)."""
+def run(config, *, bundle_dir: str | None = None) -> dict:
+  """The full results dict of evaluation `config` (see `schema.base_eval_config`).
+
+  `bundle_dir`: where to write the fitted duo as a bundle (`bundle_output`) when
+  `config.bundle` is set; None writes none (a library caller's runs write no files).
+  """
   config = schema.complete_eval_config(config)
   schema.validate_eval(config)
   sections = active_sections(config)
@@ -97,6 +101,9 @@ def run(config) -> dict:
   for section in sections:
     results.update(section.build(inputs, results))
     clock.end(f"section {sections_lib.name(section)}")
+  if bundle_dir is not None and config.bundle:
+    bundle_output.write(inputs, dataset, bundle_dir)
+    clock.end("bundle")
   return _with_report_notes(results, config, members, bank, skipped, t_start, clock)
 
 

@@ -1,0 +1,65 @@
+"""The evaluation's fitted duo written as a bundle (`duojax.bundle`), when it can be.
+
+The bundle holds the large model and the sidekick with the weights the
+weighted duo fit on val, and the duo's val confidence and correctness (its
+default abstention threshold is chosen on them). It needs both members'
+weights: a logits-file member has none, so the bundle is skipped, saying why.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from duojax import api
+from duojax.bundle import BundleMember, write_bundle
+from duojax.core import metrics
+from duojax.eval import methods as methods_lib
+from duojax.eval.inputs import LARGE, SIDEKICK, EvalInputs
+from duojax.eval.members import PRETRAINED, WORKDIR
+from duojax.models.spec import ModelSpec
+
+
+def why_not(inputs: EvalInputs) -> str | None:
+  """Why this evaluation's duo cannot be bundled; None if it can."""
+  if inputs.sidekick is None:
+    return "no sidekick, so no duo"
+  for name in (LARGE, SIDEKICK):
+    kind = inputs.members[name].kind
+    if kind not in (WORKDIR, PRETRAINED):
+      return f"the {name} is a {kind} file, not a model with weights"
+  return None
+
+
+def write(inputs: EvalInputs, dataset, path: str) -> str | None:
+  """Writes the bundle to `path` and returns it, or prints why not and returns None.
+  `dataset`: the model members' data set (its class names and name)."""
+  reason = why_not(inputs)
+  if reason:
+    print(f"bundle: not written: {reason}")
+    return None
+  duo_method = next(
+    m
+    for m in inputs.methods
+    if m.kind == "duo" and m.mode == "weighted" and tuple(m.members) == (LARGE, SIDEKICK)
+  )
+  duo = api.Duo(np.asarray(inputs.fitted(duo_method)["weights"], np.float32), (LARGE, SIDEKICK))
+  val = inputs.bank.stack(methods_lib.FIT_SPLIT, [LARGE, SIDEKICK])
+  labels = inputs.bank.labels[methods_lib.FIT_SPLIT]
+  confidence, logits = duo.confidence(val), duo.logits(val)
+  correct = logits.argmax(-1) == labels
+  scores = metrics.evaluate(logits, labels, confidence)
+  members = [
+    BundleMember(m.model, ModelSpec.from_meta(m.meta), m.inputs)
+    for m in (inputs.members[LARGE], inputs.members[SIDEKICK])
+  ]
+  written = write_bundle(
+    path,
+    members,
+    duo,
+    [str(c) for c in dataset.class_names],
+    validation=(confidence, correct),
+    provenance={"dataset": dataset.name, "split": methods_lib.FIT_SPLIT, "rows": len(labels)},
+    metrics={k: float(scores[k]) for k in ("acc", "nll") if k in scores},
+  )
+  print(f"bundle: {written}")
+  return written
