@@ -287,3 +287,17 @@ def test_an_evaluation_with_a_logits_file_member_writes_no_bundle_and_says_why(c
   assert not os.path.exists(tmp_path / "bundle")
   inputs.sidekick = None
   assert bundle_output.why_not(inputs) == "no sidekick, so no duo"
+
+
+def test_the_default_threshold_is_the_guaranteed_one_where_the_risk_is_reachable():
+  selective = pytest.importorskip("duojax.core.selective")
+  rng = np.random.default_rng(0)
+  confidence = rng.uniform(0.5, 1.0, 3000)
+  correct = rng.uniform(size=3000) < confidence**0.2
+  value, rule = threshold.default_threshold(confidence, correct)
+  assert rule.startswith("guaranteed_threshold(risk=0.05, delta=0.05)")
+  assert value == selective.guaranteed_threshold(confidence, correct, 0.05, 0.05).threshold
+  # Ten rows cannot guarantee a 5% risk: the empirical rule instead.
+  value, rule = threshold.default_threshold(confidence[:10], correct[:10])
+  assert rule == threshold.EMPIRICAL
+  assert value == threshold.empirical_threshold(confidence[:10], correct[:10])

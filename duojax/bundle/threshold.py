@@ -17,6 +17,8 @@ import importlib
 
 import numpy as np
 
+from duojax.errors import InputError
+
 RISK, DELTA, ACCURACY = 0.05, 0.05, 0.95
 EMPIRICAL = "95% validation accuracy among accepted rows (confidence >= threshold)"
 
@@ -33,7 +35,7 @@ def default_threshold(confidence: np.ndarray, correct: np.ndarray) -> tuple[floa
       return float(found.threshold), (
         f"guaranteed_threshold(risk={RISK}, delta={DELTA}) of duojax.core.selective"
       )
-    except Exception:  # the risk is out of reach on these rows: the empirical rule
+    except InputError:  # the risk is out of reach on these rows: the empirical rule
       pass
   return empirical_threshold(confidence, correct), EMPIRICAL
 
