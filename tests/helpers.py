@@ -247,3 +247,33 @@ def spread_head_model(name, classes, seed, **overrides):
     3 * np.random.default_rng(seed).normal(size=kernel.shape) / (kernel.shape[0] ** 0.5)
   )
   return model
+
+
+def synthetic_eval_inputs(n=2000, seed=0, **config_overrides):
+  """Evaluation inputs over a bank of synthetic logits, no models: a large model, a
+  weaker sidekick and a second large seed (for the 2-member ensemble), 8 classes,
+  `n` val and `n` test rows; the evaluation config takes `config_overrides`."""
+  from duojax import eval_config_lib
+  from duojax.eval.bank import LogitsBank
+  from duojax.eval.inputs import EvalInputs
+  from duojax.eval.methods import standard_methods
+
+  rng = np.random.default_rng(seed)
+  bank = LogitsBank(("large", "sidekick", "large#2"))
+  for split in ("val", "test"):
+    labels = rng.integers(0, 8, n)
+    signal = np.eye(8)[labels]
+    bank.logits[split] = np.stack(
+      [
+        2.5 * signal + 1.2 * rng.normal(size=(n, 8)),
+        1.5 * signal + rng.normal(size=(n, 8)),
+        2.5 * signal + 1.2 * rng.normal(size=(n, 8)),
+      ]
+    ).astype(np.float32)
+    bank.labels[split] = labels
+  config = eval_config_lib.base_eval_config()
+  config.update(config_overrides)
+  methods = standard_methods(large="large", sidekick="sidekick", ensemble=("large", "large#2"))
+  return EvalInputs(
+    config=config, bank=bank, members={}, member_flops={}, methods=methods, added={}, mesh=None
+  )

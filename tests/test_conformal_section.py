@@ -1,33 +1,13 @@
 """The conformal section of the report: sets calibrated on half of val, scored on test."""
 
-import numpy as np
+from helpers import synthetic_eval_inputs
 
-from duojax import eval_config_lib
-from duojax.eval.bank import LogitsBank
-from duojax.eval.inputs import EvalInputs
-from duojax.eval.methods import standard_methods
 from duojax.eval.sections import conformal as section
 
 
 def _inputs(n=2000, seed=0):
-  rng = np.random.default_rng(seed)
-  bank = LogitsBank(("large", "sidekick", "large#2"))
-  for split in ("val", "test"):
-    labels = rng.integers(0, 8, n)
-    signal = np.eye(8)[labels]
-    bank.logits[split] = np.stack(
-      [
-        2.5 * signal + 1.2 * rng.normal(size=(n, 8)),
-        1.5 * signal + rng.normal(size=(n, 8)),
-        2.5 * signal + 1.2 * rng.normal(size=(n, 8)),
-      ]
-    ).astype(np.float32)
-    bank.labels[split] = labels
-  config = eval_config_lib.base_eval_config()
-  config.conformal_alphas, config.conformal_methods = "0.1,0.05", "lac,aps,raps"
-  methods = standard_methods(large="large", sidekick="sidekick", ensemble=("large", "large#2"))
-  return EvalInputs(
-    config=config, bank=bank, members={}, member_flops={}, methods=methods, added={}, mesh=None
+  return synthetic_eval_inputs(
+    n, seed, conformal_alphas="0.1,0.05", conformal_methods="lac,aps,raps"
   )
 
 

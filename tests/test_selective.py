@@ -11,14 +11,12 @@ import re
 
 import numpy as np
 import pytest
+from helpers import synthetic_eval_inputs
 from scipy import stats
 
 import duojax
-from duojax import errors, eval_config_lib
+from duojax import errors
 from duojax.core import selective
-from duojax.eval.bank import LogitsBank
-from duojax.eval.inputs import EvalInputs
-from duojax.eval.methods import standard_methods
 from duojax.eval.sections import abstention as section
 
 
@@ -144,25 +142,7 @@ def test_the_public_api_takes_a_duos_confidence():
 
 
 def _inputs(n=2000, seed=0, risks="0.001,0.05,0.2"):
-  rng = np.random.default_rng(seed)
-  bank = LogitsBank(("large", "sidekick", "large#2"))
-  for split in ("val", "test"):
-    labels = rng.integers(0, 8, n)
-    signal = np.eye(8)[labels]
-    bank.logits[split] = np.stack(
-      [
-        2.5 * signal + 1.2 * rng.normal(size=(n, 8)),
-        1.5 * signal + rng.normal(size=(n, 8)),
-        2.5 * signal + 1.2 * rng.normal(size=(n, 8)),
-      ]
-    ).astype(np.float32)
-    bank.labels[split] = labels
-  config = eval_config_lib.base_eval_config()
-  config.abstention_risks = risks
-  methods = standard_methods(large="large", sidekick="sidekick", ensemble=("large", "large#2"))
-  return EvalInputs(
-    config=config, bank=bank, members={}, member_flops={}, methods=methods, added={}, mesh=None
-  )
+  return synthetic_eval_inputs(n, seed, abstention_risks=risks)
 
 
 def test_the_section_reports_every_model_and_marks_unreachable_risks():
