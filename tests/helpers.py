@@ -277,3 +277,18 @@ def synthetic_eval_inputs(n=2000, seed=0, **config_overrides):
   return EvalInputs(
     config=config, bank=bank, members={}, member_flops={}, methods=methods, added={}, mesh=None
   )
+
+
+def imported_image_folder(root, dataset, per_class, bad=False):
+  """Generated `root/train` (`per_class` images a class; `bad` adds two that do not
+  decode) and `root/test` (4 a class) folders, imported as `dataset` into `root/tfds`,
+  which is returned."""
+  from duojax.data import folder
+
+  root = pathlib.Path(root)
+  make_image_folder(root / "train", per_class=per_class, seed=0, bad=bad)
+  make_image_folder(root / "test", per_class=4, seed=1, bad=False)
+  folder.import_folder(
+    root / "train", dataset=dataset, data_dir=root / "tfds", test_folder=root / "test", workers=1
+  )
+  return root / "tfds"

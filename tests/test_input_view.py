@@ -11,13 +11,13 @@ import types
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import make_image_folder, spread_head_model, tiny_train_config
+from helpers import imported_image_folder, spread_head_model, tiny_train_config
 from PIL import Image
 
 from duojax import config_lib, data, eval_config_lib
 from duojax.convert import export_pretrained
-from duojax.data import folder, preprocess
 from duojax.data import images as images_lib
+from duojax.data import preprocess
 from duojax.eval import data_spec, members, pipeline
 from duojax.train import checkpoint, loop, model_init
 
@@ -255,15 +255,7 @@ def test_the_host_reads_the_widest_crop_at_a_side_no_member_enlarges():
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("input_view")
-  make_image_folder(root / "train", per_class=6, seed=0, bad=False)
-  make_image_folder(root / "test", per_class=4, seed=1, bad=False)
-  folder.import_folder(
-    root / "train",
-    dataset="view_folder",
-    data_dir=root / "tfds",
-    test_folder=root / "test",
-    workers=1,
-  )
+  imported_image_folder(root, "view_folder", per_class=6)
   os.makedirs(root / "vit")
   export_pretrained(
     spread_head_model("vit_mu4", 3, 1, image_size=16), str(root / "vit" / "w.safetensors"), "timm"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, make_image_folder, run_script
+from helpers import ROOT, imported_image_folder, make_image_folder, run_script
 
-from duojax.data import folder, preprocess
+from duojax.data import preprocess
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -36,16 +36,8 @@ def _save(model, path):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("pretrained")
-  make_image_folder(root / "train", per_class=12, seed=0)
-  make_image_folder(root / "test", per_class=4, seed=1, bad=False)
+  imported_image_folder(root, "tiny_folder", per_class=12, bad=True)
   make_image_folder(root / "ood", classes=("x",), per_class=8, seed=2, bad=False)
-  folder.import_folder(
-    root / "train",
-    dataset="tiny_folder",
-    data_dir=root / "tfds",
-    test_folder=root / "test",
-    workers=1,
-  )
   torch.manual_seed(0)
   # "Pretrained" on 1000 classes at 16 px (timm layout) and on 1000 classes
   # (torchvision layout): the fine-tunes take fresh 3-class heads.

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from helpers import (
   assert_one_line_error,
+  imported_image_folder,
   make_image_folder,
   run_script,
   spread_head_model,
@@ -21,7 +22,7 @@ from helpers import (
 
 from duojax import config_lib, data, eval_config_lib
 from duojax.convert import export_pretrained
-from duojax.data import folder, preprocess
+from duojax.data import preprocess
 from duojax.eval import member_specs, pipeline
 from duojax.eval import pretrained_members as pm
 
@@ -31,16 +32,8 @@ CROP = config_lib.base_config().crop_fraction
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("pretrained_members")
-  make_image_folder(root / "train", per_class=8, seed=0, bad=False)
-  make_image_folder(root / "test", per_class=4, seed=1, bad=False)
+  imported_image_folder(root, "tiny_folder", per_class=8)
   make_image_folder(root / "ood", classes=("x",), per_class=6, seed=2, bad=False)
-  folder.import_folder(
-    root / "train",
-    dataset="tiny_folder",
-    data_dir=root / "tfds",
-    test_folder=root / "test",
-    workers=1,
-  )
   export_pretrained(
     spread_head_model("vit_mu4", 3, 1, image_size=16), str(root / "vit.safetensors"), "timm"
   )

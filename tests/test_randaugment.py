@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from helpers import make_image_folder, tiny_train_config
+from helpers import imported_image_folder, tiny_train_config
 
 from duojax import config_lib, data
-from duojax.data import batches, folder, images
+from duojax.data import batches, images
 from duojax.data import randaugment as ra
 from duojax.train import checkpoint, loop
 
@@ -295,15 +295,7 @@ SIZE = 24
 @pytest.fixture(scope="module")
 def folder_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp("randaugment_images")
-  make_image_folder(root / "train", per_class=10, seed=0, bad=False)
-  make_image_folder(root / "test", per_class=4, seed=1, bad=False)
-  folder.import_folder(
-    root / "train",
-    dataset="ra_folder",
-    data_dir=root / "tfds",
-    test_folder=root / "test",
-    workers=1,
-  )
+  imported_image_folder(root, "ra_folder", per_class=10)
   return root / "tfds"
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, make_image_folder, run_script
+from helpers import ROOT, imported_image_folder, run_script
 
 from duojax import config_lib, errors
 from duojax.train import sizing
@@ -206,18 +206,9 @@ def test_the_split_sizes_come_from_the_metadata_and_the_line_is_printed(learnabl
 def folder_and_weights(tmp_path_factory):
   """A generated image folder imported as `sized_folder`, and a tiny timm-layout ViT file."""
   from duojax import convert, models
-  from duojax.data import folder
 
   root = tmp_path_factory.mktemp("sized")
-  make_image_folder(root / "train", per_class=12, seed=0)
-  make_image_folder(root / "test", per_class=4, seed=1, bad=False)
-  folder.import_folder(
-    root / "train",
-    dataset="sized_folder",
-    data_dir=root / "tfds",
-    test_folder=root / "test",
-    workers=1,
-  )
+  imported_image_folder(root, "sized_folder", per_class=12, bad=True)
   convert.export_pretrained(
     models.get_model("vit_mu4", 1000, rngs=0, image_size=16), str(root / "vit.safetensors"), "timm"
   )
