@@ -25,6 +25,14 @@ $(CORE_STAMP): pyproject.toml constraints.txt
 
 $(DEV_STAMP): $(CORE_STAMP)
 	$(PIP) -e '.[test,torch]'
+	# The real timm and torchvision model code, the tests' references for their layouts:
+	# unpacked beside the environment, not installed into it (transformers would then
+	# import torchvision, whose compiled ops do not load beside this PyTorch build).
+	# tests/reference_libs.py puts this folder on sys.path behind stub package modules.
+	rm -rf $(VENV)/reference-libs
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps \
+	  -d $(VENV)/reference-libs timm==1.0.31 torchvision==0.29.1
+	for w in $(VENV)/reference-libs/*.whl; do $(PY) -m zipfile -e "$$w" $(VENV)/reference-libs; done
 	touch $@
 
 # GPUs and TPUs: `make install ACCEL=cuda13` (an NVIDIA driver >= 580), `ACCEL=cuda12`
