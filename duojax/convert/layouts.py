@@ -249,4 +249,9 @@ def detect(keys: Sequence[str]) -> str | None:
     return "timm"
   if "conv1.weight" in keys and any(k.startswith("layer1.") for k in keys):
     return "torchvision"
+  from duojax.convert import layouts_convnext, layouts_efficientnet  # they import this module
+
+  for family in (layouts_convnext, layouts_efficientnet):
+    if (found := family.detect(keys)) is not None:
+      return found
   return None

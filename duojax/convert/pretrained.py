@@ -21,9 +21,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from duojax.convert import layouts, safetensors_io
+from duojax.convert import layouts, layouts_convnext, layouts_efficientnet, safetensors_io
 from duojax.errors import WeightsMismatchError
-from duojax.models import resnet, vit
+from duojax.models import convnext, efficientnet, resnet, vit
 
 HEAD_MODES = ("load", "fresh")
 
@@ -58,6 +58,10 @@ def _family(model: nnx.Module) -> str:
     return "resnet"
   if isinstance(model, vit.VisionTransformer):
     return "vit"
+  if isinstance(model, convnext.ConvNeXt):
+    return "convnext"
+  if isinstance(model, efficientnet.EfficientNet):
+    return "efficientnet"
   raise WeightsMismatchError(
     f"{getattr(model, 'name', type(model).__name__)}: only ResNets and ViTs load "
     "PyTorch-layout checkpoints"
@@ -77,6 +81,10 @@ def entries_for(model: nnx.Module, layout: str, file_keys=(), names=None) -> lis
   try:
     if _family(model) == "resnet":
       return layouts.resnet_entries(names, layout)
+    if _family(model) == "convnext":
+      return layouts_convnext.entries(names, layout)
+    if _family(model) == "efficientnet":
+      return layouts_efficientnet.entries(names, layout)
     v5 = any(k.startswith("vit.layers.") for k in file_keys)
     return layouts.vit_entries(names, layout, hf_modules="v5" if v5 else "hub")
   except ValueError as e:
@@ -118,10 +126,33 @@ def _check_family(path: str, model, keys) -> None:
     raise WeightsMismatchError(f"{path!r} holds a ResNet, but the model {model.name} is a ViT")
   if family == "resnet" and looks_vit and not looks_resnet:
     raise WeightsMismatchError(f"{path!r} holds a ViT, but the model {model.name} is a ResNet")
+  _check_conv_family(path, model, family, keys, looks_vit, looks_resnet)
   if "fc_norm.weight" in keys:
     raise WeightsMismatchError(
       f"{path!r} is a timm ViT with fc_norm (average pooling, then LayerNorm); duojax's "
       "'gap' ViT normalises before pooling, so this checkpoint cannot load exactly"
+    )
+
+
+_CONV_FAMILIES = {
+  "convnext": ("a ConvNeXt", layouts_convnext.detect),
+  "efficientnet": ("an EfficientNet", layouts_efficientnet.detect),
+}
+_FAMILY_WORDS = {
+  "vit": "a ViT",
+  "resnet": "a ResNet",
+  **{f: w for f, (w, _) in _CONV_FAMILIES.items()},
+}
+
+
+def _check_conv_family(path, model, family, keys, looks_vit, looks_resnet) -> None:
+  """One line for a ConvNeXt or EfficientNet file into another family's model, or back."""
+  held = [f for f, (_, detect) in _CONV_FAMILIES.items() if detect(keys) is not None]
+  held += ["vit"] * (looks_vit and not held) + ["resnet"] * (looks_resnet and not held)
+  if held and family not in held and (family in _CONV_FAMILIES or held[0] in _CONV_FAMILIES):
+    raise WeightsMismatchError(
+      f"{path!r} holds {_FAMILY_WORDS[held[0]]}, but the model {model.name} is "
+      f"{_FAMILY_WORDS[family]}"
     )
 
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from duojax.errors import ConfigError
-from duojax.models import cnn, resnet, vit
+from duojax.models import cnn, convnext, efficientnet, resnet, vit
 
 # Representative ViT names; any vit_{mu,mi,ti,s,m,b,l,h}{patch} is accepted.
 _VIT_EXAMPLES = (
@@ -34,7 +34,7 @@ _VIT_PATTERN = "vit_{" + ",".join(v.lower() for v in vit.VARIANTS) + "}{patch}"
 
 def list_models() -> list[str]:
   """Example model names (ViT patch sizes are free; see _VIT_PATTERN)."""
-  return [*resnet.CONFIGS, *_VIT_EXAMPLES, *cnn.CONFIGS]
+  return [*resnet.CONFIGS, *_VIT_EXAMPLES, *cnn.CONFIGS, *convnext.CONFIGS, *efficientnet.CONFIGS]
 
 
 def _family(name: str):
@@ -43,6 +43,10 @@ def _family(name: str):
     return resnet
   if name in cnn.CONFIGS:
     return cnn
+  if name in convnext.CONFIGS:
+    return convnext
+  if name in efficientnet.CONFIGS:
+    return efficientnet
   if vit.parse_name(name) is not None:
     return vit
   return None

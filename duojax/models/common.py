@@ -69,3 +69,31 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   b, h, w, c = x.shape
   x = x[:, : h - h % 2, : w - w % 2]
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def same_padding(size: int, kernel: int, stride: int = 1, dilation: int = 1) -> tuple[int, int]:
+  """TensorFlow's "same" padding of one spatial axis: (before, after).
+
+  The output has ceil(size / stride) positions; the padding that needs is
+  split with the odd pixel after, so a stride-2 3×3 conv on an even input
+  pads (0, 1) where PyTorch's symmetric padding gives (1, 1). XLA's
+  padding="SAME" is the same rule (convolutions may use it directly); this
+  spells it out for pads written by hand (pools, or a `jnp.pad` before a
+  "VALID" op), as Hugging Face's and timm's ported TensorFlow models do.
+  """
+  out = -(-size // stride)
+  total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+  return total // 2, total - total // 2
+
+
+def check_any_size_input(name: str, channels: int, x) -> None:
+  """One-line errors for images a globally pooled model cannot take (any H, W)."""
+  if x.ndim != 4:
+    raise InputError(
+      f"{name} expects images of shape (H, W, {channels}) batched as [B, H, W, C], "
+      f"got an array of shape {tuple(x.shape)}"
+    )
+  if x.shape[-1] != channels:
+    raise InputError(f"{name} expects images of shape (H, W, {channels}), got {tuple(x.shape[1:])}")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise InputError(f"{name} expects float images, got {x.dtype}")
