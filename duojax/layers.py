@@ -75,7 +75,7 @@ ROWS = (
     " random-resized and centre crops of one image), `randaugment` (RandAugment of one image), "
     "`batches` (one batch from its index: order, draws, crops), `pipeline` (grain: batches in "
     "worker processes, uint8, on the devices; normalisation on the device), `folder` (an image "
-    "folder imported), `ood_sources` (OOD sets from other tfds sets and image folders), `embedded` "
+    "folder imported; `listing`: the image files below a folder), `ood_sources` (OOD sets from other tfds sets and image folders), `embedded` "
     "(Fashion-MNIST, MNIST), `shifts` (corruptions); `python -m duojax.data DIR` prepares the "
     "embedded set",
   ),
@@ -123,7 +123,10 @@ ROWS = (
     "a fitted duo as one folder that runs on new images: `format` (manifest, member "
     "safetensors, duo weights, validation confidences; `write_bundle`), `exported` (the fused "
     "duo as `jax.export` programs, weights as arguments), `loaded` (`load_bundle`), `threshold` "
-    "(the default abstention threshold), `serve` (the exported program with jax alone)",
+    "(the default abstention threshold), `serve` (the exported program with jax alone), "
+    "`prediction_input` (folders, path lists and tfds splits read and cut for it), "
+    "`prediction_rows` (rows written in chunks a rerun continues), `prediction` (the duo over "
+    "many images on every local device)",
   ),
   Row(
     5,
@@ -166,8 +169,15 @@ ROWS = (
   ),
   Row(
     7,
+    ("predict.py",),
+    "`python -m duojax.predict`: a bundle over a folder, a path list or a tfds split into "
+    "`.jsonl`/`.csv` rows; the work is in `bundle/prediction*`",
+  ),
+  Row(
+    7,
     ("*/__main__.py",),
-    "the other `python -m duojax.PACKAGE` entry points (`data`, `convert`, `demo`): each may "
+    "the other `python -m duojax.PACKAGE` entry points (`data`, `convert`, `demo`, `bundle`): "
+    "each may "
     "import from every layer below",
   ),
 )

@@ -47,7 +47,9 @@ def _add_extras(root):
     paths[name] = root / name
     paths[name].parent.mkdir(parents=True, exist_ok=True)
     image.save(paths[name], fmt, **options)
+  # Not images by their extension: counted in one note, never decoded.
   (root / "dog" / "notes.txt").write_text("not an image")
+  (root / "fish" / "Thumbs.db").write_bytes(b"\0" * 32)
   # Ignored: hidden files and folders (at every level), files in no class folder.
   (root / "cat" / ".DS_Store").write_bytes(b"\0junk")
   (root / "fish" / ".thumbs").mkdir()
@@ -55,7 +57,8 @@ def _add_extras(root):
   (root / ".hidden_class").mkdir()
   rgb.save(root / ".hidden_class" / "h.jpg")
   (root / "README.txt").write_text("loose")
-  return paths, ["dog/notes.txt"]
+  rgb.save(root / "loose.png")
+  return paths, []
 
 
 def _import(src, data_dir, **kwargs):
@@ -165,13 +168,18 @@ def test_bad_files_are_left_out_warned_about_and_listed(folders, imported):
   n_train = len(report.skipped["train"]) + report.counts["train"]
   train_warning = [w for w in warnings if " train files " in w]
   assert (
-    len(train_warning) == 1 and f"3 of {n_train} train files cannot be decoded" in train_warning[0]
+    len(train_warning) == 1 and f"2 of {n_train} train files cannot be decoded" in train_warning[0]
   )
   for name in bad["train"]:
     assert name in train_warning[0]
   assert "cat/bad.jpg (OSError: image file is truncated" in train_warning[0]
   assert "fish/empty.png (empty file)" in train_warning[0]
-  assert any("README.txt" in w and "no class folder" in w for w in warnings)
+  assert any("loose.png" in w and "no class folder" in w for w in warnings)
+  # The files that are not images are one note, with no decode error and no address.
+  notes = [line for line in stderr.splitlines() if line.startswith("note: ")]
+  assert any("3 files" in n and "not images" in n for n in notes), notes
+  assert "README.txt" in notes[0] and "notes.txt" in stderr and "Thumbs.db" not in "".join(warnings)
+  assert "0x" not in stderr
   listing = (data_dir / NAME / folder.VERSION / folder.SKIPPED_FILE).read_text().splitlines()
   assert listing[0] == "split\tfile_name\treason"
   assert sorted(line.split("\t")[:2] for line in listing[1:]) == sorted(
@@ -192,7 +200,7 @@ def test_report_line(imported):
     f"imported {NAME}: {report.counts['train']} train and "
     f"{report.counts['test']} test images of 3 classes into "
   )
-  assert str(data_dir / NAME / folder.VERSION) in line and "5 left out" in line
+  assert str(data_dir / NAME / folder.VERSION) in line and "4 left out" in line
 
 
 def test_classes_are_the_sorted_folder_names(tmp_path):

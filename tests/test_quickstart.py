@@ -27,6 +27,14 @@ import torch_models  # noqa: E402
 
 pytestmark = pytest.mark.slow  # train.py and evaluate.py subprocesses
 MARKER = "<!-- quickstart: tests/test_quickstart.py runs these commands on tiny generated data -->"
+USE_MARKER = (
+  "<!-- use-the-duo: tests/test_quickstart.py runs these commands after the quickstart -->"
+)
+
+
+def use_the_duo_block() -> str:
+  text = (Path(ROOT) / "README.md").read_text()
+  return re.search(re.escape(USE_MARKER) + r"\n```bash\n(.*?)```", text, re.S).group(1)
 
 
 def quickstart_commands() -> list[str]:
@@ -74,7 +82,7 @@ def test_the_quickstart_runs_from_a_folder_to_the_duos_results(tmp_path):
   make_image_folder(home / "photos_ood", classes=("x",), per_class=6, seed=2, bad=False)
   work = tmp_path / "checkout"  # the commands run from a checkout's root
   work.mkdir()
-  for name in ("configs", "train.py", "evaluate.py"):
+  for name in ("configs", "train.py", "evaluate.py", "duojax"):
     (work / name).symlink_to(Path(ROOT) / name)
   torch.manual_seed(0)
   for name, model in (
@@ -100,3 +108,24 @@ def test_the_quickstart_runs_from_a_folder_to_the_duos_results(tmp_path):
   assert {"large+TS", "duo (weighted)"} <= set(methods)
   table = (results / "results.md").read_text()
   assert "AURC" in table and "SAC@98" in table and "| duo (weighted) |" in table
+
+  # Then the README's next block: predict with the bundle, make one, serve it with jax.
+  make_image_folder(home / "new_photos", classes=("a", "b"), per_class=5, seed=3)
+  script = use_the_duo_block().replace("~/", f"{home}/")
+  script = script.replace(".venv/bin/python", sys.executable).replace(
+    "python -c", f"{sys.executable} -c"
+  )
+  # The tiny validation split guarantees no risk as low as 5%: a reachable one.
+  script = script.replace("--target_risk 0.05", "--target_risk 0.9 --delta 0.5")
+  result = subprocess.run(
+    ["bash", "-euo", "pipefail", "-c", script],
+    cwd=work, env=env, capture_output=True, text=True, timeout=600,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [
+    json.loads(line) for line in (work / "runs" / "new_photos.jsonl").read_text().splitlines()
+  ]
+  assert len(rows) == 10 and {"id", "class", "abstain", "disagree", "top_k"} <= set(rows[0])
+  assert (work / "runs" / "new_photos.jsonl.skipped").read_text().count("\n") == 2
+  assert (work / "runs" / "duo_bundle" / "manifest.json").exists()
+  assert "[" in result.stdout.splitlines()[-1]  # the served program's classes

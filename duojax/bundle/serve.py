@@ -5,6 +5,7 @@ Copy this file next to your server and:
     import serve
     predict = serve.load("path/to/bundle")      # the program for this machine's platform
     out = predict(images)                       # uint8 [B, S, S, C], any B
+    predict.image_shape, predict.class_names    # (S, S, C) and the classes
     out["class_index"], out["probabilities"], out["confidence"], out["abstain"]
 
 It reads the manifest, the members' safetensors (with the small reader below)
@@ -77,4 +78,7 @@ def load(folder: str, platform: str | None = None):
       "disagree": classes[0] != classes[min(1, len(classes) - 1)],
     }
 
+  geometry = manifest["input"]
+  predict.image_shape = (geometry["image_size"], geometry["image_size"], geometry["channels"])
+  predict.class_names = list(manifest["class_names"])
   return predict

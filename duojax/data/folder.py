@@ -44,7 +44,8 @@ import tensorflow_datasets as tfds
 import tqdm
 from PIL import Image
 
-from duojax.data import images
+from duojax.data import images, listing
+from duojax.data.listing import readable as _readable
 from duojax.data.pipeline import usable_cores
 from duojax.errors import DataError, FileError
 
@@ -122,28 +123,6 @@ def check_dataset_name(name: str) -> None:
 
 
 # ------------------------------------------------------------------------ scanning
-def _readable(name: str) -> str:
-  """A file system name as text (undecodable bytes as U+FFFD), for metadata and messages."""
-  return os.fsencode(name).decode("utf-8", "replace")
-
-
-def _files_below(folder: str) -> Iterator[str]:
-  """Non-hidden files anywhere below `folder`, through links, each directory once."""
-
-  def unlistable(error: OSError):
-    raise DataError(f"cannot list {error.filename}: {error.strerror}: fix its permissions")
-
-  seen = set()
-  for here, dirs, names in os.walk(folder, onerror=unlistable, followlinks=True):
-    real = os.path.realpath(here)
-    if real in seen:  # a link back up the tree: walking it again would never end
-      dirs[:] = []
-      continue
-    seen.add(real)
-    dirs[:] = [d for d in dirs if not d.startswith(".")]
-    yield from (os.path.join(here, n) for n in names if not n.startswith("."))
-
-
 def scan_folder(
   root: str | os.PathLike, class_names: Iterable[str] | None = None
 ) -> tuple[tuple[str, ...], list[ImageFile]]:
@@ -167,7 +146,8 @@ def scan_folder(
       f"{root} has no class subfolders: put each class's images in a subfolder "
       "named after the class (e.g. cat/1.jpg, dog/2.jpg)"
     )
-  loose = sorted(e.name for e in entries if not e.is_dir())
+  # A README or licence file beside the class folders is expected; a loose image is not.
+  loose, other = listing.split_images(sorted(e.name for e in entries if not e.is_dir()))
   if loose:
     print(
       f"warning: {len(loose)} files directly in {root} are in no class folder and were "
@@ -188,14 +168,18 @@ def scan_folder(
       raise DataError(f"class folder {_readable(name)!r} in {root} has a line break in its name")
   files = []
   for name in folders:
-    found = sorted(os.path.relpath(p, root) for p in _files_below(os.path.join(root, name)))
+    kept, junk = listing.split_images(listing.files_below(os.path.join(root, name)))
+    other += junk
+    found = sorted(os.path.relpath(p, root) for p in kept)
     if not found:
-      raise DataError(f"class folder {os.path.join(root, _readable(name))} has no files")
+      what = "image files" if junk else "files"
+      raise DataError(f"class folder {os.path.join(root, _readable(name))} has no {what}")
     label = names.index(name)
     files += [
       ImageFile(os.path.join(root, rel), _readable(rel).replace(os.sep, "/"), label)
       for rel in found
     ]
+  listing.note_non_images(other, root)
   return names, files
 
 
@@ -216,9 +200,7 @@ def check_file(path: str) -> Verdict:
   except Exception as e:  # noqa: BLE001
     # PIL's plugins raise more than images.DECODE_ERRORS on hostile input; such
     # a file is one more bad file, not a reason to stop an import of millions.
-    return Verdict(
-      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", False, len(data)
-    )
+    return Verdict(images.error_text(e), False, len(data))
 
 
 def _check_chunk(paths: list[str]) -> list[Verdict]:

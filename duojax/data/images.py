@@ -18,8 +18,11 @@ it, so the result differs from a full decode only by resampling error
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+import os
+import re
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -46,6 +49,30 @@ DECODE_ERRORS = (
 _RESAMPLE_MODES = ("RGB", "L", "RGBA", "LA")
 
 Box = tuple[float, float, float, float]  # left, top, width, height
+# PIL names the in-memory file it was given ("<_io.BytesIO object at 0x7f…>"):
+# an address means nothing to a user and makes two runs' messages differ.
+_OBJECT_ADDRESS = re.compile(r"\s*<[^<>]* object at 0x[0-9a-fA-F]+>")
+
+
+@functools.cache
+def image_extensions() -> frozenset[str]:
+  """File extensions (".jpg", ".png", ...) of the formats this PIL can open."""
+  Image.init()
+  return frozenset(
+    ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN
+  )
+
+
+def is_image_name(name: str) -> bool:
+  """Whether a file name's extension is an image format's (`notes.txt`, `Thumbs.db`: no)."""
+  return os.path.splitext(name)[1].lower() in image_extensions()
+
+
+def error_text(error: BaseException) -> str:
+  """`error` in a few words for a message: its type and first line, no object addresses."""
+  first = str(error).splitlines()[0] if str(error) else ""
+  first = _OBJECT_ADDRESS.sub("", first).strip()
+  return f"{type(error).__name__}: {first or 'cannot decode'}"
 
 
 def open_encoded(data: bytes) -> Image.Image:
@@ -63,7 +90,7 @@ def check_decodes(data: bytes) -> str | None:
       if image.width < 1 or image.height < 1:
         return "no pixels"
   except DECODE_ERRORS as e:
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'cannot decode'}"
+    return error_text(e)
   return None
 
 

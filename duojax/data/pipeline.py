@@ -167,7 +167,7 @@ def _exit_with_parent(worker_index: int, worker_count: int) -> None:
   threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
-def _grain_batches(make_batch, start: int, stop: int, workers: int, threads: int, prefetch: int):
+def grain_batches(make_batch, start: int, stop: int, workers: int, threads: int, prefetch: int):
   """A grain iterator over make_batch(start), ..., make_batch(stop − 1), in order."""
   dataset = grain.MapDataset.range(start, stop).map(make_batch)
   if workers == 0:
@@ -281,7 +281,7 @@ def train_batches(
     split, global_batch_size=global_batch_size, seed=seed, rows=rows, transform=transform
   )
   threads = 1 if isinstance(split.source, ArraySource) else usable_cores()
-  iterator = _grain_batches(
+  iterator = grain_batches(
     make_batch, start_step, start_step + _ENDLESS, worker_count(workers, split), threads, prefetch
   )
   return _batches(iterator, mean, std, sharding, global_batch_size)
@@ -308,7 +308,7 @@ def eval_batches(
   num_batches = -(-len(split) // global_batch_size)
   workers = min(worker_count(workers, split), num_batches)
   threads = 1 if isinstance(split.source, ArraySource) else usable_cores()
-  iterator = _grain_batches(
+  iterator = grain_batches(
     EvalBatch(split, global_batch_size, rows), 0, num_batches, workers, threads, prefetch
   )
   return _batches(iterator, mean, std, sharding, global_batch_size)

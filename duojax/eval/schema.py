@@ -80,9 +80,6 @@ def _core_keys() -> ml_collections.ConfigDict:
   # evaluate.py also writes the fitted duo (large model + sidekick) as a bundle in
   # output_dir/bundle (`duojax.bundle`: `duojax.load_bundle(path).predict(images)`).
   c.bundle = True
-  # evaluate.py also writes the fitted duo (large model + sidekick) as a bundle in
-  # output_dir/bundle (`duojax.bundle`: `duojax.load_bundle(path).predict(images)`).
-  c.bundle = True
   c.batch_size = 500  # global, split over the devices
   c.solver = "jaxopt"  # L-BFGS for temperatures and duo weights; or "optax"
   c.num_devices = -1
