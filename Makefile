@@ -155,6 +155,7 @@ bench: $(DEV_STAMP)
 	$(PY) bench/bench_cascade.py
 	$(PY) bench/bench_hydra.py
 	$(PY) bench/bench_input.py
+	$(PY) bench/bench_predict.py
 	test -f $(RUNS)/results/timings.json || $(MAKE) demo
 	$(PY) bench/bench_demo.py --runs $(RUNS)
 

@@ -172,3 +172,15 @@ def test_bench_input_quick(tmp_path):
   ):
     assert row in rates
   assert "host cores per accelerator" in text.lower()
+
+
+@pytest.mark.slow  # the script's quick run, as a subprocess (a bundle, predict, both programs)
+def test_bench_predict_quick(tmp_path):
+  out = tmp_path / "B.md"
+  run_script("bench_predict.py", "--quick", "--out", str(out))
+  text = out.read_text()
+  assert "<!-- bench:predict:start -->" in text
+  row = next(l for l in text.splitlines() if l.startswith("| ViT-µ/4"))
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  assert cells[9] == "yes"  # the exported program gives the jitted outputs
+  assert all(float(c) > 0 for c in cells[3:9])
