@@ -249,9 +249,13 @@ def detect(keys: Sequence[str]) -> str | None:
     return "timm"
   if "conv1.weight" in keys and any(k.startswith("layer1.") for k in keys):
     return "torchvision"
-  from duojax.convert import layouts_convnext, layouts_efficientnet  # they import this module
+  from duojax.convert import (  # they import this module
+    layouts_convnext,
+    layouts_efficientnet,
+    layouts_mobile,
+  )
 
-  for family in (layouts_convnext, layouts_efficientnet):
+  for family in (layouts_convnext, layouts_efficientnet, layouts_mobile):
     if (found := family.detect(keys)) is not None:
       return found
   return None

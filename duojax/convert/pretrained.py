@@ -21,7 +21,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from duojax.convert import layouts, layouts_convnext, layouts_efficientnet, safetensors_io
+from duojax.convert import (
+  layouts,
+  layouts_convnext,
+  layouts_efficientnet,
+  layouts_mobile,
+  safetensors_io,
+)
 from duojax.errors import WeightsMismatchError
 from duojax.models import convnext, efficientnet, resnet, vit
 
@@ -62,6 +68,8 @@ def _family(model: nnx.Module) -> str:
     return "convnext"
   if isinstance(model, efficientnet.EfficientNet):
     return "efficientnet"
+  if (found := layouts_mobile.family(model)) is not None:
+    return found
   raise WeightsMismatchError(
     f"{getattr(model, 'name', type(model).__name__)}: only ResNets and ViTs load "
     "PyTorch-layout checkpoints"
@@ -85,6 +93,8 @@ def entries_for(model: nnx.Module, layout: str, file_keys=(), names=None) -> lis
       return layouts_convnext.entries(names, layout)
     if _family(model) == "efficientnet":
       return layouts_efficientnet.entries(names, layout)
+    if (found := layouts_mobile.entries(model, names, layout)) is not None:
+      return found
     v5 = any(k.startswith("vit.layers.") for k in file_keys)
     return layouts.vit_entries(names, layout, hf_modules="v5" if v5 else "hub")
   except ValueError as e:
@@ -135,6 +145,7 @@ def _check_family(path: str, model, keys) -> None:
 
 
 _CONV_FAMILIES = {
+  **layouts_mobile.CONV_FAMILIES,  # first: EfficientNet's detector takes MobileNetV3 files too
   "convnext": ("a ConvNeXt", layouts_convnext.detect),
   "efficientnet": ("an EfficientNet", layouts_efficientnet.detect),
 }

@@ -14,7 +14,18 @@ import jax.numpy as jnp
 from flax import nnx
 
 from duojax.errors import ConfigError
-from duojax.models import cnn, convnext, efficientnet, resnet, vit
+from duojax.models import (
+  cnn,
+  convnext,
+  efficientnet,
+  mnasnet,
+  mobilenet,
+  regnet,
+  resnet,
+  resnext,
+  shufflenet,
+  vit,
+)
 
 # Representative ViT names; any vit_{mu,mi,ti,s,m,b,l,h}{patch} is accepted.
 _VIT_EXAMPLES = (
@@ -30,11 +41,20 @@ _VIT_EXAMPLES = (
   "vit_h14",
 )
 _VIT_PATTERN = "vit_{" + ",".join(v.lower() for v in vit.VARIANTS) + "}{patch}"
+# torchvision's RegNets, MobileNets, MNASNets, ShuffleNets, ResNeXts and Wide ResNets.
+_TORCHVISION_FAMILIES = (regnet, mobilenet, mnasnet, shufflenet, resnext)
 
 
 def list_models() -> list[str]:
   """Example model names (ViT patch sizes are free; see _VIT_PATTERN)."""
-  return [*resnet.CONFIGS, *_VIT_EXAMPLES, *cnn.CONFIGS, *convnext.CONFIGS, *efficientnet.CONFIGS]
+  torchvision_names = [name for family in _TORCHVISION_FAMILIES for name in family.CONFIGS]
+  return [
+    *resnet.CONFIGS,
+    *_VIT_EXAMPLES,
+    *cnn.CONFIGS,
+    *convnext.CONFIGS,
+    *efficientnet.CONFIGS,
+  ] + torchvision_names
 
 
 def _family(name: str):
@@ -49,7 +69,7 @@ def _family(name: str):
     return efficientnet
   if vit.parse_name(name) is not None:
     return vit
-  return None
+  return next((f for f in _TORCHVISION_FAMILIES if name in f.CONFIGS), None)
 
 
 def _compute_dtype(value, name: str):

@@ -2,7 +2,10 @@
 
 The ImageNet variants (resnet18 ... resnet152) match torchvision's layer
 shapes, padding and parameter counts exactly (ResNet v1.5: the stride of a
-Bottleneck sits on its 3x3 conv). The CIFAR variants (resnet8 ... resnet32)
+Bottleneck sits on its 3x3 conv). `groups` and `width_per_group` make the
+Bottleneck's 3x3 conv grouped and its inner width `ch * width_per_group / 64
+* groups`, torchvision's ResNeXt and Wide ResNet (duojax/models/resnext.py
+names them). The CIFAR variants (resnet8 ... resnet32)
 follow He et al. (2016), section 4.2: three stages of widths (w, 2w, 4w) on a
 3x3 stem, except that shortcuts use a projection (1x1 conv + BN) rather than
 zero padding when the shape changes.
@@ -31,7 +34,17 @@ CONFIGS = {
   "resnet32": ("basic", (5, 5, 5), 16, "small"),
 }
 
-OVERRIDES = ("width", "stem", "in_channels", "image_size", "dtype", "dropout", "zero_init_residual")
+OVERRIDES = (
+  "width",
+  "stem",
+  "in_channels",
+  "image_size",
+  "dtype",
+  "dropout",
+  "zero_init_residual",
+  "groups",
+  "width_per_group",
+)
 
 STEMS = ("imagenet", "small")
 
@@ -42,7 +55,7 @@ _conv_init = common.normal_init(lambda s: math.sqrt(2.0 / (math.prod(s[:-2]) * s
 _head_init = common.normal_init(lambda s: s[0] ** -0.5)
 
 
-def _conv(in_ch, out_ch, kernel, stride, *, dtype, rngs):
+def _conv(in_ch, out_ch, kernel, stride, *, groups=1, dtype, rngs):
   """Bias-free conv with torch-style symmetric padding.
 
   'SAME' would pad (0, 1) for a stride-2 conv on an even input, torch pads
@@ -55,6 +68,7 @@ def _conv(in_ch, out_ch, kernel, stride, *, dtype, rngs):
     (kernel, kernel),
     strides=stride,
     padding=((pad, pad), (pad, pad)),
+    feature_group_count=groups,
     use_bias=False,
     kernel_init=_conv_init,
     dtype=dtype,
@@ -115,17 +129,21 @@ class BasicBlock(nnx.Module):
 
 
 class Bottleneck(nnx.Module):
-  """1x1 reduce, 3x3 (strided, v1.5), 1x1 expand by 4 (resnet50 and up)."""
+  """1x1 reduce, 3x3 (strided, v1.5; grouped in ResNeXt), 1x1 expand by 4 (resnet50 and up)."""
 
   expansion = 4
 
-  def __init__(self, in_ch, ch, stride, *, zero_init_residual=False, dtype, rngs):
+  def __init__(
+    self, in_ch, ch, stride, *, zero_init_residual=False, groups=1, width_per_group=64, dtype, rngs
+  ):
     out_ch = ch * self.expansion
-    self.conv1 = _conv(in_ch, ch, 1, 1, dtype=dtype, rngs=rngs)
-    self.bn1 = _bn(ch, dtype=dtype, rngs=rngs)
-    self.conv2 = _conv(ch, ch, 3, stride, dtype=dtype, rngs=rngs)
-    self.bn2 = _bn(ch, dtype=dtype, rngs=rngs)
-    self.conv3 = _conv(ch, out_ch, 1, 1, dtype=dtype, rngs=rngs)
+    # torchvision's inner width: ch for ResNets, wider or grouped for ResNeXt / Wide ResNet.
+    inner = int(ch * (width_per_group / 64.0)) * groups
+    self.conv1 = _conv(in_ch, inner, 1, 1, dtype=dtype, rngs=rngs)
+    self.bn1 = _bn(inner, dtype=dtype, rngs=rngs)
+    self.conv2 = _conv(inner, inner, 3, stride, groups=groups, dtype=dtype, rngs=rngs)
+    self.bn2 = _bn(inner, dtype=dtype, rngs=rngs)
+    self.conv3 = _conv(inner, out_ch, 1, 1, dtype=dtype, rngs=rngs)
     self.bn3 = _bn(out_ch, zero_scale=zero_init_residual, dtype=dtype, rngs=rngs)
     self.shortcut = (
       Projection(in_ch, out_ch, stride, dtype=dtype, rngs=rngs)
@@ -165,6 +183,8 @@ class ResNet(nnx.Module):
     dtype="float32",
     zero_init_residual: bool = False,
     dropout: float = 0.0,
+    groups: int = 1,
+    width_per_group: int = 64,
     name: str = "resnet",
     rngs: nnx.Rngs,
   ):
@@ -177,6 +197,13 @@ class ResNet(nnx.Module):
         f"{name}: width, in_channels and num_classes must be "
         f"positive, got {width}, {in_channels}, {num_classes}"
       )
+    if (groups, width_per_group) != (1, 64) and block != "bottleneck":
+      raise ConfigError(f"{name}: groups and width_per_group need bottleneck blocks")
+    if groups < 1 or width_per_group < 1:
+      raise ConfigError(
+        f"{name}: groups and width_per_group must be positive, got {groups}, {width_per_group}"
+      )
+    wide = {"groups": groups, "width_per_group": width_per_group} if block == "bottleneck" else {}
     dtype = jnp.dtype(dtype)
     self.name = name
     self.dtype = dtype
@@ -204,7 +231,7 @@ class ResNet(nnx.Module):
         stride = 2 if (i > 0 and j == 0) else 1
         blocks.append(
           block_cls(
-            in_ch, ch, stride, zero_init_residual=zero_init_residual, dtype=dtype, rngs=rngs
+            in_ch, ch, stride, zero_init_residual=zero_init_residual, dtype=dtype, rngs=rngs, **wide
           )
         )
         in_ch = ch * block_cls.expansion
