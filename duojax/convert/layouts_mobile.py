@@ -115,11 +115,16 @@ def _torchvision_mobilenet(model) -> Rename:
 
 
 def _mnasnet_stacks(model) -> list[tuple[int, int]]:
-  """(stack, index in stack) of each block after the first: stacks change width."""
-  out, stack, j, width = [], 7, 0, None
+  """(stack, index in stack) of each block after the first. A stack's blocks
+  share their kernel and width and only its first is strided; neighbouring
+  stacks differ in one of these (at small alphas two widths can round equal)."""
+  out, stack, j, previous = [], 7, 0, None
   for block in list(model.blocks)[1:]:
-    if block.project.conv.out_features != width:
-      stack, j, width = stack + 1, 0, block.project.conv.out_features
+    stride = block.dw.conv.strides
+    stride = stride[0] if isinstance(stride, Sequence) else stride
+    shape = (block.dw.conv.kernel_size, block.project.conv.out_features)
+    if shape != previous or stride != 1:
+      stack, j, previous = stack + 1, 0, shape
     else:
       j += 1
     out.append((stack, j))
