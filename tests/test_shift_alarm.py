@@ -176,3 +176,82 @@ def test_bad_inputs_and_options_are_one_line_errors():
   for match, options in bad_options.items():
     with pytest.raises(ConfigError, match=match):
       shift_alarm.fit_shift_alarm(val, **{"resamples": 99, **options})
+
+
+# --- The report section.
+
+
+def _section_inputs(n=2000, seed=0, **overrides):
+  from helpers import synthetic_eval_inputs
+
+  config = {"sidekick": "sidekick", "shifts": "gaussian_noise", "shift_alarm_batch": 200}
+  inputs = synthetic_eval_inputs(n, seed, **{**config, **overrides})
+  rng = np.random.default_rng(seed + 100)
+  for severity, noise in ((1, 1.1), (3, 2.5), (5, 4.0)):
+    for kind, members in (("sidekick_noise", (1.0, noise, 1.0)), ("large_noise", (noise, 1, 1))):
+      labels = rng.integers(0, 8, 500)
+      signal = np.eye(8)[labels]
+      inputs.bank.logits[f"{kind}/{severity}"] = np.stack(
+        [
+          scale * signal + spread * rng.normal(size=(500, 8))
+          for scale, spread in zip((2.5, 1.5, 2.5), (1.2 * members[0], members[1], 1.2))
+        ]
+      ).astype(np.float32)
+      inputs.bank.labels[f"{kind}/{severity}"] = labels
+  return inputs
+
+
+@pytest.fixture(scope="module")
+def section_inputs():
+  return _section_inputs(shift_alarm_batches=400)
+
+
+def test_the_section_reports_false_alarms_detection_and_the_duo_cells(section_inputs):
+  from duojax.eval.sections import shift_alarm as section
+
+  inputs = section_inputs
+  assert section.enabled(inputs.config)
+  results = section.build(inputs, {})["shift_alarm"]
+  clean = results["clean"]
+  assert clean["batch_size"] == 200 and clean["batches"] == 400
+  low, high = clean["ci95"]
+  assert low <= clean["rate"] <= high and clean["rate"] <= 0.12, clean
+  shifts = results["shifts"]
+  assert list(shifts)[:3] == ["large_noise/1", "large_noise/3", "large_noise/5"]
+  for kind in ("large_noise", "sidekick_noise"):
+    assert shifts[f"{kind}/5"]["rate"] >= 0.9 and shifts[f"{kind}/5"]["batch_size"] == 200
+  # A sidekick far noisier than on val: the fixed weights hurt and the cell is marked.
+  assert shifts["sidekick_noise/5"]["delta_nll"] > 0
+  lines = section.markdown(results and {"shift_alarm": results})
+  assert lines[0].startswith("### Shift alarm")
+  assert any(line.startswith("| sidekick_noise/5 |") and "✗" in line for line in lines)
+  assert section.build(inputs, {})["shift_alarm"] == results  # seeded
+
+
+def test_the_section_needs_a_sidekick_and_shifts_and_checks_its_keys(section_inputs):
+  import dataclasses
+
+  from duojax.eval.bank import LogitsBank
+  from duojax.eval.sections import shift_alarm as section
+
+  inputs = section_inputs
+  config = inputs.config.copy_and_resolve_references()
+  config.shifts = ""
+  assert not section.enabled(config)
+  no_shifts = LogitsBank(
+    inputs.bank.member_names, inputs.bank.labels, {"val": inputs.bank.logits["val"]}
+  )
+  assert section.build(dataclasses.replace(inputs, bank=no_shifts), {}) == {}
+  no_sidekick = LogitsBank(("large", "other", "large#2"), inputs.bank.labels, inputs.bank.logits)
+  assert section.build(dataclasses.replace(inputs, bank=no_sidekick), {}) == {}
+  assert section.markdown({}) == []
+  for key, value, match in (
+    ("shift_alarm_alpha", 1.0, "shift_alarm_alpha"),
+    ("shift_alarm_batch", 0, "shift_alarm_batch"),
+    ("shift_alarm_batches", -1, "shift_alarm_batches"),
+    ("shift_alarm_resamples", 5, ">= 19"),
+  ):
+    config = inputs.config.copy_and_resolve_references()
+    config[key] = value
+    with pytest.raises(ConfigError, match=match):
+      section.validate(config)
