@@ -7,7 +7,8 @@ the layers below it. The layers are listed, bottom up, in `duojax.layers`
 The Python API for a duo of models you already have (`duojax.api`):
 `fit_duo`, `load_duo`, `Duo`, `score`, `score_ood`, `fused_forward`,
 `fit_mahalanobis`, `mahalanobis_score`, `guaranteed_threshold` (a confidence
-threshold with a guaranteed selective risk) and its `Selection`, resolved on first use
+threshold with a guaranteed selective risk) and its `Selection`, `fit_shift_alarm`,
+`load_shift_alarm` and `ShiftAlarm` (an alarm for a batch of shifted inputs), resolved on first use
 so that `import duojax` stays light. Conformal prediction sets are
 `duojax.conformal` (`calibrate`, `ConformalPredictor`, `coverage`, `set_sizes`),
 also imported on first use. `load_bundle` reads a fitted duo written as a
@@ -46,6 +47,9 @@ _API = (
   "mahalanobis_score",
   "guaranteed_threshold",
   "Selection",
+  "fit_shift_alarm",
+  "load_shift_alarm",
+  "ShiftAlarm",
 )
 
 

@@ -11,6 +11,8 @@
                      duojax.mahalanobis_score(detector, ood_features))
     selection = duojax.guaranteed_threshold(duo.confidence(val), val_correct, risk=0.02)
     accept = duo.confidence(test) >= selection.threshold  # risk ≤ 2% w.p. ≥ 95%
+    alarm = duojax.fit_shift_alarm([val_logits_large, val_logits_sidekick])
+    shifted, p_value = alarm.check([batch_large, batch_sidekick])  # ≤ 5% false alarms
 
 A thin layer over `duojax.core` (`temperature.fit_temperatures` for the joint
 fit, `duo` for the combination, `metrics` for the scores): every function
@@ -38,6 +40,7 @@ from duojax import files
 from duojax.core import duo as duo_lib
 from duojax.core import mahalanobis, metrics, temperature
 from duojax.core.selective import Selection, guaranteed_threshold
+from duojax.core.shift_alarm import ShiftAlarm, fit_shift_alarm, load_shift_alarm
 from duojax.errors import ConfigError, FileError, InputError
 
 FORMAT = "duojax.duo"
@@ -47,11 +50,14 @@ SCORES = ("max_prob", "large_prediction")
 __all__ = [
   "Duo",
   "Selection",
+  "ShiftAlarm",
   "fit_duo",
   "fused_forward",
   "fit_mahalanobis",
+  "fit_shift_alarm",
   "guaranteed_threshold",
   "load_duo",
+  "load_shift_alarm",
   "mahalanobis_score",
   "score",
   "score_ood",
