@@ -38,17 +38,20 @@ import numpy as np
 
 from duojax import files
 from duojax.core import duo as duo_lib
-from duojax.core import mahalanobis, metrics, temperature
+from duojax.core import mahalanobis, metrics, per_input_duo, temperature
+from duojax.core.per_input_duo import PerInputDuo
 from duojax.core.selective import Selection, guaranteed_threshold
 from duojax.core.shift_alarm import ShiftAlarm, fit_shift_alarm, load_shift_alarm
 from duojax.errors import ConfigError, FileError, InputError
 
-FORMAT = "duojax.duo"
-VERSION = 1
+FORMAT = per_input_duo.FORMAT  # "duojax.duo"
+VERSION = 1  # a weighted duo: {"weights", "names"}
+PER_INPUT_VERSION = per_input_duo.VERSION  # a per-input duo: {"method", "params", "names"}
 SCORES = ("max_prob", "large_prediction")
 # Re-exported: abstention with a guaranteed selective risk (`duojax.core.selective`).
 __all__ = [
   "Duo",
+  "PerInputDuo",
   "Selection",
   "ShiftAlarm",
   "fit_duo",
@@ -71,20 +74,26 @@ class Duo:
   weights: np.ndarray  # float32 [m]
   names: tuple[str, ...] = ()
 
-  def logits(self, member_logits) -> np.ndarray:
-    """The duo's logits Σ_i w_i z_i, float32 [N, C]."""
+  def logits(self, member_logits, features=None) -> np.ndarray:
+    """The duo's logits Σ_i w_i z_i, float32 [N, C]. (`features` is accepted, and
+    unused, so that code written for `PerInputDuo` runs with a weighted duo.)"""
+    del features
     stack = _stack(member_logits, len(self.weights))
     return np.asarray(duo_lib.combine(stack, self.weights))
 
-  def probabilities(self, member_logits) -> np.ndarray:
+  def probabilities(self, member_logits, features=None) -> np.ndarray:
     """softmax of the duo's logits, float32 [N, C]."""
     return np.asarray(jax.nn.softmax(self.logits(member_logits), axis=-1))
 
-  def predict(self, member_logits) -> np.ndarray:
+  def predict(self, member_logits, features=None) -> np.ndarray:
     """The duo's predicted class, int [N]."""
     return self.logits(member_logits).argmax(-1)
 
-  def confidence(self, member_logits, score: str = "max_prob") -> np.ndarray:
+  @property
+  def method(self) -> str:
+    return "weighted"
+
+  def confidence(self, member_logits, score: str = "max_prob", features=None) -> np.ndarray:
     """Confidence in [0, 1], float32 [N].
 
     "max_prob": the duo's max softmax probability (the paper's score, its
@@ -100,7 +109,7 @@ class Duo:
       return np.asarray(duo_lib.msp_confidence(combined))
     return np.asarray(duo_lib.confidence_on(combined, jnp.argmax(stack[0], -1)))
 
-  def uncertainty(self, member_logits, score: str = "max_prob") -> np.ndarray:
+  def uncertainty(self, member_logits, score: str = "max_prob", features=None) -> np.ndarray:
     """1 − `confidence`: higher means less certain, float32 [N]."""
     return 1.0 - self.confidence(member_logits, score)
 
@@ -123,25 +132,45 @@ def _stack(member_logits, m: int) -> jax.Array:
 
 
 def fit_duo(
-  member_logits: Sequence, labels, *, names: Sequence[str] = (), solver: str = "jaxopt"
-) -> Duo:
-  """Fits the members' weights jointly on validation logits and labels.
+  member_logits: Sequence,
+  labels,
+  *,
+  names: Sequence[str] = (),
+  solver: str = "jaxopt",
+  method: str = "weighted",
+  features: Sequence | None = None,
+) -> Duo | PerInputDuo:
+  """Fits a duo on validation logits and labels.
 
   Args:
     member_logits: m arrays [N, C] (or one [m, N, C] stack), the large model first.
     labels: int [N] in [0, C).
     names: optional member names, kept with the weights.
     solver: "jaxopt" (jaxopt.LBFGS) or "optax" (optax.lbfgs).
+    method: "weighted" (one weight per member, the paper's duo: a `Duo`), or a
+      per-input duo (a `PerInputDuo`, `duojax.core.per_input_duo`): "dynamic"
+      (temperatures from the members' features), "entropy" (weights from each
+      member's predictive entropy) or "guarded" (a mixture with the large model
+      alone that cannot do much worse than it).
+    features: for "dynamic", one [N, D_i] array of pre-logit features per member
+      (`fused_forward(..., with_features="all")`); None falls back to the
+      members' logit summaries. Their `.logits(member_logits, features)` then
+      take the same kind of features.
   """
   stack = duo_lib.as_stack(member_logits)
   if names and len(names) != stack.shape[0]:
     raise InputError(f"{len(names)} names for {stack.shape[0]} members")
+  if method != "weighted":
+    return per_input_duo.fit(
+      method, list(np.asarray(stack)), labels, features=features, names=names, solver=solver
+    )
   weights = temperature.fit_temperatures(stack, np.asarray(labels), solver=solver)
   return Duo(np.asarray(weights, np.float32), tuple(names))
 
 
-def load_duo(path: str | os.PathLike) -> Duo:
-  """A duo written by `Duo.save`; a missing, damaged or foreign file is a one-line FileError."""
+def load_duo(path: str | os.PathLike) -> Duo | PerInputDuo:
+  """A duo written by `Duo.save` or `PerInputDuo.save`; a missing, damaged or foreign
+  file is a one-line FileError."""
   path = os.fspath(path)
   try:
     with open(path) as f:
@@ -150,9 +179,15 @@ def load_duo(path: str | os.PathLike) -> Duo:
     raise FileError(f"cannot read duo file {path!r}: {str(e).splitlines()[0]}") from None
   if not isinstance(record, dict) or record.get("format") != FORMAT:
     raise FileError(f'{path!r} is not a duo file (no "format": "{FORMAT}")')
+  if record.get("version") == PER_INPUT_VERSION:
+    try:
+      return per_input_duo.from_record(record, record.get("names", []))
+    except (KeyError, TypeError, ValueError) as e:
+      raise FileError(f"{path!r}: damaged per-input duo ({type(e).__name__}: {e})") from None
   if record.get("version") != VERSION:
     raise FileError(
-      f"{path!r} is duo file version {record.get('version')!r}; this duojax reads version {VERSION}"
+      f"{path!r} is duo file version {record.get('version')!r}; this duojax reads versions "
+      f"{VERSION} and {PER_INPUT_VERSION}"
     )
   weights, names = record.get("weights"), record.get("names", [])
   if (
@@ -195,13 +230,15 @@ def fused_forward(
   *,
   preprocess: Sequence[Callable] | None = None,
   mesh=None,
-  with_features: bool = False,
+  with_features: bool | str = False,
 ) -> tuple[Callable, tuple]:
   """(jitted forward, states) running NNX `models` in one program.
 
   `forward(states, images)` returns the members' logits [m, B, C], and with
   `with_features=True` the pair (logits, features [B, D]): model 0's pre-logit
-  features, which `fit_mahalanobis` and `mahalanobis_score` take.
+  features, which `fit_mahalanobis` and `mahalanobis_score` take; with
+  `with_features="all"` the pair (logits, (features of each model)), which
+  `fit_duo(..., method="dynamic", features=...)` takes.
   `preprocess[i]` (e.g. `functools.partial(duojax.data.prepare, spec=...)`)
   turns the batch into model i's input inside the same program.
   """

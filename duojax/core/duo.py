@@ -43,7 +43,7 @@ def make_fused_forward(
   graphdefs,
   *,
   mesh: Mesh | None = None,
-  with_features: bool = False,
+  with_features: bool | str = False,
   preprocess: Sequence[Callable] | None = None,
 ) -> Callable:
   """Jitted `(states, images) -> logits [m, B, C]` running every member at once.
@@ -53,13 +53,14 @@ def make_fused_forward(
   overlap them). With a mesh, images are split by rows over every device and
   the member states replicated. `with_features=True` also returns member
   0's pre-logit features [B, D] (for last-layer MC dropout without a second
-  backbone pass). `preprocess[i]` turns the batch into member i's input
+  backbone pass); `with_features="all"` a tuple of every member's [B, D_i]
+  (the dynamic duo's per-input temperatures read both members'). `preprocess[i]` turns the batch into member i's input
   inside the program (e.g. a uint8 batch resized and normalised its own way,
   `duojax.data.prepare`); members that share one callable share its output.
   """
 
   def forward(states, images):
-    logits, features, prepared = [], None, {}
+    logits, features, prepared = [], [], {}
     for i, (graphdef, state) in enumerate(zip(graphdefs, states)):
       fn = None if preprocess is None else preprocess[i]
       if fn is not None and id(fn) not in prepared:
@@ -67,17 +68,19 @@ def make_fused_forward(
       x = images if fn is None else prepared[id(fn)]
       z, out = nnx.merge(graphdef, state)(x, train=False)
       logits.append(z.astype(jnp.float32))
-      if i == 0:
-        features = out["pre_logits"]
-    return (jnp.stack(logits), features) if with_features else jnp.stack(logits)
+      features.append(out["pre_logits"])
+    if with_features == "all":
+      return jnp.stack(logits), tuple(features)
+    return (jnp.stack(logits), features[0]) if with_features else jnp.stack(logits)
 
   if mesh is None:
     return jax.jit(forward)
   rows, out_logits = sharding.batch_sharding(mesh), sharding.stacked_batch_sharding(mesh)
+  out_features = tuple(rows for _ in graphdefs) if with_features == "all" else rows
   return jax.jit(
     forward,
     in_shardings=(sharding.replicated(mesh), rows),
-    out_shardings=(out_logits, rows) if with_features else out_logits,
+    out_shardings=(out_logits, out_features) if with_features else out_logits,
   )
 
 

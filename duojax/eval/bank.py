@@ -35,6 +35,9 @@ class LogitsBank:
   logits: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   # Member 0's pre-logit features [N, D] per split, when collected with them.
   features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  # Every model member's features [N, D_i] per split (in `member_names` order,
+  # logits-file members having none), when collected with with_features="all".
+  member_features: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
 
   def member(self, split: str, name: str) -> np.ndarray:
     return self.logits[split][self.member_names.index(name)]
@@ -64,12 +67,13 @@ def split_logits(
   *,
   desc: str = "",
   total: int | None = None,
-  with_features: bool = False,
+  with_features: bool | str = False,
 ):
   """Runs the fused forward over masked batches.
 
   Returns (logits [m, N, C], labels [N]), plus member 0's features [N, D]
-  when `with_features` (the forward must have been built with them).
+  when `with_features` (the forward must have been built with them), or
+  every member's ([N, D_i] each, a list) when it is "all".
   """
   logits, labels, features = [], [], []
   for batch in tqdm.tqdm(
@@ -79,12 +83,17 @@ def split_logits(
     mask = _to_host(batch["mask"])
     if with_features:
       out, feats = out
-      features.append(_to_host(feats)[mask])
+      if with_features == "all":
+        features.append([_to_host(f)[mask] for f in feats])
+      else:
+        features.append(_to_host(feats)[mask])
     logits.append(_to_host(out)[:, mask])
     labels.append(_to_host(batch["label"])[mask])
   if not logits:
     raise DataError(f"split {desc!r} is empty")
   result = (np.concatenate(logits, axis=1), np.concatenate(labels))
+  if with_features == "all":
+    return (*result, [np.concatenate(f) for f in zip(*features)])
   return (*result, np.concatenate(features)) if with_features else result
 
 
@@ -111,14 +120,15 @@ def collect(
   *,
   mesh,
   batch_size: int,
-  with_features: bool = False,
+  with_features: bool | str = False,
   forward=None,
 ) -> LogitsBank:
   """Logits of every member on every split (one fused forward per batch).
 
   Batches are uint8 at the splits' size; each member's resize and
   normalisation run inside the fused forward. `with_features` also keeps
-  member 0's pre-logit features in `bank.features`. `forward`: a
+  member 0's pre-logit features in `bank.features` ("all": every member's,
+  in `bank.member_features` too). `forward`: a
   `duo.make_fused_forward` of these members' graphdefs and preprocessing, for
   a caller that scores many models of one architecture (the greedy soup's
   candidates) and would otherwise compile the same program for each.
@@ -158,7 +168,10 @@ def collect(
     )
     logits = out[0] if len(unique) == len(members) else out[0][rows]
     bank.logits[name], bank.labels[name] = logits, out[1]
-    if with_features:
+    if with_features == "all":
+      bank.member_features[name] = [out[2][row] for row in rows]
+      bank.features[name] = out[2][rows[0]]
+    elif with_features:
       bank.features[name] = out[2]
   return bank
 
@@ -191,4 +204,7 @@ def with_files(bank: LogitsBank, files: dict, splits: Iterable[str]) -> LogitsBa
       )
       out.logits[split] = np.stack(stack)
   out.features = bank.features
+  out.member_features = {
+    split: [*feats, *(None for _ in files)] for split, feats in bank.member_features.items()
+  }
   return out

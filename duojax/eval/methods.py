@@ -14,13 +14,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from duojax.core import duo, temperature
+from duojax.core import duo, per_input_duo, temperature
 from duojax.errors import ConfigError
 from duojax.eval.bank import LogitsBank
 from duojax.parallel import sharding
 
 FIT_SPLIT = "val"
-KINDS = ("single", "ts", "duo", "ensemble", "ensemble_ts")
+KINDS = ("single", "ts", "duo", "ensemble", "ensemble_ts", "per_input")
+# The per-input duos (`duojax.core.per_input_duo`), as `config.per_input_duos` names them.
+PER_INPUT = per_input_duo.METHODS
+PER_INPUT_LABELS = {
+  "dynamic": "per-input temperatures from both members' features",
+  "entropy": "per-input weights from each member's entropy",
+  "guarded": "mixture with large+TS per input, never much worse than it",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +42,7 @@ class Method:
   name: str
   kind: str  # one of KINDS
   members: tuple[str, ...]  # bank member names; for duos, the large model first
-  mode: str = ""  # duo mode (duo.MODES) for kind "duo"
+  mode: str = ""  # duo mode (duo.MODES) for kind "duo"; PER_INPUT's for "per_input"
   label: str = ""  # longer description for tables
   headline: bool = False
 
@@ -71,6 +78,11 @@ def fit(
     stack = bank.stack(FIT_SPLIT, method.members)
     single = [fit_weights([z])[0] for z in stack]
     return {"weights": fit_weights(stack), "single_weights": np.asarray(single)}
+  if method.kind == "per_input":
+    stack = bank.stack(FIT_SPLIT, method.members)
+    features = member_features(bank, FIT_SPLIT, method) if method.mode == "dynamic" else None
+    fitted = per_input_duo.fit(method.mode, list(stack), labels, features=features, solver=solver)
+    return {"duo": fitted, **_summary(fitted)}
   if method.kind in ("single", "ensemble"):
     return {}
   raise ConfigError(f"unknown method kind {method.kind!r}; valid: {', '.join(KINDS)}")
@@ -88,6 +100,10 @@ def apply(method: Method, fitted: dict, bank: LogitsBank, split: str):
     if method.kind == "ensemble_ts":
       logits = logits * fitted["weights"][0]
     return logits, duo.msp_confidence(logits)
+  if method.kind == "per_input":
+    features = member_features(bank, split, method) if method.mode == "dynamic" else None
+    logits = jnp.asarray(fitted["duo"].logits(list(bank.stack(split, method.members)), features))
+    return logits, duo.msp_confidence(logits)
   if method.kind == "duo":
     return duo.combine_mode(
       bank.stack(split, method.members),
@@ -98,12 +114,33 @@ def apply(method: Method, fitted: dict, bank: LogitsBank, split: str):
   raise ConfigError(f"unknown method kind {method.kind!r}; valid: {', '.join(KINDS)}")
 
 
+def member_features(bank: LogitsBank, split: str, method: Method) -> list | None:
+  """The method's members' pre-logit features on `split`, or None where the bank has
+  not every one of them (the dynamic duo then reads the logits' summaries)."""
+  collected = bank.member_features.get(split)
+  if collected is None:
+    return None
+  features = [collected[bank.member_names.index(name)] for name in method.members]
+  return None if any(f is None for f in features) else features
+
+
+def _summary(fitted) -> dict[str, np.ndarray]:
+  """The few numbers of a per-input duo worth a line in results.json."""
+  params = fitted.params
+  if fitted.method == "guarded":
+    return {"weights": params.duo_weights, "gate": params.theta}
+  if fitted.method == "entropy":
+    return {"weights": params.weights, "single_weights": params.single_weights}
+  return {"bias": params.bias}
+
+
 def standard_methods(
   *,
   large: str,
   sidekick: str | None,
   ensemble: tuple[str, ...] = (),
   extra_singles: tuple[str, ...] = (),
+  per_input: tuple[str, ...] = (),
 ) -> list[Method]:
   """The duo and every baseline the members in the bank allow.
 
@@ -144,6 +181,17 @@ def standard_methods(
         label="large model's prediction, duo's confidence in it",
         headline=True,
       ),
+    ]
+    methods += [
+      Method(
+        f"duo ({mode})",
+        "per_input",
+        (large, sidekick),
+        mode,
+        label=PER_INPUT_LABELS[mode],
+        headline=True,
+      )
+      for mode in per_input
     ]
   for m in range(2, len(ensemble) + 1):
     methods += [

@@ -68,7 +68,10 @@ def run(config, *, bundle_dir: str | None = None) -> dict:
   mahalanobis = config.mahalanobis_train_rows != 0 and "ood" in splits
   mahalanobis = mahalanobis and _can(large, "features to fit", "Mahalanobis", skipped)
   members = _models_first(members[:1] + members[1:] + soups)
-  bank = _logits_bank(config, members, dataset, splits, mesh, mc_dropout or mahalanobis)
+  # The dynamic duo reads every member's features; MC dropout and Mahalanobis the large model's.
+  dynamic = "dynamic" in split_list(config.per_input_duos) and bool(config.sidekick)
+  with_features = "all" if dynamic else bool(mc_dropout or mahalanobis)
+  bank = _logits_bank(config, members, dataset, splits, mesh, with_features)
   member_flops = {m.name: m.flops for m in members}
   extra_singles = [m.name for m in soups]
   if mc_dropout:
@@ -183,7 +186,7 @@ def _soups(config, specs: dict, large, dataset, mesh, skipped: dict) -> list:
   return members_lib.soup_members(workdirs, large, val_accuracy, mesh=mesh)
 
 
-def _logits_bank(config, members, dataset, splits, mesh, with_features: bool):
+def _logits_bank(config, members, dataset, splits, mesh, with_features: bool | str):
   """Every member's logits on every split: the models' by one fused forward
   per batch (with the large model's features when asked), the files' as stored."""
   models = [m for m in members if m.gives_images]
@@ -221,6 +224,7 @@ def _methods(config, sections, added: dict, extra_singles: list) -> list:
     sidekick=SIDEKICK if config.sidekick else None,
     ensemble=tuple(ensemble),
     extra_singles=tuple(extra_singles),
+    per_input=tuple(split_list(config.per_input_duos)),
   )
   for section in sections:
     methods += sections_lib.added_methods(section, config, added[sections_lib.name(section)])

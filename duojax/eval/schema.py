@@ -14,7 +14,7 @@ from __future__ import annotations
 import ml_collections
 
 from duojax.config_lib import base_config, split_list, validate
-from duojax.core import temperature
+from duojax.core import per_input_duo, temperature
 from duojax.data import shifts
 from duojax.errors import ConfigError
 from duojax.eval import sections as sections_lib
@@ -56,6 +56,12 @@ def _core_keys() -> ml_collections.ConfigDict:
   # A listed section runs when the keys give it its inputs; each section's own
   # keys follow below.
   c.sections = "methods,paired,cascade,hydra,sidekicks,conformal,abstention"
+  # The duos whose combination changes with the input, beside the weighted duo
+  # (comma list of "dynamic", "entropy", "guarded"; "" for none): methods
+  # "duo (dynamic)", ... of every table (`duojax.core.per_input_duo`). The
+  # dynamic duo reads both members' pre-logit features (logit summaries for a
+  # logits file).
+  c.per_input_duos = "dynamic,entropy,guarded"
   # MC dropout on the large model's pre-logits: samples (0 disables) and rate.
   c.mc_dropout_samples = 0
   c.mc_dropout_rate = 0.1
@@ -136,6 +142,11 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
     config.large,
     "config.large must name the large model's training workdir (or "
     "pretrained:MODEL:PATH, logits:PATH)",
+  )
+  unknown = sorted(set(split_list(config.per_input_duos)) - set(per_input_duo.METHODS))
+  _need(
+    not unknown,
+    f"config.per_input_duos has unknown {unknown}; valid: {', '.join(per_input_duo.METHODS)}",
   )
   for key, most in (("large", 1), ("sidekick", 1)):  # the duo's two roles: one member each
     _need(

@@ -63,7 +63,8 @@ def build(inputs: EvalInputs, results: dict) -> dict:
       "members": list(method.members),
       "flops": flops,
       "relative_flops": flops / inputs.member_flops[large],
-      "fitted": {k: np.asarray(v).round(6).tolist() for k, v in fitted.items()},
+      # A per-input duo's object stays in memory; its summary arrays go in the file.
+      "fitted": {k: np.asarray(v).round(6).tolist() for k, v in fitted.items() if k != "duo"},
       "test": _floats(metrics.evaluate(logits, labels, confidence)),
     }
     if OOD in bank.logits:
