@@ -120,8 +120,14 @@ _ENDS = {
 }
 
 
-def entries(names: Sequence[str], layout: str) -> list[Entry]:
-  """The entries of a duojax EfficientNet whose flat state names are `names`."""
+def entries(names: Sequence[str], layout: str, padding: str = "same") -> list[Entry]:
+  """The entries of a duojax EfficientNet whose flat state names are `names`;
+  `padding` is the model's, refused for a Hugging Face file unless "same"."""
+  if layout == "hf" and padding != "same":
+    raise ValueError(
+      "Hugging Face's EfficientNets pad as TensorFlow does: build the model with "
+      "padding='same', bn_eps=1e-3"
+    )
   blocks = sorted({tuple(map(int, m.groups())) for m in map(_BLOCK_RE.match, names) if m})
   num_stages = 1 + max(i for i, _ in blocks)
   stem_conv, stem_bn, head_conv, head_bn, head = _ENDS[layout]

@@ -92,7 +92,7 @@ def entries_for(model: nnx.Module, layout: str, file_keys=(), names=None) -> lis
     if _family(model) == "convnext":
       return layouts_convnext.entries(names, layout)
     if _family(model) == "efficientnet":
-      return layouts_efficientnet.entries(names, layout)
+      return layouts_efficientnet.entries(names, layout, padding=model.padding)
     if (found := layouts_mobile.entries(model, names, layout)) is not None:
       return found
     v5 = any(k.startswith("vit.layers.") for k in file_keys)
@@ -205,7 +205,8 @@ def load_pretrained(
     try:
       converted = entry.to_duojax(arrays, shapes)
     except ValueError:
-      if entry.kind == "head":  # PyTorch heads are [classes, features]
+      # PyTorch heads are [classes, features]; other features are a mis-shaped tensor.
+      if entry.kind == "head" and arrays[0].shape[0] != shapes[0][-1]:
         raise WeightsMismatchError(
           f"{path!r} has a {arrays[0].shape[0]}-class head but the model has "
           f"{shapes[0][-1]} classes; keep a fresh head with head='fresh' "

@@ -77,8 +77,9 @@ V2_STAGES = {
 }
 
 
-def _v1(width_mult, depth_mult, dropout, bn_eps=1e-5, bn_momentum=0.1):
+def _v1(width_mult, depth_mult, image_size, dropout, bn_eps=1e-5, bn_momentum=0.1):
   return dict(
+    image_size=image_size,
     stages=B0_STAGES,
     stem=32,
     width_mult=width_mult,
@@ -90,9 +91,10 @@ def _v1(width_mult, depth_mult, dropout, bn_eps=1e-5, bn_momentum=0.1):
   )
 
 
-def _v2(size, dropout):
+def _v2(size, image_size, dropout):
   stages = V2_STAGES[size]
   return dict(
+    image_size=image_size,
     stages=stages,
     stem=stages[0][4],
     width_mult=1.0,
@@ -104,29 +106,24 @@ def _v2(size, dropout):
   )
 
 
-# name -> the EfficientNet keyword arguments (torchvision's); every key is also an override.
+# name -> the EfficientNet keyword arguments (torchvision's); every key is also an
+# override. The image size is nominal (any size runs): that of torchvision's weights,
+# the side their published accuracy and FLOPs are measured at.
 CONFIGS = {
-  "efficientnet_b0": _v1(1.0, 1.0, 0.2),
-  "efficientnet_b1": _v1(1.0, 1.1, 0.2),
-  "efficientnet_b2": _v1(1.1, 1.2, 0.3),
-  "efficientnet_b3": _v1(1.2, 1.4, 0.3),
-  "efficientnet_b4": _v1(1.4, 1.8, 0.4),
-  "efficientnet_b5": _v1(1.6, 2.2, 0.4, 1e-3, 0.01),
-  "efficientnet_b6": _v1(1.8, 2.6, 0.5, 1e-3, 0.01),
-  "efficientnet_b7": _v1(2.0, 3.1, 0.5, 1e-3, 0.01),
-  "efficientnet_v2_s": _v2("s", 0.2),
-  "efficientnet_v2_m": _v2("m", 0.3),
-  "efficientnet_v2_l": _v2("l", 0.4),
+  "efficientnet_b0": _v1(1.0, 1.0, 224, 0.2),
+  "efficientnet_b1": _v1(1.0, 1.1, 240, 0.2),
+  "efficientnet_b2": _v1(1.1, 1.2, 288, 0.3),
+  "efficientnet_b3": _v1(1.2, 1.4, 300, 0.3),
+  "efficientnet_b4": _v1(1.4, 1.8, 380, 0.4),
+  "efficientnet_b5": _v1(1.6, 2.2, 456, 0.4, 1e-3, 0.01),
+  "efficientnet_b6": _v1(1.8, 2.6, 528, 0.5, 1e-3, 0.01),
+  "efficientnet_b7": _v1(2.0, 3.1, 600, 0.5, 1e-3, 0.01),
+  "efficientnet_v2_s": _v2("s", 384, 0.2),
+  "efficientnet_v2_m": _v2("m", 480, 0.3),
+  "efficientnet_v2_l": _v2("l", 480, 0.4),
 }
 
-OVERRIDES = (
-  *CONFIGS["efficientnet_b0"],
-  "padding",
-  "drop_path",
-  "in_channels",
-  "image_size",
-  "dtype",
-)
+OVERRIDES = (*CONFIGS["efficientnet_b0"], "padding", "drop_path", "in_channels", "dtype")
 PADDINGS = ("torch", "same")
 
 
