@@ -11,7 +11,10 @@ its own way inside the fused forward. `ood`: "tfds:NAME[:SPLIT]" (a tfds set
 prepared in the data_dir as array_record, e.g. an ImageNet-O or iNaturalist
 subset), "folder:PATH" (every image file below PATH), "mnist" or "" (none).
 The shifts are the demo's four corruptions at five severities, scaled to the
-images' resolution, on a seeded subset of `shift_images` test images. The
+images' resolution, on a seeded subset of `shift_images` test images;
+`shifts=imagenet_c` runs the 15 ImageNet-C corruptions instead (c_gaussian_noise,
+..., c_jpeg_compression, their 224-pixel definitions scaled to the images), and a
+space-separated list combines names (`shifts=imagenet_c blur`). The
 sections are the demo's: every method, the paired bootstrap against the
 temperature-scaled large model, the cascades, the choice of sidekick, the
 conformal prediction sets and abstention with a guaranteed risk. Results (results.json, results.md and the plots) go
@@ -45,7 +48,7 @@ def get_config(arg=None):
   c.cascade = bool(arg.sidekick)
   c.mc_dropout_samples = arg.mc_dropout
   c.ood = arg.ood
-  c.shifts = arg.shifts
+  c.shifts = arg.shifts.replace(" ", ",")
   c.shift_max_images = arg.shift_images
   c.data_dir = arg.data_dir
   c.batch_size = arg.batch_size

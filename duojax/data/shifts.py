@@ -36,6 +36,27 @@ from duojax.errors import ConfigError, InputError
 
 SHIFTS = ("gaussian_noise", "blur", "rotation", "contrast")
 SEVERITIES = (1, 2, 3, 4, 5)
+# The 15 ImageNet-C corruptions at their 224-pixel definitions scaled to the image
+# (duojax.data.imagenet_c), prefixed so that none clashes with the four above.
+IMAGENET_C = (
+  "c_gaussian_noise",
+  "c_shot_noise",
+  "c_impulse_noise",
+  "c_defocus_blur",
+  "c_glass_blur",
+  "c_motion_blur",
+  "c_zoom_blur",
+  "c_snow",
+  "c_frost",
+  "c_fog",
+  "c_brightness",
+  "c_contrast",
+  "c_elastic_transform",
+  "c_pixelate",
+  "c_jpeg_compression",
+)
+KINDS = SHIFTS + IMAGENET_C  # every kind of corruption (imagenet_c.corrupt takes the c_ ones)
+GROUP = "imagenet_c"  # a name in config.shifts that stands for all of IMAGENET_C
 
 # The parameter of each corruption at severities 1..5 (pixels in [0, 1]):
 #   gaussian_noise  σ of the additive N(0, σ²) noise, per pixel and channel;
@@ -202,9 +223,20 @@ def _corrupt_chunk(images, param, seed, indices, *, kind: str):
 # Public entry point.
 
 
-def _check(images, kind, severity, seed) -> np.ndarray:
-  if kind not in SHIFTS:
-    raise ConfigError(f"unknown shift kind {kind!r}; expected one of {SHIFTS}")
+def expand(names) -> tuple[str, ...]:
+  """The kinds that `names` (kinds, or GROUP for the 15 ImageNet-C ones) stand for, in
+  order, each once."""
+  kinds = []
+  for name in names:
+    for kind in IMAGENET_C if name == GROUP else (name,):
+      if kind not in kinds:
+        kinds.append(kind)
+  return tuple(kinds)
+
+
+def _check(images, kind, severity, seed, kinds=SHIFTS) -> np.ndarray:
+  if kind not in kinds:
+    raise ConfigError(f"unknown shift kind {kind!r}; expected one of {kinds}")
   if (
     isinstance(severity, bool)
     or not isinstance(severity, (int, np.integer))
@@ -226,6 +258,7 @@ def corrupt(images, kind: str, severity: int, *, seed: int = 0) -> np.ndarray:
 
   Returns a new uint8 array of the same shape. Deterministic given
   (kind, severity, seed); see SEVERITY_TABLE for what each severity means.
+  The `c_` kinds (IMAGENET_C) are duojax.data.imagenet_c.corrupt's.
   """
   images = _check(images, kind, severity, seed)
   count = images.shape[0]

@@ -184,8 +184,12 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
     f"config.ood={config.ood!r}; valid: 'mnist' (embedded), 'tfds:NAME[:SPLIT]', "
     "'folder:PATH' ('' for none)",
   )
-  unknown = sorted(set(split_list(config.shifts)) - set(shifts.SHIFTS))
-  _need(not unknown, f"config.shifts has unknown {unknown}; valid: {', '.join(shifts.SHIFTS)}")
+  unknown = sorted(set(split_list(config.shifts)) - {*shifts.KINDS, shifts.GROUP})
+  _need(
+    not unknown,
+    f"config.shifts has unknown {unknown}; valid: {', '.join(shifts.SHIFTS)}, "
+    f"{shifts.GROUP} (all 15 ImageNet-C corruptions) or any of {', '.join(shifts.IMAGENET_C)}",
+  )
   names = split_list(config.sections)
   _need(
     len(set(names)) == len(names), f"config.sections lists a section twice: {config.sections!r}"

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from duojax import data
-from duojax.data import shifts
+from duojax.data import imagenet_c, shifts
 from duojax.errors import ConfigError
 
 
@@ -26,13 +26,18 @@ def shifted_splits(
   max_images: int | None = None,
   seed: int = 0,
 ) -> dict[str, data.Split]:
-  """Corrupted copies of (a seeded subset of) the test split, named 'kind/severity'."""
+  """Corrupted copies of (a seeded subset of) the test split, named 'kind/severity'.
+
+  `kinds` may name the group "imagenet_c" for its 15 `c_` corruptions (`shifts.expand`).
+  """
   images, labels = data.read_examples(test, test.sample_positions(max_images, seed))
-  return {
-    f"{kind}/{severity}": array_split(shifts.corrupt(images, kind, severity, seed=seed), labels)
-    for kind in kinds
-    for severity in severities
-  }
+  splits = {}
+  for kind in shifts.expand(kinds):
+    corrupt = imagenet_c.corrupt if kind in shifts.IMAGENET_C else shifts.corrupt
+    for severity in severities:
+      corrupted = corrupt(images, kind, severity, seed=seed)
+      splits[f"{kind}/{severity}"] = array_split(corrupted, labels)
+  return splits
 
 
 def ood_caption(name: str) -> str:
