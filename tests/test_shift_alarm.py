@@ -255,3 +255,17 @@ def test_the_section_needs_a_sidekick_and_shifts_and_checks_its_keys(section_inp
     config[key] = value
     with pytest.raises(ConfigError, match=match):
       section.validate(config)
+
+
+def test_the_documented_example_runs(capsys):
+  import pathlib
+  import re
+
+  page = pathlib.Path(__file__).resolve().parents[1] / "docs" / "evaluation.md"
+  text = page.read_text()
+  section = text[text.index("## A shift alarm for batches of deployment inputs") :]
+  code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+  exec(compile(code, "docs/evaluation.md", "exec"), {})
+  clean, shifted = map(float, capsys.readouterr().out.split())
+  assert clean < 0.1 and shifted >= 0.9
+  assert f"# {clean:.3f} {shifted:.3f}" in code
