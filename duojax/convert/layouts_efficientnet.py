@@ -32,6 +32,7 @@ import re
 from typing import Sequence
 
 from duojax.convert.layouts import Entry, _bias, _conv, _linear, _norm
+from duojax.models import efficientnet
 
 _BLOCK_RE = re.compile(r"^stages\.(\d+)\.(\d+)\.")
 # What TensorFlow's ports need (Hugging Face's, timm's `tf_*`).
@@ -156,10 +157,12 @@ def detect(keys) -> str | None:
   return None
 
 
-def file_overrides(layout: str, path: str) -> dict:
-  """Model options a file's weights need beyond its names: TensorFlow's padding and
-  BatchNorm eps for Hugging Face's files, and for timm's `tf_*` models (told by the
-  `architecture` of a timm `config.json` beside the file)."""
+def file_overrides(model_name: str, layout: str, path: str) -> dict:
+  """Model options an EfficientNet file's weights need beyond its names: TensorFlow's
+  padding and BatchNorm eps for Hugging Face's files, and for timm's `tf_*` models (told
+  by the `architecture` of a timm `config.json` beside the file); {} for other models."""
+  if model_name not in efficientnet.CONFIGS:
+    return {}
   if layout == "hf":
     return dict(TF_OVERRIDES)
   if layout == "timm":
