@@ -14,7 +14,9 @@ from conv_reference import compare, num_params, randomize, shell, torch_params
 from flax import nnx
 from reference_libs import timm, torchvision_models
 
-from duojax import convert, models
+from duojax import convert, data, models
+from duojax.data import preprocess
+from duojax.eval import pretrained_members
 from duojax.models import mnasnet, mobilenet, shufflenet
 
 # torchvision's documented parameter counts, for the record beside the computed ones.
@@ -152,3 +154,29 @@ def test_bfloat16_compute_with_dropout_in_training():
   assert (
     nnx.eval_shape(lambda: models.get_model("mobilenet_v3_small", 5, rngs=0)).dropout_rate == 0.2
   )
+
+
+def test_pretrained_members_take_the_files_options_and_statistics(tmp_path):
+  """evaluate.py's `pretrained:` members: a Hugging Face MobileNetV2 file needs TensorFlow's
+  padding and eps, and its images in [-1, 1]; a timm MobileNetV3 file eps 1e-5."""
+  path = str(tmp_path / "hf.safetensors")
+  config = transformers.MobileNetV2Config(num_labels=3)
+  reference = transformers.MobileNetV2ForImageClassification(config)
+  safetensors.torch.save_file(reference.state_dict(), path)
+  spec = pretrained_members.parse(f"pretrained:mobilenet_v2@32:{path}")
+  layout, classes, overrides = pretrained_members.inspect(spec, where="x")
+  assert (layout, classes) == ("hf", 3)
+  assert overrides == {"padding": "same", "bn_eps": 1e-3, "image_size": 32, "in_channels": 3}
+  family = models.family_name(spec.model_name)
+  assert data.pretrained_stats(layout, family, path) == (
+    (0.5,) * 3,
+    (0.5,) * 3,
+    "hf mobilenet default",
+  )
+
+  path = str(tmp_path / "timm.safetensors")
+  reference = timm().create_model("mobilenetv3_small_100", num_classes=3)
+  safetensors.torch.save_file(reference.state_dict(), path)
+  spec = pretrained_members.parse(f"pretrained:mobilenet_v3_small@32:{path}")
+  assert pretrained_members.inspect(spec, where="x")[2]["bn_eps"] == 1e-5
+  assert data.pretrained_stats("timm", "mobilenet", path)[0] == preprocess.IMAGENET_MEAN

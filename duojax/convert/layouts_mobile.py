@@ -346,6 +346,21 @@ def file_family(keys) -> str | None:
   return None
 
 
+def file_overrides(model_name: str, layout: str, keys) -> dict:
+  """`get_model` options a file's weights need beyond its names: Hugging Face's
+  MobileNetV2 TensorFlow's padding and BatchNorm eps, timm's MobileNetV3 eps 1e-5."""
+  from duojax.models import mobilenet
+
+  if model_name not in mobilenet.CONFIGS:
+    return {}
+  held = file_family(keys)
+  if layout == "hf" and held == "mobilenet_v2":
+    return {"padding": "same", "bn_eps": 1e-3}
+  if layout == "timm" and held == "mobilenet_v3":
+    return {"bn_eps": 1e-5}
+  return {}
+
+
 def _detector(name: str):
   return lambda keys: detect(keys) if file_family(keys) == name else None
 

@@ -44,6 +44,8 @@ PRETRAINED_STATS = {
   ("timm", "resnet"): (IMAGENET_MEAN, IMAGENET_STD),
   ("torchvision", "resnet"): (IMAGENET_MEAN, IMAGENET_STD),
   ("hf", "resnet"): (IMAGENET_MEAN, IMAGENET_STD),
+  # Hugging Face's MobileNetV2s (ported from TensorFlow) take images in [-1, 1].
+  ("hf", "mobilenet"): (HALF, HALF),
 }
 # Hugging Face repositories keep the preprocessing next to the weights; timm's
 # (on the Hugging Face hub) a config.json holding its `pretrained_cfg`.

@@ -5,7 +5,11 @@
 
 Families: ResNets ("resnet18" ... "resnet152", CIFAR-style "resnet8" ...
 "resnet32"), Vision Transformers ("vit_{variant}{patch}", e.g. "vit_b16",
-"vit_mu4") and small plain CNNs ("cnn_s", "cnn_xs"). Every model has
+"vit_mu4"), small plain CNNs ("cnn_s", "cnn_xs"), and torchvision's
+RegNets ("regnet_x_400mf" ... "regnet_y_32gf"), MobileNets ("mobilenet_v2",
+"mobilenet_v3_small/large"), MNASNets ("mnasnet0_5" ... "mnasnet1_3"),
+ShuffleNetV2s ("shufflenet_v2_x0_5" ... "_x2_0"), ResNeXts and Wide ResNets
+("resnext50_32x4d", "wide_resnet50_2", ...). Every model has
 float32 parameters, returns float32 logits, and exposes `name`,
 `input_shape` ((H, W, C), None where free) and `image_size`.
 """
@@ -70,6 +74,13 @@ def _family(name: str):
   if vit.parse_name(name) is not None:
     return vit
   return next((f for f in _TORCHVISION_FAMILIES if name in f.CONFIGS), None)
+
+
+def family_name(name: str) -> str | None:
+  """The family of model `name` ("resnet", "vit", "regnet", "mobilenet", ...), None if unknown:
+  the key of each library's preprocessing for it (`data.PRETRAINED_STATS`)."""
+  family = _family(name.lower()) if isinstance(name, str) else None
+  return None if family is None else family.__name__.rsplit(".", 1)[-1]
 
 
 def _compute_dtype(value, name: str):
