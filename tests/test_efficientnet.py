@@ -13,9 +13,10 @@ import torch
 import transformers
 from flax import nnx
 from reference_libs import timm, torchvision_models
-from torch_reference import images, randomize, same_logits, save
+from torch_reference import images, randomize, same_logits, save, torch_logits
 
 from duojax import convert, models
+from duojax.convert import layouts_efficientnet
 from duojax.errors import ConfigError, WeightsMismatchError
 from duojax.models import common, efficientnet, functional
 
@@ -173,3 +174,55 @@ def test_registry_overrides_and_same_padding():
   assert common.same_padding(224, 3, 2) == (0, 1) and common.same_padding(225, 3, 2) == (1, 1)
   assert common.same_padding(224, 5, 2) == (1, 2) and common.same_padding(7, 3, 1) == (1, 1)
   assert efficientnet.make_divisible(32 * 1.1) == 32 and efficientnet.make_divisible(10) == 16
+
+
+def test_hugging_face_member_takes_tensorflow_padding_from_the_file(tmp_path):
+  from duojax.eval import pretrained_members as pm
+
+  config = transformers.EfficientNetConfig(
+    width_coefficient=1.0, depth_coefficient=1.0, hidden_dim=1280, num_labels=4
+  )
+  reference = randomize(transformers.EfficientNetForImageClassification(config))
+  reference.save_pretrained(tmp_path / "b0")
+  spec = pm.parse(f"pretrained:efficientnet_b0:{tmp_path / 'b0' / 'model.safetensors'}")
+  member = pm.load_pretrained_member("small", spec)
+  assert member.meta["model_overrides"]["padding"] == "same"
+  assert member.meta["model_overrides"]["bn_eps"] == 1e-3
+  assert member.meta["input"]["mean"] == [0.485, 0.456, 0.406]
+  assert member.meta["image_shape"] == [224, 224, 3]
+  x = images(SIZE)
+  np.testing.assert_allclose(
+    member.model(jnp.asarray(x.transpose(0, 2, 3, 1)))[0],
+    torch_logits(reference, x),
+    atol=1e-4,
+    rtol=1e-4,
+  )
+
+
+def test_each_librarys_preprocessing_for_the_member_spec(tmp_path):
+  from duojax import data
+  from duojax.data import preprocess
+
+  path = str(tmp_path / "model.safetensors")
+  # torchvision: each model's weights have their own transform (V2-L's in [-1, 1]).
+  mean, std, source = data.pretrained_stats(
+    "torchvision", "efficientnet", path, "efficientnet_v2_l"
+  )
+  assert mean == std == preprocess.HALF and "efficientnet_v2_l" in source
+  view, _ = data.pretrained_view(path, "torchvision", "efficientnet_b3")
+  assert view == {"crop_fraction": 300 / 320, "interpolation": "bicubic"}
+  mean, _, _ = data.pretrained_stats("torchvision", "convnext", path, "convnext_tiny")
+  assert mean == preprocess.IMAGENET_MEAN
+  assert data.pretrained_view(path, "torchvision", "convnext_tiny")[0]["crop_fraction"] == 224 / 236
+  # timm: the pretrained_cfg of the config.json beside the file, which also says `tf_`.
+  (tmp_path / "config.json").write_text(
+    '{"architecture": "tf_efficientnetv2_l", "pretrained_cfg": {"mean": [0.5, 0.5, 0.5], '
+    '"std": [0.5, 0.5, 0.5], "crop_pct": 1.0, "interpolation": "bicubic"}}'
+  )
+  assert data.pretrained_stats("timm", "efficientnet", path)[:2] == (preprocess.HALF,) * 2
+  assert data.pretrained_view(path, "timm", "efficientnet_v2_l")[0]["crop_fraction"] == 1.0
+  assert layouts_efficientnet.file_overrides("efficientnet_v2_l", "timm", path) == {
+    "padding": "same",
+    "bn_eps": 1e-3,
+  }
+  assert layouts_efficientnet.file_overrides("resnet50", "hf", path) == {}

@@ -44,8 +44,27 @@ PRETRAINED_STATS = {
   ("timm", "resnet"): (IMAGENET_MEAN, IMAGENET_STD),
   ("torchvision", "resnet"): (IMAGENET_MEAN, IMAGENET_STD),
   ("hf", "resnet"): (IMAGENET_MEAN, IMAGENET_STD),
-  # Hugging Face's MobileNetV2s (ported from TensorFlow) take images in [-1, 1].
-  ("hf", "mobilenet"): (HALF, HALF),
+}
+# torchvision's weights (its DEFAULT ones, the only ones for most models) each come with
+# their eval transform, the centre crop_size of a resize_size resize: model ->
+# (crop_size / resize_size, filter, mean, std). The ports of TensorFlow's EfficientNetV2-L
+# take [-1, 1] pixels, where every other model takes ImageNet's statistics.
+TORCHVISION_INPUTS = {
+  "convnext_tiny": (224 / 236, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
+  "convnext_small": (224 / 230, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
+  "convnext_base": (224 / 232, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
+  "convnext_large": (224 / 232, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
+  "efficientnet_b0": (224 / 256, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
+  "efficientnet_b1": (240 / 255, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
+  "efficientnet_b2": (1.0, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
+  "efficientnet_b3": (300 / 320, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
+  "efficientnet_b4": (380 / 384, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
+  "efficientnet_b5": (1.0, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
+  "efficientnet_b6": (1.0, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
+  "efficientnet_b7": (1.0, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
+  "efficientnet_v2_s": (1.0, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
+  "efficientnet_v2_m": (1.0, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
+  "efficientnet_v2_l": (1.0, "bicubic", HALF, HALF),
 }
 # Hugging Face repositories keep the preprocessing next to the weights; timm's
 # (on the Hugging Face hub) a config.json holding its `pretrained_cfg`.
@@ -203,7 +222,9 @@ def _hf_view(config: dict) -> dict:
   return view
 
 
-def pretrained_view(weights_path: str) -> tuple[dict, str]:
+def pretrained_view(
+  weights_path: str, layout: str | None = None, model_name: str | None = None
+) -> tuple[dict, str]:
   """({"crop_fraction", "interpolation"}: what the files beside the weights say,
   either or both or neither; where it was read, for reports).
 
@@ -212,6 +233,7 @@ def pretrained_view(weights_path: str) -> tuple[dict, str]:
   `crop_pct` and `interpolation`. A crop outside (0, 1] or a filter other
   than bilinear and bicubic is kept, for `InputSpec.check` to refuse: a
   silent substitute would score the model on other inputs than its own.
+  Else, for a torchvision file of a model in `TORCHVISION_INPUTS`, its weights'.
   """
   view = _hf_view(_sidecar(weights_path, HF_PREPROCESSOR_FILE))
   if view:
@@ -224,15 +246,39 @@ def pretrained_view(weights_path: str) -> tuple[dict, str]:
     view["crop_fraction"] = float(crop)
   if isinstance(interpolation, str) and interpolation:
     view["interpolation"] = interpolation
+  if not view and layout == "torchvision" and model_name in TORCHVISION_INPUTS:
+    crop, interpolation, _, _ = TORCHVISION_INPUTS[model_name]
+    return {"crop_fraction": crop, "interpolation": interpolation}, f"torchvision {model_name}"
   return view, TIMM_CONFIG_FILE if view else ""
 
 
-def pretrained_stats(layout: str, family: str, weights_path: str) -> tuple[tuple, tuple, str]:
-  """(mean, std, source) a pretrained file of `layout` was trained with."""
+def timm_config_stats(weights_path: str) -> tuple[tuple, tuple] | None:
+  """(mean, std) from the `pretrained_cfg` of a timm `config.json` beside the weights."""
+  config = _sidecar(weights_path, TIMM_CONFIG_FILE)
+  if isinstance(config.get("pretrained_cfg"), dict):
+    config = config["pretrained_cfg"]
+  try:
+    mean, std = config["mean"], config["std"]
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+  except (KeyError, TypeError, ValueError):
+    return None
+
+
+def pretrained_stats(
+  layout: str, family: str, weights_path: str, model_name: str | None = None
+) -> tuple[tuple, tuple, str]:
+  """(mean, std, source) a pretrained file of `layout` was trained with: a Hugging Face
+  `preprocessor_config.json` or timm `config.json` beside it, else torchvision's
+  weights of `model_name` (`TORCHVISION_INPUTS`), else the library's for the family."""
   if layout == "hf":
     found = hf_preprocessor_stats(weights_path)
     if found is not None:
       return (*found, HF_PREPROCESSOR_FILE)
+  if layout == "timm" and (found := timm_config_stats(weights_path)) is not None:
+    return (*found, TIMM_CONFIG_FILE)
+  if layout == "torchvision" and model_name in TORCHVISION_INPUTS:
+    _, _, mean, std = TORCHVISION_INPUTS[model_name]
+    return mean, std, f"torchvision {model_name} weights"
   mean, std = PRETRAINED_STATS.get((layout, family), (IMAGENET_MEAN, IMAGENET_STD))
   return mean, std, f"{layout} {family} default"
 

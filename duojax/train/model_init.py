@@ -16,7 +16,7 @@ import os
 
 import jax
 
-from duojax import convert, data, files, models
+from duojax import convert, data, files
 from duojax.errors import ConfigError
 from duojax.train import checkpoint, hydra_member
 
@@ -97,13 +97,19 @@ def _input_spec(config, dataset, saved_meta: dict | None, pretrained: dict | Non
       saved_meta["input"], crop_fraction=config.crop_fraction, interpolation=config.interpolation
     )
   view = {"crop_fraction": config.crop_fraction, "interpolation": config.interpolation}
-  found, beside = ({}, "") if pretrained is None else data.pretrained_view(config.init_weights)
+  found, beside = (
+    ({}, "")
+    if pretrained is None
+    else data.pretrained_view(config.init_weights, pretrained["layout"], config.model_name)
+  )
   view.update(found)
   if tuple(config.input_mean):
     spec = data.InputSpec(size, tuple(config.input_mean), tuple(config.input_std), "config")
   elif pretrained is not None and int(dataset.image_shape[2]) == 3:
-    family = models.family_name(config.model_name)
-    mean, std, source = data.pretrained_stats(pretrained["layout"], family, config.init_weights)
+    family = "vit" if config.model_name.startswith("vit") else "resnet"
+    mean, std, source = data.pretrained_stats(
+      pretrained["layout"], family, config.init_weights, config.model_name
+    )
     spec = data.InputSpec(size, mean, std, source)
   else:
     source_dir = config.init_from or config.prune_from
