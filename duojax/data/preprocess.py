@@ -44,6 +44,8 @@ PRETRAINED_STATS = {
   ("timm", "resnet"): (IMAGENET_MEAN, IMAGENET_STD),
   ("torchvision", "resnet"): (IMAGENET_MEAN, IMAGENET_STD),
   ("hf", "resnet"): (IMAGENET_MEAN, IMAGENET_STD),
+  # Hugging Face's MobileNetV2s (ported from TensorFlow) take images in [-1, 1].
+  ("hf", "mobilenet"): (HALF, HALF),
 }
 # torchvision's weights (its DEFAULT ones, the only ones for most models) each come with
 # their eval transform, the centre crop_size of a resize_size resize: model ->

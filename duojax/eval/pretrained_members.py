@@ -8,13 +8,14 @@ told from the tensor names), with that library's preprocessing:
   * its images' side is SIZE, else a ViT's own (its file's position-embedding
     grid times the patch), else the model's nominal 224;
   * their normalisation is the file library's for the model family
-    (`data.pretrained_stats`: timm and Hugging Face ViTs 0.5 / 0.5, ResNets
-    ImageNet's; a Hugging Face `preprocessor_config.json` beside the file
-    wins); a file of other than RGB images takes the data set's statistics,
-    as training does;
+    (`data.pretrained_stats`: timm and Hugging Face ViTs and Hugging Face
+    MobileNetV2s 0.5 / 0.5, the convolutional families ImageNet's; a Hugging
+    Face `preprocessor_config.json` beside the file wins); a file of other
+    than RGB images takes the data set's statistics, as training does;
   * the model options its weights need beyond their names are taken from
-    the file (Hugging Face's EfficientNet, and timm's `tf_` EfficientNets by
-    the `config.json` beside them: TensorFlow's padding and BatchNorm eps);
+    the file (Hugging Face's MobileNetV2 and EfficientNet, and timm's `tf_`
+    EfficientNets by the `config.json` beside them: TensorFlow's padding and
+    BatchNorm eps; timm's MobileNetV3: BatchNorm eps 1e-5);
   * their crop and resize filter are what a `preprocessor_config.json` or a
     timm `config.json` beside the file says (`data.pretrained_view`: timm's
     `crop_pct` and `interpolation`), else for a torchvision file those of
@@ -37,7 +38,7 @@ import jax
 from flax import nnx
 
 from duojax import data, models
-from duojax.convert import layouts, layouts_efficientnet, safetensors_io
+from duojax.convert import layouts, layouts_efficientnet, layouts_mobile, safetensors_io
 from duojax.convert import pretrained as convert
 from duojax.errors import ConfigError, WeightsMismatchError
 from duojax.eval.members import PRETRAINED, Member, model_flops
@@ -98,6 +99,7 @@ def inspect(spec: PretrainedSpec, *, where: str) -> tuple[str, int, dict]:
     )
   size = {} if spec.image_size is None else {"image_size": spec.image_size}
   # What the weights need beyond their names (Hugging Face's TensorFlow padding, ...).
+  size.update(layouts_mobile.file_overrides(spec.model_name, layout, shapes))
   size.update(layouts_efficientnet.file_overrides(spec.model_name, layout, spec.path))
   try:
     # Shapes only: the entries and sizes of the model, no weights made.
@@ -149,7 +151,7 @@ def load_pretrained_member(
   layout, num_classes, overrides = inspect(spec, where=where)
   model = models.get_model(spec.model_name, num_classes, rngs=0, **overrides)
   convert.load_pretrained(model, spec.path, layout)
-  family = "vit" if isinstance(model, vit.VisionTransformer) else "resnet"
+  family = models.family_name(model.name)
   mean, std, source = data.pretrained_stats(layout, family, spec.path, model.name)
   view, view_file = data.pretrained_view(spec.path, layout, model.name)
   side, channels = overrides["image_size"], overrides["in_channels"]

@@ -16,7 +16,7 @@ import os
 
 import jax
 
-from duojax import convert, data, files
+from duojax import convert, data, files, models
 from duojax.errors import ConfigError
 from duojax.train import checkpoint, hydra_member
 
@@ -106,7 +106,7 @@ def _input_spec(config, dataset, saved_meta: dict | None, pretrained: dict | Non
   if tuple(config.input_mean):
     spec = data.InputSpec(size, tuple(config.input_mean), tuple(config.input_std), "config")
   elif pretrained is not None and int(dataset.image_shape[2]) == 3:
-    family = "vit" if config.model_name.startswith("vit") else "resnet"
+    family = models.family_name(config.model_name)
     mean, std, source = data.pretrained_stats(
       pretrained["layout"], family, config.init_weights, config.model_name
     )
