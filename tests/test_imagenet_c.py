@@ -261,6 +261,20 @@ def test_defocus_kernel_is_a_normalised_disk():
   assert abs(1 / kernel[6, 6] - np.pi * 9) < 3
 
 
+def test_defocus_blur_is_the_kernel_correlated_with_mirror_edges():
+  x = np.random.default_rng(0).uniform(size=(2, 40, 30, 2)).astype(np.float32)
+  blur = jax.jit(imagenet_c._defocus_blur)
+  for severity, row in enumerate(imagenet_c.SEVERITY_TABLE["c_defocus_blur"], 1):
+    got = np.asarray(blur(x, np.asarray(row, np.float32), 0, 0))
+    s = 30 / 224
+    half = int(np.ceil(10 * s + 0.5)) + 2
+    kernel = np.asarray(imagenet_c.defocus_kernel(row[0] * s, row[1] * s, half))
+    for b, c in np.ndindex(2, 2):
+      # scipy's "mirror" is cv2's BORDER_REFLECT_101, the reference's filter2D default
+      expected = ndimage.correlate(x[b, :, :, c], kernel, mode="mirror")
+      np.testing.assert_allclose(got[b, :, :, c], expected, atol=1e-5, err_msg=str(severity))
+
+
 def test_motion_blur_streaks_one_way():
   x = np.zeros((1, 41, 41, 1), np.float32)
   x[0, 20, 10] = 1.0

@@ -131,16 +131,20 @@ def _shot_noise(x, params, seed, indices):
   lam = x * rate
 
   # Poisson(λ) by inversion: the count is the number of k with F(k) < u. The loop runs
-  # only as far as the largest count in the chunk (≈ λ + 5√λ), never the table's worst.
+  # only as far as the largest count in the chunk (≈ λ + 5√λ), never the table's worst;
+  # each pass adds 8 terms, so the arrays are read and written an eighth as often.
   def more(state):
     k, _, cdf, _ = state
     return (k < 4 * 60 + 40) & jnp.any(u > cdf)
 
   def step(state):
     k, term, cdf, count = state
-    count = count + (u > cdf)
-    term = term * lam / (k + 1)
-    return k + 1, term, cdf + term, count
+    for _ in range(8):
+      count = count + (u > cdf)
+      k = k + 1
+      term = term * lam / k
+      cdf = cdf + term
+    return k, term, cdf, count
 
   start = jnp.exp(-lam)
   state = (jnp.float32(0), start, start, jnp.zeros_like(x))
@@ -173,18 +177,15 @@ def _defocus_blur(x, params, seed, indices):
   s = scale(x)
   half = math.ceil(max(r for r, _ in SEVERITY_TABLE["c_defocus_blur"]) * s + 0.5) + 2
   kernel = defocus_kernel(params[0] * s, params[1] * s, half)
-  channels = x.shape[-1]
-  # cv2.filter2D's default border, BORDER_REFLECT_101, is numpy's "reflect".
+  height, width = x.shape[1], x.shape[2]
+  # cv2.filter2D's default border, BORDER_REFLECT_101, is numpy's "reflect". The kernel
+  # is up to 25 pixels wide at 224 pixels: an FFT product beats a direct convolution
+  # (on CPU, by about 50×); the padding keeps the circular wrap out of the kept pixels.
   padded = jnp.pad(x, ((0, 0), (half, half), (half, half), (0, 0)), mode="reflect")
-  return jax.lax.conv_general_dilated(
-    padded,
-    jnp.tile(kernel[:, :, None, None], (1, 1, 1, channels)),
-    (1, 1),
-    "VALID",
-    dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    feature_group_count=channels,
-    precision=jax.lax.Precision.HIGHEST,
-  )
+  shape = (padded.shape[1], padded.shape[2])
+  spectrum = jnp.fft.rfft2(padded, axes=(1, 2)) * jnp.fft.rfft2(kernel, s=shape)[:, :, None]
+  full = jnp.fft.irfft2(spectrum, s=shape, axes=(1, 2))
+  return full[:, 2 * half : 2 * half + height, 2 * half : 2 * half + width]
 
 
 def _glass_blur(x, params, seed, indices):
