@@ -140,6 +140,17 @@ def test_frost_hides_the_image_more_with_severity():
   assert all(a > b for a, b in zip(corr, corr[1:])), corr
 
 
+def test_frost_textures_look_alike_at_every_size():
+  texture = jax.jit(weather.frost_texture, static_argnums=(2, 3))
+  stats = []
+  for side in (28, 64):
+    t = np.asarray(texture(np.uint32(0), np.arange(8), side, side))
+    assert t.min() >= 0 and t.max() <= 1
+    stats.append((t.mean(), t.std()))
+  assert all(0.3 < mean < 0.5 and 0.1 < sd < 0.25 for mean, sd in stats), stats
+  assert abs(stats[0][0] - stats[1][0]) < 0.03 and abs(stats[0][1] - stats[1][1]) < 0.03
+
+
 def test_gaussian_noise_statistics():
   images = np.full((4, 64, 64, 3), 128, np.uint8)
   for severity, (sigma,) in enumerate(imagenet_c.SEVERITY_TABLE["c_gaussian_noise"], 1):

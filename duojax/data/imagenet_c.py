@@ -33,11 +33,13 @@ independently.
 Departures from the reference, besides the scaling: glass blur swaps pixels in place
 one at a time (a serial loop); here every pixel of an iteration reads a pixel at a
 random offset U(-d, d), stochastically rounded, in one gather (the reference's
-randint(-d, d) never draws +d). Motion blur is ImageMagick's one-sided Gaussian streak read bilinearly.
-Defocus blur's disk has anti-aliased edges (weight clip(r + 1/2 - distance, 0, 1)),
-which gives fractional radii a meaning. Elastic transform composes its affine jitter
-and its displacement field into one bilinear read (mirror edges). Frost textures are
-generated (`imagenet_c_weather.frost_texture`), not photographs.
+randint(-d, d) never draws +d). Motion blur is ImageMagick's one-sided Gaussian
+streak, read bilinearly. Defocus blur's disk has anti-aliased edges (weight
+clip(r + 1/2 - distance, 0, 1)), which gives fractional radii a meaning. Elastic
+transform composes its affine jitter and its displacement field into one bilinear
+read (mirror edges). Pixelate rounds once, at the end, where PIL also rounds between
+its two passes (at most 1 grey level apart). Frost textures are generated
+(`imagenet_c_weather.frost_texture`), not photographs.
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ def _shot_noise(x, params, seed, indices):
   # each pass adds 8 terms, so the arrays are read and written an eighth as often.
   def more(state):
     k, _, cdf, _ = state
+    # The cap only bounds the loop: with λ ≤ 60 a count past 280 has probability ~1e-80.
     return (k < 4 * 60 + 40) & jnp.any(u > cdf)
 
   def step(state):
