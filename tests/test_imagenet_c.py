@@ -69,7 +69,9 @@ def test_every_severity_keeps_shape_and_dtype(kind, shape):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shape", [(3, 28, 28, 3), (3, 64, 64, 1), (3, 20, 36, 2)])
+@pytest.mark.parametrize(
+  "shape", [(3, 28, 28, 3), (3, 64, 64, 1), (3, 20, 36, 2), (2, 240, 256, 3)]
+)
 @pytest.mark.parametrize("kind", KINDS)
 def test_other_shapes(kind, shape):
   images = _smooth(shape)

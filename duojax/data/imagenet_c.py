@@ -105,7 +105,11 @@ CHUNK = 4096  # most images per jitted call
 CHUNK_VALUES = 1 << 24  # and most values per call (pixels, or the kind's internal grids)
 ZOOM_STEPS = 16  # the longest list of zoom factors (severity 2)
 # Values per image of the grids some kinds draw at 224-pixel resolution whatever the size.
-_GRID_VALUES = {"c_fog": 4 * weather.PLASMA_SIDE**2, "c_elastic_transform": 4 * 224 * 224}
+_GRID_VALUES = {
+  "c_fog": 4 * weather.PLASMA_SIDE**2,
+  "c_elastic_transform": 4 * 224 * 224,
+  "c_snow": 2 * 116 * 116,
+}
 
 
 def _uniform_words(words):
