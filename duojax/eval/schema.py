@@ -52,10 +52,11 @@ def _core_keys() -> ml_collections.ConfigDict:
   c.soup_ingredients = ""
   # The report's sections, in order (duojax/eval/sections/): every method's
   # scores, the paired bootstrap against large+TS, cascades, Hydra ensembles,
-  # the choice of sidekick, conformal sets, abstention with a guaranteed risk.
+  # the choice of sidekick, conformal sets, abstention with a guaranteed risk,
+  # the shift alarm's false alarms and detections.
   # A listed section runs when the keys give it its inputs; each section's own
   # keys follow below.
-  c.sections = "methods,paired,cascade,hydra,sidekicks,conformal,abstention"
+  c.sections = "methods,paired,cascade,hydra,sidekicks,conformal,abstention,shift_alarm"
   # The duos whose combination changes with the input, beside the weighted duo
   # (comma list of "dynamic", "entropy", "guarded"; "" for none): methods
   # "duo (dynamic)", ... of every table (`duojax.core.per_input_duo`). The
