@@ -193,7 +193,7 @@ def _batch_means(rows: np.ndarray, count: int, size: int, rng) -> np.ndarray:
 # --- The alarm.
 
 
-@dataclasses.dataclass(frozen=True, eq=False)  # arrays: compare fields, not alarms
+@dataclasses.dataclass(frozen=True, eq=False)  # == on its arrays is ambiguous
 class ShiftAlarm:
   """A calibrated alarm: `check(batch_logits)` gives (alarm, p-value) for one batch."""
 
