@@ -149,6 +149,7 @@ class ConvNeXt(nnx.Module):
     # Nominal resolution only: global pooling makes the network size-agnostic.
     self.image_size = (int(h), int(w))
     self.input_shape = (None, None, in_channels)
+    rngs = common.ParamKeys(rngs)  # fast shape-only builds (see there)
 
     self.stem_conv = _conv(in_channels, widths[0], 4, 4, dtype=dtype, rngs=rngs)
     self.stem_norm = _norm(widths[0], dtype=dtype, rngs=rngs)

@@ -306,7 +306,7 @@ class EfficientNet(nnx.Module):
     # Nominal resolution only: global pooling makes the network size-agnostic.
     self.image_size = (int(h), int(w))
     self.input_shape = (None, None, in_channels)
-    layers = Layers(padding, float(bn_eps), float(bn_momentum), dtype, rngs)
+    layers = Layers(padding, float(bn_eps), float(bn_momentum), dtype, common.ParamKeys(rngs))
 
     table = scaled_stages(stages, width_mult, depth_mult)
     d_in = make_divisible(stem * width_mult)
