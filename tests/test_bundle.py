@@ -301,3 +301,36 @@ def test_the_default_threshold_is_the_guaranteed_one_where_the_risk_is_reachable
   value, rule = threshold.default_threshold(confidence[:10], correct[:10])
   assert rule == threshold.EMPIRICAL
   assert value == threshold.empirical_threshold(confidence[:10], correct[:10])
+
+
+@pytest.mark.parametrize("method", ["guarded", "dynamic"])
+def test_a_per_input_duo_bundles_and_its_program_combines_per_input(method, tmp_path):
+  members = _members()
+  images = _images(40, seed=3)
+  crop = max(m.inputs.crop_fraction for m in members)
+  forward, states = duojax.fused_forward(
+    [m.model for m in members],
+    preprocess=[functools.partial(prepare, spec=m.inputs, source_crop=crop) for m in members],
+    with_features="all",
+  )
+  stack, features = forward(states, images)
+  stack = np.asarray(stack)
+  features = [np.asarray(f, np.float32) for f in features]
+  labels = np.random.default_rng(0).integers(0, len(CLASSES), 40)
+  duo = duojax.fit_duo(
+    list(stack), labels, method=method, features=features if method == "dynamic" else None
+  )
+  path = bundle.write_bundle(
+    tmp_path / "b", members, duo, CLASSES, validation=_validation(), platforms=("cpu",)
+  )
+  loaded = duojax.load_bundle(path)
+  assert loaded.duo.method == method and loaded.manifest["duo_method"] == method
+  out = loaded.predict(images)
+  want = duo.probabilities(list(stack), features=features if method == "dynamic" else None)
+  np.testing.assert_allclose(out["probabilities"], want, rtol=1e-4, atol=1e-5)
+  program = jax.export.deserialize(
+    bytearray(open(os.path.join(path, "exported/cpu.bin"), "rb").read())
+  )
+  arrays = [a for m in loaded.models for a in exported.member_arrays(m)[1]]
+  served = np.asarray(program.call(arrays, images)[1])
+  np.testing.assert_allclose(served, out["probabilities"], rtol=1e-5, atol=1e-6)

@@ -6,8 +6,10 @@
 runs in one program what `duojax.core.duo.make_fused_forward` and `Duo` run:
 each member cuts, resizes and normalises the uint8 batch its own way
 (`duojax.data.prepare`), runs its forward pass, and the duo combines the
-members' float32 logits as z = Σ_i w_i z_i; probabilities are softmax(z) and
-confidence max softmax(z). `member_classes` (argmax z_i) tells a caller where
+members' float32 logits as z = Σ_i w_i z_i (a per-input duo: its own
+combination, `duojax.core.per_input_duo.combine`, reading the members'
+pre-logit features where it was fit on them); probabilities are softmax(z)
+and confidence max softmax(z). `member_classes` (argmax z_i) tells a caller where
 the large model and its sidekick disagree.
 
 The members' parameters and BatchNorm statistics are ARGUMENTS, a flat list in
@@ -23,13 +25,14 @@ platform, so a CPU machine writes the cuda and tpu programs too.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from duojax.core import per_input_duo
 from duojax.data.preprocess import InputSpec, prepare
 
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -50,9 +53,12 @@ def member_arrays(model: nnx.Module) -> tuple[list[str], list[np.ndarray]]:
   return [_name(p) for p, _ in pairs], [np.asarray(v) for _, v in pairs]
 
 
-def fused_program(models: Sequence[nnx.Module], inputs: Sequence[InputSpec], weights, crop: float):
+def fused_program(models: Sequence[nnx.Module], inputs: Sequence[InputSpec], duo, crop: float):
   """The function `f(arrays, images)` of the module docstring, and its argument names
-  [(member, name)]. `crop`: the crop fraction the batch is cut at (the widest member's)."""
+  [(member, name)]. `duo`: the weighted duo's weights [m] (or a `Duo`), or a
+  `PerInputDuo`, whose combination (and, for a dynamic duo, the members'
+  features) then runs in the program; `crop`: the crop fraction the batch is
+  cut at (the widest member's)."""
   parts, names = [], []
   for i, (model, spec) in enumerate(zip(models, inputs)):
     graphdef, state, rest = nnx.split(model, _WEIGHTS, ...)
@@ -60,23 +66,31 @@ def fused_program(models: Sequence[nnx.Module], inputs: Sequence[InputSpec], wei
     member_names, _ = member_arrays(model)
     names += [(i, n) for n in member_names]
     parts.append((graphdef, treedef, rest, len(leaves), functools.partial(prepare, spec=spec)))
-  w = np.asarray(weights, np.float32)
+  if not isinstance(duo, per_input_duo.PerInputDuo) and not hasattr(duo, "weights"):
+    duo = _Weights(np.asarray(duo, np.float32))
 
   def f(arrays, images):
-    member_logits, start = [], 0
+    member_logits, features, start = [], [], 0
     for graphdef, treedef, rest, count, prep in parts:
       state = jax.tree.unflatten(treedef, arrays[start : start + count])
       start += count
       x = prep(images, source_crop=crop)
-      z, _ = nnx.merge(graphdef, state, rest)(x, train=False)
+      z, out = nnx.merge(graphdef, state, rest)(x, train=False)
       member_logits.append(z.astype(jnp.float32))
+      features.append(out["pre_logits"].astype(jnp.float32))
     stack = jnp.stack(member_logits)
-    logits = jnp.einsum("m,mnc->nc", jnp.asarray(w), stack)
+    logits = per_input_duo.combine(duo, stack, features)
     probabilities = jax.nn.softmax(logits, axis=-1)
     confidence = jnp.max(probabilities, axis=-1)
     return logits, probabilities, confidence, jnp.argmax(stack, axis=-1).astype(jnp.int32)
 
   return f, names
+
+
+class _Weights(NamedTuple):
+  """A weighted duo given as its weights alone."""
+
+  weights: np.ndarray
 
 
 def export(f, arrays: Sequence[np.ndarray], image_shape, platform: str) -> jax.export.Exported:

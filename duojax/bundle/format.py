@@ -5,7 +5,8 @@
                            input geometry, the abstention threshold and its rule
     members/<i>.safetensors  member i's parameters and BatchNorm statistics under
                            duojax's dotted names (any safetensors reader opens them)
-    duo.json               the duo's weights (`Duo.save`)
+    duo.json               the duo (`Duo.save`: its weights; or a per-input duo's
+                           `PerInputDuo.save`: its method and fitted arrays)
     validation.npz         validation confidence [N] and correctness [N], for
                            choosing another abstention threshold later
     exported/<p>.bin       the fused duo for platform p (cpu, cuda, tpu),
@@ -63,7 +64,7 @@ def program_file(platform: str) -> str:
 def write_bundle(
   path,
   members: Sequence[BundleMember],
-  duo: api.Duo,
+  duo: api.Duo | api.PerInputDuo,
   class_names: Sequence[str],
   *,
   validation,
@@ -87,7 +88,7 @@ def write_bundle(
   crop = max(m.inputs.crop_fraction for m in members)
   channels = int(members[0].spec.image_shape[2])
   f, names = exported.fused_program(
-    [m.model for m in members], [m.inputs for m in members], duo.weights, crop
+    [m.model for m in members], [m.inputs for m in members], duo, crop
   )
   manifest = {
     "format": FORMAT,
@@ -102,6 +103,7 @@ def write_bundle(
       for i, m in enumerate(members)
     ],
     "duo": DUO,
+    "duo_method": duo.method,
     "validation": VALIDATION,
     "threshold": float(rule_value),
     "threshold_rule": rule,
@@ -174,8 +176,8 @@ def _validation(validation) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check(members: list[BundleMember], duo: api.Duo, class_names) -> None:
-  if len(members) != len(duo.weights):
-    raise InputError(f"{len(members)} members but the duo has {len(duo.weights)} weights")
+  if len(members) != num_members(duo):
+    raise InputError(f"{len(members)} members but the duo combines {num_members(duo)}")
   for i, m in enumerate(members):
     if m.spec.num_classes != len(class_names):
       raise InputError(
@@ -184,6 +186,11 @@ def _check(members: list[BundleMember], duo: api.Duo, class_names) -> None:
       )
     if m.spec.image_shape[2] != members[0].spec.image_shape[2]:
       raise InputError(f"member {i} takes {m.spec.image_shape[2]}-channel images, member 0 not")
+
+
+def num_members(duo) -> int:
+  """How many members a weighted or per-input duo combines."""
+  return int(getattr(duo, "num_members", None) or len(duo.weights))
 
 
 def read_manifest(path) -> dict:

@@ -1,9 +1,10 @@
 """A bundle read back into duojax: its members rebuilt, the fused duo on new images.
 
-`Bundle.predict` runs the library's own path (`make_fused_forward` and the
-duo's weights), so it needs duojax; `duojax.bundle.serve` runs the bundle's
-exported program instead, with jax and numpy alone. The two agree to float32
-rounding (a test checks it).
+`Bundle.predict` jits the function the bundle's programs were exported from
+(`exported.fused_program`: both members and the duo's combination, weighted
+or per input), so it needs duojax; `duojax.bundle.serve` runs the exported
+program itself, with jax and numpy alone. The two agree to float32 rounding
+(a test checks it, and that the weighted duo's is the fused forward's).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import numpy as np
 from flax import nnx
 
 from duojax import api
+from duojax.bundle import exported
 from duojax.bundle import format as bundle_format
 from duojax.bundle.exported import member_arrays
-from duojax.core import duo as duo_lib
-from duojax.data.preprocess import InputSpec, prepare
+from duojax.data.preprocess import InputSpec
 from duojax.errors import FileError, InputError
 from duojax.models.spec import ModelSpec
 
@@ -33,7 +34,7 @@ class Bundle:
   manifest: dict
   models: list
   inputs: list
-  duo: api.Duo
+  duo: api.Duo | api.PerInputDuo
   threshold: float
   validation: tuple[np.ndarray, np.ndarray]
 
@@ -48,11 +49,12 @@ class Bundle:
     return int(geometry["image_size"]), int(geometry["image_size"]), int(geometry["channels"])
 
   @functools.cached_property
-  def _forward(self):
-    graphdefs, states = duo_lib.split_members(self.models)
+  def _program(self):
+    """The exported program's function, jitted here: (f, the weights as its arguments)."""
     crop = float(self.manifest["input"]["crop_fraction"])
-    preprocess = [functools.partial(prepare, spec=s, source_crop=crop) for s in self.inputs]
-    return duo_lib.make_fused_forward(graphdefs, preprocess=preprocess), states
+    f, _ = exported.fused_program(self.models, self.inputs, self.duo, crop)
+    arrays = [a for m in self.models for a in exported.member_arrays(m)[1]]
+    return jax.jit(f), arrays
 
   def predict(self, images) -> dict[str, np.ndarray]:
     """The duo on uint8 images [B, S, S, C] (`image_shape`): class_index [B],
@@ -64,11 +66,8 @@ class Bundle:
         f"images must be uint8 [B, {', '.join(map(str, self.image_shape))}], got "
         f"{images.dtype} {list(images.shape)}"
       )
-    forward, states = self._forward
-    stack = np.asarray(forward(states, images))  # [m, B, C]
-    probabilities = self.duo.probabilities(stack)
-    confidence = probabilities.max(-1)
-    classes = stack.argmax(-1)
+    f, arrays = self._program
+    logits, probabilities, confidence, classes = (np.asarray(x) for x in f(arrays, images))
     return {
       "class_index": probabilities.argmax(-1),
       "probabilities": probabilities,
@@ -83,9 +82,10 @@ def load_bundle(path) -> Bundle:
   path = os.fspath(path)
   manifest = bundle_format.read_manifest(path)
   duo = _read_duo(path, manifest)
-  if len(duo.weights) != len(manifest["members"]):
+  if bundle_format.num_members(duo) != len(manifest["members"]):
     raise FileError(
-      f"bundle {path!r}: {len(duo.weights)} duo weights for {len(manifest['members'])} members"
+      f"bundle {path!r}: a duo of {bundle_format.num_members(duo)} for "
+      f"{len(manifest['members'])} members"
     )
   models, inputs = [], []
   for i, entry in enumerate(manifest["members"]):

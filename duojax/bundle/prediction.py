@@ -98,7 +98,7 @@ def device_program(bundle: Bundle, k: int, mesh: jax.sharding.Mesh):
   f, _ = exported.fused_program(
     bundle.models,
     bundle.inputs,
-    bundle.duo.weights,
+    bundle.duo,
     float(bundle.manifest["input"]["crop_fraction"]),
   )
 

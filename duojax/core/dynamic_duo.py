@@ -89,6 +89,16 @@ def _combine(stack, temps) -> jax.Array:
   return jnp.einsum("mnc,nm->nc", stack, 1.0 / temps)
 
 
+def combine(params: DynamicParams, stack, features=None) -> jax.Array:
+  """`logits` for traced arrays (inside a jitted or exported program): the members'
+  logits stack [m, N, C] and their features (a sequence of [N, D_i]) or None."""
+  if params.source == FEATURES:
+    phi = jnp.concatenate([jnp.reshape(f, (stack.shape[1], -1)) for f in features], axis=1)
+  else:
+    phi = per_input.logit_summaries(list(stack))
+  return _combine(stack, temperatures(params, phi))
+
+
 def logits(params: DynamicParams, member_logits, features=None) -> jax.Array:
   """The dynamic duo's logits Σ_i z_i(x) / T_i(x), [N, C]."""
   arrays, _ = per_input.check_members(member_logits)

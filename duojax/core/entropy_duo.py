@@ -48,11 +48,16 @@ def _scaled(single_weights, arrays) -> list:
   return [a[i][:, None] * jnp.asarray(z) for i, z in enumerate(arrays)]
 
 
+def combine(params: EntropyParams, members) -> jnp.ndarray:
+  """`logits` for traced arrays (inside a jitted or exported program)."""
+  scaled = _scaled(params.single_weights, members)
+  return sum(w * z for w, z in zip(params.weights, scaled))
+
+
 def logits(params: EntropyParams, member_logits) -> jnp.ndarray:
   """The entropy-weighted duo's logits Σ_i α_i(x) w_i z_i(x), [N, C]."""
   arrays, _ = per_input.check_members(member_logits)
-  scaled = _scaled(params.single_weights, arrays)
-  return sum(w * z for w, z in zip(params.weights, scaled))
+  return combine(params, arrays)
 
 
 def fit(member_logits, labels, *, solver: str = "jaxopt") -> EntropyParams:

@@ -24,18 +24,24 @@ on clean data the sidekick's say helps (mostly: where the large model is
 unsure). But a fitted gate extrapolates: it would trust a confident sidekick
 that contradicts a confident large model if clean data happened to reward
 that, and a shift that breaks the sidekick produces such inputs in numbers.
-So, outside what validation data shows, the guard:
+So the gate is cut to 0 where validation data says the sidekick's override
+does not pay, and past what it shows:
 
-    κ(x) = (1 − a) · min(c_L, c_S)      ("both sure, of different classes"),
-    g(x) = g_fit(x) if κ(x) ≤ κ_max else 0,
+    κ(x) = (1 − a) · min(c_L, c_S)     ("both sure, of different classes";
+                                        0 where the members agree)
+    g(x) = 0 if κ(x) ≥ κ_max, else g_fit(x).
 
-κ_max the 95th percentile of κ over the validation rows where the members
-disagree. Such a conflict is rare in distribution (a few percent of the
-disagreements, themselves a minority of rows), so the duo's gain there is
-small; under a shift it is what marks the sidekick being confidently wrong
-(or the large model: then the guarded duo is the large model, no worse than
-large+TS by construction). Where the large model is unsure (noise, blur: a
-shift that breaks it) κ stays low and the sidekick keeps its say.
+κ_max is the lower of two validation quantities: the level from which up, on
+the validation rows where the members disagree, the duo's NLL summed over
+the rows with κ ≥ level exceeds large+TS's most (there the large model wins
+in distribution, so guarding costs nothing); and the 95th percentile of κ
+over those rows (beyond it the conflict is unlike validation). A shift that
+breaks the sidekick leaves the large model as sure as usual and makes the
+sidekick contradict it, sure of itself: such rows go to large+TS. A shift
+that breaks the large model (noise, blur) makes it unsure: κ stays low, and
+the sidekick keeps its say, as the duo meant. Rows the guard cannot tell
+apart (a broken sidekick against an unsure large model) keep the mixture's
+bound.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ class GuardedParams:
   duo_weights: np.ndarray  # [m]: the weighted duo's
   single_weights: np.ndarray  # [m]: each member's own temperature weight
   theta: np.ndarray  # [GATE_FEATURES]: the fitted gate
-  conflict_limit: np.ndarray  # κ_max (a 0-d array): above it the guarded duo is large+TS
+  conflict_limit: np.ndarray  # κ_max (a 0-d array): from it up, the guarded duo is large+TS
 
 
 def gate_inputs(single_weights, member_logits) -> jax.Array:
@@ -75,6 +81,10 @@ def conflict(psi) -> jax.Array:
   return jnp.minimum(psi[:, 3], psi[:, 4])
 
 
+def _guarded(kappa, limit) -> jax.Array:
+  return (kappa > 0) & (kappa >= limit)
+
+
 def _log_mixture(theta, duo_log_p, large_log_p, psi, guarded) -> jax.Array:
   """log p_g; `guarded` [N] marks the rows past the conflict limit (g = 0)."""
   log_g = jax.nn.log_sigmoid(psi @ theta)[:, None]
@@ -88,7 +98,7 @@ def _parts(params: GuardedParams, arrays):
   duo_log_p = jax.nn.log_softmax(jnp.einsum("m,mnc->nc", params.duo_weights, stack), -1)
   large_log_p = jax.nn.log_softmax(params.single_weights[0] * stack[0], -1)
   psi = gate_inputs(params.single_weights, arrays)
-  return duo_log_p, large_log_p, psi, conflict(psi) > params.conflict_limit
+  return duo_log_p, large_log_p, psi, _guarded(conflict(psi), params.conflict_limit)
 
 
 def gate(params: GuardedParams, member_logits) -> jax.Array:
@@ -96,13 +106,31 @@ def gate(params: GuardedParams, member_logits) -> jax.Array:
   arrays, _ = per_input.check_members(member_logits)
   psi = gate_inputs(params.single_weights, arrays)
   g = jax.nn.sigmoid(psi @ params.theta)
-  return jnp.where(conflict(psi) > params.conflict_limit, 0.0, g)
+  return jnp.where(_guarded(conflict(psi), params.conflict_limit), 0.0, g)
+
+
+def combine(params: GuardedParams, members) -> jax.Array:
+  """`log_probabilities` for traced arrays (inside a jitted or exported program)."""
+  return _log_mixture(params.theta, *_parts(params, members))
 
 
 def log_probabilities(params: GuardedParams, member_logits) -> jax.Array:
   """log p_g [N, C] (also the guarded duo's logits: softmax of it is p_g)."""
   arrays, _ = per_input.check_members(member_logits)
-  return _log_mixture(params.theta, *_parts(params, arrays))
+  return combine(params, arrays)
+
+
+def conflict_limit(kappa: np.ndarray, excess: np.ndarray) -> float:
+  """κ_max from validation rows' κ and the duo's NLL minus large+TS's, row by row
+  (module docstring); 2 (never reached) when the members never disagree."""
+  disagree = kappa > 0
+  if not disagree.any():
+    return 2.0
+  order = np.argsort(-kappa[disagree], kind="stable")
+  ranked, cumulative = kappa[disagree][order], np.cumsum(excess[disagree][order])
+  best = int(np.argmax(cumulative))
+  by_loss = ranked[best] if cumulative[best] > 0 else 2.0
+  return float(min(by_loss, np.quantile(kappa[disagree], CONFLICT_QUANTILE)))
 
 
 def fit(member_logits, labels, *, solver: str = "jaxopt", l2: float = L2) -> GuardedParams:
@@ -112,11 +140,11 @@ def fit(member_logits, labels, *, solver: str = "jaxopt", l2: float = L2) -> Gua
   single = np.asarray(
     [temperature.fit_temperatures([z], labels, solver=solver)[0] for z in arrays], np.float32
   )
-  kappa = np.asarray(conflict(gate_inputs(single, arrays)))
-  disagree = kappa[kappa > 0]
-  # No validation row where the members disagree: any conflict is new, and guarded.
-  limit = np.quantile(disagree, CONFLICT_QUANTILE) if disagree.size else 0.0
-  start = GuardedParams(duo_weights, single, np.zeros(GATE_FEATURES, np.float32), np.float32(limit))
+  start = GuardedParams(duo_weights, single, np.zeros(GATE_FEATURES, np.float32), np.float32(2))
+  duo_log_p, large_log_p, psi, _ = _parts(start, arrays)
+  excess = per_input.nll_rows(duo_log_p, labels) - per_input.nll_rows(large_log_p, labels)
+  limit = conflict_limit(np.asarray(conflict(psi)), np.asarray(excess))
+  start = dataclasses.replace(start, conflict_limit=np.float32(limit))
   data = (*_parts(start, arrays), jnp.asarray(labels))
 
   def objective(theta, data):

@@ -21,6 +21,7 @@ import os
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from duojax import files
@@ -74,6 +75,16 @@ class PerInputDuo:
   def uncertainty(self, member_logits, score: str = "max_prob", features=None) -> np.ndarray:
     return 1.0 - self.confidence(member_logits, score, features)
 
+  @property
+  def num_members(self) -> int:
+    """m, the members the duo combines."""
+    first = {"dynamic": "bias", "entropy": "weights", "guarded": "duo_weights"}[self.method]
+    return int(np.asarray(getattr(self.params, first)).shape[0])
+
+  @property
+  def needs_features(self) -> bool:
+    return self.method == "dynamic" and self.params.source == dynamic_duo.FEATURES
+
   def save(self, path) -> None:
     """Writes the duo as JSON ("duojax.duo" version 2), whole or not at all."""
     record = {"format": FORMAT, "version": VERSION, "names": list(self.names), **self.record()}
@@ -86,6 +97,20 @@ class PerInputDuo:
       value = getattr(self.params, field.name)
       params[field.name] = value if isinstance(value, str) else np.asarray(value).tolist()
     return {"method": self.method, "params": params}
+
+
+def combine(duo, stack, features=None) -> jax.Array:
+  """The duo's logits from traced arrays, inside a jitted or exported program:
+  `stack` [m, N, C] the members' logits, `features` their pre-logit features (read
+  by a dynamic duo fit on them). `duo` is a `PerInputDuo` or a weighted duo (an
+  object with `.weights`): Σ_i w_i z_i."""
+  if not isinstance(duo, PerInputDuo):
+    return jnp.einsum("m,mnc->nc", jnp.asarray(duo.weights, jnp.float32), stack)
+  if duo.method == "dynamic":
+    return dynamic_duo.combine(duo.params, stack, features)
+  if duo.method == "entropy":
+    return entropy_duo.combine(duo.params, list(stack))
+  return guarded_duo.combine(duo.params, list(stack))
 
 
 def from_record(record: dict, names: Sequence[str] = ()) -> PerInputDuo:

@@ -1,7 +1,9 @@
 """The evaluation's fitted duo written as a bundle (`duojax.bundle`), when it can be.
 
-The bundle holds the large model and the sidekick with the weights the
-weighted duo fit on val, and the duo's val confidence and correctness (its
+The bundle holds the large model and the sidekick with the duo of
+`config.bundle_method` as it was fit on val (the weighted duo by default;
+"guarded", "dynamic" or "entropy" for a per-input duo from
+`config.per_input_duos`), and the duo's val confidence and correctness (its
 default abstention threshold is chosen on them). It needs both members'
 weights: a logits-file member has none, so the bundle is skipped, saying why.
 """
@@ -27,6 +29,8 @@ def why_not(inputs: EvalInputs) -> str | None:
     kind = inputs.members[name].kind
     if kind not in (WORKDIR, PRETRAINED):
       return f"the {name} is a {kind} file, not a model with weights"
+  if f"duo ({inputs.config.bundle_method})" not in {m.name for m in inputs.methods}:
+    return f"config.bundle_method={inputs.config.bundle_method!r} is not among the methods"
   return None
 
 
@@ -37,15 +41,14 @@ def write(inputs: EvalInputs, dataset, path: str) -> str | None:
   if reason:
     print(f"bundle: not written: {reason}")
     return None
-  duo_method = next(
-    m
-    for m in inputs.methods
-    if m.kind == "duo" and m.mode == "weighted" and tuple(m.members) == (LARGE, SIDEKICK)
-  )
-  duo = api.Duo(np.asarray(inputs.fitted(duo_method)["weights"], np.float32), (LARGE, SIDEKICK))
-  val = inputs.bank.stack(methods_lib.FIT_SPLIT, [LARGE, SIDEKICK])
+  duo_method = inputs.method(f"duo ({inputs.config.bundle_method})")
+  fitted = inputs.fitted(duo_method)
+  if duo_method.kind == "per_input":
+    duo = fitted["duo"]
+  else:
+    duo = api.Duo(np.asarray(fitted["weights"], np.float32), (LARGE, SIDEKICK))
   labels = inputs.bank.labels[methods_lib.FIT_SPLIT]
-  confidence, logits = duo.confidence(val), duo.logits(val)
+  logits, confidence = (np.asarray(x) for x in inputs.outputs(duo_method, methods_lib.FIT_SPLIT))
   correct = logits.argmax(-1) == labels
   scores = metrics.evaluate(logits, labels, confidence)
   members = [

@@ -56,7 +56,9 @@ def _core_keys() -> ml_collections.ConfigDict:
   # the shift alarm's false alarms and detections.
   # A listed section runs when the keys give it its inputs; each section's own
   # keys follow below.
-  c.sections = "methods,paired,cascade,hydra,sidekicks,conformal,abstention,shift_alarm"
+  c.sections = (
+    "methods,paired,shift_paired,cascade,hydra,sidekicks,conformal,abstention,shift_alarm"
+  )
   # The duos whose combination changes with the input, beside the weighted duo
   # (comma list of "dynamic", "entropy", "guarded"; "" for none): methods
   # "duo (dynamic)", ... of every table (`duojax.core.per_input_duo`). The
@@ -87,6 +89,10 @@ def _core_keys() -> ml_collections.ConfigDict:
   # evaluate.py also writes the fitted duo (large model + sidekick) as a bundle in
   # output_dir/bundle (`duojax.bundle`: `duojax.load_bundle(path).predict(images)`).
   c.bundle = True
+  # Which duo the bundle holds: "weighted" (the paper's), or one of
+  # config.per_input_duos ("guarded": never much worse than the large model
+  # under a shift).
+  c.bundle_method = "weighted"
   c.batch_size = 500  # global, split over the devices
   c.solver = "jaxopt"  # L-BFGS for temperatures and duo weights; or "optax"
   c.num_devices = -1
@@ -148,6 +154,11 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
   _need(
     not unknown,
     f"config.per_input_duos has unknown {unknown}; valid: {', '.join(per_input_duo.METHODS)}",
+  )
+  _need(
+    config.bundle_method == "weighted" or config.bundle_method in split_list(config.per_input_duos),
+    f"config.bundle_method={config.bundle_method!r}: 'weighted' or one of "
+    f"config.per_input_duos ({config.per_input_duos!r})",
   )
   for key, most in (("large", 1), ("sidekick", 1)):  # the duo's two roles: one member each
     _need(
