@@ -76,3 +76,15 @@ def test_simultaneous_intervals_cover_every_cell_at_once():
     assert 1.96 < q < 3.5
   # Joint coverage 95%: at most ~5% of the trials miss any cell (binomial slack).
   assert misses / trials < 0.05 + 3 * np.sqrt(0.05 * 0.95 / trials)
+
+
+def test_shift_severities_are_checked():
+  import pytest
+
+  from duojax.errors import ConfigError
+  from duojax.eval import schema
+
+  config = schema.base_eval_config()
+  config.large, config.shift_severities = "x", "1,6"
+  with pytest.raises(ConfigError, match="shift_severities"):
+    schema.validate_eval(config)

@@ -153,7 +153,11 @@ def eval_splits(
   elif kinds:
     splits.update(
       splits_lib.shifted_splits(
-        dataset.test, kinds=kinds, max_images=config.shift_max_images, seed=config.seed
+        dataset.test,
+        kinds=kinds,
+        severities=tuple(int(s) for s in split_list(str(config.shift_severities))),
+        max_images=config.shift_max_images,
+        seed=config.seed,
       )
     )
   return splits

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -408,8 +408,10 @@ def shift_curves(
   metric_label: str,
   title: str | None = None,
   colors: Mapping | None = None,
+  severities: Sequence[int] | None = None,
 ) -> str:
-  """A metric against severity (0 = clean), one panel per shift kind; returns `path`."""
+  """A metric against severity (0 = clean), one panel per shift kind; returns `path`.
+  `severities` name the points after the clean one (default 1, 2, ...)."""
   methods = _check_series(series)
   path = _check_directory(path)
   colors = _colors(methods, colors)
@@ -423,8 +425,9 @@ def shift_curves(
       ax.plot(
         np.arange(values.size), values, color=colors[name], marker="o", ms=3.5, lw=1.6, label=name
       )
-    severities = len(next(iter(by_method.values())))
-    ax.set_xticks(range(severities), ["clean", *map(str, range(1, severities))])
+    points = len(next(iter(by_method.values())))
+    names = list(severities) if severities is not None else range(1, points)
+    ax.set_xticks(range(points), ["clean", *map(str, names)])
     ax.set_title(kind.replace("_", " "), fontsize="medium")
     ax.grid(alpha=0.3)
   # One legend entry per method, whichever panels it appears in.

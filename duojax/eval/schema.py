@@ -79,6 +79,7 @@ def _core_keys() -> ml_collections.ConfigDict:
   c.ood = ""
   c.shifts = ""
   c.shift_max_images = 1000
+  c.shift_severities = "1,2,3,4,5"  # of each corruption (comma list)
   c.data_dir = ""  # "" = the workdir member's training data_dir, else "data"
   # The data set when no member is a training workdir (pretrained-file members
   # read its images; a workdir member brings its own and these stay unset):
@@ -142,6 +143,11 @@ def _need(condition, message: str) -> None:
     raise ConfigError(message)
 
 
+def _severities_ok(text) -> bool:
+  names = split_list(str(text))
+  return bool(names) and all(n in {"1", "2", "3", "4", "5"} for n in names)
+
+
 def validate_eval(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError (one line) for evaluation settings that cannot work:
   the core keys here, each section's keys by the section itself."""
@@ -173,6 +179,10 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
     f"config.solver={config.solver!r}; valid: {', '.join(temperature.SOLVERS)}",
   )
   _need(config.batch_size > 0, f"config.batch_size must be > 0, got {config.batch_size}")
+  _need(
+    _severities_ok(config.shift_severities),
+    f"config.shift_severities must be a comma list of 1..5, got {config.shift_severities!r}",
+  )
   _need(
     config.shift_max_images > 0,
     f"config.shift_max_images must be > 0, got {config.shift_max_images}",

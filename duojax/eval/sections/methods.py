@@ -247,5 +247,6 @@ def write_plots(results: dict, out_dir: str) -> dict[str, str]:
         os.path.join(out_dir, f"shift_{key}.png"),
         metric_label=label,
         title=f"{label} under distribution shift",
+        severities=sorted({int(s.split("/")[1]) for s in rows[shifted[0]]["shifts"]}),
       )
   return paths
