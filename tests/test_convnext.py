@@ -143,3 +143,10 @@ def test_timm_reference_matches_torchvision_reference_on_the_same_weights(tmp_pa
     atol=1e-4,
     rtol=1e-4,
   )
+
+
+def test_images_too_small_for_the_stages_are_refused_in_one_line():
+  from duojax.errors import InputError
+
+  with pytest.raises(InputError, match=r"at least 32×32 pixels, got \(28, 28\)"):
+    small()(jnp.zeros((1, 28, 28, 3)))

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from duojax.errors import ConfigError
+from duojax.errors import ConfigError, InputError
 from duojax.models import common
 
 # name -> (stage widths, blocks per stage, torchvision's stochastic depth)
@@ -176,6 +176,14 @@ class ConvNeXt(nnx.Module):
     nnx.Rngs (its "dropout" stream is used) or a PRNG key.
     """
     common.check_any_size_input(self.name, self.input_shape[-1], x)
+    # The stem divides the side by 4 and each later stage by 2, flooring: smaller
+    # images leave no pixels to pool (NaN features, not an error, in PyTorch).
+    smallest = 4 * 2 ** (len(self.stages) - 1)
+    if min(x.shape[1:3]) < smallest:
+      raise InputError(
+        f"{self.name} needs images of at least {smallest}×{smallest} pixels, got "
+        f"{tuple(x.shape[1:3])}"
+      )
     if train and (self.dropout_rate > 0 or self.drop_path_rate > 0) and rngs is None:
       raise ConfigError(
         f"{self.name}: train=True with dropout={self.dropout_rate}, "
