@@ -89,3 +89,24 @@ def compare(
   reference.load_state_dict(exported, strict=True)
   with torch.no_grad():
     np.testing.assert_allclose(forward(reference, torch.from_numpy(x)).numpy(), expected, atol=1e-6)
+
+
+def layout_shapes(model, layout: str) -> dict:
+  """{file key: shape} of `model` exported in `layout`; `model` may be abstract
+  (`nnx.eval_shape`): the conversions run on zero-strided views, allocating nothing."""
+  pure = nnx.to_pure_dict(nnx.state(model, (nnx.Param, nnx.BatchStat)))
+  leaves = jax.tree_util.tree_flatten_with_path(pure)[0]
+  name = lambda path: ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  shapes = {name(path): tuple(leaf.shape) for path, leaf in leaves}
+  out = {}
+  for entry in convert.pretrained.entries_for(model, layout, names=list(shapes)):
+    arrays = [np.broadcast_to(np.float32(0), shapes[p]) for p in entry.paths]
+    for key, value in zip(entry.file_keys, entry.to_file(arrays)):
+      out[key] = tuple(value.shape)
+  return out
+
+
+def torch_shapes(module) -> dict:
+  """{state_dict key: shape}, without BatchNorm's batch counters."""
+  state = module.state_dict()
+  return {k: tuple(v.shape) for k, v in state.items() if not k.endswith("num_batches_tracked")}

@@ -10,7 +10,15 @@ import pytest
 import safetensors.torch
 import torch
 import transformers
-from conv_reference import compare, num_params, randomize, shell, torch_params
+from conv_reference import (
+  compare,
+  layout_shapes,
+  num_params,
+  randomize,
+  shell,
+  torch_params,
+  torch_shapes,
+)
 from flax import nnx
 from reference_libs import timm, torchvision_models
 
@@ -44,6 +52,16 @@ def test_parameter_counts_are_torchvisions(name):
     reference = getattr(torchvision_module(name), name)()
   ours = nnx.eval_shape(lambda: models.get_model(name, 1000, rngs=0))
   assert num_params(ours) == torch_params(reference) == DOCUMENTED.get(name, num_params(ours))
+  # The full-size export has torchvision's tensor names and shapes.
+  assert layout_shapes(ours, "torchvision") == torch_shapes(reference)
+
+
+@pytest.mark.parametrize("size", ["large", "small"])
+def test_full_size_timm_mobilenet_v3_names_and_shapes(size):
+  with torch.device("meta"):
+    reference = timm().create_model(f"mobilenetv3_{size}_100")
+  ours = nnx.eval_shape(lambda: models.get_model(f"mobilenet_v3_{size}", 1000, rngs=0, bn_eps=1e-5))
+  assert layout_shapes(ours, "timm") == torch_shapes(reference)
 
 
 def build(name, num_classes=5, **overrides):

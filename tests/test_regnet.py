@@ -9,11 +9,20 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conv_reference import compare, num_params, randomize, shell, torch_params
+from conv_reference import (
+  compare,
+  layout_shapes,
+  num_params,
+  randomize,
+  shell,
+  torch_params,
+  torch_shapes,
+)
 from flax import nnx
 from reference_libs import timm, torchvision_models
 
 from duojax import convert, models
+from duojax.convert import layouts_mobile
 from duojax.models import regnet
 
 # torchvision's documented parameter counts, for the record beside the computed ones.
@@ -37,6 +46,30 @@ def test_widths_and_parameter_counts_are_torchvisions(name, monkeypatch):
     reference = torchvision_models().regnet.RegNet(params)
   ours = nnx.eval_shape(lambda: models.get_model(name, 1000, rngs=0))
   assert num_params(ours) == torch_params(reference) == DOCUMENTED.get(name, num_params(ours))
+  # The full-size export has torchvision's tensor names and shapes.
+  assert layout_shapes(ours, "torchvision") == torch_shapes(reference)
+
+
+@pytest.mark.parametrize(
+  "timm_name, name",
+  [
+    ("regnety_032", "regnet_y_3_2gf"),
+    ("regnetx_004", "regnet_x_400mf"),  # timm's own widths: rounding="timm"
+    ("regnetx_004_tv", "regnet_x_400mf"),  # torchvision's widths under timm's names
+    ("regnety_080", "regnet_y_8gf"),
+  ],
+)
+def test_full_size_timm_names_and_shapes(timm_name, name):
+  with torch.device("meta"):
+    reference = timm().create_model(timm_name)
+  expected = torch_shapes(reference)
+  overrides = layouts_mobile.file_overrides(name, "timm", expected)
+  assert overrides == (
+    {} if timm_name.endswith("_tv") or timm_name == "regnety_032" else {"rounding": "timm"}
+  )
+  ours = nnx.eval_shape(lambda: models.get_model(name, 1000, rngs=0, **overrides))
+  assert num_params(ours) == torch_params(reference)
+  assert layout_shapes(ours, "timm") == expected
 
 
 def tiny(se_ratio, num_classes=5, **kw):

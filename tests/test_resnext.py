@@ -7,7 +7,15 @@ the ResNet layouts (timm's ResNeXt names are torchvision's).
 import jax.numpy as jnp
 import pytest
 import torch
-from conv_reference import compare, num_params, randomize, shell, torch_params
+from conv_reference import (
+  compare,
+  layout_shapes,
+  num_params,
+  randomize,
+  shell,
+  torch_params,
+  torch_shapes,
+)
 from flax import nnx
 from reference_libs import timm, torchvision_models
 
@@ -23,6 +31,11 @@ def test_parameter_counts_are_torchvisions(name):
     reference = getattr(torchvision_models().resnet, name)()
   ours = nnx.eval_shape(lambda: models.get_model(name, 1000, rngs=0))
   assert num_params(ours) == torch_params(reference) == DOCUMENTED.get(name, num_params(ours))
+  # The full-size export has torchvision's tensor names and shapes, and so timm's.
+  assert layout_shapes(ours, "torchvision") == torch_shapes(reference)
+  if name == "resnext50_32x4d":
+    with torch.device("meta"):
+      assert torch_shapes(timm().create_model(name)) == torch_shapes(reference)
 
 
 def tiny(num_classes=5, **kw):

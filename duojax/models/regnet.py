@@ -9,6 +9,12 @@ w_0 * w_m**k and quantised to a multiple of 8; consecutive blocks of equal
 width form a stage. `block_params` reproduces torchvision's arithmetic
 (float32, round half to even) so that every size has torchvision's exact
 widths and parameter counts.
+
+timm's RegNets snap each stage width to a multiple of its group width by
+plain rounding where torchvision keeps it within 10% above (`make_divisible`):
+three sizes come out otherwise in timm (`regnetx_004`, `regnety_008`,
+`regnety_080`; timm's `*_tv` models are torchvision's). `rounding="timm"`
+builds those.
 """
 
 from collections.abc import Sequence
@@ -38,7 +44,8 @@ CONFIGS = {
   "regnet_y_32gf": (20, 232, 115.89, 2.53, 232, 0.25),
 }
 
-OVERRIDES = ("in_channels", "image_size", "dtype", "dropout", "stem_width")
+OVERRIDES = ("in_channels", "image_size", "dtype", "dropout", "stem_width", "rounding")
+ROUNDINGS = ("torchvision", "timm")
 
 
 def make_divisible(value: float, divisor: int, min_value: int | None = None) -> int:
@@ -49,12 +56,14 @@ def make_divisible(value: float, divisor: int, min_value: int | None = None) -> 
   return int(new + divisor if new < 0.9 * value else new)
 
 
-def block_params(depth: int, w_0: int, w_a: float, w_m: float, group_width: int):
+def block_params(
+  depth: int, w_0: int, w_a: float, w_m: float, group_width: int, rounding: str = "torchvision"
+):
   """(stage widths, stage depths, group widths) of a RegNet's generator numbers.
 
   torchvision's `BlockParams.from_init_params` with a bottleneck ratio of 1,
   in float32 as torch computes it (a float64 version rounds a few blocks
-  differently).
+  differently); `rounding="timm"` snaps widths to the group width as timm does.
   """
   f32 = np.float32
   widths_cont = np.arange(depth, dtype=f32) * f32(w_a) + f32(w_0)
@@ -69,7 +78,10 @@ def block_params(depth: int, w_0: int, w_a: float, w_m: float, group_width: int)
       depths.append(1)
   # Each stage's grouped conv needs a width divisible by its group width.
   groups = [min(group_width, w) for w in widths]
-  widths = [make_divisible(w, g) for w, g in zip(widths, groups)]
+  if rounding == "timm":
+    widths = [int(round(w / g) * g) for w, g in zip(widths, groups)]
+  else:
+    widths = [make_divisible(w, g) for w, g in zip(widths, groups)]
   return widths, depths, groups
 
 
@@ -154,5 +166,8 @@ class RegNet(convbn.Classifier):
 def create(name: str, num_classes: int = 1000, *, rngs: nnx.Rngs, **overrides) -> RegNet:
   """Builds a RegNet from its name in CONFIGS plus validated overrides."""
   depth, w_0, w_a, w_m, group_width, se_ratio = CONFIGS[name]
-  widths, depths, groups = block_params(depth, w_0, w_a, w_m, group_width)
+  rounding = overrides.pop("rounding", "torchvision")
+  if rounding not in ROUNDINGS:
+    raise ConfigError(f"{name}: unknown rounding {rounding!r}; valid: {', '.join(ROUNDINGS)}")
+  widths, depths, groups = block_params(depth, w_0, w_a, w_m, group_width, rounding)
   return RegNet(widths, depths, groups, se_ratio, num_classes, name=name, rngs=rngs, **overrides)
