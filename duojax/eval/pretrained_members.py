@@ -19,7 +19,7 @@ told from the tensor names), with that library's preprocessing:
   * their crop and resize filter are what a `preprocessor_config.json` or a
     timm `config.json` beside the file says (`data.pretrained_view`: timm's
     `crop_pct` and `interpolation`), else for a torchvision file those of
-    torchvision's weights of the model (`data.TORCHVISION_INPUTS`); what they
+    torchvision's weights of the model (`data.preprocess.TORCHVISION_INPUTS`); what they
     do not say, the evaluation config's `crop_fraction` and `interpolation` give.
 
 Its class count and image channels are the file's (its head and its stem), so
