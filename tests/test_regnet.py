@@ -168,3 +168,18 @@ def test_bfloat16_compute_and_train_step():
   assert logits.dtype == jnp.float32 and logits.shape == (2, 5)
   assert out["pre_logits"].shape == (2, 32) and out["pre_logits"].dtype == jnp.float32
   assert model.stem_bn.mean[...].dtype == jnp.float32
+
+
+def test_full_size_hugging_face_names_and_shapes():
+  """A Hugging Face RegNetX-400MF as pycls (and so the hub) makes it: timm's widths."""
+  widths, depths, _ = regnet.block_params(*regnet.CONFIGS["regnet_x_400mf"][:5], rounding="timm")
+  config = transformers.RegNetConfig(
+    hidden_sizes=widths, depths=depths, groups_width=16, layer_type="x", num_labels=1000
+  )
+  with torch.device("meta"):
+    reference = transformers.RegNetForImageClassification(config)
+  expected = torch_shapes(reference)
+  overrides = layouts_mobile.file_overrides("regnet_x_400mf", "hf", expected)
+  assert overrides == {"rounding": "timm"}
+  ours = nnx.eval_shape(lambda: models.get_model("regnet_x_400mf", 1000, rngs=0, **overrides))
+  assert layout_shapes(ours, "hf") == expected

@@ -349,13 +349,19 @@ def file_family(keys) -> str | None:
 def file_overrides(model_name: str, layout: str, keys) -> dict:
   """`get_model` options a file's weights need beyond its names: Hugging Face's
   MobileNetV2 TensorFlow's padding and BatchNorm eps, timm's MobileNetV3 eps 1e-5,
-  timm's own widths for the three RegNets where they are not torchvision's.
+  timm's (and pycls's, so Hugging Face's) own widths for the three RegNets where
+  they are not torchvision's.
   `keys`: the file's tensor names, or {name: shape} (then RegNet widths are read)."""
   from duojax.models import mobilenet, regnet
 
   held = file_family(keys)
-  if model_name in regnet.CONFIGS and layout == "timm" and isinstance(keys, dict):
-    widths = [tuple(keys.get(f"s{i}.b1.conv3.conv.weight", (0,)))[0] for i in range(1, 5)]
+  if model_name in regnet.CONFIGS and layout in ("timm", "hf") and isinstance(keys, dict):
+    # Each stage's output width: its first block's last conv (timm) or shortcut (hf).
+    stage = "s{}.b1.conv3.conv.weight"
+    if layout == "hf":
+      stage = "regnet.encoder.stages.{}.layers.0.shortcut.convolution.weight"
+    first = 1 if layout == "timm" else 0
+    widths = [tuple(keys.get(stage.format(i + first), (0,)))[0] for i in range(4)]
     timm_widths = regnet.block_params(*regnet.CONFIGS[model_name][:5], rounding="timm")[0]
     if widths == timm_widths != regnet.block_params(*regnet.CONFIGS[model_name][:5])[0]:
       return {"rounding": "timm"}
