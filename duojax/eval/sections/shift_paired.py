@@ -155,7 +155,8 @@ def _interval(entry: dict, k: str, i: int, scale: float, digits: int) -> str:
   return f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]{mark}"
 
 
-def markdown(results: dict) -> list[str]:
+def summary_markdown(results: dict) -> list[str]:
+  """The section's title, what it shows, and one row per method (the README's part)."""
   section = results.get("shift_paired")
   if not section:
     return []
@@ -184,6 +185,16 @@ def markdown(results: dict) -> list[str]:
       f"{'–' if clean is None else f'{clean:.0%}'} | "
       f"{shift_text} |"
     )
+  return lines
+
+
+def markdown(results: dict) -> list[str]:
+  """The summary, then every cell's ΔNLL and ΔAURC with their intervals."""
+  lines = summary_markdown(results)
+  if not lines:
+    return []
+  section = results["shift_paired"]
+  methods = section["methods"]
   for k, title, scale, digits in (("nll", "ΔNLL", 1.0, 4), ("aurc", "ΔAURC‰", 1e3, 2)):
     lines += ["", f"{title} per cell:", "", "| cell | " + " | ".join(methods) + " |"]
     lines.append("|---|" + "---|" * len(methods))
