@@ -198,3 +198,19 @@ def test_pretrained_members_take_the_files_options_and_statistics(tmp_path):
   spec = pretrained_members.parse(f"pretrained:mobilenet_v3_small@32:{path}")
   assert pretrained_members.inspect(spec, where="x")[2]["bn_eps"] == 1e-5
   assert data.pretrained_stats("timm", "mobilenet", path)[0] == preprocess.IMAGENET_MEAN
+
+
+def test_torchvision_inputs_are_those_of_the_default_weights():
+  """Crop and filter of every model here, as torchvision's DEFAULT weights' transforms say."""
+  from duojax.models import regnet, resnext
+
+  tv = torchvision_models()
+  for module in ("regnet", "mobilenetv2", "mobilenetv3", "mnasnet", "shufflenetv2", "resnet"):
+    getattr(tv, module)  # registers its builders
+  for family in (regnet, mobilenet, mnasnet, shufflenet, resnext):
+    for name in family.CONFIGS:
+      kw = tv._api.get_model_weights(name).DEFAULT.transforms.keywords
+      filter_ = getattr(kw.get("interpolation"), "value", "bilinear")
+      expected = (kw["crop_size"] / kw.get("resize_size", 256), filter_)
+      crop, interpolation, mean, _ = preprocess.TORCHVISION_INPUTS[name]
+      assert (crop, interpolation, mean) == (*expected, preprocess.IMAGENET_MEAN), name
