@@ -216,6 +216,9 @@ def test_the_section_reports_false_alarms_detection_and_the_duo_cells(section_in
   assert clean["batch_size"] == 200 and clean["batches"] == 400
   low, high = clean["ci95"]
   assert low <= clean["rate"] <= high and clean["rate"] <= 0.12, clean
+  resplit = results["resplit"]  # 20 re-splits of val ∪ test, 10 disjoint batches each
+  assert resplit["batches"] == 200 and resplit["calibration_rows"] == 2000
+  assert resplit["rate"] <= 0.1, resplit
   shifts = results["shifts"]
   assert list(shifts)[:3] == ["large_noise/1", "large_noise/3", "large_noise/5"]
   for kind in ("large_noise", "sidekick_noise"):
@@ -249,6 +252,7 @@ def test_the_section_needs_a_sidekick_and_shifts_and_checks_its_keys(section_inp
     ("shift_alarm_alpha", 1.0, "shift_alarm_alpha"),
     ("shift_alarm_batch", 0, "shift_alarm_batch"),
     ("shift_alarm_batches", -1, "shift_alarm_batches"),
+    ("shift_alarm_resplits", -1, "shift_alarm_resplits"),
     ("shift_alarm_resamples", 5, ">= 19"),
   ):
     config = inputs.config.copy_and_resolve_references()

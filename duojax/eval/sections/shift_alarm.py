@@ -13,7 +13,14 @@ batches. That interval is the resampling error given the split; a test split
 of its own is one draw of the population, and its mean disagreement and gap
 are off by about their spread/√rows, which moves every batch alike, so the
 clean rate can sit further from α than the interval says on small test
-splits. Each shifted cell also gets the weighted duo's NLL minus large+TS's
+splits. So the section also re-splits: `config.shift_alarm_resplits` times, the
+validation and test rows are pooled, shuffled and cut again into a calibration
+part as large as val and a held-out rest; an alarm fitted on the first checks
+the disjoint batches the second holds. Each such batch is a fresh i.i.d.
+sample, with no offset shared with the others, and averaged over the
+re-splits the rate estimates the false-alarm rate over the draw of the
+validation set as well, the quantity α bounds, if val and test rows are
+exchangeable. Each shifted cell also gets the weighted duo's NLL minus large+TS's
 on the whole split: cells where it is positive, those where the fixed duo
 weights hurt, are the ones the alarm is for.
 
@@ -34,6 +41,7 @@ from duojax.eval.methods import FIT_SPLIT
 
 DUO, REFERENCE = "duo (weighted)", "large+TS"
 _BATCH_STREAM = 8  # the seed stream of the resampled batches (conformal uses 7)
+_RESPLIT_STREAM = 9  # and of the re-splits of val ∪ test
 
 
 def defaults() -> dict:
@@ -45,6 +53,7 @@ def defaults() -> dict:
     "shift_alarm_batch": 500,
     "shift_alarm_batches": 1000,
     "shift_alarm_resamples": 1999,
+    "shift_alarm_resplits": 20,  # 0: no re-split estimate of the false-alarm rate
   }
 
 
@@ -56,9 +65,13 @@ def validate(config) -> None:
   alpha = config.shift_alarm_alpha
   if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
     raise ConfigError(f"config.shift_alarm_alpha must be a number in (0, 1), got {alpha!r}")
-  for key in ("shift_alarm_batch", "shift_alarm_batches"):
-    if not _integer(config[key]) or config[key] < 1:
-      raise ConfigError(f"config.{key} must be an integer >= 1, got {config[key]!r}")
+  for key, least in (
+    ("shift_alarm_batch", 1),
+    ("shift_alarm_batches", 1),
+    ("shift_alarm_resplits", 0),
+  ):
+    if not _integer(config[key]) or config[key] < least:
+      raise ConfigError(f"config.{key} must be an integer >= {least}, got {config[key]!r}")
   resamples, least = config.shift_alarm_resamples, int(np.ceil(1 / alpha)) - 1
   if not _integer(resamples) or resamples < least:
     raise ConfigError(
@@ -122,6 +135,33 @@ def _cell(alarm, inputs: EvalInputs, split: str, index: int) -> dict:
   }
 
 
+def _resplit(inputs: EvalInputs, temperatures) -> dict:
+  """The false-alarm rate over re-splits of val ∪ test (module docstring)."""
+  config, bank = inputs.config, inputs.bank
+  pooled = np.concatenate(
+    [bank.stack(split, [LARGE, SIDEKICK]) for split in (FIT_SPLIT, TEST)], axis=1
+  )
+  calibration = len(bank.labels[FIT_SPLIT])
+  rounds = config.shift_alarm_resplits
+  alarms = []
+  for r in range(rounds):
+    rng = np.random.default_rng([config.seed, _RESPLIT_STREAM, r])
+    order = rng.permutation(pooled.shape[1])
+    alarm = alarm_lib.fit_shift_alarm(
+      list(pooled[:, order[:calibration]]),
+      batch_size=config.shift_alarm_batch,
+      alpha=config.shift_alarm_alpha,
+      resamples=config.shift_alarm_resamples,
+      seed=config.seed + r,
+      temperatures=temperatures,
+    )
+    rows = alarm.statistics(list(pooled[:, order[calibration:]]))
+    size = min(config.shift_alarm_batch, len(rows))
+    batches = np.arange(len(rows) // size * size).reshape(-1, size)  # disjoint: fresh batches
+    alarms.append(alarm.p_values(rows, batches) <= alarm.alpha)
+  return {"resplits": rounds, "calibration_rows": calibration, **_rate(np.concatenate(alarms))}
+
+
 def _nll(inputs: EvalInputs, name: str, split: str) -> float:
   """The method's mean NLL on the split (the methods table's, in float64)."""
   logits = np.asarray(inputs.outputs(inputs.method(name), split)[0], np.float64)
@@ -137,13 +177,14 @@ def build(inputs: EvalInputs, results: dict) -> dict:
   shifted = [s for s in bank.logits if "/" in s]
   if inputs.sidekick is None or not shifted:
     return {}
+  temperatures = _temperatures(inputs)
   alarm = alarm_lib.fit_shift_alarm(
     list(bank.stack(FIT_SPLIT, [LARGE, SIDEKICK])),
     batch_size=config.shift_alarm_batch,
     alpha=config.shift_alarm_alpha,
     resamples=config.shift_alarm_resamples,
     seed=config.seed,
-    temperatures=_temperatures(inputs),
+    temperatures=temperatures,
   )
   names = [m.name for m in inputs.methods]
   compare = DUO in names and REFERENCE in names
@@ -157,6 +198,9 @@ def build(inputs: EvalInputs, results: dict) -> dict:
     "clean": _cell(alarm, inputs, TEST, 0),
     "shifts": {},
   }
+  held_out = len(bank.labels[TEST])
+  if config.shift_alarm_resplits:
+    out["resplit"] = {**_resplit(inputs, temperatures), "held_out_rows": held_out}
   for index, split in enumerate(sorted(shifted, key=_split_order), start=1):
     cell = _cell(alarm, inputs, split, index)
     if compare:
@@ -189,8 +233,10 @@ def markdown(results: dict) -> list[str]:
     f"bootstrap of {section['resamples']} resampled batches and references; it fires when "
     f"p ≤ α = {alpha:g}. False alarms on {clean['batches']} clean test batches of "
     f"{clean['batch_size']} (drawn with replacement from {clean['rows']} rows): "
-    f"{_interval(clean)} (95% interval over batches; the target is ≤ {alpha:g}). "
-    f"Validation: disagreement {section['val']['disagreement']:.4f}, confidence gap "
+    f"{_interval(clean)} (95% interval over batches; the target is ≤ {alpha:g}; given this "
+    "validation set and test split, whose own sampling offsets move every batch alike). "
+    + _resplit_text(section)
+    + f"Validation: disagreement {section['val']['disagreement']:.4f}, confidence gap "
     f"{section['val']['confidence_gap']:+.4f}.",
     "",
     "| shift | rows | batch | detection [95% interval] | disagreement | confidence gap | "
@@ -214,6 +260,18 @@ def markdown(results: dict) -> list[str]:
       "matters most. " + (_summary(worse) if worse else "No shifted split has one."),
     ]
   return lines
+
+
+def _resplit_text(section: dict) -> str:
+  resplit = section.get("resplit")
+  if not resplit:
+    return ""
+  return (
+    f"Over {resplit['resplits']} re-splits of val ∪ test into {resplit['calibration_rows']} "
+    f"calibration rows and {resplit['held_out_rows']} held-out ones: {_interval(resplit)} of "
+    f"{resplit['batches']} disjoint held-out batches (the rate over validation sets too; its interval "
+    "counts batches, not re-splits, so it is too narrow). "
+  )
 
 
 def _summary(worse: dict) -> str:
