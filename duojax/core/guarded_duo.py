@@ -24,24 +24,27 @@ on clean data the sidekick's say helps (mostly: where the large model is
 unsure). But a fitted gate extrapolates: it would trust a confident sidekick
 that contradicts a confident large model if clean data happened to reward
 that, and a shift that breaks the sidekick produces such inputs in numbers.
-So the gate is cut to 0 where validation data says the sidekick's override
-does not pay, and past what it shows:
+So the gate is cut to 0 where the input is unlike validation in the two
+ways a shift makes the duo worse than its large model, each at the same
+level (GUARD_LEVEL = 5% of validation's cases, fixed in advance):
 
-    κ(x) = (1 − a) · min(c_L, c_S)     ("both sure, of different classes";
-                                        0 where the members agree)
-    g(x) = 0 if κ(x) ≥ κ_max, else g_fit(x).
+  * a conflict: the members disagree, and κ(x) = min(c_L, c_S) ("both sure,
+    of different classes") is at least κ_max, the lower of the 95th percentile
+    of κ over validation's disagreements and the level from which up the duo's
+    NLL summed over those rows exceeds large+TS's most (where the large model
+    wins in distribution, guarding costs nothing). A shift that breaks the
+    sidekick leaves the large model as sure as usual and makes the sidekick
+    contradict it, sure of itself;
+  * a weak agreement: the members agree, and c_L is below the 5th percentile of
+    c_L over validation's agreements. Adding two members' logits sharpens their
+    common answer, which pays when their errors are nearly independent, as in
+    distribution; under a shift that breaks both, they agree on wrong classes
+    with little confidence each, and the sum is confidently wrong.
 
-κ_max is the lower of two validation quantities: the level from which up, on
-the validation rows where the members disagree, the duo's NLL summed over
-the rows with κ ≥ level exceeds large+TS's most (there the large model wins
-in distribution, so guarding costs nothing); and the 95th percentile of κ
-over those rows (beyond it the conflict is unlike validation). A shift that
-breaks the sidekick leaves the large model as sure as usual and makes the
-sidekick contradict it, sure of itself: such rows go to large+TS. A shift
-that breaks the large model (noise, blur) makes it unsure: κ stays low, and
-the sidekick keeps its say, as the duo meant. Rows the guard cannot tell
-apart (a broken sidekick against an unsure large model) keep the mixture's
-bound.
+A shift that breaks only the large model (noise, blur) leaves the sidekick
+sure and the large model unsure: no conflict, and disagreements that the
+sidekick keeps its say on, as the duo meant. Rows the guard cannot tell apart
+(a broken sidekick against an unsure large model) keep the mixture's bound.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from duojax.core import per_input, temperature
 
 L2 = 1e-3
 GATE_FEATURES = 5
-CONFLICT_QUANTILE = 0.95  # of κ over the validation rows where the members disagree
+GUARD_LEVEL = 0.05  # the share of validation's disagreements (agreements) past each guard
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +67,8 @@ class GuardedParams:
   duo_weights: np.ndarray  # [m]: the weighted duo's
   single_weights: np.ndarray  # [m]: each member's own temperature weight
   theta: np.ndarray  # [GATE_FEATURES]: the fitted gate
-  conflict_limit: np.ndarray  # κ_max (a 0-d array): from it up, the guarded duo is large+TS
+  conflict_limit: np.ndarray  # κ_max (0-d): a disagreement from it up is guarded
+  agreement_limit: np.ndarray  # (0-d): an agreement with c_L below it is guarded
 
 
 def gate_inputs(single_weights, member_logits) -> jax.Array:
@@ -81,8 +85,10 @@ def conflict(psi) -> jax.Array:
   return jnp.minimum(psi[:, 3], psi[:, 4])
 
 
-def _guarded(kappa, limit) -> jax.Array:
-  return (kappa > 0) & (kappa >= limit)
+def _guarded(psi, params) -> jax.Array:
+  """[N] bool: the rows past either guard (module docstring), where g = 0."""
+  agree, kappa = psi[:, 1] == 1, conflict(psi)
+  return jnp.where(agree, psi[:, 2] < params.agreement_limit, kappa >= params.conflict_limit)
 
 
 def _log_mixture(theta, duo_log_p, large_log_p, psi, guarded) -> jax.Array:
@@ -98,7 +104,7 @@ def _parts(params: GuardedParams, arrays):
   duo_log_p = jax.nn.log_softmax(jnp.einsum("m,mnc->nc", params.duo_weights, stack), -1)
   large_log_p = jax.nn.log_softmax(params.single_weights[0] * stack[0], -1)
   psi = gate_inputs(params.single_weights, arrays)
-  return duo_log_p, large_log_p, psi, _guarded(conflict(psi), params.conflict_limit)
+  return duo_log_p, large_log_p, psi, _guarded(psi, params)
 
 
 def gate(params: GuardedParams, member_logits) -> jax.Array:
@@ -106,7 +112,7 @@ def gate(params: GuardedParams, member_logits) -> jax.Array:
   arrays, _ = per_input.check_members(member_logits)
   psi = gate_inputs(params.single_weights, arrays)
   g = jax.nn.sigmoid(psi @ params.theta)
-  return jnp.where(_guarded(conflict(psi), params.conflict_limit), 0.0, g)
+  return jnp.where(_guarded(psi, params), 0.0, g)
 
 
 def combine(params: GuardedParams, members) -> jax.Array:
@@ -121,8 +127,9 @@ def log_probabilities(params: GuardedParams, member_logits) -> jax.Array:
 
 
 def conflict_limit(kappa: np.ndarray, excess: np.ndarray) -> float:
-  """κ_max from validation rows' κ and the duo's NLL minus large+TS's, row by row
-  (module docstring); 2 (never reached) when the members never disagree."""
+  """κ_max from validation's disagreements (κ > 0) and the duo's NLL minus
+  large+TS's, row by row (module docstring); 2 (never reached) when the members
+  never disagree."""
   disagree = kappa > 0
   if not disagree.any():
     return 2.0
@@ -130,7 +137,13 @@ def conflict_limit(kappa: np.ndarray, excess: np.ndarray) -> float:
   ranked, cumulative = kappa[disagree][order], np.cumsum(excess[disagree][order])
   best = int(np.argmax(cumulative))
   by_loss = ranked[best] if cumulative[best] > 0 else 2.0
-  return float(min(by_loss, np.quantile(kappa[disagree], CONFLICT_QUANTILE)))
+  return float(min(by_loss, np.quantile(kappa[disagree], 1 - GUARD_LEVEL)))
+
+
+def agreement_limit(psi: np.ndarray) -> float:
+  """The 5th percentile of c_L over validation's agreements (0: none)."""
+  agree = psi[:, 1] == 1
+  return float(np.quantile(psi[agree, 2], GUARD_LEVEL)) if agree.any() else 0.0
 
 
 def fit(member_logits, labels, *, solver: str = "jaxopt", l2: float = L2) -> GuardedParams:
@@ -140,11 +153,15 @@ def fit(member_logits, labels, *, solver: str = "jaxopt", l2: float = L2) -> Gua
   single = np.asarray(
     [temperature.fit_temperatures([z], labels, solver=solver)[0] for z in arrays], np.float32
   )
-  start = GuardedParams(duo_weights, single, np.zeros(GATE_FEATURES, np.float32), np.float32(2))
+  theta = np.zeros(GATE_FEATURES, np.float32)
+  start = GuardedParams(duo_weights, single, theta, np.float32(2), np.float32(0))
   duo_log_p, large_log_p, psi, _ = _parts(start, arrays)
   excess = per_input.nll_rows(duo_log_p, labels) - per_input.nll_rows(large_log_p, labels)
-  limit = conflict_limit(np.asarray(conflict(psi)), np.asarray(excess))
-  start = dataclasses.replace(start, conflict_limit=np.float32(limit))
+  start = dataclasses.replace(
+    start,
+    conflict_limit=np.float32(conflict_limit(np.asarray(conflict(psi)), np.asarray(excess))),
+    agreement_limit=np.float32(agreement_limit(np.asarray(psi))),
+  )
   data = (*_parts(start, arrays), jnp.asarray(labels))
 
   def objective(theta, data):
