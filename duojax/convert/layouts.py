@@ -18,107 +18,24 @@ Layouts:
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import re
-from typing import Callable, Sequence
+from typing import Sequence
 
-import numpy as np
-
+from duojax.convert import layouts_convnext, layouts_efficientnet, layouts_mobile
+from duojax.convert.entries import (  # noqa: F401 -- the family modules' pieces, here too
+  Arrays,
+  Entry,
+  _bias,
+  _conv,
+  _dense,
+  _fused_qkv,
+  _linear,
+  _norm,
+  _same,
+)
 from duojax.errors import ConfigError
 
 LAYOUTS = ("timm", "torchvision", "hf")
-
-Arrays = Sequence[np.ndarray]
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-  """`file_keys` in the file hold duojax arrays `paths` (flat dotted names)."""
-
-  file_keys: tuple[str, ...]
-  paths: tuple[str, ...]
-  to_duojax: Callable[[Arrays, Sequence[tuple]], list[np.ndarray]]
-  to_file: Callable[[Arrays], list[np.ndarray]]
-  kind: str = "param"  # "head" and "posemb" get special treatment on load
-
-
-# ----------------------------------------------------------------------------
-# Conversions (duojax shapes come in so that reshapes need no model knowledge).
-
-
-def _same(kind: str = "param"):
-  if kind == "posemb":  # another token grid is resampled by the loader, not reshaped
-    return dict(
-      to_duojax=lambda a, s: [np.asarray(a[0])], to_file=lambda a: [np.asarray(a[0])], kind=kind
-    )
-  return dict(
-    to_duojax=lambda a, s: [np.asarray(a[0]).reshape(s[0])],
-    to_file=lambda a: [np.asarray(a[0])],
-    kind=kind,
-  )
-
-
-def _conv():
-  # PyTorch [out, in, kh, kw] <-> duojax [kh, kw, in, out].
-  return dict(
-    to_duojax=lambda a, s: [np.asarray(a[0]).transpose(2, 3, 1, 0)],
-    to_file=lambda a: [np.asarray(a[0]).transpose(3, 2, 0, 1)],
-  )
-
-
-def _dense(n_in: int = 1, kind: str = "param"):
-  """PyTorch [out, in] <-> duojax kernel [*in_axes, *out_axes] (n_in input axes)."""
-
-  def to_file(a):
-    k = np.asarray(a[0])
-    return [k.reshape(math.prod(k.shape[:n_in]), -1).T]
-
-  return dict(to_duojax=lambda a, s: [np.asarray(a[0]).T.reshape(s[0])], to_file=to_file, kind=kind)
-
-
-def _bias(kind: str = "param"):
-  return dict(
-    to_duojax=lambda a, s: [np.asarray(a[0]).reshape(s[0])],
-    to_file=lambda a: [np.asarray(a[0]).reshape(-1)],
-    kind=kind,
-  )
-
-
-def _fused_qkv():
-  """timm's qkv.weight [3D, D] and qkv.bias [3D] <-> q/k/v kernels and biases."""
-
-  def to_duojax(a, shapes):
-    w, b = np.asarray(a[0]), np.asarray(a[1])
-    ws, bs = np.split(w, 3, axis=0), np.split(b, 3)
-    return [wi.T.reshape(shapes[i]) for i, wi in enumerate(ws)] + [
-      bi.reshape(shapes[3 + i]) for i, bi in enumerate(bs)
-    ]
-
-  def to_file(a):
-    kernels, biases = a[:3], a[3:]
-    w = np.concatenate([np.asarray(k).reshape(k.shape[0], -1).T for k in kernels], axis=0)
-    b = np.concatenate([np.asarray(x).reshape(-1) for x in biases])
-    return [w, b]
-
-  return dict(to_duojax=to_duojax, to_file=to_file)
-
-
-def _norm(prefix_duojax: str, prefix_file: str, *, batch: bool, kind: str = "param"):
-  names = {"scale": "weight", "bias": "bias"}
-  if batch:
-    names.update(mean="running_mean", var="running_var")
-  return [
-    Entry((f"{prefix_file}.{f}",), (f"{prefix_duojax}.{d}",), **_same(kind))
-    for d, f in names.items()
-  ]
-
-
-def _linear(prefix_duojax, prefix_file, n_in=1, kind="param"):
-  return [
-    Entry((f"{prefix_file}.weight",), (f"{prefix_duojax}.kernel",), **_dense(n_in, kind)),
-    Entry((f"{prefix_file}.bias",), (f"{prefix_duojax}.bias",), **_bias(kind)),
-  ]
 
 
 # ----------------------------------------------------------------------------
@@ -249,12 +166,6 @@ def detect(keys: Sequence[str]) -> str | None:
     return "timm"
   if "conv1.weight" in keys and any(k.startswith("layer1.") for k in keys):
     return "torchvision"
-  from duojax.convert import (  # they import this module
-    layouts_convnext,
-    layouts_efficientnet,
-    layouts_mobile,
-  )
-
   for family in (layouts_convnext, layouts_efficientnet, layouts_mobile):
     if (found := family.detect(keys)) is not None:
       return found

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from duojax.convert.layouts import Entry, _bias, _conv, _linear, _norm, _same
+from duojax.convert.entries import Entry, _bias, _conv, _linear, _norm, _same
 
 _BLOCK_RE = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.")
 

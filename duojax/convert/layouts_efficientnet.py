@@ -31,7 +31,8 @@ import os
 import re
 from typing import Sequence
 
-from duojax.convert.layouts import Entry, _bias, _conv, _linear, _norm
+from duojax.convert.entries import Entry, _bias, _conv, _linear, _norm
+from duojax.errors import WeightsMismatchError
 from duojax.models import efficientnet
 
 _BLOCK_RE = re.compile(r"^stages\.(\d+)\.(\d+)\.")
@@ -59,7 +60,9 @@ def _block(names, ours: str, theirs: str, layout: str) -> list[Entry]:
   out = []
   if has("fused_conv"):  # Fused-MBConv
     if layout == "hf":
-      raise ValueError("Hugging Face's EfficientNet has no Fused-MBConv (EfficientNetV2) blocks")
+      raise WeightsMismatchError(
+        "Hugging Face's EfficientNet has no Fused-MBConv (EfficientNetV2) blocks"
+      )
     if layout == "torchvision":
       out += _pair(f"{ours}.fused", f"{theirs}.block.0.0", f"{theirs}.block.0.1")
       if has("project_conv"):
@@ -125,7 +128,7 @@ def entries(names: Sequence[str], layout: str, padding: str = "same") -> list[En
   """The entries of a duojax EfficientNet whose flat state names are `names`;
   `padding` is the model's, refused for a Hugging Face file unless "same"."""
   if layout == "hf" and padding != "same":
-    raise ValueError(
+    raise WeightsMismatchError(
       "Hugging Face's EfficientNets pad as TensorFlow does: build the model with "
       "padding='same', bn_eps=1e-3"
     )

@@ -23,48 +23,14 @@ Face's MobileNetV2 TensorFlow's "same" padding and eps 1e-3.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import numpy as np
-
-from duojax.convert.layouts import Entry, _bias, _conv, _linear, _norm, _same
+from duojax.convert import layouts_regnet
+from duojax.convert.entries import Entry, Rename, module_entries
+from duojax.errors import WeightsMismatchError
 
 # How a duojax module's tensors are written in a file.
 KINDS = ("conv", "bn", "linear", "head", "conv_linear")
-
-Rename = Callable[[str], "tuple[str, str] | None"]
-
-
-def _conv_linear():
-  """A 1x1 conv [out, in, 1, 1] in the file <-> a dense kernel [in, out] here."""
-  return dict(
-    to_duojax=lambda a, s: [np.asarray(a[0]).reshape(s[0][::-1]).T],
-    to_file=lambda a: [np.asarray(a[0]).T[:, :, None, None]],
-  )
-
-
-def module_entries(names: Sequence[str], rename: Rename) -> list[Entry]:
-  """The entries of every module in `names`; `rename(module)` gives (file prefix, kind)."""
-  modules = list(dict.fromkeys(n.rsplit(".", 1)[0] for n in names))
-  entries = []
-  for module in modules:
-    target = rename(module)
-    if target is None:
-      raise ValueError(f"the layout has no tensors for {module}")
-    prefix, kind = target
-    if kind == "bn":
-      entries += _norm(module, prefix, batch=True)
-      continue
-    if kind in ("linear", "head"):
-      entries += _linear(module, prefix, kind="head" if kind == "head" else "param")
-      continue
-    convert = _conv() if kind == "conv" else _conv_linear()
-    entries.append(Entry((f"{prefix}.weight",), (f"{module}.kernel",), **convert))
-    if f"{module}.bias" in names:
-      entries.append(
-        Entry((f"{prefix}.bias",), (f"{module}.bias",), **(_same() if kind == "conv" else _bias()))
-      )
-  return entries
 
 
 def _convbn(sub: str, prefix: str, conv_name: str = "0", bn_name: str = "1"):
@@ -239,23 +205,23 @@ def mobilenet_entries(model, names: Sequence[str], layout: str) -> list[Entry]:
     rename = _torchvision_mnasnet(model) if mnasnet else _torchvision_mobilenet(model)
   elif layout == "timm" and model.arch == "v3":
     if model.bn_eps != 1e-5:
-      raise ValueError(
+      raise WeightsMismatchError(
         f"timm's MobileNetV3 BatchNorms use eps 1e-5, the model {model.bn_eps:g}: "
         "build it with bn_eps=1e-5"
       )
     rename = _timm_mobilenet_v3(model)
   elif layout == "hf" and model.arch == "v2":
     if model.padding != "same" or model.bn_eps != 1e-3:
-      raise ValueError(
+      raise WeightsMismatchError(
         "Hugging Face's MobileNetV2 uses TensorFlow padding and BatchNorm eps 1e-3: "
         "build the model with padding='same', bn_eps=1e-3"
       )
     rename = _hf_mobilenet_v2(model)
   else:
     have = {"v2": "torchvision, hf", "v3": "torchvision, timm", "mnasnet": "torchvision"}
-    raise ValueError(f"no {layout} layout for {word}; layouts: {have[model.arch]}")
+    raise WeightsMismatchError(f"no {layout} layout for {word}; layouts: {have[model.arch]}")
   if layout != "hf" and model.padding != "torch":
-    raise ValueError(
+    raise WeightsMismatchError(
       f"{layout}'s {word} pads as PyTorch does: build the model with padding='torch'"
     )
   return module_entries(names, rename)
@@ -270,7 +236,7 @@ _UNIT_RE = re.compile(r"^stages\.(\d+)\.(\d+)\.(branch[12])\.(\d+)\.(conv|bn)$")
 def shufflenet_entries(model, names: Sequence[str], layout: str) -> list[Entry]:
   """Entries of a duojax ShuffleNetV2 in torchvision's layout (the only library with one)."""
   if layout != "torchvision":
-    raise ValueError(f"no {layout} layout for ShuffleNetV2; layouts: torchvision")
+    raise WeightsMismatchError(f"no {layout} layout for ShuffleNetV2; layouts: torchvision")
   # torchvision's branches are flat Sequentials: (conv, BN[, ReLU]) per step.
   steps = {"branch1": ((0, 1), (2, 3)), "branch2": ((0, 1), (3, 4), (5, 6))}
 
@@ -318,8 +284,6 @@ def family(model) -> str | None:
 
 def entries(model, names: Sequence[str], layout: str) -> list[Entry] | None:
   """The layout's entries of a model of these families; None for another."""
-  from duojax.convert import layouts_regnet  # it imports this module
-
   found = family(model)
   if found == "regnet":
     return layouts_regnet.regnet_entries(names, layout)

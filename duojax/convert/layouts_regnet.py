@@ -23,8 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from duojax.convert.layouts import Entry
-from duojax.convert.layouts_mobile import module_entries
+from duojax.convert.entries import Entry, module_entries
 
 _RE = re.compile(r"^stages\.(\d+)\.(\d+)\.(a|b|c|proj|se)\.(conv|bn|fc1|fc2)$")
 _TIMM = {"a": "conv1", "b": "conv2", "c": "conv3", "proj": "downsample", "se": "se"}

@@ -127,7 +127,7 @@ def from_record(record: dict, names: Sequence[str] = ()) -> PerInputDuo:
     else:
       array = np.asarray(value, np.float32)
       if not np.all(np.isfinite(array)):
-        raise ValueError(f"{field.name} holds non-finite values")
+        raise InputError(f"{field.name} holds non-finite values")
       values[field.name] = array
   return PerInputDuo(method, cls(**values), tuple(names))
 

@@ -102,7 +102,9 @@ def _temperatures(inputs: EvalInputs) -> tuple[float, float]:
         for name in (LARGE, SIDEKICK)
       ]
     )
-  return float(1 / weights[0]), float(1 / weights[1])
+  # A member no better than chance on val can fit a weight ≤ 0 (its logits point
+  # away from the labels); its confidence is then read from its raw logits.
+  return tuple(float(1 / w) if np.isfinite(w) and w > 0 else 1.0 for w in weights[:2])
 
 
 def _rate(alarms: np.ndarray) -> dict:
