@@ -59,12 +59,16 @@ ROWS = (
     "`ranking`: ranks with ties), `losses` (cross-entropy, Gatekeeper), `soups`, `conformal` "
     "(split conformal prediction sets: LAC, APS, RAPS), `mahalanobis` (the feature OOD score: "
     "class means, tied covariance), `mixing` (Mixup and CutMix of a batch with itself flipped), "
-    "`selective` (a confidence threshold with a guaranteed selective risk: SGR)",
+    "`selective` (a confidence threshold with a guaranteed selective risk: SGR), the per-input "
+    "duos (`per_input_duo`: `dynamic_duo`, `entropy_duo`, `guarded_duo`, on `per_input`), "
+    "`shift_alarm` (a batch's disagreement and confidence gap against validation's)",
   ),
   Row(
     2,
     ("models/",),
-    "the NNX ResNets, ViTs and CNNs (`get_model`), `functional` (modules ↔ pure pytrees, "
+    "the NNX models by family (`get_model`, `list_models`): ResNets with ResNeXt and Wide "
+    "ResNet, ViTs, ConvNeXt, EfficientNet and V2, RegNet, MobileNetV2/V3 and MNASNet, "
+    "ShuffleNetV2, small CNNs; `functional` (modules ↔ pure pytrees, "
     "parameter and FLOP counts), `flops` (2 × multiply-adds from the traced program, the same "
     "on every backend), `spec` (what a checkpoint rebuilds a model from)",
   ),
@@ -96,7 +100,8 @@ ROWS = (
   Row(
     3,
     ("convert/",),
-    "PyTorch-layout safetensors in and out (timm, torchvision, Hugging Face); "
+    "PyTorch-layout safetensors in and out (timm, torchvision, Hugging Face): `entries` (how "
+    "a tensor converts), `layouts` (ResNet, ViT, and detection) and one `layouts_*` per family; "
     "`python -m duojax.convert`",
   ),
   Row(
