@@ -76,11 +76,14 @@ def make_fused_forward(
   if mesh is None:
     return jax.jit(forward)
   rows, out_logits = sharding.batch_sharding(mesh), sharding.stacked_batch_sharding(mesh)
-  out_features = tuple(rows for _ in graphdefs) if with_features == "all" else rows
+  if with_features == "all":
+    # Members' features need not be [B, D] (a merged Hydra model's are [M, B, D]):
+    # their layouts are left to the compiler.
+    return jax.jit(forward, in_shardings=(sharding.replicated(mesh), rows))
   return jax.jit(
     forward,
     in_shardings=(sharding.replicated(mesh), rows),
-    out_shardings=(out_logits, out_features) if with_features else out_logits,
+    out_shardings=(out_logits, rows) if with_features else out_logits,
   )
 
 

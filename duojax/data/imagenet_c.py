@@ -389,20 +389,8 @@ def corrupt(images, kind: str, severity: int, *, seed: int = 0) -> np.ndarray:
   # The kind's name enters the key, so kinds drawn with the same seed are independent.
   seed = jnp.uint32((int(seed) + zlib.crc32(kind.encode())) % 2**32)
   per_image = max(int(np.prod(images.shape[1:])), _GRID_VALUES.get(kind, 0))
-  per_chunk = min(CHUNK, max(1, CHUNK_VALUES // per_image))
-  num_chunks = -(-count // per_chunk)
-  chunk = -(-count // num_chunks)  # equal chunks, the last padded: one shape per set size
-  padded = np.concatenate(
-    [images, np.zeros((num_chunks * chunk - count, *images.shape[1:]), np.uint8)]
+  return shifts.in_chunks(
+    images,
+    per_image,
+    lambda chunk, indices: _corrupt_chunk(chunk, params, seed, indices, kind=kind),
   )
-  results = [
-    _corrupt_chunk(
-      padded[start : start + chunk],
-      params,
-      seed,
-      np.arange(start, start + chunk, dtype=np.int32),
-      kind=kind,
-    )
-    for start in range(0, count, chunk)
-  ]
-  return np.concatenate([np.asarray(r) for r in results])[:count]

@@ -267,24 +267,33 @@ def corrupt(images, kind: str, severity: int, *, seed: int = 0) -> np.ndarray:
   param = jnp.float32(SEVERITY_TABLE[kind][SEVERITIES.index(severity)])
   # uint32 wrap-around keeps any Python int seed usable as a traced key seed.
   seed = jnp.uint32(int(seed) % 2**32)
-  # Equal chunks of at most CHUNK images, the last one padded to the same
-  # size: one shape to compile per set size, and at most a few padded images.
-  per_chunk = min(CHUNK, max(1, CHUNK_VALUES // int(np.prod(images.shape[1:]))))
+  per_image = int(np.prod(images.shape[1:]))
+  return in_chunks(
+    images,
+    per_image,
+    lambda chunk, indices: _corrupt_chunk(chunk, param, seed, indices, kind=kind),
+  )
+
+
+def in_chunks(images: np.ndarray, per_image: int, corrupt_chunk) -> np.ndarray:
+  """corrupt_chunk(images, indices) over equal chunks of `images` ([N, ...], N ≥ 1).
+
+  Chunks hold at most CHUNK images and CHUNK_VALUES values (`per_image` values
+  an image): equal sizes, the last one padded, so a set size compiles one
+  shape, and the padding is at most a few images; `indices` (int32) number
+  each chunk's images in the whole set, which is what their randomness is
+  keyed by. Every chunk is dispatched before any is read back, so the device
+  keeps working while the host copies results out.
+  """
+  count = images.shape[0]
+  per_chunk = min(CHUNK, max(1, CHUNK_VALUES // per_image))
   num_chunks = -(-count // per_chunk)
   chunk = -(-count // num_chunks)
   padded = np.concatenate(
     [images, np.zeros((num_chunks * chunk - count, *images.shape[1:]), np.uint8)]
   )
-  # Dispatch every chunk before reading any back, so the device keeps working
-  # while the host copies results out.
   results = [
-    _corrupt_chunk(
-      padded[start : start + chunk],
-      param,
-      seed,
-      np.arange(start, start + chunk, dtype=np.int32),
-      kind=kind,
-    )
+    corrupt_chunk(padded[start : start + chunk], np.arange(start, start + chunk, dtype=np.int32))
     for start in range(0, count, chunk)
   ]
   return np.concatenate([np.asarray(r) for r in results])[:count]

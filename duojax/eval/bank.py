@@ -83,8 +83,9 @@ def split_logits(
     mask = _to_host(batch["mask"])
     if with_features:
       out, feats = out
-      if with_features == "all":
-        features.append([_to_host(f)[mask] for f in feats])
+      if with_features == "all":  # a member whose features are not [B, D] gets None
+        host = [_to_host(f) for f in feats]
+        features.append([f[mask] if f.ndim == 2 and len(f) == len(mask) else None for f in host])
       else:
         features.append(_to_host(feats)[mask])
     logits.append(_to_host(out)[:, mask])
@@ -93,7 +94,8 @@ def split_logits(
     raise DataError(f"split {desc!r} is empty")
   result = (np.concatenate(logits, axis=1), np.concatenate(labels))
   if with_features == "all":
-    return (*result, [np.concatenate(f) for f in zip(*features)])
+    merged = [None if any(p is None for p in f) else np.concatenate(f) for f in zip(*features)]
+    return (*result, merged)
   return (*result, np.concatenate(features)) if with_features else result
 
 

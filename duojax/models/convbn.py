@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from duojax.errors import ConfigError, InputError
+from duojax.errors import ConfigError
 from duojax.models import common
 
 PADDINGS = ("torch", "same")
@@ -75,19 +75,6 @@ def batch_norm(ch, *, eps=1e-5, momentum=0.1, dtype, rngs):
     param_dtype=jnp.float32,
     rngs=rngs,
   )
-
-
-def _check_input(name: str, channels: int, x) -> None:
-  """One-line errors for images a globally pooled model cannot take (any H, W)."""
-  if x.ndim != 4:
-    raise InputError(
-      f"{name} expects images of shape (H, W, {channels}) batched as [B, H, W, C], "
-      f"got an array of shape {tuple(x.shape)}"
-    )
-  if x.shape[-1] != channels:
-    raise InputError(f"{name} expects images of shape (H, W, {channels}), got {tuple(x.shape[1:])}")
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise InputError(f"{name} expects float images, got {x.dtype}")
 
 
 class ConvBN(nnx.Module):
@@ -187,7 +174,7 @@ class Classifier(nnx.Module):
     averages in place, and applies dropout (if any) before the last linear
     layer, with keys from `rngs` (an nnx.Rngs with a "dropout" stream, or a key).
     """
-    _check_input(self.name, self.input_shape[-1], x)
+    common.check_any_size_input(self.name, self.input_shape[-1], x)
     common.check_rngs(self.name, self.dropout_rate, train, rngs)
     pre_logits = self.pooled(x, train)
     dropped = self.head_dropout(pre_logits, deterministic=not train, rngs=rngs)
