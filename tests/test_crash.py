@@ -182,13 +182,27 @@ def _truncate(step_dir):
 
 
 def _flip_bytes(step_dir):
-  # Tensorstore reads these back without complaint; the checksums catch them.
+  # The arrays are zstd frames: a flipped byte either fails to decode or
+  # decodes to other bits, which the checksums catch. Which of the two depends
+  # on the weights' bits, so tests that need the checksum path use _wrong_sum.
   path = _data_files(step_dir)[-1]
   with open(path, "r+b") as f:
     f.seek(os.path.getsize(path) // 10)
     byte = f.read(1)
     f.seek(-1, 1)
     f.write(bytes([byte[0] ^ 0x5A]))
+
+
+def _wrong_sum(step_dir):
+  # Arrays whose bits no longer match their recorded sums, deterministically:
+  # the record is changed instead of the (compressed) data.
+  path = os.path.join(step_dir, "meta", "metadata")
+  with open(path) as f:
+    meta = json.load(f)
+  name = sorted(meta["checksums"])[0]
+  meta["checksums"][name] = (meta["checksums"][name] + 1) % 2**32
+  with open(path, "w") as f:
+    json.dump(meta, f)
 
 
 def _break_meta(step_dir):
@@ -201,7 +215,7 @@ def _empty(step_dir):
   os.mkdir(step_dir)
 
 
-@pytest.mark.parametrize("damage", [_truncate, _flip_bytes, _break_meta, _empty])
+@pytest.mark.parametrize("damage", [_truncate, _flip_bytes, _wrong_sum, _break_meta, _empty])
 def test_load_model_names_the_damaged_step_and_why(reference, tmp_path, damage):
   workdir = tmp_path / "run"
   shutil.copytree(reference / "checkpoints", workdir / "checkpoints")
@@ -211,6 +225,14 @@ def test_load_model_names_the_damaged_step_and_why(reference, tmp_path, damage):
   ):
     checkpoint.load_model(str(workdir))
   checkpoint.load_model(str(workdir), 16)  # the older steps are intact
+
+
+def test_changed_array_bits_are_a_checksum_mismatch(reference, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference / "checkpoints", workdir / "checkpoints")
+  _wrong_sum(str(workdir / "checkpoints" / "24"))
+  with pytest.raises(checkpoint.CheckpointError, match=r"step 24 .*checksum mismatch in \S+"):
+    checkpoint.load_model(str(workdir))
 
 
 def test_no_readable_meta_is_an_error_not_a_fresh_start(reference, tmp_path):
@@ -233,7 +255,7 @@ def test_damaged_latest_checkpoints_are_set_aside_and_the_run_resumes(
   reference, tmp_path, learnable_data_dir, env
 ):
   workdir = _copy(reference, tmp_path)
-  _flip_bytes(str(workdir / "checkpoints" / "24"))
+  _wrong_sum(str(workdir / "checkpoints" / "24"))
   _break_meta(str(workdir / "checkpoints" / "16"))
   run = _train(env, learnable_data_dir, workdir)
 
@@ -259,7 +281,7 @@ def test_every_checkpoint_unreadable_is_a_one_line_error(
   reference, tmp_path, learnable_data_dir, env
 ):
   workdir = _copy(reference, tmp_path)
-  for step, damage in ((8, _break_meta), (16, _truncate), (24, _flip_bytes)):
+  for step, damage in ((8, _break_meta), (16, _truncate), (24, _wrong_sum)):
     damage(str(workdir / "checkpoints" / str(step)))
   before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
   run = _Train(env, learnable_data_dir, workdir)

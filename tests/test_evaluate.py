@@ -138,12 +138,12 @@ def test_evaluate_config_reports_every_method(runs):
     "sac99",
   }
   assert set(duo["ood"]) == {"msp", "neg_entropy", "energy", "max_logit"}
-  assert set(duo["shifts"]) == {f"{k}/{s}" for k in ("blur", "contrast") for s in range(1, 6)}
+  assert set(duo["shifts"]) == {f"{k}/{s}" for k in ("blur", "contrast") for s in (1, 3, 5)}
   assert results["splits"] == {
     "val": 150,
     "test": 200,
     "ood": 10000,
-    **{f"{k}/{s}": 60 for k in ("blur", "contrast") for s in range(1, 6)},
+    **{f"{k}/{s}": 60 for k in ("blur", "contrast") for s in (1, 3, 5)},
   }
   assert large["fitted"] == {} and len(duo["fitted"]["weights"]) == 2
   assert "paired_vs_reference" in results
