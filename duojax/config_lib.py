@@ -69,6 +69,10 @@ MODEL_OVERRIDE_TYPES = {
   "zero_init_residual": bool,
   "pre_norm": bool,
   "patch_bias": bool,
+  # Recompute each transformer block's activations in the backward pass
+  # instead of keeping them (nnx.remat per block): the large ViTs and Swin-B
+  # then fine-tune at large batches; gradients are unchanged.
+  "remat": bool,
 }
 
 
@@ -151,6 +155,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.weight_decay = 5e-4  # decoupled; applied to kernels only
   c.warmup_steps = 100
   c.grad_clip_norm = 1.0  # <= 0 disables clipping
+  # Layer-wise learning-rate decay (BEiT, the DINOv2 and CLIP fine-tunes):
+  # block i of L learns at lr * layer_decay**(L + 1 - i), the embeddings at
+  # layer_decay**(L + 1), the head at lr. 1.0: one rate for every layer.
+  c.layer_decay = 1.0
   c.label_smoothing = 0.0
   # Training loss: "ce" (cross-entropy), or "gatekeeper" to confidence-tune a
   # trained sidekick for cascades (arXiv 2502.19335; start it with init_from):
@@ -246,6 +254,10 @@ def _check_optimisation(config: ml_collections.ConfigDict) -> None:
     f"config.optimizer={config.optimizer!r}; valid: {', '.join(_OPTIMIZERS)}",
   )
   _need(config.lr > 0, f"config.lr must be > 0, got {config.lr}")
+  _need(
+    0 < config.layer_decay <= 1,
+    f"config.layer_decay must be in (0, 1] (1: no decay), got {config.layer_decay}",
+  )
   _need(
     config.epochs > 0 or config.total_steps > 0, "config.epochs or config.total_steps must be > 0"
   )

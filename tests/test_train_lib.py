@@ -142,6 +142,12 @@ def test_checkpoint_round_trip_and_compatibility(tmp_path):
   other = spec.ModelSpec("resnet8", {"width": 4}, 5, (12, 12, 1)).as_meta()
   with pytest.raises(checkpoint.CheckpointError, match="num_classes=10"):
     checkpoint.check_compatible(restored_meta, other, where="w")
+  # Rematerialisation changes the computation, not the parameters: it may be toggled.
+  remat = spec.ModelSpec("resnet8", {"width": 4, "remat": True}, 10, (12, 12, 1)).as_meta()
+  checkpoint.check_compatible(restored_meta, remat, where="w")
+  wider = spec.ModelSpec("resnet8", {"width": 8}, 10, (12, 12, 1)).as_meta()
+  with pytest.raises(checkpoint.CheckpointError, match="model_overrides"):
+    checkpoint.check_compatible(restored_meta, wider, where="w")
   model, _ = checkpoint.load_model(str(tmp_path))
   _, params2, _ = functional.split_model(model)
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params2, params))

@@ -243,10 +243,21 @@ def read_meta(workdir: str, step: int | None = None) -> tuple[int, dict]:
   return step, meta
 
 
+# Overrides that change how a model computes, not its parameters: a run may
+# resume, or a trained model be evaluated, with them set either way.
+COMPUTE_ONLY_OVERRIDES = ("remat", "attention")
+
+
+def _parameter_defining(key: str, value):
+  if key == "model_overrides" and isinstance(value, dict):
+    return {k: v for k, v in value.items() if k not in COMPUTE_ONLY_OVERRIDES}
+  return value
+
+
 def check_compatible(meta: dict, expected: dict, *, where: str) -> None:
   """Raises CheckpointError naming the first field where the two disagree."""
   for key in COMPATIBILITY_KEYS:
-    have, want = _jsonish(meta.get(key)), _jsonish(expected.get(key))
+    have, want = (_jsonish(_parameter_defining(key, m.get(key))) for m in (meta, expected))
     if have != want:
       raise CheckpointError(
         f"checkpoint in {where!r} has {key}={have!r} but the config asks for {want!r}; "

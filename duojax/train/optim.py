@@ -1,4 +1,5 @@
-"""The optimizer of a training config: schedule, weight decay, clipping, linear probe."""
+"""The optimizer of a training config: schedule, weight decay, clipping, layer-wise
+learning-rate decay, linear probe."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from duojax.errors import ConfigError
+from duojax.train.layer_decay import scale_by_layer
 
 
 def total_steps(config, num_train: int) -> int:
@@ -90,6 +92,8 @@ def _base_optimizer(config, num_steps: int) -> optax.GradientTransformation:
     )
   else:
     raise ConfigError(f"unknown optimizer {config.optimizer!r}; valid: adamw, sgd")
+  if config.get("layer_decay", 1.0) < 1.0:
+    opt = optax.chain(opt, scale_by_layer(config.layer_decay))
   if config.grad_clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
   return opt
