@@ -7,13 +7,12 @@ are OIHW in PyTorch and HWIO here, dense kernels are transposed, timm fuses
 q/k/v into one matrix, duojax keeps heads as an axis).
 
 Layouts:
-  * "timm": timm's VisionTransformer (`vit_*_patch*_*`, CLIP-style with
-    `norm_pre` when the model has `pre_norm=True`) and timm's ResNet, whose
-    names are torchvision's;
+  * "timm": timm's VisionTransformer (every variant: `layouts_vit`) and
+    timm's ResNet, whose names are torchvision's;
   * "torchvision": torchvision's ResNet (`conv1`, `bn1`, `layer1.0.conv1`, ...,
     `fc`);
-  * "hf": Hugging Face `ViTForImageClassification` and
-    `ResNetForImageClassification`.
+  * "hf": Hugging Face `ViTForImageClassification` (and the CLIP, DINOv2,
+    DeiT and SigLIP towers: `layouts_vit`) and `ResNetForImageClassification`.
 """
 
 from __future__ import annotations
@@ -21,7 +20,13 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from duojax.convert import layouts_convnext, layouts_efficientnet, layouts_mobile
+from duojax.convert import (
+  layouts_convnext,
+  layouts_efficientnet,
+  layouts_mobile,
+  layouts_swin,
+  layouts_vit,
+)
 from duojax.convert.entries import (  # noqa: F401 -- the family modules' pieces, here too
   Arrays,
   Entry,
@@ -33,7 +38,6 @@ from duojax.convert.entries import (  # noqa: F401 -- the family modules' pieces
   _norm,
   _same,
 )
-from duojax.errors import ConfigError
 
 LAYOUTS = ("timm", "torchvision", "hf")
 
@@ -82,75 +86,9 @@ def resnet_entries(names: Sequence[str], layout: str) -> list[Entry]:
 
 
 # ----------------------------------------------------------------------------
-# ViT.
+# ViT: every variant's layouts are in `layouts_vit`.
 
-_VIT_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
-
-
-def vit_entries(names: Sequence[str], layout: str, *, hf_modules: str = "hub") -> list[Entry]:
-  """`hf_modules`: "hub" names (`encoder.layer.N.attention.attention.query`, those of the
-  files on the Hugging Face hub, which every transformers version loads) or "v5"
-  (`layers.N.attention.q_proj`, what transformers 5 itself names the modules)."""
-  if layout == "torchvision":
-    raise ConfigError("layout 'torchvision' holds ResNets only; ViT layouts: timm, hf")
-  depth = 1 + max(int(m.group(1)) for m in map(_VIT_BLOCK_RE.match, names) if m)
-  hf = layout == "hf"
-  if hf and "norm_pre.scale" in names:
-    raise ConfigError("Hugging Face ViTs have no pre-norm: build the model with pre_norm=False")
-  entries = []
-  patch = "vit.embeddings.patch_embeddings.projection" if hf else "patch_embed.proj"
-  entries.append(Entry((f"{patch}.weight",), ("patch_embed.kernel",), **_conv()))
-  if "patch_embed.bias" in names:  # CLIP-style encoders have none (patch_bias=False)
-    entries.append(Entry((f"{patch}.bias",), ("patch_embed.bias",), **_same()))
-  if "cls_token" in names:
-    entries.append(
-      Entry(("vit.embeddings.cls_token" if hf else "cls_token",), ("cls_token",), **_same())
-    )
-  entries.append(
-    Entry(
-      ("vit.embeddings.position_embeddings" if hf else "pos_embed",),
-      ("pos_embedding",),
-      **_same("posemb"),
-    )
-  )
-  if "norm_pre.scale" in names:
-    entries += _norm("norm_pre", "norm_pre", batch=False)
-  for i in range(depth):
-    ours = f"blocks.{i}"
-    if hf:
-      v5 = hf_modules == "v5"
-      theirs = f"vit.layers.{i}" if v5 else f"vit.encoder.layer.{i}"
-      entries += _norm(f"{ours}.norm1", f"{theirs}.layernorm_before", batch=False)
-      for proj in ("query", "key", "value"):
-        name = f"attention.{proj[0]}_proj" if v5 else f"attention.attention.{proj}"
-        entries += _linear(f"{ours}.attn.{proj}", f"{theirs}.{name}")
-      out = "attention.o_proj" if v5 else "attention.output.dense"
-      entries += _linear(f"{ours}.attn.out", f"{theirs}.{out}", n_in=2)
-      entries += _norm(f"{ours}.norm2", f"{theirs}.layernorm_after", batch=False)
-      entries += _linear(
-        f"{ours}.mlp.fc1", f"{theirs}.mlp.fc1" if v5 else f"{theirs}.intermediate.dense"
-      )
-      entries += _linear(f"{ours}.mlp.fc2", f"{theirs}.mlp.fc2" if v5 else f"{theirs}.output.dense")
-    else:
-      entries += _norm(f"{ours}.norm1", f"{ours}.norm1", batch=False)
-      entries.append(
-        Entry(
-          (f"{ours}.attn.qkv.weight", f"{ours}.attn.qkv.bias"),
-          tuple(
-            f"{ours}.attn.{p}.{leaf}"
-            for leaf in ("kernel", "bias")
-            for p in ("query", "key", "value")
-          ),
-          **_fused_qkv(),
-        )
-      )
-      entries += _linear(f"{ours}.attn.out", f"{ours}.attn.proj", n_in=2)
-      entries += _norm(f"{ours}.norm2", f"{ours}.norm2", batch=False)
-      entries += _linear(f"{ours}.mlp.fc1", f"{ours}.mlp.fc1")
-      entries += _linear(f"{ours}.mlp.fc2", f"{ours}.mlp.fc2")
-  entries += _norm("norm", "vit.layernorm" if hf else "norm", batch=False)
-  entries += _linear("head", "classifier" if hf else "head", kind="head")
-  return entries
+vit_entries = layouts_vit.entries
 
 
 # Tensors a file may hold that carry nothing duojax needs.
@@ -164,9 +102,11 @@ def detect(keys: Sequence[str]) -> str | None:
     return "hf"
   if "patch_embed.proj.weight" in keys:
     return "timm"
+  if (found := layouts_vit.detect(keys)) is not None:  # CLIP, DINOv2, DeiT, SigLIP
+    return found
   if "conv1.weight" in keys and any(k.startswith("layer1.") for k in keys):
     return "torchvision"
-  for family in (layouts_convnext, layouts_efficientnet, layouts_mobile):
+  for family in (layouts_swin, layouts_convnext, layouts_efficientnet, layouts_mobile):
     if (found := family.detect(keys)) is not None:
       return found
   return None

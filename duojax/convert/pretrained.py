@@ -26,10 +26,12 @@ from duojax.convert import (
   layouts_convnext,
   layouts_efficientnet,
   layouts_mobile,
+  layouts_swin,
+  layouts_vit,
   safetensors_io,
 )
 from duojax.errors import WeightsMismatchError
-from duojax.models import convnext, efficientnet, resnet, vit
+from duojax.models import convnext, efficientnet, resnet, swin, vit
 
 HEAD_MODES = ("load", "fresh")
 
@@ -68,6 +70,8 @@ def _family(model: nnx.Module) -> str:
     return "convnext"
   if isinstance(model, efficientnet.EfficientNet):
     return "efficientnet"
+  if isinstance(model, swin.SwinV2):
+    return "swin"
   if (found := layouts_mobile.family(model)) is not None:
     return found
   raise WeightsMismatchError(
@@ -91,12 +95,13 @@ def entries_for(model: nnx.Module, layout: str, file_keys=(), names=None) -> lis
       return layouts.resnet_entries(names, layout)
     if _family(model) == "convnext":
       return layouts_convnext.entries(names, layout)
+    if _family(model) == "swin":
+      return layouts_swin.entries(model, names, layout)
     if _family(model) == "efficientnet":
       return layouts_efficientnet.entries(names, layout, padding=model.padding)
     if (found := layouts_mobile.entries(model, names, layout)) is not None:
       return found
-    v5 = any(k.startswith("vit.layers.") for k in file_keys)
-    return layouts.vit_entries(names, layout, hf_modules="v5" if v5 else "hub")
+    return layouts_vit.entries(model, names, layout, file_keys)
   except ValueError as e:
     raise WeightsMismatchError(f"{model.name}: {e}") from None
 
@@ -137,17 +142,15 @@ def _check_family(path: str, model, keys) -> None:
   if family == "resnet" and looks_vit and not looks_resnet:
     raise WeightsMismatchError(f"{path!r} holds a ViT, but the model {model.name} is a ResNet")
   _check_conv_family(path, model, family, keys, looks_vit, looks_resnet)
-  if "fc_norm.weight" in keys:
-    raise WeightsMismatchError(
-      f"{path!r} is a timm ViT with fc_norm (average pooling, then LayerNorm); duojax's "
-      "'gap' ViT normalises before pooling, so this checkpoint cannot load exactly"
-    )
+  if family == "vit" and (looks_vit or layouts_vit.detect(keys)):
+    layouts_vit.check_variant(path, model, keys)
 
 
 _CONV_FAMILIES = {
   **layouts_mobile.CONV_FAMILIES,  # first: EfficientNet's detector takes MobileNetV3 files too
   "convnext": ("a ConvNeXt", layouts_convnext.detect),
   "efficientnet": ("an EfficientNet", layouts_efficientnet.detect),
+  "swin": ("a Swin-V2", layouts_swin.detect),
 }
 _FAMILY_WORDS = {
   "vit": "a ViT",
@@ -220,13 +223,15 @@ def load_pretrained(
       if value.shape == shape:
         new_values[p] = value
       elif entry.kind == "posemb" and value.shape[-1] == shape[-1]:
-        num_prefix = 0 if model.cls_token is None else 1
-        grid = tuple(s // model.patch_size for s in model.image_size)
-        new_values[p] = resample_posemb(value, grid, num_prefix)
+        new_values[p] = layouts_vit.resample_posemb(model, value, layout)
         info["resampled_posemb"] = (tuple(value.shape), tuple(shape))
       else:
         misshaped.append(f"{'+'.join(entry.file_keys)} -> {p} {value.shape} vs model {shape}")
-  unexpected = sorted(k for k in tensors if k not in used and not layouts.IGNORED.search(k))
+  unexpected = sorted(
+    k
+    for k in tensors
+    if k not in used and not layouts.IGNORED.search(k) and not layouts_vit.IGNORED.search(k)
+  )
   if head == "load" and any(k in missing for e in entries if e.kind == "head" for k in e.file_keys):
     raise WeightsMismatchError(
       f"{path!r} holds no classifier head for layout {layout}; load with head='fresh' "
@@ -257,7 +262,8 @@ def export_pretrained(model: nnx.Module, path: str, layout: str) -> None:
   tensors = {}
   for entry in entries_for(model, layout, names=list(current)):
     for key, value in zip(entry.file_keys, entry.to_file([current[p] for p in entry.paths])):
-      tensors[key] = np.ascontiguousarray(value, dtype=np.float32)
+      integer = np.issubdtype(np.asarray(value).dtype, np.integer)  # (torchvision's Swin index)
+      tensors[key] = np.ascontiguousarray(value, dtype=None if integer else np.float32)
       if key.endswith(".running_mean"):
         # PyTorch's BatchNorm state has this counter; strict loaders want it.
         tensors[key[: -len("running_mean")] + "num_batches_tracked"] = np.zeros((), np.int64)

@@ -35,6 +35,9 @@ from duojax.errors import ConfigError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
+# OpenAI CLIP's (and every CLIP port's) statistics.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # (layout, model family) -> (mean, std): the libraries' defaults for their weights.
 # timm's ViTs from the AugReg / original JAX releases use 0.5/0.5 (DeiT-style
 # ones use ImageNet's: override with config.input_mean / input_std).
@@ -46,6 +49,16 @@ PRETRAINED_STATS = {
   ("hf", "resnet"): (IMAGENET_MEAN, IMAGENET_STD),
   # Hugging Face's MobileNetV2s (ported from TensorFlow) take images in [-1, 1].
   ("hf", "mobilenet"): (HALF, HALF),
+  # The ViT variants (duojax.models.vit_variants): CLIP's own statistics, DINOv2's and
+  # DeiT's ImageNet ones, SigLIP's [-1, 1].
+  ("timm", "vit_clip"): (CLIP_MEAN, CLIP_STD),
+  ("hf", "vit_clip"): (CLIP_MEAN, CLIP_STD),
+  ("timm", "vit_dinov2"): (IMAGENET_MEAN, IMAGENET_STD),
+  ("hf", "vit_dinov2"): (IMAGENET_MEAN, IMAGENET_STD),
+  ("timm", "deit"): (IMAGENET_MEAN, IMAGENET_STD),
+  ("hf", "deit"): (IMAGENET_MEAN, IMAGENET_STD),
+  ("timm", "vit_siglip"): (HALF, HALF),
+  ("hf", "vit_siglip"): (HALF, HALF),
 }
 # torchvision's weights (its DEFAULT ones, the only ones for most models) each come with
 # their eval transform, the centre crop_size of a resize_size resize: model ->
@@ -100,6 +113,14 @@ TORCHVISION_INPUTS = {
   "resnext101_64x4d": (224 / 232, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
   "wide_resnet50_2": (224 / 232, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
   "wide_resnet101_2": (224 / 232, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
+}
+# The ViT variants' eval transform on their model cards (the Hugging Face processors'),
+# by family: crop fraction and filter, where no file beside the weights says them.
+VIT_VARIANT_VIEWS = {
+  "vit_clip": (1.0, "bicubic"),
+  "vit_dinov2": (224 / 256, "bicubic"),
+  "deit": (224 / 256, "bicubic"),
+  "vit_siglip": (1.0, "bicubic"),
 }
 # Hugging Face repositories keep the preprocessing next to the weights; timm's
 # (on the Hugging Face hub) a config.json holding its `pretrained_cfg`.
@@ -284,6 +305,11 @@ def pretrained_view(
   if not view and layout == "torchvision" and model_name in TORCHVISION_INPUTS:
     crop, interpolation, _, _ = TORCHVISION_INPUTS[model_name]
     return {"crop_fraction": crop, "interpolation": interpolation}, f"torchvision {model_name}"
+  if not view and isinstance(model_name, str):
+    from duojax.models import family_name  # here: the models need nothing of the data
+
+    if (found := VIT_VARIANT_VIEWS.get(family_name(model_name))) is not None:
+      return {"crop_fraction": found[0], "interpolation": found[1]}, f"{model_name} model card"
   return view, TIMM_CONFIG_FILE if view else ""
 
 

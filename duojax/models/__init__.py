@@ -9,7 +9,8 @@ Families: ResNets ("resnet18" ... "resnet152", CIFAR-style "resnet8" ...
 RegNets ("regnet_x_400mf" ... "regnet_y_32gf"), MobileNets ("mobilenet_v2",
 "mobilenet_v3_small/large"), MNASNets ("mnasnet0_5" ... "mnasnet1_3"),
 ShuffleNetV2s ("shufflenet_v2_x0_5" ... "_x2_0"), ResNeXts and Wide ResNets
-("resnext50_32x4d", "wide_resnet50_2", ...). Every model has
+("resnext50_32x4d", "wide_resnet50_2", ...), Swin Transformer V2s ("swin_v2_t",
+"swin_v2_b_w16", ...). Every model has
 float32 parameters, returns float32 logits, and exposes `name`,
 `input_shape` ((H, W, C), None where free) and `image_size`.
 """
@@ -28,7 +29,9 @@ from duojax.models import (
   resnet,
   resnext,
   shufflenet,
+  swin,
   vit,
+  vit_variants,
 )
 
 # Representative ViT names; any vit_{mu,mi,ti,s,m,b,l,h}{patch} is accepted.
@@ -58,6 +61,8 @@ def list_models() -> list[str]:
     *cnn.CONFIGS,
     *convnext.CONFIGS,
     *efficientnet.CONFIGS,
+    *swin.CONFIGS,
+    *vit_variants.CONFIGS,
   ] + torchvision_names
 
 
@@ -71,6 +76,10 @@ def _family(name: str):
     return convnext
   if name in efficientnet.CONFIGS:
     return efficientnet
+  if name in swin.CONFIGS:
+    return swin
+  if name in vit_variants.CONFIGS:  # CLIP, DINOv2, DeiT, SigLIP
+    return vit_variants
   if vit.parse_name(name) is not None:
     return vit
   return next((f for f in _TORCHVISION_FAMILIES if name in f.CONFIGS), None)
@@ -80,6 +89,8 @@ def family_name(name: str) -> str | None:
   """The family of model `name` ("resnet", "vit", "regnet", "mobilenet", ...), None if unknown:
   the key of each library's preprocessing for it (`data.PRETRAINED_STATS`)."""
   family = _family(name.lower()) if isinstance(name, str) else None
+  if family is vit_variants:
+    return vit_variants.family(name.lower())
   return None if family is None else family.__name__.rsplit(".", 1)[-1]
 
 

@@ -1,8 +1,13 @@
 """Vision Transformer (Dosovitskiy et al., 2021), big_vision/timm layout.
 
-Pre-LN encoder with learned position embeddings and either a class token
-("tok") or global average pooling ("gap"). Parameter shapes and counts match
-timm's `vit_*_patch*_224` models. Attention keeps a per-head structure:
+Pre-LN encoder with learned position embeddings, pooled by the class token
+("tok"), the mean of the patch tokens ("gap", LayerNorm after the mean with
+`fc_norm`), both ("tok+gap") or attention pooling ("map", `vit_heads`).
+Parameter shapes and counts match timm's `vit_*_patch*_224` models; the
+options of the CLIP, DINOv2, DeiT and SigLIP towers (`vit_variants`) are
+those of the same class: a LayerNorm before the blocks (`pre_norm`), layer
+scale, register tokens, a distillation token with its own head, the MLP's
+activation and the LayerNorms' epsilon. Attention keeps a per-head structure:
 query/key/value kernels are [D, heads, head_dim] and the output kernel is
 [heads, head_dim, D], so single heads can be sliced out or pruned.
 
@@ -12,6 +17,13 @@ the loss w.r.t. the mask at 1 is the first-order (Taylor) importance of the
 head (Michel et al., 2019) used by `duojax.hydra` to prune heads. A pruned
 model keeps the original `head_dim` with fewer heads, so `head_dim` can be set
 explicitly and then need not equal width // num_heads.
+
+Token order: [class, distillation, registers…, patches…]; the position
+embedding covers the class and distillation tokens and the patches, not the
+registers (DINOv2's), which join after it is added.
+
+`remat=True` runs every block under `nnx.remat`: its activations are
+recomputed in the backward pass, not stored (same values and gradients).
 
 Dropout and stochastic depth hold no RNG state: the caller passes `rngs` at
 call time, so the random masks are a pure function of that key.
@@ -26,7 +38,8 @@ import numpy as np
 from flax import nnx
 
 from duojax.errors import ConfigError, InputError
-from duojax.models import common
+from duojax.models import attention as attention_lib
+from duojax.models import common, vit_blocks, vit_heads
 
 # variant -> (width, depth, mlp_dim, num_heads)
 VARIANTS = {
@@ -57,14 +70,23 @@ OVERRIDES = (
   "pre_norm",
   "patch_bias",
   "head_dim",
+  "attention",
+  "remat",
+  "act",
+  "norm_eps",
+  "layer_scale",
+  "num_registers",
+  "distilled",
+  "fc_norm",
+  "class_token",
+  "posemb_resize",
 )
 
-POOLS = ("tok", "gap")
+POOLS = vit_heads.POOLS
+# How the converter resamples a file's position embeddings to another grid.
+POSEMB_RESIZES = ("bilinear", "bicubic")
 
 
-# Glorot-variance dense kernels as in big_vision (nnx.LinearGeneral hands the
-# initializer its kernel flattened to [fan_in, fan_out]).
-_dense_init = common.normal_init(lambda s: math.sqrt(2.0 / (s[0] + s[-1])))
 # LeCun normal patch embedding, N(0, 1 / (patch*patch*channels)).
 _patch_init = common.normal_init(lambda s: math.prod(s[:-1]) ** -0.5)
 # big_vision's learned position embedding, N(0, 1 / width).
@@ -82,104 +104,6 @@ def parse_name(name: str) -> tuple[str, int] | None:
   lower = {v.lower(): v for v in VARIANTS}
   variant = lower.get(m.group(1))
   return None if variant is None else (variant, int(m.group(2)))
-
-
-class SelfAttention(nnx.Module):
-  """Multi-head self-attention with separate per-head q/k/v/out kernels."""
-
-  def __init__(self, width: int, num_heads: int, *, dtype, rngs, head_dim: int | None = None):
-    head_dim = width // num_heads if head_dim is None else head_dim
-    self.num_heads = num_heads
-    self.head_dim = head_dim
-
-    def proj(in_features, out_features, axis=-1):
-      return nnx.LinearGeneral(
-        in_features,
-        out_features,
-        axis=axis,
-        kernel_init=_dense_init,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        rngs=rngs,
-      )
-
-    self.query = proj(width, (num_heads, head_dim))
-    self.key = proj(width, (num_heads, head_dim))
-    self.value = proj(width, (num_heads, head_dim))
-    self.out = proj((num_heads, head_dim), width, axis=(-2, -1))
-
-  def __call__(self, x, head_mask=None):
-    """`head_mask` [heads] scales each head's output (None: no multiply)."""
-    # Scaling q instead of the [T, T] logits is cheaper; a Python float
-    # keeps q in the compute dtype.
-    q = self.query(x) * self.head_dim**-0.5
-    k, v = self.key(x), self.value(x)  # [B, T, heads, head_dim]
-    # Head-major [B, heads, T, head_dim] before the two batched dots: with
-    # the batch axes leading, XLA's CPU dot runs the attention core 2-4x
-    # faster than on [B, T, heads, head_dim] (bench/bench_torch.py).
-    q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k)
-    # Softmax in float32: bfloat16 exp/sum loses too much over long rows.
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    y = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v)
-    if head_mask is not None:
-      y = y * head_mask.astype(y.dtype)[None, :, None, None]
-    return self.out(y.transpose(0, 2, 1, 3))
-
-
-def _gelu_erf(x):
-  """Exact GELU, x * Phi(x), written with erf.
-
-  jax.nn.gelu(approximate=False) goes through erfc, which XLA's CPU backend
-  evaluates several times slower than erf (it was ~8% of a ViT-S/16 forward);
-  the two agree to float32 rounding (the erf form loses only relative
-  precision where GELU is ~0 anyway).
-  """
-  return 0.5 * x * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
-
-
-class MlpBlock(nnx.Module):
-  """Linear -> GELU -> dropout -> Linear -> dropout."""
-
-  def __init__(self, width: int, mlp_dim: int, dropout: float, *, dtype, rngs):
-    self.fc1 = nnx.Linear(
-      width, mlp_dim, kernel_init=_dense_init, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
-    )
-    self.fc2 = nnx.Linear(
-      mlp_dim, width, kernel_init=_dense_init, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
-    )
-    self.drop = nnx.Dropout(dropout, rngs=None)
-
-  def __call__(self, x, deterministic: bool, rngs):
-    # Exact (erf) GELU as in timm, so that its checkpoints port unchanged.
-    x = _gelu_erf(self.fc1(x))
-    x = self.drop(x, deterministic=deterministic, rngs=rngs)
-    x = self.fc2(x)
-    return self.drop(x, deterministic=deterministic, rngs=rngs)
-
-
-class EncoderBlock(nnx.Module):
-  """x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
-
-  def __init__(self, width, mlp_dim, num_heads, dropout, drop_path, *, dtype, rngs, head_dim=None):
-    norm = lambda: nnx.LayerNorm(
-      width, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
-    )
-    self.norm1 = norm()
-    self.attn = SelfAttention(width, num_heads, dtype=dtype, rngs=rngs, head_dim=head_dim)
-    self.attn_drop = nnx.Dropout(dropout, rngs=None)
-    self.norm2 = norm()
-    self.mlp = MlpBlock(width, mlp_dim, dropout, dtype=dtype, rngs=rngs)
-    # Stochastic depth = dropout of the whole residual branch per example:
-    # one mask value shared over the token and feature axes.
-    self.drop_path = nnx.Dropout(drop_path, broadcast_dims=(1, 2), rngs=None)
-
-  def __call__(self, x, deterministic: bool, rngs, head_mask=None):
-    kw = dict(deterministic=deterministic, rngs=rngs)
-    y = self.attn_drop(self.attn(self.norm1(x), head_mask), **kw)
-    x = x + self.drop_path(y, **kw)
-    y = self.mlp(self.norm2(x), deterministic, rngs)
-    return x + self.drop_path(y, **kw)
 
 
 class VisionTransformer(nnx.Module):
@@ -202,25 +126,27 @@ class VisionTransformer(nnx.Module):
     drop_path: float = 0.0,
     pre_norm: bool = False,
     patch_bias: bool = True,
+    attention: str = "auto",
+    remat: bool = False,
+    act: str = "gelu",
+    norm_eps: float = 1e-6,
+    layer_scale: bool = False,
+    num_registers: int = 0,
+    distilled: bool = False,
+    fc_norm: bool = False,
+    class_token: bool | None = None,
+    posemb_resize: str = "bilinear",
     dtype="float32",
     name: str = "vit",
     rngs: nnx.Rngs,
   ):
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-    if pool not in POOLS:
-      raise ConfigError(f"{name}: unknown pool {pool!r}; valid: {', '.join(POOLS)}")
-    if patch_size < 1 or h % patch_size or w % patch_size:
-      raise ConfigError(f"{name}: patch size {patch_size} does not divide image size {(h, w)}")
-    if num_heads < 1:
-      raise ConfigError(f"{name}: num_heads must be >= 1, got {num_heads}")
-    # An explicit head_dim (pruned models) frees width from heads * head_dim.
-    if head_dim is None and width % num_heads:
-      raise ConfigError(f"{name}: num_heads {num_heads} does not divide width {width}")
-    if head_dim is not None and head_dim < 1:
-      raise ConfigError(f"{name}: head_dim must be >= 1, got {head_dim}")
-    for what, rate in (("dropout", dropout), ("drop_path", drop_path)):
-      if not 0.0 <= rate < 1.0:
-        raise ConfigError(f"{name}: {what} must be in [0, 1), got {rate}")
+    # The class token by default where the pool reads it.
+    class_token = pool in ("tok", "tok+gap") if class_token is None else bool(class_token)
+    _check_options(
+      name, pool, patch_size, (h, w), num_heads, width, head_dim, dropout, drop_path, act,
+      attention, posemb_resize, num_registers, distilled, class_token,
+    )  # fmt: skip
     dtype = jnp.dtype(dtype)
     self.name = name
     self.dtype = dtype
@@ -234,6 +160,17 @@ class VisionTransformer(nnx.Module):
     self.image_size = (int(h), int(w))
     # The position embedding fixes the token grid, hence the full shape.
     self.input_shape = (int(h), int(w), in_channels)
+    self.attention = attention
+    self.remat = bool(remat)
+    self.act = act
+    self.norm_eps = float(norm_eps)
+    self.posemb_resize = posemb_resize
+    self.num_registers = int(num_registers)
+    self.distilled = bool(distilled)
+    # Tokens before the patches, and those of them the position embedding covers.
+    self.num_embedded_prefix = int(class_token) + int(distilled)
+    self.num_prefix = self.num_embedded_prefix + self.num_registers
+    norm = lambda: vit_blocks.layer_norm(width, norm_eps, dtype, rngs)
 
     self.patch_embed = nnx.Conv(
       in_channels,
@@ -247,47 +184,78 @@ class VisionTransformer(nnx.Module):
       param_dtype=jnp.float32,
       rngs=rngs,
     )
-    num_tokens = (h // patch_size) * (w // patch_size)
-    if pool == "tok":
-      self.cls_token = nnx.Param(jnp.zeros((1, 1, width), jnp.float32))
-      num_tokens += 1
-    else:
-      self.cls_token = None
+    num_tokens = (h // patch_size) * (w // patch_size) + self.num_embedded_prefix
+    token = lambda n: nnx.Param(jnp.zeros((1, n, width), jnp.float32))
+    self.cls_token = token(1) if class_token else None
+    self.dist_token = token(1) if distilled else None
+    self.reg_token = token(num_registers) if num_registers else None
     self.pos_embedding = nnx.Param(_posemb_init(rngs.params(), (1, num_tokens, width), jnp.float32))
     self.pos_drop = nnx.Dropout(dropout, rngs=None)
     # CLIP-style encoders normalise the embedded tokens before the first block.
-    self.norm_pre = (
-      nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-      if pre_norm
-      else None
-    )
+    self.norm_pre = norm() if pre_norm else None
     # Stochastic depth grows linearly from 0 at the first block (timm).
     rates = np.linspace(0.0, drop_path, depth)
+    block = dict(
+      dtype=dtype, rngs=rngs, head_dim=head_dim, act=act, norm_eps=norm_eps,
+      layer_scale=layer_scale, attention=attention,
+    )  # fmt: skip
     self.blocks = nnx.List(
       [
-        EncoderBlock(
-          width, mlp_dim, num_heads, dropout, float(r), dtype=dtype, rngs=rngs, head_dim=head_dim
-        )
+        vit_blocks.EncoderBlock(width, mlp_dim, num_heads, dropout, float(r), **block)
         for r in rates
       ]
     )
-    self.norm = nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-    self.num_features = width
+    # fc_norm: the LayerNorm after the pool instead of before it.
+    self.norm = None if fc_norm else norm()
+    self.fc_norm = norm() if fc_norm else None
+    self.attn_pool = (
+      vit_heads.MapHead(
+        width,
+        num_heads,
+        mlp_dim,
+        dtype=dtype,
+        rngs=rngs,
+        act=act,
+        norm_eps=norm_eps,
+        attention=attention,
+      )  # fmt: skip
+      if pool == "map"
+      else None
+    )
+    self.num_features = 2 * width if pool == "tok+gap" else width
     # float32 head: cheap, and keeps the logits' precision for calibration.
-    self.head = nnx.Linear(
-      width,
+    head = lambda: nnx.Linear(
+      self.num_features,
       num_classes,
       kernel_init=_head_init,
       dtype=jnp.float32,
       param_dtype=jnp.float32,
       rngs=rngs,
     )
+    self.head = head()
+    self.head_dist = head() if distilled else None
 
   def _check_input(self, x):
     common.check_fixed_input(self.name, self.input_shape, x)
 
+  def _tokens(self, x):
+    """Images -> [B, T, D] tokens with position embeddings, in the module's order."""
+    x = self.patch_embed(x.astype(self.dtype))
+    b, gh, gw, d = x.shape
+    x = x.reshape(b, gh * gw, d)
+    pos = self.pos_embedding[...].astype(self.dtype)
+    prefix = [t[...] for t in (self.cls_token, self.dist_token) if t is not None]
+    expand = lambda t: jnp.broadcast_to(t.astype(self.dtype), (b, *t.shape[1:]))
+    if prefix:
+      x = jnp.concatenate([expand(t) for t in prefix] + [x], axis=1)
+    x = x + pos
+    if self.reg_token is not None:  # after the position embedding: registers have none
+      n = self.num_embedded_prefix
+      x = jnp.concatenate([x[:, :n], expand(self.reg_token[...]), x[:, n:]], axis=1)
+    return x
+
   def __call__(self, x, train: bool = False, rngs=None, head_mask=None):
-    """Returns (float32 logits [B, classes], {"pre_logits": [B, width]}).
+    """Returns (float32 logits [B, classes], {"pre_logits": [B, num_features]}).
 
     With `train=True` and nonzero dropout/drop_path, `rngs` must be an
     nnx.Rngs (its "dropout" stream is used) or a PRNG key. `head_mask`, a
@@ -314,25 +282,60 @@ class VisionTransformer(nnx.Module):
       rngs = nnx.Rngs(dropout=rngs)
     deterministic = not train
 
-    x = self.patch_embed(x.astype(self.dtype))
-    b, gh, gw, d = x.shape
-    x = x.reshape(b, gh * gw, d)
-    if self.cls_token is not None:
-      cls = jnp.broadcast_to(self.cls_token[...].astype(self.dtype), (b, 1, d))
-      x = jnp.concatenate([cls, x], axis=1)
-    x = x + self.pos_embedding[...].astype(self.dtype)
-    x = self.pos_drop(x, deterministic=deterministic, rngs=rngs)
+    x = self.pos_drop(self._tokens(x), deterministic=deterministic, rngs=rngs)
     if self.norm_pre is not None:
       x = self.norm_pre(x)
+    run = vit_blocks.run_block_remat if self.remat else vit_blocks.run_block
     for i, block in enumerate(self.blocks):
-      x = block(x, deterministic, rngs, None if head_mask is None else head_mask[i])
-    x = self.norm(x)
-    if self.pool == "tok":
-      pre_logits = x[:, 0].astype(jnp.float32)
+      x = run(block, x, None if head_mask is None else head_mask[i], rngs, deterministic)
+    if self.norm is not None:
+      x = self.norm(x)
+    if self.attn_pool is not None:
+      pre_logits = self.attn_pool(x[:, self.num_prefix :]).astype(jnp.float32)
+    elif self.distilled:  # the class and distillation tokens, each with its head
+      cls, dist = x[:, 0].astype(jnp.float32), x[:, 1].astype(jnp.float32)
+      logits = (self.head(cls) + self.head_dist(dist)) / 2
+      return logits, {"pre_logits": (cls + dist) / 2}
     else:
-      pre_logits = jnp.mean(x.astype(jnp.float32), axis=1)
+      pre_logits = vit_heads.pool_tokens(x, self.pool, self.num_prefix).astype(jnp.float32)
+    if self.fc_norm is not None:
+      pre_logits = self.fc_norm(pre_logits.astype(self.dtype)).astype(jnp.float32)
     logits = self.head(pre_logits)
     return logits, {"pre_logits": pre_logits}
+
+
+def _check_options(
+  name, pool, patch_size, hw, num_heads, width, head_dim, dropout, drop_path, act, attention,
+  posemb_resize, num_registers, distilled, class_token,
+) -> None:  # fmt: skip
+  """One-line ConfigErrors for options that cannot build a model."""
+  h, w = hw
+  for what, value, valid in (
+    ("pool", pool, POOLS),
+    ("act", act, vit_blocks.ACTIVATIONS),
+    ("attention", attention, attention_lib.IMPLEMENTATIONS),
+    ("posemb_resize", posemb_resize, POSEMB_RESIZES),
+  ):
+    if value not in valid:
+      raise ConfigError(f"{name}: unknown {what} {value!r}; valid: {', '.join(valid)}")
+  if patch_size < 1 or h % patch_size or w % patch_size:
+    raise ConfigError(f"{name}: patch size {patch_size} does not divide image size {(h, w)}")
+  if num_heads < 1:
+    raise ConfigError(f"{name}: num_heads must be >= 1, got {num_heads}")
+  # An explicit head_dim (pruned models) frees width from heads * head_dim.
+  if head_dim is None and width % num_heads:
+    raise ConfigError(f"{name}: num_heads {num_heads} does not divide width {width}")
+  if head_dim is not None and head_dim < 1:
+    raise ConfigError(f"{name}: head_dim must be >= 1, got {head_dim}")
+  for what, rate in (("dropout", dropout), ("drop_path", drop_path)):
+    if not 0.0 <= rate < 1.0:
+      raise ConfigError(f"{name}: {what} must be in [0, 1), got {rate}")
+  if not isinstance(num_registers, int) or num_registers < 0:
+    raise ConfigError(f"{name}: num_registers must be an int >= 0, got {num_registers!r}")
+  if pool in ("tok", "tok+gap") and not class_token:
+    raise ConfigError(f"{name}: pool {pool!r} reads the class token; set class_token=True")
+  if distilled and (pool != "tok" or not class_token):
+    raise ConfigError(f"{name}: distilled=True pools the class and distillation tokens: pool='tok'")
 
 
 def create(name: str, num_classes: int = 1000, *, rngs: nnx.Rngs, **overrides) -> VisionTransformer:
