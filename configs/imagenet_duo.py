@@ -2,6 +2,26 @@
 a pretrained ViT-B/16 (large) and ResNet-18 (sidekick) fine-tuned, or trained
 from scratch. Sizes fit the data set (docs/recipes.md).
 
+Any duojax model name works as `model=`; the Asymmetric Duo paper's convolutional
+pairs (large + sidekick; file names of each library in docs/model_names.md):
+
+  ConvNeXt-B + EfficientNet-B0     model=convnext_base    model=efficientnet_b0
+  EfficientNetV2-L + ResNet-18     model=efficientnet_v2_l  model=resnet18
+  RegNet-X-32GF + MNASNet          model=regnet_x_32gf    model=mnasnet1_0
+
+  python train.py --config configs/imagenet_duo.py:model=convnext_base,\\
+weights=convnext_base.fb_in22k_ft_in1k/model.safetensors --workdir runs/convnext_base
+
+Each member is normalised, cropped and resized as its library did (the files beside
+the weights: a timm config.json, a Hugging Face preprocessor_config.json; else
+torchvision's eval transform of that model, else the family's library default), and
+takes what the file's weights need beyond their names: TensorFlow's "same" padding
+and BatchNorm eps 1e-3 for Hugging Face EfficientNets and MobileNetV2s and timm's
+`tf_*` EfficientNets (told by the timm config.json beside the file), timm's RegNet
+widths. `padding=same,bn_eps=0.001` set them by hand. The image side is the
+model's nominal one unless `size=` is given: 224, EfficientNet B1-B7 240 ... 600,
+V2-S 384, V2-M and V2-L 480.
+
   # Fine-tune from PyTorch-layout safetensors files (timm, torchvision, Hugging Face):
   python train.py --config configs/imagenet_duo.py:model=vit_b16,weights=vit_b16.safetensors \\
       --workdir runs/vit_b16
@@ -42,7 +62,11 @@ first trains the classifier head alone for N steps (a linear probe; with
 `head=load` keeps an ImageNet head for imagenet2012).
 """
 
-from duojax import config_lib
+import os
+
+from duojax import config_lib, models
+from duojax.convert import layouts, layouts_efficientnet, layouts_mobile, safetensors_io
+from duojax.models import efficientnet
 
 # Each recipe's warmup_steps is the most an "auto" warm-up takes.
 _SCRATCH = {
@@ -61,6 +85,18 @@ _SCRATCH = {
     weight_decay=1e-4,
     warmup_steps=2_500,
     epochs=90.0,
+    label_smoothing=0.1,
+    grad_clip_norm=0.0,
+  ),
+  # ConvNeXt's own: AdamW, weight decay 0.05, 300 epochs, 20 of them warm-up (at
+  # ImageNet's batch 512, ~50,000 steps; the most an "auto" warm-up takes is 10,000),
+  # lr 4e-3 at batch 4,096 scaled linearly to 512.
+  "convnext": dict(
+    optimizer="adamw",
+    lr=5e-4,
+    weight_decay=0.05,
+    warmup_steps=10_000,
+    epochs=300.0,
     label_smoothing=0.1,
     grad_clip_norm=0.0,
   ),
@@ -107,6 +143,40 @@ def _size(key: str, value: str) -> int:
   return number
 
 
+def _recipe_family(model: str) -> str:
+  """The recipe a model takes: ViTs and ConvNeXts their own, every other the ResNets'."""
+  family = models.family_name(model)
+  if family is None:
+    raise config_lib.ConfigError(
+      f"config argument model={model!r} is not a duojax model; known: "
+      f"{', '.join(models.list_models())}"
+    )
+  return family if family in ("vit", "convnext") else "resnet"
+
+
+def _nominal_size(model: str) -> int:
+  """The side the model's pretrained weights take: EfficientNet's own, else 224."""
+  return int(efficientnet.CONFIGS[model]["image_size"]) if model in efficientnet.CONFIGS else 224
+
+
+def _file_overrides(model: str, weights: str, layout: str) -> dict:
+  """`get_model` options the weights file needs beyond its tensor names ({} for a file
+  that is not there yet: the run's loading says what is wrong with it)."""
+  if not weights or not os.path.isfile(weights):
+    return {}
+  try:
+    shapes = safetensors_io.read_shapes(weights)
+  except Exception:  # the run's loading gives the file's own one-line error
+    return {}
+  if layout == "auto":
+    layout = layouts.detect(list(shapes))
+  if layout is None:
+    return {}
+  found = dict(layouts_mobile.file_overrides(model, layout, shapes))
+  found.update(layouts_efficientnet.file_overrides(model, layout, weights))
+  return found
+
+
 def get_config(arg=None):
   config = config_lib.base_config()
   arg = config_lib.parse_arg(
@@ -123,13 +193,15 @@ def get_config(arg=None):
     val_size="auto",
     warmup="auto",
     lr=-1.0,
-    size=224,
+    size=0,  # 0: the model's nominal side
+    padding="",  # "" (from the file), "torch" or "same"
+    bn_eps=0.0,  # 0: from the file
     dtype="bfloat16",
     dataset="imagenet2012",
     data_dir=config.data_dir,
     test_split="validation",
   )
-  family = "vit" if arg.model.startswith("vit") else "resnet"
+  family = _recipe_family(arg.model)
   config.dataset = arg.dataset
   config.data_dir = arg.data_dir
   config.train_split = "train"
@@ -140,7 +212,14 @@ def get_config(arg=None):
   config.crop_fraction = 0.875
   config.model_name = arg.model
   config.model.dtype = arg.dtype
-  config.model.image_size = arg.size
+  config.model.image_size = arg.size if arg.size > 0 else _nominal_size(arg.model)
+  overrides = _file_overrides(arg.model, arg.weights, arg.layout)
+  if arg.padding:
+    overrides["padding"] = arg.padding
+  if arg.bn_eps > 0:
+    overrides["bn_eps"] = arg.bn_eps
+  for key, value in overrides.items():
+    config.model[key] = value  # keys beyond config_lib's: get_model checks them
   config.log_every = 100
   config.checkpoint_every = 2_000
   if arg.weights:
@@ -148,7 +227,8 @@ def get_config(arg=None):
     config.init_layout = arg.layout
     config.init_head = arg.head
     config.linear_probe_steps = arg.probe
-    recipe = dict(_TRANSFER[family])
+    # Every convolutional family fine-tunes with the ResNets' transfer recipe.
+    recipe = dict(_TRANSFER["vit" if family == "vit" else "resnet"])
     # A fine-tune runs its epochs on a small set, and no longer than this on ImageNet.
     config.auto_max.total_steps = _MOST_FINE_TUNE_STEPS
   else:

@@ -20,7 +20,7 @@ import pytest
 from flax import nnx
 
 import duojax
-from duojax import bundle, config_lib, models
+from duojax import bundle, config_lib, convert, data, models
 from duojax.data.preprocess import InputSpec, prepare
 from duojax.eval.mc_dropout import mc_dropout_logits
 from duojax.models import mnasnet, mobilenet, regnet, resnet, shufflenet
@@ -296,3 +296,173 @@ def test_fsdp_splits_every_family_and_trains_as_one_device():
   assert set(forward) == set(FAMILIES)
   for family, (diff, share) in forward.items():
     assert diff < 1e-4 and share < 0.45, (family, diff, share)
+
+
+# ----------------------------------------------------------------------------
+# A bundle of a conv pair: written, read back, and its predictions are the duo's.
+
+
+def test_a_conv_pair_bundles_and_predicts_as_the_fused_duo(tmp_path):
+  specs = [
+    ModelSpec(*NAMED["convnext"], len(CLASSES), (SIZE, SIZE, 3)),
+    ModelSpec(*NAMED["efficientnet"], len(CLASSES), (24, 24, 3)),
+  ]
+  inputs = [
+    InputSpec(SIZE, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "timm convnext", 0.875),
+    InputSpec(24, (0.5,) * 3, (0.5,) * 3, "hf efficientnet", 1.0, "bicubic"),
+  ]
+  members = [
+    bundle.BundleMember(_random_statistics(s.build(i), i), s, inp)
+    for i, (s, inp) in enumerate(zip(specs, inputs))
+  ]
+  duo = duojax.Duo(np.array([0.9, 0.4], np.float32), ("large", "sidekick"))
+  rng = np.random.default_rng(0)
+  confidence = rng.uniform(0.2, 1.0, 100).astype(np.float32)
+  path = bundle.write_bundle(
+    tmp_path / "duo",
+    members,
+    duo,
+    CLASSES,
+    validation=(confidence, rng.uniform(size=100) < confidence),
+    platforms=("cpu",),
+  )
+  loaded = duojax.load_bundle(path)
+  assert loaded.image_shape == (SIZE, SIZE, 3)
+  images = rng.integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
+  out = loaded.predict(images)
+  crop = max(m.inputs.crop_fraction for m in members)
+  forward, states = duojax.fused_forward(
+    [m.model for m in members],
+    preprocess=[functools.partial(prepare, spec=m.inputs, source_crop=crop) for m in members],
+  )
+  stack = np.asarray(forward(states, images))
+  assert np.std(stack) > 1e-3
+  np.testing.assert_allclose(out["probabilities"], duo.probabilities(stack), atol=1e-5)
+  np.testing.assert_array_equal(out["class_index"], duo.predict(stack))
+
+
+# ----------------------------------------------------------------------------
+# configs/imagenet_duo.py: the reference code's conv pairs, and a fine-tune from a timm file.
+
+
+def _recipe():
+  spec = importlib.util.spec_from_file_location(
+    "imagenet_duo", os.path.join(ROOT, "configs", "imagenet_duo.py")
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+PAIRS = [
+  ("convnext_base", "efficientnet_b0"),
+  ("efficientnet_v2_l", "resnet18"),
+  ("regnet_x_32gf", "mnasnet1_0"),
+]
+
+
+@pytest.mark.parametrize("large, sidekick", PAIRS)
+def test_the_reference_conv_pairs_build_valid_configs(large, sidekick):
+  recipe = _recipe()
+  for name in (large, sidekick):
+    config = recipe.get_config(f"model={name},weights={name}.safetensors,layout=torchvision")
+    config_lib.validate(config)
+    assert config.model_name == name and config.init_head == "fresh"
+    assert config.optimizer == "sgd" and config.weight_decay == 0  # the transfer recipe
+    overrides = config_lib.model_overrides(config)
+    side = 480 if name == "efficientnet_v2_l" else 224  # the side of the weights
+    assert overrides["image_size"] == side
+    model = nnx.eval_shape(lambda n=name, o=overrides: models.get_model(n, 10, rngs=0, **o))
+    assert model.image_size == (side, side)
+    # The library's preprocessing for that name: torchvision's eval transform of it.
+    family = models.family_name(name)
+    mean, std, source = data.pretrained_stats("torchvision", family, "x", name)
+    view, _ = data.pretrained_view(os.path.join(ROOT, "nothing"), "torchvision", name)
+    if name == "efficientnet_v2_l":  # the TensorFlow port takes [-1, 1] pixels
+      assert mean == std == (0.5, 0.5, 0.5) and view["interpolation"] == "bicubic"
+    elif name != "resnet18":
+      assert mean == (0.485, 0.456, 0.406) and source == f"torchvision {name} weights"
+      assert 0.85 < view["crop_fraction"] <= 1.0
+  # From scratch: ConvNeXt takes its AdamW recipe, the other conv families the ResNets'.
+  scratch = recipe.get_config(f"model={large}")
+  assert scratch.optimizer == ("adamw" if large.startswith("convnext") else "sgd")
+
+
+def test_the_recipe_reads_tensorflow_padding_from_the_file(tmp_path):
+  """A timm `tf_` EfficientNet file (its config.json says so) and a Hugging Face one
+  get TensorFlow's padding and eps in the run's model options; torchvision's do not."""
+  tiny_v2 = models.get_model("efficientnet_v2_l", 5, rngs=0, **NAMED["efficientnet_v2"][1])
+  paths = {}
+  for layout in ("timm", "torchvision"):
+    paths[layout] = str(tmp_path / layout / "model.safetensors")
+    os.makedirs(os.path.dirname(paths[layout]))
+    convert.export_pretrained(tiny_v2, paths[layout], layout)
+  with open(tmp_path / "timm" / "config.json", "w") as f:
+    json.dump({"architecture": "tf_efficientnetv2_l", "num_classes": 5}, f)
+  recipe = _recipe()
+  timm_config = recipe.get_config(f"model=efficientnet_v2_l,weights={paths['timm']}")
+  assert config_lib.model_overrides(timm_config)["padding"] == "same"
+  assert config_lib.model_overrides(timm_config)["bn_eps"] == 1e-3
+  plain = recipe.get_config(f"model=efficientnet_v2_l,weights={paths['torchvision']}")
+  assert "padding" not in config_lib.model_overrides(plain)
+  config_lib.validate(timm_config)
+  with pytest.raises(config_lib.ConfigError, match="is not a duojax model"):
+    recipe.get_config("model=convnext_huge")
+
+
+@pytest.mark.slow
+def test_train_fine_tunes_a_conv_family_from_a_timm_file(tmp_path, learnable_data_dir):
+  from reference_libs import timm
+
+  widths, depths = NAMED["convnext"][1]["widths"], NAMED["convnext"][1]["depths"]
+  torch_model = timm().create_model(
+    "convnext_tiny", pretrained=False, dims=widths, depths=depths, in_chans=1, num_classes=1000
+  )
+  weights = str(tmp_path / "convnext.safetensors")
+  from safetensors.torch import save_file
+
+  save_file({k: v.contiguous() for k, v in torch_model.state_dict().items()}, weights)
+  config_file = tmp_path / "tiny_convnext.py"
+  config_file.write_text(
+    textwrap.dedent(f"""
+      import importlib.util
+      spec = importlib.util.spec_from_file_location("r", {os.path.join(ROOT, "configs", "imagenet_duo.py")!r})
+      recipe = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(recipe)
+
+      def get_config():
+        config = recipe.get_config(
+          "model=convnext_tiny,weights={weights},layout=timm,head=fresh,dataset=fashion_mnist,"
+          "test_split=test,size=32,dtype=float32,steps=4,batch_size=32,val_size=100,"
+          "eval_batch_size=64,warmup=1"
+        )
+        config.data_dir = {str(learnable_data_dir)!r}
+        config.model.widths = {widths!r}
+        config.model.depths = {depths!r}
+        return config
+    """)
+  )
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(ROOT, "train.py"),
+      f"--config={config_file}",
+      f"--workdir={workdir}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=ROOT,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "initialised from" in result.stdout and "fresh classifier head" in result.stdout
+  from duojax.train import checkpoint
+
+  model, _ = checkpoint.load_model(str(workdir))
+  assert model.head.out_features == 10
+  # The fine-tune started from the file: the stem moved, but only a little.
+  ours = convert.flat_state(model)["stem_conv.kernel"]
+  theirs = torch_model.stem[0].weight.detach().numpy().transpose(2, 3, 1, 0)
+  assert 0 < np.abs(ours - theirs).max() < 0.2 * np.abs(theirs).max()
