@@ -466,3 +466,48 @@ def test_train_fine_tunes_a_conv_family_from_a_timm_file(tmp_path, learnable_dat
   ours = convert.flat_state(model)["stem_conv.kernel"]
   theirs = torch_model.stem[0].weight.detach().numpy().transpose(2, 3, 1, 0)
   assert 0 < np.abs(ours - theirs).max() < 0.2 * np.abs(theirs).max()
+
+
+# ----------------------------------------------------------------------------
+# docs/model_names.md: the conv families' published names.
+
+
+@pytest.mark.parametrize(
+  "name, expected",
+  [
+    ("convnext_tiny.fb_in22k_ft_in1k", ("convnext_tiny", 224)),
+    ("efficientnet_b0.ra_in1k", ("efficientnet_b0", 224)),
+    ("tf_efficientnet_b2.ns_jft_in1k", ("efficientnet_b2", 260)),
+    ("tf_efficientnetv2_l.in21k_ft_in1k", ("efficientnet_v2_l", 480)),
+    ("regnety_032.ra_in1k", ("regnet_y_3_2gf", 224)),
+    ("regnetx_320.pycls_in1k", ("regnet_x_32gf", 224)),
+    ("mobilenetv3_large_100", ("mobilenet_v3_large", 224)),
+    ("resnext50_32x4d.a1h_in1k", ("resnext50_32x4d", 224)),
+    ("shufflenet_v2_x1_0", ("shufflenet_v2_x1_0", 224)),
+    ("facebook/convnext-tiny-224", ("convnext_tiny", 224)),
+    ("google/efficientnet-b0", ("efficientnet_b0", 224)),
+    ("facebook/regnet-y-032", ("regnet_y_3_2gf", 224)),
+    ("google/mobilenet_v2_1.0_224", ("mobilenet_v2", 224)),
+    ("facebook/regnet-y-040", None),  # RegNetY-4.0GF: no torchvision size, no duojax model
+  ],
+)
+def test_conv_family_names_map_to_duojax_models(name, expected):
+  from duojax.convert import names
+
+  assert names.duojax_name(name) == expected
+
+
+def test_every_conv_row_names_a_model_of_its_library_layout():
+  from duojax.convert import names
+
+  rows = names.conv_rows()
+  assert len({(r.library, r.name) for r in rows}) == len(rows)
+  listed = {r.model for r in rows}
+  for row in rows:
+    assert models.family_name(row.model) is not None, row
+    if row.library == "torchvision":
+      assert row.name == row.model
+  # Every conv model of the registry has its torchvision row; the page lists them.
+  assert {r.model for r in rows if r.library == "torchvision"} == listed
+  page = open(os.path.join(ROOT, "docs", "model_names.md")).read()
+  assert all(f"`{r.name}`" in page for r in rows)

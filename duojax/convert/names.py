@@ -14,6 +14,9 @@ the ImageNet stem in `resnet.CONFIGS`, ViT variants in `vit.VARIANTS`), each
 library's naming rule, and the converter's layouts (one per library, named
 as the library is; torchvision's holds ResNets only). What is listed by hand
 is only which ViT (patch, resolution) pairs each library publishes.
+The convolutional families' rows (`conv_rows`: ConvNeXt, EfficientNet, RegNet,
+MobileNet, MNASNet, ShuffleNet, ResNeXt) come from their registries and each
+library's numbering; torchvision's names for them are duojax's own.
 """
 
 from __future__ import annotations
@@ -21,7 +24,17 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from duojax.convert import layouts
-from duojax.models import resnet, vit
+from duojax.models import (
+  convnext,
+  efficientnet,
+  mnasnet,
+  mobilenet,
+  regnet,
+  resnet,
+  resnext,
+  shufflenet,
+  vit,
+)
 
 # The layouts' libraries, as the table names them.
 LIBRARIES = {"timm": "timm", "torchvision": "torchvision", "hf": "Hugging Face"}
@@ -105,14 +118,14 @@ def duojax_name(name: str) -> tuple[str, int] | None:
   none. A timm pretrained tag (`.augreg_in21k`) names weights of the same model."""
   if "/" not in name:
     name = name.split(".", 1)[0]
-  found = {row.name: (row.model, row.image_size) for row in rows()}
+  found = {row.name: (row.model, row.image_size) for row in rows() + conv_rows()}
   return found.get(name)
 
 
 def markdown() -> str:
   """docs/model_names.md: one line per duojax model and image size."""
   table: dict[tuple[str, int], dict[str, list[str]]] = {}
-  for row in rows():
+  for row in rows() + conv_rows():
     table.setdefault((row.model, row.image_size), {}).setdefault(row.library, []).append(row.name)
   order = lambda key: (not key[0].startswith("resnet"), _model_order(key[0]), key[1])
   header = " | ".join(LIBRARIES[library] for library in layouts.LAYOUTS)
@@ -151,7 +164,75 @@ def markdown() -> str:
 
 def _model_order(model: str) -> tuple:
   """ResNets by depth, ViTs by width (vit.VARIANTS' order) then patch."""
+  if model in _CONV_MODELS:  # after the ViTs, in the registry's order
+    return (len(vit.VARIANTS) + _CONV_MODELS.index(model),)
   if model.startswith("resnet"):
     return (int(model.removeprefix("resnet")),)
   variant, patch = vit.parse_name(model)
   return (list(vit.VARIANTS).index(variant), patch)
+
+
+# ----------------------------------------------------------------------------
+# The convolutional families (docs/conv_families.md, docs/conv_families_mobile.md).
+
+_CONV_MODELS = tuple(
+  name
+  for family in (convnext, efficientnet, regnet, mobilenet, mnasnet, shufflenet, resnext)
+  for name in family.CONFIGS
+)
+# TensorFlow's EfficientNet B0-B7 sides: timm's `tf_efficientnet_b*` and Hugging Face's
+# files take these (torchvision's weights, and duojax's nominal sizes, differ for B2, B3).
+TF_EFFICIENTNET_SIZES = (224, 240, 260, 300, 380, 456, 528, 600)
+# torchvision's RegNet sizes in timm's and pycls's (so Hugging Face's) numbering; the
+# sizes torchvision lacks (002, 006, 040, 064, 120) have no duojax model.
+REGNET_NUMBERS = {
+  "400mf": "004",
+  "800mf": "008",
+  "1_6gf": "016",
+  "3_2gf": "032",
+  "8gf": "080",
+  "16gf": "160",
+  "32gf": "320",
+}
+# Families timm publishes under its own names, as a (timm name, duojax model) list.
+TIMM_MOBILENETS = (
+  ("mobilenetv3_large_100", "mobilenet_v3_large"),
+  ("mobilenetv3_small_100", "mobilenet_v3_small"),
+)
+
+
+def _nominal_size(model: str) -> int:
+  """The side of torchvision's weights: EfficientNet's own, 224 for every other family."""
+  return int(efficientnet.CONFIGS[model]["image_size"]) if model in efficientnet.CONFIGS else 224
+
+
+def conv_rows() -> list[Row]:
+  """The published names of the convolutional families: torchvision's (duojax's own
+  names), timm's and Hugging Face's where the converter reads their layout.
+
+  timm's RegNets `regnetx_004`, `regnety_008` and `regnety_080` round their widths as
+  timm does: the recipe and evaluation members read that from the file
+  (`layouts_mobile.file_overrides`), as they read TensorFlow's padding for `tf_*` and
+  Hugging Face EfficientNets and Hugging Face's MobileNetV2."""
+  out = [Row("torchvision", m, m, _nominal_size(m)) for m in _CONV_MODELS]
+  for model in convnext.CONFIGS:
+    out.append(Row("timm", model, model, 224))
+    size = model.removeprefix("convnext_")
+    out.append(Row("hf", f"facebook/convnext-{size}-224", model, 224))
+  for i, size in enumerate(TF_EFFICIENTNET_SIZES):
+    model = f"efficientnet_b{i}"
+    out.append(Row("timm", model, model, _nominal_size(model)))
+    out.append(Row("timm", f"tf_{model}", model, size))
+    out.append(Row("hf", f"google/efficientnet-b{i}", model, size))
+  for size in ("s", "m", "l"):
+    model = f"efficientnet_v2_{size}"
+    out.append(Row("timm", f"tf_efficientnetv2_{size}", model, _nominal_size(model)))
+  for model in regnet.CONFIGS:
+    kind, flops = model.split("_", 2)[1:]
+    number = REGNET_NUMBERS[flops]
+    out.append(Row("timm", f"regnet{kind}_{number}", model, 224))
+    out.append(Row("hf", f"facebook/regnet-{kind}-{number}", model, 224))
+  out.append(Row("hf", "google/mobilenet_v2_1.0_224", "mobilenet_v2", 224))
+  out += [Row("timm", name, model, 224) for name, model in TIMM_MOBILENETS]
+  out += [Row("timm", model, model, 224) for model in resnext.CONFIGS]
+  return out
