@@ -17,12 +17,11 @@ family, told apart here by the model's options:
     under `vision_model.`), with a linear head named `classifier`;
   * else `ViTForImageClassification`.
 
-Two representations differ from duojax's: timm's DINOv2-with-registers
-position embedding leaves out the class token (`no_embed_class`), whose
-embedding is then in `cls_token` itself (here: the class token's position
-embedding is 0 on load, and added to `cls_token` on export; the function is
-the same), and Hugging Face CLIP/SigLIP keep 1-D/2-D `class_embedding` and
-`position_embedding.weight`.
+Two representations differ from duojax's: Hugging Face's DINOv2 with
+registers embeds the class token's position, timm's (`no_embed_class`, as
+duojax's `embed_class=False`) leaves it out (here: added to the class token on
+load, 0 on export; the function is the same); and Hugging Face CLIP/SigLIP
+keep 1-D/2-D `class_embedding` and `position_embedding.weight`.
 """
 
 from __future__ import annotations
@@ -77,17 +76,18 @@ def _flat(drop: int, kind: str = "param"):
   )
 
 
-def _unembedded_class():
-  """timm's no_embed_class (cls_token, pos_embed [1, N, D]) <-> (cls_token, pos_embedding
-  [1, 1 + N, D]): the class token's embedding folded into the token."""
+def _embedded_class():
+  """Hugging Face's (cls_token, position_embeddings [1, 1 + N, D]) <-> a model without the
+  class token's position embedding (timm's no_embed_class: cls_token, pos_embedding
+  [1, N, D]): the class token's embedding folded into the token, 0 on export."""
 
   def to_duojax(a, s):
     cls, pos = np.asarray(a[0]), np.asarray(a[1])
-    return [cls.reshape(s[0]), np.concatenate([np.zeros_like(cls), pos], axis=1)]
+    return [(cls + pos[:, :1]).reshape(s[0]), pos[:, 1:]]
 
   def to_file(a):
     cls, pos = np.asarray(a[0]), np.asarray(a[1])
-    return [cls + pos[:, :1], pos[:, 1:]]
+    return [cls, np.concatenate([np.zeros_like(cls), pos], axis=1)]
 
   return dict(to_duojax=to_duojax, to_file=to_file, kind="posemb")
 
@@ -130,15 +130,9 @@ def timm_entries(model, names: Sequence[str]) -> list[Entry]:
   entries = [Entry(("patch_embed.proj.weight",), ("patch_embed.kernel",), **_conv())]
   if "patch_embed.bias" in names:  # CLIP-style encoders have none
     entries.append(Entry(("patch_embed.proj.bias",), ("patch_embed.bias",), **_same()))
-  if model.num_registers and model.cls_token is not None:
-    # timm's register models leave the class token out of pos_embed (no_embed_class).
-    entries.append(
-      Entry(("cls_token", "pos_embed"), ("cls_token", "pos_embedding"), **_unembedded_class())
-    )
-  else:
-    if model.cls_token is not None:
-      entries.append(Entry(("cls_token",), ("cls_token",), **_same()))
-    entries.append(Entry(("pos_embed",), ("pos_embedding",), **_same("posemb")))
+  if model.cls_token is not None:
+    entries.append(Entry(("cls_token",), ("cls_token",), **_same()))
+  entries.append(Entry(("pos_embed",), ("pos_embedding",), **_same("posemb")))
   for token in ("dist_token", "reg_token"):
     if token in names:
       entries.append(Entry((token,), (token,), **_same()))
@@ -205,13 +199,17 @@ def _hf_embeddings(model, names, theirs: str) -> list[Entry]:
   entries.append(
     Entry((f"{e}.patch_embeddings.projection.bias",), ("patch_embed.bias",), **_same())
   )
-  entries.append(Entry((f"{e}.cls_token",), ("cls_token",), **_same()))
+  if model.embed_class:
+    entries.append(Entry((f"{e}.cls_token",), ("cls_token",), **_same()))
+    posemb = Entry((f"{e}.position_embeddings",), ("pos_embedding",), **_same("posemb"))
+  else:
+    keys = (f"{e}.cls_token", f"{e}.position_embeddings")
+    posemb = Entry(keys, ("cls_token", "pos_embedding"), **_embedded_class())
   if model.distilled:
     entries.append(Entry((f"{e}.distillation_token",), ("dist_token",), **_same()))
   if model.num_registers:
     entries.append(Entry((f"{e}.register_tokens",), ("reg_token",), **_same()))
-  entries.append(Entry((f"{e}.position_embeddings",), ("pos_embedding",), **_same("posemb")))
-  return entries
+  return entries + [posemb]
 
 
 def _hf_dinov2(model, names, theirs: str) -> list[Entry]:

@@ -4,7 +4,9 @@ A head's first-order Taylor importance is |Σ_batches ∂L/∂m_h · m_h| at m =
 where m [depth, heads] is the head mask of `VisionTransformer.__call__`
 (Michel et al., 2019); each member keeps the top-k heads of every layer on
 its own sample, and `prune` rebuilds the smaller ViT (same head_dim, fewer
-heads) whose outputs equal the masked original.
+heads) whose outputs equal the masked original. Every ViT variant prunes the
+same way: register and distillation tokens, layer scale, a SwiGLU MLP and an
+attention-pooling head (whose own heads are not pruned) are carried over.
 """
 
 from collections.abc import Iterable, Sequence
@@ -118,7 +120,7 @@ def architecture(model) -> dict:
     patch_size=model.patch_size,
     width=model.num_features,
     depth=model.depth,
-    mlp_dim=block.mlp.fc1.out_features,
+    mlp_dim=block.mlp.fc2.in_features,  # fc1 is twice as wide in a SwiGLU MLP
     num_heads=model.num_heads,
     head_dim=model.head_dim,
     image_size=model.image_size,
@@ -128,6 +130,19 @@ def architecture(model) -> dict:
     drop_path=model.drop_path_rate,
     pre_norm=model.norm_pre is not None,
     patch_bias=model.patch_embed.bias is not None,
+    # The variants' options (vit_variants): none of them touches the heads.
+    attention=model.attention,
+    remat=model.remat,
+    act=model.act,
+    norm_eps=model.norm_eps,
+    layer_scale=block.ls1 is not None,
+    num_registers=model.num_registers,
+    distilled=model.distilled,
+    fc_norm=model.fc_norm is not None,
+    class_token=model.cls_token is not None,
+    posemb_resize=model.posemb_resize,
+    map_heads=None if model.attn_pool is None else model.attn_pool.num_heads,
+    embed_class=model.embed_class,
     dtype=model.dtype,
     name=model.name,
   )

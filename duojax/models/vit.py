@@ -19,7 +19,8 @@ model keeps the original `head_dim` with fewer heads, so `head_dim` can be set
 explicitly and then need not equal width // num_heads.
 
 Token order: [class, distillation, registers…, patches…]; the position
-embedding covers the class and distillation tokens and the patches, not the
+embedding covers the class and distillation tokens and the patches (with
+`embed_class=False`, timm's `no_embed_class`, the patches only), never the
 registers (DINOv2's), which join after it is added.
 
 `remat=True` runs every block under `nnx.remat`: its activations are
@@ -80,6 +81,8 @@ OVERRIDES = (
   "fc_norm",
   "class_token",
   "posemb_resize",
+  "map_heads",
+  "embed_class",
 )
 
 POOLS = vit_heads.POOLS
@@ -136,6 +139,8 @@ class VisionTransformer(nnx.Module):
     fc_norm: bool = False,
     class_token: bool | None = None,
     posemb_resize: str = "bilinear",
+    map_heads: int | None = None,
+    embed_class: bool = True,
     dtype="float32",
     name: str = "vit",
     rngs: nnx.Rngs,
@@ -168,8 +173,9 @@ class VisionTransformer(nnx.Module):
     self.num_registers = int(num_registers)
     self.distilled = bool(distilled)
     # Tokens before the patches, and those of them the position embedding covers.
-    self.num_embedded_prefix = int(class_token) + int(distilled)
-    self.num_prefix = self.num_embedded_prefix + self.num_registers
+    self.embed_class = bool(embed_class)
+    self.num_embedded_prefix = (int(class_token) + int(distilled)) * self.embed_class
+    self.num_prefix = int(class_token) + int(distilled) + self.num_registers
     norm = lambda: vit_blocks.layer_norm(width, norm_eps, dtype, rngs)
 
     self.patch_embed = nnx.Conv(
@@ -211,7 +217,7 @@ class VisionTransformer(nnx.Module):
     self.attn_pool = (
       vit_heads.MapHead(
         width,
-        num_heads,
+        num_heads if map_heads is None else map_heads,  # pruned encoders keep these
         mlp_dim,
         dtype=dtype,
         rngs=rngs,
@@ -246,11 +252,12 @@ class VisionTransformer(nnx.Module):
     pos = self.pos_embedding[...].astype(self.dtype)
     prefix = [t[...] for t in (self.cls_token, self.dist_token) if t is not None]
     expand = lambda t: jnp.broadcast_to(t.astype(self.dtype), (b, *t.shape[1:]))
-    if prefix:
-      x = jnp.concatenate([expand(t) for t in prefix] + [x], axis=1)
-    x = x + pos
+    if self.num_embedded_prefix:  # the embedding covers the class (and distillation) token
+      x = jnp.concatenate([expand(t) for t in prefix] + [x], axis=1) + pos
+    else:  # patches only (timm's no_embed_class), the tokens joining after
+      x = jnp.concatenate([expand(t) for t in prefix] + [x + pos], axis=1)
     if self.reg_token is not None:  # after the position embedding: registers have none
-      n = self.num_embedded_prefix
+      n = len(prefix)
       x = jnp.concatenate([x[:, :n], expand(self.reg_token[...]), x[:, n:]], axis=1)
     return x
 

@@ -7,7 +7,8 @@ Each is `vit.VisionTransformer` with the options its library builds it with
     x·σ(1.702x), which Hugging Face's `CLIPVisionModel` uses by default):
     LayerNorm before the blocks, no patch-embedding bias, LayerNorm ε 1e-5;
   * DINOv2 (`vit_{s,b,l,g}14_dinov2`, `vit_{s,b,l,g}14_dinov2_reg` with 4
-    register tokens): layer scale in every block, 518-px inputs (a 37 × 37
+    register tokens, whose position embedding leaves the class token out as
+    timm's does): layer scale in every block, 518-px inputs (a 37 × 37
     grid), position embeddings resampled bicubically to another grid, the
     giant with a SwiGLU MLP (width 1536, depth 40, 24 heads, 4096 hidden);
   * DeiT distilled (`deit_{ti,s,b}16_distilled`): class and distillation
@@ -32,6 +33,7 @@ OVERRIDES = vit.OVERRIDES
 
 _CLIP = dict(pre_norm=True, patch_bias=False, norm_eps=1e-5)
 _DINOV2 = dict(layer_scale=True, posemb_resize="bicubic", image_size=518)
+_REG = dict(num_registers=4, embed_class=False)
 _DEIT = dict(distilled=True)
 _SIGLIP = dict(pool="map", class_token=False, act="gelu_tanh")
 
@@ -55,10 +57,10 @@ CONFIGS = {
   "vit_b14_dinov2": ("vit_dinov2", {**_size("B", 14), **_DINOV2}),
   "vit_l14_dinov2": ("vit_dinov2", {**_size("L", 14), **_DINOV2}),
   "vit_g14_dinov2": ("vit_dinov2", {**_GIANT, **_DINOV2}),
-  "vit_s14_dinov2_reg": ("vit_dinov2", {**_size("S", 14), **_DINOV2, "num_registers": 4}),
-  "vit_b14_dinov2_reg": ("vit_dinov2", {**_size("B", 14), **_DINOV2, "num_registers": 4}),
-  "vit_l14_dinov2_reg": ("vit_dinov2", {**_size("L", 14), **_DINOV2, "num_registers": 4}),
-  "vit_g14_dinov2_reg": ("vit_dinov2", {**_GIANT, **_DINOV2, "num_registers": 4}),
+  "vit_s14_dinov2_reg": ("vit_dinov2", {**_size("S", 14), **_DINOV2, **_REG}),
+  "vit_b14_dinov2_reg": ("vit_dinov2", {**_size("B", 14), **_DINOV2, **_REG}),
+  "vit_l14_dinov2_reg": ("vit_dinov2", {**_size("L", 14), **_DINOV2, **_REG}),
+  "vit_g14_dinov2_reg": ("vit_dinov2", {**_GIANT, **_DINOV2, **_REG}),
   "deit_ti16_distilled": ("deit", {**_size("Ti", 16), **_DEIT}),
   "deit_s16_distilled": ("deit", {**_size("S", 16), **_DEIT}),
   "deit_b16_distilled": ("deit", {**_size("B", 16), **_DEIT}),
@@ -68,7 +70,7 @@ CONFIGS = {
 
 
 def family(name: str) -> str:
-  """"vit_clip", "vit_dinov2", "deit" or "vit_siglip"."""
+  """ "vit_clip", "vit_dinov2", "deit" or "vit_siglip"."""
   return CONFIGS[name][0]
 
 
