@@ -151,6 +151,7 @@ bench: $(DEV_STAMP)
 	$(PY) bench/bench_metrics.py
 	$(PY) bench/bench_duo.py
 	$(PY) bench/bench_torch.py
+	$(PY) bench/bench_convnets.py
 	$(PY) bench/bench_xla_cpu.py
 	$(PY) bench/bench_cascade.py
 	$(PY) bench/bench_hydra.py

@@ -511,3 +511,58 @@ def test_every_conv_row_names_a_model_of_its_library_layout():
   assert {r.model for r in rows if r.library == "torchvision"} == listed
   page = open(os.path.join(ROOT, "docs", "model_names.md")).read()
   assert all(f"`{r.name}`" in page for r in rows)
+
+
+# ----------------------------------------------------------------------------
+# bench/bench_convnets.py: the alternative conv formulations and the quick run.
+
+
+@pytest.mark.parametrize(
+  "family, form, count",
+  [
+    ("mobilenet_v3", "shifts", 2),
+    ("efficientnet", "shifts", 8),
+    ("regnet_y", "einsum", 3),
+    ("resnext", "einsum", 4),
+  ],
+)
+def test_the_benchmarks_conv_formulations_give_the_models_logits(family, form, count):
+  sys.path.insert(0, os.path.join(ROOT, "bench"))
+  import conv_forms
+
+  model, swapped = tiny(family, seed=1), tiny(family, seed=1)
+  assert conv_forms.swap(swapped, form) == count
+  assert conv_forms.swap(swapped, form) == 0  # nothing left to replace
+  z, _ = model(_images(2), train=False)
+  z_alt, _ = swapped(_images(2), train=False)
+  np.testing.assert_allclose(z_alt, z, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow  # the script's quick run, as a subprocess
+def test_bench_convnets_quick(tmp_path):
+  out = tmp_path / "BENCHMARKS.md"
+  result = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(ROOT, "bench", "bench_convnets.py"),
+      "--quick",
+      "--out",
+      str(out),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=ROOT,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  text = out.read_text()
+  assert (
+    "<!-- bench:convnets:start -->" in text
+    and "Command: `python bench/bench_convnets.py --quick" in text
+  )
+  assert "| regnet_y_400mf |" in text and "| shufflenet_v2_x0_5 |" in text
+  assert "skipped (--quick)" in text and "load average" in text
+  # The formulation's logits are the model's (its table's last column).
+  row = next(line for line in text.splitlines() if "shifted multiply-adds" in line)
+  assert float(row.strip("|").split("|")[-1]) < 1e-4
