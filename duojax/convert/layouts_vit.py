@@ -112,7 +112,11 @@ def hf_family(model) -> str:
 def detect(keys) -> str | None:
   """ "hf" for the Hugging Face towers' names, else None (timm's: `layouts.detect`)."""
   prefixes = ("deit.embeddings.", "dinov2.embeddings.", "dinov2_with_registers.embeddings.")
-  towers = ("embeddings.patch_embedding.weight", "vision_model.embeddings.patch_embedding.weight")
+  towers = (
+    "embeddings.patch_embedding.weight",  # CLIP, SigLIP
+    "vision_model.embeddings.patch_embedding.weight",
+    "embeddings.patch_embeddings.projection.weight",  # a bare backbone (Dinov2Model)
+  )
   if any(k.startswith(prefixes) for k in keys) or any(k in towers for k in keys):
     return "hf"
   return None
@@ -191,8 +195,8 @@ def _hf_vit_blocks(depth: int, theirs: str, *, v5: bool = False) -> list[Entry]:
 
 
 def _hf_embeddings(model, names, theirs: str) -> list[Entry]:
-  """ViT/DeiT/DINOv2 embeddings under `theirs`.embeddings."""
-  e = f"{theirs}.embeddings"
+  """ViT/DeiT/DINOv2 embeddings under `theirs`embeddings ("dinov2." or "")."""
+  e = f"{theirs}embeddings"
   entries = [
     Entry((f"{e}.patch_embeddings.projection.weight",), ("patch_embed.kernel",), **_conv())
   ]
@@ -216,7 +220,7 @@ def _hf_dinov2(model, names, theirs: str) -> list[Entry]:
   entries = _hf_embeddings(model, names, theirs)
   swiglu = model.act == "swiglu"
   for i in range(_depth(names)):
-    ours, t = f"blocks.{i}", f"{theirs}.encoder.layer.{i}"
+    ours, t = f"blocks.{i}", f"{theirs}encoder.layer.{i}"
     entries += _norm(f"{ours}.norm1", f"{t}.norm1", batch=False)
     for proj in ("query", "key", "value"):
       entries += _linear(f"{ours}.attn.{proj}", f"{t}.attention.attention.{proj}")
@@ -226,7 +230,7 @@ def _hf_dinov2(model, names, theirs: str) -> list[Entry]:
     entries += _linear(f"{ours}.mlp.fc1", f"{t}.mlp.weights_in" if swiglu else f"{t}.mlp.fc1")
     entries += _linear(f"{ours}.mlp.fc2", f"{t}.mlp.weights_out" if swiglu else f"{t}.mlp.fc2")
     entries.append(Entry((f"{t}.layer_scale2.lambda1",), (f"{ours}.ls2.gamma",), **_same()))
-  return entries + _norm("norm", f"{theirs}.layernorm", batch=False)
+  return entries + _norm("norm", f"{theirs}layernorm", batch=False)
 
 
 def _hf_tower(model, names, prefix: str) -> list[Entry]:
@@ -271,10 +275,13 @@ def hf_entries(model, names: Sequence[str], file_keys=()) -> list[Entry]:
     prefix = "vision_model." if any(k.startswith("vision_model.") for k in file_keys) else ""
     return _hf_tower(model, names, prefix) + _linear("head", "classifier", kind="head")
   if family == "dinov2":
-    theirs = "dinov2_with_registers" if model.num_registers else "dinov2"
+    theirs = "dinov2_with_registers." if model.num_registers else "dinov2."
+    # The hub's backbones (`Dinov2Model`, no classifier) name the modules without it.
+    if file_keys and not any(k.startswith(theirs) for k in file_keys):
+      theirs = ""
     return _hf_dinov2(model, names, theirs) + _linear("head", "classifier", kind="head")
   if family == "deit":
-    entries = _hf_embeddings(model, names, "deit") + _hf_vit_blocks(_depth(names), "deit")
+    entries = _hf_embeddings(model, names, "deit.") + _hf_vit_blocks(_depth(names), "deit")
     entries += _norm("norm", "deit.layernorm", batch=False)
     return (
       entries

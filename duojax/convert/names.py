@@ -34,6 +34,7 @@ from duojax.models import (
   resnext,
   shufflenet,
   vit,
+  vit_variants,
 )
 
 # The layouts' libraries, as the table names them.
@@ -75,6 +76,41 @@ PUBLISHED_VITS = {
   ),
 }
 RESNET_SIZE = 224  # every library's ImageNet ResNets
+# The ViT variants' published towers (duojax.models.vit_variants): library -> (their
+# name, duojax's, image size). Hugging Face's CLIP is OpenAI's, with QuickGELU; its
+# DINOv2 backbones are bare `Dinov2Model`s (load with head=fresh).
+_DINOV2_SIZES = (("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant"))
+PUBLISHED_VARIANTS = {
+  "timm": (
+    ("vit_base_patch16_clip_224", "vit_b16_clip", 224),
+    ("vit_large_patch14_clip_224", "vit_l14_clip", 224),
+    ("vit_base_patch16_clip_quickgelu_224", "vit_b16_clip_quickgelu", 224),
+    ("vit_large_patch14_clip_quickgelu_224", "vit_l14_clip_quickgelu", 224),
+    *((f"vit_{w}_patch14_dinov2", f"vit_{s}14_dinov2", 518) for s, w in _DINOV2_SIZES),
+    *((f"vit_{w}_patch14_reg4_dinov2", f"vit_{s}14_dinov2_reg", 518) for s, w in _DINOV2_SIZES),
+    *(
+      (f"deit_{w}_distilled_patch16_224", f"deit_{s}16_distilled", 224)
+      for s, w in (("ti", "tiny"), ("s", "small"), ("b", "base"))
+    ),
+    ("vit_base_patch16_siglip_224", "vit_b16_siglip", 224),
+    ("vit_so400m_patch14_siglip_224", "vit_so400m14_siglip", 224),
+  ),
+  "hf": (
+    ("openai/clip-vit-base-patch16", "vit_b16_clip_quickgelu", 224),
+    ("openai/clip-vit-large-patch14", "vit_l14_clip_quickgelu", 224),
+    *((f"facebook/dinov2-{w}", f"vit_{s}14_dinov2", 518) for s, w in _DINOV2_SIZES),
+    *(
+      (f"facebook/dinov2-with-registers-{w}", f"vit_{s}14_dinov2_reg", 518)
+      for s, w in _DINOV2_SIZES
+    ),
+    *(
+      (f"facebook/deit-{w}-distilled-patch16-224", f"deit_{s}16_distilled", 224)
+      for s, w in (("ti", "tiny"), ("s", "small"), ("b", "base"))
+    ),
+    ("google/siglip-base-patch16-224", "vit_b16_siglip", 224),
+    ("google/siglip-so400m-patch14-224", "vit_so400m14_siglip", 224),
+  ),
+}
 
 
 class Row(NamedTuple):
@@ -113,19 +149,30 @@ def rows() -> list[Row]:
   return out
 
 
+def variant_rows() -> list[Row]:
+  """The CLIP, DINOv2, DeiT and SigLIP towers' published names (docs/vit_variants.md)."""
+  out = []
+  for library, published in PUBLISHED_VARIANTS.items():
+    for name, model, size in published:
+      if model not in vit_variants.CONFIGS:  # kept in step with the registry
+        raise AssertionError(f"{model} is not a duojax ViT variant")
+      out.append(Row(library, name, model, size))
+  return out
+
+
 def duojax_name(name: str) -> tuple[str, int] | None:
   """(duojax model, image size) of a timm, torchvision or Hugging Face name; None if
   none. A timm pretrained tag (`.augreg_in21k`) names weights of the same model."""
   if "/" not in name:
     name = name.split(".", 1)[0]
-  found = {row.name: (row.model, row.image_size) for row in rows() + conv_rows()}
+  found = {row.name: (row.model, row.image_size) for row in rows() + conv_rows() + variant_rows()}
   return found.get(name)
 
 
 def markdown() -> str:
   """docs/model_names.md: one line per duojax model and image size."""
   table: dict[tuple[str, int], dict[str, list[str]]] = {}
-  for row in rows() + conv_rows():
+  for row in rows() + conv_rows() + variant_rows():
     table.setdefault((row.model, row.image_size), {}).setdefault(row.library, []).append(row.name)
   order = lambda key: (not key[0].startswith("resnet"), _model_order(key[0]), key[1])
   header = " | ".join(LIBRARIES[library] for library in layouts.LAYOUTS)
@@ -150,10 +197,11 @@ def markdown() -> str:
     lines.append(f"| `{model}` | {size} | " + " | ".join(cells) + " |")
   lines += [
     "",
+    "The CLIP, DINOv2, DeiT and SigLIP towers: [vit_variants.md](vit_variants.md).",
     "Not listed, since their tensors are laid out otherwise: torchvision's ViTs (`vit_b_16`, …;",
-    "timm's `vit_base_patch16_224` is the same architecture), timm's CLIP (`*_clip_*`),",
-    "average-pooled (`*_gap_*`) and medium ViTs, and Hugging Face's `-in21k` ViTs (saved as a",
-    "bare `ViTModel`, without a classifier).",
+    "timm's `vit_base_patch16_224` is the same architecture), timm's average-pooled",
+    "(`*_gap_*`) and medium ViTs, and Hugging Face's `-in21k` ViTs (saved as a bare",
+    "`ViTModel`, without a classifier).",
     "",
     "Generated from the model registry (`duojax/models`) and the converter's layouts",
     "(`duojax/convert/layouts.py`) by `python -m duojax.convert --names --out",
@@ -168,6 +216,8 @@ def _model_order(model: str) -> tuple:
     return (len(vit.VARIANTS) + _CONV_MODELS.index(model),)
   if model.startswith("resnet"):
     return (int(model.removeprefix("resnet")),)
+  if model in vit_variants.CONFIGS:  # after the convolutional families, in the registry's order
+    return (len(vit.VARIANTS) + len(_CONV_MODELS) + list(vit_variants.CONFIGS).index(model),)
   variant, patch = vit.parse_name(model)
   return (list(vit.VARIANTS).index(variant), patch)
 
