@@ -166,7 +166,7 @@ def _file_overrides(model: str, weights: str, layout: str) -> dict:
     return {}
   try:
     shapes = safetensors_io.read_shapes(weights)
-  except Exception:  # the run's loading gives the file's own one-line error
+  except (OSError, ValueError):  # the run's loading gives the file's own one-line error
     return {}
   if layout == "auto":
     layout = layouts.detect(list(shapes))
