@@ -4,10 +4,10 @@ Each test builds a small, randomly initialised model in PyTorch, writes it as
 safetensors the way users get such files, loads it into duojax and compares
 eval-mode logits on the same random images; then exports the duojax model
 back and loads it into the PyTorch model with strict checking. Hugging Face
-models come from `transformers` itself; timm and torchvision cannot import
-beside this PyTorch build, so their layouts are checked against the PyTorch
-twins of the benchmarks (`bench/torch_models.py`), which use their module
-names and arithmetic.
+models come from `transformers` itself and timm's ViTs from timm's own model
+code (`reference_libs`); torchvision's ResNets are checked against the PyTorch
+twins of the benchmarks (`bench/torch_models.py`), which use its module names
+and arithmetic.
 """
 
 import sys
@@ -26,6 +26,7 @@ from duojax.models import resnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import torch_models  # noqa: E402
+from reference_libs import timm  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -143,10 +144,18 @@ def test_hugging_face_resnet(tmp_path, layer_type, hidden_sizes, width):
   compare(reference, ours, tmp_path, layout="hf", image_size=32, forward=hf_logits)
 
 
+def timm_vit(num_classes, image_size, **kwargs):
+  """timm's own VisionTransformer (the real model code) at vit_mu4's size."""
+  torch.manual_seed(0)
+  return timm().create_model(
+    "vit_base_patch16_224", pretrained=False, img_size=image_size, patch_size=4,
+    embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=num_classes, **kwargs,
+  )  # fmt: skip
+
+
 @pytest.mark.parametrize("pre_norm", [False, True])
 def test_timm_vit(tmp_path, pre_norm):
-  torch.manual_seed(0)
-  reference = torch_models.vit("vit_mu4", 5, 16, pre_norm=pre_norm)
+  reference = timm_vit(5, 16, pre_norm=pre_norm)
   with torch.no_grad():  # LayerNorms and the class token start at 1/0; make a mix-up show
     reference.cls_token.normal_(0, 0.5)
     for m in reference.modules():
@@ -159,14 +168,18 @@ def test_timm_vit(tmp_path, pre_norm):
   compare(reference, ours, tmp_path, layout="timm", image_size=16)
 
 
-def test_timm_vit_with_fc_norm_is_refused(tmp_path):
+def test_timm_vit_with_fc_norm_needs_a_model_with_fc_norm(tmp_path):
   path = str(tmp_path / "m.safetensors")
-  state = dict(torch_models.vit("vit_mu4", 5, 16).state_dict())
-  state["fc_norm.weight"], state["fc_norm.bias"] = torch.ones(32), torch.zeros(32)
-  safetensors.torch.save_file(state, path)
+  reference = timm_vit(5, 16, global_pool="avg", fc_norm=True)
+  safetensors.torch.save_file(reference.state_dict(), path)
   ours = models.get_model("vit_mu4", 5, rngs=1, image_size=16, pool="gap")
-  with pytest.raises(convert.WeightsMismatchError, match="fc_norm"):
+  with pytest.raises(convert.WeightsMismatchError, match="holds fc_norm .* fc_norm=True"):
     convert.load_pretrained(ours, path)
+  # Built as the file is (tests/test_vit_variants.py compares the logits).
+  ours = models.get_model(
+    "vit_mu4", 5, rngs=1, image_size=16, pool="gap", class_token=True, fc_norm=True
+  )
+  assert convert.load_pretrained(ours, path)["layout"] == "timm"
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
@@ -179,8 +192,7 @@ def test_torchvision_resnet(tmp_path, name):
 
 def test_pretrained_file_then_fresh_head_and_other_image_size(tmp_path):
   """The fine-tuning path: a 1000-class ViT file into a 3-class model at 32 px."""
-  torch.manual_seed(0)
-  reference = torch_models.vit("vit_mu4", 1000, 16)
+  reference = timm_vit(1000, 16)
   path = str(tmp_path / "m.safetensors")
   safetensors.torch.save_file(reference.state_dict(), path)
   ours = models.get_model("vit_mu4", 3, rngs=1, image_size=32)
