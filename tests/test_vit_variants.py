@@ -91,15 +91,20 @@ def timm_model(name, size, num_classes=5, **kwargs):
   return randomized(model)
 
 
-@pytest.mark.parametrize("case", list(TIMM_CASES))
-def test_timm_logits_and_export(tmp_path, case):
+def timm_pair(case, tmp_path):
+  """(timm model, the duojax model its file loaded into, info, images, timm's logits)."""
   timm_name, kwargs, name, overrides, size = TIMM_CASES[case]
   reference = timm_model(timm_name, size, **kwargs)
   ours = tiny(name, image_size=size, **{"mlp_dim": 128, **overrides})
   info = convert.load_pretrained(ours, save(reference, str(tmp_path / "m.safetensors")))
-  assert info["layout"] == "timm" and info["resampled_posemb"] is None
   x = images(size)
-  expected = torch_logits(reference, x)
+  return reference, ours, info, x, torch_logits(reference, x)
+
+
+@pytest.mark.parametrize("case", list(TIMM_CASES))
+def test_timm_logits_and_export(tmp_path, case):
+  reference, ours, info, x, expected = timm_pair(case, tmp_path)
+  assert info["layout"] == "timm" and info["resampled_posemb"] is None
   assert np.abs(expected).max() > 0.1  # logits of some size: the tolerance has teeth
   np.testing.assert_allclose(duojax_logits(ours, x), expected, atol=TOLERANCE, rtol=TOLERANCE)
   out = str(tmp_path / "export.safetensors")
@@ -161,8 +166,9 @@ def _hf_cases():
 HF_CASES = _hf_cases()
 
 
-@pytest.mark.parametrize("case", list(HF_CASES))
-def test_hugging_face_logits_and_export(tmp_path, case):
+def hf_pair(case, tmp_path):
+  """(the transformers model, its outputs, the duojax model its file loaded into, info,
+  images, the expected logits: the model's, or the tower's pooled features times a head)."""
   cls, config, name, overrides, size, tower = HF_CASES[case]
   torch.manual_seed(0)
   reference = randomized(cls(config))
@@ -175,12 +181,19 @@ def test_hugging_face_logits_and_export(tmp_path, case):
     safetensors.torch.save_file(tensors, path, metadata={"format": "pt"})
   ours = tiny(name, image_size=size, **overrides)
   info = convert.load_pretrained(ours, path)
-  assert info["layout"] == "hf"
-  assert (info["resampled_posemb"] is not None) == (size != config.image_size)
   x = images(size)
   with torch.no_grad():
     out = reference(pixel_values=torch.from_numpy(x))
   expected = (out.pooler_output @ head.T if tower else out.logits).numpy()
+  return reference, out, ours, info, x, expected
+
+
+@pytest.mark.parametrize("case", list(HF_CASES))
+def test_hugging_face_logits_and_export(tmp_path, case):
+  cls, config, name, overrides, size, tower = HF_CASES[case]
+  reference, out, ours, info, x, expected = hf_pair(case, tmp_path)
+  assert info["layout"] == "hf"
+  assert (info["resampled_posemb"] is not None) == (size != config.image_size)
   assert np.abs(expected).max() > 0.1
   tolerance = TOLERANCE if size == config.image_size else INTERPOLATED
   np.testing.assert_allclose(duojax_logits(ours, x), expected, atol=tolerance, rtol=tolerance)
@@ -363,3 +376,34 @@ def test_names_families_and_preprocessing():
       assert (tuple(mean), tuple(std)) == stats, (name, layout)
     view, _ = data.pretrained_view("/nonexistent.safetensors", "timm", name)
     assert view["interpolation"] == "bicubic"
+
+
+def main() -> None:
+  """Prints docs/vit_variants.md's tables: `.venv/bin/python tests/test_vit_variants.py`."""
+  import tempfile
+  from pathlib import Path
+
+  print("| variant | layout | max abs diff of logits | largest logit |\n|---|---|---|---|")
+  with tempfile.TemporaryDirectory() as tmp:
+    for case in TIMM_CASES:
+      _, ours, _, x, expected = timm_pair(case, Path(tmp))
+      print(f"| {case} | timm | {max_diff(duojax_logits(ours, x), expected):.1e} |"
+            f" {np.abs(expected).max():.2f} |")  # fmt: skip
+    for case in HF_CASES:
+      _, _, ours, _, x, expected = hf_pair(case, Path(tmp))
+      print(f"| {case} | hf | {max_diff(duojax_logits(ours, x), expected):.1e} |"
+            f" {np.abs(expected).max():.2f} |")  # fmt: skip
+  print("\n| duojax | timm | parameters (both) |\n|---|---|---|")
+  for name, timm_name in TIMM_NAMES.items():
+    ours = nnx.eval_shape(
+      lambda n=name: models.get_model(n, 1000, rngs=common.ParamKeys(nnx.Rngs(0)))
+    )
+    with torch.device("meta"):
+      reference = timm().create_model(timm_name, pretrained=False, num_classes=1000)
+    theirs = sum(p.numel() for p in reference.parameters())
+    same = "" if count(ours) == theirs else f" (duojax {count(ours):,})"
+    print(f"| `{name}` | `{timm_name}` | {theirs:,}{same} |")
+
+
+if __name__ == "__main__":
+  main()
