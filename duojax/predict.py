@@ -8,6 +8,13 @@ disagree (`duojax.bundle.prediction_rows`). Images that do not decode get no
 row: they are listed on stderr and in OUT.skipped. A stopped run, rerun with
 the same command, continues where it stopped (OUT.progress records where).
 
+Shift check: the bundle's shift alarm (calibrated on the validation rows the
+duo was fit on) tests every chunk of rows written (1,024 images by default):
+a chunk unlike that data gets a `warning:` line on stderr, and every chunk's
+verdict and p-value a line in OUT.shift.jsonl. In distribution about α (5%) of
+chunks alarm by chance; under a shift that makes the duo worse than its large
+model, nearly all do (docs/evaluation.md). --noshift_check turns it off.
+
 Abstention: at the bundle's threshold, or at the one that guarantees
 selective risk at most --target_risk with probability 1 − --delta on the
 bundle's validation rows (`duojax.guaranteed_threshold`).
@@ -47,6 +54,12 @@ _BATCH = flags.DEFINE_integer(
 _WORKERS = flags.DEFINE_integer(
   "workers", -1, "Decoding processes (-1: one per 500 images, up to the cores; 0: in this process)."
 )
+_SHIFT_CHECK = flags.DEFINE_bool(
+  "shift_check",
+  True,
+  "Test every chunk of rows with the bundle's shift alarm (OUT.shift.jsonl; a warning line "
+  "for a chunk unlike the duo's validation data).",
+)
 _OVERWRITE = flags.DEFINE_bool(
   "overwrite", False, "Replace OUT (a finished run or another command's stopped one)."
 )
@@ -78,6 +91,7 @@ def main(argv: list[str]) -> None:
     batch_size=_BATCH.value,
     workers=_WORKERS.value,
     overwrite=_OVERWRITE.value,
+    shift_check=_SHIFT_CHECK.value,
   )
   print(summary.line(), flush=True)
 

@@ -104,6 +104,10 @@ def test_evaluate_config_reports_every_method(runs):
   assert bundle.manifest["provenance"]["split"] == "val"
   assert [m["model"]["model_name"] for m in bundle.manifest["members"]] == ["resnet8", "cnn_xs"]
   assert bundle.predict(np.zeros((2, *bundle.image_shape), np.uint8))["confidence"].shape == (2,)
+  # Its shift alarm is the evaluation's, calibrated on the same val rows.
+  assert bundle.shift_alarm.alpha == 0.05 and len(bundle.shift_alarm.rows) == len(
+    bundle.validation[0]
+  )
   names = set(results["methods"])
   assert {
     "large",

@@ -18,6 +18,7 @@ from duojax import bundle
 from duojax.bundle import prediction, prediction_input, prediction_rows
 from duojax.core import selective
 from duojax.data.preprocess import InputSpec
+from duojax.errors import InputError
 from duojax.models.spec import ModelSpec
 
 CLASSES = ["cat", "dog", "fish"]
@@ -41,8 +42,30 @@ def bundle_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp("bundle") / "duo"
   duo = duojax.Duo(np.array([1.0, 0.6], np.float32), ("large", "sidekick"))
   validation = (confidence, rng.uniform(size=2000) < confidence**0.3)
-  bundle.write_bundle(path, members, duo, CLASSES, validation=validation, platforms=("cpu",))
+  # Validation logits with a spread of disagreements and confidence gaps.
+  alarm = duojax.fit_shift_alarm(
+    [rng.normal(0, 2, (400, 3)), rng.normal(0, 2, (400, 3))], temperatures=(1.5, 0.8)
+  )
+  bundle.write_bundle(
+    path, members, duo, CLASSES, validation=validation, shift_alarm=alarm, platforms=("cpu",)
+  )
   return str(path)
+
+
+def _with_alarm(bundle_dir, tmp_path, alarm):
+  """A copy of the bundle holding `alarm` instead (None: an older bundle without one)."""
+  import shutil
+
+  path = tmp_path / "bundle_copy"
+  shutil.copytree(bundle_dir, path)
+  manifest = json.loads((path / "manifest.json").read_text())
+  os.remove(path / "shift_alarm.json")
+  if alarm is None:
+    del manifest["shift_alarm"]
+  else:
+    alarm.save(path / "shift_alarm.json")
+  (path / "manifest.json").write_text(json.dumps(manifest))
+  return path
 
 
 @pytest.fixture(scope="module")
@@ -194,10 +217,70 @@ def test_a_killed_run_rerun_ends_with_the_rows_of_an_uninterrupted_one(
   rerun = _predict(*args, "--output", out)
   assert "continued from row" in rerun.stdout or kill_at == 1
   assert out.read_bytes() == reference.read_bytes()
-  assert (tmp_path / "rows.jsonl.skipped").read_bytes() == (
-    tmp_path / "reference.jsonl.skipped"
-  ).read_bytes()
+  for suffix in (".skipped", ".shift.jsonl"):
+    assert (tmp_path / f"rows.jsonl{suffix}").read_bytes() == (
+      tmp_path / f"reference.jsonl{suffix}"
+    ).read_bytes()
   assert not os.path.exists(f"{out}.progress")
+
+
+def test_each_chunk_gets_the_shift_alarms_verdict_on_its_images(bundle_dir, folder, tmp_path):
+  out = tmp_path / "rows.jsonl"
+  result = _predict(
+    "--bundle", bundle_dir, "--input", folder["root"], "--output", out, "--batch_size", 4,
+    "--workers", 0,
+  )  # fmt: skip
+  rows, verdicts = _rows(out), _rows(f"{out}.shift.jsonl")
+  loaded = duojax.load_bundle(bundle_dir)
+  geometry = prediction.geometry(loaded)
+  # A chunk is 4 batches of 4 input rows; its verdict covers the readable ones.
+  position = {i: k for k, i in enumerate(prediction_input.open_input(str(folder["root"])).ids)}
+  chunks = {}
+  for r in rows:
+    chunks.setdefault(position[r["id"]] // 16, []).append(r["id"])
+  assert len(verdicts) == len(chunks)
+  alarms = 0
+  for verdict, ids in zip(verdicts, chunks.values()):
+    assert (verdict["first_id"], verdict["last_id"], verdict["images"]) == (
+      ids[0],
+      ids[-1],
+      len(ids),
+    )
+    images = np.stack(
+      [prediction_input.cut((folder["root"] / i).read_bytes(), geometry)[0] for i in ids]
+    )
+    alarm, p = loaded.shift_check(images)
+    assert verdict["p_value"] == pytest.approx(p, abs=2e-6) and verdict["shifted"] == alarm
+    alarms += alarm
+  assert f"shift alarm on {alarms} of {len(chunks)} chunks" in result.stdout
+  assert result.stderr.count("look unlike the validation data") == alarms
+
+
+def test_a_shift_alarm_that_fires_warns_and_an_older_bundle_is_not_checked(
+  bundle_dir, folder, tmp_path
+):
+  # Validation rows that all agree with one confidence gap: any other batch is shifted.
+  same = np.tile([[3.0, 0.0, -1.0]], (50, 1))
+  strict = _with_alarm(bundle_dir, tmp_path / "strict", duojax.fit_shift_alarm([same, same]))
+  out = tmp_path / "strict.jsonl"
+  result = _predict("--bundle", strict, "--input", folder["root"], "--output", out)
+  (verdict,) = _rows(f"{out}.shift.jsonl")  # one chunk of 1,024 rows holds them all
+  assert verdict["shifted"] and verdict["images"] == len(_good_ids(folder))
+  assert f"to 37 ({verdict['images']}) look unlike the validation data" in result.stderr
+  assert "shift alarm on 1 of 1 chunks" in result.stdout
+  # --noshift_check, or a bundle written before bundles held an alarm: no check, no file.
+  out = tmp_path / "unchecked.jsonl"
+  result = _predict(
+    "--bundle", strict, "--input", folder["root"], "--output", out, "--noshift_check"
+  )
+  assert not os.path.exists(f"{out}.shift.jsonl") and "shift alarm" not in result.stdout
+  older = _with_alarm(bundle_dir, tmp_path / "older", None)
+  out = tmp_path / "older.jsonl"
+  result = _predict("--bundle", older, "--input", folder["root"], "--output", out)
+  assert "holds no shift alarm" in result.stderr and not os.path.exists(f"{out}.shift.jsonl")
+  assert _rows(out) == _rows(tmp_path / "unchecked.jsonl")
+  with pytest.raises(InputError, match="holds no shift alarm"):
+    duojax.load_bundle(older).shift_check(np.zeros((1, 24, 24, 3), np.uint8))
 
 
 def test_bad_arguments_are_one_line_errors_that_write_nothing(bundle_dir, folder, tmp_path):

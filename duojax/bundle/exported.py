@@ -53,12 +53,21 @@ def member_arrays(model: nnx.Module) -> tuple[list[str], list[np.ndarray]]:
   return [_name(p) for p, _ in pairs], [np.asarray(v) for _, v in pairs]
 
 
-def fused_program(models: Sequence[nnx.Module], inputs: Sequence[InputSpec], duo, crop: float):
+def fused_program(
+  models: Sequence[nnx.Module],
+  inputs: Sequence[InputSpec],
+  duo,
+  crop: float,
+  member_temperatures: Sequence[float] | None = None,
+):
   """The function `f(arrays, images)` of the module docstring, and its argument names
   [(member, name)]. `duo`: the weighted duo's weights [m] (or a `Duo`), or a
   `PerInputDuo`, whose combination (and, for a dynamic duo, the members'
   features) then runs in the program; `crop`: the crop fraction the batch is
-  cut at (the widest member's)."""
+  cut at (the widest member's). With `member_temperatures` (T_i, one per
+  member), f returns a fifth output, member_confidence [m, B] = max softmax(z_i / T_i):
+  what a shift alarm reads (`duojax.core.shift_alarm`); the exported programs
+  have four."""
   parts, names = [], []
   for i, (model, spec) in enumerate(zip(models, inputs)):
     graphdef, state, rest = nnx.split(model, _WEIGHTS, ...)
@@ -82,7 +91,12 @@ def fused_program(models: Sequence[nnx.Module], inputs: Sequence[InputSpec], duo
     logits = per_input_duo.combine(duo, stack, features)
     probabilities = jax.nn.softmax(logits, axis=-1)
     confidence = jnp.max(probabilities, axis=-1)
-    return logits, probabilities, confidence, jnp.argmax(stack, axis=-1).astype(jnp.int32)
+    classes = jnp.argmax(stack, axis=-1).astype(jnp.int32)
+    if member_temperatures is None:
+      return logits, probabilities, confidence, classes
+    scaled = stack / jnp.asarray(member_temperatures, jnp.float32)[:, None, None]
+    member_confidence = jnp.max(jax.nn.softmax(scaled, axis=-1), axis=-1)
+    return logits, probabilities, confidence, classes, member_confidence
 
   return f, names
 

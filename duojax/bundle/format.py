@@ -9,6 +9,9 @@
                            `PerInputDuo.save`: its method and fitted arrays)
     validation.npz         validation confidence [N] and correctness [N], for
                            choosing another abstention threshold later
+    shift_alarm.json       the shift alarm calibrated on the same validation rows
+                           (`ShiftAlarm.save`), when the writer gave one: it tells
+                           a batch of new images unlike them (`duojax.predict`)
     exported/<p>.bin       the fused duo for platform p (cpu, cuda, tpu),
                            `jax.export` serialised, the weights its arguments
 
@@ -34,6 +37,7 @@ import duojax
 from duojax import api
 from duojax.bundle import exported, threshold
 from duojax.convert import safetensors_io
+from duojax.core.shift_alarm import ShiftAlarm, load_shift_alarm
 from duojax.data.preprocess import InputSpec
 from duojax.errors import FileError, InputError, WeightsFileError
 from duojax.models.spec import ModelSpec
@@ -43,6 +47,7 @@ VERSION = 1
 MANIFEST = "manifest.json"
 DUO = "duo.json"
 VALIDATION = "validation.npz"
+SHIFT_ALARM = "shift_alarm.json"
 
 
 class BundleMember(NamedTuple):
@@ -70,6 +75,7 @@ def write_bundle(
   validation,
   provenance: dict | None = None,
   metrics: dict | None = None,
+  shift_alarm: ShiftAlarm | None = None,
   platforms: Sequence[str] = exported.PLATFORMS,
 ) -> str:
   """Writes the bundle folder `path` (replacing a bundle there); returns its path.
@@ -77,12 +83,18 @@ def write_bundle(
   `members`: `BundleMember`s (or (model, spec, inputs) triples), the large model
   first; `validation`: (confidence [N], correct [N]) of the duo on the split its
   weights were fit on; `provenance`: e.g. {"dataset", "split", "rows"}; `metrics`:
-  the duo's validation metrics, kept as given.
+  the duo's validation metrics, kept as given; `shift_alarm`: the members'
+  alarm (`duojax.fit_shift_alarm`) calibrated on the same rows, or None.
   """
   path = os.path.abspath(os.fspath(path))
   members = [BundleMember(*m) for m in members]
   confidence, correct = _validation(validation)
   _check(members, duo, class_names)
+  if shift_alarm is not None and shift_alarm.num_classes != len(class_names):
+    raise InputError(
+      f"the shift alarm was fit on {shift_alarm.num_classes} classes, the bundle has "
+      f"{len(class_names)}"
+    )
   rule_value, rule = threshold.default_threshold(confidence, correct)
   size = max(m.inputs.image_size for m in members)
   crop = max(m.inputs.crop_fraction for m in members)
@@ -107,6 +119,7 @@ def write_bundle(
     "validation": VALIDATION,
     "threshold": float(rule_value),
     "threshold_rule": rule,
+    **({"shift_alarm": SHIFT_ALARM} if shift_alarm is not None else {}),
     "exported": {
       "programs": {p: program_file(p) for p in platforms},
       "arguments": [[i, n] for i, n in names],
@@ -133,6 +146,8 @@ def write_bundle(
       safetensors_io.write(os.path.join(tmp, member_file(i)), dict(zip(names_i, arrays_i)))
     duo.save(os.path.join(tmp, DUO))
     np.savez(os.path.join(tmp, VALIDATION), confidence=confidence, correct=correct)
+    if shift_alarm is not None:
+      shift_alarm.save(os.path.join(tmp, SHIFT_ALARM))
     image_shape = (size, size, channels)
     for p, blob in exported.serialized(f, arrays, image_shape, platforms).items():
       with open(os.path.join(tmp, program_file(p)), "wb") as out:
@@ -245,3 +260,16 @@ def read_validation(path, manifest: dict) -> tuple[np.ndarray, np.ndarray]:
   if confidence.ndim != 1 or correct.shape != confidence.shape:
     raise FileError(f"bundle {path!r}: {VALIDATION} arrays have the wrong shapes")
   return confidence, correct
+
+
+def read_shift_alarm(path, manifest: dict) -> ShiftAlarm | None:
+  """The bundle's shift alarm; None for a bundle written without one."""
+  if "shift_alarm" not in manifest:
+    return None
+  try:
+    alarm = load_shift_alarm(os.path.join(os.fspath(path), str(manifest["shift_alarm"])))
+  except (FileError, InputError, OSError) as e:
+    raise FileError(f"bundle {path!r}: {str(e).splitlines()[0]}") from None
+  if alarm.num_classes != len(manifest["class_names"]):
+    raise FileError(f"bundle {path!r}: its shift alarm is for another number of classes")
+  return alarm

@@ -21,6 +21,7 @@ from duojax import api
 from duojax.bundle import exported
 from duojax.bundle import format as bundle_format
 from duojax.bundle.exported import member_arrays
+from duojax.core.shift_alarm import ShiftAlarm
 from duojax.data.preprocess import InputSpec
 from duojax.errors import FileError, InputError
 from duojax.models.spec import ModelSpec
@@ -37,6 +38,9 @@ class Bundle:
   duo: api.Duo | api.PerInputDuo
   threshold: float
   validation: tuple[np.ndarray, np.ndarray]
+  # Calibrated on the validation rows: is a batch of new images unlike them?
+  # None for a bundle written without one.
+  shift_alarm: ShiftAlarm | None = None
 
   @property
   def class_names(self) -> list[str]:
@@ -52,14 +56,18 @@ class Bundle:
   def _program(self):
     """The exported program's function, jitted here: (f, the weights as its arguments)."""
     crop = float(self.manifest["input"]["crop_fraction"])
-    f, _ = exported.fused_program(self.models, self.inputs, self.duo, crop)
+    temperatures = self._member_temperatures()
+    f, _ = exported.fused_program(self.models, self.inputs, self.duo, crop, temperatures)
     arrays = [a for m in self.models for a in exported.member_arrays(m)[1]]
     return jax.jit(f), arrays
 
-  def predict(self, images) -> dict[str, np.ndarray]:
-    """The duo on uint8 images [B, S, S, C] (`image_shape`): class_index [B],
-    probabilities [B, C], confidence [B], abstain [B] (confidence < threshold),
-    disagree [B] (the large model's class is not its first sidekick's)."""
+  def _member_temperatures(self) -> list[float] | None:
+    """The alarm's (T_L, T_S), then 1 for any further member; None without an alarm."""
+    if self.shift_alarm is None:
+      return None
+    return [*self.shift_alarm.temperatures, *[1.0] * (len(self.models) - 2)]
+
+  def _run(self, images):
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != self.image_shape:
       raise InputError(
@@ -67,7 +75,24 @@ class Bundle:
         f"{images.dtype} {list(images.shape)}"
       )
     f, arrays = self._program
-    logits, probabilities, confidence, classes = (np.asarray(x) for x in f(arrays, images))
+    return [np.asarray(x) for x in f(arrays, images)]
+
+  def shift_check(self, images) -> tuple[bool, float]:
+    """(alarm, p-value) of the bundle's shift alarm for the batch `images` (uint8
+    [B, S, S, C]): True when it is unlike the validation rows the duo was fit on,
+    at the alarm's false-alarm rate. Needs a bundle written with an alarm."""
+    if self.shift_alarm is None:
+      raise InputError(f"bundle {self.path!r} holds no shift alarm")
+    _, _, _, classes, member_confidence = self._run(images)
+    rows = shift_rows(classes, member_confidence)
+    p = float(self.shift_alarm.p_values(rows, np.arange(len(rows))[None])[0])
+    return p <= self.shift_alarm.alpha, p
+
+  def predict(self, images) -> dict[str, np.ndarray]:
+    """The duo on uint8 images [B, S, S, C] (`image_shape`): class_index [B],
+    probabilities [B, C], confidence [B], abstain [B] (confidence < threshold),
+    disagree [B] (the large model's class is not its first sidekick's)."""
+    logits, probabilities, confidence, classes = self._run(images)[:4]
     return {
       "class_index": probabilities.argmax(-1),
       "probabilities": probabilities,
@@ -75,6 +100,15 @@ class Bundle:
       "abstain": confidence < np.float32(self.threshold),
       "disagree": classes[0] != classes[min(1, len(classes) - 1)],
     }
+
+
+def shift_rows(member_classes, member_confidence) -> np.ndarray:
+  """The alarm's per-row statistics [B, 2], (d, g), from the program's member outputs:
+  d = 1 where the large model and the sidekick predict different classes, g the
+  large model's temperature-scaled confidence minus the sidekick's."""
+  classes, confidence = np.asarray(member_classes), np.asarray(member_confidence, np.float64)
+  disagree = (classes[0] != classes[1]).astype(np.float64)
+  return np.stack([disagree, confidence[0] - confidence[1]], axis=1)
 
 
 def load_bundle(path) -> Bundle:
@@ -100,7 +134,10 @@ def load_bundle(path) -> Bundle:
     models.append(model)
     inputs.append(InputSpec.from_meta(entry["input"]))
   validation = bundle_format.read_validation(path, manifest)
-  return Bundle(path, manifest, models, inputs, duo, float(manifest["threshold"]), validation)
+  alarm = bundle_format.read_shift_alarm(path, manifest)
+  return Bundle(
+    path, manifest, models, inputs, duo, float(manifest["threshold"]), validation, alarm
+  )
 
 
 def _read_duo(path: str, manifest: dict) -> api.Duo:

@@ -15,6 +15,15 @@ contiguous block of the rows and write their own file, OUT with
 ".process-I-of-N" before its suffix; no process waits on another, since a
 prediction needs no collective. Rows are written in chunks that a rerun of
 the same command continues from (`prediction_rows.ChunkedRows`).
+
+The shift check. A bundle holds its members' shift alarm, calibrated on the
+validation rows its duo was fit on. The program then also returns each
+member's temperature-scaled confidence, and every chunk of rows (the unit a
+rerun resumes at, so a verdict never straddles two runs) is one batch for the
+alarm: its p-value and verdict go to OUT.shift.jsonl, and a chunk that alarms
+prints a warning. The per-row predictions do not change: the alarm tells the
+user when the duo's validation-fitted weights stop being trustworthy, and
+large+TS or a guarded duo is the user's call (docs/use_a_fitted_duo.md).
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ import tqdm
 
 from duojax.bundle import exported
 from duojax.bundle import prediction_rows as rows_lib
-from duojax.bundle.loaded import Bundle
+from duojax.bundle.loaded import Bundle, shift_rows
 from duojax.bundle.prediction_input import Geometry, PredictionBatch, PredictionInput
 from duojax.data import pipeline
 from duojax.errors import ConfigError
@@ -55,15 +64,24 @@ class Summary:
   resumed_from: int
   seconds: float
   images_per_second: float
+  # The shift alarm's chunks checked by this run and those it fired on (None: no check).
+  shift_chunks: int | None = None
+  shifted_chunks: int = 0
 
   def line(self) -> str:
     resumed = f" (continued from row {self.resumed_from:,})" if self.resumed_from else ""
     skipped = (
       f"; {self.skipped} could not be read, see {self.output}.skipped" if self.skipped else ""
     )
+    shift = ""
+    if self.shift_chunks:
+      shift = (
+        f"; shift alarm on {self.shifted_chunks} of {self.shift_chunks} chunks, see "
+        f"{self.output}{rows_lib.SHIFT_SUFFIX}"
+      )
     return (
       f"predicted {self.rows:,} images into {self.output}{resumed} in {self.seconds:.1f} s "
-      f"({self.images_per_second:.1f} images/s){skipped}"
+      f"({self.images_per_second:.1f} images/s){skipped}{shift}"
     )
 
 
@@ -93,25 +111,30 @@ def local_mesh() -> jax.sharding.Mesh:
   return jax.sharding.Mesh(np.asarray(jax.local_devices()), ("rows",))
 
 
-def device_program(bundle: Bundle, k: int, mesh: jax.sharding.Mesh):
-  """(jitted g(arrays, images) -> dict of per-row outputs, the weights on the mesh)."""
+def device_program(bundle: Bundle, k: int, mesh: jax.sharding.Mesh, *, shift_check: bool = False):
+  """(jitted g(arrays, images) -> dict of per-row outputs, the weights on the mesh);
+  with `shift_check`, the outputs hold each member's confidence for the alarm."""
   f, _ = exported.fused_program(
     bundle.models,
     bundle.inputs,
     bundle.duo,
     float(bundle.manifest["input"]["crop_fraction"]),
+    bundle._member_temperatures() if shift_check else None,
   )
 
   def g(arrays, images):
-    logits, probabilities, confidence, member_classes = f(arrays, images)
+    logits, probabilities, confidence, member_classes, *members = f(arrays, images)
     top_probability, top_index = jax.lax.top_k(probabilities, k)
-    return {
+    out = {
       "class_index": jnp.argmax(logits, axis=-1),
       "confidence": confidence,
       "top_index": top_index,
       "top_probability": top_probability,
       "member_classes": member_classes,
     }
+    if members:
+      out["member_confidence"] = members[0]
+    return out
 
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("rows"))
@@ -139,12 +162,15 @@ def predict_to_file(
   chunk_batches: int = DEFAULT_CHUNK_BATCHES,
   overwrite: bool = False,
   progress: bool | None = None,
+  shift_check: bool = True,
 ) -> Summary:
   """Writes one row per readable image of `source` to `output` (see module docstring).
 
   `threshold`: abstain below this confidence (None: the bundle's); `workers`:
   decoding processes (-1: one per IMAGES_PER_WORKER images, up to this host's
-  cores over its processes; 0: in this process); `progress`: a progress bar on stderr (None: when stderr is a terminal).
+  cores over its processes; 0: in this process); `progress`: a progress bar on stderr (None: when stderr is a terminal);
+  `shift_check`: run the bundle's shift alarm on every chunk of rows written
+  (module docstring), when the bundle has one.
   """
   mesh = local_mesh()
   devices = mesh.size
@@ -159,8 +185,18 @@ def predict_to_file(
   index, count = jax.process_index(), jax.process_count()
   lo, hi = process_block(len(source), index, count)
   path = shard_path(output, index, count)
-  settings = dict(threshold=threshold, top_k=k, batch_size=batch, process=[index, count])
-  out = rows_lib.ChunkedRows(path, fingerprint(bundle, source, **settings), overwrite=overwrite)
+  alarm = bundle.shift_alarm if shift_check else None
+  settings = dict(
+    threshold=threshold,
+    top_k=k,
+    batch_size=batch,
+    process=[index, count],
+    shift_check=alarm is not None,
+    chunk_batches=chunk_batches,
+  )
+  out = rows_lib.ChunkedRows(
+    path, fingerprint(bundle, source, **settings), overwrite=overwrite, shift=alarm is not None
+  )
   done = out.plan()  # every check before the first write
   if count > 1:
     print(f"process {index} of {count}: rows {lo:,} to {hi:,} into {path}", file=sys.stderr)
@@ -168,7 +204,13 @@ def predict_to_file(
     from duojax.data import listing
 
     listing.note_non_images(list(source.non_images), source.description)
-  g, arrays, rows_sharding = device_program(bundle, k, mesh)
+  if shift_check and alarm is None:
+    print(
+      f"note: bundle {bundle.path} holds no shift alarm (written before bundles had one): "
+      "the chunks are not checked for a shift",
+      file=sys.stderr,
+    )
+  g, arrays, rows_sharding = device_program(bundle, k, mesh, shift_check=alarm is not None)
   out.open()
   start_batch, num_batches = done // batch, -(-(hi - lo) // batch)
   make = PredictionBatch(source.reader, lo, hi, batch, geometry(bundle))
@@ -186,7 +228,7 @@ def predict_to_file(
     file=sys.stderr,
     mininterval=1.0,
   )
-  chunk = _Chunk(source, bundle.class_names, threshold, out, lo, batch)
+  chunk = _Chunk(source, bundle.class_names, threshold, out, lo, batch, alarm)
   t0, pending = time.perf_counter(), None
   try:
     for b, host_batch in enumerate(host, start=start_batch):
@@ -210,17 +252,26 @@ def predict_to_file(
       close()
   out.finish()
   seconds = time.perf_counter() - t0
-  return Summary(path, chunk.rows, chunk.skipped, done, seconds, chunk.rows / max(seconds, 1e-9))
+  return Summary(
+    path,
+    chunk.rows,
+    chunk.skipped,
+    done,
+    seconds,
+    chunk.rows / max(seconds, 1e-9),
+    chunk.checked if alarm is not None else None,
+    chunk.shifted,
+  )
 
 
 class _Chunk:
   """Rows formatted since the last write, and what this run has written in all."""
 
-  def __init__(self, source, class_names, threshold, out, lo, batch):
+  def __init__(self, source, class_names, threshold, out, lo, batch, alarm=None):
     self.source, self.class_names, self.threshold = source, class_names, np.float32(threshold)
-    self.out, self.lo, self.batch = out, lo, batch
-    self.text, self.failed = [], []
-    self.rows = self.skipped = 0
+    self.out, self.lo, self.batch, self.alarm = out, lo, batch, alarm
+    self.text, self.failed, self.stats, self.positions = [], [], [], []
+    self.rows = self.skipped = self.checked = self.shifted = 0
 
   def add(self, b: int, host_batch: dict, result: dict) -> None:
     """Formats batch b's rows (blocks until the device has finished it)."""
@@ -229,6 +280,10 @@ class _Chunk:
     positions = self.lo + b * self.batch + np.arange(self.batch)
     keep, bad = valid & ok, valid & ~ok
     classes = result.pop("member_classes")
+    member_confidence = result.pop("member_confidence", None)
+    if self.alarm is not None:
+      self.stats.append(shift_rows(classes[:, keep], member_confidence[:, keep]))
+      self.positions.append(positions[keep])
     result["abstain"] = result["confidence"] < self.threshold
     result["disagree"] = classes[0] != classes[min(1, len(classes) - 1)]
     ids = [self.source.ids[p] for p in positions[keep]]
@@ -240,7 +295,40 @@ class _Chunk:
     self.rows += int(keep.sum())
     self.skipped += int(bad.sum())
 
+  def _shift_line(self) -> str:
+    """The alarm's verdict on the chunk's rows as one JSON line ("" without rows)."""
+    if self.alarm is None or not self.stats:
+      return ""
+    stats, positions = np.concatenate(self.stats), np.concatenate(self.positions)
+    self.stats, self.positions = [], []
+    if len(stats) == 0:
+      return ""
+    p = float(self.alarm.p_values(stats, np.arange(len(stats))[None])[0])
+    shifted = p <= self.alarm.alpha
+    first, last = int(positions[0]), int(positions[-1])
+    self.checked += 1
+    if shifted:
+      self.shifted += 1
+      print(
+        f"warning: images {first:,} to {last:,} ({len(stats):,}) look unlike the validation "
+        f"data the duo was fit on (shift alarm p = {p:.4f} <= {self.alarm.alpha:g}): the duo "
+        "may do worse than its large model alone on them",
+        file=sys.stderr,
+        flush=True,
+      )
+    return rows_lib.shift_record(
+      first,
+      last,
+      self.source.ids[first],
+      self.source.ids[last],
+      len(stats),
+      p,
+      shifted,
+      disagreement=float(stats[:, 0].mean()),
+      confidence_gap=float(stats[:, 1].mean()),
+    )
+
   def write(self, done: int) -> None:
     """Appends what was formatted; `done`: the block's rows finished with it."""
-    self.out.append("".join(self.text), self.failed, done)
+    self.out.append("".join(self.text), self.failed, done, self._shift_line())
     self.text, self.failed = [], []

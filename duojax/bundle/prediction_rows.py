@@ -4,10 +4,13 @@ One row per image: id, class, class_index, probability, top_k, uncertainty
 (1 − the duo's confidence), abstain (confidence below the threshold) and
 disagree (the large model's class is not the sidekick's), as JSON lines or
 CSV (top_k there as "class:probability|..."). Rows that could not be read go
-to OUT.skipped instead ("id<TAB>reason" lines).
+to OUT.skipped instead ("id<TAB>reason" lines). With a shift check, each
+chunk's verdict goes to OUT.shift.jsonl, one JSON line per chunk: first and
+last (input row numbers and ids), images, p_value, shifted, and the chunk's
+disagreement rate and mean confidence gap (`duojax.core.shift_alarm`).
 
 Resuming. Rows are appended a chunk at a time; after each chunk both files
-are flushed to disk, then OUT.progress is replaced atomically with how many
+(three with a shift check) are flushed to disk, then OUT.progress is replaced atomically with how many
 input rows are done and how long each file was at that point. A run killed
 at any moment leaves files at least that long; rerun with the same command,
 it cuts them back to the recorded lengths and goes on from the recorded row.
@@ -41,6 +44,34 @@ COLUMNS = (
   "disagree",
 )
 _DIGITS = 6  # probabilities rounded for the file: float32 holds about 7
+SHIFT_SUFFIX = ".shift.jsonl"
+
+
+def shift_record(
+  first: int,
+  last: int,
+  first_id,
+  last_id,
+  images: int,
+  p_value: float,
+  shifted: bool,
+  *,
+  disagreement: float,
+  confidence_gap: float,
+) -> str:
+  """One chunk's shift-alarm verdict as a JSON line."""
+  record = {
+    "first": first,
+    "last": last,
+    "first_id": str(first_id),
+    "last_id": str(last_id),
+    "images": images,
+    "p_value": round(p_value, _DIGITS),
+    "shifted": bool(shifted),
+    "disagreement": round(disagreement, _DIGITS),
+    "confidence_gap": round(confidence_gap, _DIGITS),
+  }
+  return json.dumps(record) + "\n"
 
 
 def output_format(path: str) -> str:
@@ -94,10 +125,11 @@ class ChunkedRows:
   chunk; `finish()` marks the output finished.
   """
 
-  def __init__(self, path: str, fingerprint: dict, *, overwrite: bool = False):
+  def __init__(self, path: str, fingerprint: dict, *, overwrite: bool = False, shift=False):
     self.path = os.path.abspath(os.path.expanduser(path))
     self.fmt = output_format(self.path)
     self.skipped_path = self.path + ".skipped"
+    self.shift_path = self.path + SHIFT_SUFFIX if shift else None
     self.progress_path = self.path + ".progress"
     self.fingerprint = fingerprint
     self.overwrite = overwrite
@@ -152,17 +184,25 @@ class ChunkedRows:
     return 0
 
   def _file(self, name: str) -> str:
-    return {"rows": self.path, "skipped": self.skipped_path}[name]
+    return {"rows": self.path, "skipped": self.skipped_path, "shift": self.shift_path}[name]
+
+  def _sidecars(self) -> dict[str, str]:
+    """{name: path} of the files written beside the rows."""
+    out = {"skipped": self.skipped_path}
+    if self.shift_path is not None:
+      out["shift"] = self.shift_path
+    return out
 
   def open(self) -> None:
     """Creates the files (fresh run) or cuts them back to the recorded lengths."""
     if self.record is None:
       # The progress record comes first: a run killed before its first chunk
       # leaves one saying "nothing done", which a rerun starts again from.
-      self._save_progress(0, {"rows": 0, "skipped": 0})
+      self._save_progress(0, {"rows": 0, **{name: 0 for name in self._sidecars()}})
       header = csv_header() if self.fmt == ".csv" else ""
-      for where, text in ((self.path, header), (self.skipped_path, "")):
-        self._write(where, "w", text)
+      self._write(self.path, "w", header)
+      for where in self._sidecars().values():
+        self._write(where, "w", "")
       return
     for name, size in self.record["sizes"].items():
       try:
@@ -170,11 +210,14 @@ class ChunkedRows:
       except OSError as e:
         raise FileError(e.errno, f"cannot resume {self._file(name)}: {e.strerror}") from None
 
-  def append(self, rows: str, skipped: list[tuple[str, str]], done: int) -> None:
-    """Adds a chunk: `rows` (text), the rows `skipped` [(id, reason)], rows `done` in all."""
+  def append(self, rows: str, skipped: list[tuple[str, str]], done: int, shift: str = "") -> None:
+    """Adds a chunk: `rows` (text), the rows `skipped` [(id, reason)], rows `done` in
+    all, and the chunk's `shift` verdict line (with a shift check)."""
     self._write(self.path, "a", rows)
     if skipped:
       self._write(self.skipped_path, "a", "".join(f"{i}\t{r}\n" for i, r in skipped))
+    if shift and self.shift_path is not None:
+      self._write(self.shift_path, "a", shift)
     self._save_progress(done)
 
   def finish(self) -> None:
@@ -194,6 +237,7 @@ class ChunkedRows:
 
   def _save_progress(self, done: int, sizes: dict | None = None) -> None:
     if sizes is None:
-      sizes = {"rows": os.path.getsize(self.path), "skipped": os.path.getsize(self.skipped_path)}
+      files_now = {"rows": self.path, **self._sidecars()}
+      sizes = {name: os.path.getsize(where) for name, where in files_now.items()}
     record = {"fingerprint": self.fingerprint, "done": int(done), "sizes": sizes}
     files.write_atomically(self.progress_path, json.dumps(record, indent=1))

@@ -4,7 +4,9 @@ The bundle holds the large model and the sidekick with the duo of
 `config.bundle_method` as it was fit on val (the weighted duo by default;
 "guarded", "dynamic" or "entropy" for a per-input duo from
 `config.per_input_duos`), and the duo's val confidence and correctness (its
-default abstention threshold is chosen on them). It needs both members'
+default abstention threshold is chosen on them), and the members' shift alarm
+calibrated on the same rows (`config.shift_alarm_*`), which `duojax.predict`
+runs on every chunk of new images. It needs both members'
 weights: a logits-file member has none, so the bundle is skipped, saying why.
 """
 
@@ -18,6 +20,7 @@ from duojax.core import metrics
 from duojax.eval import methods as methods_lib
 from duojax.eval.inputs import LARGE, SIDEKICK, EvalInputs
 from duojax.eval.members import PRETRAINED, WORKDIR
+from duojax.eval.sections.shift_alarm import fit_alarm
 from duojax.models.spec import ModelSpec
 
 
@@ -63,6 +66,7 @@ def write(inputs: EvalInputs, dataset, path: str) -> str | None:
     validation=(confidence, correct),
     provenance={"dataset": dataset.name, "split": methods_lib.FIT_SPLIT, "rows": len(labels)},
     metrics={k: float(scores[k]) for k in ("acc", "nll") if k in scores},
+    shift_alarm=fit_alarm(inputs),
   )
   print(f"bundle: {written}")
   return written

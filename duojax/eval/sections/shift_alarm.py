@@ -107,6 +107,20 @@ def _temperatures(inputs: EvalInputs) -> tuple[float, float]:
   return tuple(float(1 / w) if np.isfinite(w) and w > 0 else 1.0 for w in weights[:2])
 
 
+def fit_alarm(inputs: EvalInputs) -> alarm_lib.ShiftAlarm:
+  """The alarm of the large model and the sidekick, calibrated on val with the
+  config's level, batch size and resamples (also what a bundle holds)."""
+  config = inputs.config
+  return alarm_lib.fit_shift_alarm(
+    list(inputs.bank.stack(FIT_SPLIT, [LARGE, SIDEKICK])),
+    batch_size=config.shift_alarm_batch,
+    alpha=config.shift_alarm_alpha,
+    resamples=config.shift_alarm_resamples,
+    seed=config.seed,
+    temperatures=_temperatures(inputs),
+  )
+
+
 def _rate(alarms: np.ndarray) -> dict:
   """The alarm rate over batches and its 95% Clopper-Pearson interval."""
   n, k = len(alarms), int(np.sum(alarms))
@@ -179,15 +193,8 @@ def build(inputs: EvalInputs, results: dict) -> dict:
   shifted = [s for s in bank.logits if "/" in s]
   if inputs.sidekick is None or not shifted:
     return {}
-  temperatures = _temperatures(inputs)
-  alarm = alarm_lib.fit_shift_alarm(
-    list(bank.stack(FIT_SPLIT, [LARGE, SIDEKICK])),
-    batch_size=config.shift_alarm_batch,
-    alpha=config.shift_alarm_alpha,
-    resamples=config.shift_alarm_resamples,
-    seed=config.seed,
-    temperatures=temperatures,
-  )
+  alarm = fit_alarm(inputs)
+  temperatures = alarm.temperatures
   names = [m.name for m in inputs.methods]
   compare = DUO in names and REFERENCE in names
   out = {
