@@ -360,6 +360,7 @@ def test_hf_dinov2_head_needs_tok_gap_and_class_count_needs_fresh_head(tmp_path)
 def test_names_families_and_preprocessing():
   for name in vit_variants.CONFIGS:
     assert name in models.list_models()
+  assert set(data.preprocess.VIT_VARIANT_VIEWS) == set(vit_variants.CONFIGS)
   assert models.family_name("vit_b16_clip") == "vit_clip"
   clip = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
   imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

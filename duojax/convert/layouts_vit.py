@@ -336,10 +336,7 @@ def resample_posemb(model, posemb: np.ndarray, layout: str) -> np.ndarray:
   if method == "bicubic" and (layout == "timm" or model.num_registers):
     method = "bicubic_aa"
   grid = tuple(s // model.patch_size for s in model.image_size)
-  try:
-    return vit_posemb.resample(posemb, grid, model.num_embedded_prefix, method)
-  except ValueError as e:
-    raise WeightsMismatchError(str(e)) from None
+  return vit_posemb.resample(posemb, grid, model.num_embedded_prefix, method)
 
 
 # (what the file holds, how to tell, the option that builds it)

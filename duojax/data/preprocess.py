@@ -59,6 +59,10 @@ PRETRAINED_STATS = {
   ("hf", "deit"): (IMAGENET_MEAN, IMAGENET_STD),
   ("timm", "vit_siglip"): (HALF, HALF),
   ("hf", "vit_siglip"): (HALF, HALF),
+  # Swin-V2: ImageNet's in all three (timm's 256-px models: crop 0.9, bicubic).
+  ("timm", "swin"): (IMAGENET_MEAN, IMAGENET_STD),
+  ("torchvision", "swin"): (IMAGENET_MEAN, IMAGENET_STD),
+  ("hf", "swin"): (IMAGENET_MEAN, IMAGENET_STD),
 }
 # torchvision's weights (its DEFAULT ones, the only ones for most models) each come with
 # their eval transform, the centre crop_size of a resize_size resize: model ->
@@ -80,6 +84,9 @@ TORCHVISION_INPUTS = {
   "efficientnet_v2_s": (1.0, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
   "efficientnet_v2_m": (1.0, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
   "efficientnet_v2_l": (1.0, "bicubic", HALF, HALF),
+  "swin_v2_t": (256 / 260, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
+  "swin_v2_s": (256 / 260, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
+  "swin_v2_b": (256 / 272, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
   # RegNets, MobileNets, MNASNets, ShuffleNets, ResNeXts, Wide ResNets: IMAGENET1K_V2's
   # resize to 232, or V1's to 256 where V1 is the DEFAULT (mnasnet0_75, mnasnet1_3 and
   # shufflenet_v2_x1_5, x2_0 were trained later, with 232).
@@ -114,13 +121,16 @@ TORCHVISION_INPUTS = {
   "wide_resnet50_2": (224 / 232, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
   "wide_resnet101_2": (224 / 232, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
 }
-# The ViT variants' eval transform on their model cards (the Hugging Face processors'),
-# by family: crop fraction and filter, where no file beside the weights says them.
+# The ViT variants' eval transform on their model cards (the Hugging Face processors'):
+# crop fraction and filter, where no file beside the weights says them. By model name
+# (duojax.models.vit_variants; a test keeps the names in step).
+_CLIP_VIEW = _SIGLIP_VIEW = (1.0, "bicubic")
+_DINOV2_VIEW = _DEIT_VIEW = (224 / 256, "bicubic")
 VIT_VARIANT_VIEWS = {
-  "vit_clip": (1.0, "bicubic"),
-  "vit_dinov2": (224 / 256, "bicubic"),
-  "deit": (224 / 256, "bicubic"),
-  "vit_siglip": (1.0, "bicubic"),
+  **{f"vit_{s}_clip{q}": _CLIP_VIEW for s in ("b16", "l14") for q in ("", "_quickgelu")},
+  **{f"vit_{s}14_dinov2{r}": _DINOV2_VIEW for s in "sblg" for r in ("", "_reg")},
+  **{f"deit_{s}16_distilled": _DEIT_VIEW for s in ("ti", "s", "b")},
+  **{name: _SIGLIP_VIEW for name in ("vit_b16_siglip", "vit_so400m14_siglip")},
 }
 # Hugging Face repositories keep the preprocessing next to the weights; timm's
 # (on the Hugging Face hub) a config.json holding its `pretrained_cfg`.
@@ -305,11 +315,9 @@ def pretrained_view(
   if not view and layout == "torchvision" and model_name in TORCHVISION_INPUTS:
     crop, interpolation, _, _ = TORCHVISION_INPUTS[model_name]
     return {"crop_fraction": crop, "interpolation": interpolation}, f"torchvision {model_name}"
-  if not view and isinstance(model_name, str):
-    from duojax.models import family_name  # here: the models need nothing of the data
-
-    if (found := VIT_VARIANT_VIEWS.get(family_name(model_name))) is not None:
-      return {"crop_fraction": found[0], "interpolation": found[1]}, f"{model_name} model card"
+  if not view and model_name in VIT_VARIANT_VIEWS:
+    crop, interpolation = VIT_VARIANT_VIEWS[model_name]
+    return {"crop_fraction": crop, "interpolation": interpolation}, f"{model_name} model card"
   return view, TIMM_CONFIG_FILE if view else ""
 
 

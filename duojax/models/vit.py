@@ -86,6 +86,13 @@ OVERRIDES = (
 )
 
 POOLS = vit_heads.POOLS
+# The blocks live in vit_blocks; these names stay importable from here.
+SelfAttention, MlpBlock, EncoderBlock = (
+  vit_blocks.SelfAttention,
+  vit_blocks.MlpBlock,
+  vit_blocks.EncoderBlock,
+)
+_gelu_erf = vit_blocks.gelu_erf
 # How the converter resamples a file's position embeddings to another grid.
 POSEMB_RESIZES = ("bilinear", "bicubic")
 

@@ -24,6 +24,8 @@ import math
 import jax
 import numpy as np
 
+from duojax.errors import WeightsMismatchError
+
 METHODS = ("bilinear", "bicubic", "bicubic_aa")
 
 
@@ -64,7 +66,7 @@ def resample(posemb: np.ndarray, grid_hw: tuple[int, int], num_prefix: int, meth
   prefix, grid = posemb[:, :num_prefix], posemb[0, num_prefix:]
   side = math.isqrt(grid.shape[0])
   if side * side != grid.shape[0]:
-    raise ValueError(
+    raise WeightsMismatchError(
       f"position embeddings of shape {tuple(posemb.shape)} have no square token grid "
       f"after {num_prefix} prefix token(s); cannot resample them to {tuple(grid_hw)}"
     )
