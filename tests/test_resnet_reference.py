@@ -25,7 +25,7 @@ from reference_libs import timm, torchvision_models
 from duojax import convert, models
 
 # torchvision's documented parameter counts of its ImageNet ResNets.
-DOCUMENTED = {"resnet18": 11_689_512, "resnet50": 25_557_032, "resnet152": 60_192_808}
+DOCUMENTED = {"resnet18": 11_689_512, "resnet50": 25_557_032}
 
 
 def ours(name, num_classes=5):
@@ -51,7 +51,7 @@ def test_timm_resnet_files_give_timms_logits_and_export_back(tmp_path, name):
   assert layout_shapes(model, "timm") == torch_shapes(reference)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet152"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_full_size_resnets_have_the_libraries_names_shapes_and_counts(name):
   with torch.device("meta"):
     tv = getattr(torchvision_models().resnet, name)()
