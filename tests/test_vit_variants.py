@@ -214,6 +214,31 @@ def test_hugging_face_logits_and_export(tmp_path, case):
   np.testing.assert_allclose(again[key].numpy(), out[key].numpy(), atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_whole_clip_and_siglip_files_give_their_vision_tower(tmp_path, kind):
+  """The hub's CLIPModel / SiglipModel files (text tower, projections) load the vision
+  tower (`vision_model.*`), the rest left aside."""
+  t = transformers
+  vision = dict(**SMALL, intermediate_size=64, image_size=32, patch_size=16)
+  text = dict(**SMALL, intermediate_size=64, vocab_size=50, bos_token_id=0, eos_token_id=1)
+  if kind == "clip":
+    config = t.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+    reference, name = t.CLIPModel(config), "vit_b16_clip_quickgelu"
+  else:
+    config = t.SiglipConfig(text_config=text, vision_config=vision)
+    reference, name = t.SiglipModel(config), "vit_b16_siglip"
+  torch.manual_seed(0)
+  randomized(reference).save_pretrained(tmp_path)
+  ours = tiny(name, image_size=32, mlp_dim=64)
+  info = convert.load_pretrained(ours, str(tmp_path / "model.safetensors"), head="fresh")
+  assert info["layout"] == "hf"
+  x = images(32)
+  with torch.no_grad():
+    expected = reference.vision_model(pixel_values=torch.from_numpy(x)).pooler_output.numpy()
+  features = ours(jnp.asarray(x.transpose(0, 2, 3, 1)))[1]["pre_logits"]
+  np.testing.assert_allclose(np.asarray(features), expected, atol=TOLERANCE, rtol=TOLERANCE)
+
+
 # ----------------------------------------------------------------------------
 # Sizes: the source library's parameter counts, from a meta-device build of its model.
 

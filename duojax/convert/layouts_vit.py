@@ -37,8 +37,12 @@ from duojax.models import vit_posemb
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 # Tensors of the Hugging Face files that classification does not use: DINOv2's
-# mask token (masked-image pretraining) and old CLIP files' position ids buffer.
-IGNORED = re.compile(r"(^|\.)embeddings\.(mask_token|position_ids)$")
+# mask token (masked-image pretraining), old CLIP files' position ids buffer, and the
+# text tower and joint-space projections of a whole CLIPModel or SiglipModel file.
+IGNORED = re.compile(
+  r"(^|\.)embeddings\.(mask_token|position_ids)$"
+  r"|^(text_model\.|text_projection\.|visual_projection\.|logit_scale$|logit_bias$)"
+)
 
 
 # ----------------------------------------------------------------------------
