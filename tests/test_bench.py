@@ -184,3 +184,22 @@ def test_bench_predict_quick(tmp_path):
   cells = [c.strip() for c in row.strip("|").split("|")]
   assert cells[9] == "yes"  # the exported program gives the jitted outputs
   assert all(float(c) > 0 for c in cells[3:9])
+
+
+@pytest.mark.slow  # the script's quick run, as a subprocess
+def test_bench_transformers_quick():
+  result = run_script("bench_transformers.py", "--quick")
+  assert "| vit_b16_clip | 32 |" in result.stdout  # against transformers' CLIP tower
+  assert "| vit_mu4 |" in result.stdout and "xla / explicit" in result.stdout
+  assert "residuals MiB, remat" in result.stdout
+
+
+def test_remat_keeps_a_fraction_of_the_residuals_for_the_backward_pass():
+  import bench_transformers
+
+  small = dict(width=64, depth=4, num_heads=2, mlp_dim=128)
+  plain, remat = (
+    bench_transformers.residual_bytes("vit_mu4", 32, "float32", r, small) for r in (False, True)
+  )
+  assert remat["weights"] == plain["weights"]
+  assert remat["residuals"] < 0.5 * plain["residuals"]
