@@ -73,6 +73,9 @@ MODEL_OVERRIDE_TYPES = {
   # instead of keeping them (nnx.remat per block): the large ViTs and Swin-B
   # then fine-tune at large batches; gradients are unchanged.
   "remat": bool,
+  # The transformers' attention form: "auto" (explicit on CPU, cuDNN's fused
+  # kernel on GPU where it applies, XLA's otherwise), "explicit", "xla", "cudnn".
+  "attention": str,
 }
 
 
