@@ -303,6 +303,15 @@ def test_remat_gives_the_same_logits_and_gradients():
   for g, g_r in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_r)):
     np.testing.assert_allclose(g_r, g, atol=1e-6, rtol=1e-5)
   assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) > 1e-3
+  # Training draws the same dropout and stochastic-depth masks from the same key.
+  x16 = jnp.ones((2, 16, 16, 3))
+  drops = [
+    models.get_model("vit_mu4", 5, rngs=0, image_size=16, dropout=0.2, drop_path=0.2, remat=r)
+    for r in (False, True)
+  ]
+  plain_t, remat_t = (m(x16, train=True, rngs=jax.random.key(1))[0] for m in drops)
+  np.testing.assert_allclose(np.asarray(remat_t), np.asarray(plain_t), atol=1e-6)
+  assert not np.allclose(np.asarray(plain_t), np.asarray(drops[0](x16)[0]), atol=1e-4)
 
 
 def test_attention_forms_agree_and_unknown_is_refused():
