@@ -17,7 +17,7 @@ import sys
 from absl import app, flags
 
 from duojax import cli, config_lib
-from duojax.data import folder
+from duojax.data import folder, folder_scan
 from duojax.errors import ConfigError
 
 _TEST_FOLDER = flags.DEFINE_string(
@@ -34,7 +34,7 @@ _WORKERS = flags.DEFINE_integer(
   "workers",
   None,
   "Processes that decode the images (1: none; default: one per "
-  f"{folder.FILES_PER_WORKER} files, up to the usable cores).",
+  f"{folder_scan.FILES_PER_WORKER} files, up to the usable cores).",
 )
 flags.mark_flags_as_required(["dataset"])
 

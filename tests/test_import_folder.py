@@ -19,7 +19,7 @@ import tensorflow_datasets as tfds
 from helpers import ROOT, assert_one_line_error
 from PIL import Image, features
 
-from duojax.data import folder
+from duojax.data import folder, folder_scan
 from duojax.errors import DataError
 
 NAME = "my_pets"
@@ -207,7 +207,7 @@ def test_classes_are_the_sorted_folder_names(tmp_path):
   made = helpers.make_image_folder(
     tmp_path, classes=("zebra", "Ant", "bee"), per_class=1, bad=False
   )
-  names, files = folder.scan_folder(tmp_path)
+  names, files = folder_scan.scan_folder(tmp_path)
   assert names == ("Ant", "bee", "zebra") == tuple(made["classes"])
   assert [(f.name, f.label) for f in files] == [
     ("Ant/Ant_000.jpg", 0),
@@ -236,7 +236,7 @@ def test_a_failed_write_leaves_nothing_and_the_rerun_works(folders, tmp_path, mo
   made = helpers.make_image_folder(src, per_class=3, bad=False)
   victim = made["good"]["dog"][0]
   original = victim.read_bytes()
-  check_files = folder.check_files
+  check_files = folder_scan.check_files
 
   def check_then_change(*args, **kwargs):
     verdicts = check_files(*args, **kwargs)

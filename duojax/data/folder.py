@@ -25,62 +25,37 @@ set from its files, with no code of this module.
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import contextlib
 import dataclasses
-import io
 import logging
-import multiprocessing
 import os
 import re
-import signal
 import sys
 import tempfile
 import time
-from typing import Iterable, Iterator
 
 import tensorflow_datasets as tfds
-import tqdm
-from PIL import Image
 
-from duojax.data import images, listing
+from duojax.data import folder_scan
+from duojax.data.folder_scan import (
+  ImageFile,
+  Verdict,
+  check_files,
+  executor,
+  in_order,
+  png_bytes,
+  scan_folder,
+)
 from duojax.data.listing import readable as _readable
 from duojax.data.pipeline import usable_cores
 from duojax.errors import DataError, FileError
 
 VERSION = "1.0.0"  # of the stored layout: the folder name under NAME
 SKIPPED_FILE = "skipped_files.txt"
-# Formats stored as they are. MPO is what PIL calls a camera JPEG that carries
-# extra frames after the first: every JPEG decoder reads it as that first frame.
-KEPT_FORMATS = ("JPEG", "MPO", "PNG")
 # A tfds dataset name that `tfds.builder` can find again: lowercase snake_case.
 _NAME = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 # Skipped files named in the one-line warning; the rest are in SKIPPED_FILE.
-_WARN_NAMES = 3
-# By default, one worker process per this many files, up to the usable cores:
-# a worker takes ~2 s to start (it imports this package), the time it needs
-# to check a few hundred typical JPEGs; a small folder is checked in-process.
-FILES_PER_WORKER = 500
-
-
-# Slotted: ImageNet's 1.28 M files are held as ImageFiles and Verdicts at once.
-@dataclasses.dataclass(frozen=True, slots=True)
-class ImageFile:
-  """One file of a split: where it is, its name in the data set, its class."""
-
-  path: str  # absolute
-  name: str  # relative to the split's folder, "/"-separated: the stored file_name
-  label: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Verdict:
-  """What the check found: `reason` is None for a file that decodes."""
-
-  reason: str | None
-  reencode: bool  # not JPEG/PNG: stored as a PNG
-  size: int  # bytes; the write step sees whether the file changed since
+_WARN_NAMES = folder_scan.WARN_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,168 +97,6 @@ def check_dataset_name(name: str) -> None:
   )
 
 
-# ------------------------------------------------------------------------ scanning
-def scan_folder(
-  root: str | os.PathLike, class_names: Iterable[str] | None = None
-) -> tuple[tuple[str, ...], list[ImageFile]]:
-  """(class folder names, files sorted by label then name) of an image folder.
-
-  Without `class_names`, the classes are `root`'s subfolders in sorted order;
-  with them (the train folder's), `root`'s subfolders must be among them and
-  keep their labels. Files directly in `root` belong to no class: a warning.
-  """
-  root = os.path.abspath(os.path.expanduser(os.fspath(root)))
-  if not os.path.isdir(root):
-    what = "is not a folder" if os.path.exists(root) else "does not exist"
-    raise DataError(f"image folder {root} {what}")
-  try:
-    entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
-  except OSError as e:
-    raise DataError(f"cannot list {root}: {e.strerror}") from None
-  folders = sorted(e.name for e in entries if e.is_dir())
-  if not folders:
-    raise DataError(
-      f"{root} has no class subfolders: put each class's images in a subfolder "
-      "named after the class (e.g. cat/1.jpg, dog/2.jpg)"
-    )
-  # A README or licence file beside the class folders is expected; a loose image is not.
-  loose, other = listing.split_images(sorted(e.name for e in entries if not e.is_dir()))
-  if loose:
-    print(
-      f"warning: {len(loose)} files directly in {root} are in no class folder and were "
-      f"left out: {', '.join(map(_readable, loose[:_WARN_NAMES]))}"
-      f"{', ...' if len(loose) > _WARN_NAMES else ''}",
-      file=sys.stderr,
-      flush=True,
-    )
-  names = tuple(folders) if class_names is None else tuple(class_names)
-  unknown = [f for f in folders if f not in names]
-  if unknown:
-    raise DataError(
-      f"class folder {_readable(unknown[0])!r} of {root} is not a class of the "
-      f"train folder ({len(names)} classes): rename or remove it"
-    )
-  for name in folders:
-    if any(c in name for c in "\n\r"):  # tfds keeps class names one a line
-      raise DataError(f"class folder {_readable(name)!r} in {root} has a line break in its name")
-  files = []
-  for name in folders:
-    kept, junk = listing.split_images(listing.files_below(os.path.join(root, name)))
-    other += junk
-    found = sorted(os.path.relpath(p, root) for p in kept)
-    if not found:
-      what = "image files" if junk else "files"
-      raise DataError(f"class folder {os.path.join(root, _readable(name))} has no {what}")
-    label = names.index(name)
-    files += [
-      ImageFile(os.path.join(root, rel), _readable(rel).replace(os.sep, "/"), label)
-      for rel in found
-    ]
-  listing.note_non_images(other, root)
-  return names, files
-
-
-# ------------------------------------------------------------------------ checking
-def check_file(path: str) -> Verdict:
-  """Whether the file at `path` decodes whole, and whether it must be stored as a PNG."""
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except OSError as e:
-    return Verdict(f"cannot read: {e.strerror or type(e).__name__}", False, 0)
-  try:
-    reason = images.check_decodes(data)
-    if reason is not None:
-      return Verdict(reason, False, len(data))
-    with Image.open(io.BytesIO(data)) as image:
-      return Verdict(None, image.format not in KEPT_FORMATS, len(data))
-  except Exception as e:  # noqa: BLE001
-    # PIL's plugins raise more than images.DECODE_ERRORS on hostile input; such
-    # a file is one more bad file, not a reason to stop an import of millions.
-    return Verdict(images.error_text(e), False, len(data))
-
-
-def _check_chunk(paths: list[str]) -> list[Verdict]:
-  return [check_file(p) for p in paths]
-
-
-def png_bytes(path: str) -> bytes:
-  """The image at `path` as a lossless PNG, in its own mode where PNG has that mode."""
-  try:
-    with open(path, "rb") as f, Image.open(f) as image:
-      image.load()
-      out = io.BytesIO()
-      try:
-        image.save(out, "PNG")
-      except (OSError, KeyError, ValueError):  # CMYK, YCbCr, LAB, float, ...: no such PNG
-        out = io.BytesIO()
-        image.convert("RGBA" if "A" in image.getbands() else "RGB").save(out, "PNG")
-      return out.getvalue()
-  except images.DECODE_ERRORS:  # it decoded when checked
-    raise DataError(f"{path} changed during the import: run it again") from None
-
-
-class _InProcess:
-  """The part of an Executor `_in_order` uses, running each call at once (workers=1)."""
-
-  def submit(self, fn, *args):
-    future = concurrent.futures.Future()
-    try:
-      future.set_result(fn(*args))
-    except Exception as e:  # noqa: BLE001 -- raised again by .result(), as a pool would
-      future.set_exception(e)
-    return future
-
-
-def _ignore_interrupts() -> None:
-  # Ctrl-C reaches the whole process group; the parent alone stops the import.
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-@contextlib.contextmanager
-def _executor(workers: int):
-  if workers == 1:
-    yield _InProcess()
-    return
-  # Spawned, not forked: the parent may run threads (JAX's, tfds's), whose
-  # locks a forked child would inherit held.
-  pool = concurrent.futures.ProcessPoolExecutor(
-    workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_interrupts
-  )
-  try:
-    yield pool
-  except concurrent.futures.process.BrokenProcessPool:
-    raise DataError(
-      "a worker process died while reading images (out of memory, or a decoder "
-      "crashed on a file): run again with --workers=1 to see which"
-    ) from None
-  finally:
-    pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _in_order(pool, fn, items: Iterable, window: int) -> Iterator:
-  """fn(item) for each item, in order, with at most `window` calls pending at a time."""
-  pending = collections.deque()
-  for item in items:
-    pending.append(pool.submit(fn, item))
-    if len(pending) >= window:
-      yield pending.popleft().result()
-  while pending:
-    yield pending.popleft().result()
-
-
-def check_files(files: list[ImageFile], pool, workers: int, desc: str = "") -> list[Verdict]:
-  """`check_file` of every file, in chunks spread over `pool`'s `workers`."""
-  chunk = max(1, min(256, len(files) // (16 * workers)))
-  chunks = [[f.path for f in files[i : i + chunk]] for i in range(0, len(files), chunk)]
-  verdicts = []
-  with tqdm.tqdm(total=len(files), desc=desc, unit=" files", leave=False, mininterval=2.0) as bar:
-    for result in _in_order(pool, _check_chunk, chunks, 4 * workers):
-      verdicts += result
-      bar.update(len(result))
-  return verdicts
-
-
 # ------------------------------------------------------------------------ writing
 class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """The checked files of each split, as tfds examples (made per import: `name`)."""
@@ -320,7 +133,7 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, split):
     checked = self._plan[split]
-    pngs = _in_order(
+    pngs = in_order(
       self._pool, png_bytes, (f.path for f, v in checked if v.reencode), 4 * self._workers
     )
     for i, (file, verdict) in enumerate(checked):
@@ -513,12 +326,12 @@ def import_folder(
   class_names, scanned = _scan(folders)
   if workers is None:
     total = sum(map(len, scanned.values()))
-    workers = max(1, min(usable_cores(), total // FILES_PER_WORKER))
+    workers = max(1, min(usable_cores(), total // folder_scan.FILES_PER_WORKER))
   if leftovers:
     _warn_leftovers(target, leftovers)
   labels = tuple(map(_readable, class_names))
   listing = os.path.join(target, VERSION, SKIPPED_FILE)
-  with _executor(workers) as pool:
+  with executor(workers) as pool:
     plan, skipped = _check_splits(scanned, folders, pool, workers, listing)
     builder = _builder(
       dataset,
