@@ -79,7 +79,7 @@ ROWS = (
     " random-resized and centre crops of one image), `randaugment` (RandAugment of one image), "
     "`batches` (one batch from its index: order, draws, crops), `pipeline` (grain: batches in "
     "worker processes, uint8, on the devices; normalisation on the device), `folder` (an image "
-    "folder imported; `listing`: the image files below a folder), `ood_sources` (OOD sets from other tfds sets and image folders), `embedded` "
+    "folder imported; `folder_scan`: its scan and decode checks; `listing`: the image files below a folder), `ood_sources` (OOD sets from other tfds sets and image folders), `embedded` "
     "(Fashion-MNIST, MNIST), `shifts` (corruptions); `python -m duojax.data DIR` prepares the "
     "embedded set",
   ),
@@ -117,7 +117,8 @@ ROWS = (
   Row(
     4,
     ("train/",),
-    "`optim`, `steps` (jitted train/eval steps), `recipe` (their Mixup/CutMix, weight EMA and "
+    "`optim` (with `layer_decay`: layer-wise learning rates from the parameter paths), "
+    "`steps` (jitted train/eval steps), `recipe` (their Mixup/CutMix, weight EMA and "
     "gradient accumulation), `loop` (`train_and_evaluate`: `model_init`, "
     "then the steps inside a `run_context` that owns the checkpoint manager, batches and "
     "progress bar; `preemption`), `checkpoint`, `hydra_member` (a run started from a pruned ViT)",
@@ -126,12 +127,13 @@ ROWS = (
     4,
     ("bundle/",),
     "a fitted duo as one folder that runs on new images: `format` (manifest, member "
-    "safetensors, duo weights, validation confidences; `write_bundle`), `exported` (the fused "
+    "safetensors, duo weights, validation confidences, the shift alarm; `write_bundle`), "
+    "`exported` (the fused "
     "duo as `jax.export` programs, weights as arguments), `loaded` (`load_bundle`), `threshold` "
     "(the default abstention threshold), `serve` (the exported program with jax alone), "
     "`prediction_input` (folders, path lists and tfds splits read and cut for it), "
     "`prediction_rows` (rows written in chunks a rerun continues), `prediction` (the duo over "
-    "many images on every local device)",
+    "many images on every local device, each chunk checked by the shift alarm)",
   ),
   Row(
     5,
@@ -169,8 +171,8 @@ ROWS = (
     7,
     ("import_folder.py",),
     "`python -m duojax.import_folder`: an image folder as a tfds array_record set; the work is "
-    "in `data/folder.py` (scan the class folders, decode-check every file in worker processes, "
-    "write with a per-import tfds builder)",
+    "in `data/folder_scan.py` (scan the class folders, decode-check every file in worker "
+    "processes) and `data/folder.py` (write with a per-import tfds builder)",
   ),
   Row(
     7,
