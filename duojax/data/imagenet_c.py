@@ -356,9 +356,7 @@ _CORRUPTIONS = {
 @functools.partial(jax.jit, static_argnames=("kind",))
 def _corrupt_chunk(images, params, seed, indices, *, kind: str):
   """uint8 [B, H, W, C] -> uint8, images numbered `indices` in the whole set."""
-  x = images.astype(jnp.float32) / 255.0
-  y = _CORRUPTIONS[kind](x, params, seed, indices)
-  return jnp.clip(jnp.round(y * 255.0), 0.0, 255.0).astype(jnp.uint8)
+  return shifts.on_unit_range(_CORRUPTIONS[kind], images, params, seed, indices)
 
 
 def severity_params(kind: str, severity: int, shape):

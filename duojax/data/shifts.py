@@ -211,12 +211,17 @@ _CORRUPTIONS = {
 }
 
 
+def on_unit_range(corruption, images, *args):
+  """corruption(x, *args) of uint8 images seen as x in [0, 1], rounded back to uint8:
+  every corruption is written on [0, 1], as ImageNet-C's are."""
+  y = corruption(images.astype(jnp.float32) / 255.0, *args)
+  return jnp.clip(jnp.round(y * 255.0), 0.0, 255.0).astype(jnp.uint8)
+
+
 @functools.partial(jax.jit, static_argnames=("kind",))
 def _corrupt_chunk(images, param, seed, indices, *, kind: str):
   """uint8 [B, H, W, C] -> uint8, images numbered `indices` in the whole set."""
-  x = images.astype(jnp.float32) / 255.0
-  y = _CORRUPTIONS[kind](x, param, seed, indices)
-  return jnp.clip(jnp.round(y * 255.0), 0.0, 255.0).astype(jnp.uint8)
+  return on_unit_range(_CORRUPTIONS[kind], images, param, seed, indices)
 
 
 # ----------------------------------------------------------------------------
