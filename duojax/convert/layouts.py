@@ -86,9 +86,7 @@ def resnet_entries(names: Sequence[str], layout: str) -> list[Entry]:
 
 
 # ----------------------------------------------------------------------------
-# ViT: every variant's layouts are in `layouts_vit`.
-
-vit_entries = layouts_vit.entries
+# ViT: every variant's layouts are in `layouts_vit` (`layouts_vit.entries`).
 
 
 # Tensors a file may hold that carry nothing duojax needs.
