@@ -172,23 +172,12 @@ def load_duo(path: str | os.PathLike) -> Duo | PerInputDuo:
   """A duo written by `Duo.save` or `PerInputDuo.save`; a missing, damaged or foreign
   file is a one-line FileError."""
   path = os.fspath(path)
-  try:
-    with open(path) as f:
-      record = json.load(f)
-  except (OSError, ValueError) as e:
-    raise FileError(f"cannot read duo file {path!r}: {str(e).splitlines()[0]}") from None
-  if not isinstance(record, dict) or record.get("format") != FORMAT:
-    raise FileError(f'{path!r} is not a duo file (no "format": "{FORMAT}")')
-  if record.get("version") == PER_INPUT_VERSION:
+  record = files.read_record(path, FORMAT, (VERSION, PER_INPUT_VERSION), "duo file")
+  if record["version"] == PER_INPUT_VERSION:
     try:
       return per_input_duo.from_record(record, record.get("names", []))
     except (KeyError, TypeError, ValueError) as e:
       raise FileError(f"{path!r}: damaged per-input duo ({type(e).__name__}: {e})") from None
-  if record.get("version") != VERSION:
-    raise FileError(
-      f"{path!r} is duo file version {record.get('version')!r}; this duojax reads versions "
-      f"{VERSION} and {PER_INPUT_VERSION}"
-    )
   weights, names = record.get("weights"), record.get("names", [])
   if (
     not isinstance(weights, list)

@@ -359,18 +359,7 @@ def load_shift_alarm(path: str | os.PathLike) -> ShiftAlarm:
   """An alarm written by `ShiftAlarm.save`; a missing, damaged or foreign file is a
   one-line FileError."""
   path = os.fspath(path)
-  try:
-    with open(path) as f:
-      record = json.load(f)
-  except (OSError, ValueError) as e:
-    raise FileError(f"cannot read shift alarm file {path!r}: {str(e).splitlines()[0]}") from None
-  if not isinstance(record, dict) or record.get("format") != FORMAT:
-    raise FileError(f'{path!r} is not a shift alarm file (no "format": "{FORMAT}")')
-  if record.get("version") != VERSION:
-    raise FileError(
-      f"{path!r} is shift alarm file version {record.get('version')!r}; this duojax reads "
-      f"version {VERSION}"
-    )
+  record = files.read_record(path, FORMAT, (VERSION,), "shift alarm file")
   rows = _numbers(record.get("rows"), lambda s: len(s) == 2 and s[0] == 2 and s[1] >= 2)
   reference = _numbers(record.get("reference_means"), lambda s: len(s) == 2 and s[0] == 2)
   null = _numbers(record.get("null"), lambda s: len(s) == 1 and s[0] >= 1)
