@@ -42,6 +42,13 @@ Parts, in this order (`--parts` picks some):
   loader  `train_batches` on generated JPEGs against the train part's rate;
   hydra   the merged Hydra model (3 ViT-B/16 members at half the heads) against
           one ViT-B/16, latency at batch 1 and 64.
+
+Behind `--parts families` only (it adds minutes of compiles to the run's budget):
+  families  ViT-B/16's attention forms (the explicit einsums, XLA's
+          `dot_product_attention`, and `auto`: cuDNN's fused kernel on a GPU); eval
+          throughput at batch 256 of the large models the Asymmetric Duos pairs (CLIP,
+          DINOv2, DeiT and SigLIP ViT-B, Swin-V2-B at 256, ConvNeXt-B, EfficientNetV2-L);
+          and ViT-L/14 (DINOv2) train steps with and without rematerialisation.
 """
 
 from __future__ import annotations
@@ -467,6 +474,92 @@ def train_part(plan: Plan, args, results: dict, info: dict, device):
   return text, {"matmul_flops_per_s": measured, "train_images_per_s": rates}
 
 
+# ------------------------------------------------------------------ families
+# (name, overrides, side): the full run's large models, and the quick run's stand-ins.
+FAMILY_MODELS = (
+  ("vit_b16_clip", {}, 224),
+  ("vit_b14_dinov2", {}, 224),
+  ("deit_b16_distilled", {}, 224),
+  ("vit_b16_siglip", {}, 224),
+  ("swin_v2_b", {}, 256),
+  ("convnext_base", {}, 224),
+  ("efficientnet_v2_l", {}, 224),
+)
+QUICK_FAMILY = dict(width=32, depth=2, num_heads=2, mlp_dim=64)
+
+
+def _forward_rate(spec, size: int, plan: Plan, args) -> tuple[float, float]:
+  """(images/s of the bfloat16 eval forward at plan.eval_batch, compile s)."""
+  name, overrides = spec
+  model = models.get_model(name, plan.classes, rngs=0, dtype="bfloat16", image_size=size,
+                           **overrides)  # fmt: skip
+  graphdef, state = nnx.split(model)
+  program, leaves = flat_program(lambda s, x: nnx.merge(graphdef, s)(x, train=False)[0], state)
+  images = jnp.zeros((plan.eval_batch, size, size, 3), jnp.bfloat16)
+  compiled, compile_s = compile_timed(program, leaves, images)
+  seconds = per_call_seconds(lambda: compiled(leaves, images), args.groups, args.group)
+  return plan.eval_batch / seconds, compile_s
+
+
+def families_part(plan: Plan, args, device):
+  quick = plan is QUICK
+  vit = ("vit_mu4", dict(QUICK_FAMILY)) if quick else ("vit_b16", {})
+  forms, figures = [], {"attention": {}, "eval": {}, "remat": {}}
+  for form in ("explicit", "xla", "auto"):
+    spec = (vit[0], {**vit[1], "attention": form})
+    rate, compile_s = _forward_rate(spec, plan.size, plan, args)
+    figures["attention"][form] = rate
+    forms.append([form, f"{rate:,.0f}", f"{compile_s:.1f}"])
+    print(f"  {vit[0]} attention={form}: {rate:,.0f} images/s", flush=True)
+  from duojax.models import attention
+
+  chosen = attention.pick(jnp.bfloat16, 64 if not quick else 16)
+  rows = []
+  family = [("vit_b16_clip", dict(QUICK_FAMILY), plan.size)] if quick else list(FAMILY_MODELS)
+  for name, overrides, size in family:
+    rate, compile_s = _forward_rate((name, overrides), size, plan, args)
+    figures["eval"][name] = rate
+    rows.append([name, f"{size}", f"{rate:,.0f}", f"{compile_s:.1f}"])
+    print(f"  {name}: {rate:,.0f} images/s", flush=True)
+  remat_rows = []
+  large = ("vit_mu4", dict(QUICK_FAMILY)) if quick else ("vit_l14_dinov2", {})
+  batch = plan.train_batches[0] // 2 if not quick else plan.train_batches[0]
+  for remat in (False, True):
+    spec = (large[0], {**large[1], "remat": remat})
+    step, state, data = train_step(build(spec, plan, 0), large[0], batch, plan, 0, device)
+    compiled, compile_s = compile_timed(step, state, data)
+    memory = compiled.memory_analysis()
+    temp = getattr(memory, "temp_size_in_bytes", float("nan")) if memory else float("nan")
+    seconds, _ = time_steps(compiled, state, data, args.groups, args.group)
+    figures["remat"][str(remat)] = batch / seconds
+    remat_rows.append(
+      [large[0], f"{remat}", f"{batch}", f"{batch / seconds:,.0f}", f"{temp / 2**30:.2f}",
+       f"{compile_s:.1f}"]
+    )  # fmt: skip
+    del state, data, compiled, step
+  text = "\n".join(
+    [
+      f"Attention forms of {vit[0]} (bfloat16, batch {plan.eval_batch}, {plan.size}×"
+      f"{plan.size}); `auto` picks `{chosen}` for a 64-wide head on this backend.",
+      "",
+      harness.md_table(["attention", "images/s", "compile s"], forms),
+      "",
+      f"Eval forward of the large models users pair, bfloat16, batch {plan.eval_batch}:",
+      "",
+      harness.md_table(["model", "side", "images/s", "compile s"], rows),
+      "",
+      f"Train step of {large[0]} with and without `remat` (each block under `nnx.remat`), "
+      f"bfloat16 compute, batch {batch}; temp = the compiled step's temporary buffers "
+      "(activations kept for the backward pass).",
+      "",
+      harness.md_table(
+        ["model", "remat", "batch", "images/s", "temp GiB", "compile s"], remat_rows
+      ),
+    ]
+  )
+  return text, figures
+
+
 # ------------------------------------------------------------------ input pipeline
 def loader_part(plan: Plan, args, results: dict, info: dict):
   import bench_input  # the JPEG generator and loader timing of the input benchmark
@@ -590,6 +683,8 @@ def _stop(signum, frame):
   raise Stopped()
 
 
+# Run only when named in --parts.
+EXTRA_PARTS = (("families", "7. The model families users pair, attention forms, remat"),)
 PARTS = (
   ("flops", "1. Forward FLOPs per image (traced, no device)"),
   ("duo", "2. Fused duo eval throughput"),
@@ -608,7 +703,7 @@ def parse(argv):
   parser.add_argument(
     "--parts",
     default=",".join(k for k, _ in PARTS),
-    help="comma list of " + ", ".join(k for k, _ in PARTS),
+    help="comma list of " + ", ".join(k for k, _ in PARTS + EXTRA_PARTS),
   )
   parser.add_argument(
     "--groups", type=int, help="timed groups per throughput (default 10; quick 2)"
@@ -625,9 +720,9 @@ def parse(argv):
   )
   args = parser.parse_args(argv)
   wanted = [p.strip() for p in args.parts.split(",") if p.strip()]
-  unknown = sorted(set(wanted) - {k for k, _ in PARTS})
+  unknown = sorted(set(wanted) - {k for k, _ in PARTS + EXTRA_PARTS})
   if unknown:
-    parser.error(f"unknown parts {unknown}; valid: {', '.join(k for k, _ in PARTS)}")
+    parser.error(f"unknown parts {unknown}; valid: {', '.join(k for k, _ in PARTS + EXTRA_PARTS)}")
   args.wanted = wanted
   args.groups = args.groups or (2 if args.quick else 10)
   args.group = args.group or (1 if args.quick else 5)
@@ -644,8 +739,9 @@ def run_parts(plan: Plan, args, report, info: dict, device) -> None:
     "torch": lambda: accelerator_torch.torch_part(plan.size == 224, args.quick),
     "loader": lambda: loader_part(plan, args, results, info),
     "hydra": lambda: hydra_part(plan, args),
+    "families": lambda: families_part(plan, args, device),
   }
-  for key, heading in PARTS:
+  for key, heading in PARTS + EXTRA_PARTS:
     if key not in args.wanted:
       continue
     print(f"{heading} ... ({report.elapsed():.0f} s into the run)", flush=True)

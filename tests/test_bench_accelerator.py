@@ -164,6 +164,26 @@ def test_full_mode_on_a_cpu_says_why_it_measured_nothing(tmp_path):
   assert read_run(out)["parts"] == {}
 
 
+@pytest.mark.slow  # compiles a few tiny models
+def test_the_families_part_runs_only_when_named(tmp_path):
+  assert "families" not in HEADINGS  # not in a default run: it adds minutes of compiles
+  out = tmp_path / "out"
+  result = subprocess.run(
+    [sys.executable, "bench/bench_accelerator.py", "--quick", "--parts", "families",
+     "--out", str(out), "--jax_cache", ""],
+    cwd=ROOT, capture_output=True, text=True, timeout=600,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr[-3000:]
+  figures = read_run(out)["parts"]["families"]["figures"]
+  assert set(figures["attention"]) == {"explicit", "xla", "auto"}
+  assert all(r > 0 for group in figures.values() for r in group.values())
+  # Every model of the full run builds at its size (shapes only).
+  for name, overrides, size in bench_accelerator.FAMILY_MODELS:
+    bench_accelerator.nnx.eval_shape(
+      lambda: bench_accelerator.models.get_model(name, 10, image_size=size, **overrides)
+    )
+
+
 def test_the_full_flop_counts_match_the_published_figures():
   class Args:
     pass
