@@ -48,21 +48,22 @@ import interleave  # noqa: E402
 from bench_torch import LAYOUTS  # noqa: E402
 
 # duojax name -> (torchvision's name, timm's or None, Hugging Face's builder or None)
+# The small models first: a run stopped early has most of the table.
 MODELS = {
-  "convnext_tiny": ("convnext_tiny", "convnext_tiny", "convnext"),
   "efficientnet_b0": ("efficientnet_b0", "efficientnet_b0", "efficientnet_b0"),
   "regnet_y_400mf": ("regnet_y_400mf", "regnety_004", "regnet_y_400mf"),
   "mobilenet_v3_large": ("mobilenet_v3_large", "mobilenetv3_large_100", None),
   "mnasnet1_0": ("mnasnet1_0", "mnasnet_100", None),
   "shufflenet_v2_x1_0": ("shufflenet_v2_x1_0", None, None),
+  "convnext_tiny": ("convnext_tiny", "convnext_tiny", "convnext"),
   "resnext50_32x4d": ("resnext50_32x4d", "resnext50_32x4d", None),
 }
 # (model, overrides, formulation) of the formulation table.
 # ConvNeXt's layer scale at 1, not 1e-6: else a block's output is below float32's
 # resolution on the residual, and the check of the logits would see nothing.
 FORMS = (
-  ("convnext_tiny", {"layer_scale": 1.0}, "shifts"),
   ("regnet_y_400mf", {}, "einsum"),
+  ("convnext_tiny", {"layer_scale": 1.0}, "shifts"),
   ("resnext50_32x4d", {}, "einsum"),
 )
 TRAIN = ("shufflenet_v2_x1_0", 64, 32)  # model, side, batch
@@ -118,8 +119,13 @@ def hf_model(name: str, classes: int) -> torch.nn.Module:
   if kind == "convnext":
     model = tr.ConvNextForImageClassification(tr.ConvNextConfig(num_labels=classes))
   elif kind == "efficientnet_b0":
+    # B0's coefficients; hidden_dim is the head conv's width (the default is B7's).
     config = tr.EfficientNetConfig(
-      width_coefficient=1.0, depth_coefficient=1.0, image_size=224, num_labels=classes
+      width_coefficient=1.0,
+      depth_coefficient=1.0,
+      image_size=224,
+      hidden_dim=1280,
+      num_labels=classes,
     )
     model = tr.EfficientNetForImageClassification(config)
   else:  # pycls's RegNetY-400MF: torchvision's widths, depths and group width
@@ -243,22 +249,27 @@ def torch_compiled(spec: dict, timeout_s: float) -> tuple[float | None, str]:
 
 
 def eval_rows(names, size, batch, classes, rounds, compile_note, compile_timeout):
-  rows = []
+  """One table row per model, yielded as soon as it is measured."""
   for name in names:
     torch.manual_seed(0)
     x = torch.randn(batch, 3, size, size)
     tv = torchvision_model(name, classes)
     layout = better_layout(tv, x)
     contenders = {"torchvision": (_eager(tv, x, layout), None)}
-    if MODELS[name][1]:
-      contenders["timm"] = (_eager(timm_model(name, classes), x, layout), None)
-    if MODELS[name][2]:
-      contenders["hf"] = (_eager(hf_model(name, classes), x, layout), None)
+    cells = {"timm": "–", "hf": "–"}
+    for library, build in (("timm", timm_model), ("hf", hf_model)):
+      if MODELS[name][1 if library == "timm" else 2]:
+        try:  # a library that cannot build or run the model is a cell, not the end
+          call = _eager(build(name, classes), x, layout)
+          call()
+          contenders[library] = (call, None)
+        except Exception as e:  # noqa: BLE001
+          cells[library] = f"failed: {harness.one_line(str(e), 60)}"
     call, compile_s = duojax_forward(name, classes, size, batch)
     contenders = {"duojax": (call, harness.jax_sync), **contenders}
     out = interleave.interleaved(contenders, rounds)
     rate = {k: batch / v["median_s"] for k, v in out.items()}
-    cells = {k: f"{rate[k]:,.1f}" if k in rate else "–" for k in ("torchvision", "timm", "hf")}
+    cells.update({k: f"{rate[k]:,.1f}" for k in ("torchvision", "timm", "hf") if k in rate})
     if compile_note is not None:
       compiled_cell = compile_note
     else:
@@ -267,20 +278,18 @@ def eval_rows(names, size, batch, classes, rounds, compile_note, compile_timeout
       if compiled_rate is not None:
         rate["compiled"] = compiled_rate
     best = max(v for k, v in rate.items() if k != "duojax")
-    rows.append(
-      [
-        name,
-        f"{rate['duojax']:,.1f}",
-        f"{cells['torchvision']} ({layout})",
-        cells["timm"],
-        cells["hf"],
-        compiled_cell,
-        f"{rate['duojax'] / best:.2f}",
-        f"{compile_s:.1f}",
-      ]
-    )
-    print(" ", rows[-1], interleave.load_line(), flush=True)
-  return rows
+    row = [
+      name,
+      f"{rate['duojax']:,.1f}",
+      f"{cells['torchvision']} ({layout})",
+      cells["timm"],
+      cells["hf"],
+      compiled_cell,
+      f"{rate['duojax'] / best:.2f}",
+      f"{compile_s:.1f}",
+    ]
+    print(" ", row, interleave.load_line(), flush=True)
+    yield row
 
 
 # ----------------------------------------------------------------------------
@@ -349,7 +358,31 @@ def train_rows(name: str, size: int, batch: int, classes: int, rounds: int):
     f"{max(0.0, out['duojax']['first_s'] - out['duojax']['median_s']):.1f}",
   ]
   print(" ", row, interleave.load_line(), flush=True)
-  return [row]
+  yield row
+
+
+HEADERS = {
+  "eval": [
+    "model",
+    "duojax img/s",
+    "torchvision eager (layout)",
+    "timm eager",
+    "HF eager",
+    "torch.compile (torchvision)",
+    "duojax / best PyTorch",
+    "duojax compile s",
+  ],
+  "train": ["model", "input", "batch", "duojax img/s", "PyTorch eager img/s", "ratio", "compile s"],
+  "forms": [
+    "model",
+    "alternative",
+    "convs replaced",
+    "XLA conv img/s",
+    "alternative img/s",
+    "speed-up",
+    "max |Δ logit|",
+  ],
+}
 
 
 # ----------------------------------------------------------------------------
@@ -357,22 +390,19 @@ def train_rows(name: str, size: int, batch: int, classes: int, rounds: int):
 
 
 def form_rows(forms, size: int, batch: int, classes: int, rounds: int):
-  rows = []
   for name, overrides, form in forms:
     result = conv_forms.compare(name, overrides, form, classes, size, batch, rounds)
-    rows.append(
-      [
-        name,
-        conv_forms.DESCRIPTIONS[form],
-        f"{result['convs']}",
-        f"{batch / result['xla_s']:,.1f}",
-        f"{batch / result['form_s']:,.1f}",
-        f"{result['xla_s'] / result['form_s']:.2f}",
-        f"{result['max_diff']:.1e}",
-      ]
-    )
-    print(" ", rows[-1], interleave.load_line(), flush=True)
-  return rows
+    row = [
+      name,
+      conv_forms.DESCRIPTIONS[form],
+      f"{result['convs']}",
+      f"{batch / result['xla_s']:,.1f}",
+      f"{batch / result['form_s']:,.1f}",
+      f"{result['xla_s'] / result['form_s']:.2f}",
+      f"{result['max_diff']:.1e}",
+    ]
+    print(" ", row, interleave.load_line(), flush=True)
+    yield row
 
 
 def main(argv=None) -> int:
@@ -383,7 +413,7 @@ def main(argv=None) -> int:
   parser.add_argument("--sections", default="eval,train,forms")
   parser.add_argument("--rounds", type=int, default=7, help="interleaved timed rounds")
   parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-  parser.add_argument("--compile-timeout", type=float, default=420.0)
+  parser.add_argument("--compile-timeout", type=float, default=300.0)
   parser.add_argument("--compile-worker", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.compile_worker is not None:
@@ -404,63 +434,44 @@ def main(argv=None) -> int:
     parser.error(f"unknown model(s) {unknown}; valid: {', '.join(MODELS)}")
   load_before = interleave.load_line()
   print(load_before, flush=True)
-  parts = []
-  if "eval" in sections:
-    rows = eval_rows(names, size, batch, classes, rounds, compile_note, args.compile_timeout)
-    parts.append(
-      harness.md_table(
-        [
-          "model",
-          "duojax img/s",
-          "torchvision eager (layout)",
-          "timm eager",
-          "HF eager",
-          "torch.compile (torchvision)",
-          "duojax / best PyTorch",
-          "duojax compile s",
-        ],
-        rows,
-      )
-      + f"\n\nEval forward, float32, batch {batch}, {size}×{size}×3, {classes} classes: "
-      f"median of {rounds} interleaved rounds after a warm-up (duojax: compiling) call. "
-      "timm and Hugging Face run in torchvision's better layout; – where the library lacks "
-      "the family. torch.compile's cell also gives the eager torchvision rate timed beside "
-      "it in its child process."
-    )
-  if "train" in sections:
-    name, side, train_batch = train
-    rows = train_rows(name, side, train_batch, 10, rounds)
-    parts.append(
-      harness.md_table(
-        ["model", "input", "batch", "duojax img/s", "PyTorch eager img/s", "ratio", "compile s"],
-        rows,
-      )
-      + f"\n\nOne AdamW step (decay on kernels, clipping at 1), float32, 10 classes, "
-      f"batch-norm batch statistics, median of {rounds} interleaved rounds."
-    )
-  if "forms" in sections:
-    rows = form_rows(forms, size, batch, classes, rounds)
-    parts.append(
-      harness.md_table(
-        [
-          "model",
-          "alternative",
-          "convs replaced",
-          "XLA conv img/s",
-          "alternative img/s",
-          "speed-up",
-          "max |Δ logit|",
-        ],
-        rows,
-      )
-      + f"\n\nThe same weights either way, batch {batch}, {size}×{size}×3, float32, median "
-      f"of {rounds} interleaved rounds."
-    )
-  load_after = interleave.load_line()
-  body = "\n\n".join(parts) + f"\n\nBefore: {load_before}; after: {load_after}."
+  tables = {}  # section -> rows so far; the section is written after every row
+  notes = {
+    "eval": f"Eval forward, float32, batch {batch}, {size}×{size}×3, {classes} classes: "
+    f"median of {rounds} interleaved rounds after a warm-up (duojax: compiling) call. "
+    "timm and Hugging Face run in torchvision's better layout; – where the library lacks "
+    "the family. torch.compile's cell also gives the eager torchvision rate timed beside "
+    "it in its child process.",
+    "train": "One AdamW step (decay on kernels, clipping at 1), float32, 10 classes, "
+    f"batch-norm batch statistics, median of {rounds} interleaved rounds.",
+    "forms": f"The same weights either way, batch {batch}, {size}×{size}×3, float32, median "
+    f"of {rounds} interleaved rounds.",
+  }
   title = "Convolutional families on the CPU"
-  harness.print_section(title, body)
-  harness.write_section("convnets", title, body, machine=harness.machine_line(), path=args.out)
+
+  def publish(final: bool = False):
+    parts = [harness.md_table(HEADERS[k], rows) + "\n\n" + notes[k] for k, rows in tables.items()]
+    load = interleave.load_line()
+    body = (
+      "\n\n".join(parts)
+      + f"\n\nBefore: {load_before}; "
+      + (f"after: {load}." if final else f"so far (the run goes on): {load}.")
+    )
+    if final:
+      harness.print_section(title, body)
+    harness.write_section("convnets", title, body, machine=harness.machine_line(), path=args.out)
+
+  jobs = {
+    "eval": lambda: eval_rows(
+      names, size, batch, classes, rounds, compile_note, args.compile_timeout
+    ),
+    "train": lambda: train_rows(train[0], train[1], train[2], 10, rounds),
+    "forms": lambda: form_rows(forms, size, batch, classes, rounds),
+  }
+  for section in [s for s in jobs if s in sections]:
+    for row in jobs[section]():
+      tables.setdefault(section, []).append(row)
+      publish()
+  publish(final=True)
   return 0
 
 
