@@ -160,6 +160,11 @@ def _hf_cases():
                        {"mlp_dim": 64, "norm_eps": 1e-12}, 48, False),
     "siglip": (t.SiglipVisionModel, t.SiglipVisionConfig(**tower), "vit_b16_siglip",
                {"mlp_dim": 64}, 48, True),
+    "deit_distilled_interpolated": (t.DeiTForImageClassificationWithTeacher,
+                                    t.DeiTConfig(**tower, num_labels=5), "deit_b16_distilled",
+                                    {"mlp_dim": 64, "norm_eps": 1e-12}, 64, False),
+    "siglip_interpolated": (t.SiglipVisionModel, t.SiglipVisionConfig(**tower),
+                            "vit_b16_siglip", {"mlp_dim": 64}, 64, True),
   }  # fmt: skip
 
 
@@ -182,8 +187,11 @@ def hf_pair(case, tmp_path):
   ours = tiny(name, image_size=size, **overrides)
   info = convert.load_pretrained(ours, path)
   x = images(size)
+  # The towers resample their position embeddings only when asked to (DINOv2's always).
+  dinov2 = cls.__name__.startswith("Dinov2")
+  resample = {"interpolate_pos_encoding": True} if size != config.image_size and not dinov2 else {}
   with torch.no_grad():
-    out = reference(pixel_values=torch.from_numpy(x))
+    out = reference(pixel_values=torch.from_numpy(x), **resample)
   expected = (out.pooler_output @ head.T if tower else out.logits).numpy()
   return reference, out, ours, info, x, expected
 

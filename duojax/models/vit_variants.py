@@ -31,11 +31,12 @@ from duojax.models import vit
 
 OVERRIDES = vit.OVERRIDES
 
-_CLIP = dict(pre_norm=True, patch_bias=False, norm_eps=1e-5)
+# Every family's file resampled bicubically to another grid, as both libraries do.
+_CLIP = dict(pre_norm=True, patch_bias=False, norm_eps=1e-5, posemb_resize="bicubic")
 _DINOV2 = dict(layer_scale=True, posemb_resize="bicubic", image_size=518)
 _REG = dict(num_registers=4, embed_class=False)
-_DEIT = dict(distilled=True)
-_SIGLIP = dict(pool="map", class_token=False, act="gelu_tanh")
+_DEIT = dict(distilled=True, posemb_resize="bicubic")
+_SIGLIP = dict(pool="map", class_token=False, act="gelu_tanh", posemb_resize="bicubic")
 
 
 def _size(variant: str, patch: int) -> dict:
