@@ -333,9 +333,9 @@ def entries(model, names: Sequence[str], layout: str, file_keys=()) -> list[Entr
 
 def resample_posemb(model, posemb: np.ndarray, layout: str) -> np.ndarray:
   """A file's position embeddings on the model's grid, resampled as the file's library
-  does for that model: bilinear for plain ViTs, PyTorch's bicubic for DINOv2 (with
-  antialiasing as timm and Hugging Face's register models; without, as Hugging Face's
-  `Dinov2Model`)."""
+  does for that model: bilinear for the plain ViTs, PyTorch's bicubic for the variants
+  (`posemb_resize="bicubic"`), antialiased as timm and Hugging Face's DINOv2 with
+  registers do it, plain as Hugging Face's other towers."""
   method = model.posemb_resize
   if method == "bicubic" and (layout == "timm" or model.num_registers):
     method = "bicubic_aa"

@@ -9,15 +9,15 @@ Each is `vit.VisionTransformer` with the options its library builds it with
   * DINOv2 (`vit_{s,b,l,g}14_dinov2`, `vit_{s,b,l,g}14_dinov2_reg` with 4
     register tokens, whose position embedding leaves the class token out as
     timm's does): layer scale in every block, 518-px inputs (a 37 × 37
-    grid), position embeddings resampled bicubically to another grid, the
-    giant with a SwiGLU MLP (width 1536, depth 40, 24 heads, 4096 hidden);
+    grid), the giant with a SwiGLU MLP (width 1536, depth 40, 24 heads, 4096 hidden);
   * DeiT distilled (`deit_{ti,s,b}16_distilled`): class and distillation
     tokens, two heads whose logits are averaged;
   * SigLIP (`vit_b16_siglip`, `vit_so400m14_siglip`): no class token,
     attention pooling ("map"), GELU's tanh form as big_vision trained it
     (timm's port computes the exact GELU: `act="gelu"` matches it to the bit).
 
-Every option stays a model override, so e.g. `pool="tok+gap"` builds the
+Every family's file for another grid is resampled bicubically, as timm and
+Hugging Face do (`vit_posemb`). Every option stays a model override, so e.g. `pool="tok+gap"` builds the
 head of Hugging Face's `Dinov2ForImageClassification` and `act="gelu"` the
 timm SigLIP.
 """
