@@ -347,6 +347,10 @@ def test_hydra_prunes_and_merges_the_variants(name, overrides, size):
   x = jnp.asarray(images(size, batch=3).transpose(0, 2, 3, 1))
   masks = [np.array([[1, 0, 1, 0], [0, 1, 1, 0]], bool), np.array([[0, 1, 1, 0], [1, 1, 0, 0]])]
   members = [hydra.prune(model, m) for m in masks]
+  # What a member checkpoint rebuilds from its meta (train.hydra_member.pruned_spec).
+  rebuilt = tiny(name, 10, image_size=size, **overrides, num_heads=2, head_dim=model.head_dim)
+  shapes = lambda m: jax.tree.map(lambda v: v.shape, nnx.to_pure_dict(nnx.state(m)))
+  assert shapes(rebuilt) == shapes(members[0])
   for mask, member in zip(masks, members):
     assert member.num_heads == 2 and member.num_registers == model.num_registers
     np.testing.assert_allclose(

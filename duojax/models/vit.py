@@ -221,10 +221,12 @@ class VisionTransformer(nnx.Module):
     # fc_norm: the LayerNorm after the pool instead of before it.
     self.norm = None if fc_norm else norm()
     self.fc_norm = norm() if fc_norm else None
+    # The pool's heads are the unpruned encoder's (width // head_dim): a Hydra member,
+    # rebuilt with fewer heads of the same head_dim, keeps them.
     self.attn_pool = (
       vit_heads.MapHead(
         width,
-        num_heads if map_heads is None else map_heads,  # pruned encoders keep these
+        width // self.head_dim if map_heads is None else map_heads,
         mlp_dim,
         dtype=dtype,
         rngs=rngs,
