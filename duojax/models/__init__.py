@@ -5,7 +5,9 @@
 
 Families: ResNets ("resnet18" ... "resnet152", CIFAR-style "resnet8" ...
 "resnet32"), Vision Transformers ("vit_{variant}{patch}", e.g. "vit_b16",
-"vit_mu4"), small plain CNNs ("cnn_s", "cnn_xs"), and torchvision's
+"vit_mu4") and the CLIP, DINOv2, DeiT-distilled and SigLIP towers ("vit_b16_clip",
+"vit_s14_dinov2", "vit_s14_dinov2_reg", "deit_b16_distilled", "vit_b16_siglip", ...:
+`vit_variants`), small plain CNNs ("cnn_s", "cnn_xs"), and torchvision's
 RegNets ("regnet_x_400mf" ... "regnet_y_32gf"), MobileNets ("mobilenet_v2",
 "mobilenet_v3_small/large"), MNASNets ("mnasnet0_5" ... "mnasnet1_3"),
 ShuffleNetV2s ("shufflenet_v2_x0_5" ... "_x2_0"), ResNeXts and Wide ResNets
