@@ -22,8 +22,10 @@ same weights, for the depthwise 7×7 of ConvNeXt (49 shifted multiply-adds) and 
 `bench/conv_forms.py` holds them, with a check that their logits are the model's.
 
 The machine is shared: every table's contenders alternate call by call
-(`interleave.interleaved`), each figure is the median over the rounds, and the load
-average is printed and written beside the tables.
+(`interleave.interleaved_timers`), each figure is the median over the rounds, and the
+load average is printed and written beside the tables. duojax and PyTorch each run in a
+child process of their own (`interleave.Server`), since in one process their thread pools
+slow each other's next call; the formulations are JAX against JAX, in this process.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-import conv_forms  # noqa: E402
 import harness  # noqa: E402
 import interleave  # noqa: E402
 from bench_torch import LAYOUTS  # noqa: E402
@@ -248,33 +249,72 @@ def torch_compiled(spec: dict, timeout_s: float) -> tuple[float | None, str]:
   )
 
 
-def eval_rows(names, size, batch, classes, rounds, compile_note, compile_timeout):
-  """One table row per model, yielded as soon as it is measured."""
-  for name in names:
+def side_calls(spec: dict) -> tuple[dict, dict]:
+  """In a `--serve` child: ({name: (call, sync)}, notes) of one framework's side."""
+  torch.set_num_threads(os.cpu_count())
+  name, size, batch, classes = spec["name"], spec["size"], spec["batch"], spec["classes"]
+  if spec["side"] == "jax-eval":
+    call, compile_s = duojax_forward(name, classes, size, batch)
+    return {"duojax": (call, harness.jax_sync)}, {"compile_s": compile_s}
+  if spec["side"] == "torch-eval":
     torch.manual_seed(0)
     x = torch.randn(batch, 3, size, size)
     tv = torchvision_model(name, classes)
     layout = better_layout(tv, x)
-    contenders = {"torchvision": (_eager(tv, x, layout), None)}
-    cells = {"timm": "–", "hf": "–"}
+    calls, failed = {"torchvision": (_eager(tv, x, layout), None)}, {}
     for library, build in (("timm", timm_model), ("hf", hf_model)):
       if MODELS[name][1 if library == "timm" else 2]:
         try:  # a library that cannot build or run the model is a cell, not the end
           call = _eager(build(name, classes), x, layout)
           call()
-          contenders[library] = (call, None)
+          calls[library] = (call, None)
         except Exception as e:  # noqa: BLE001
-          cells[library] = f"failed: {harness.one_line(str(e), 60)}"
-    call, compile_s = duojax_forward(name, classes, size, batch)
-    contenders = {"duojax": (call, harness.jax_sync), **contenders}
-    out = interleave.interleaved(contenders, rounds)
-    rate = {k: batch / v["median_s"] for k, v in out.items()}
+          failed[library] = f"failed: {harness.one_line(str(e), 60)}"
+    return calls, {"layout": layout, "failed": failed}
+  if spec["side"] == "jax-train":
+    return {"duojax": (jax_train_step(name, size, batch, classes), harness.jax_sync)}, {}
+  return {"torch": (torch_train_step(name, size, batch, classes), None)}, {}
+
+
+def _server(spec: dict) -> interleave.Server:
+  return interleave.Server(
+    [sys.executable, str(Path(__file__).resolve()), "--serve", json.dumps(spec)]
+  )
+
+
+def race(specs: dict, rounds: int) -> tuple[dict, dict]:
+  """({contender: median s}, {side: its notes}): each side in its own child process,
+  their calls interleaved round by round."""
+  servers = {}
+  try:
+    for side, spec in specs.items():
+      servers[side] = _server(spec)
+    timers = {
+      name: server.timer(name) for server in servers.values() for name in server.ready["first_s"]
+    }
+    out = interleave.interleaved_timers(timers, rounds)
+  finally:
+    for server in servers.values():
+      server.close()
+  return {k: v["median_s"] for k, v in out.items()}, {k: s.ready for k, s in servers.items()}
+
+
+def eval_rows(names, size, batch, classes, rounds, compile_note, compile_timeout):
+  """One table row per model, yielded as soon as it is measured."""
+  for name in names:
+    spec = dict(name=name, size=size, batch=batch, classes=classes)
+    medians, ready = race(
+      {side: {**spec, "side": side} for side in ("jax-eval", "torch-eval")}, rounds
+    )
+    rate = {k: batch / v for k, v in medians.items()}
+    layout = ready["torch-eval"]["layout"]
+    cells = {"timm": "–", "hf": "–", **ready["torch-eval"]["failed"]}
     cells.update({k: f"{rate[k]:,.1f}" for k in ("torchvision", "timm", "hf") if k in rate})
     if compile_note is not None:
       compiled_cell = compile_note
     else:
-      spec = dict(name=name, classes=classes, size=size, batch=batch, layout=layout)
-      compiled_rate, compiled_cell = torch_compiled({**spec, "rounds": rounds}, compile_timeout)
+      compile_spec = {**spec, "layout": layout, "rounds": rounds}
+      compiled_rate, compiled_cell = torch_compiled(compile_spec, compile_timeout)
       if compiled_rate is not None:
         rate["compiled"] = compiled_rate
     best = max(v for k, v in rate.items() if k != "duojax")
@@ -286,7 +326,7 @@ def eval_rows(names, size, batch, classes, rounds, compile_note, compile_timeout
       cells["hf"],
       compiled_cell,
       f"{rate['duojax'] / best:.2f}",
-      f"{compile_s:.1f}",
+      f"{ready['jax-eval']['compile_s']:.1f}",
     ]
     print(" ", row, interleave.load_line(), flush=True)
     yield row
@@ -296,7 +336,8 @@ def eval_rows(names, size, batch, classes, rounds, compile_note, compile_timeout
 # Train step.
 
 
-def train_rows(name: str, size: int, batch: int, classes: int, rounds: int):
+def jax_train_step(name: str, size: int, batch: int, classes: int):
+  """duojax's jitted train step on one batch, as a call (the state donated and kept)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -326,6 +367,15 @@ def train_rows(name: str, size: int, batch: int, classes: int, rounds: int):
     holder[0], metrics = step(holder[0], data)  # the old state is donated
     return holder[0], metrics
 
+  return jax_step
+
+
+def torch_train_step(name: str, size: int, batch: int, classes: int):
+  """The same step of torchvision's model in eager PyTorch: AdamW with decay on the
+  kernels only and clipping at global norm 1, as duojax's default config."""
+  from duojax import config_lib
+
+  config = config_lib.base_config()
   torch.manual_seed(0)
   tv = torchvision_model(name, classes).train()
   weights = list(tv.parameters())
@@ -344,10 +394,16 @@ def train_rows(name: str, size: int, batch: int, classes: int, rounds: int):
     opt.step()
     return loss.item()
 
-  out = interleave.interleaved(
-    {"duojax": (jax_step, harness.jax_sync), "torch": (torch_step, None)}, rounds
+  return torch_step
+
+
+def train_rows(name: str, size: int, batch: int, classes: int, rounds: int):
+  spec = dict(name=name, size=size, batch=batch, classes=classes)
+  medians, ready = race(
+    {side: {**spec, "side": side} for side in ("jax-train", "torch-train")}, rounds
   )
-  rate = {k: batch / v["median_s"] for k, v in out.items()}
+  rate = {k: batch / v for k, v in medians.items()}
+  first = ready["jax-train"]["first_s"]["duojax"]
   row = [
     name,
     f"{size}×{size}×3",
@@ -355,7 +411,7 @@ def train_rows(name: str, size: int, batch: int, classes: int, rounds: int):
     f"{rate['duojax']:,.1f}",
     f"{rate['torch']:,.1f}",
     f"{rate['duojax'] / rate['torch']:.2f}",
-    f"{max(0.0, out['duojax']['first_s'] - out['duojax']['median_s']):.1f}",
+    f"{max(0.0, first - medians['duojax']):.1f}",
   ]
   print(" ", row, interleave.load_line(), flush=True)
   yield row
@@ -390,6 +446,8 @@ HEADERS = {
 
 
 def form_rows(forms, size: int, batch: int, classes: int, rounds: int):
+  import conv_forms  # JAX only: both forms in this process
+
   for name, overrides, form in forms:
     result = conv_forms.compare(name, overrides, form, classes, size, batch, rounds)
     row = [
@@ -415,9 +473,13 @@ def main(argv=None) -> int:
   parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
   parser.add_argument("--compile-timeout", type=float, default=300.0)
   parser.add_argument("--compile-worker", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.compile_worker is not None:
     compile_worker(json.loads(args.compile_worker))
+    return 0
+  if args.serve is not None:
+    interleave.serve(*side_calls(json.loads(args.serve)))
     return 0
   torch.set_num_threads(os.cpu_count())
   sections = [s for s in args.sections.split(",") if s]
