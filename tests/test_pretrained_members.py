@@ -107,6 +107,15 @@ def test_the_header_gives_classes_channels_layout_and_a_vits_own_size(setup):
   assert pm.inspect(bigger, where="x")[2]["image_size"] == 32  # resampled position embeddings
 
 
+@pytest.mark.parametrize("name", ["deit_ti16_distilled", "vit_b16_siglip"])
+def test_a_files_own_size_counts_the_prefix_tokens_its_position_embeddings_cover(name, tmp_path):
+  # DeiT embeds two prefix tokens, SigLIP none: a 48-px file is 3 × 3 patches either way.
+  small = dict(width=32, num_heads=2, mlp_dim=64)  # the named depth: the file must hold it
+  path = tmp_path / f"{name}.safetensors"
+  export_pretrained(spread_head_model(name, 3, 0, image_size=48, **small), str(path), "timm")
+  assert pm.inspect(pm.parse(f"pretrained:{name}:{path}"), where="x")[2]["image_size"] == 48
+
+
 @pytest.mark.parametrize(
   "large, overrides, message",
   [

@@ -14,7 +14,6 @@ position embeddings for another token grid (resampled bilinearly).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -31,7 +30,7 @@ from duojax.convert import (
   safetensors_io,
 )
 from duojax.errors import WeightsMismatchError
-from duojax.models import convnext, efficientnet, resnet, swin, vit
+from duojax.models import convnext, efficientnet, resnet, swin, vit, vit_posemb
 
 HEAD_MODES = ("load", "fresh")
 
@@ -109,19 +108,10 @@ def entries_for(model: nnx.Module, layout: str, file_keys=(), names=None) -> lis
 def resample_posemb(posemb: np.ndarray, grid_hw: tuple[int, int], num_prefix: int) -> np.ndarray:
   """[1, prefix + n*n, D] position embeddings resized (bilinear) to a gh x gw grid.
 
-  The `num_prefix` leading tokens (the class token) are kept as they are.
+  The `num_prefix` leading tokens (the class token) are kept as they are; the
+  variants' bicubic resamplings are `duojax.models.vit_posemb.resample`'s other methods.
   """
-  prefix, grid = posemb[:, :num_prefix], posemb[0, num_prefix:]
-  side = math.isqrt(grid.shape[0])
-  if side * side != grid.shape[0]:
-    raise WeightsMismatchError(
-      f"position embeddings of shape {tuple(posemb.shape)} have no square token grid "
-      f"after {num_prefix} prefix token(s); cannot resample them to {grid_hw}"
-    )
-  width = grid.shape[-1]
-  grid = grid.reshape(side, side, width).astype(np.float32)
-  resized = np.asarray(jax.image.resize(grid, (*grid_hw, width), "bilinear"))
-  return np.concatenate([prefix.astype(np.float32), resized.reshape(1, -1, width)], axis=1)
+  return vit_posemb.resample(posemb, grid_hw, num_prefix, "bilinear")
 
 
 def _shorten(items: list[str], limit: int = 4) -> str:

@@ -127,13 +127,19 @@ def inspect(spec: PretrainedSpec, *, where: str) -> tuple[str, int, dict]:
 
 
 def _nominal_size(model, entries, shapes) -> int:
-  """A ViT's side from its file's token grid (a 384-px file is 384 px); else the model's."""
+  """A ViT's side from its file's token grid (a 384-px file is 384 px); else the model's.
+
+  The file's position embeddings cover the grid plus the prefix tokens that carry one:
+  the class token, a distilled model's second token, none for SigLIP; a layout may embed
+  a prefix the model does not (Hugging Face's DINOv2 with registers), so the first
+  prefix count that leaves a square grid wins, the model's own first."""
   if isinstance(model, vit.VisionTransformer):
-    posemb = next(shapes[e.file_keys[0]] for e in entries if e.kind == "posemb")
-    grid = posemb[-2] - (model.cls_token is not None) if len(posemb) == 3 else 0
-    side = math.isqrt(max(grid, 0))
-    if side > 0 and side * side == grid:
-      return side * model.patch_size
+    posemb = next(shapes[e.file_keys[-1]] for e in entries if e.kind == "posemb")
+    tokens = posemb[-2] if len(posemb) == 3 else 0
+    for prefix in dict.fromkeys((model.num_embedded_prefix, 1, 2, 0)):
+      side = math.isqrt(max(tokens - prefix, 0))
+      if side > 0 and side * side == tokens - prefix:
+        return side * model.patch_size
   return int(model.image_size[0])
 
 
