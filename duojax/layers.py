@@ -67,8 +67,11 @@ ROWS = (
     2,
     ("models/",),
     "the NNX models by family (`get_model`, `list_models`): ResNets with ResNeXt and Wide "
-    "ResNet, ViTs, ConvNeXt, EfficientNet and V2, RegNet, MobileNetV2/V3 and MNASNet, "
-    "ShuffleNetV2, small CNNs; `functional` (modules ↔ pure pytrees, "
+    "ResNet, ViTs (`vit` with `vit_blocks`, `vit_heads`, `vit_posemb`; the CLIP, DINOv2, DeiT "
+    "and SigLIP towers in `vit_variants`), Swin-V2 (`swin`, `swin_blocks`), ConvNeXt, "
+    "EfficientNet and V2, RegNet, MobileNetV2/V3 and MNASNet, ShuffleNetV2, small CNNs; "
+    "`attention` (scaled dot-product attention in each platform's fastest form), "
+    "`functional` (modules ↔ pure pytrees, "
     "parameter and FLOP counts), `flops` (2 × multiply-adds from the traced program, the same "
     "on every backend), `spec` (what a checkpoint rebuilds a model from)",
   ),
@@ -101,7 +104,8 @@ ROWS = (
     3,
     ("convert/",),
     "PyTorch-layout safetensors in and out (timm, torchvision, Hugging Face): `entries` (how "
-    "a tensor converts), `layouts` (ResNet, ViT, and detection) and one `layouts_*` per family; "
+    "a tensor converts), `layouts` (ResNet, and detection) and one `layouts_*` per family "
+    "(`layouts_vit`, `layouts_swin`, `layouts_convnext`, ...); "
     "`python -m duojax.convert`",
   ),
   Row(
