@@ -76,6 +76,9 @@ MODEL_OVERRIDE_TYPES = {
   # The transformers' attention form: "auto" (explicit on CPU, cuDNN's fused
   # kernel on GPU where it applies, XLA's otherwise), "explicit", "xla", "cudnn".
   "attention": str,
+  # A ViT's MLP activation ("gelu", "gelu_tanh", "quick_gelu", "swiglu"): for a
+  # file whose config.json is not beside it (docs/vit_variants.md).
+  "act": str,
   # Swin-V2: the attention window (a file's pretrained_window_size keeps its
   # position bias valid at another), and how a side that is not a multiple of
   # the window is handled ("fit", "torchvision", "hf", "timm": docs/swin.md).
