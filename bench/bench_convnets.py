@@ -63,6 +63,8 @@ MODELS = {
 # ConvNeXt's layer scale at 1, not 1e-6: else a block's output is below float32's
 # resolution on the residual, and the check of the logits would see nothing.
 FORMS = (
+  ("efficientnet_b0", {}, "shifts"),
+  ("mobilenet_v3_large", {}, "shifts"),
   ("regnet_y_400mf", {}, "einsum"),
   ("convnext_tiny", {"layer_scale": 1.0}, "shifts"),
   ("resnext50_32x4d", {}, "einsum"),
