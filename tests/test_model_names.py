@@ -33,10 +33,23 @@ PAGE = os.path.join(ROOT, "docs", "model_names.md")
     ("vit_b_16", None),  # torchvision's ViTs: another layout
     ("resnet50d", None),  # timm's deep-stem ResNet
     ("resnet20", None),  # duojax's CIFAR-style ResNet: nobody publishes one
+    ("swinv2_tiny_window8_256.ms_in1k", ("swin_v2_t", 256)),
+    ("swin_v2_s", ("swin_v2_s", 256)),  # torchvision's
+    ("microsoft/swinv2-base-patch4-window16-256", ("swin_v2_b_w16", 256)),
+    ("swinv2_base_window12to16_192to256", None),  # fine-tuned from window 12: not a row
   ],
 )
 def test_known_names_map_to_duojax_models(name, expected):
   assert names.duojax_name(name) == expected
+
+
+def test_every_row_names_a_model_of_the_registry_with_its_window():
+  from duojax.models import family_name, swin
+
+  assert all(family_name(row.model) is not None for row in names.all_rows())
+  for row in names.swin_rows():
+    window = swin.CONFIGS[row.model][3]
+    assert f"window{window}" in row.name or row.library == "torchvision"
 
 
 def test_the_rows_follow_the_registry_and_the_layouts():

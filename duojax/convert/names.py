@@ -33,6 +33,7 @@ from duojax.models import (
   resnet,
   resnext,
   shufflenet,
+  swin,
   vit,
   vit_variants,
 )
@@ -160,19 +161,39 @@ def variant_rows() -> list[Row]:
   return out
 
 
+def swin_rows() -> list[Row]:
+  """Swin-V2's published names (docs/swin.md): torchvision's are duojax's own; timm's
+  and Hugging Face's window-8 and window-16 models at 256 px. Either file of a size
+  loads into either name (`key_bias` is an unused tensor), so each maps to the name
+  whose defaults are that library's."""
+  out = []
+  for size, word in (("t", "tiny"), ("s", "small"), ("b", "base")):
+    model = f"swin_v2_{size}"
+    out.append(Row("torchvision", model, model, 256))
+    for window, name in ((8, model), (16, f"{model}_w16")):
+      out.append(Row("timm", f"swinv2_{word}_window{window}_256", name, 256))
+      out.append(Row("hf", f"microsoft/swinv2-{word}-patch4-window{window}-256", name, 256))
+  return out
+
+
+def all_rows() -> list[Row]:
+  """Every family's rows."""
+  return rows() + conv_rows() + variant_rows() + swin_rows()
+
+
 def duojax_name(name: str) -> tuple[str, int] | None:
   """(duojax model, image size) of a timm, torchvision or Hugging Face name; None if
   none. A timm pretrained tag (`.augreg_in21k`) names weights of the same model."""
   if "/" not in name:
     name = name.split(".", 1)[0]
-  found = {row.name: (row.model, row.image_size) for row in rows() + conv_rows() + variant_rows()}
+  found = {row.name: (row.model, row.image_size) for row in all_rows()}
   return found.get(name)
 
 
 def markdown() -> str:
   """docs/model_names.md: one line per duojax model and image size."""
   table: dict[tuple[str, int], dict[str, list[str]]] = {}
-  for row in rows() + conv_rows() + variant_rows():
+  for row in all_rows():
     table.setdefault((row.model, row.image_size), {}).setdefault(row.library, []).append(row.name)
   order = lambda key: (not key[0].startswith("resnet"), _model_order(key[0]), key[1])
   header = " | ".join(LIBRARIES[library] for library in layouts.LAYOUTS)
@@ -218,6 +239,9 @@ def _model_order(model: str) -> tuple:
     return (int(model.removeprefix("resnet")),)
   if model in vit_variants.CONFIGS:  # after the convolutional families, in the registry's order
     return (len(vit.VARIANTS) + len(_CONV_MODELS) + list(vit_variants.CONFIGS).index(model),)
+  if model in swin.CONFIGS:  # last
+    offset = len(vit.VARIANTS) + len(_CONV_MODELS) + len(vit_variants.CONFIGS)
+    return (offset + list(swin.CONFIGS).index(model),)
   variant, patch = vit.parse_name(model)
   return (list(vit.VARIANTS).index(variant), patch)
 
