@@ -1,8 +1,8 @@
 """Pretrained members on real data, end to end through the CLIs.
 
-A generated ImageNet-like folder is imported; a tiny ViT in timm's layout and a
-tiny ResNet in torchvision's are written with PyTorch (the in-repo twins of
-those libraries' models, bench/torch_models.py); both are fine-tuned from
+A generated ImageNet-like folder is imported; a tiny ViT of the real timm code
+and a tiny CIFAR-style ResNet in torchvision's layout (the in-repo twin,
+bench/torch_models.py: torchvision has no CIFAR stem) are written with PyTorch; both are fine-tuned from
 those files by train.py with the real-data recipe (configs/imagenet_duo.py,
 overriding only sizes, steps and batch) at different input sizes, each with its
 pretrained file's normalisation; evaluate.py then scores the duo
@@ -23,6 +23,7 @@ torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 sys.path.insert(0, str(Path(ROOT) / "bench"))
 import torch_models  # noqa: E402
+from reference_libs import timm  # noqa: E402
 
 pytestmark = pytest.mark.slow  # train.py and evaluate.py subprocesses
 
@@ -41,7 +42,18 @@ def setup(tmp_path_factory):
   torch.manual_seed(0)
   # "Pretrained" on 1000 classes at 16 px (timm layout) and on 1000 classes
   # (torchvision layout): the fine-tunes take fresh 3-class heads.
-  _save(torch_models.vit("vit_mu4", 1000, 16), root / "vit.safetensors")
+  vit = timm().create_model(
+    "vit_base_patch16_224",
+    pretrained=False,
+    img_size=16,
+    patch_size=4,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    mlp_ratio=2.0,
+    num_classes=1000,
+  )  # fmt: skip  -- vit_mu4's sizes
+  _save(vit, root / "vit.safetensors")
   _save(torch_models.resnet("resnet8", 1000), root / "resnet.safetensors")
   return root
 

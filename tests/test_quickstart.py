@@ -2,9 +2,8 @@
 
 The commands are read from the README's quickstart block and run as written,
 with four substitutions that keep them small: the photo folders are generated
-here, the pretrained files are tiny PyTorch models written with timm's and
-torchvision's tensor names (the in-repo twins, bench/torch_models.py) under the
-README's file names, the ViT-B/16 becomes a 2-block ViT, and every fine-tune
+here, the pretrained files are tiny models of the real timm and torchvision code
+(`reference_libs`) written under the README's file names, the ViT-B/16 becomes a 2-block ViT, and every fine-tune
 runs one epoch at 32 px in float32. The install line is checked with
 `make -n` (what it would run), not run.
 """
@@ -22,8 +21,7 @@ from helpers import ROOT, make_image_folder
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
-sys.path.insert(0, str(Path(ROOT) / "bench"))
-import torch_models  # noqa: E402
+from reference_libs import timm, torchvision_models  # noqa: E402
 
 pytestmark = pytest.mark.slow  # train.py and evaluate.py subprocesses
 MARKER = "<!-- quickstart: tests/test_quickstart.py runs these commands on tiny generated data -->"
@@ -86,8 +84,22 @@ def test_the_quickstart_runs_from_a_folder_to_the_duos_results(tmp_path):
     (work / name).symlink_to(Path(ROOT) / name)
   torch.manual_seed(0)
   for name, model in (
-    ("vit_base_patch16_224.safetensors", torch_models.vit("vit_mu4", 1000, 16)),
-    ("resnet18.safetensors", torch_models.resnet("resnet18", 1000)),
+    # timm's ViT at vit_mu4's sizes (16 px, patch 4, width 32, 2 blocks, 2 heads).
+    (
+      "vit_base_patch16_224.safetensors",
+      timm().create_model(
+        "vit_base_patch16_224",
+        pretrained=False,
+        img_size=16,
+        patch_size=4,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=2.0,
+        num_classes=1000,
+      ),
+    ),
+    ("resnet18.safetensors", torchvision_models().resnet.resnet18(num_classes=1000)),
   ):
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     safetensors_torch.save_file(state, str(work / name), metadata={"format": "pt"})
