@@ -438,7 +438,7 @@ HEADERS = {
     "XLA conv img/s",
     "alternative img/s",
     "speed-up",
-    "max |Δ logit| / max |logit|",
+    "max abs Δ logit / max abs logit",
   ],
 }
 
