@@ -4,6 +4,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from duojax.errors import ConfigError, InputError
 
@@ -39,6 +40,20 @@ def check_rngs(name: str, rate: float, train: bool, rngs) -> None:
       f"{name}: train=True with dropout={rate} needs rngs, e.g. "
       "nnx.Rngs(dropout=key); got rngs=None"
     )
+
+
+def train_rngs(name: str, train: bool, rngs, *, dropout: float, drop_path: float):
+  """The keys a forward draws its dropout and stochastic-depth masks from: `rngs` as
+  an nnx.Rngs (a bare PRNG key becomes its "dropout" stream), or a one-line error when
+  training with either rate on and no keys were given."""
+  if train and (dropout > 0 or drop_path > 0) and rngs is None:
+    raise ConfigError(
+      f"{name}: train=True with dropout={dropout}, drop_path={drop_path} needs rngs, e.g. "
+      "nnx.Rngs(dropout=key); got rngs=None"
+    )
+  if isinstance(rngs, jax.Array):
+    return nnx.Rngs(dropout=rngs)
+  return rngs
 
 
 def check_fixed_input(name: str, input_shape: tuple, x) -> None:

@@ -184,13 +184,9 @@ class ConvNeXt(nnx.Module):
         f"{self.name} needs images of at least {smallest}×{smallest} pixels, got "
         f"{tuple(x.shape[1:3])}"
       )
-    if train and (self.dropout_rate > 0 or self.drop_path_rate > 0) and rngs is None:
-      raise ConfigError(
-        f"{self.name}: train=True with dropout={self.dropout_rate}, "
-        f"drop_path={self.drop_path_rate} needs rngs, e.g. nnx.Rngs(dropout=key); got rngs=None"
-      )
-    if isinstance(rngs, jax.Array):
-      rngs = nnx.Rngs(dropout=rngs)
+    rngs = common.train_rngs(
+      self.name, train, rngs, dropout=self.dropout_rate, drop_path=self.drop_path_rate
+    )
     deterministic = not train
     x = self.stem_norm(self.stem_conv(x.astype(self.dtype)))
     for stage in self.stages:

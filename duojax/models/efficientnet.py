@@ -345,13 +345,9 @@ class EfficientNet(nnx.Module):
     keys from `rngs` (an nnx.Rngs with a "dropout" stream, or a key).
     """
     common.check_any_size_input(self.name, self.input_shape[-1], x)
-    if train and (self.dropout_rate > 0 or self.drop_path_rate > 0) and rngs is None:
-      raise ConfigError(
-        f"{self.name}: train=True with dropout={self.dropout_rate}, "
-        f"drop_path={self.drop_path_rate} needs rngs, e.g. nnx.Rngs(dropout=key); got rngs=None"
-      )
-    if isinstance(rngs, jax.Array):
-      rngs = nnx.Rngs(dropout=rngs)
+    rngs = common.train_rngs(
+      self.name, train, rngs, dropout=self.dropout_rate, drop_path=self.drop_path_rate
+    )
     ura = not train
     x = jax.nn.silu(self.stem_bn(self.stem_conv(x.astype(self.dtype)), use_running_average=ura))
     for stage in self.stages:

@@ -32,7 +32,6 @@ from the `rngs` passed at call time.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -232,13 +231,9 @@ class SwinV2(nnx.Module):
     """
     common.check_any_size_input(self.name, self.input_shape[-1], x)
     self.check_windows(tuple(x.shape[1:3]))
-    if train and (self.dropout_rate > 0 or self.drop_path_rate > 0) and rngs is None:
-      raise ConfigError(
-        f"{self.name}: train=True with dropout={self.dropout_rate}, "
-        f"drop_path={self.drop_path_rate} needs rngs, e.g. nnx.Rngs(dropout=key); got rngs=None"
-      )
-    if isinstance(rngs, jax.Array):
-      rngs = nnx.Rngs(dropout=rngs)
+    rngs = common.train_rngs(
+      self.name, train, rngs, dropout=self.dropout_rate, drop_path=self.drop_path_rate
+    )
     deterministic = not train
     run = swin_blocks.run_block_remat if self.remat else swin_blocks.run_block
     # Hugging Face chooses each stage's windows from the patch grid halved with

@@ -33,7 +33,6 @@ call time, so the random masks are a pure function of that key.
 import math
 import re
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -287,15 +286,9 @@ class VisionTransformer(nnx.Module):
           f"(depth, num_heads), got {jnp.shape(head_mask)}"
         )
       head_mask = jnp.asarray(head_mask, jnp.float32)
-    stochastic = train and (self.dropout_rate > 0 or self.drop_path_rate > 0)
-    if stochastic and rngs is None:
-      raise ConfigError(
-        f"{self.name}: train=True with dropout={self.dropout_rate}, "
-        f"drop_path={self.drop_path_rate} needs rngs, e.g. "
-        "nnx.Rngs(dropout=key); got rngs=None"
-      )
-    if isinstance(rngs, jax.Array):
-      rngs = nnx.Rngs(dropout=rngs)
+    rngs = common.train_rngs(
+      self.name, train, rngs, dropout=self.dropout_rate, drop_path=self.drop_path_rate
+    )
     deterministic = not train
 
     x = self.pos_drop(self._tokens(x), deterministic=deterministic, rngs=rngs)
