@@ -178,9 +178,10 @@ def test_the_families_part_runs_only_when_named(tmp_path):
   assert set(figures["attention"]) == {"explicit", "xla", "auto"}
   assert all(r > 0 for group in figures.values() for r in group.values())
   # Every model of the full run builds at its size (shapes only).
+  get_model = bench_accelerator.models.get_model
   for name, overrides, size in bench_accelerator.FAMILY_MODELS:
     bench_accelerator.nnx.eval_shape(
-      lambda: bench_accelerator.models.get_model(name, 10, image_size=size, **overrides)
+      lambda n=name, o=overrides, s=size: get_model(n, 10, image_size=s, **o)
     )
 
 
