@@ -62,10 +62,8 @@ first trains the classifier head alone for N steps (a linear probe; with
 `head=load` keeps an ImageNet head for imagenet2012).
 """
 
-import os
-
 from duojax import config_lib, models
-from duojax.convert import layouts, layouts_efficientnet, layouts_mobile, safetensors_io
+from duojax.convert import file_options
 from duojax.models import efficientnet
 
 # Each recipe's warmup_steps is the most an "auto" warm-up takes.
@@ -159,24 +157,6 @@ def _nominal_size(model: str) -> int:
   return int(efficientnet.CONFIGS[model]["image_size"]) if model in efficientnet.CONFIGS else 224
 
 
-def _file_overrides(model: str, weights: str, layout: str) -> dict:
-  """`get_model` options the weights file needs beyond its tensor names ({} for a file
-  that is not there yet: the run's loading says what is wrong with it)."""
-  if not weights or not os.path.isfile(weights):
-    return {}
-  try:
-    shapes = safetensors_io.read_shapes(weights)
-  except (OSError, ValueError):  # the run's loading gives the file's own one-line error
-    return {}
-  if layout == "auto":
-    layout = layouts.detect(list(shapes))
-  if layout is None:
-    return {}
-  found = dict(layouts_mobile.file_overrides(model, layout, shapes))
-  found.update(layouts_efficientnet.file_overrides(model, layout, weights))
-  return found
-
-
 def get_config(arg=None):
   config = config_lib.base_config()
   arg = config_lib.parse_arg(
@@ -213,7 +193,7 @@ def get_config(arg=None):
   config.model_name = arg.model
   config.model.dtype = arg.dtype
   config.model.image_size = arg.size if arg.size > 0 else _nominal_size(arg.model)
-  overrides = _file_overrides(arg.model, arg.weights, arg.layout)
+  overrides = file_options.file_overrides(arg.model, arg.weights, arg.layout)
   if arg.padding:
     overrides["padding"] = arg.padding
   if arg.bn_eps > 0:

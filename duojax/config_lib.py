@@ -79,6 +79,12 @@ MODEL_OVERRIDE_TYPES = {
   # A ViT's MLP activation ("gelu", "gelu_tanh", "quick_gelu", "swiglu"): for a
   # file whose config.json is not beside it (docs/vit_variants.md).
   "act": str,
+  # Convolutions as TensorFlow pads them ("same") or PyTorch ("torch"), BatchNorm's
+  # eps, RegNet's width rounding ("torchvision", "timm"): read from a weights file
+  # (duojax/convert/file_options.py); set here for a file that does not say.
+  "padding": str,
+  "bn_eps": float,
+  "rounding": str,
   # Swin-V2: the attention window (a file's pretrained_window_size keeps its
   # position bias valid at another), and how a side that is not a multiple of
   # the window is handled ("fit", "torchvision", "hf", "timm": docs/swin.md).

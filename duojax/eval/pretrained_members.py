@@ -38,17 +38,11 @@ import jax
 from flax import nnx
 
 from duojax import data, models
-from duojax.convert import (
-  layouts,
-  layouts_efficientnet,
-  layouts_mobile,
-  safetensors_io,
-  vit_file_options,
-)
+from duojax.convert import file_options, layouts, safetensors_io
 from duojax.convert import pretrained as convert
 from duojax.errors import ConfigError, WeightsMismatchError
 from duojax.eval.members import PRETRAINED, Member, model_flops
-from duojax.models import vit, vit_variants
+from duojax.models import vit
 from duojax.parallel import sharding
 
 PREFIX = "pretrained:"
@@ -105,11 +99,7 @@ def inspect(spec: PretrainedSpec, *, where: str) -> tuple[str, int, dict]:
     )
   size = {} if spec.image_size is None else {"image_size": spec.image_size}
   # What the weights need beyond their names (Hugging Face's TensorFlow padding, ...).
-  size.update(layouts_mobile.file_overrides(spec.model_name, layout, shapes))
-  size.update(layouts_efficientnet.file_overrides(spec.model_name, layout, spec.path))
-  name = spec.model_name.lower()
-  is_vit = name in vit_variants.CONFIGS or vit.parse_name(name) is not None
-  size.update(vit_file_options.file_overrides(is_vit, layout, spec.path))
+  size.update(file_options.file_overrides(spec.model_name, spec.path, layout, shapes))
   try:
     # Shapes only: the entries and sizes of the model, no weights made.
     model = nnx.eval_shape(lambda: models.get_model(spec.model_name, 1, rngs=0, **size))

@@ -30,6 +30,7 @@ import numpy as np
 import tqdm
 
 from duojax import config_lib, data, files
+from duojax.convert import file_options
 from duojax.errors import CheckpointError, ConfigError, FileError, TrainingDiverged
 from duojax.models import functional
 from duojax.models.spec import ModelSpec
@@ -172,6 +173,11 @@ def _plan(config, workdir: str, require_resume: bool):
 def _model_spec(config, dataset) -> ModelSpec:
   """The model `config` asks for; a Hydra member's is its pruned source ViT's."""
   overrides = config_lib.model_overrides(config)
+  if config.init_weights and not config.prune_from:
+    # What the file's weights need beyond their names (TensorFlow's padding, a CLIP
+    # tower's QuickGELU, ...); the config's own keys win.
+    found = file_options.file_overrides(config.model_name, config.init_weights, config.init_layout)
+    overrides = {**found, **overrides}
   spec = ModelSpec(config.model_name, overrides, dataset.num_classes, tuple(dataset.image_shape))
   if not config.prune_from:
     return spec

@@ -1,6 +1,17 @@
-"""What a Hugging Face ViT file's `config.json` says that its tensor names do not.
+"""The `get_model` options a weights file needs beyond its tensor names.
 
-Two options of a ViT tower change its outputs without changing a single tensor
+`file_overrides(model_name, path, layout)` gathers them for every family, and
+evaluation members (`pretrained:`), the ImageNet recipe and `train.py`'s
+`init_weights` all take them from it, the config's own keys winning:
+
+  * EfficientNet (`layouts_efficientnet.file_overrides`): TensorFlow's "same"
+    padding and BatchNorm eps for Hugging Face's files and timm's `tf_*` models;
+  * MobileNet and RegNet (`layouts_mobile.file_overrides`): Hugging Face's
+    MobileNetV2 padding and eps, timm's MobileNetV3 eps, timm's RegNet widths;
+  * the ViTs (below, `vit_file_overrides`).
+
+What a Hugging Face ViT file's `config.json` says that its tensor names do not:
+two options of a ViT tower change its outputs without changing a single tensor
 name or shape, so layout detection cannot see them:
 
   * the MLP's activation: OpenAI's CLIP files use QuickGELU (`"hidden_act":
@@ -21,7 +32,9 @@ from __future__ import annotations
 import json
 import os
 
-from duojax.models import vit_blocks
+from duojax.convert import layouts, layouts_efficientnet, layouts_mobile, safetensors_io
+from duojax.errors import WeightsFileError
+from duojax.models import vit, vit_blocks, vit_variants
 
 # transformers' `hidden_act` -> duojax's ViT `act`.
 HF_ACTIVATIONS = {
@@ -42,7 +55,28 @@ def _config(path: str) -> dict:
   return config if isinstance(config, dict) else {}
 
 
-def file_overrides(is_vit: bool, layout: str, path: str) -> dict:
+def file_overrides(model_name: str, path: str, layout: str = "auto", shapes=None) -> dict:
+  """Every option the file at `path` needs for `model_name` beyond its tensor names; {}
+  for a file that is not there or not readable (its loading then says what is wrong).
+  `layout`: the file's, or "auto" (from its names); `shapes`: its {name: shape}, if read."""
+  if shapes is None:
+    try:
+      shapes = safetensors_io.read_shapes(path)
+    except (OSError, ValueError, WeightsFileError):
+      return {}
+  if layout == "auto":
+    layout = layouts.detect(list(shapes))
+  if layout is None:
+    return {}
+  found = dict(layouts_mobile.file_overrides(model_name, layout, shapes))
+  found.update(layouts_efficientnet.file_overrides(model_name, layout, path))
+  name = model_name.lower()
+  is_vit = name in vit_variants.CONFIGS or vit.parse_name(name) is not None
+  found.update(vit_file_overrides(is_vit, layout, path))
+  return found
+
+
+def vit_file_overrides(is_vit: bool, layout: str, path: str) -> dict:
   """The ViT options (`act`, `pool`) a Hugging Face file's config.json sets; {} otherwise."""
   if not is_vit or layout != "hf":
     return {}
