@@ -5,9 +5,8 @@ safetensors the way users get such files, loads it into duojax and compares
 eval-mode logits on the same random images; then exports the duojax model
 back and loads it into the PyTorch model with strict checking. Hugging Face
 models come from `transformers` itself and timm's ViTs from timm's own model
-code (`reference_libs`); torchvision's ResNets are checked against the PyTorch
-twins of the benchmarks (`bench/torch_models.py`), which use its module names
-and arithmetic.
+code (`reference_libs`); torchvision's and timm's ResNets against their own code
+in tests/test_resnet_reference.py.
 """
 
 import sys
@@ -25,7 +24,6 @@ from duojax import convert, models
 from duojax.models import resnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import torch_models  # noqa: E402
 from reference_libs import timm  # noqa: E402
 
 TOLERANCE = 1e-4
@@ -180,14 +178,6 @@ def test_timm_vit_with_fc_norm_needs_a_model_with_fc_norm(tmp_path):
     "vit_mu4", 5, rngs=1, image_size=16, pool="gap", class_token=True, fc_norm=True
   )
   assert convert.load_pretrained(ours, path)["layout"] == "timm"
-
-
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
-def test_torchvision_resnet(tmp_path, name):
-  torch.manual_seed(0)
-  reference = randomize_torch_batch_norm(torch_models.resnet(name, 5))
-  ours = models.get_model(name, 5, rngs=1, image_size=32)
-  compare(reference, ours, tmp_path, layout="torchvision", image_size=32)
 
 
 def test_pretrained_file_then_fresh_head_and_other_image_size(tmp_path):

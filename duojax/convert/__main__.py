@@ -58,7 +58,7 @@ def _names_table(out: str | None) -> None:
   if not out.endswith(".md"):
     raise ConfigError(f"--out={out!r} must end in .md with --names")
   files.write_atomically(out, names.markdown())
-  print(f"wrote the table of {len(names.rows())} model names to {os.path.abspath(out)}")
+  print(f"wrote the table of {len(names.all_rows())} model names to {os.path.abspath(out)}")
 
 
 if __name__ == "__main__":
