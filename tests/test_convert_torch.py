@@ -9,9 +9,6 @@ code (`reference_libs`); torchvision's and timm's ResNets against their own code
 in tests/test_resnet_reference.py.
 """
 
-import sys
-from pathlib import Path
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -19,12 +16,10 @@ import safetensors.torch
 import torch
 import transformers
 from flax import nnx
+from reference_libs import timm  # noqa: E402
 
 from duojax import convert, models
 from duojax.models import resnet
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from reference_libs import timm  # noqa: E402
 
 TOLERANCE = 1e-4
 
