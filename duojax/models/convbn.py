@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from duojax.errors import ConfigError
-from duojax.models import common
+from duojax.models import common, depthwise
 
 PADDINGS = ("torch", "same")
 
@@ -47,7 +47,7 @@ def check_padding(name: str, padding: str) -> str:
 def conv(in_ch, out_ch, kernel, stride=1, *, groups=1, bias=False, padding="torch", dtype, rngs):
   """A conv with PyTorch's symmetric padding, or TensorFlow's "same" (XLA's SAME rule)."""
   pad = kernel // 2
-  return nnx.Conv(
+  return depthwise.Conv(
     in_ch,
     out_ch,
     (kernel, kernel),

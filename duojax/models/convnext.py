@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from duojax.errors import ConfigError, InputError
-from duojax.models import common
+from duojax.models import common, depthwise
 
 # name -> (stage widths, blocks per stage, torchvision's stochastic depth)
 CONFIGS = {
@@ -60,7 +60,7 @@ def _norm(ch, *, dtype, rngs):
 
 
 def _conv(d_in, d_out, kernel, stride, *, groups=1, padding=0, dtype, rngs):
-  return nnx.Conv(
+  return depthwise.Conv(
     d_in,
     d_out,
     (kernel, kernel),

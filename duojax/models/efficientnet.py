@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from duojax.errors import ConfigError
-from duojax.models import common
+from duojax.models import common, depthwise
 
 # (block, expansion, kernel, stride, output channels, blocks); "mb" MBConv, "fused" Fused-MBConv.
 B0_STAGES = (
@@ -153,7 +153,7 @@ class Layers:
   def conv(self, d_in, d_out, kernel=1, stride=1, groups=1, bias=False):
     # XLA's "SAME" is TensorFlow's (common.same_padding); torch pads k // 2 each side.
     pad = "SAME" if self.padding == "same" else [(kernel // 2, kernel // 2)] * 2
-    return nnx.Conv(
+    return depthwise.Conv(
       d_in,
       d_out,
       (kernel, kernel),

@@ -33,6 +33,8 @@ from collections.abc import Callable
 
 import jax
 
+from duojax.models import depthwise
+
 
 def _size(aval) -> int:
   return math.prod(aval.shape)
@@ -87,5 +89,10 @@ def jaxpr_flops(jaxpr) -> float:
 
 
 def count_flops(fn: Callable, *args) -> float:
-  """FLOPs of one call of `fn(*args)`; args may be arrays or `jax.ShapeDtypeStruct`s."""
-  return jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+  """FLOPs of one call of `fn(*args)`; args may be arrays or `jax.ShapeDtypeStruct`s.
+
+  Depthwise convolutions are traced as convolutions (`depthwise.forms`): the CPU runs
+  them as shifted multiply-adds, which are the same FLOPs, not matmuls to count."""
+  with depthwise.forms("conv"):
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+  return jaxpr_flops(jaxpr)
