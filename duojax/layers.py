@@ -70,7 +70,8 @@ ROWS = (
     "ResNet, ViTs (`vit` with `vit_blocks`, `vit_heads`, `vit_posemb`; the CLIP, DINOv2, DeiT "
     "and SigLIP towers in `vit_variants`), Swin-V2 (`swin`, `swin_blocks`), ConvNeXt, "
     "EfficientNet and V2, RegNet, MobileNetV2/V3 and MNASNet, ShuffleNetV2, small CNNs; "
-    "`attention` (scaled dot-product attention in each platform's fastest form), "
+    "`attention` (scaled dot-product attention in each platform's fastest form), `depthwise` "
+    "(depthwise convolutions as shifted multiply-adds on the CPU), "
     "`functional` (modules ↔ pure pytrees, "
     "parameter and FLOP counts), `flops` (2 × multiply-adds from the traced program, the same "
     "on every backend), `spec` (what a checkpoint rebuilds a model from)",
