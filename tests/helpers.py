@@ -292,3 +292,42 @@ def imported_image_folder(root, dataset, per_class, bad=False):
     root / "train", dataset=dataset, data_dir=root / "tfds", test_folder=root / "test", workers=1
   )
   return root / "tfds"
+
+
+def recipe_fine_tune(tmp_path, data_dir, recipe_args: str, extra_lines: str = ""):
+  """train.py on `configs/imagenet_duo.py:recipe_args` (plus `extra_lines` of Python
+  setting `config`), on the data in `data_dir`; (the completed process, the workdir)."""
+  import textwrap
+
+  recipe = os.path.join(ROOT, "configs", "imagenet_duo.py")
+  extra = textwrap.indent(textwrap.dedent(extra_lines).strip(), "  ")
+  config_file = tmp_path / "recipe_config.py"
+  config_file.write_text(
+    "import importlib.util\n"
+    f"spec = importlib.util.spec_from_file_location('recipe', {recipe!r})\n"
+    "recipe = importlib.util.module_from_spec(spec)\n"
+    "spec.loader.exec_module(recipe)\n\n"
+    "def get_config():\n"
+    f"  config = recipe.get_config({recipe_args!r})\n"
+    f"  config.data_dir = {str(data_dir)!r}\n"
+    f"{extra}\n"
+    "  return config\n"
+  )
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "train.py"), f"--config={config_file}",
+     f"--workdir={workdir}"],
+    capture_output=True, text=True, timeout=600, cwd=ROOT,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )  # fmt: skip
+  return result, workdir
+
+
+def timm_vit_mu4(classes: int = 1000):
+  """timm's own ViT at duojax's vit_mu4 sizes (16 px, patch 4, width 32, 2 blocks, 2 heads)."""
+  from reference_libs import timm
+
+  return timm().create_model(
+    "vit_base_patch16_224", pretrained=False, img_size=16, patch_size=4, embed_dim=32, depth=2,
+    num_heads=2, mlp_ratio=2.0, num_classes=classes,
+  )  # fmt: skip

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import recipe_fine_tune
 
 import duojax
 from duojax import bundle, config_lib, convert, data, models
@@ -423,39 +424,16 @@ def test_train_fine_tunes_a_conv_family_from_a_timm_file(tmp_path, learnable_dat
   from safetensors.torch import save_file
 
   save_file({k: v.contiguous() for k, v in torch_model.state_dict().items()}, weights)
-  config_file = tmp_path / "tiny_convnext.py"
-  config_file.write_text(
-    textwrap.dedent(f"""
-      import importlib.util
-      spec = importlib.util.spec_from_file_location("r", {os.path.join(ROOT, "configs", "imagenet_duo.py")!r})
-      recipe = importlib.util.module_from_spec(spec)
-      spec.loader.exec_module(recipe)
-
-      def get_config():
-        config = recipe.get_config(
-          "model=convnext_tiny,weights={weights},layout=timm,head=fresh,dataset=fashion_mnist,"
-          "test_split=test,size=32,dtype=float32,steps=4,batch_size=32,val_size=100,"
-          "eval_batch_size=64,warmup=1"
-        )
-        config.data_dir = {str(learnable_data_dir)!r}
-        config.model.widths = {widths!r}
-        config.model.depths = {depths!r}
-        return config
-    """)
-  )
-  workdir = tmp_path / "run"
-  result = subprocess.run(
-    [
-      sys.executable,
-      os.path.join(ROOT, "train.py"),
-      f"--config={config_file}",
-      f"--workdir={workdir}",
-    ],
-    capture_output=True,
-    text=True,
-    timeout=600,
-    cwd=ROOT,
-    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  result, workdir = recipe_fine_tune(
+    tmp_path,
+    learnable_data_dir,
+    f"model=convnext_tiny,weights={weights},layout=timm,head=fresh,dataset=fashion_mnist,"
+    "test_split=test,size=32,dtype=float32,steps=4,batch_size=32,val_size=100,"
+    "eval_batch_size=64,warmup=1",
+    f"""
+    config.model.widths = {widths!r}
+    config.model.depths = {depths!r}
+    """,
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "initialised from" in result.stdout and "fresh classifier head" in result.stdout

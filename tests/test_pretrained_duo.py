@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, imported_image_folder, make_image_folder, run_script
+from helpers import ROOT, imported_image_folder, make_image_folder, run_script, timm_vit_mu4
 
 from duojax.data import preprocess
 
@@ -23,7 +23,6 @@ torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 sys.path.insert(0, str(Path(ROOT) / "bench"))
 import torch_models  # noqa: E402
-from reference_libs import timm  # noqa: E402
 
 pytestmark = pytest.mark.slow  # train.py and evaluate.py subprocesses
 
@@ -42,17 +41,7 @@ def setup(tmp_path_factory):
   torch.manual_seed(0)
   # "Pretrained" on 1000 classes at 16 px (timm layout) and on 1000 classes
   # (torchvision layout): the fine-tunes take fresh 3-class heads.
-  vit = timm().create_model(
-    "vit_base_patch16_224",
-    pretrained=False,
-    img_size=16,
-    patch_size=4,
-    embed_dim=32,
-    depth=2,
-    num_heads=2,
-    mlp_ratio=2.0,
-    num_classes=1000,
-  )  # fmt: skip  -- vit_mu4's sizes
+  vit = timm_vit_mu4()
   _save(vit, root / "vit.safetensors")
   _save(torch_models.resnet("resnet8", 1000), root / "resnet.safetensors")
   return root

@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, make_image_folder
+from helpers import ROOT, make_image_folder, timm_vit_mu4
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
-from reference_libs import timm, torchvision_models  # noqa: E402
+from reference_libs import torchvision_models  # noqa: E402
 
 pytestmark = pytest.mark.slow  # train.py and evaluate.py subprocesses
 MARKER = "<!-- quickstart: tests/test_quickstart.py runs these commands on tiny generated data -->"
@@ -84,21 +84,7 @@ def test_the_quickstart_runs_from_a_folder_to_the_duos_results(tmp_path):
     (work / name).symlink_to(Path(ROOT) / name)
   torch.manual_seed(0)
   for name, model in (
-    # timm's ViT at vit_mu4's sizes (16 px, patch 4, width 32, 2 blocks, 2 heads).
-    (
-      "vit_base_patch16_224.safetensors",
-      timm().create_model(
-        "vit_base_patch16_224",
-        pretrained=False,
-        img_size=16,
-        patch_size=4,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        mlp_ratio=2.0,
-        num_classes=1000,
-      ),
-    ),
+    ("vit_base_patch16_224.safetensors", timm_vit_mu4()),
     ("resnet18.safetensors", torchvision_models().resnet.resnet18(num_classes=1000)),
   ):
     state = {k: v.contiguous() for k, v in model.state_dict().items()}

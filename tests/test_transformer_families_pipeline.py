@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import recipe_fine_tune
 
 import duojax
 from duojax import bundle, convert, models
@@ -218,35 +219,19 @@ def test_train_fine_tunes_dinov2_from_a_timm_file_with_layer_decay_and_remat(
   )  # fmt: skip
   weights = str(tmp_path / "dinov2.safetensors")
   save_file({k: v.contiguous() for k, v in torch_model.state_dict().items()}, weights)
-  config_file = tmp_path / "tiny_dinov2.py"
-  config_file.write_text(
-    textwrap.dedent(f"""
-      import importlib.util
-      spec = importlib.util.spec_from_file_location("r", {os.path.join(ROOT, "configs", "imagenet_duo.py")!r})
-      recipe = importlib.util.module_from_spec(spec)
-      spec.loader.exec_module(recipe)
-
-      def get_config():
-        config = recipe.get_config(
-          "model=vit_s14_dinov2_reg,weights={weights},layout=timm,head=fresh,"
-          "dataset=fashion_mnist,test_split=test,size=28,dtype=float32,steps=4,batch_size=32,"
-          "val_size=100,eval_batch_size=64,warmup=1"
-        )
-        config.data_dir = {str(learnable_data_dir)!r}
-        config.model.width, config.model.depth, config.model.num_heads = 32, 2, 2
-        config.model.mlp_dim = 128
-        config.model.remat = True
-        config.layer_decay = 0.5
-        return config
-    """)
+  result, workdir = recipe_fine_tune(
+    tmp_path,
+    learnable_data_dir,
+    f"model=vit_s14_dinov2_reg,weights={weights},layout=timm,head=fresh,dataset=fashion_mnist,"
+    "test_split=test,size=28,dtype=float32,steps=4,batch_size=32,val_size=100,"
+    "eval_batch_size=64,warmup=1",
+    """
+    config.model.width, config.model.depth, config.model.num_heads = 32, 2, 2
+    config.model.mlp_dim = 128
+    config.model.remat = True
+    config.layer_decay = 0.5
+    """,
   )
-  workdir = tmp_path / "run"
-  result = subprocess.run(
-    [sys.executable, os.path.join(ROOT, "train.py"), f"--config={config_file}",
-     f"--workdir={workdir}"],
-    capture_output=True, text=True, timeout=600, cwd=ROOT,
-    env={**os.environ, "JAX_PLATFORMS": "cpu"},
-  )  # fmt: skip
   assert result.returncode == 0, result.stderr[-3000:]
   assert "initialised from" in result.stdout and "fresh classifier head" in result.stdout
   from duojax.train import checkpoint
