@@ -56,12 +56,12 @@ class Bundle:
   def _program(self):
     """The exported program's function, jitted here: (f, the weights as its arguments)."""
     crop = float(self.manifest["input"]["crop_fraction"])
-    temperatures = self._member_temperatures()
+    temperatures = self.member_temperatures()
     f, _ = exported.fused_program(self.models, self.inputs, self.duo, crop, temperatures)
     arrays = [a for m in self.models for a in exported.member_arrays(m)[1]]
     return jax.jit(f), arrays
 
-  def _member_temperatures(self) -> list[float] | None:
+  def member_temperatures(self) -> list[float] | None:
     """The alarm's (T_L, T_S), then 1 for any further member; None without an alarm."""
     if self.shift_alarm is None:
       return None

@@ -119,7 +119,7 @@ def device_program(bundle: Bundle, k: int, mesh: jax.sharding.Mesh, *, shift_che
     bundle.inputs,
     bundle.duo,
     float(bundle.manifest["input"]["crop_fraction"]),
-    bundle._member_temperatures() if shift_check else None,
+    bundle.member_temperatures() if shift_check else None,
   )
 
   def g(arrays, images):
