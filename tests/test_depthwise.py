@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from duojax.errors import ConfigError
 from duojax.models.depthwise import Conv
 
 
@@ -65,7 +66,7 @@ def test_auto_picks_by_backend_and_other_convolutions_stay_convolutions(monkeypa
   Conv(4, 8, (3, 3), feature_group_count=2, rngs=nnx.Rngs(0))(x)  # grouped, not depthwise
   Conv(4, 4, (3, 3), rngs=nnx.Rngs(0))(x)
   assert len(calls) == 3
-  with pytest.raises(ValueError, match="unknown convolution form"):
+  with pytest.raises(ConfigError, match="unknown convolution form"):
     Conv(4, 4, (3, 3), form="fft", rngs=nnx.Rngs(0))
 
 

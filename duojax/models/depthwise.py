@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from duojax.errors import ConfigError
+
 FORMS = ("auto", "shifts", "conv")
 # What "auto" means while tracing in this context (`forms`); "auto": by backend.
 _TRACED_FORM = contextvars.ContextVar("duojax_depthwise_form", default="auto")
@@ -38,7 +40,7 @@ _TRACED_FORM = contextvars.ContextVar("duojax_depthwise_form", default="auto")
 def forms(form: str):
   """Within the block, layers built with form="auto" trace in `form`."""
   if form not in FORMS:
-    raise ValueError(f"unknown convolution form {form!r}; valid: {', '.join(FORMS)}")
+    raise ConfigError(f"unknown convolution form {form!r}; valid: {', '.join(FORMS)}")
   token = _TRACED_FORM.set(form)
   try:
     yield
@@ -56,7 +58,7 @@ class Conv(nnx.Conv):
   def __init__(self, *args, form: str = "auto", **kwargs):
     super().__init__(*args, **kwargs)
     if form not in FORMS:
-      raise ValueError(f"unknown convolution form {form!r}; valid: {', '.join(FORMS)}")
+      raise ConfigError(f"unknown convolution form {form!r}; valid: {', '.join(FORMS)}")
     self.form = form
 
   def _depthwise(self) -> bool:
