@@ -273,3 +273,13 @@ def test_the_documented_example_runs(capsys):
   clean, shifted = map(float, capsys.readouterr().out.split())
   assert clean < 0.1 and shifted >= 0.9
   assert f"# {clean:.3f} {shifted:.3f}" in code
+
+
+def test_a_null_for_another_batch_size_is_drawn_once_and_is_the_fresh_draw():
+  rng = np.random.default_rng(3)
+  logits = [rng.normal(size=(300, 4)), rng.normal(size=(300, 4))]
+  alarm = shift_alarm.fit_shift_alarm(logits, batch_size=50, resamples=99)
+  first = alarm.null_for(70)
+  assert alarm.null_for(70) is first  # kept, not drawn again
+  fresh = shift_alarm.fit_shift_alarm(logits, batch_size=50, resamples=99).null_for(70)
+  np.testing.assert_array_equal(first, fresh)

@@ -205,6 +205,9 @@ class ShiftAlarm:
   rows: np.ndarray  # float64 [N, 2]: the validation rows' (d, g)
   reference_means: np.ndarray  # float64 [B, 2]: m_{V*_b}
   null: np.ndarray  # float64 [B]: T*_b for batches of batch_size
+  # Nulls drawn for other batch sizes, kept: `duojax.predict` checks every chunk of one
+  # size, and each draw is B·n samples (the same ones every time: seeded by n).
+  _drawn: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @property
   def mean(self) -> np.ndarray:
@@ -222,7 +225,9 @@ class ShiftAlarm:
     n = _check_int(n, "the batch size", 1)
     if n == self.batch_size:
       return self.null
-    return _null(self.rows, self.reference_means, n, self.seed)
+    if n not in self._drawn:
+      self._drawn[n] = _null(self.rows, self.reference_means, n, self.seed)
+    return self._drawn[n]
 
   def statistics(self, batch_logits) -> np.ndarray:
     """Per-row (d, g) of a batch, [n, 2], with the alarm's temperatures."""
