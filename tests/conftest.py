@@ -37,3 +37,31 @@ def env(tmp_path_factory):
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
   }
+
+
+# A pytest process keeps every XLA program it compiles, each a few memory maps of
+# machine code, and the kernel refuses a process more than vm.max_map_count maps
+# (65,530 by default): LLVM then fails inside a compile and the process dies of a
+# segmentation fault. The whole suite in one process reaches tens of thousands.
+MAPS_BEFORE_CLEARING = 20_000
+
+
+def _memory_maps() -> int:
+  try:
+    with open("/proc/self/maps", "rb") as f:
+      return f.read().count(b"\n")
+  except OSError:  # not Linux: no such limit to keep under
+    return 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """After a test module, drops JAX's in-memory compiled programs once the process
+  holds MAPS_BEFORE_CLEARING maps; the persistent cache above brings back, from
+  disk, what a later module compiles again. (Clearing after every module would cost
+  the inner loop a fifth more time.)"""
+  yield
+  if _memory_maps() > MAPS_BEFORE_CLEARING:
+    import jax
+
+    jax.clear_caches()
