@@ -139,6 +139,7 @@ def fit_duo(
   solver: str = "jaxopt",
   method: str = "weighted",
   features: Sequence | None = None,
+  alarm_options: dict | bool | None = None,
 ) -> Duo | PerInputDuo:
   """Fits a duo on validation logits and labels.
 
@@ -156,13 +157,26 @@ def fit_duo(
       (`fused_forward(..., with_features="all")`); None falls back to the
       members' logit summaries. Their `.logits(member_logits, features)` then
       take the same kind of features.
+    alarm_options: for "guarded", `fit_shift_alarm`'s options for the duo's own
+      shift alarm (alpha, batch_size, resamples, seed; default α = 0.05 on
+      batches of 500), or False for none. Its `.logits(member_logits)` then
+      treat the rows as a stream of batches and mix equally with large+TS on
+      the batches the alarm flags (`duojax.core.guarded_duo`).
   """
   stack = duo_lib.as_stack(member_logits)
   if names and len(names) != stack.shape[0]:
     raise InputError(f"{len(names)} names for {stack.shape[0]} members")
+  if method == "weighted" and alarm_options not in (None, False):
+    raise InputError('method="weighted" has no shift alarm (only "guarded" does)')
   if method != "weighted":
     return per_input_duo.fit(
-      method, list(np.asarray(stack)), labels, features=features, names=names, solver=solver
+      method,
+      list(np.asarray(stack)),
+      labels,
+      features=features,
+      names=names,
+      solver=solver,
+      alarm_options=alarm_options,
     )
   weights = temperature.fit_temperatures(stack, np.asarray(labels), solver=solver)
   return Duo(np.asarray(weights, np.float32), tuple(names))
@@ -172,10 +186,11 @@ def load_duo(path: str | os.PathLike) -> Duo | PerInputDuo:
   """A duo written by `Duo.save` or `PerInputDuo.save`; a missing, damaged or foreign
   file is a one-line FileError."""
   path = os.fspath(path)
-  record = files.read_record(path, FORMAT, (VERSION, PER_INPUT_VERSION), "duo file")
-  if record["version"] == PER_INPUT_VERSION:
+  versions = (VERSION, *per_input_duo.READABLE)
+  record = files.read_record(path, FORMAT, versions, "duo file")
+  if record["version"] in per_input_duo.READABLE:
     try:
-      return per_input_duo.from_record(record, record.get("names", []))
+      return per_input_duo.from_record(record, record.get("names", []), path)
     except (KeyError, TypeError, ValueError) as e:
       raise FileError(f"{path!r}: damaged per-input duo ({type(e).__name__}: {e})") from None
   weights, names = record.get("weights"), record.get("names", [])

@@ -333,4 +333,18 @@ def test_a_per_input_duo_bundles_and_its_program_combines_per_input(method, tmp_
   )
   arrays = [a for m in loaded.models for a in exported.member_arrays(m)[1]]
   served = np.asarray(program.call(arrays, images)[1])
+  if method == "guarded":
+    # The 40 images are one batch for the duo's alarm, which the bundle holds; an
+    # exported program (no alarm in it) computes the rows of an unflagged batch.
+    assert loaded.guards_shifts and loaded.shift_alarm.null.tolist() == duo.alarm.null.tolist()
+    shifted, _ = loaded.shift_check(images)
+    np.testing.assert_array_equal(duo.shifted_rows(list(stack)), shifted)
+    for flag in (False, True):
+      np.testing.assert_allclose(
+        loaded.predict(images, shifted=flag)["probabilities"],
+        duo.probabilities(list(stack), shifted=flag),
+        rtol=1e-4,
+        atol=1e-5,
+      )
+    out = loaded.predict(images, shifted=False)
   np.testing.assert_allclose(served, out["probabilities"], rtol=1e-5, atol=1e-6)

@@ -143,6 +143,88 @@ def test_the_guarded_duo_keeps_the_duos_gain_where_the_large_model_breaks():
     assert large - guarded >= 0.5 * (large - duo), (shifted, guarded, duo, large)
 
 
+def test_on_a_flagged_batch_the_guarded_duo_is_the_equal_mixture_with_its_bounds():
+  val, y_val = _pair(3000, 4)
+  params = guarded_duo.fit(val, y_val)
+  test, y = _pair(1000, 5, sidekick_wrong=0.3)
+  stack = np.stack(test)
+  duo_log_p = _log_softmax(np.einsum("m,mnc->nc", params.duo_weights, stack))
+  large_log_p = _log_softmax(params.single_weights[0] * stack[0])
+  flags = np.arange(1000) % 3 == 0  # any rows may be flagged
+  got = np.asarray(guarded_duo.log_probabilities(params, test, flags))
+  half = np.log(0.5 * np.exp(duo_log_p) + 0.5 * np.exp(large_log_p))
+  np.testing.assert_allclose(got[flags], half[flags], rtol=2e-4, atol=1e-4)
+  np.testing.assert_array_equal(
+    got[~flags], np.asarray(guarded_duo.log_probabilities(params, test))[~flags]
+  )
+  np.testing.assert_array_equal(np.asarray(guarded_duo.gate(params, test, flags))[flags], 0.5)
+  guarded, duo, large = (_nll(p, y)[flags] for p in (got, duo_log_p, large_log_p))
+  # Row by row: at least half the duo's gain kept, at most half its excess lost,
+  # never more than log 2 above the better of the two.
+  assert (guarded - large <= 0.5 * (duo - large) + 1e-4).all()
+  assert (guarded <= np.minimum(duo, large) + np.log(2) + 1e-4).all()
+  with pytest.raises(InputError, match="shifted must be a bool"):
+    guarded_duo.log_probabilities(params, test, flags[:10])
+
+
+def test_the_guarded_duos_alarm_flags_the_shifted_batches_of_a_stream():
+  val, y_val = _pair(3000, 10)
+  fitted = duojax.fit_duo(val, y_val, method="guarded")
+  assert fitted.alarm is not None and fitted.alarm.batch_size == 500
+  clean, _ = _pair(1500, 11)
+  broken, _ = _pair(1500, 12, sidekick_wrong=0.5)
+  stream = [np.concatenate([c, b]) for c, b in zip(clean, broken)]
+  flags = fitted.shifted_rows(stream)  # 6 consecutive batches of 500
+  np.testing.assert_array_equal(flags.reshape(6, 500).all(1), [False] * 3 + [True] * 3)
+  np.testing.assert_array_equal(flags.reshape(6, 500).any(1), flags.reshape(6, 500).all(1))
+  # Each batch alone, as `ShiftAlarm.check` sees it.
+  for b in range(6):
+    alarm, _ = fitted.alarm.check([z[500 * b : 500 * (b + 1)] for z in stream])
+    assert alarm == flags[500 * b]
+  # By default the duo's logits use those verdicts.
+  want = np.asarray(guarded_duo.log_probabilities(fitted.params, stream, flags))
+  np.testing.assert_array_equal(fitted.logits(stream), want)
+  # Rows taken in another order: a shuffle mixes the broken rows into every batch.
+  order = np.random.default_rng(0).permutation(3000)
+  assert fitted.shifted_rows(stream, order=order).all()
+  # 1,200 rows: three batches of 400, not 500 + 500 + 200.
+  flags = fitted.shifted_rows([z[1100:2300] for z in stream])
+  np.testing.assert_array_equal(flags.reshape(3, 400).all(1), [False, True, True])
+  with pytest.raises(InputError, match="order must be a permutation"):
+    fitted.shifted_rows(stream, order=np.zeros(3000, int))
+  with pytest.raises(InputError, match='only "guarded" does'):
+    duojax.fit_duo(val, y_val, alarm_options={"alpha": 0.1})
+  small = duojax.fit_duo(val, y_val, method="guarded", alarm_options={"batch_size": 100})
+  assert (
+    small.alarm.batch_size == 100 and small.shifted_rows(stream).reshape(30, 100).all(1)[15:].all()
+  )
+  assert duojax.fit_duo(val, y_val, method="guarded", alarm_options=False).alarm is None
+  with pytest.raises(InputError, match="shifted= is for a guarded duo"):
+    duojax.fit_duo(val, y_val, method="entropy").logits(stream, shifted=flags)
+
+
+def test_a_guarded_duo_file_keeps_its_alarm_and_a_version_2_file_loads_without(tmp_path):
+  val, y_val = _pair(2000, 13)
+  fitted = duojax.fit_duo(val, y_val, method="guarded")
+  fitted.save(tmp_path / "duo.json")
+  loaded = duojax.load_duo(tmp_path / "duo.json")
+  np.testing.assert_array_equal(loaded.alarm.null, fitted.alarm.null)
+  stream, _ = _pair(1000, 14, sidekick_wrong=0.5)
+  np.testing.assert_array_equal(loaded.shifted_rows(stream), fitted.shifted_rows(stream))
+  np.testing.assert_array_equal(loaded.logits(stream), fitted.logits(stream))
+  record = json.loads((tmp_path / "duo.json").read_text())
+  del record["shift_alarm"]
+  record["version"] = 2
+  (tmp_path / "old.json").write_text(json.dumps(record))
+  old = duojax.load_duo(tmp_path / "old.json")
+  assert old.alarm is None and not old.shifted_rows(stream).any()
+  record = json.loads((tmp_path / "duo.json").read_text())
+  record["shift_alarm"]["null"] = "many"
+  (tmp_path / "bad.json").write_text(json.dumps(record))
+  with pytest.raises(FileError, match="bad.json.*must be lists of finite numbers"):
+    duojax.load_duo(tmp_path / "bad.json")
+
+
 @pytest.mark.parametrize("method", ["weighted", "dynamic", "entropy", "guarded"])
 def test_fit_duo_methods_save_and_load(method, tmp_path):
   members, y, features = _halves(600, 8)

@@ -2,6 +2,7 @@
 rows that match the bundle's own predictions, junk and damaged files, resuming
 after a SIGKILL, and bad arguments that write nothing."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -24,12 +25,11 @@ from duojax.models.spec import ModelSpec
 CLASSES = ["cat", "dog", "fish"]
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
+def _members():
   """A ViT large model at 24 px and a ResNet sidekick at 16 px (bicubic, its own crop)."""
   large = ModelSpec("vit_mu4", {}, 3, (24, 24, 3))
   sidekick = ModelSpec("resnet8", {"width": 4}, 3, (16, 16, 3))
-  members = [
+  return [
     bundle.BundleMember(
       large.build(0), large, InputSpec(24, (0.5,) * 3, (0.5,) * 3, interpolation="bicubic")
     ),
@@ -37,6 +37,12 @@ def bundle_dir(tmp_path_factory):
       sidekick.build(1), sidekick, InputSpec(16, (0.4,) * 3, (0.3,) * 3, "x", 0.8)
     ),
   ]
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+  """The weighted duo of `_members`, with a shift alarm."""
+  members = _members()
   rng = np.random.default_rng(0)
   confidence = rng.uniform(0.3, 1.0, 2000).astype(np.float32)
   path = tmp_path_factory.mktemp("bundle") / "duo"
@@ -281,6 +287,49 @@ def test_a_shift_alarm_that_fires_warns_and_an_older_bundle_is_not_checked(
   assert _rows(out) == _rows(tmp_path / "unchecked.jsonl")
   with pytest.raises(InputError, match="holds no shift alarm"):
     duojax.load_bundle(older).shift_check(np.zeros((1, 24, 24, 3), np.uint8))
+
+
+def test_a_guarded_duo_writes_a_flagged_chunk_as_its_equal_mixture(folder, tmp_path):
+  rng = np.random.default_rng(1)
+  val = [rng.normal(0, 2, (400, 3)).astype(np.float32) for _ in range(2)]
+  duo = duojax.fit_duo(val, rng.integers(0, 3, 400), method="guarded")
+  # An alarm fitted on validation rows that all agree with one confidence gap flags
+  # any other batch.
+  same = np.tile([[3.0, 0.0, -1.0]], (50, 1))
+  strict = dataclasses.replace(duo, alarm=duojax.fit_shift_alarm([same, same]))
+  confidence = rng.uniform(0.3, 1.0, 500).astype(np.float32)
+  path = bundle.write_bundle(
+    tmp_path / "guarded",
+    _members(),
+    strict,
+    CLASSES,
+    validation=(confidence, rng.uniform(size=500) < confidence),
+    platforms=(),
+  )
+  loaded = duojax.load_bundle(path)
+  assert loaded.guards_shifts
+  geometry = prediction.geometry(loaded)
+  images = np.stack(
+    [
+      prediction_input.cut((folder["root"] / i).read_bytes(), geometry)[0]
+      for i in _good_ids(folder)
+    ]
+  )
+  checked, unchecked = tmp_path / "checked.jsonl", tmp_path / "unchecked.jsonl"
+  result = _predict("--bundle", path, "--input", folder["root"], "--output", checked)
+  (verdict,) = _rows(f"{checked}.shift.jsonl")
+  assert verdict["shifted"] and "mixes equally with its large model" in result.stderr
+  _predict("--bundle", path, "--input", folder["root"], "--output", unchecked, "--noshift_check")
+  for out, flag in ((checked, True), (unchecked, False)):
+    want = loaded.predict(images, shifted=flag)
+    rows = _rows(out)
+    assert [r["class_index"] for r in rows] == want["class_index"].tolist()
+    np.testing.assert_allclose([r["probability"] for r in rows], want["confidence"], atol=2e-6)
+  # The two differ, and `Bundle.predict` applies the alarm to its batch by default.
+  assert not np.allclose(_rows(checked)[0]["probability"], _rows(unchecked)[0]["probability"])
+  np.testing.assert_array_equal(
+    loaded.predict(images)["probabilities"], loaded.predict(images, shifted=True)["probabilities"]
+  )
 
 
 def test_bad_arguments_are_one_line_errors_that_write_nothing(bundle_dir, folder, tmp_path):

@@ -59,6 +59,7 @@ def fused_program(
   duo,
   crop: float,
   member_temperatures: Sequence[float] | None = None,
+  shifted_too: bool = False,
 ):
   """The function `f(arrays, images)` of the module docstring, and its argument names
   [(member, name)]. `duo`: the weighted duo's weights [m] (or a `Duo`), or a
@@ -96,7 +97,10 @@ def fused_program(
       return logits, probabilities, confidence, classes
     scaled = stack / jnp.asarray(member_temperatures, jnp.float32)[:, None, None]
     member_confidence = jnp.max(jax.nn.softmax(scaled, axis=-1), axis=-1)
-    return logits, probabilities, confidence, classes, member_confidence
+    if not shifted_too:
+      return logits, probabilities, confidence, classes, member_confidence
+    shifted = per_input_duo.combine(duo, stack, features, shifted=True)
+    return logits, probabilities, confidence, classes, member_confidence, shifted
 
   return f, names
 

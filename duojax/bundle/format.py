@@ -84,12 +84,15 @@ def write_bundle(
   first; `validation`: (confidence [N], correct [N]) of the duo on the split its
   weights were fit on; `provenance`: e.g. {"dataset", "split", "rows"}; `metrics`:
   the duo's validation metrics, kept as given; `shift_alarm`: the members'
-  alarm (`duojax.fit_shift_alarm`) calibrated on the same rows, or None.
+  alarm (`duojax.fit_shift_alarm`) calibrated on the same rows, or None (a guarded
+  duo's own alarm replaces it).
   """
   path = os.path.abspath(os.fspath(path))
   members = [BundleMember(*m) for m in members]
   confidence, correct = _validation(validation)
   _check(members, duo, class_names)
+  if getattr(duo, "alarm", None) is not None:
+    shift_alarm = duo.alarm  # a guarded duo's rows follow its own alarm's verdicts
   if shift_alarm is not None and shift_alarm.num_classes != len(class_names):
     raise InputError(
       f"the shift alarm was fit on {shift_alarm.num_classes} classes, the bundle has "

@@ -57,9 +57,17 @@ class Bundle:
     """The exported program's function, jitted here: (f, the weights as its arguments)."""
     crop = float(self.manifest["input"]["crop_fraction"])
     temperatures = self.member_temperatures()
-    f, _ = exported.fused_program(self.models, self.inputs, self.duo, crop, temperatures)
+    f, _ = exported.fused_program(
+      self.models, self.inputs, self.duo, crop, temperatures, shifted_too=self.guards_shifts
+    )
     arrays = [a for m in self.models for a in exported.member_arrays(m)[1]]
     return jax.jit(f), arrays
+
+  @property
+  def guards_shifts(self) -> bool:
+    """Whether the duo is a guarded one that mixes equally with large+TS on a batch
+    its shift alarm flags (`duojax.core.guarded_duo`)."""
+    return getattr(self.duo, "method", None) == "guarded" and self.shift_alarm is not None
 
   def member_temperatures(self) -> list[float] | None:
     """The alarm's (T_L, T_S), then 1 for any further member; None without an alarm."""
@@ -83,16 +91,31 @@ class Bundle:
     at the alarm's false-alarm rate. Needs a bundle written with an alarm."""
     if self.shift_alarm is None:
       raise InputError(f"bundle {self.path!r} holds no shift alarm")
-    _, _, _, classes, member_confidence = self._run(images)
-    rows = shift_rows(classes, member_confidence)
+    return self._verdict(self._run(images))
+
+  def _verdict(self, outputs) -> tuple[bool, float]:
+    rows = shift_rows(outputs[3], outputs[4])
     p = float(self.shift_alarm.p_values(rows, np.arange(len(rows))[None])[0])
     return p <= self.shift_alarm.alpha, p
 
-  def predict(self, images) -> dict[str, np.ndarray]:
+  def predict(self, images, shifted: bool | None = None) -> dict[str, np.ndarray]:
     """The duo on uint8 images [B, S, S, C] (`image_shape`): class_index [B],
     probabilities [B, C], confidence [B], abstain [B] (confidence < threshold),
-    disagree [B] (the large model's class is not its first sidekick's)."""
-    logits, probabilities, confidence, classes = self._run(images)[:4]
+    disagree [B] (the large model's class is not its first sidekick's).
+
+    A guarded duo treats the B images as one batch for its shift alarm and, where
+    it flags them, mixes equally with large+TS (`guards_shifts`); `shifted` gives
+    the verdict instead (a stream cut into batches elsewhere)."""
+    outputs = self._run(images)
+    logits, probabilities, confidence, classes = outputs[:4]
+    if shifted is not None and not self.guards_shifts:
+      raise InputError("shifted= is for a bundle of a guarded duo with a shift alarm")
+    if self.guards_shifts:
+      if shifted is None:
+        shifted, _ = self._verdict(outputs)
+      if shifted:
+        probabilities = np.asarray(jax.nn.softmax(outputs[5], axis=-1))
+        confidence = probabilities.max(-1)
     return {
       "class_index": probabilities.argmax(-1),
       "probabilities": probabilities,

@@ -21,9 +21,11 @@ validation rows its duo was fit on. The program then also returns each
 member's temperature-scaled confidence, and every chunk of rows (the unit a
 rerun resumes at, so a verdict never straddles two runs) is one batch for the
 alarm: its p-value and verdict go to OUT.shift.jsonl, and a chunk that alarms
-prints a warning. The per-row predictions do not change: the alarm tells the
-user when the duo's validation-fitted weights stop being trustworthy, and
-large+TS or a guarded duo is the user's call (docs/use_a_fitted_duo.md).
+prints a warning. A weighted (dynamic, entropy) duo's rows do not change: the
+alarm tells the user when its validation-fitted weights stop being
+trustworthy. A guarded duo acts on it: the program computes its rows both
+ways, and a chunk the alarm flags is written with the equal mixture of the
+duo and large+TS (`duojax.core.guarded_duo`), as its evaluation scored it.
 """
 
 from __future__ import annotations
@@ -111,29 +113,42 @@ def local_mesh() -> jax.sharding.Mesh:
   return jax.sharding.Mesh(np.asarray(jax.local_devices()), ("rows",))
 
 
+def guards_shifts(bundle: Bundle) -> bool:
+  """Whether the bundle's duo changes its rows on a chunk its alarm flags."""
+  return getattr(bundle.duo, "method", None) == "guarded" and bundle.shift_alarm is not None
+
+
 def device_program(bundle: Bundle, k: int, mesh: jax.sharding.Mesh, *, shift_check: bool = False):
   """(jitted g(arrays, images) -> dict of per-row outputs, the weights on the mesh);
-  with `shift_check`, the outputs hold each member's confidence for the alarm."""
+  with `shift_check`, the outputs hold each member's confidence for the alarm and,
+  for a guarded duo, its rows on a flagged chunk (keys prefixed "shifted_")."""
+  both = shift_check and guards_shifts(bundle)
   f, _ = exported.fused_program(
     bundle.models,
     bundle.inputs,
     bundle.duo,
     float(bundle.manifest["input"]["crop_fraction"]),
     bundle.member_temperatures() if shift_check else None,
+    shifted_too=both,
   )
 
-  def g(arrays, images):
-    logits, probabilities, confidence, member_classes, *members = f(arrays, images)
+  def row_outputs(logits):
+    probabilities = jax.nn.softmax(logits, axis=-1)
     top_probability, top_index = jax.lax.top_k(probabilities, k)
-    out = {
+    return {
       "class_index": jnp.argmax(logits, axis=-1),
-      "confidence": confidence,
+      "confidence": jnp.max(probabilities, axis=-1),
       "top_index": top_index,
       "top_probability": top_probability,
-      "member_classes": member_classes,
     }
-    if members:
-      out["member_confidence"] = members[0]
+
+  def g(arrays, images):
+    logits, _, _, member_classes, *extra = f(arrays, images)
+    out = {**row_outputs(logits), "member_classes": member_classes}
+    if extra:
+      out["member_confidence"] = extra[0]
+    if both:
+      out.update({f"shifted_{key}": v for key, v in row_outputs(extra[1]).items()})
     return out
 
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -270,11 +285,12 @@ class _Chunk:
   def __init__(self, source, class_names, threshold, out, lo, batch, alarm=None):
     self.source, self.class_names, self.threshold = source, class_names, np.float32(threshold)
     self.out, self.lo, self.batch, self.alarm = out, lo, batch, alarm
-    self.text, self.failed, self.stats, self.positions = [], [], [], []
+    self.rows_kept, self.failed, self.stats, self.positions = [], [], [], []
     self.rows = self.skipped = self.checked = self.shifted = 0
 
   def add(self, b: int, host_batch: dict, result: dict) -> None:
-    """Formats batch b's rows (blocks until the device has finished it)."""
+    """Keeps batch b's rows, to be formatted once the chunk's verdict is known
+    (blocks until the device has finished the batch)."""
     result = {key: np.asarray(v) for key, v in result.items()}
     valid, ok = host_batch["valid"], host_batch["ok"]
     positions = self.lo + b * self.batch + np.arange(self.batch)
@@ -284,25 +300,33 @@ class _Chunk:
     if self.alarm is not None:
       self.stats.append(shift_rows(classes[:, keep], member_confidence[:, keep]))
       self.positions.append(positions[keep])
-    result["abstain"] = result["confidence"] < self.threshold
-    result["disagree"] = classes[0] != classes[min(1, len(classes) - 1)]
+    disagree = (classes[0] != classes[min(1, len(classes) - 1)])[keep]
     ids = [self.source.ids[p] for p in positions[keep]]
-    kept = {key: value[keep] for key, value in result.items()}
-    self.text.append(rows_lib.format_rows(ids, kept, self.class_names, self.out.fmt))
+    variants = {}
+    for prefix in ("", "shifted_"):
+      part = {k[len(prefix) :]: v[keep] for k, v in result.items() if k.startswith(prefix)}
+      if prefix and not part:
+        continue
+      part = {k: v for k, v in part.items() if not k.startswith("shifted_")}
+      part["abstain"] = part["confidence"] < self.threshold
+      part["disagree"] = disagree
+      variants[prefix] = part
+    self.rows_kept.append((ids, variants))
     for p, reason in zip(positions[bad], host_batch["reason"][bad]):
       self.failed.append((str(self.source.ids[p]), str(reason)))
       print(f"skipped {self.source.ids[p]}: {reason}", file=sys.stderr, flush=True)
     self.rows += int(keep.sum())
     self.skipped += int(bad.sum())
 
-  def _shift_line(self) -> str:
-    """The alarm's verdict on the chunk's rows as one JSON line ("" without rows)."""
+  def _shift_line(self) -> tuple[str, bool]:
+    """The alarm's verdict on the chunk's rows as one JSON line ("" without rows), and
+    whether it flags them."""
     if self.alarm is None or not self.stats:
-      return ""
+      return "", False
     stats, positions = np.concatenate(self.stats), np.concatenate(self.positions)
     self.stats, self.positions = [], []
     if len(stats) == 0:
-      return ""
+      return "", False
     p = float(self.alarm.p_values(stats, np.arange(len(stats))[None])[0])
     shifted = p <= self.alarm.alpha
     first, last = int(positions[0]), int(positions[-1])
@@ -311,12 +335,16 @@ class _Chunk:
       self.shifted += 1
       print(
         f"warning: images {first:,} to {last:,} ({len(stats):,}) look unlike the validation "
-        f"data the duo was fit on (shift alarm p = {p:.4f} <= {self.alarm.alpha:g}): the duo "
-        "may do worse than its large model alone on them",
+        f"data the duo was fit on (shift alarm p = {p:.4f} <= {self.alarm.alpha:g}): "
+        + (
+          "the guarded duo mixes equally with its large model on them"
+          if any("shifted_" in variants for _, variants in self.rows_kept)
+          else "the duo may do worse than its large model alone on them"
+        ),
         file=sys.stderr,
         flush=True,
       )
-    return rows_lib.shift_record(
+    line = rows_lib.shift_record(
       first,
       last,
       self.source.ids[first],
@@ -327,8 +355,15 @@ class _Chunk:
       disagreement=float(stats[:, 0].mean()),
       confidence_gap=float(stats[:, 1].mean()),
     )
+    return line, shifted
 
   def write(self, done: int) -> None:
-    """Appends what was formatted; `done`: the block's rows finished with it."""
-    self.out.append("".join(self.text), self.failed, done, self._shift_line())
-    self.text, self.failed = [], []
+    """Formats and appends the chunk's rows (a guarded duo's as the verdict says);
+    `done`: the block's rows finished with it."""
+    line, shifted = self._shift_line()
+    text = []
+    for ids, variants in self.rows_kept:
+      kept = variants.get("shifted_" if shifted else "", variants[""])
+      text.append(rows_lib.format_rows(ids, kept, self.class_names, self.out.fmt))
+    self.out.append("".join(text), self.failed, done, line)
+    self.rows_kept, self.failed = [], []

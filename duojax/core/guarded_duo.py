@@ -45,6 +45,26 @@ A shift that breaks only the large model (noise, blur) leaves the sidekick
 sure and the large model unsure: no conflict, and disagreements that the
 sidekick keeps its say on, as the duo meant. Rows the guard cannot tell apart
 (a broken sidekick against an unsure large model) keep the mixture's bound.
+
+What no rule on one input can see. Under a shift that breaks both members
+alike, they agree on wrong classes at confidences validation shows often:
+each such row looks like a clean one, and on clean rows sharpening their
+common answer is where a third of the duo's gain lies. A batch shows what a
+row cannot: the shift alarm (`shift_alarm`, fit on the same validation rows
+with the members' own temperatures) tests a batch of inputs against
+validation. On a batch it flags, the fitted gate is no longer evidence, and
+the guarded duo is the equal mixture, g(x) = 1/2 for every row:
+
+    −log(½·p_duo(y) + ½·p_LTS(y)) ≤ ½·(−log p_duo(y)) + ½·(−log p_LTS(y))
+                                   ≤ min(−log p_duo(y), −log p_LTS(y)) + log 2.
+
+So on a flagged batch, row by row, the guarded duo keeps at least half of the
+duo's gain over large+TS, loses at most half of its excess, and at most log 2
+to whichever of the two is right: the Bayes mixture of two experts under a
+uniform prior, the least a predictor can commit to when validation no longer
+says which expert to follow. On a batch the alarm passes (in distribution,
+all but about α of batches), the guards above and the fitted gate apply.
+`batch_verdicts` gives the flags of consecutive batches of rows.
 """
 
 from __future__ import annotations
@@ -55,7 +75,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from duojax.core import per_input, temperature
+from duojax.core import per_input, shift_alarm, temperature
+from duojax.errors import InputError
 
 L2 = 1e-3
 GATE_FEATURES = 5
@@ -91,12 +112,15 @@ def _guarded(psi, params) -> jax.Array:
   return jnp.where(agree, psi[:, 2] < params.agreement_limit, kappa >= params.conflict_limit)
 
 
-def _log_mixture(theta, duo_log_p, large_log_p, psi, guarded) -> jax.Array:
-  """log p_g; `guarded` [N] marks the rows past the conflict limit (g = 0)."""
+def _log_mixture(theta, duo_log_p, large_log_p, psi, guarded, shifted=False) -> jax.Array:
+  """log p_g; `guarded` [N] marks the rows past either guard (g = 0), `shifted`
+  (scalar or [N]) those of a batch the alarm flags (g = 1/2)."""
   log_g = jax.nn.log_sigmoid(psi @ theta)[:, None]
   log_not_g = jax.nn.log_sigmoid(-(psi @ theta))[:, None]
   mixed = jnp.logaddexp(log_g + duo_log_p, log_not_g + large_log_p)
-  return jnp.where(guarded[:, None], large_log_p, mixed)
+  fitted = jnp.where(guarded[:, None], large_log_p, mixed)
+  half = jnp.logaddexp(duo_log_p, large_log_p) - jnp.log(2.0)
+  return jnp.where(jnp.reshape(jnp.asarray(shifted), (-1, 1)), half, fitted)
 
 
 def _parts(params: GuardedParams, arrays):
@@ -107,23 +131,65 @@ def _parts(params: GuardedParams, arrays):
   return duo_log_p, large_log_p, psi, _guarded(psi, params)
 
 
-def gate(params: GuardedParams, member_logits) -> jax.Array:
-  """g(x) [N]: the weight of the duo in the mixture (0 past the conflict limit)."""
+def gate(params: GuardedParams, member_logits, shifted=False) -> jax.Array:
+  """g(x) [N]: the weight of the duo in the mixture (0 past either guard, 1/2 on
+  the rows of a flagged batch)."""
   arrays, _ = per_input.check_members(member_logits)
   psi = gate_inputs(params.single_weights, arrays)
-  g = jax.nn.sigmoid(psi @ params.theta)
-  return jnp.where(_guarded(psi, params), 0.0, g)
+  g = jnp.where(_guarded(psi, params), 0.0, jax.nn.sigmoid(psi @ params.theta))
+  return jnp.where(jnp.asarray(shifted), 0.5, g)
 
 
-def combine(params: GuardedParams, members) -> jax.Array:
+def combine(params: GuardedParams, members, shifted=False) -> jax.Array:
   """`log_probabilities` for traced arrays (inside a jitted or exported program)."""
-  return _log_mixture(params.theta, *_parts(params, members))
+  return _log_mixture(params.theta, *_parts(params, members), shifted)
 
 
-def log_probabilities(params: GuardedParams, member_logits) -> jax.Array:
-  """log p_g [N, C] (also the guarded duo's logits: softmax of it is p_g)."""
+def log_probabilities(params: GuardedParams, member_logits, shifted=False) -> jax.Array:
+  """log p_g [N, C] (also the guarded duo's logits: softmax of it is p_g). `shifted`:
+  a bool, or bool [N], true on the rows of batches the shift alarm flags."""
   arrays, _ = per_input.check_members(member_logits)
-  return combine(params, arrays)
+  return combine(params, arrays, _check_shifted(shifted, len(arrays[0])))
+
+
+def _check_shifted(shifted, n: int) -> np.ndarray:
+  shifted = np.asarray(shifted)
+  if shifted.dtype != bool or shifted.shape not in ((), (n,)):
+    raise InputError(
+      f"shifted must be a bool or bool [{n}] (one per row), got {shifted.dtype} {shifted.shape}"
+    )
+  return shifted
+
+
+def fit_alarm(params: GuardedParams, member_logits, **options) -> shift_alarm.ShiftAlarm:
+  """The shift alarm of the guarded duo: fit on the same validation logits, with
+  the large model's and the sidekick's own temperatures (1 / single_weights);
+  `options` are `shift_alarm.fit_shift_alarm`'s (alpha, batch_size, resamples, seed)."""
+  arrays, _ = per_input.check_members(member_logits)
+  temperatures = shift_alarm.temperatures_from_weights(params.single_weights)
+  return shift_alarm.fit_shift_alarm(arrays[:2], temperatures=temperatures, **options)
+
+
+def batch_verdicts(alarm: shift_alarm.ShiftAlarm, member_logits, *, order=None) -> np.ndarray:
+  """bool [N]: true on the rows of the batches the alarm flags.
+
+  The N rows, taken in `order` (a permutation of them; default: as given, a
+  deployment stream), are cut into ⌈N / alarm.batch_size⌉ consecutive batches of
+  nearly equal size (a batch of 500 alone would leave a short last one with
+  little power), and each is tested on its own."""
+  arrays, _ = per_input.check_members(member_logits)
+  n = len(arrays[0])
+  order = np.arange(n) if order is None else np.asarray(order)
+  if order.shape != (n,) or not np.array_equal(np.sort(order), np.arange(n)):
+    raise InputError(f"order must be a permutation of the {n} rows")
+  rows = alarm.statistics(arrays[:2])
+  flags = np.zeros(n, bool)
+  batches = np.array_split(order, max(1, -(-n // alarm.batch_size))) if n else []
+  for size in sorted({len(b) for b in batches}):
+    same = np.stack([b for b in batches if len(b) == size])
+    flagged = alarm.p_values(rows, same) <= alarm.alpha
+    flags[same[flagged].ravel()] = True
+  return flags
 
 
 def conflict_limit(kappa: np.ndarray, excess: np.ndarray) -> float:

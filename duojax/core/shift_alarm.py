@@ -139,6 +139,13 @@ def _check_temperatures(temperatures) -> tuple[float, float]:
   return values[0], values[1]
 
 
+def temperatures_from_weights(weights) -> tuple[float, float]:
+  """(T_L, T_S) from the two members' temperature-scaling weights s_i = 1 / T_i. A
+  member no better than chance fits a weight ≤ 0 (its logits point away from the
+  labels); its confidence is then read from its raw logits (T = 1)."""
+  return tuple(float(1 / w) if np.isfinite(w) and w > 0 else 1.0 for w in np.asarray(weights)[:2])
+
+
 def _check_int(value, what: str, least: int) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
     raise ConfigError(f"{what} must be an integer >= {least}, got {value!r}")
@@ -272,7 +279,12 @@ class ShiftAlarm:
 
   def save(self, path: str | os.PathLike) -> None:
     """Writes the alarm as JSON, whole or not at all."""
-    record = {
+    files.write_atomically(os.fspath(path), json.dumps(self.record()))
+
+  def record(self) -> dict:
+    """The alarm as a JSON-ready object (what `save` writes; a guarded duo's file
+    holds one too)."""
+    return {
       "format": FORMAT,
       "version": VERSION,
       "alpha": self.alpha,
@@ -285,7 +297,6 @@ class ShiftAlarm:
       "reference_means": self.reference_means.T.tolist(),
       "null": self.null.tolist(),
     }
-    files.write_atomically(os.fspath(path), json.dumps(record))
 
 
 def _scale(rows: np.ndarray) -> np.ndarray:
@@ -364,7 +375,19 @@ def load_shift_alarm(path: str | os.PathLike) -> ShiftAlarm:
   """An alarm written by `ShiftAlarm.save`; a missing, damaged or foreign file is a
   one-line FileError."""
   path = os.fspath(path)
-  record = files.read_record(path, FORMAT, (VERSION,), "shift alarm file")
+  return alarm_from_record(files.read_record(path, FORMAT, (VERSION,), "shift alarm file"), path)
+
+
+def alarm_from_record(record, where: str) -> ShiftAlarm:
+  """The alarm of a `ShiftAlarm.record()`; a malformed one is a one-line FileError
+  naming `where` (the file it came from)."""
+  path = where
+  if not isinstance(record, dict) or record.get("format") != FORMAT:
+    raise FileError(f'{path!r}: the shift alarm is not a "{FORMAT}" record')
+  if record.get("version") != VERSION:
+    raise FileError(
+      f"{path!r}: shift alarm version {record.get('version')!r}; this duojax reads {VERSION}"
+    )
   rows = _numbers(record.get("rows"), lambda s: len(s) == 2 and s[0] == 2 and s[1] >= 2)
   reference = _numbers(record.get("reference_means"), lambda s: len(s) == 2 and s[0] == 2)
   null = _numbers(record.get("null"), lambda s: len(s) == 1 and s[0] >= 1)

@@ -66,7 +66,7 @@ def write(inputs: EvalInputs, dataset, path: str) -> str | None:
     validation=(confidence, correct),
     provenance={"dataset": dataset.name, "split": methods_lib.FIT_SPLIT, "rows": len(labels)},
     metrics={k: float(scores[k]) for k in ("acc", "nll") if k in scores},
-    shift_alarm=fit_alarm(inputs),
+    shift_alarm=getattr(duo, "alarm", None) or fit_alarm(inputs),  # a guarded duo's own
   )
   print(f"bundle: {written}")
   return written

@@ -68,8 +68,15 @@ class EvalInputs:
   def fitted(self, method: Method) -> dict:
     """What `method` learns from val (temperatures, duo weights), fitted once."""
     if method.name not in self._fits:
+      config = self.config
+      alarm = {
+        "alpha": config.shift_alarm_alpha,
+        "batch_size": config.shift_alarm_batch,
+        "resamples": config.shift_alarm_resamples,
+        "seed": config.seed,
+      }
       self._fits[method.name] = methods_lib.fit(
-        method, self.bank, solver=self.config.solver, mesh=self.mesh
+        method, self.bank, solver=config.solver, mesh=self.mesh, alarm_options=alarm
       )
     return self._fits[method.name]
 

@@ -54,7 +54,7 @@ def log_mean_softmax(logits_stack) -> jax.Array:
 
 
 def fit(
-  method: Method, bank: LogitsBank, *, solver: str = "jaxopt", mesh=None
+  method: Method, bank: LogitsBank, *, solver: str = "jaxopt", mesh=None, alarm_options=None
 ) -> dict[str, np.ndarray]:
   """What `method` learns from the validation split (possibly nothing).
 
@@ -81,7 +81,14 @@ def fit(
   if method.kind == "per_input":
     stack = bank.stack(FIT_SPLIT, method.members)
     features = member_features(bank, FIT_SPLIT, method) if method.mode == "dynamic" else None
-    fitted = per_input_duo.fit(method.mode, list(stack), labels, features=features, solver=solver)
+    fitted = per_input_duo.fit(
+      method.mode,
+      list(stack),
+      labels,
+      features=features,
+      solver=solver,
+      alarm_options=alarm_options,
+    )
     return {"duo": fitted, **_summary(fitted)}
   if method.kind in ("single", "ensemble"):
     return {}
@@ -102,7 +109,15 @@ def apply(method: Method, fitted: dict, bank: LogitsBank, split: str):
     return logits, duo.msp_confidence(logits)
   if method.kind == "per_input":
     features = member_features(bank, split, method) if method.mode == "dynamic" else None
-    logits = jnp.asarray(fitted["duo"].logits(list(bank.stack(split, method.members)), features))
+    stack = list(bank.stack(split, method.members))
+    shifted = None
+    if method.mode == "guarded":
+      # The split's rows as deployment batches: a seeded random order, since a
+      # split listed class by class would make batches of one class that the
+      # alarm rightly flags.
+      order = np.random.default_rng(0).permutation(len(stack[0]))
+      shifted = fitted["duo"].shifted_rows(stack, order=order)
+    logits = jnp.asarray(fitted["duo"].logits(stack, features, shifted))
     return logits, duo.msp_confidence(logits)
   if method.kind == "duo":
     return duo.combine_mode(

@@ -102,9 +102,7 @@ def _temperatures(inputs: EvalInputs) -> tuple[float, float]:
         for name in (LARGE, SIDEKICK)
       ]
     )
-  # A member no better than chance on val can fit a weight ≤ 0 (its logits point
-  # away from the labels); its confidence is then read from its raw logits.
-  return tuple(float(1 / w) if np.isfinite(w) and w > 0 else 1.0 for w in weights[:2])
+  return alarm_lib.temperatures_from_weights(weights[:2])
 
 
 def fit_alarm(inputs: EvalInputs) -> alarm_lib.ShiftAlarm:
