@@ -198,7 +198,10 @@ def test_the_guarded_duos_alarm_flags_the_shifted_batches_of_a_stream():
   assert (
     small.alarm.batch_size == 100 and small.shifted_rows(stream).reshape(30, 100).all(1)[15:].all()
   )
-  assert duojax.fit_duo(val, y_val, method="guarded", alarm_options=False).alarm is None
+  # Without an alarm, the weak-agreement cut stands in for it; with one, none.
+  alone = duojax.fit_duo(val, y_val, method="guarded", alarm_options=False)
+  assert alone.alarm is None and alone.params.agreement_limit > 0
+  assert fitted.params.agreement_limit == 0
   with pytest.raises(InputError, match="shifted= is for a guarded duo"):
     duojax.fit_duo(val, y_val, method="entropy").logits(stream, shifted=flags)
 

@@ -24,22 +24,16 @@ on clean data the sidekick's say helps (mostly: where the large model is
 unsure). But a fitted gate extrapolates: it would trust a confident sidekick
 that contradicts a confident large model if clean data happened to reward
 that, and a shift that breaks the sidekick produces such inputs in numbers.
-So the gate is cut to 0 where the input is unlike validation in the two
-ways a shift makes the duo worse than its large model, each at the same
-level (GUARD_LEVEL = 5% of validation's cases, fixed in advance):
+So the gate is cut to 0 where an input is unlike validation in the way a
+shift that breaks the sidekick makes the duo worse than its large model:
 
   * a conflict: the members disagree, and κ(x) = min(c_L, c_S) ("both sure,
     of different classes") is at least κ_max, the lower of the 95th percentile
-    of κ over validation's disagreements and the level from which up the duo's
-    NLL summed over those rows exceeds large+TS's most (where the large model
-    wins in distribution, guarding costs nothing). A shift that breaks the
-    sidekick leaves the large model as sure as usual and makes the sidekick
-    contradict it, sure of itself;
-  * a weak agreement: the members agree, and c_L is below the 5th percentile of
-    c_L over validation's agreements. Adding two members' logits sharpens their
-    common answer, which pays when their errors are nearly independent, as in
-    distribution; under a shift that breaks both, they agree on wrong classes
-    with little confidence each, and the sum is confidently wrong.
+    (GUARD_LEVEL = 5%, fixed in advance) of κ over validation's disagreements
+    and the level from which up the duo's NLL summed over those rows exceeds
+    large+TS's most (where the large model wins in distribution, guarding
+    costs nothing). Such a shift leaves the large model as sure as usual and
+    makes the sidekick contradict it, sure of itself: one input shows it.
 
 A shift that breaks only the large model (noise, blur) leaves the sidekick
 sure and the large model unsure: no conflict, and disagreements that the
@@ -49,9 +43,10 @@ sidekick keeps its say on, as the duo meant. Rows the guard cannot tell apart
 What no rule on one input can see. Under a shift that breaks both members
 alike, they agree on wrong classes at confidences validation shows often:
 each such row looks like a clean one, and on clean rows sharpening their
-common answer is where a third of the duo's gain lies. A batch shows what a
-row cannot: the shift alarm (`shift_alarm`, fit on the same validation rows
-with the members' own temperatures) tests a batch of inputs against
+common answer (adding two members' logits, which pays when their errors are
+nearly independent) is where a third of the duo's gain lies. A batch shows
+what a row cannot: the shift alarm (`shift_alarm`, fit on the same validation
+rows with the members' own temperatures) tests a batch of inputs against
 validation. On a batch it flags, the fitted gate is no longer evidence, and
 the guarded duo is the equal mixture, g(x) = 1/2 for every row:
 
@@ -63,7 +58,14 @@ duo's gain over large+TS, loses at most half of its excess, and at most log 2
 to whichever of the two is right: the Bayes mixture of two experts under a
 uniform prior, the least a predictor can commit to when validation no longer
 says which expert to follow. On a batch the alarm passes (in distribution,
-all but about α of batches), the guards above and the fitted gate apply.
+all but about α of batches), the conflict guard and the fitted gate apply.
+
+Without an alarm (`fit(..., agreement_guard=True)`; version 2 duo files) one
+more cut stands in for it, per input: a weak agreement, where the members
+agree and c_L is below the 5th percentile of c_L over validation's
+agreements, the rows on which that regime shows most. It costs a tenth to a
+quarter of the duo's clean gain (measured in docs/evaluation.md) and still
+misses most of the regime's loss, which is why the alarm replaces it.
 `batch_verdicts` gives the flags of consecutive batches of rows.
 """
 
@@ -89,7 +91,7 @@ class GuardedParams:
   single_weights: np.ndarray  # [m]: each member's own temperature weight
   theta: np.ndarray  # [GATE_FEATURES]: the fitted gate
   conflict_limit: np.ndarray  # κ_max (0-d): a disagreement from it up is guarded
-  agreement_limit: np.ndarray  # (0-d): an agreement with c_L below it is guarded
+  agreement_limit: np.ndarray  # (0-d): an agreement with c_L below it is guarded (0: none)
 
 
 def gate_inputs(single_weights, member_logits) -> jax.Array:
@@ -212,8 +214,12 @@ def agreement_limit(psi: np.ndarray) -> float:
   return float(np.quantile(psi[agree, 2], GUARD_LEVEL)) if agree.any() else 0.0
 
 
-def fit(member_logits, labels, *, solver: str = "jaxopt", l2: float = L2) -> GuardedParams:
-  """Fits the duo's weights, each member's temperature and then the gate, on validation."""
+def fit(
+  member_logits, labels, *, solver: str = "jaxopt", l2: float = L2, agreement_guard: bool = False
+) -> GuardedParams:
+  """Fits the duo's weights, each member's temperature and then the gate, on
+  validation; with `agreement_guard`, the weak-agreement cut of a guarded duo
+  without a shift alarm (module docstring)."""
   arrays, labels = per_input.check_members(member_logits, labels)
   duo_weights = np.asarray(temperature.fit_temperatures(arrays, labels, solver=solver), np.float32)
   single = np.asarray(
@@ -226,7 +232,7 @@ def fit(member_logits, labels, *, solver: str = "jaxopt", l2: float = L2) -> Gua
   start = dataclasses.replace(
     start,
     conflict_limit=np.float32(conflict_limit(np.asarray(conflict(psi)), np.asarray(excess))),
-    agreement_limit=np.float32(agreement_limit(np.asarray(psi))),
+    agreement_limit=np.float32(agreement_limit(np.asarray(psi)) if agreement_guard else 0.0),
   )
   data = (*_parts(start, arrays), jnp.asarray(labels))
 

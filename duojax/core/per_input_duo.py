@@ -197,7 +197,7 @@ def fit(
   elif method == "entropy":
     params = entropy_duo.fit(arrays, labels, solver=solver)
   else:
-    params = guarded_duo.fit(arrays, labels, solver=solver)
+    params = guarded_duo.fit(arrays, labels, solver=solver, agreement_guard=alarm_options is False)
     if alarm_options is not False:
       alarm = guarded_duo.fit_alarm(params, arrays, **(alarm_options or {}))
       return PerInputDuo(method, params, tuple(names), alarm)

@@ -87,7 +87,7 @@ def fit(
       labels,
       features=features,
       solver=solver,
-      alarm_options=alarm_options,
+      alarm_options=alarm_options if method.mode == "guarded" else None,
     )
     return {"duo": fitted, **_summary(fitted)}
   if method.kind in ("single", "ensemble"):
