@@ -191,6 +191,8 @@ def load_duo(path: str | os.PathLike) -> Duo | PerInputDuo:
   if record["version"] in per_input_duo.READABLE:
     try:
       return per_input_duo.from_record(record, record.get("names", []), path)
+    except FileError:  # already one line naming the file
+      raise
     except (KeyError, TypeError, ValueError) as e:
       raise FileError(f"{path!r}: damaged per-input duo ({type(e).__name__}: {e})") from None
   weights, names = record.get("weights"), record.get("names", [])

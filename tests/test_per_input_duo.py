@@ -226,6 +226,13 @@ def test_a_guarded_duo_file_keeps_its_alarm_and_a_version_2_file_loads_without(t
   (tmp_path / "bad.json").write_text(json.dumps(record))
   with pytest.raises(FileError, match="bad.json.*must be lists of finite numbers"):
     duojax.load_duo(tmp_path / "bad.json")
+  record = json.loads((tmp_path / "duo.json").read_text())
+  entropy = duojax.fit_duo(val, y_val, method="entropy").record()
+  (tmp_path / "odd.json").write_text(
+    json.dumps({**record, **entropy, "shift_alarm": record["shift_alarm"]})
+  )
+  with pytest.raises(FileError, match='odd.json\': its "entropy" duo holds a shift alarm'):
+    duojax.load_duo(tmp_path / "odd.json")
 
 
 @pytest.mark.parametrize("method", ["weighted", "dynamic", "entropy", "guarded"])

@@ -34,7 +34,7 @@ import numpy as np
 
 from duojax import files
 from duojax.core import dynamic_duo, entropy_duo, guarded_duo, shift_alarm
-from duojax.errors import ConfigError, InputError
+from duojax.errors import ConfigError, FileError, InputError
 
 FORMAT, VERSION = "duojax.duo", 3  # the file format of `duojax.api.load_duo`
 READABLE = (2, 3)  # version 2: a guarded duo without its shift alarm
@@ -167,7 +167,7 @@ def from_record(record: dict, names: Sequence[str] = (), where: str = "") -> Per
   alarm = record.get("shift_alarm")
   if alarm is not None:
     if method != "guarded":
-      raise ValueError(f'a "{method}" duo holds no shift alarm')
+      raise FileError(f'{where!r}: its "{method}" duo holds a shift alarm (only "guarded" does)')
     alarm = shift_alarm.alarm_from_record(alarm, where)
   return PerInputDuo(method, cls(**values), tuple(names), alarm)
 
