@@ -109,14 +109,19 @@ def test_entropy_weights_match_numpy_and_follow_the_surer_member():
   assert a[0, :100].mean() < a[0, 100:].mean()
 
 
+def _reference_parts(params, members):
+  """log p of the weighted duo and of large+TS, in numpy, from the fitted weights."""
+  stack = np.stack(members)
+  duo_log_p = _log_softmax(np.einsum("m,mnc->nc", params.duo_weights, stack))
+  return duo_log_p, _log_softmax(params.single_weights[0] * stack[0])
+
+
 def test_the_guarded_duo_is_the_numpy_mixture_and_never_far_worse_than_the_large_model():
   val, y_val = _pair(3000, 4)
   params = guarded_duo.fit(val, y_val)
   # Under a shift that breaks the sidekick on 60% of the rows (confidently wrong).
   test, y = _pair(3000, 5, sidekick_wrong=0.6)
-  stack = np.stack(test)
-  duo_log_p = _log_softmax(np.einsum("m,mnc->nc", params.duo_weights, stack))
-  large_log_p = _log_softmax(params.single_weights[0] * stack[0])
+  duo_log_p, large_log_p = _reference_parts(params, test)
   g = np.asarray(guarded_duo.gate(params, test))
   want = np.log(g[:, None] * np.exp(duo_log_p) + (1 - g[:, None]) * np.exp(large_log_p))
   got = np.asarray(guarded_duo.log_probabilities(params, test))
@@ -135,9 +140,7 @@ def test_the_guarded_duo_keeps_the_duos_gain_where_the_large_model_breaks():
   params = guarded_duo.fit(val, y_val)
   for shifted in (False, True):  # in distribution, and with a large model gone noisy
     test, y = _pair(3000, 7, large_noise=2.5 if shifted else 1.0)
-    stack = np.stack(test)
-    duo = _nll(_log_softmax(np.einsum("m,mnc->nc", params.duo_weights, stack)), y).mean()
-    large = _nll(_log_softmax(params.single_weights[0] * stack[0]), y).mean()
+    duo, large = (_nll(p, y).mean() for p in _reference_parts(params, test))
     guarded = _nll(np.asarray(guarded_duo.log_probabilities(params, test)), y).mean()
     assert duo < large
     assert large - guarded >= 0.5 * (large - duo), (shifted, guarded, duo, large)
@@ -147,9 +150,7 @@ def test_on_a_flagged_batch_the_guarded_duo_is_the_equal_mixture_with_its_bounds
   val, y_val = _pair(3000, 4)
   params = guarded_duo.fit(val, y_val)
   test, y = _pair(1000, 5, sidekick_wrong=0.3)
-  stack = np.stack(test)
-  duo_log_p = _log_softmax(np.einsum("m,mnc->nc", params.duo_weights, stack))
-  large_log_p = _log_softmax(params.single_weights[0] * stack[0])
+  duo_log_p, large_log_p = _reference_parts(params, test)
   flags = np.arange(1000) % 3 == 0  # any rows may be flagged
   got = np.asarray(guarded_duo.log_probabilities(params, test, flags))
   half = np.log(0.5 * np.exp(duo_log_p) + 0.5 * np.exp(large_log_p))

@@ -302,15 +302,14 @@ class _Chunk:
       self.positions.append(positions[keep])
     disagree = (classes[0] != classes[min(1, len(classes) - 1)])[keep]
     ids = [self.source.ids[p] for p in positions[keep]]
-    variants = {}
-    for prefix in ("", "shifted_"):
-      part = {k[len(prefix) :]: v[keep] for k, v in result.items() if k.startswith(prefix)}
-      if prefix and not part:
-        continue
-      part = {k: v for k, v in part.items() if not k.startswith("shifted_")}
+    # The rows as written, and a guarded duo's on a chunk its alarm flags.
+    variants = {"": {k: v[keep] for k, v in result.items() if not k.startswith("shifted_")}}
+    flagged = {k[len("shifted_") :]: v[keep] for k, v in result.items() if k.startswith("shifted_")}
+    if flagged:
+      variants["shifted_"] = flagged
+    for part in variants.values():
       part["abstain"] = part["confidence"] < self.threshold
       part["disagree"] = disagree
-      variants[prefix] = part
     self.rows_kept.append((ids, variants))
     for p, reason in zip(positions[bad], host_batch["reason"][bad]):
       self.failed.append((str(self.source.ids[p]), str(reason)))
